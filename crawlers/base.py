@@ -27,6 +27,15 @@ class Source:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Source-specific CLI options (``laion-audio build --source NAME ...``)."""
 
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> dict:
+        """The constructor options this source registered in :meth:`add_arguments` and that
+        the user set on the command line."""
+        probe = argparse.ArgumentParser(add_help=False)
+        cls.add_arguments(probe)
+        dests = [a.dest for a in probe._actions]
+        return {d: getattr(args, d) for d in dests if getattr(args, d, None) is not None}
+
     def crawl(self, state: dict) -> Iterator[Record]:
         """Yield records. ``state`` is a small JSON-able dict persisted between calls, so an
         interrupted crawl can resume paging where it stopped."""

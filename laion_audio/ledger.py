@@ -56,6 +56,10 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _joined_keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(table.column("source"), table.column("source_id"), "\x00")
+
+
 def _check_version(schema: pa.Schema, path: Path) -> None:
     meta = schema.metadata or {}
     version = int(meta.get(b"laion_audio_schema_version", b"0"))
@@ -94,6 +98,7 @@ class Ledger:
                 os.close(self._lock_fd)
                 raise LedgerError(f"another laion-audio process is writing {self.root}")
         self._cache: pa.Table | None = None
+        self._sorted = False
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -111,35 +116,45 @@ class Ledger:
     def _journal_files(self) -> list[Path]:
         return sorted(p for p in (self.root / "journal").glob("*.parquet") if not p.name.startswith("."))
 
+    def _view(self) -> pa.Table:
+        """The current rows in no particular order (cheap)."""
+        if self._cache is None:
+            self._cache = self._load()
+        return self._cache
+
     def table(self) -> pa.Table:
         """The current rows (last write per key wins), sorted by key."""
-        if self._cache is not None:
-            return self._cache
+        self._view()
+        if not self._sorted:
+            self._cache = self._cache.sort_by([(k, "ascending") for k in KEY])
+            self._sorted = True
+        return self._cache
+
+    def _load(self) -> pa.Table:
         parts = []
-        if self.base_path.exists():
-            t = pq.read_table(self.base_path)
-            _check_version(t.schema, self.base_path)
-            parts.append(_conform(t))
-        for path in self._journal_files():
+        for path in ([self.base_path] if self.base_path.exists() else []) + self._journal_files():
             t = pq.read_table(path)
             _check_version(t.schema, path)
-            parts.append(_conform(t))
+            parts.append(_conform(t).replace_schema_metadata(SCHEMA.metadata))
         if not parts:
-            self._cache = SCHEMA.empty_table()
-            return self._cache
-        seq_parts = []
-        offset = 0
-        for t in parts:
-            seq_parts.append(t.append_column("_seq", pa.array(range(offset, offset + len(t)), pa.int64())))
-            offset += len(t)
-        full = pa.concat_tables(seq_parts)
+            return SCHEMA.empty_table()
+        full = pa.concat_tables(parts)
         if len(parts) > 1:
+            seq = pa.array(range(len(full)), pa.int64())
+            full = full.append_column("_seq", seq)
             last = full.group_by(list(KEY)).aggregate([("_seq", "max")])
-            keep = pc.is_in(full.column("_seq"), value_set=last.column("_seq_max"))
-            full = full.filter(keep)
-        full = full.sort_by([(k, "ascending") for k in KEY]).drop_columns(["_seq"])
-        self._cache = full.replace_schema_metadata(SCHEMA.metadata)
-        return self._cache
+            full = full.filter(pc.is_in(full.column("_seq"), value_set=last.column("_seq_max")))
+            full = full.drop_columns(["_seq"])
+        self._sorted = False
+        return full
+
+    def _apply(self, new: pa.Table) -> None:
+        """Fold freshly written rows into the in-memory view (no re-read of the journal)."""
+        if self._cache is None:
+            return
+        stale = pc.is_in(_joined_keys(self._cache), value_set=_joined_keys(new))
+        self._cache = pa.concat_tables([self._cache.filter(pc.invert(stale)), new])
+        self._sorted = False
 
     def __len__(self) -> int:
         return len(self.table())
@@ -194,7 +209,7 @@ class Ledger:
         seq = int(files[-1].name.split("-", 1)[0]) + 1 if files else 1
         safe_tag = "".join(c if c.isalnum() else "_" for c in tag)[:40]
         _write_atomic(table, self.root / "journal" / f"{seq:08d}-{safe_tag}.parquet")
-        self._cache = None
+        self._apply(table)
         return len(records)
 
     def upsert(self, records: Iterable[Record], tag: str = "crawl") -> UpsertResult:
@@ -205,10 +220,12 @@ class Ledger:
         captioning. Vanished records that reappear are revived.
         """
         result = UpsertResult()
+        records = list(records)
         existing = {}
-        t = self.table()
-        if len(t):
-            for row in t.to_pylist():
+        t = self._view()
+        if len(t) and records:
+            wanted = pa.array([f"{r.source}\x00{r.source_id}" for r in records], pa.string())
+            for row in t.filter(pc.is_in(_joined_keys(t), value_set=wanted)).to_pylist():
                 existing[(row["source"], row["source_id"])] = row
         out: dict[tuple[str, str], Record] = {}
         for rec in records:
@@ -258,11 +275,9 @@ class Ledger:
         files = self._journal_files()
         if not files and self.base_path.exists():
             return
-        table = self.table()
-        _write_atomic(table, self.base_path)
+        _write_atomic(self.table(), self.base_path)
         for p in files:
             p.unlink(missing_ok=True)
-        self._cache = None
 
 
 def fail(record: Record, stage: str, code: str, message: str) -> Record:

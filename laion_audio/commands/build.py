@@ -1,0 +1,106 @@
+"""``laion-audio build``: crawl -> fetch -> transcode -> caption -> filter -> shard, resumable."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_OUT = "laion-audio-out"
+ALL_STAGES = ("crawl", "fetch", "transcode", "caption", "shard")
+
+
+def add_execution_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs stages on Ray."""
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
+                   help="worker processes (local Ray CPUs, or tasks in flight on a cluster)")
+    g.add_argument("--ray-address", default=None,
+                   help="join a running Ray cluster ('auto' or host:port); default: local Ray")
+    g.add_argument("--inline", action="store_true", help="run stages in this process, without Ray")
+    g.add_argument("--batch-size", type=int, default=16, help="records per task")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="retry records that failed in an earlier run")
+
+
+def add_transcode_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("transcode")
+    g.add_argument("--min-duration", type=float, default=None, help="seconds; shorter clips fail")
+    g.add_argument("--max-duration", type=float, default=None, help="seconds; longer clips fail")
+    g.add_argument("--min-input-rate", type=int, default=None,
+                   help="refuse sources below this sample rate (LAION used 16000)")
+    g.add_argument("--silence-db", type=float, default=None,
+                   help="fail clips whose peak is below this dBFS (off by default)")
+
+
+def transcode_options(args: argparse.Namespace) -> dict:
+    names = {"min_duration": "min_duration", "max_duration": "max_duration",
+             "min_input_rate": "min_input_rate", "silence_db": "silence_db"}
+    return {opt: getattr(args, a) for a, opt in names.items() if getattr(args, a, None) is not None}
+
+
+def add_shard_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("shards")
+    g.add_argument("--shards-to", default=None,
+                   help="shard root: local folder or fsspec URL such as s3://bucket/prefix "
+                        "(default: OUT/shards)")
+    g.add_argument("--seed", type=int, default=1234, help="split and order seed")
+    g.add_argument("--test-fraction", type=float, default=0.1)
+    g.add_argument("--samples-per-shard", type=int, default=512)
+    g.add_argument("--shard-bytes", type=int, default=None, help="byte target per shard instead")
+
+
+def register(sub) -> None:
+    from crawlers import all_sources
+
+    p = sub.add_parser(
+        "build", help="build a corpus end to end (resumable)",
+        description="Crawl, fetch, transcode to 48 kHz mono FLAC, caption and shard. With no "
+                    "--source, builds the demo corpus from the Debian sound files on this "
+                    "machine. Rerun the same command to resume; finished work is not redone.")
+    p.add_argument("--source", action="append", default=None,
+                   help="source to build (repeatable): " + ", ".join(sorted(all_sources())))
+    p.add_argument("--out", default=DEFAULT_OUT, help="work folder: ledger, audio, shards, stats")
+    p.add_argument("--stages", default=",".join(ALL_STAGES),
+                   help="comma-separated subset of " + ",".join(ALL_STAGES))
+    add_execution_arguments(p)
+    add_transcode_arguments(p)
+    add_shard_arguments(p)
+    for cls in all_sources().values():
+        g = p.add_argument_group(f"source {cls.name}")
+        cls.add_arguments(g)
+    p.set_defaults(func=run)
+
+
+DEMO_SOUND_DIRS = ("/usr/share/sounds",)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crawlers import get_source
+    from pipelines.build import BuildConfig, print_summary, run_build
+
+    sources = args.source
+    if not sources:
+        sources = ["local"]
+        if not getattr(args, "input", None):
+            demo = next((d for d in DEMO_SOUND_DIRS if Path(d).is_dir()), None)
+            if demo is None:
+                print("no --source given and no demo sound folder found; "
+                      "run `bash .ci/install` or pass --source local --input DIR")
+                return 2
+            args.input = demo
+            args.dataset_name = args.dataset_name or "demo"
+    options = {name: get_source(name).options_from_args(args) for name in sources}
+    stages = tuple(s for s in args.stages.split(",") if s)
+    unknown = set(stages) - set(ALL_STAGES)
+    if unknown:
+        print(f"unknown stage(s): {', '.join(sorted(unknown))}")
+        return 2
+    cfg = BuildConfig(out=Path(args.out), sources=options, shards_to=args.shards_to,
+                      seed=args.seed, test_fraction=args.test_fraction,
+                      samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
+                      workers=args.workers, ray_address=args.ray_address, inline=args.inline,
+                      batch_size=args.batch_size, transcode=transcode_options(args),
+                      retry_failed=args.retry_failed, stages=stages)
+    summary = run_build(cfg)
+    print_summary(summary)
+    return 0 if summary["accounting_closes"] else 1

@@ -1,0 +1,322 @@
+"""The build pipeline: crawl -> fetch -> transcode -> caption -> filter -> shard.
+
+Every stage reads the ledger, works on the records it has not finished yet and journals each
+finished batch, so the same command resumes an interrupted run and a finished run is a no-op.
+Work folder layout (``--out``)::
+
+    ledger/                 the Parquet ledger (resume state + audit trail)
+    crawl/<source>.json     crawl checkpoints (paging state)
+    raw/<source>/           fetched audio as the site served it
+    audio/<source>/         48 kHz mono FLAC
+    shards/<dataset>/<split>/N.tar + sizes.json + index.json   (unless --shards-to elsewhere)
+    stats/build.json        per-stage accounting of the last run
+
+Paths inside ``--out`` are stored relative to it, so a work folder can be moved or copied.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from laion_audio.ledger import Ledger, StageStats, write_stats
+from laion_audio.records import Record, Status
+
+from .executor import Executor, run_stage
+
+log = logging.getLogger(__name__)
+
+CRAWL_FLUSH_EVERY = 500
+
+
+@dataclass
+class BuildConfig:
+    out: Path
+    sources: dict[str, dict[str, Any]]          # source name -> constructor options
+    shards_to: str | None = None                # local path or fsspec URL; default out/shards
+    seed: int = 1234
+    test_fraction: float = 0.1
+    samples_per_shard: int = 512
+    shard_bytes: int | None = None
+    workers: int = max(1, os.cpu_count() or 1)
+    ray_address: str | None = None
+    inline: bool = False
+    batch_size: int = 16
+    transcode: dict[str, Any] = field(default_factory=dict)   # TranscodeOptions fields
+    retry_failed: bool = False
+    stages: tuple[str, ...] = ("crawl", "fetch", "transcode", "caption", "shard")
+
+    @property
+    def shard_root(self) -> str:
+        return self.shards_to or str(self.out / "shards")
+
+
+class WorkDir:
+    """Paths of a build's work folder; ledger paths are stored relative to it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        for sub in ("crawl", "raw", "audio", "stats"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def rel(self, path: str) -> str:
+        if not path:
+            return path
+        p = Path(path).resolve()
+        try:
+            return p.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p)
+
+    def abs(self, path: str) -> str:
+        if not path:
+            return path
+        return str(path) if os.path.isabs(path) else str(self.root / path)
+
+    def with_abs_paths(self, rec: Record) -> Record:
+        rec = copy.copy(rec)
+        rec.audio_path, rec.flac_path = self.abs(rec.audio_path), self.abs(rec.flac_path)
+        return rec
+
+    def with_rel_paths(self, rec: Record) -> Record:
+        rec.audio_path, rec.flac_path = self.rel(rec.audio_path), self.rel(rec.flac_path)
+        return rec
+
+
+# ---------------------------------------------------------------------------------- stages
+def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: dict,
+          *, refresh: bool = False) -> StageStats:
+    """List a source into the ledger, checkpointing its paging state as it goes.
+
+    A build crawls once (a finished crawl is skipped on rerun). A refresh crawls again from
+    the start, and when that crawl completes, marks ids it no longer lists as vanished; the
+    ids it has seen are appended to ``crawl/<source>.seen`` so an interrupted refresh resumes
+    without forgetting them.
+    """
+    from crawlers import get_source
+
+    stats = StageStats(f"crawl:{name}")
+    start = time.perf_counter()
+    dataset = options.get("dataset_name") or name
+    state_path = work.root / "crawl" / f"{name}.json"
+    seen_path = work.root / "crawl" / f"{name}.seen"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("complete"):
+        if not refresh:
+            stats.skipped = len(ledger.select(source=dataset))
+            stats.seconds = time.perf_counter() - start
+            return stats
+        state = {}
+    if refresh and not state.get("refresh"):
+        state = {"refresh": True}
+        seen_path.write_text("")
+    source = get_source(name)(**options)
+    pending: list[Record] = []
+
+    def flush() -> None:
+        result = ledger.upsert(pending, tag=f"crawl_{name}")
+        if refresh:
+            with seen_path.open("a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r.source_id) + "\n" for r in pending)
+        stats.inputs += len(pending)
+        stats.succeeded += len(pending)
+        for k, v in result.summary().items():
+            stats.extra[k] = stats.extra.get(k, 0) + v
+        pending.clear()
+        _write_json(state_path, state)
+
+    for rec in source.crawl(state):
+        pending.append(rec)
+        if len(pending) >= CRAWL_FLUSH_EVERY:
+            flush()
+    flush()
+    if refresh:
+        seen = {json.loads(line) for line in seen_path.read_text(encoding="utf-8").splitlines() if line}
+        stats.extra["vanished"] = len(ledger.mark_vanished(dataset, seen))
+    state["complete"] = True
+    _write_json(state_path, state)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _pending(ledger: Ledger, status: str, sources: list[str], retry_failed: bool,
+             failed_stage: str) -> list[Record]:
+    records = ledger.records(status=status, source=sources)
+    if retry_failed:
+        for r in ledger.records(status=Status.FAILED, source=sources):
+            if r.failure_stage == failed_stage:
+                r.failure_stage = r.failure_code = r.failure_message = ""
+                r.status = status
+                records.append(r)
+    return records
+
+
+def dataset_names(cfg: BuildConfig) -> dict[str, str]:
+    """source module name -> the ``source`` value its records carry (the shard folder)."""
+    out = {}
+    for name, options in cfg.sources.items():
+        out[name] = options.get("dataset_name") or name
+    return out
+
+
+def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> list[StageStats]:
+    stats = []
+    for name, options in cfg.sources.items():
+        dataset = dataset_names(cfg)[name]
+        todo = _pending(ledger, Status.NEW, [dataset], cfg.retry_failed, "fetch")
+        s = run_stage(executor, ledger, f"fetch:{name}", "crawlers.fetch:fetch_batch", todo,
+                      kwargs=dict(source_name=name, source_options=options,
+                                  dest_dir=str(work.root / "raw")),
+                      batch_size=cfg.batch_size, num_cpus=0.25, transform=work.with_rel_paths)
+        stats.append(s)
+    return stats
+
+
+def transcode(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
+    datasets = list(dataset_names(cfg).values())
+    todo = [work.with_abs_paths(r) for r in
+            _pending(ledger, Status.FETCHED, datasets, cfg.retry_failed, "transcode")]
+    return run_stage(executor, ledger, "transcode", "laion_audio.transcode:transcode_batch", todo,
+                     kwargs=dict(out_dir=str(work.root / "audio"), options=_transcode_options(cfg)),
+                     batch_size=cfg.batch_size, transform=work.with_rel_paths)
+
+
+def _transcode_options(cfg: BuildConfig):
+    from laion_audio.transcode import TranscodeOptions
+
+    return TranscodeOptions(**cfg.transcode)
+
+
+def caption(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
+    datasets = list(dataset_names(cfg).values())
+    todo = _pending(ledger, Status.TRANSCODED, datasets, cfg.retry_failed, "caption")
+    return run_stage(executor, ledger, "caption", "pipelines.build:caption_batch", todo,
+                     kwargs={}, batch_size=max(cfg.batch_size, 64))
+
+
+def caption_batch(records: list[Record]) -> list[Record]:
+    """Records whose source already gave captions are final; the others get the paper's
+    template from their tags (the T5 stage replaces this when a model is configured)."""
+    from laion_audio.ledger import fail
+    from laion_audio.records import FailureCode
+
+    out = []
+    for rec in records:
+        if rec.texts:
+            rec.status = Status.CAPTIONED
+        else:
+            fail(rec, "caption", FailureCode.NO_CAPTION, "no caption and no tags to build one from")
+        out.append(rec)
+    return out
+
+
+def shard(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
+    from laion_audio.shards import write_shards
+
+    stats = StageStats("shard")
+    start = time.perf_counter()
+    datasets = list(dataset_names(cfg).values())
+    ready = ledger.records(status=[Status.CAPTIONED, Status.SHARDED], source=datasets)
+    absolute = [work.with_abs_paths(r) for r in ready]
+    written, report = write_shards(absolute, cfg.shard_root, seed=cfg.seed,
+                                   test_fraction=cfg.test_fraction,
+                                   samples_per_shard=cfg.samples_per_shard,
+                                   shard_bytes=cfg.shard_bytes)
+    ledger.write([work.with_rel_paths(r) for r in written], tag="shard")
+    for rec in written:
+        stats.add(rec, rec)
+    stats.extra["report"] = report
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
+    """Run the chosen stages; returns the summary (also written to ``stats/build.json``)."""
+    work = WorkDir(cfg.out)
+    all_stats: list[StageStats] = []
+    with Ledger(work.root / "ledger") as ledger:
+        if "crawl" in cfg.stages:
+            for name, options in cfg.sources.items():
+                all_stats.append(crawl(cfg, work, ledger, name, options, refresh=refresh))
+            ledger.compact()
+        executor = Executor(workers=cfg.workers, ray_address=cfg.ray_address, inline=cfg.inline)
+        needs_workers = any(s in cfg.stages for s in ("fetch", "transcode", "caption"))
+        if needs_workers:
+            executor.start()
+        try:
+            if "fetch" in cfg.stages:
+                all_stats.extend(fetch(cfg, work, ledger, executor))
+                ledger.compact()
+            if "transcode" in cfg.stages:
+                all_stats.append(transcode(cfg, work, ledger, executor))
+                ledger.compact()
+            if "caption" in cfg.stages:
+                all_stats.append(caption(cfg, work, ledger, executor))
+                ledger.compact()
+        finally:
+            executor.stop()
+        if "shard" in cfg.stages:
+            all_stats.append(shard(cfg, work, ledger))
+            ledger.compact()
+        summary = summarize(ledger, all_stats, cfg)
+    write_stats(work.root / "stats" / "build.json", all_stats)
+    _write_json(work.root / "stats" / "summary.json", summary)
+    return summary
+
+
+def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict:
+    table = ledger.table()
+    rows = table.select(["source", "status", "split", "audio_duration", "failure_stage",
+                         "failure_code"]).to_pylist()
+    per_source: dict[str, dict] = {}
+    for row in rows:
+        s = per_source.setdefault(row["source"], {"records": 0, "sharded": 0, "failed": 0,
+                                                  "dropped": 0, "hours": 0.0, "train": 0, "test": 0})
+        s["records"] += 1
+        if row["status"] == Status.SHARDED:
+            s["sharded"] += 1
+            s["hours"] += (row["audio_duration"] or 0.0) / 3600
+            if row["split"] in ("train", "test"):
+                s[row["split"]] += 1
+        elif row["status"] == Status.FAILED:
+            s["failed"] += 1
+        elif row["status"] == Status.DROPPED:
+            s["dropped"] += 1
+    for s in per_source.values():
+        s["hours"] = round(s["hours"], 4)
+    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(rows),
+            "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
+            "sources": per_source, "stages": [s.as_dict() for s in stats],
+            "accounting_closes": all(s.closes for s in stats)}
+
+
+def print_summary(summary: dict, stats_lines: bool = True) -> None:
+    print(f"\nlaion-audio build: {summary['records']} records in {summary['out']}")
+    for st in summary["stages"]:
+        s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
+                       st["skipped_already_done"], seconds=st["seconds"])
+        s.failures.update(st["failures"])
+        print("  " + s.line())
+    print(f"  {'dataset':<24}{'records':>9}{'sharded':>9}{'train':>7}{'test':>6}{'failed':>8}"
+          f"{'dropped':>9}{'hours':>9}")
+    for name, s in sorted(summary["sources"].items()):
+        print(f"  {name:<24}{s['records']:>9}{s['sharded']:>9}{s['train']:>7}{s['test']:>6}"
+              f"{s['failed']:>8}{s['dropped']:>9}{s['hours']:>9.3f}")
+    if summary["failures"]:
+        print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
+    print(f"  shards: {summary['shards']}")
+    print("  accounting closes at every stage" if summary["accounting_closes"]
+          else "  WARNING: accounting does not close; see stats/build.json")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,152 @@
+"""Run a batch stage over records on Ray (or in-process), writing each finished batch to the ledger.
+
+The stage is a plain function ``fn(records, **kwargs) -> records`` named by its import path,
+so nothing unpicklable crosses to the workers and the same function runs in a unit test.
+At most ``2 x workers`` batches are in flight, so memory does not grow with the corpus; each
+result is journaled as soon as it arrives, so a kill -9 loses only batches still running.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from tqdm import tqdm
+
+from laion_audio.ledger import Ledger, StageStats, fail
+from laion_audio.records import FailureCode, Record
+
+log = logging.getLogger(__name__)
+
+
+def resolve(path: str) -> Callable:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_batch(fn_path: str, records: list[Record], kwargs: dict) -> list[Record]:
+    """Call the stage; a crash of the whole batch becomes a typed failure per record."""
+    fn = resolve(fn_path)
+    try:
+        out = fn(records, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
+        stage = kwargs.get("stage_name", fn_path.rsplit(":", 1)[-1])
+        log.exception("batch of %d failed in %s", len(records), fn_path)
+        return [fail(r, stage, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}") for r in records]
+    if len(out) != len(records):
+        raise RuntimeError(f"{fn_path} returned {len(out)} records for {len(records)}")
+    return out
+
+
+@dataclass
+class Executor:
+    """Where batches run. ``ray_address=None`` starts a local Ray with ``workers`` CPUs;
+    ``"auto"`` or ``"host:port"`` joins a running cluster; ``inline=True`` runs in this
+    process (debugging, and the unit tests of single stages)."""
+
+    workers: int = max(1, os.cpu_count() or 1)
+    ray_address: str | None = None
+    inline: bool = False
+    _ray_started: bool = False
+
+    def start(self) -> None:
+        if self.inline:
+            return
+        import ray
+
+        if ray.is_initialized():
+            return
+        import crawlers
+        import laion_audio
+        import pipelines
+
+        kwargs = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                      # ship our code to every node, so a cluster needs only the dependencies
+                      runtime_env={"py_modules": [laion_audio, crawlers, pipelines],
+                                   "env_vars": {"RAY_DEDUP_LOGS": "0"}})
+        if self.ray_address:
+            ray.init(address=self.ray_address, **kwargs)
+        else:
+            ray.init(num_cpus=self.workers, **kwargs)
+        self._ray_started = True
+
+    def stop(self) -> None:
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()
+            self._ray_started = False
+
+    def __enter__(self) -> "Executor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def map_batches(self, fn_path: str, batches: Iterable[list[Record]], *, kwargs: dict,
+                    on_result: Callable[[list[Record], list[Record]], None], total: int,
+                    desc: str, num_cpus: float = 1.0) -> None:
+        """Run ``fn`` over ``batches``; ``on_result(inputs, outputs)`` is called in the driver
+        as each batch finishes (in completion order)."""
+        bar = tqdm(total=total, desc=desc, unit="rec", mininterval=1.0, dynamic_ncols=True)
+        try:
+            if self.inline:
+                for batch in batches:
+                    on_result(batch, run_batch(fn_path, batch, kwargs))
+                    bar.update(len(batch))
+                return
+            import ray
+
+            remote = ray.remote(num_cpus=num_cpus, max_retries=2)(run_batch)
+            max_in_flight = max(2, int(2 * self.workers / max(num_cpus, 0.01)))
+            kwargs_ref = ray.put(kwargs)
+            in_flight: dict = {}
+            for batch in batches:
+                while len(in_flight) >= max_in_flight:
+                    self._collect(in_flight, on_result, bar)
+                ref = remote.remote(fn_path, batch, kwargs_ref)
+                in_flight[ref] = batch
+            while in_flight:
+                self._collect(in_flight, on_result, bar)
+        finally:
+            bar.close()
+
+    @staticmethod
+    def _collect(in_flight: dict, on_result, bar) -> None:
+        import ray
+
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in done:
+            batch = in_flight.pop(ref)
+            try:
+                out = ray.get(ref)
+            except Exception as exc:  # worker died twice (OOM, segfault in a decoder)
+                out = [fail(r, "worker", FailureCode.INTERNAL, f"worker lost: {type(exc).__name__}: {exc}")
+                       for r in batch]
+            on_result(batch, out)
+            bar.update(len(batch))
+
+
+def run_stage(executor: Executor, ledger: Ledger, stage: str, fn_path: str, records: list[Record],
+              *, kwargs: dict, batch_size: int, num_cpus: float = 1.0,
+              transform: Callable[[Record], Record] | None = None) -> StageStats:
+    """Run one stage over ``records`` and journal every finished batch to ``ledger``."""
+    stats = StageStats(stage)
+    start = time.perf_counter()
+    batches = (records[i:i + batch_size] for i in range(0, len(records), batch_size))
+
+    def on_result(inputs: list[Record], outputs: list[Record]) -> None:
+        if transform is not None:
+            outputs = [transform(r) for r in outputs]
+        ledger.write(outputs, tag=stage)
+        for before, after in zip(inputs, outputs):
+            stats.add(before, after)
+
+    executor.map_batches(fn_path, batches, kwargs=kwargs, on_result=on_result,
+                         total=len(records), desc=stage, num_cpus=num_cpus)
+    stats.seconds = time.perf_counter() - start
+    return stats
