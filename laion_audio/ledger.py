@@ -70,8 +70,8 @@ def _check_version(schema: pa.Schema, path: Path) -> None:
 
 def _conform(table: pa.Table) -> pa.Table:
     """Bring an older-version table to the current schema (missing columns become null)."""
-    if table.schema.equals(SCHEMA, check_metadata=False):
-        return table
+    if table.column_names == list(SCHEMA.names):
+        return table.cast(SCHEMA)  # Parquet names list items "element", Arrow "item"
     cols = []
     for f in SCHEMA:
         if f.name in table.column_names:
@@ -275,7 +275,7 @@ class Ledger:
         files = self._journal_files()
         if not files and self.base_path.exists():
             return
-        _write_atomic(self.table(), self.base_path)
+        _write_atomic(self.table().combine_chunks(), self.base_path)
         for p in files:
             p.unlink(missing_ok=True)
 

@@ -276,12 +276,17 @@ def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict
                          "failure_code"]).to_pylist()
     per_source: dict[str, dict] = {}
     for row in rows:
-        s = per_source.setdefault(row["source"], {"records": 0, "sharded": 0, "failed": 0,
-                                                  "dropped": 0, "hours": 0.0, "train": 0, "test": 0})
+        s = per_source.setdefault(row["source"], {"records": 0, "audio_ok": 0, "sharded": 0,
+                                                  "failed": 0, "dropped": 0, "vanished": 0,
+                                                  "hours": 0.0, "train": 0, "test": 0})
         s["records"] += 1
+        if Status.reached(row["status"], Status.TRANSCODED):
+            s["audio_ok"] += 1
+            s["hours"] += (row["audio_duration"] or 0.0) / 3600
+        if row["status"] == Status.VANISHED:
+            s["vanished"] += 1
         if row["status"] == Status.SHARDED:
             s["sharded"] += 1
-            s["hours"] += (row["audio_duration"] or 0.0) / 3600
             if row["split"] in ("train", "test"):
                 s[row["split"]] += 1
         elif row["status"] == Status.FAILED:
@@ -303,14 +308,15 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
                        st["skipped_already_done"], seconds=st["seconds"])
         s.failures.update(st["failures"])
         print("  " + s.line())
-    print(f"  {'dataset':<24}{'records':>9}{'sharded':>9}{'train':>7}{'test':>6}{'failed':>8}"
-          f"{'dropped':>9}{'hours':>9}")
+    print(f"  {'dataset':<24}{'records':>9}{'audio ok':>9}{'sharded':>9}{'train':>7}{'test':>6}"
+          f"{'failed':>8}{'dropped':>9}{'vanished':>9}{'hours':>9}")
     for name, s in sorted(summary["sources"].items()):
-        print(f"  {name:<24}{s['records']:>9}{s['sharded']:>9}{s['train']:>7}{s['test']:>6}"
-              f"{s['failed']:>8}{s['dropped']:>9}{s['hours']:>9.3f}")
+        print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
+              f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
     if summary["failures"]:
         print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
-    print(f"  shards: {summary['shards']}")
+    if any(st["stage"] == "shard" for st in summary["stages"]):
+        print(f"  shards: {summary['shards']}")
     print("  accounting closes at every stage" if summary["accounting_closes"]
           else "  WARNING: accounting does not close; see stats/build.json")
 

@@ -71,12 +71,25 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_STAGES):
+    """A BuildConfig from the options the build-like commands share."""
+    from crawlers import get_source
+    from pipelines.build import BuildConfig
+
+    options = {name: get_source(name).options_from_args(args) for name in sources}
+    return BuildConfig(out=Path(args.out), sources=options, shards_to=args.shards_to,
+                       seed=args.seed, test_fraction=args.test_fraction,
+                       samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
+                       workers=args.workers, ray_address=args.ray_address, inline=args.inline,
+                       batch_size=args.batch_size, transcode=transcode_options(args),
+                       retry_failed=args.retry_failed, stages=tuple(stages))
+
+
 DEMO_SOUND_DIRS = ("/usr/share/sounds",)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crawlers import get_source
-    from pipelines.build import BuildConfig, print_summary, run_build
+    from pipelines.build import print_summary, run_build
 
     sources = args.source
     if not sources:
@@ -89,18 +102,11 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             args.input = demo
             args.dataset_name = args.dataset_name or "demo"
-    options = {name: get_source(name).options_from_args(args) for name in sources}
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(ALL_STAGES)
     if unknown:
         print(f"unknown stage(s): {', '.join(sorted(unknown))}")
         return 2
-    cfg = BuildConfig(out=Path(args.out), sources=options, shards_to=args.shards_to,
-                      seed=args.seed, test_fraction=args.test_fraction,
-                      samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
-                      workers=args.workers, ray_address=args.ray_address, inline=args.inline,
-                      batch_size=args.batch_size, transcode=transcode_options(args),
-                      retry_failed=args.retry_failed, stages=stages)
-    summary = run_build(cfg)
+    summary = run_build(config_from_args(args, sources, stages))
     print_summary(summary)
     return 0 if summary["accounting_closes"] else 1
