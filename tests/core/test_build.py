@@ -110,11 +110,11 @@ def test_local_ray_gives_the_same_shards_and_ledger(inline_build, corpus, tmp_pa
     assert (ray_out / "ledger" / "ledger.parquet").read_bytes() == (out / "ledger" / "ledger.parquet").read_bytes()
 
 
-def _cli(args: list[str], **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+def _cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    env = dict(env or os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "laion_audio", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)
+                            start_new_session=True)
 
 
 @pytest.mark.slow
@@ -161,8 +161,10 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
     if not ray_bin.exists():
         pytest.skip("ray CLI not installed next to this python")
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-    tmp_ray = tmp_path / "ray"
+    # a throwaway loopback cluster: no token (real clusters share one: `ray get-auth-token`)
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    import tempfile
+    tmp_ray = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     try:
         subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -173,9 +175,10 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
         cluster_out = tmp_path / "out"
         proc = _cli(["build", "--source", "local", "--input", str(corpus), "--out", str(cluster_out),
                      "--samples-per-shard", "4", "--batch-size", "2", "--workers", "2",
-                     "--ray-address", f"127.0.0.1:{port}"])
+                     "--ray-address", f"127.0.0.1:{port}"], env=env)
         output, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, output
         assert _tree_digest(cluster_out / "shards") == _tree_digest(out / "shards")
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(tmp_ray, ignore_errors=True)
