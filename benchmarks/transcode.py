@@ -1,0 +1,176 @@
+"""Transcode throughput: LAION's ffmpeg-per-file loop vs our in-process stage.
+
+The same input files go through
+
+* ``ffmpeg``: one ``ffmpeg -nostdin -y -i IN -ac 1 -ar 48000 OUT.flac`` process per file
+  (LAION's method), sequentially (1 worker) and two at a time (2 workers);
+* ``ours``: :func:`laion_audio.transcode.transcode_batch` in a ``ProcessPoolExecutor`` with 1
+  and 2 worker processes, over batches of records. The pool is started and warmed (imports
+  done) before the clock starts, as a long-running pipeline's workers would be.
+
+Printed: audio-seconds per wall-second for each variant (median over ``--repeats`` runs,
+variants interleaved within each repeat so machine noise hits all of them), and the ratios
+ours/ffmpeg at 1 worker, ours at 2 workers / ours at 1 worker. Two file sets by default:
+``all`` (every Debian sound file: 20 long music tracks dominate the audio-seconds) and
+``clips`` (files under 30 s: sound effects, the shape of most LAION-Audio-630K sources).
+
+    python benchmarks/transcode.py                      # Debian sound files
+    python benchmarks/transcode.py --copies 3           # repeat the list: more audio-minutes
+    python benchmarks/transcode.py --input DIR --sets all
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from laion_audio.records import Record, Status  # noqa: E402
+from laion_audio.transcode import TranscodeOptions, transcode_batch  # noqa: E402
+
+DEBIAN_SOUND_DIRS = [Path("/usr/share/sounds"), Path("/usr/share/games/colobot")]
+AUDIO_EXTS = {".wav", ".ogg", ".oga", ".flac", ".mp3", ".opus", ".m4a", ".webm", ".aiff"}
+
+
+def find_inputs(dirs: list[Path]) -> list[tuple[Path, float]]:
+    files = sorted({p for d in dirs if d.is_dir() for p in d.rglob("*")
+                    if p.suffix.lower() in AUDIO_EXTS and p.is_file()})
+    out = []
+    for p in files:
+        try:
+            out.append((p, sf.info(str(p)).duration))
+        except Exception:  # noqa: BLE001 - the benchmark only times files both sides can read
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- ffmpeg loop
+def _ffmpeg_one(job: tuple[str, str]) -> int:
+    src, dst = job
+    return subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", src,
+                           "-ac", "1", "-ar", "48000", dst],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+
+
+def run_ffmpeg(files: list[Path], out: Path, workers: int) -> int:
+    jobs = [(str(p), str(out / f"{i}.flac")) for i, p in enumerate(files)]
+    if workers == 1:
+        codes = [_ffmpeg_one(j) for j in jobs]
+    else:  # threads only wait on the child processes: `workers` ffmpeg processes at a time
+        with ThreadPoolExecutor(workers) as pool:
+            codes = list(pool.map(_ffmpeg_one, jobs))
+    return sum(1 for c in codes if c != 0)
+
+
+# ----------------------------------------------------------------------------- our stage
+def _warm(_: object = None) -> int:
+    return os.getpid()
+
+
+def _ours_batch(args) -> int:
+    records, out, options = args
+    done = transcode_batch(records, out, options)
+    return sum(1 for r in done if r.status != Status.TRANSCODED)
+
+
+def run_ours(pool: ProcessPoolExecutor, files: list[Path], out: Path, batch: int,
+             options: TranscodeOptions) -> int:
+    records = [Record("bench", str(i), audio_path=str(p), status=Status.FETCHED)
+               for i, p in enumerate(files)]
+    # Longest files first so no worker is left with one long track at the end.
+    records.sort(key=lambda r: -os.path.getsize(r.audio_path))
+    batches = [(records[i:i + batch], str(out), options) for i in range(0, len(records), batch)]
+    return sum(pool.map(_ours_batch, batches))
+
+
+# ----------------------------------------------------------------------------- driver
+def bench_set(name: str, files: list[Path], audio_seconds: float, repeats: int, batch: int,
+              options: TranscodeOptions, pools: dict[int, ProcessPoolExecutor]) -> dict:
+    print(f"\n== {name}: {len(files)} files, {audio_seconds / 60:.1f} audio-minutes, "
+          f"{repeats} repeats ==", flush=True)
+    variants = [("ffmpeg", 1), ("ours", 1), ("ffmpeg", 2), ("ours", 2)]
+    speeds: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
+    for rep in range(repeats):
+        order = variants[rep % 2 * 2:] + variants[:rep % 2 * 2]   # rotate who goes first
+        for kind, workers in order:
+            out = Path(tempfile.mkdtemp(prefix=f"bench-{kind}{workers}-"))
+            try:
+                start = time.perf_counter()
+                if kind == "ffmpeg":
+                    failed = run_ffmpeg(files, out, workers)
+                else:
+                    failed = run_ours(pools[workers], files, out, batch, options)
+                wall = time.perf_counter() - start
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            speeds[(kind, workers)].append(audio_seconds / wall)
+            print(f"  repeat {rep + 1} {kind:6s} x{workers}: {wall:7.2f} s wall, "
+                  f"{audio_seconds / wall:8.1f} audio-s/s, {failed} failed", flush=True)
+    med = {v: statistics.median(s) for v, s in speeds.items()}
+    print(f"  median audio-seconds per wall-second ({name}):")
+    for (kind, workers), value in med.items():
+        print(f"    {kind:6s} {workers} worker(s): {value:8.1f}")
+    result = {
+        "ours/ffmpeg 1 worker": med[("ours", 1)] / med[("ffmpeg", 1)],
+        "ours/ffmpeg 2 workers": med[("ours", 2)] / med[("ffmpeg", 2)],
+        "ours 2 workers / ours 1 worker": med[("ours", 2)] / med[("ours", 1)],
+        "ffmpeg 2 workers / ffmpeg 1 worker": med[("ffmpeg", 2)] / med[("ffmpeg", 1)],
+    }
+    for label, ratio in result.items():
+        print(f"    {label:36s} {ratio:5.2f}x")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", type=Path, action="append",
+                    help="folder of audio files (default: the Debian sound folders)")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="repeat the file list this many times (more audio-minutes)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
+    ap.add_argument("--batch", type=int, default=8, help="records per transcode_batch call")
+    ap.add_argument("--sets", nargs="+", default=["all", "clips"], choices=["all", "clips"],
+                    help="all files, and/or only files under --clip-seconds")
+    ap.add_argument("--clip-seconds", type=float, default=30.0)
+    args = ap.parse_args(argv)
+    if shutil.which("ffmpeg") is None:
+        print("ffmpeg is not installed: no baseline to compare with", file=sys.stderr)
+        return 2
+    inputs = find_inputs(args.input or DEBIAN_SOUND_DIRS)
+    if not inputs:
+        print("no audio files found (install the Debian sound packages or pass --input)",
+              file=sys.stderr)
+        return 2
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    options = TranscodeOptions()
+    pools = {w: ProcessPoolExecutor(w) for w in (1, 2)}
+    try:
+        for w, pool in pools.items():   # start and warm the workers before any clock runs
+            list(pool.map(_warm, range(w * 2)))
+            list(pool.map(_ours_batch, [([], tempfile.gettempdir(), options)] * w))
+        for name in args.sets:
+            chosen = [(p, d) for p, d in inputs if name == "all" or d < args.clip_seconds]
+            files = [p for p, _ in chosen] * args.copies
+            seconds = sum(d for _, d in chosen) * args.copies
+            bench_set(name, files, seconds, args.repeats, args.batch, options, pools)
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
