@@ -141,6 +141,13 @@ def _member_bytes(size: int) -> int:
     return _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
+def _tar_bytes(member_bytes: int) -> int:
+    """Size of a tar whose members take ``member_bytes``: two zero blocks end it, and tarfile
+    pads the whole to a multiple of its 10240-byte record."""
+    raw = member_bytes + 2 * _BLOCK
+    return (raw + _RECORD - 1) // _RECORD * _RECORD
+
+
 @dataclass
 class PlannedSample:
     index: int              # position in the caller's record list
@@ -173,8 +180,7 @@ class PlannedShard:
 
     @property
     def expected_bytes(self) -> int:
-        raw = sum(s.tar_bytes for s in self.samples) + 2 * _BLOCK
-        return (raw + _RECORD - 1) // _RECORD * _RECORD
+        return _tar_bytes(sum(s.tar_bytes for s in self.samples))
 
     @property
     def seconds(self) -> float:
@@ -268,14 +274,14 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     for (dataset, split) in sorted(groups):
         samples = sorted(groups[(dataset, split)], key=lambda s: _order_key(s.key, seed))
         current = PlannedShard(dataset, split, 0)
-        payload = 2 * _BLOCK
+        payload = 0
         for s in samples:
             full = samples_per_shard is not None and len(current.samples) >= samples_per_shard
-            too_big = shard_bytes is not None and payload + s.tar_bytes > shard_bytes
+            too_big = shard_bytes is not None and _tar_bytes(payload + s.tar_bytes) > shard_bytes
             if current.samples and (full or too_big):
                 shards.append(current)
                 current = PlannedShard(dataset, split, current.number + 1)
-                payload = 2 * _BLOCK
+                payload = 0
             current.samples.append(s)
             payload += s.tar_bytes
         shards.append(current)
