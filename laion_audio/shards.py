@@ -419,9 +419,10 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
         d = split_dir(ds, split)
         if root.is_local:
             Path(d).mkdir(parents=True, exist_ok=True)
-            for name in root.listdir(d):
-                if _is_temp_name(name):       # left by a killed run
-                    root.remove(f"{d}/{name}")
+            for folder in (d, f"{d}/{RECEIPTS_DIR}"):
+                for name in root.listdir(folder):
+                    if _is_temp_name(name):       # left by a killed run
+                        root.remove(f"{folder}/{name}")
         for shard in group:
             receipt_raw = root.read_bytes(f"{d}/{RECEIPTS_DIR}/{shard.name}.json")
             receipt = json.loads(receipt_raw) if receipt_raw else None
