@@ -384,6 +384,31 @@ def _is_temp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
+def _ours(root: Root, d: str) -> bool:
+    """Only a split whose index this writer made may be deleted (never LAION's own shards)."""
+    raw = root.read_bytes(f"{d}/{INDEX_NAME}")
+    try:
+        return bool(raw) and json.loads(raw).get("format") == INDEX_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def _retire_split(root: Root, d: str) -> int:
+    """Delete one of our splits: sizes.json first (readers stop seeing it), then the rest."""
+    root.remove(f"{d}/{SIZES_NAME}")
+    root.remove(f"{d}/{INDEX_NAME}")
+    for folder in (f"{d}/{RECEIPTS_DIR}", d):
+        for name in root.listdir(folder):
+            if _SHARD_NAME.match(name) or name.endswith(".tar.json"):
+                root.remove(f"{folder}/{name}")
+        if root.is_local:
+            try:
+                os.rmdir(folder)          # only when empty: anything else there is not ours
+            except OSError:
+                pass
+    return 1
+
+
 def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int = DEFAULT_SEED,
                  test_fraction: float = DEFAULT_TEST_FRACTION,
                  samples_per_shard: int | None = None, shard_bytes: int | None = None,
@@ -411,6 +436,14 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
 
     def split_dir(ds: str, split: str) -> str:
         return root.join(ds, split)
+
+    # Splits this writer made earlier that the plan no longer has (e.g. --test-fraction 0 now):
+    # retire them, so no sizes.json disagrees with the ledger.
+    retired = 0
+    for ds in sorted({s.dataset for s in shards}):
+        for split in root.listdir(root.join(ds)):
+            if (ds, split) not in by_split and _ours(root, split_dir(ds, split)):
+                retired += _retire_split(root, split_dir(ds, split))
 
     # Decide per tar: keep (receipt matches plan and size) or write.
     todo: list[PlannedShard] = []
@@ -508,7 +541,8 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                    "seconds": round(sum(v["seconds"] for v in flat), 3)},
         "failed": dict(Counter(r.failure_code for r in failed.values())),
         "shards_written": len(todo), "shards_kept": len(shards) - len(todo),
-        "stale_removed": stale, "wall_seconds": round(time.monotonic() - t0, 3),
+        "stale_removed": stale, "splits_retired": retired,
+        "wall_seconds": round(time.monotonic() - t0, 3),
     }
     return ShardRun(out_records, report)
 

@@ -241,6 +241,14 @@ def test_rerun_keeps_complete_shards_and_rewrites_changed_ones(records, tmp_path
     report = verify(out)
     assert report.ok, report.problems
     assert report.totals["samples"] == 20
+    # No test split any more: the old test folders go, LAION-style folders we did not write stay.
+    foreign = out / "colobot" / "valid"
+    foreign.mkdir()
+    (foreign / "sizes.json").write_text("{}")
+    _, report = write_shards(changed[:20], out, samples_per_shard=8, test_fraction=0.0)
+    assert report["splits_retired"] == 2
+    assert not (out / "colobot" / "test").exists() and not (out / "freedesktop" / "test").exists()
+    assert (foreign / "sizes.json").exists()
 
 
 def test_hugging_face_datasets_loads_the_shards(records, tmp_path):
