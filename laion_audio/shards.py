@@ -203,7 +203,7 @@ def _dataset_dir(source: str) -> str:
     return source
 
 
-def _prepare(index: int, record: Record, seed: int) -> tuple[PlannedSample | None, Record | None]:
+def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record | None]:
     """Check one record and build its sample, or return it failed with a typed reason."""
     texts = [t for t in record.texts if isinstance(t, str) and t.strip()]
     if not texts:
@@ -262,7 +262,7 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     splits: dict[int, str] = {}
     for i, rec in enumerate(records):
         dataset = _dataset_dir(rec.source)
-        sample, bad = _prepare(i, rec, seed)
+        sample, bad = _prepare(i, rec)
         if bad is not None:
             failed[i] = bad
             continue
@@ -445,8 +445,10 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
             if (ds, split) not in by_split and _ours(root, split_dir(ds, split)):
                 retired += _retire_split(root, split_dir(ds, split))
 
-    # Decide per tar: keep (receipt matches plan and size) or write.
+    # Decide per tar: keep (receipt matches plan and size) or write; find tars (and receipts)
+    # numbered past the plan, which a bigger earlier plan left behind.
     todo: list[PlannedShard] = []
+    stale: list[str] = []
     entries: dict[str, dict] = {}
     for (ds, split), group in by_split.items():
         d = split_dir(ds, split)
@@ -456,6 +458,7 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                 for name in root.listdir(folder):
                     if _is_temp_name(name):       # left by a killed run
                         root.remove(f"{folder}/{name}")
+        changing = False
         for shard in group:
             receipt_raw = root.read_bytes(f"{d}/{RECEIPTS_DIR}/{shard.name}.json")
             receipt = json.loads(receipt_raw) if receipt_raw else None
@@ -464,9 +467,18 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                 entries[shard.rel] = receipt
             else:
                 todo.append(shard)
-        if any(s.dataset == ds and s.split == split for s in todo):
-            root.remove(f"{d}/{SIZES_NAME}")     # the split is about to change: hide it from readers
+                changing = True
+        for folder, suffix in ((d, ".tar"), (f"{d}/{RECEIPTS_DIR}", ".tar.json")):
+            for name in root.listdir(folder):
+                number = name[: -len(suffix)] if name.endswith(suffix) else ""
+                if number.isdigit() and int(number) >= len(group):
+                    stale.append(f"{folder}/{name}")
+                    changing = True
+        if changing:     # hide the split from readers until it is consistent again
+            root.remove(f"{d}/{SIZES_NAME}")
             root.remove(f"{d}/{INDEX_NAME}")
+    for path in stale:
+        root.remove(path)
 
     def write_one(shard: PlannedShard) -> dict:
         d = split_dir(shard.dataset, shard.split)
@@ -487,16 +499,9 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
             for shard, entry in zip(todo, pool.map(write_one, todo)):
                 entries[shard.rel] = entry
 
-    # Remove tars (and receipts) a bigger earlier plan left behind, then commit each split.
-    stale = 0
+    # Commit each split: index first, sizes.json last.
     for (ds, split), group in by_split.items():
         d = split_dir(ds, split)
-        for folder, suffix in ((d, ""), (f"{d}/{RECEIPTS_DIR}", ".json")):
-            for name in root.listdir(folder):
-                m = _SHARD_NAME.match(name[: len(name) - len(suffix)] if suffix else name)
-                if m and name.endswith(".tar" + suffix) and int(m.group(1)) >= len(group):
-                    root.remove(f"{folder}/{name}")
-                    stale += not suffix
         shard_entries = [entries[s.rel] for s in group]
         index = {"format": INDEX_FORMAT, "version": WRITER_VERSION, "dataset": ds, "split": split,
                  "seed": seed, "test_fraction": test_fraction, "sample_rate": SAMPLE_RATE,
@@ -541,7 +546,7 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                    "seconds": round(sum(v["seconds"] for v in flat), 3)},
         "failed": dict(Counter(r.failure_code for r in failed.values())),
         "shards_written": len(todo), "shards_kept": len(shards) - len(todo),
-        "stale_removed": stale, "splits_retired": retired,
+        "stale_removed": sum(p.endswith(".tar") for p in stale), "splits_retired": retired,
         "wall_seconds": round(time.monotonic() - t0, 3),
     }
     return ShardRun(out_records, report)

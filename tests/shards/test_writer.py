@@ -237,7 +237,8 @@ def test_rerun_keeps_complete_shards_and_rewrites_changed_ones(records, tmp_path
     differ = {k for k in now if k.endswith(".tar") and now[k] != first.get(k)}
     assert differ == {written[5].shard}
     # Fewer records: tars beyond the new plan disappear, sizes.json lists what is there.
-    write_shards(changed[:20], out, samples_per_shard=8)
+    _, report = write_shards(changed[:20], out, samples_per_shard=8)
+    assert report["stale_removed"] >= 3
     report = verify(out)
     assert report.ok, report.problems
     assert report.totals["samples"] == 20
