@@ -141,6 +141,13 @@ def _member_bytes(size: int) -> int:
     return _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
+def _tar_bytes(member_bytes: int) -> int:
+    """Size of a tar whose members take ``member_bytes``: two zero blocks end it, and tarfile
+    pads the whole to a multiple of its 10240-byte record."""
+    raw = member_bytes + 2 * _BLOCK
+    return (raw + _RECORD - 1) // _RECORD * _RECORD
+
+
 @dataclass
 class PlannedSample:
     index: int              # position in the caller's record list
@@ -173,8 +180,7 @@ class PlannedShard:
 
     @property
     def expected_bytes(self) -> int:
-        raw = sum(s.tar_bytes for s in self.samples) + 2 * _BLOCK
-        return (raw + _RECORD - 1) // _RECORD * _RECORD
+        return _tar_bytes(sum(s.tar_bytes for s in self.samples))
 
     @property
     def seconds(self) -> float:
@@ -197,7 +203,7 @@ def _dataset_dir(source: str) -> str:
     return source
 
 
-def _prepare(index: int, record: Record, seed: int) -> tuple[PlannedSample | None, Record | None]:
+def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record | None]:
     """Check one record and build its sample, or return it failed with a typed reason."""
     texts = [t for t in record.texts if isinstance(t, str) and t.strip()]
     if not texts:
@@ -256,7 +262,7 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     splits: dict[int, str] = {}
     for i, rec in enumerate(records):
         dataset = _dataset_dir(rec.source)
-        sample, bad = _prepare(i, rec, seed)
+        sample, bad = _prepare(i, rec)
         if bad is not None:
             failed[i] = bad
             continue
@@ -268,14 +274,14 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     for (dataset, split) in sorted(groups):
         samples = sorted(groups[(dataset, split)], key=lambda s: _order_key(s.key, seed))
         current = PlannedShard(dataset, split, 0)
-        payload = 2 * _BLOCK
+        payload = 0
         for s in samples:
             full = samples_per_shard is not None and len(current.samples) >= samples_per_shard
-            too_big = shard_bytes is not None and payload + s.tar_bytes > shard_bytes
+            too_big = shard_bytes is not None and _tar_bytes(payload + s.tar_bytes) > shard_bytes
             if current.samples and (full or too_big):
                 shards.append(current)
                 current = PlannedShard(dataset, split, current.number + 1)
-                payload = 2 * _BLOCK
+                payload = 0
             current.samples.append(s)
             payload += s.tar_bytes
         shards.append(current)
@@ -378,6 +384,31 @@ def _is_temp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
+def _ours(root: Root, d: str) -> bool:
+    """Only a split whose index this writer made may be deleted (never LAION's own shards)."""
+    raw = root.read_bytes(f"{d}/{INDEX_NAME}")
+    try:
+        return bool(raw) and json.loads(raw).get("format") == INDEX_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def _retire_split(root: Root, d: str) -> int:
+    """Delete one of our splits: sizes.json first (readers stop seeing it), then the rest."""
+    root.remove(f"{d}/{SIZES_NAME}")
+    root.remove(f"{d}/{INDEX_NAME}")
+    for folder in (f"{d}/{RECEIPTS_DIR}", d):
+        for name in root.listdir(folder):
+            if _SHARD_NAME.match(name) or name.endswith(".tar.json"):
+                root.remove(f"{folder}/{name}")
+        if root.is_local:
+            try:
+                os.rmdir(folder)          # only when empty: anything else there is not ours
+            except OSError:
+                pass
+    return 1
+
+
 def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int = DEFAULT_SEED,
                  test_fraction: float = DEFAULT_TEST_FRACTION,
                  samples_per_shard: int | None = None, shard_bytes: int | None = None,
@@ -406,16 +437,28 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
     def split_dir(ds: str, split: str) -> str:
         return root.join(ds, split)
 
-    # Decide per tar: keep (receipt matches plan and size) or write.
+    # Splits this writer made earlier that the plan no longer has (e.g. --test-fraction 0 now):
+    # retire them, so no sizes.json disagrees with the ledger.
+    retired = 0
+    for ds in sorted({s.dataset for s in shards}):
+        for split in root.listdir(root.join(ds)):
+            if (ds, split) not in by_split and _ours(root, split_dir(ds, split)):
+                retired += _retire_split(root, split_dir(ds, split))
+
+    # Decide per tar: keep (receipt matches plan and size) or write; find tars (and receipts)
+    # numbered past the plan, which a bigger earlier plan left behind.
     todo: list[PlannedShard] = []
+    stale: list[str] = []
     entries: dict[str, dict] = {}
     for (ds, split), group in by_split.items():
         d = split_dir(ds, split)
         if root.is_local:
             Path(d).mkdir(parents=True, exist_ok=True)
-            for name in root.listdir(d):
-                if _is_temp_name(name):       # left by a killed run
-                    root.remove(f"{d}/{name}")
+            for folder in (d, f"{d}/{RECEIPTS_DIR}"):
+                for name in root.listdir(folder):
+                    if _is_temp_name(name):       # left by a killed run
+                        root.remove(f"{folder}/{name}")
+        changing = False
         for shard in group:
             receipt_raw = root.read_bytes(f"{d}/{RECEIPTS_DIR}/{shard.name}.json")
             receipt = json.loads(receipt_raw) if receipt_raw else None
@@ -424,9 +467,18 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                 entries[shard.rel] = receipt
             else:
                 todo.append(shard)
-        if any(s.dataset == ds and s.split == split for s in todo):
-            root.remove(f"{d}/{SIZES_NAME}")     # the split is about to change: hide it from readers
+                changing = True
+        for folder, suffix in ((d, ".tar"), (f"{d}/{RECEIPTS_DIR}", ".tar.json")):
+            for name in root.listdir(folder):
+                number = name[: -len(suffix)] if name.endswith(suffix) else ""
+                if number.isdigit() and int(number) >= len(group):
+                    stale.append(f"{folder}/{name}")
+                    changing = True
+        if changing:     # hide the split from readers until it is consistent again
+            root.remove(f"{d}/{SIZES_NAME}")
             root.remove(f"{d}/{INDEX_NAME}")
+    for path in stale:
+        root.remove(path)
 
     def write_one(shard: PlannedShard) -> dict:
         d = split_dir(shard.dataset, shard.split)
@@ -447,16 +499,9 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
             for shard, entry in zip(todo, pool.map(write_one, todo)):
                 entries[shard.rel] = entry
 
-    # Remove tars (and receipts) a bigger earlier plan left behind, then commit each split.
-    stale = 0
+    # Commit each split: index first, sizes.json last.
     for (ds, split), group in by_split.items():
         d = split_dir(ds, split)
-        for folder, suffix in ((d, ""), (f"{d}/{RECEIPTS_DIR}", ".json")):
-            for name in root.listdir(folder):
-                m = _SHARD_NAME.match(name[: len(name) - len(suffix)] if suffix else name)
-                if m and name.endswith(".tar" + suffix) and int(m.group(1)) >= len(group):
-                    root.remove(f"{folder}/{name}")
-                    stale += not suffix
         shard_entries = [entries[s.rel] for s in group]
         index = {"format": INDEX_FORMAT, "version": WRITER_VERSION, "dataset": ds, "split": split,
                  "seed": seed, "test_fraction": test_fraction, "sample_rate": SAMPLE_RATE,
@@ -501,7 +546,8 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                    "seconds": round(sum(v["seconds"] for v in flat), 3)},
         "failed": dict(Counter(r.failure_code for r in failed.values())),
         "shards_written": len(todo), "shards_kept": len(shards) - len(todo),
-        "stale_removed": stale, "wall_seconds": round(time.monotonic() - t0, 3),
+        "stale_removed": sum(p.endswith(".tar") for p in stale), "splits_retired": retired,
+        "wall_seconds": round(time.monotonic() - t0, 3),
     }
     return ShardRun(out_records, report)
 

@@ -1,0 +1,114 @@
+"""``verify``: passes good shards (ours and LAION's own layout) and names every kind of damage."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from laion_audio.shards import verify, write_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "laion_audio", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_verify_reads_laions_own_layout(shared_data, tmp_path):
+    """LAION's tars: members named by absolute path, ``text`` sometimes a plain string, some
+    samples without ``tag``, no index.json."""
+    pairs = sorted(p for p in (shared_data / "laion_pairs").glob("*.flac"))
+    assert len(pairs) >= 3
+    split = tmp_path / "laion" / "WavText5K" / "train"
+    split.mkdir(parents=True)
+    prefix = "mnt/audio_clip/processed_datasets/WavText5K/train"
+    with tarfile.open(split / "0.tar", "w") as tar:
+        for i, flac in enumerate(pairs, start=1):
+            doc = json.loads(flac.with_suffix(".json").read_text())
+            if i == 2:
+                doc.pop("tag", None)
+            add_bytes(tar, f"{prefix}/{i}.flac", flac.read_bytes())
+            add_bytes(tar, f"{prefix}/{i}.json", json.dumps(doc).encode())
+    (split / "sizes.json").write_text(json.dumps({"0.tar": len(pairs)}))
+    assert any(isinstance(json.loads(p.with_suffix(".json").read_text())["text"], str)
+               for p in pairs)
+
+    report = verify(tmp_path / "laion")
+    assert report.ok, report.problems
+    assert report.splits["WavText5K/train"]["samples"] == len(pairs)
+    assert report.splits["WavText5K/train"]["indexed"] is False
+    assert report.totals["seconds"] > 9.0
+    assert any("LAION" in n for n in report.notes)
+    done = cli("verify", str(tmp_path / "laion"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no index.json" in done.stdout
+
+    # The same reader rejects a LAION tar whose sizes.json overstates it.
+    (split / "sizes.json").write_text(json.dumps({"0.tar": len(pairs) + 1}))
+    assert any("sizes.json says" in p for p in verify(tmp_path / "laion").problems)
+
+
+def test_verify_names_each_problem(records, tmp_path):
+    out = tmp_path / "out"
+    write_shards(records, out, samples_per_shard=6)
+    assert verify(out).ok
+    train = out / "colobot" / "train"
+
+    # 1. a flipped byte inside a FLAC: checksum and decode both fail
+    data = bytearray((train / "0.tar").read_bytes())
+    data[3000] ^= 0xFF
+    (train / "0.tar").write_bytes(bytes(data))
+    # 2. a missing tar, 3. a tar nobody lists
+    (train / "1.tar").unlink()
+    (train / "99.tar").write_bytes((train / "2.tar").read_bytes())
+    # 4. members of two samples interleaved, one JSON with an empty text, one lone FLAC
+    flac = (Path(records[0].flac_path)).read_bytes()
+    with tarfile.open(train / "3.tar", "w") as tar:
+        add_bytes(tar, "a.flac", flac)
+        add_bytes(tar, "b.flac", flac)
+        add_bytes(tar, "a.json", b'{"text": ["x"]}')
+        add_bytes(tar, "b.json", b'{"text": ["x"]}')
+        add_bytes(tar, "c.flac", flac)
+        add_bytes(tar, "c.json", b'{"text": []}')
+        add_bytes(tar, "d.flac", flac)
+    # 5. a truncated tar, 6. a temp file a killed run left
+    data = (train / "4.tar").read_bytes()
+    (train / "4.tar").write_bytes(data[: len(data) // 3])
+    (train / ".colobot.train.5.tar.tmp-123").write_bytes(b"partial")
+
+    report = verify(out)
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert "0.tar: sha256 is" in text
+    assert "1.tar: listed in sizes.json but missing" in text
+    assert "99.tar: not listed in sizes.json" in text
+    assert "members are not adjacent" in text
+    assert "'text' is an empty list" in text
+    assert "sample d: no .json member" in text
+    assert "4.tar: tar is damaged" in text or "4.tar: bytes is" in text
+    assert "temporary file left by an unfinished run" in text
+    assert "freedesktop" not in text          # the other dataset is untouched
+
+    done = cli("verify", str(out))
+    assert done.returncode == 1
+    assert "PROBLEMS" in done.stdout and "99.tar" in done.stdout
+
+
+def test_verify_on_a_folder_without_shards(tmp_path):
+    assert not verify(tmp_path / "nothing").ok
+    (tmp_path / "empty").mkdir()
+    assert "no sizes.json" in verify(tmp_path / "empty").problems[0]
