@@ -199,13 +199,6 @@ class PlannedShard:
         return h.hexdigest()
 
 
-def _dataset_dir(source: str) -> str:
-    if not _SAFE_DIR.match(source) or ".." in source:
-        raise ShardError(f"source name {source!r} cannot be a shard folder name "
-                         "(letters, digits, '.', '_', '-' only)")
-    return source
-
-
 def _audio_id(record: Record, path: str) -> str:
     """The transcode stage's hash of the FLAC's PCM when the ledger has it (free); otherwise the
     SHA-256 of the file bytes (one extra read, for records that came without it)."""
@@ -220,6 +213,10 @@ def _audio_id(record: Record, path: str) -> str:
 
 def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record | None]:
     """Check one record and build its sample, or return it failed with a typed reason."""
+    if not _SAFE_DIR.match(record.source) or ".." in record.source:
+        return None, fail(dataclasses.replace(record), STAGE, FailureCode.BAD_METADATA,
+                          f"source name {record.source!r} cannot be a shard folder name "
+                          "(letters, digits, '.', '_', '-'; not starting with '.' or '-')")
     texts = [t for t in record.texts if isinstance(t, str) and t.strip()]
     if not texts:
         return None, fail(dataclasses.replace(record), STAGE, FailureCode.NO_CAPTION,
@@ -276,14 +273,13 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     failed: dict[int, Record] = {}
     splits: dict[int, str] = {}
     for i, rec in enumerate(records):
-        dataset = _dataset_dir(rec.source)
         sample, bad = _prepare(i, rec)
         if bad is not None:
             failed[i] = bad
             continue
         split = assign_split(rec.source, rec.source_id, seed, test_fraction)
         splits[i] = split
-        groups[(dataset, split)].append(sample)
+        groups[(rec.source, split)].append(sample)
 
     shards: list[PlannedShard] = []
     for (dataset, split) in sorted(groups):

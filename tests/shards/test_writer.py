@@ -216,15 +216,17 @@ def test_bad_records_are_recorded_failures(records, tmp_path):
         dataclasses.replace(records[14], flac_path=str(low_rate)),
         dataclasses.replace(records[15], flac_path=str(not_audio)),
         dataclasses.replace(records[16], flac_path=""),
+        dataclasses.replace(records[17], source="../escape"),
     ]
     written, report = write_shards(good + [nan_meta] + bad, tmp_path / "out")
     by_id = {r.source_id: r for r in written}
     assert [by_id[r.source_id].failure_code for r in bad] == [
         FailureCode.MISSING_FILE, FailureCode.NO_CAPTION, FailureCode.UNDECODABLE,
-        FailureCode.UNDECODABLE, FailureCode.UNDECODABLE, FailureCode.MISSING_FILE]
+        FailureCode.UNDECODABLE, FailureCode.UNDECODABLE, FailureCode.MISSING_FILE,
+        FailureCode.BAD_METADATA]
     assert all(by_id[r.source_id].status == Status.FAILED and by_id[r.source_id].failure_stage
                == "shard" and not by_id[r.source_id].shard for r in bad)
-    assert report["totals"] == {**report["totals"], "inputs": 17, "samples": 11, "failed": 6}
+    assert report["totals"] == {**report["totals"], "inputs": 18, "samples": 11, "failed": 7}
     assert verify(tmp_path / "out").ok
     # NaN in free-form metadata becomes null instead of invalid JSON.
     assert by_id[nan_meta.source_id].status == Status.SHARDED
