@@ -251,6 +251,7 @@ def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record |
 def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
                 test_fraction: float = DEFAULT_TEST_FRACTION,
                 samples_per_shard: int | None = None, shard_bytes: int | None = None,
+                workers: int = 1,
                 ) -> tuple[list[PlannedShard], dict[int, Record], dict[int, str]]:
     """Decide which sample goes into which tar. Returns the shards, the failed records (by input
     position) and each planned input position's split."""
@@ -272,8 +273,9 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     groups: dict[tuple[str, str], list[PlannedSample]] = defaultdict(list)
     failed: dict[int, Record] = {}
     splits: dict[int, str] = {}
-    for i, rec in enumerate(records):
-        sample, bad = _prepare(i, rec)
+    with ThreadPoolExecutor(max(1, workers)) as pool:   # file checks (and hashes) are I/O
+        prepared = list(pool.map(_prepare, range(len(records)), records))
+    for i, (rec, (sample, bad)) in enumerate(zip(records, prepared)):
         if bad is not None:
             failed[i] = bad
             continue
@@ -434,7 +436,7 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
     root = Root(out, storage_options)
     shards, failed, splits = plan_shards(records, seed=seed, test_fraction=test_fraction,
                                          samples_per_shard=samples_per_shard,
-                                         shard_bytes=shard_bytes)
+                                         shard_bytes=shard_bytes, workers=workers)
     staging = None
     if not root.is_local:
         staging = _staging_dir(root)
