@@ -20,7 +20,7 @@ Why it is built this way:
   tar of that split changes and written after all of them are complete, so a reader never sees a
   split whose tars disagree with it.
 * **Resume.** After each tar a small receipt records the plan fingerprint of the tar (keys, JSON
-  bytes, FLAC size and mtime). A rerun skips a tar whose receipt matches the new plan and whose
+  bytes, FLAC size and content hash). A rerun skips a tar whose receipt matches the new plan and whose
   size matches the receipt, and rewrites the rest; the result equals an uninterrupted run.
 """
 from __future__ import annotations
@@ -154,7 +154,8 @@ class PlannedSample:
     key: str
     flac_path: str
     flac_bytes: int
-    flac_mtime_ns: int
+    flac_mtime_ns: int      # only to notice a file changing during this run; never stored
+    audio_id: str           # what the FLAC holds, independent of where it lies (see _audio_id)
     json_bytes: bytes
     seconds: float
 
@@ -187,24 +188,35 @@ class PlannedShard:
         return sum(s.seconds for s in self.samples)
 
     def fingerprint(self) -> str:
-        """What this tar will hold. Equal fingerprints mean equal bytes (FLAC files identified by
-        size and mtime, JSON by its bytes), so a rerun can trust a tar with a matching receipt."""
+        """What this tar will hold. Equal fingerprints mean equal bytes (FLAC by size and content
+        id, JSON by its bytes), so a rerun can trust a tar with a matching receipt. Nothing here
+        depends on paths or mtimes: two work folders built from the same inputs (a Ray run and
+        an inline one, a killed run and a clean one) write the same index and receipts."""
         h = hashlib.sha256(f"laion-audio-shard v{WRITER_VERSION}\n".encode())
         for s in self.samples:
-            h.update(f"{s.key}\t{s.flac_bytes}\t{s.flac_mtime_ns}\t".encode())
+            h.update(f"{s.key}\t{s.flac_bytes}\t{s.audio_id}\t".encode())
             h.update(hashlib.sha256(s.json_bytes).digest())
         return h.hexdigest()
 
 
-def _dataset_dir(source: str) -> str:
-    if not _SAFE_DIR.match(source) or ".." in source:
-        raise ShardError(f"source name {source!r} cannot be a shard folder name "
-                         "(letters, digits, '.', '_', '-' only)")
-    return source
+def _audio_id(record: Record, path: str) -> str:
+    """The transcode stage's hash of the FLAC's PCM when the ledger has it (free); otherwise the
+    SHA-256 of the file bytes (one extra read, for records that came without it)."""
+    if record.audio_sha256:
+        return f"pcm:{record.audio_sha256}"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"file:{h.hexdigest()}"
 
 
 def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record | None]:
     """Check one record and build its sample, or return it failed with a typed reason."""
+    if not _SAFE_DIR.match(record.source) or ".." in record.source:
+        return None, fail(dataclasses.replace(record), STAGE, FailureCode.BAD_METADATA,
+                          f"source name {record.source!r} cannot be a shard folder name "
+                          "(letters, digits, '.', '_', '-'; not starting with '.' or '-')")
     texts = [t for t in record.texts if isinstance(t, str) and t.strip()]
     if not texts:
         return None, fail(dataclasses.replace(record), STAGE, FailureCode.NO_CAPTION,
@@ -232,13 +244,14 @@ def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record |
     seconds = info.frames / info.samplerate
     key = sample_key(record.source, record.source_id)
     return PlannedSample(index=index, key=key, flac_path=path, flac_bytes=st.st_size,
-                         flac_mtime_ns=st.st_mtime_ns,
+                         flac_mtime_ns=st.st_mtime_ns, audio_id=_audio_id(record, path),
                          json_bytes=sample_json(record, texts, seconds), seconds=seconds), None
 
 
 def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
                 test_fraction: float = DEFAULT_TEST_FRACTION,
                 samples_per_shard: int | None = None, shard_bytes: int | None = None,
+                workers: int = 1,
                 ) -> tuple[list[PlannedShard], dict[int, Record], dict[int, str]]:
     """Decide which sample goes into which tar. Returns the shards, the failed records (by input
     position) and each planned input position's split."""
@@ -260,15 +273,15 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     groups: dict[tuple[str, str], list[PlannedSample]] = defaultdict(list)
     failed: dict[int, Record] = {}
     splits: dict[int, str] = {}
-    for i, rec in enumerate(records):
-        dataset = _dataset_dir(rec.source)
-        sample, bad = _prepare(i, rec)
+    with ThreadPoolExecutor(max(1, workers)) as pool:   # file checks (and hashes) are I/O
+        prepared = list(pool.map(_prepare, range(len(records)), records))
+    for i, (rec, (sample, bad)) in enumerate(zip(records, prepared)):
         if bad is not None:
             failed[i] = bad
             continue
         split = assign_split(rec.source, rec.source_id, seed, test_fraction)
         splits[i] = split
-        groups[(dataset, split)].append(sample)
+        groups[(rec.source, split)].append(sample)
 
     shards: list[PlannedShard] = []
     for (dataset, split) in sorted(groups):
@@ -423,7 +436,7 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
     root = Root(out, storage_options)
     shards, failed, splits = plan_shards(records, seed=seed, test_fraction=test_fraction,
                                          samples_per_shard=samples_per_shard,
-                                         shard_bytes=shard_bytes)
+                                         shard_bytes=shard_bytes, workers=workers)
     staging = None
     if not root.is_local:
         staging = _staging_dir(root)

@@ -23,9 +23,9 @@ def register(sub) -> None:
                    help="share of ids that go to the test split (default 0.1)")
     p.add_argument("--samples-per-shard", type=int, default=None,
                    help="samples per tar (default 512; with --shard-bytes, an extra cap)")
-    p.add_argument("--shard-bytes", type=int, default=None,
-                   help="roll to a new tar before this many bytes (a tar is larger only when "
-                        "one sample alone is)")
+    p.add_argument("--shard-bytes", type=parse_bytes, default=None, metavar="N",
+                   help="roll to a new tar before N bytes (e.g. 500M, 1G; a tar is larger only "
+                        "when one sample alone is)")
     p.add_argument("--workers", type=int, default=2, help="tars written at once (threads)")
     p.add_argument("--paths-relative-to", default=None,
                    help="folder that relative flac paths in the ledger start from "
@@ -34,6 +34,24 @@ def register(sub) -> None:
                    help="fsspec option for OUT, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)")
     p.add_argument("--report", default=None, help="also write the report as JSON to this file")
     p.set_defaults(func=run)
+
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``1000000``, ``500M``, ``1G``, ``1GiB`` -> bytes (decimal units; ``Ki``/``Mi``/``Gi`` binary)."""
+    t = text.strip().upper().removesuffix("B")
+    num = t.rstrip("KMGTI")
+    unit = t[len(num):]
+    try:
+        value = float(num) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (try 500M or 1G)")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"byte size must be positive: {text!r}")
+    return int(value)
 
 
 def parse_storage_options(pairs: list[str]) -> dict:
@@ -52,7 +70,7 @@ def _absolute(path: str, base: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from laion_audio.ledger import Ledger, LedgerError
-    from laion_audio.shards import READY_STATUSES, ShardError, write_shards
+    from laion_audio.shards import READY_STATUSES, ShardError, ShardRun, write_shards
 
     ledger_dir = Path(args.ledger)
     if not ledger_dir.is_dir():
@@ -80,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
     except (ShardError, LedgerError, ValueError) as exc:
         print(f"shard: {exc}")
         return 2
-    from laion_audio.shards import ShardRun
-
     for line in ShardRun(records, report).lines():
         print(line)
     if waiting:

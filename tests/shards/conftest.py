@@ -4,6 +4,7 @@ The FLACs are made here (soundfile + soxr) rather than by the transcode stage so
 the shard writer alone."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,22 @@ def make_record(source: str, src: Path, flac: Path, seconds: float, *, n: int = 
         caption_provenance={"rule": "filename"}, text_augment_t5=t5, status=Status.CAPTIONED)
 
 
+def pcm_sha256(flac: Path) -> str:
+    """What the transcode stage records as ``audio_sha256``: a hash of the output PCM."""
+    return hashlib.sha256(sf.read(str(flac), dtype="int16")[0].tobytes()).hexdigest()
+
+
 @pytest.fixture()
 def records(debian_flacs) -> list[Record]:
-    """Two datasets; one of them has T5 captions on every other record."""
+    """Two datasets; one has T5 captions on every other record and the transcode stage's PCM
+    hash (the other comes without it, as records imported from elsewhere may)."""
     out = []
     for i, (src, flac, sec) in enumerate(debian_flacs):
         if i % 3 == 0:
             out.append(make_record("freedesktop", src, flac, sec))
         else:
-            out.append(make_record("colobot", src, flac, sec,
-                                   t5=f"a short {src.stem} sound" if i % 2 else None))
+            rec = make_record("colobot", src, flac, sec,
+                              t5=f"a short {src.stem} sound" if i % 2 else None)
+            rec.audio_sha256 = pcm_sha256(flac)
+            out.append(rec)
     return out

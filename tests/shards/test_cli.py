@@ -1,6 +1,7 @@
 """``laion-audio shard`` over a ledger: ledger updates, and kill -9 in the middle then resume."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -8,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from laion_audio.commands.shard import parse_bytes
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 
@@ -62,7 +66,7 @@ def test_shard_command_updates_the_ledger(debian_flacs, tmp_path):
 def test_kill_9_during_shard_run_then_rerun_equals_an_uninterrupted_run(debian_flacs, tmp_path):
     # Many one-sample tars so the run is still going when the first tar appears.
     records = [make_record("colobot", src, flac, sec, n=n)
-               for n in range(6) for src, flac, sec in debian_flacs]
+               for n in range(4) for src, flac, sec in debian_flacs]
     args = ["--samples-per-shard", "1", "--workers", "1"]
     clean = ledger_with(tmp_path / "clean-ledger", records)
     killed = ledger_with(tmp_path / "killed-ledger", records)
@@ -100,3 +104,11 @@ def test_kill_9_during_shard_run_then_rerun_equals_an_uninterrupted_run(debian_f
         assert l1.table().equals(l2.table())
     assert (clean / "ledger.parquet").read_bytes() == (killed / "ledger.parquet").read_bytes()
     assert cli("verify", str(out)).returncode == 0
+
+
+def test_byte_sizes_on_the_command_line():
+    assert [parse_bytes(t) for t in ("4096", "500M", "1G", "1GiB", "2.5MB")] == [
+        4096, 500_000_000, 1_000_000_000, 2**30, 2_500_000]
+    for bad in ("abc", "0", "-5M"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_bytes(bad)

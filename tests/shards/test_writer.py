@@ -5,7 +5,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import random
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -108,10 +110,18 @@ def test_sizes_json_and_index_match_the_tars(records, tmp_path):
 
 
 def test_same_inputs_and_seed_give_identical_bytes_whatever_the_input_order(records, tmp_path):
-    shuffled = list(records)
-    random.Random(7).shuffle(shuffled)
+    """Also from another work folder: FLACs copied elsewhere (other paths, other mtimes) give
+    the same tars, index and receipts, as an inline build and a Ray build must."""
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    moved = []
+    for i, r in enumerate(records):
+        dest = copies / f"{i}.flac"
+        shutil.copyfile(r.flac_path, dest)
+        moved.append(dataclasses.replace(r, flac_path=str(dest)))
+    random.Random(7).shuffle(moved)
     write_shards(records, tmp_path / "a", samples_per_shard=6)
-    write_shards(shuffled, tmp_path / "b", samples_per_shard=6, workers=3)
+    write_shards(moved, tmp_path / "b", samples_per_shard=6, workers=3)
     a, b = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
     assert a.keys() == b.keys() and any(k.endswith(".tar") for k in a)
     assert all(a[k] == b[k] for k in a)
@@ -206,15 +216,17 @@ def test_bad_records_are_recorded_failures(records, tmp_path):
         dataclasses.replace(records[14], flac_path=str(low_rate)),
         dataclasses.replace(records[15], flac_path=str(not_audio)),
         dataclasses.replace(records[16], flac_path=""),
+        dataclasses.replace(records[17], source="../escape"),
     ]
     written, report = write_shards(good + [nan_meta] + bad, tmp_path / "out")
     by_id = {r.source_id: r for r in written}
     assert [by_id[r.source_id].failure_code for r in bad] == [
         FailureCode.MISSING_FILE, FailureCode.NO_CAPTION, FailureCode.UNDECODABLE,
-        FailureCode.UNDECODABLE, FailureCode.UNDECODABLE, FailureCode.MISSING_FILE]
+        FailureCode.UNDECODABLE, FailureCode.UNDECODABLE, FailureCode.MISSING_FILE,
+        FailureCode.BAD_METADATA]
     assert all(by_id[r.source_id].status == Status.FAILED and by_id[r.source_id].failure_stage
                == "shard" and not by_id[r.source_id].shard for r in bad)
-    assert report["totals"] == {**report["totals"], "inputs": 17, "samples": 11, "failed": 6}
+    assert report["totals"] == {**report["totals"], "inputs": 18, "samples": 11, "failed": 7}
     assert verify(tmp_path / "out").ok
     # NaN in free-form metadata becomes null instead of invalid JSON.
     assert by_id[nan_meta.source_id].status == Status.SHARDED
@@ -227,6 +239,10 @@ def test_rerun_keeps_complete_shards_and_rewrites_changed_ones(records, tmp_path
     _, report = write_shards(records, out, samples_per_shard=8)
     assert report["shards_written"] == 0 and report["shards_kept"] == report["totals"]["shards"]
     assert tree_bytes(out) == first
+    # A touched FLAC (same bytes, new mtime) is the same audio: nothing to redo.
+    os.utime(records[3].flac_path, (1e9, 1e9))
+    _, report = write_shards(records, out, samples_per_shard=8)
+    assert report["shards_written"] == 0
 
     # A new caption on one record rewrites exactly the tar that holds it.
     changed = [dataclasses.replace(r, texts=["a new caption"]) if i == 5 else r
