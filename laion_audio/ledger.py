@@ -97,6 +97,9 @@ class Ledger:
             except BlockingIOError:
                 os.close(self._lock_fd)
                 raise LedgerError(f"another laion-audio process is writing {self.root}")
+            # the writer is us: temp files left by a killed writer are garbage
+            for stale in [*self.root.glob(".*.tmp-*"), *(self.root / "journal").glob(".*.tmp-*")]:
+                stale.unlink(missing_ok=True)
         self._cache: pa.Table | None = None
         self._sorted = False
 

@@ -123,8 +123,8 @@ def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: d
         if refresh:
             with seen_path.open("a", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r.source_id) + "\n" for r in pending)
-        stats.inputs += len(pending)
-        stats.succeeded += len(pending)
+        for rec in pending:   # a crawler may list an item it could not use as a failed record
+            stats.add(rec, rec)
         for k, v in result.summary().items():
             stats.extra[k] = stats.extra.get(k, 0) + v
         pending.clear()
@@ -226,7 +226,7 @@ def shard(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
     written, report = write_shards(absolute, cfg.shard_root, seed=cfg.seed,
                                    test_fraction=cfg.test_fraction,
                                    samples_per_shard=cfg.samples_per_shard,
-                                   shard_bytes=cfg.shard_bytes)
+                                   shard_bytes=cfg.shard_bytes, workers=min(cfg.workers, 8))
     ledger.write([work.with_rel_paths(r) for r in written], tag="shard")
     for rec in written:
         stats.add(rec, rec)
