@@ -1,0 +1,147 @@
+"""A folder of audio files as a source: the user's own sounds, or the README's demo corpus.
+
+Captions, first match wins per file:
+1. a caption table at the folder root (``captions.csv``/``metadata.csv`` with a file column
+   ``file_name``/``file``/``path``/``audio`` and caption columns ``caption``/``text``/
+   ``caption_1``..``caption_5``; or ``captions.json``/``metadata.jsonl`` with the same keys);
+2. a sidecar ``<stem>.json`` in LAION's processed format (``text`` str or list, ``tag``,
+   ``original_data``) or ``<stem>.txt`` (one caption per line);
+3. the cleaned file name ("dog_bark_03.wav" -> "dog bark").
+
+The id is the file's path relative to the folder, so two files with the same name in
+different sub-folders are two records (LAION's filename scripts overwrote one with the other).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from laion_audio.records import Failure, FailureCode, Record
+
+from .base import Source
+
+AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
+                    ".mp4", ".webm", ".aif", ".aiff", ".aifc", ".wma", ".caf", ".w64"}
+_FILE_COLUMNS = ("file_name", "file", "filename", "path", "audio", "audio_filename", "fname")
+_CAPTION_COLUMNS = ("caption", "text", "description") + tuple(f"caption_{i}" for i in range(1, 6))
+
+
+def caption_from_filename(name: str) -> str:
+    """'Dog_Bark-Large_03.wav' -> 'Dog Bark Large'. Drops the extension, turns separators into
+    spaces, removes trailing take numbers; keeps everything else (no guessing)."""
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    text = re.sub(r"[_\-]+", " ", stem)
+    text = re.sub(r"(\s+(take\s*)?#?\d+[a-z]?)+\s*$", "", text, flags=re.IGNORECASE)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text or stem
+
+
+def _read_caption_table(root: Path) -> dict[str, dict]:
+    table: dict[str, dict] = {}
+    for name in ("captions.csv", "metadata.csv"):
+        path = root / name
+        if path.is_file():
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                for row in csv.DictReader(fh):
+                    _add_row(table, row)
+    for name in ("captions.json", "metadata.json", "metadata.jsonl", "captions.jsonl"):
+        path = root / name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        if name.endswith(".jsonl"):
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+            rows = data if isinstance(data, list) else [dict(v, file_name=k) for k, v in data.items()]
+        for row in rows:
+            _add_row(table, row)
+    return table
+
+
+def _add_row(table: dict[str, dict], row: dict) -> None:
+    file_col = next((c for c in _FILE_COLUMNS if row.get(c)), None)
+    if file_col is None:
+        return
+    texts = []
+    for col in _CAPTION_COLUMNS:
+        value = row.get(col)
+        if isinstance(value, list):
+            texts.extend(str(v).strip() for v in value if str(v).strip())
+        elif value and str(value).strip():
+            texts.append(str(value).strip())
+    tags = row.get("tags") or row.get("tag") or []
+    if isinstance(tags, str):
+        tags = [t.strip() for t in tags.split(",") if t.strip()]
+    extra = {k: v for k, v in row.items() if k not in _CAPTION_COLUMNS and k != file_col}
+    table[str(row[file_col]).replace("\\", "/")] = {"texts": texts, "tags": list(tags), "extra": extra}
+
+
+def _sidecar(path: Path) -> dict | None:
+    js = path.with_suffix(".json")
+    if js.is_file():
+        try:
+            data = json.loads(js.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        text = data.get("text")
+        texts = [text] if isinstance(text, str) else [str(t) for t in (text or [])]
+        return {"texts": [t for t in texts if t.strip()], "tags": list(data.get("tag") or []),
+                "extra": data.get("original_data") or {}}
+    txt = path.with_suffix(".txt")
+    if txt.is_file():
+        lines = [ln.strip() for ln in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
+        return {"texts": [ln for ln in lines if ln], "tags": [], "extra": {}}
+    return None
+
+
+class LocalSource(Source):
+    name = "local"
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--input", help="folder of audio files (local source)")
+        parser.add_argument("--dataset-name", default=None,
+                            help="shard folder name for the local source (default: local)")
+
+    def __init__(self, input: str | Path | None = None, dataset_name: str | None = None, **options):
+        super().__init__(**options)
+        if input is None:
+            raise ValueError("the local source needs --input DIR")
+        self.root = Path(input).resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"--input {self.root} is not a folder")
+        self.dataset = dataset_name or self.name
+
+    def crawl(self, state: dict) -> Iterator[Record]:
+        table = _read_caption_table(self.root)
+        files = sorted(p for p in self.root.rglob("*")
+                       if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
+        for path in files:
+            rel = path.relative_to(self.root).as_posix()
+            info = table.get(rel) or table.get(path.name) or _sidecar(path)
+            if info and info["texts"]:
+                texts, rule = info["texts"], "caption table or sidecar"
+            else:
+                texts, rule = [caption_from_filename(path.name)], "cleaned file name"
+            tags = list(info["tags"]) if info else []
+            if not tags and path.parent != self.root:
+                tags = [part for part in path.parent.relative_to(self.root).parts]
+            yield Record(
+                source=self.dataset, source_id=rel, url=str(path), title=path.stem,
+                tags=tags, texts=texts,
+                caption_provenance={"rule": rule, "source": "local"},
+                original_data={"file_path": rel, **(info["extra"] if info else {})},
+            )
+
+    def fetch(self, record: Record, dest_dir: Path) -> Path:
+        path = Path(record.url)
+        if not path.is_file():
+            raise Failure(FailureCode.MISSING_FILE, f"{record.source_id} is no longer in {self.root}")
+        return path
+
+
+SOURCE = LocalSource
