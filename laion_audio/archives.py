@@ -210,7 +210,7 @@ def _extract_zip(archive: Path, root: Path, budget: _Budget, want) -> None:
             if info.is_dir():
                 continue
             mode = info.external_attr >> 16
-            if info.create_system == 3 and mode and not stat.S_ISREG(mode):
+            if info.create_system == 3 and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
                 kind = "symlink" if stat.S_ISLNK(mode) else "special file"
                 budget.reject(info.filename, FailureCode.UNSAFE_PATH, f"{kind} member")
                 continue
