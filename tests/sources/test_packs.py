@@ -119,3 +119,63 @@ def test_hostile_members_become_failed_records_next_to_good_ones(tmp_path, clip)
 ])
 def test_clean_pack_caption(filename, parents, caption):
     assert clean_pack_caption(filename, parents)[0] == caption
+
+
+# ---------------------------------------------------------------- archive URLs (replay server)
+URL_CAPTIONS = {
+    "sonniss_game_effects": {"Insect, Fly - take off, flying away, landing", "Concrete Impact",
+                             "Bio Gun - reload", "Amb External Amsterdam Amusementparkt"},
+    "free_to_use_sounds": {"Traffic, Busy, Close Pass By, Motorbikes, Cars, Honking, Hanoi, Vietnam",
+                           "Ocean, Soft Waves, Splashing, Rocks, Sunset Ambience, Low Tide, Penang, Malaysia",
+                           "Train, Pass By RL, Slow, Accelerate, Railway Clicks, Lisbon, Portugal"},
+    "paramount_motion": {"Cinematic Impact Heavy", "Cinematic Whoosh Fast", "Riser Tension Long"},
+    "wesoundeffects": {"Glass Break Small", "Car Door Close"},
+}
+
+
+@pytest.fixture(scope="module")
+def replay():
+    from crawlers.replay import serve
+    with serve(plugins=["packs"]) as (app, base):
+        yield app, base
+
+
+@pytest.mark.parametrize("name", PACK_SOURCES)
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_url_crawl(name, kind, replay, tmp_path):
+    from laion_audio.http import HttpClient
+    app, base = replay
+    url = f"{base}/packs/{name}.{kind}"
+    http = HttpClient(rate=0, backoff=0.01, respect_robots=False)
+    app.reset_counts()
+    source, records = crawl(name, [url], tmp_path, http=http)
+    assert {r.texts[0] for r in records} == URL_CAPTIONS[name]
+    assert all(r.status == Status.NEW and len(r.tags) == 2 for r in records)   # top folder + sub folder
+    assert all(r.original_data["archive_url"] == url for r in records)
+    assert all(source.fetch(r, tmp_path / "f").stat().st_size > 0 for r in records)
+    again = list(source.crawl({}))                        # the archive is not downloaded twice
+    assert [r.to_row() for r in again] == [r.to_row() for r in records]
+    assert app.stats()["hits"][f"/packs/{name}.{kind}"] == 1
+
+
+def test_archive_url_survives_a_truncated_download_and_reports_404(replay, tmp_path):
+    from laion_audio.http import HttpClient
+    app, base = replay
+    http = HttpClient(rate=0, backoff=0.01, respect_robots=False)
+    flaky = f"{base}/packs/wesoundeffects.zip?_fault=truncate&_fault_times=1"
+    _, records = crawl("wesoundeffects", [flaky, f"{base}/packs/nope.zip"], tmp_path, http=http)
+    ok = [r for r in records if r.status == Status.NEW]
+    failed = [r for r in records if r.status == Status.FAILED]
+    assert {r.texts[0] for r in ok} == URL_CAPTIONS["wesoundeffects"]
+    assert [r.failure_code for r in failed] == [FailureCode.NOT_FOUND]
+
+
+def test_hostile_archive_url(replay, tmp_path):
+    from laion_audio.http import HttpClient
+    _, base = replay
+    _, records = crawl("sonniss_game_effects", [f"{base}/packs/hostile.zip"], tmp_path,
+                       http=HttpClient(rate=0, respect_robots=False))
+    ok = sorted(r.texts[0] for r in records if r.status == Status.NEW)
+    bad = sorted(r.failure_code for r in records if r.status == Status.FAILED)
+    assert ok == ["Good Hit", "Good Whoosh"]
+    assert bad == [FailureCode.TOO_LARGE] + [FailureCode.UNSAFE_PATH] * 3
