@@ -11,7 +11,8 @@ import crawlers
 from crawlers.packs import PackSource, clean_pack_caption
 from laion_audio.records import FailureCode, Status
 
-from .conftest import PACK_FILES, PACK_NAME
+from .packfixtures import (PACK_FILES, PACK_NAME, clip, pack_dir, pack_targz, pack_zip,  # noqa: F401
+                           write_audio)
 
 PACK_SOURCES = ["free_to_use_sounds", "paramount_motion", "sonniss_game_effects", "wesoundeffects"]
 
@@ -87,7 +88,6 @@ def test_not_an_archive_is_a_typed_failed_record(tmp_path):
 
 def test_hostile_members_become_failed_records_next_to_good_ones(tmp_path, clip):
     import zipfile
-    from .conftest import write_audio
     good = tmp_path / "good.wav"
     write_audio(good, clip)
     archive = tmp_path / "WeSoundEffects.zip"
