@@ -8,6 +8,8 @@ clients read (``results[]`` with ``id``, ``description``, ``duration`` in ms,
 from __future__ import annotations
 
 import csv
+import functools
+from pathlib import Path
 
 from ._audio import make_audio
 from ._server import Catalogue, Reply, ReplayApp, Request
@@ -40,9 +42,7 @@ class BBCCatalogue(Catalogue):
         rows = [(r[0], r[1], r[2], r[3]) for r in BUILTIN_ROWS]
         path = self.shared / "bbc" / "BBCSoundEffects.csv" if self.shared else None
         if path is not None and path.is_file():
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = [(r["location"], r["description"], r["category"], r["CDName"])
-                        for r in csv.DictReader(fh)]
+            rows = _csv_rows(path)
         self.rows = rows
         self.order = list(range(len(rows)))
         self.rng("rows").shuffle(self.order)
@@ -63,6 +63,13 @@ class BBCCatalogue(Catalogue):
 
     def change_item(self, rng, item: dict) -> None:
         item["description"] = item["description"].rstrip() + " (remastered)"
+
+
+@functools.lru_cache(maxsize=2)
+def _csv_rows(path: Path) -> list[tuple[str, str, str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [(r["location"], r["description"], r["category"], r["CDName"])
+                for r in csv.DictReader(fh)]
 
 
 def _public(item: dict) -> dict:
