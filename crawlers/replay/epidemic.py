@@ -36,7 +36,7 @@ SAMPLES = [
 class EpidemicCatalogue(Catalogue):
     name = "epidemic"
     default_size = 40
-    page_size = 4
+    page_size = 3
 
     def make_item(self, rng, index: int) -> dict:
         stem, category, tags = SAMPLES[index % len(SAMPLES)]
