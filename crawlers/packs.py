@@ -161,8 +161,8 @@ class PackSource(Source):
     def __init__(self, inputs: list[str] | str | None = None, cache_dir: str | Path | None = None,
                  limits: ArchiveLimits | None = None, http=None, **options):
         super().__init__(**options)
-        if inputs is None:
-            inputs = options.get(f"{self.name}_input")
+        if inputs is None:   # CLI dest name, or the prefix-stripped name (HttpSource convention)
+            inputs = options.get(f"{self.name}_input") or options.get("input")
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
         self.inputs = [str(i) for i in (inputs or [])]
