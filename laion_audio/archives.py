@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import tarfile
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -338,28 +339,33 @@ def extract_one(archive: str | os.PathLike, member: str, dest_dir: str | os.Path
     """Extract a single member (by its normalised name) into ``dest_dir``; used by ``fetch`` when
     the crawl's extraction folder is not on this machine. Same checks as :func:`extract_archive`."""
     target = safe_member_path(member, limits).as_posix()
-    out = Path(dest_dir) / f".one-{os.getpid()}"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    archive = Path(archive)
+    kind = archive_kind(archive)
+    if kind is None:
+        raise Failure(FailureCode.UNDECODABLE, f"{archive.name} is neither a zip nor a tar archive")
+    Path(dest_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=".one-", dir=dest_dir))   # private: fetch_many runs threads
     result = ExtractionResult(root=out)
     budget = _Budget(limits, result)
 
     def only(name: str) -> bool:
         return name == target
-
-    archive = Path(archive)
-    kind = archive_kind(archive)
-    if kind is None:
-        raise Failure(FailureCode.UNDECODABLE, f"{archive.name} is neither a zip nor a tar archive")
-    (_extract_zip if kind == "zip" else _extract_tar)(archive, out, budget, only)
+    try:
+        (_extract_zip if kind == "zip" else _extract_tar)(archive, out, budget, only)
+    except (zipfile.BadZipFile, tarfile.TarError) as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise Failure(FailureCode.UNDECODABLE, f"{archive.name}: {exc}") from exc
     mine = [r for r in result.rejected if safe_name_or_none(r.name) == target]
+    if mine or not result.members:
+        shutil.rmtree(out, ignore_errors=True)
     if mine:
         raise Failure(mine[0].code, mine[0].message)
     if not result.members:
         raise Failure(FailureCode.MISSING_FILE, f"{member} is not in {archive.name}")
     src = Path(result.members[0].path)
-    final = Path(dest_dir) / f"{hashlib.sha1(target.encode()).hexdigest()[:12]}-{src.name}"
+    suffix = PurePosixPath(target).suffix.lower()[:12]
+    digest = hashlib.sha1(f"{archive}\x00{target}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    final = Path(dest_dir) / f"{digest}{suffix}"   # our name; a 255-byte member name stays out
     os.replace(src, final)
     shutil.rmtree(out, ignore_errors=True)
     return final

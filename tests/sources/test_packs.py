@@ -62,6 +62,11 @@ def test_fetch_reextracts_from_archive_when_cache_is_gone(pack_zip, tmp_path):
     got = source.fetch(rec, tmp_path / "dest")
     assert got.parent == tmp_path / "dest"
     assert sf.info(str(got)).format == "FLAC"
+    if hasattr(source, "fetch_many"):        # the batch fetch runs threads: no shared temp folders
+        fetched = source.fetch_many(records, tmp_path / "many", workers=4)
+        assert {r.status for r in fetched} == {Status.FETCHED}
+        assert len({r.audio_path for r in fetched}) == len(records)
+        assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith(".one-")]
 
 
 def test_second_crawl_reuses_the_extraction(pack_zip, tmp_path):
