@@ -105,6 +105,7 @@ def _plots(fig_data: dict, out: Path) -> dict[str, str]:
     made: dict[str, str] = {}
 
     def save(fig, name: str, title: str) -> None:
+        fig.axes[0].set_title(title)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=90)
         plt.close(fig)
@@ -115,18 +116,26 @@ def _plots(fig_data: dict, out: Path) -> dict[str, str]:
     if names:
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
         xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [sources[n]["kept"] for n in names], 0.4, label="this corpus")
-        ax.bar([x + 0.2 for x in xs], [sources[n]["paper_samples"] or 0 for n in names], 0.4,
-               label="LAION-Audio-630K (paper)")
+        ours = ax.bar([x - 0.2 for x in xs], [sources[n]["kept"] for n in names], 0.4, label="this corpus")
+        paper = ax.bar([x + 0.2 for x in xs], [sources[n]["paper_samples"] or 0 for n in names], 0.4,
+                       label="LAION-Audio-630K (paper)")
+        ax.bar_label(ours, fontsize=8)
+        ax.bar_label(paper, labels=[f"{sources[n]['paper_samples']:,}" if sources[n]["paper_samples"] else ""
+                                    for n in names], fontsize=8)
         ax.set_xticks(list(xs), names, rotation=30, ha="right")
         ax.set_ylabel("samples")
+        top = max([sources[n]["kept"] for n in names] + [sources[n]["paper_samples"] or 0 for n in names] + [1])
         if any(sources[n]["paper_samples"] for n in names):
             ax.set_yscale("symlog")
+            ax.set_ylim(0, top * 5)         # room for the value labels on a log axis
+        else:
+            ax.set_ylim(0, top * 1.15)
         ax.legend()
         save(fig, "samples_per_source", "Samples per source (paper's counts beside them)")
 
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-        ax.bar(names, [sources[n]["hours"] for n in names])
+        bars = ax.bar(names, [sources[n]["hours"] for n in names])
+        ax.bar_label(bars, labels=[f"{sources[n]['hours']:.2f}" for n in names], fontsize=8)
         ax.set_ylabel("hours")
         ax.tick_params(axis="x", rotation=30)
         save(fig, "hours_per_source", "Hours per source")
