@@ -154,6 +154,8 @@ class AudioSetSource(Source):
                             help="download rate cap in bytes/s (yt-dlp ratelimit), e.g. 2000000")
         parser.add_argument("--audioset-sleep", type=float, default=None,
                             help="seconds to sleep between yt-dlp requests")
+        parser.add_argument("--audioset-limit", type=int, default=None,
+                            help="stop after this many segments (a small trial corpus)")
 
     def __init__(self, csv: str | list[str] | None = None, labels: str | None = None,
                  ontology: str | None = None, youtube_base: str | None = None,
@@ -166,8 +168,9 @@ class AudioSetSource(Source):
         pick = lambda value, key: value if value is not None else options.get(f"audioset_{key}")  # noqa: E731
         csvs = pick(csv, "csv") or [OFFICIAL_CSVS["eval"]]
         self.csvs = [csvs] if isinstance(csvs, (str, Path)) else [str(c) for c in csvs]
-        self.labels = pick(labels, "labels") or OFFICIAL_LABELS
         self.ontology = pick(ontology, "ontology")
+        # the official label table unless the user named an ontology or a table of their own
+        self.labels = pick(labels, "labels") or (None if self.ontology else OFFICIAL_LABELS)
         self.youtube_base = pick(youtube_base, "youtube_base") or YOUTUBE_WATCH
         self.caption = pick(caption, "caption") or "k2c"
         self.sections = pick(sections, "sections") or "prefix"
@@ -179,7 +182,7 @@ class AudioSetSource(Source):
         self.cache_dir = Path(cache_dir or os.environ.get("LAION_AUDIO_CACHE")
                               or Path.home() / ".cache" / "laion-audio") / "audioset"
         self._http = http
-        self.limit = limit
+        self.limit = limit if limit is not None else options.get("audioset_limit")
 
     # ------------------------------------------------------------------ metadata
     def _local(self, value: str) -> Path:

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from laion_audio.archives import ArchiveLimits, extract_archive, extract_one, printable_name
 from laion_audio.records import Failure, FailureCode, Record, Status
 
-from .base import Source
+from .base import Source, clean_text
 from .local import AUDIO_EXTENSIONS
 
 CAPTION_RULE = "pack file name, cleaned"
@@ -253,11 +253,13 @@ class PackSource(Source):
 
     def record_for(self, source_id: str, rel: str, path: Path, extra: dict) -> Record:
         parts = PurePosixPath(rel).parts
-        parents = tuple(p.strip() for p in parts[:-1] if p.strip())
+        # names come from an archive: HTML/script or control characters are neutralised like site text
+        parents = tuple(clean_text(p, 255) for p in parts[:-1] if clean_text(p, 255))
         caption, removed = clean_pack_caption(parts[-1], parents, self.vendor_codes)
+        caption = clean_text(caption, 500) or clean_text(PurePosixPath(rel).stem, 500) or "sound"
         author = removed.get("ucs", {}).get("creator", "")
         return Record(
-            source=self.name, source_id=source_id, url=str(path), title=PurePosixPath(rel).stem,
+            source=self.name, source_id=source_id, url=str(path), title=clean_text(PurePosixPath(rel).stem, 500),
             tags=list(parents), license=self.license, author=author, texts=[caption],
             caption_provenance={"rule": CAPTION_RULE, "version": CAPTION_RULE_VERSION,
                                 "file_name": parts[-1], **({"removed": removed} if removed else {})},

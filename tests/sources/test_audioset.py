@@ -145,3 +145,22 @@ def test_rate_limited_video_is_a_retryable_http_error(youtube, tmp_path):
         assert exc.value.code == FailureCode.HTTP_ERROR
     finally:
         app.set_faults(rate=0.0)
+
+
+def test_ytdlp_options_carry_cookies_proxy_rate_and_window(tmp_path):
+    from laion_audio.records import Record
+    from crawlers.audioset import _QuietLogger
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n")
+    source = AudioSetSource(csv=[], cookies=str(cookies), proxy="socks5://127.0.0.1:9050",
+                            rate_limit="2000000", sleep=1.5, cache_dir=tmp_path)
+    rec = Record(source="audioset", source_id="abcdefghijk_20000", trim_start=20.0, trim_end=30.0,
+                 original_data={"youtube_id": "abcdefghijk"})
+    opts = source.ydl_options(rec, str(tmp_path / "x.%(ext)s"), _QuietLogger())
+    assert opts["format"] == "bestaudio/best" and opts["cookiefile"] == str(cookies)
+    assert opts["proxy"] == "socks5://127.0.0.1:9050" and opts["ratelimit"] == 2_000_000
+    assert opts["sleep_interval_requests"] == 1.5
+    ranges = list(opts["download_ranges"]({}, None))
+    assert ranges == [{"start_time": 0.0, "end_time": 30.0}]
+    assert "download_ranges" not in AudioSetSource(csv=[], sections="off", cache_dir=tmp_path).ydl_options(
+        rec, "x", _QuietLogger())

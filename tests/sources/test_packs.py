@@ -184,3 +184,15 @@ def test_hostile_archive_url(replay, tmp_path):
     bad = sorted(r.failure_code for r in records if r.status == Status.FAILED)
     assert ok == ["Good Hit", "Good Whoosh"]
     assert bad == [FailureCode.TOO_LARGE] + [FailureCode.UNSAFE_PATH] * 3
+
+
+def test_html_in_member_names_is_neutralised(tmp_path, clip):
+    import zipfile
+    good = tmp_path / "good.wav"
+    write_audio(good, clip)
+    archive = tmp_path / "pack.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(good, "<i>Foley &amp; Doors/Door <b>Slam<b>_01.wav")   # no "/" inside: it splits paths
+    _, records = crawl("wesoundeffects", [str(archive)], tmp_path)
+    assert [(r.texts, r.tags) for r in records] == [(["Door Slam"], ["Foley & Doors"])]
+    assert "<" not in records[0].title
