@@ -314,10 +314,9 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *,
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):   # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     result = ExtractionResult(root=dest)
     budget = _Budget(limits, result)
     try:

@@ -156,3 +156,15 @@ def test_not_an_archive_and_reuse(tmp_path):
     with pytest.raises(Failure) as exc:
         extract_one(archive, "a/missing.wav", tmp_path / "one")
     assert exc.value.code == FailureCode.MISSING_FILE
+
+
+def test_killed_extraction_leaves_nothing_half_done(tmp_path):
+    archive = tmp_path / "p.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Pack/a.wav", GOOD)
+    stale = tmp_path / ".out.tmp-12345"             # what a kill -9 mid-extraction leaves
+    (stale / "Pack").mkdir(parents=True)
+    (stale / "Pack" / "half.wav").write_bytes(b"RIFF")
+    result = extract_archive(archive, tmp_path / "out")
+    assert [m.name for m in result.members] == ["Pack/a.wav"]
+    assert not stale.exists() and not (tmp_path / "out" / "Pack" / "half.wav").exists()
