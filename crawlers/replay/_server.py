@@ -187,7 +187,7 @@ class ReplayApp:
         self.catalogues: dict[str, Catalogue] = {}
         self.settings: dict[str, Any] = {}   # plugin knobs (tokens, page sizes, anti-crawl...)
         self.hits: Counter[str] = Counter()          # every request, by path
-        self.ok: Counter[str] = Counter()            # fully delivered 2xx answers, by path
+        self.ok: Counter[str] = Counter()            # complete 2xx answers (no fault), by path
         self.faulted: Counter[str] = Counter()       # injected faults, by kind
         self._attempts: Counter[str] = Counter()
         self.base_url = ""
@@ -382,14 +382,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         claimed = "Content-Length" in reply.headers
+        if 200 <= reply.status < 300 and not claimed:
+            # counted before sending: the client may act on the body before this thread resumes
+            with app.lock:
+                app.ok[parts.path] += 1
         self._send(reply.status, body_bytes, reply.content_type, reply.headers)
         if claimed:            # a lying Content-Length: hang up after the real bytes
             self.wfile.flush()
             self._reset()
-            return
-        if 200 <= reply.status < 300:
-            with app.lock:
-                app.ok[parts.path] += 1
 
     def _stream(self, reply: Reply) -> None:
         """A body of unknown length (no Content-Length; the connection closes at the end)."""

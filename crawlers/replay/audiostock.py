@@ -125,7 +125,7 @@ def register(app: ReplayApp) -> None:
         if item is None:
             return Reply.html("<h1>Not found</h1>", 404)
         body, ctype = make_audio(f"audiostock/{item['id']}/{item.get('rev', 0)}", "mp3",
-                                 item["seconds"], 44100, 2)
+                                 item["seconds"], 44100, 1)
         return Reply(200, body, ctype)
 
     app.route("GET", r"^/robots\.txt$", robots)

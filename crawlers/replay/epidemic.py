@@ -44,7 +44,7 @@ class EpidemicCatalogue(Catalogue):
         cats = [category]
         if rng.random() < 0.125:
             cats.append(rng.choice([c for c in CATEGORIES[:12] if c != category]))
-        seconds = round(rng.uniform(0.5, 2.5), 3)
+        seconds = round(rng.uniform(0.5, 1.5), 3)
         return {
             "id": ident, "title": f"{stem} {index // len(SAMPLES) + 1}",
             "added": f"20{18 + index % 5}-0{1 + index % 9}-1{index % 10}T10:00:00",
@@ -91,7 +91,7 @@ def register(app: ReplayApp) -> None:
             return Reply.json({"message": "not found"}, 404)
         item = match[0]
         body, ctype = make_audio(f"epidemic/{item['id']}/{item['rev']}", "mp3", item["seconds"],
-                                 44100, 2)
+                                 44100, 1)
         return Reply(200, body, ctype)
 
     app.route("GET", r"^/json/search/sfx/?$", search)

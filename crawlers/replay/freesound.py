@@ -45,7 +45,7 @@ class FreesoundCatalogue(Catalogue):
     def make_item(self, rng, index: int) -> dict:
         name, description, tags = SAMPLES[index % len(SAMPLES)]
         ident = 282776 + index * 13
-        seconds = round(rng.uniform(0.6, 2.5), 3)
+        seconds = round(rng.uniform(0.5, 1.5), 3)
         rate = rng.choice([44100, 48000, 22050])
         if index % 11 == 5:
             rate = 8000                       # under LAION's 16 kHz floor
@@ -119,7 +119,7 @@ def register(app: ReplayApp) -> None:
             return Reply.json({"detail": "Not found."}, 404)
         ext = req.match.group("ext")
         body, ctype = make_audio(f"freesound/{item['id']}/{item['rev']}/preview", ext,
-                                 item["duration"], 44100, item["channels"])
+                                 item["duration"], 44100, 1)
         return Reply(200, body, ctype)
 
     def download(req: Request) -> Reply:
