@@ -49,9 +49,11 @@ _RATE_LIMITED = re.compile(r"HTTP Error 429|Too Many Requests|confirm you.re not
 _UNAVAILABLE = re.compile(
     r"Private video|Video unavailable|has been removed|no longer available|account .* terminated|"
     r"not available in your country|members.only|confirm your age|age.restricted|copyright|"
-    r"HTTP Error (403|404|410|451)|Unsupported URL|This video is private|"
+    r"HTTP Error (403|404|410|451)|This video is private|"
     r"Requested format is not available|no video formats found", re.IGNORECASE)
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+#: the page held no media at all (an error or captcha page where the watch page was due)
+_NO_MEDIA = re.compile(r"Unsupported URL", re.IGNORECASE)
 
 
 def parse_segments(lines: Iterable[str]) -> Iterator[tuple[str, float, float, list[str]]]:
@@ -109,6 +111,8 @@ def classify_ytdlp_error(message: str) -> str:
         return FailureCode.UNAVAILABLE
     if _TIMEOUT.search(message):
         return FailureCode.TIMEOUT
+    if _NO_MEDIA.search(message):
+        return FailureCode.WRONG_CONTENT_TYPE
     return FailureCode.HTTP_ERROR
 
 
@@ -128,7 +132,7 @@ class _QuietLogger:
         log.debug("yt-dlp: %s", msg)
 
     def error(self, msg):
-        self.errors.append(str(msg))
+        self.errors.append(" ".join(str(msg).split()))
 
 
 class AudioSetSource(Source):
@@ -289,6 +293,11 @@ class AudioSetSource(Source):
             if "max-filesize" in message or "larger than" in message:
                 raise Failure(FailureCode.TOO_LARGE, f"{ytid}: {message}"[:500])
             raise Failure(FailureCode.UNAVAILABLE, f"{ytid}: yt-dlp produced no file {message}"[:500])
+        with open(path, "rb") as fh:
+            head = fh.read(512).lstrip().lower()
+        if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"{")):
+            path.unlink(missing_ok=True)
+            raise Failure(FailureCode.WRONG_CONTENT_TYPE, f"{ytid}: got a page, not media")
         # original_data stays as crawled (a refresh compares it); only fetch facts change
         record.fetched_bytes = path.stat().st_size
         return path

@@ -67,6 +67,7 @@ def test_parse_segments_format_and_bad_rows():
     ("ERROR: [youtube] abc: Sign in to confirm you're not a bot", FailureCode.HTTP_ERROR),
     ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", FailureCode.HTTP_ERROR),
     ("ERROR: [generic] Unable to download webpage: The read operation timed out", FailureCode.TIMEOUT),
+    ("ERROR: Unsupported URL: http://127.0.0.1:1/youtube/watch?v=abc", FailureCode.WRONG_CONTENT_TYPE),
 ])
 def test_ytdlp_error_classification(message, code):
     assert classify_ytdlp_error(message) == code
@@ -164,3 +165,48 @@ def test_ytdlp_options_carry_cookies_proxy_rate_and_window(tmp_path):
     assert ranges == [{"start_time": 0.0, "end_time": 30.0}]
     assert "download_ranges" not in AudioSetSource(csv=[], sections="off", cache_dir=tmp_path).ydl_options(
         rec, "x", _QuietLogger())
+
+
+def test_fetch_under_20_percent_faults_ends_typed_and_a_retry_completes(youtube, tmp_path):
+    """Every segment ends fetched or with a typed failure; a clean rerun of the failed ones
+    fetches them, and nothing that succeeded is fetched again."""
+    from laion_audio.records import Status
+    app, base = youtube
+    source = replay_source(base, tmp_path)
+    records = list(source.crawl({}))
+    app.set_faults(rate=0.2, seed=7, paths=r"^/youtube/", retry_after=0,
+                   kinds=("429", "500", "503", "reset", "truncate", "wrong_type"))
+    try:
+        first = source.fetch_many(records, tmp_path / "audio", workers=3)
+    finally:
+        app.set_faults(rate=0.0)
+    assert {r.status for r in first} <= {Status.FETCHED, Status.FAILED}
+    typed = {FailureCode.HTTP_ERROR, FailureCode.TIMEOUT, FailureCode.TRUNCATED, FailureCode.WRONG_CONTENT_TYPE}
+    assert all(r.failure_code in typed for r in first if r.status == Status.FAILED)
+    done = {r.source_id: r.audio_path for r in first if r.status == Status.FETCHED}
+    retry = [r for r in first if r.status == Status.FAILED]
+    for r in retry:
+        r.status, r.failure_code = Status.NEW, ""
+    app.reset_counts()
+    second = source.fetch_many(retry, tmp_path / "audio", workers=3)
+    assert all(r.status == Status.FETCHED for r in second)
+    media_hits = {p for p in app.stats()["hits"] if p.startswith("/youtube/media/")}
+    assert not any(f"/youtube/media/{sid.rsplit('_', 1)[0]}.webm" in media_hits for sid in done)
+    assert len(done) + len(second) == len(records)
+
+
+@pytest.mark.parametrize("sections", ["prefix", "off"])
+@pytest.mark.parametrize("where", ["watch", "media"])
+def test_an_error_page_instead_of_media_is_never_a_fetched_file(youtube, tmp_path, sections, where):
+    app, base = youtube
+    source = replay_source(base, tmp_path, sections=sections)
+    rec = list(source.crawl({}))[0]
+    app.set_faults(rate=1.0, paths=rf"^/youtube/{where}", kinds=("wrong_type",))
+    try:
+        with pytest.raises(Failure) as exc:
+            source.fetch(rec, tmp_path / "audio")
+    finally:
+        app.set_faults(rate=0.0)
+    assert exc.value.code in (FailureCode.WRONG_CONTENT_TYPE, FailureCode.HTTP_ERROR)
+    assert exc.value.code != FailureCode.UNAVAILABLE          # transient: --retry-failed may fix it
+    assert not [p for p in (tmp_path / "audio").glob("*") if p.is_file()]
