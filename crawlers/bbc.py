@@ -62,7 +62,9 @@ class BBCSource(HttpSource):
         parser.add_argument("--bbc-api", dest="bbc_api", help=f"API base URL (default {API_BASE})")
         parser.add_argument("--bbc-media", dest="bbc_media", help=f"media base URL (default {MEDIA_BASE})")
         parser.add_argument("--bbc-csv", dest="bbc_csv", help="import BBCSoundEffects.csv instead of the API")
-        parser.add_argument("--bbc-query", dest="bbc_query", default="", help="search query (API)")
+        parser.add_argument("--bbc-query", dest="bbc_query", help="search query (API)")
+        parser.add_argument("--bbc-audio-format", dest="bbc_audio_format", choices=("wav", "mp3"),
+                            help="API audio: original WAV (default) or the MP3 preview")
         parser.add_argument("--bbc-caption-rule", dest="bbc_caption_rule",
                             choices=("laion", "description"),
                             help="default: laion for the CSV, description for the API")
