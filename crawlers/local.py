@@ -8,6 +8,18 @@ Captions, first match wins per file:
    ``original_data``) or ``<stem>.txt`` (one caption per line);
 3. the cleaned file name ("dog_bark_03.wav" -> "dog bark").
 
+Caption files of public sets can be named with ``--captions-file`` (repeatable, anywhere on disk):
+- AudioCaps style CSV (``audiocap_id,youtube_id,start_time,caption``; one row per caption):
+  rows are grouped per clip (``youtube_id`` + ``start_time``) into one record with all its
+  captions; the audio file is found by stem ``<youtube_id>``, ``Y<youtube_id>``,
+  ``<youtube_id>_<start>`` or ``<audiocap_id>``; ``original_data["youtube_id"]`` is set so the
+  eval-overlap filter sees it (no trim window: AudioCaps downloads are already cut);
+- Clotho style CSV (``file_name,caption_1..caption_5``), or any CSV with a file and caption columns;
+- WavCaps/Clotho JSON (``{"data": [{"id", "caption" | "caption_1".., "wav"/"audio"}, ...]}``),
+  matched by file name or by stem ``<id>``.
+A listed clip whose audio is not in the folder becomes a ``missing_file`` failed record, so a
+partial download is counted rather than silently smaller.
+
 The id is the file's path relative to the folder, so two files with the same name in
 different sub-folders are two records (LAION's filename scripts overwrote one with the other).
 """
@@ -19,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from laion_audio.records import Failure, FailureCode, Record
+from laion_audio.records import Failure, FailureCode, Record, Status
 
 from .base import Source
 
@@ -60,6 +72,65 @@ def _read_caption_table(root: Path) -> dict[str, dict]:
         for row in rows:
             _add_row(table, row)
     return table
+
+
+def _read_caption_file(path: Path) -> list[dict]:
+    """Entries ``{"keys": [names/stems], "texts", "tags", "extra", "row_id"}`` of one caption file."""
+    entries: list[dict] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+        if rows and {"youtube_id", "caption"} <= set(rows[0]):
+            return _audiocaps_entries(rows)
+    else:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                data = data["data"]                       # WavCaps / Clotho-derived JSON
+            rows = data if isinstance(data, list) else [dict(v, file_name=k) for k, v in data.items()]
+    for row in rows:
+        table: dict[str, dict] = {}
+        _add_row(table, dict(row))
+        for key, info in table.items():
+            keys = [key, Path(key).name, Path(key).stem]
+            if row.get("id") not in (None, ""):
+                keys.append(str(row["id"]))
+            entries.append(dict(info, keys=keys, row_id=key))
+        if not table and row.get("id") not in (None, ""):   # WavCaps rows name no file: by id
+            texts = [str(row[c]).strip() for c in _CAPTION_COLUMNS if row.get(c)]
+            extra = {k: v for k, v in row.items() if k not in _CAPTION_COLUMNS and k != "audio"}
+            entries.append({"keys": [str(row["id"])], "texts": texts, "tags": [], "extra": extra,
+                            "row_id": str(row["id"])})
+    return entries
+
+
+def _audiocaps_entries(rows: list[dict]) -> list[dict]:
+    clips: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        ytid = (row.get("youtube_id") or "").strip()
+        start_raw = (row.get("start_time") or "0").strip()
+        if not ytid:
+            continue
+        try:
+            start = float(start_raw)
+        except ValueError:
+            start = 0.0
+        clip = clips.setdefault((ytid, start_raw), {
+            "keys": [ytid, f"Y{ytid}", f"{ytid}_{start_raw}", f"{ytid}_{int(start)}",
+                     f"{ytid}_{int(start * 1000)}", f"Y{ytid}_{start:.3f}"],
+            "texts": [], "tags": [], "row_id": f"{ytid}_{int(start * 1000)}",
+            "extra": {"youtube_id": ytid, "start_seconds": start, "audiocap_ids": []}})
+        cap_id = (row.get("audiocap_id") or "").strip()
+        if cap_id:
+            clip["extra"]["audiocap_ids"].append(cap_id)
+            clip["keys"].append(cap_id)
+        caption = (row.get("caption") or "").strip()
+        if caption:
+            clip["texts"].append(caption)
+    return list(clips.values())
 
 
 def _add_row(table: dict[str, dict], row: dict) -> None:
@@ -106,8 +177,12 @@ class LocalSource(Source):
         parser.add_argument("--input", help="folder of audio files (local source)")
         parser.add_argument("--dataset-name", default=None,
                             help="shard folder name for the local source (default: local)")
+        parser.add_argument("--captions-file", action="append", default=None, metavar="CSV_OR_JSON",
+                            help="AudioCaps/Clotho/WavCaps-style caption file for the local source "
+                                 "(repeatable)")
 
-    def __init__(self, input: str | Path | None = None, dataset_name: str | None = None, **options):
+    def __init__(self, input: str | Path | None = None, dataset_name: str | None = None,
+                 captions_file: list[str] | str | None = None, **options):
         super().__init__(**options)
         if input is None:
             raise ValueError("the local source needs --input DIR")
@@ -115,14 +190,29 @@ class LocalSource(Source):
         if not self.root.is_dir():
             raise ValueError(f"--input {self.root} is not a folder")
         self.dataset = dataset_name or self.name
+        if isinstance(captions_file, (str, Path)):
+            captions_file = [captions_file]
+        self.caption_files = [Path(p) for p in (captions_file or [])]
+        for p in self.caption_files:
+            if not p.is_file():
+                raise ValueError(f"--captions-file {p} does not exist")
 
     def crawl(self, state: dict) -> Iterator[Record]:
         table = _read_caption_table(self.root)
+        entries = [e for p in self.caption_files for e in _read_caption_file(p)]
+        by_key: dict[str, dict] = {}
+        for entry in entries:
+            for key in entry["keys"]:
+                by_key.setdefault(key, entry)
+        used: set[int] = set()
         files = sorted(p for p in self.root.rglob("*")
                        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
         for path in files:
             rel = path.relative_to(self.root).as_posix()
-            info = table.get(rel) or table.get(path.name) or _sidecar(path)
+            entry = by_key.get(rel) or by_key.get(path.name) or by_key.get(path.stem)
+            if entry is not None:
+                used.add(id(entry))
+            info = entry or table.get(rel) or table.get(path.name) or _sidecar(path)
             if info and info["texts"]:
                 texts, rule = info["texts"], "caption table or sidecar"
             else:
@@ -136,6 +226,14 @@ class LocalSource(Source):
                 caption_provenance={"rule": rule, "source": "local"},
                 original_data={"file_path": rel, **(info["extra"] if info else {})},
             )
+        for entry in entries:          # listed in a caption file, audio not in the folder
+            if id(entry) not in used:
+                yield Record(source=self.dataset, source_id=f"missing:{entry['row_id']}",
+                             texts=list(entry["texts"]), original_data=dict(entry["extra"]),
+                             status=Status.FAILED, failure_stage="crawl",
+                             failure_code=FailureCode.MISSING_FILE,
+                             failure_message=f"{entry['row_id']} is listed but its audio is not in "
+                                             f"{self.root}")
 
     def fetch(self, record: Record, dest_dir: Path) -> Path:
         path = Path(record.url)

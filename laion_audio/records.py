@@ -58,6 +58,7 @@ class FailureCode:
     TRUNCATED = "truncated_download"
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"        # removed/private videos, vanished items
+    WRONG_CONTENT_TYPE = "wrong_content_type"  # e.g. an HTML error page where audio/JSON was due
     UNSAFE_PATH = "unsafe_path"        # archive member or name that would escape the target folder
     # decode / transcode
     MISSING_FILE = "missing_file"

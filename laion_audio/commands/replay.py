@@ -1,0 +1,33 @@
+"""``laion-audio replay``: run the offline replay of the sound sites until interrupted.
+
+Prints the base URL; point crawlers at it (e.g. ``--bbc-api URL --bbc-media URL``)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("replay", help="serve the sites' formats on 127.0.0.1 (offline demo/tests)")
+    p.add_argument("--port", type=int, default=0, help="0 = any free port")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shared", type=Path, default=None,
+                   help="../shared/data, for real sample values in the catalogues")
+    p.add_argument("--fault-rate", type=float, default=0.0,
+                   help="fraction of requests answered with an injected fault")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crawlers.replay import FaultConfig, serve
+
+    faults = FaultConfig(rate=args.fault_rate, seed=args.seed)
+    with serve(args.port, seed=args.seed, shared=args.shared, faults=faults) as (app, base):
+        print(f"replay server on {base} (sources: {', '.join(sorted(app.catalogues))}); Ctrl-C stops",
+              flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0

@@ -1,0 +1,212 @@
+"""A corpus report from the ledger alone: an HTML page, PNG plots and ``figures.json``.
+
+Every figure is recomputed from ledger rows (nothing is cached elsewhere), so a report is as
+reproducible as the ledger: samples and hours per source beside the paper's counts
+(``Source.paper_samples``), clip-duration and caption-length histograms, licence mix, failures by
+stage and code, records dropped by filter reason. Plots use matplotlib's Agg backend (no display).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .ledger import Ledger
+from .records import Status
+
+#: statuses that mean "this record has usable audio in the corpus (or is on its way)"
+KEPT = (Status.TRANSCODED, Status.CAPTIONED, Status.SHARDED)
+DURATION_BINS = [0, 1, 2, 5, 10, 20, 30, 60, 120, 180, 300, 600, 1800]
+CAPTION_WORD_BINS = [0, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 60, 100]
+
+
+def _paper_samples(source: str) -> int | None:
+    try:
+        from crawlers import get_source
+        return get_source(source).paper_samples
+    except Exception:   # a local dataset name or a source that is not installed
+        return None
+
+
+def _histogram(values: list[float], edges: list[float]) -> dict:
+    counts = [0] * (len(edges))
+    for v in values:
+        for i in range(len(edges) - 1, -1, -1):
+            if v >= edges[i]:
+                counts[i] += 1
+                break
+    labels = [f"{edges[i]}-{edges[i + 1]}" for i in range(len(edges) - 1)] + [f">={edges[-1]}"]
+    return {"edges": edges, "labels": labels, "counts": counts}
+
+
+def compute_figures(ledger: Ledger) -> dict:
+    """All numbers the report shows, as plain JSON-able data."""
+    cols = ["source", "status", "duration", "audio_duration", "texts", "license", "failure_stage",
+            "failure_code", "filter_reason"]
+    rows = ledger.table().select(cols).to_pylist()
+    per_source: dict[str, dict] = defaultdict(lambda: {"records": 0, "kept": 0, "seconds": 0.0,
+                                                       "statuses": Counter()})
+    durations: list[float] = []
+    caption_words: list[int] = []
+    licences: Counter = Counter()
+    failures: Counter = Counter()
+    failures_by_source: dict[str, Counter] = defaultdict(Counter)
+    dropped: Counter = Counter()
+    for r in rows:
+        s = per_source[r["source"]]
+        s["records"] += 1
+        s["statuses"][r["status"]] += 1
+        if r["status"] == Status.FAILED:
+            key = f"{r['failure_stage'] or '?'}:{r['failure_code'] or '?'}"
+            failures[key] += 1
+            failures_by_source[r["source"]][key] += 1
+            continue
+        if r["status"] == Status.DROPPED:
+            dropped[r["filter_reason"] or "?"] += 1
+            continue
+        if r["status"] == Status.VANISHED:
+            continue
+        licences[r["license"] or "(unknown)"] += 1
+        if r["status"] in KEPT:
+            seconds = r["audio_duration"] if r["audio_duration"] is not None else r["duration"]
+            s["kept"] += 1
+            if seconds:
+                s["seconds"] += float(seconds)
+                durations.append(float(seconds))
+            for text in r["texts"] or []:
+                caption_words.append(len(str(text).split()))
+    sources = {}
+    for name in sorted(per_source):
+        s = per_source[name]
+        sources[name] = {"records": s["records"], "kept": s["kept"], "hours": round(s["seconds"] / 3600, 4),
+                         "paper_samples": _paper_samples(name), "statuses": dict(s["statuses"]),
+                         "failures": dict(failures_by_source.get(name, {}))}
+    return {
+        "total": {"records": len(rows), "kept": sum(s["kept"] for s in sources.values()),
+                  "hours": round(sum(s["hours"] for s in sources.values()), 4),
+                  "failed": sum(failures.values()), "dropped": sum(dropped.values())},
+        "sources": sources,
+        "duration_histogram": _histogram(durations, DURATION_BINS),
+        "caption_words_histogram": _histogram(caption_words, CAPTION_WORD_BINS),
+        "licences": dict(licences.most_common()),
+        "failures": dict(failures.most_common()),
+        "dropped": dict(dropped.most_common()),
+    }
+
+
+# ---------------------------------------------------------------------------- plots
+def _plots(fig_data: dict, out: Path) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, str] = {}
+
+    def save(fig, name: str, title: str) -> None:
+        fig.axes[0].set_title(title)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=90)
+        plt.close(fig)
+        made[name] = title
+
+    sources = fig_data["sources"]
+    names = list(sources)
+    if names:
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
+        xs = range(len(names))
+        ours = ax.bar([x - 0.2 for x in xs], [sources[n]["kept"] for n in names], 0.4, label="this corpus")
+        paper = ax.bar([x + 0.2 for x in xs], [sources[n]["paper_samples"] or 0 for n in names], 0.4,
+                       label="LAION-Audio-630K (paper)")
+        ax.bar_label(ours, fontsize=8)
+        ax.bar_label(paper, labels=[f"{sources[n]['paper_samples']:,}" if sources[n]["paper_samples"] else ""
+                                    for n in names], fontsize=8)
+        ax.set_xticks(list(xs), names, rotation=30, ha="right")
+        ax.set_ylabel("samples")
+        top = max([sources[n]["kept"] for n in names] + [sources[n]["paper_samples"] or 0 for n in names] + [1])
+        if any(sources[n]["paper_samples"] for n in names):
+            ax.set_yscale("symlog")
+            ax.set_ylim(0, top * 5)         # room for the value labels on a log axis
+        else:
+            ax.set_ylim(0, top * 1.15)
+        ax.legend()
+        save(fig, "samples_per_source", "Samples per source (paper's counts beside them)")
+
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
+        bars = ax.bar(names, [sources[n]["hours"] for n in names])
+        ax.bar_label(bars, labels=[f"{sources[n]['hours']:.2f}" for n in names], fontsize=8)
+        ax.set_ylabel("hours")
+        ax.tick_params(axis="x", rotation=30)
+        save(fig, "hours_per_source", "Hours per source")
+
+    for key, name, title, xlabel in (
+            ("duration_histogram", "durations", "Clip durations", "seconds"),
+            ("caption_words_histogram", "caption_lengths", "Caption lengths", "words")):
+        h = fig_data[key]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.bar(range(len(h["counts"])), h["counts"])
+        ax.set_xticks(range(len(h["labels"])), h["labels"], rotation=45, ha="right")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+        save(fig, name, title)
+
+    for key, name, title in (("licences", "licences", "Licence mix"),
+                             ("failures", "failures", "Failures by stage:code"),
+                             ("dropped", "dropped", "Dropped by filter reason")):
+        items = list(fig_data[key].items())[:25]
+        fig, ax = plt.subplots(figsize=(8, max(2.0, 0.35 * len(items) + 1)))
+        if items:
+            ax.barh([k[:60] for k, _ in items][::-1], [v for _, v in items][::-1])
+        else:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+            ax.set_yticks([])
+        ax.set_xlabel("records")
+        save(fig, name, title)
+    return made
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row)
+                   + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = "laion-audio corpus") -> Path:
+    """Write ``index.html``, one PNG per figure and ``figures.json`` into ``out_dir``; returns the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(ledger_dir, lock=False)
+    fig_data = compute_figures(ledger)
+    made = _plots(fig_data, out)
+    tmp = out / ".figures.json.tmp"
+    tmp.write_text(json.dumps(fig_data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, out / "figures.json")
+
+    t = fig_data["total"]
+    src_rows = [[n, s["records"], s["kept"], f"{s['hours']:.2f}", s["paper_samples"],
+                 ", ".join(f"{k}={v}" for k, v in sorted(s["statuses"].items()))]
+                for n, s in fig_data["sources"].items()]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
+        "collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+        f"<p>{t['records']} records; {t['kept']} with audio ({t['hours']:.2f} h); {t['failed']} failed; "
+        f"{t['dropped']} dropped. Ledger: <code>{html.escape(str(Path(ledger_dir).resolve()))}</code>. "
+        "Every number here is recomputed from the ledger (<a href='figures.json'>figures.json</a>).</p>",
+        "<h2>Sources</h2>",
+        _table(["source", "records", "with audio", "hours", "paper samples", "statuses"], src_rows),
+    ]
+    for name, caption in made.items():
+        parts.append(f"<h2>{html.escape(caption)}</h2><img src='{name}.png' alt='{html.escape(caption)}'>")
+    for key, caption in (("failures", "Failures"), ("dropped", "Dropped"), ("licences", "Licences")):
+        if fig_data[key]:
+            parts.append(f"<h3>{caption}</h3>" + _table(["what", "records"], list(map(list, fig_data[key].items()))))
+    parts.append("</body></html>")
+    page = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, page)
+    return page

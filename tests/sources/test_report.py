@@ -1,0 +1,68 @@
+"""`laion-audio report` renders from a ledger: HTML, real PNG images, figures.json whose numbers
+are recomputed from the rows (with the paper's counts beside ours)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+
+from laion_audio.ledger import Ledger, fail
+from laion_audio.records import Record, Status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_ledger(root: Path) -> None:
+    records = []
+    for i in range(6):
+        records.append(Record(source="sonniss_game_effects", source_id=f"pack/{i}.wav", license="Sonniss licence",
+                              texts=["Concrete Impact", "two words"][: 1 + i % 2], status=Status.SHARDED,
+                              audio_duration=1.5 * (i + 1)))
+    for i in range(3):
+        rec = Record(source="audioset", source_id=f"vid{i:08d}_0", license="YouTube", trim_start=0.0, trim_end=10.0)
+        records.append(fail(rec, "fetch", "unavailable", "Private video"))
+    records.append(Record(source="audioset", source_id="ok000000000_0", license="YouTube",
+                          texts=["The sounds of Speech and Music"], status=Status.CAPTIONED, audio_duration=10.0))
+    records.append(Record(source="local", source_id="dup.wav", status=Status.DROPPED, filter_reason="eval_overlap"))
+    records.append(Record(source="local", source_id="new.wav", status=Status.NEW, duration=3.0))
+    with Ledger(root) as ledger:
+        ledger.write(records)
+
+
+def test_report_cli_writes_html_pngs_and_figures(tmp_path):
+    make_ledger(tmp_path / "out" / "ledger")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "laion_audio", "report", "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = tmp_path / "out" / "report"
+    page = (report / "index.html").read_text()
+    figures = json.loads((report / "figures.json").read_text())
+    sonniss = figures["sources"]["sonniss_game_effects"]
+    assert sonniss["kept"] == 6 and sonniss["paper_samples"] == 5049
+    assert abs(sonniss["hours"] - 1.5 * 21 / 3600) < 1e-4
+    assert figures["sources"]["audioset"]["failures"] == {"fetch:unavailable": 3}
+    assert figures["failures"] == {"fetch:unavailable": 3} and figures["dropped"] == {"eval_overlap": 1}
+    assert sum(figures["duration_histogram"]["counts"]) == 7
+    assert sum(figures["caption_words_histogram"]["counts"]) == 3 + 3 * 2 + 1
+    assert figures["licences"] == {"Sonniss licence": 6, "YouTube": 1, "(unknown)": 1}
+    pngs = sorted(report.glob("*.png"))
+    assert {p.stem for p in pngs} == {"samples_per_source", "hours_per_source", "durations", "caption_lengths",
+                                      "licences", "failures", "dropped"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(png)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+        assert f"src='{png.name}'" in page
+    assert "5049" in page and "fetch:unavailable" in page
+
+
+def test_report_without_ledger_is_a_clear_error(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "laion_audio", "report", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no ledger" in done.stderr
