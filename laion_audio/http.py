@@ -218,8 +218,7 @@ class HttpClient:
         if parser is None:
             parser = urllib.robotparser.RobotFileParser(host + "/robots.txt")
             try:
-                status, text = self._attempts("GET", host + "/robots.txt", self._robots_body,
-                                              retries=2)
+                status, text = self._attempts("GET", host + "/robots.txt", self._robots_body)
                 if status >= 500:
                     parser.disallow_all = True
                 elif status >= 400:
