@@ -192,6 +192,17 @@ class HttpSource(Source):
         state["options"] = options
         return state
 
+    def keyed(self, record: Record) -> bool:
+        """False (and a warning) for an item whose id was empty after cleaning: it cannot be
+        keyed in the ledger, so it is skipped rather than stored under ``""``."""
+        if record.source_id:
+            return True
+        import logging
+
+        logging.getLogger(__name__).warning("%s: skipped an item without a usable id (%r)",
+                                            self.name, record.title[:80])
+        return False
+
     def audio_ext(self, url: str) -> str:
         ext = os.path.splitext(urlsplit(url).path)[1].lower()
         return ext if ext in AUDIO_EXTS else self.default_ext

@@ -101,7 +101,9 @@ class BBCSource(HttpSource):
                 raise Failure(FailureCode.BAD_METADATA, f"{url}: answer has no results list")
             for item in results:
                 if isinstance(item, dict) and item.get("id"):
-                    yield self.record_from_api(item, fmt)
+                    rec = self.record_from_api(item, fmt)
+                    if self.keyed(rec):
+                        yield rec
             state["from"] = start + len(results)
             total = data.get("total")
             if (len(results) < size or (isinstance(total, int) and state["from"] >= total)
@@ -146,7 +148,9 @@ class BBCSource(HttpSource):
             for i, row in enumerate(reader):
                 if i < start:
                     continue
-                yield self.record_from_csv(row)
+                rec = self.record_from_csv(row)
+                if self.keyed(rec):
+                    yield rec
                 state["row"] = i + 1
         state["done"] = True
 

@@ -87,11 +87,11 @@ class EpidemicSource(HttpSource):
                 track = tracks[key]
                 if not isinstance(track, dict):
                     continue
-                ident = str(track.get("id", key))
-                if ident in seen or ident in new_ids:
+                rec = self.record_from_track({"id": key, **track}, category)
+                if rec.source_id in seen or rec.source_id in new_ids or not self.keyed(rec):
                     continue
-                new_ids.append(ident)
-                yield self.record_from_track(track, category)
+                new_ids.append(rec.source_id)
+                yield rec
             seen.update(new_ids)
             state["seen"] = sorted(seen, key=_id_order)
             if page >= total_pages:

@@ -133,7 +133,9 @@ class FreesoundSource(HttpSource):
                 raise Failure(FailureCode.BAD_METADATA, f"{url}: answer has no results list")
             for item in results:
                 if isinstance(item, dict) and item.get("id") is not None:
-                    yield self.record_from_sound(item, mode)
+                    rec = self.record_from_sound(item, mode)
+                    if self.keyed(rec):
+                        yield rec
             nxt = data.get("next")
             url = _strip_secrets(nxt) if isinstance(nxt, str) and nxt else None
             state["next"] = url

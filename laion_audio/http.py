@@ -148,6 +148,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
+def remove_partial_downloads(folder: Path) -> int:
+    """Delete ``.<name>.part-*`` files a killed run left in ``folder``; returns how many. Call it
+    before fetch workers start (never while they run: it would delete their files in flight)."""
+    removed = 0
+    for p in Path(folder).glob(".*.part-*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @dataclass
 class Download:
     path: Path
@@ -218,8 +229,7 @@ class HttpClient:
         if parser is None:
             parser = urllib.robotparser.RobotFileParser(host + "/robots.txt")
             try:
-                status, text = self._attempts("GET", host + "/robots.txt", self._robots_body,
-                                              retries=2)
+                status, text = self._attempts("GET", host + "/robots.txt", self._robots_body)
                 if status >= 500:
                     parser.disallow_all = True
                 elif status >= 400:

@@ -97,3 +97,30 @@ def test_real_csv_resumes(shared_data, fast):
     assert len(rest) == 16011 - 99 and rest[0].source_id == head[-1].source_id
     assert [r.source_id for r in head[:99] + rest] == \
         [r.source_id for r in BBCSource(csv=csv_path).crawl({})]
+
+
+def test_source_pickles_for_ray_workers(replay, fast):
+    """A source goes to Ray workers by pickle; its HTTP client (locks, sockets) stays behind
+    and each worker builds its own."""
+    import pickle
+
+    import crawlers
+
+    _, base = replay
+    src = crawlers.get_source("bbc")(api=base, media=base, page_size=5, rate=0)
+    first = next(iter(src.crawl({})))
+    clone = pickle.loads(pickle.dumps(src))
+    assert "_http" not in clone.__dict__ and clone.options["api"] == base
+    assert next(iter(clone.crawl({}))).source_id == first.source_id
+
+
+def test_cli_options_of_all_sources_coexist():
+    import argparse
+
+    import crawlers
+
+    parser = argparse.ArgumentParser()
+    for cls in crawlers.all_sources().values():
+        cls.add_arguments(parser)
+    args = parser.parse_args(["--bbc-api", "http://127.0.0.1:1", "--bbc-caption-rule", "laion"])
+    assert BBCSource.options_from_args(args) == {"api": "http://127.0.0.1:1", "caption_rule": "laion"}

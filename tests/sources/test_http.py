@@ -231,3 +231,18 @@ def test_secrets_are_redacted(replay, monkeypatch, caplog):
         client(retries=1).get_json(f"{base}/apiv2/search/text/?token=s3cr3t-value-123&_fault=503")
     assert "s3cr3t" not in str(e.value) and "s3cr3t" not in caplog.text
     assert "retrying" in caplog.text
+
+
+def test_partial_downloads_of_a_killed_run_are_removable(tmp_path):
+    (tmp_path / ".bbc-1.wav.part-123-456").write_bytes(b"half")
+    (tmp_path / "bbc-2.wav").write_bytes(b"done")
+    assert lhttp.remove_partial_downloads(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["bbc-2.wav"]
+
+
+def test_items_without_a_usable_id_are_skipped(fast):
+    from crawlers.bbc import BBCSource
+
+    src = BBCSource(**fast)
+    assert not src.keyed(src.record_from_api({"id": "///", "description": "x"}))
+    assert src.keyed(src.record_from_api({"id": "07076051", "description": "x"}))
