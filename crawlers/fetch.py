@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from laion_audio.ledger import fail
-from laion_audio.records import Failure, FailureCode, Record, Status
+from laion_audio.records import Record
 
 from . import get_source
 
@@ -20,21 +19,13 @@ def _source(name: str, options: dict):
 
 
 def fetch_batch(records: list[Record], *, source_name: str, source_options: dict,
-                dest_dir: str, stage_name: str = "fetch") -> list[Record]:
+                dest_dir: str, threads: int = 4) -> list[Record]:
+    """Fetch a batch with the source's own (threaded, typed-failure) ``fetch_many``."""
     source = _source(source_name, source_options)
     dest = Path(dest_dir) / "".join(c if c.isalnum() or c in "-_" else "_" for c in source_name)
     dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for rec in records:
-        try:
-            path = Path(source.fetch(rec, dest))
-            rec.audio_path = str(path)
-            rec.fetched_bytes = os.path.getsize(path)
-            rec.status = Status.FETCHED
-            rec.failure_stage = rec.failure_code = rec.failure_message = ""
-        except Failure as exc:
-            fail(rec, stage_name, exc.code, exc.message)
-        except Exception as exc:  # noqa: BLE001 - a crawler bug is one record's failure
-            fail(rec, stage_name, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        out.append(rec)
+    out = source.fetch_many(records, dest, workers=threads)
+    for rec in out:
+        if rec.audio_path and rec.fetched_bytes is None and os.path.exists(rec.audio_path):
+            rec.fetched_bytes = os.path.getsize(rec.audio_path)
     return out

@@ -32,6 +32,7 @@ from .executor import Executor, run_stage
 log = logging.getLogger(__name__)
 
 CRAWL_FLUSH_EVERY = 500
+DEFAULT_HOST_RATE = 2.0   # requests/s per host, as laion_audio.http's default
 
 
 @dataclass
@@ -164,15 +165,27 @@ def dataset_names(cfg: BuildConfig) -> dict[str, str]:
     return out
 
 
+#: tasks of one source fetching at once (each with a few threads); the source's per-host rate
+#: limit is split between them, so Ray does not multiply the load a site sees
+FETCH_TASKS_IN_FLIGHT = 4
+
+
 def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> list[StageStats]:
+    from laion_audio.http import remove_partial_downloads
+
     stats = []
     for name, options in cfg.sources.items():
         dataset = dataset_names(cfg)[name]
+        dest = work.root / "raw"
+        remove_partial_downloads(dest / name)   # left by a killed run; no fetch is running now
         todo = _pending(ledger, Status.NEW, [dataset], cfg.retry_failed, "fetch")
+        options = dict(options)
+        tasks = min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
+        options["rate"] = float(options.get("rate") or DEFAULT_HOST_RATE) / tasks
         s = run_stage(executor, ledger, f"fetch:{name}", "crawlers.fetch:fetch_batch", todo,
-                      kwargs=dict(source_name=name, source_options=options,
-                                  dest_dir=str(work.root / "raw")),
-                      batch_size=cfg.batch_size, num_cpus=0.25, transform=work.with_rel_paths)
+                      kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
+                      batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
+                      transform=work.with_rel_paths)
         stats.append(s)
     return stats
 

@@ -55,8 +55,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "build", help="build a corpus end to end (resumable)",
         description="Crawl, fetch, transcode to 48 kHz mono FLAC, caption and shard. With no "
-                    "--source, builds the demo corpus from the Debian sound files on this "
-                    "machine. Rerun the same command to resume; finished work is not redone.")
+                    "--source, builds the demo corpus: all eight sources plus AudioSet from the "
+                    "bundled replay server on 127.0.0.1. Rerun the same command to resume; "
+                    "finished work is not redone.")
     p.add_argument("--source", action="append", default=None,
                    help="source to build (repeatable): " + ", ".join(sorted(all_sources())))
     p.add_argument("--out", default=DEFAULT_OUT, help="work folder: ledger, audio, shards, stats")
@@ -85,28 +86,30 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        retry_failed=args.retry_failed, stages=tuple(stages))
 
 
-DEMO_SOUND_DIRS = ("/usr/share/sounds",)
-
-
 def run(args: argparse.Namespace) -> int:
     from pipelines.build import print_summary, run_build
 
-    sources = args.source
-    if not sources:
-        sources = ["local"]
-        if not getattr(args, "input", None):
-            demo = next((d for d in DEMO_SOUND_DIRS if Path(d).is_dir()), None)
-            if demo is None:
-                print("no --source given and no demo sound folder found; "
-                      "run `bash .ci/install` or pass --source local --input DIR")
-                return 2
-            args.input = demo
-            args.dataset_name = args.dataset_name or "demo"
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(ALL_STAGES)
     if unknown:
         print(f"unknown stage(s): {', '.join(sorted(unknown))}")
         return 2
-    summary = run_build(config_from_args(args, sources, stages))
+    if args.source:
+        summary = run_build(config_from_args(args, args.source, stages))
+    else:
+        summary = run_demo(args, stages)
     print_summary(summary)
     return 0 if summary["accounting_closes"] else 1
+
+
+def run_demo(args: argparse.Namespace, stages) -> dict:
+    """No --source: all eight sources plus AudioSet from the bundled replay server."""
+    from pipelines.build import run_build
+    from pipelines.demo import demo_sources, replay_for_demo
+
+    print("no --source given: building the demo corpus from the bundled replay of all eight "
+          "sources plus AudioSet (a real HTTP server on 127.0.0.1)")
+    cfg = config_from_args(args, [], stages)
+    with replay_for_demo() as base:
+        cfg.sources = demo_sources(base, cfg.out)
+        return run_build(cfg)

@@ -1,0 +1,64 @@
+"""The README's main job: a small corpus from all eight LAION-Audio-630K sources plus AudioSet,
+crawled from the bundled replay server on 127.0.0.1, end to end on local Ray.
+
+The replay serves each site's real formats (JSON APIs, HTML pages, archives, a YouTube-like
+media page for yt-dlp), so this is the real code path of every crawler, only pointed at
+127.0.0.1 instead of the sites.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+#: items the replay lists per source (small: the demo should take a minute or two)
+DEMO_SIZES = {"bbc": 12, "epidemic": 12, "freesound": 12, "audiostock": 10, "audioset": 8,
+              "free_to_use_sounds": 8, "paramount_motion": 8, "sonniss_game_effects": 8,
+              "wesoundeffects": 8}
+PACKS = ("free_to_use_sounds", "paramount_motion", "sonniss_game_effects", "wesoundeffects")
+#: our own server on loopback: no need to be polite to it
+REPLAY_RATE = 200.0
+
+
+def shared_data() -> Path | None:
+    """``../shared/data`` beside a checkout, when present: real sample values for catalogues."""
+    env = os.environ.get("LAION_AUDIO_SHARED")
+    candidates = [Path(env) / "data"] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    return next((p for p in candidates if p.is_dir()), None)
+
+
+def demo_sources(base: str, work: Path) -> dict[str, dict]:
+    """Constructor options of every source, pointed at the replay server at ``base``."""
+    http = {"rate": REPLAY_RATE, "burst": 20}
+    sources: dict[str, dict] = {
+        "bbc": {"api": base, "media": base, **http},
+        "epidemic": {"base": base, **http},
+        "freesound": {"api": f"{base}/apiv2", **http},
+        "audiostock": {"base": base, **http},
+    }
+    for name in PACKS:
+        sources[name] = {"inputs": [f"{base}/packs/{name}.zip"],
+                         "cache_dir": str(work / "cache" / "packs"), **http}
+    sources["audioset"] = {"csv": [f"{base}/audioset/eval_segments.csv"],
+                           "labels": f"{base}/audioset/class_labels_indices.csv",
+                           "youtube_base": f"{base}/youtube/watch?v=",
+                           "cache_dir": str(work / "cache" / "audioset"),
+                           "limit": DEMO_SIZES["audioset"], **http}
+    return sources
+
+
+@contextlib.contextmanager
+def replay_for_demo() -> Iterator[str]:
+    """Start the replay server (with the Freesound key it expects) and yield its base URL."""
+    from crawlers.replay import serve
+
+    old_key = os.environ.get("FREESOUND_API_KEY")
+    os.environ.setdefault("FREESOUND_API_KEY", "replay-freesound-key")
+    try:
+        with serve(seed=0, sizes=DEMO_SIZES, shared=shared_data()) as (_app, base):
+            yield base
+    finally:
+        if old_key is None:
+            os.environ.pop("FREESOUND_API_KEY", None)
