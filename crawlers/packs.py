@@ -209,13 +209,16 @@ class PackSource(Source):
                 return
             if not archive.is_file():
                 raise Failure(FailureCode.MISSING_FILE, f"pack input {value} does not exist")
-        label_digest = hashlib.sha1(str(archive).encode("utf-8")).hexdigest()[:8]
+        # named after the input as given (URL or path), so the work folder's location never
+        # changes a record (resumed and fresh builds compare byte for byte)
+        label_digest = hashlib.sha1(value.encode("utf-8")).hexdigest()[:8]
         dest = self.cache_dir / self.name / "extracted" / f"{_label_for(value)}-{label_digest}"
         result = extract_archive(archive, dest, limits=self.limits, want=self._audio_wanted)
-        extra = {"archive": archive.name if not archive_url else _label_for(value),
-                 "archive_path": str(archive)}
+        extra = {"archive": archive.name if not archive_url else _label_for(value)}
         if archive_url:
             extra["archive_url"] = archive_url
+        else:
+            extra["archive_path"] = str(archive)
         for m in result.members:
             yield m.name, Path(m.path), dict(extra, member_bytes=m.size), None
         for r in result.rejected:
@@ -258,8 +261,13 @@ class PackSource(Source):
         caption, removed = clean_pack_caption(parts[-1], parents, self.vendor_codes)
         caption = clean_text(caption, 500) or clean_text(PurePosixPath(rel).stem, 500) or "sound"
         author = removed.get("ucs", {}).get("creator", "")
+        # a member of a downloaded archive is named by the archive URL + its path inside; the
+        # extracted copy is only a local cache (audio_path), never part of the record's identity
+        archive_url = extra.get("archive_url")
+        url = f"{archive_url}#{rel}" if archive_url else str(path)
         return Record(
-            source=self.name, source_id=source_id, url=str(path), title=clean_text(PurePosixPath(rel).stem, 500),
+            source=self.name, source_id=source_id, url=url, audio_path=str(path),
+            title=clean_text(PurePosixPath(rel).stem, 500),
             tags=list(parents), license=self.license, author=author, texts=[caption],
             caption_provenance={"rule": CAPTION_RULE, "version": CAPTION_RULE_VERSION,
                                 "file_name": parts[-1], **({"removed": removed} if removed else {})},
@@ -275,10 +283,13 @@ class PackSource(Source):
     def fetch(self, record: Record, dest_dir: Path) -> Path:
         """The extracted file; when this machine does not have the crawl's extraction folder, the
         member is extracted again from the archive (same safety checks)."""
-        path = Path(record.url)
-        if record.url and path.is_file():
-            return path
+        for candidate in (record.audio_path, record.url):
+            if candidate and "://" not in candidate and Path(candidate).is_file():
+                return Path(candidate)
         archive = record.original_data.get("archive_path")
+        archive_url = record.original_data.get("archive_url")
+        if archive_url:
+            archive = str(self._download(archive_url, _label_for(archive_url)))
         if archive and Path(archive).is_file():
             Path(dest_dir).mkdir(parents=True, exist_ok=True)
             return extract_one(archive, record.original_data["file_path"], dest_dir, limits=self.limits)

@@ -181,7 +181,8 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
         todo = _pending(ledger, Status.NEW, [dataset], cfg.retry_failed, "fetch")
         options = dict(options)
         tasks = min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
-        options["rate"] = float(options.get("rate") or DEFAULT_HOST_RATE) / tasks
+        rate = options.get("rate")
+        options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
         s = run_stage(executor, ledger, f"fetch:{name}", "crawlers.fetch:fetch_batch", todo,
                       kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
                       batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,

@@ -19,6 +19,8 @@ DEMO_SIZES = {"bbc": 12, "epidemic": 12, "freesound": 12, "audiostock": 10, "aud
 PACKS = ("free_to_use_sounds", "paramount_motion", "sonniss_game_effects", "wesoundeffects")
 #: our own server on loopback: no need to be polite to it
 REPLAY_RATE = 200.0
+#: a fixed port: record URLs contain it, so a rerun (resume) must see the same URLs
+DEFAULT_PORT = 48765
 
 
 def shared_data() -> Path | None:
@@ -57,8 +59,17 @@ def replay_for_demo() -> Iterator[str]:
     old_key = os.environ.get("FREESOUND_API_KEY")
     os.environ.setdefault("FREESOUND_API_KEY", "replay-freesound-key")
     try:
-        with serve(seed=0, sizes=DEMO_SIZES, shared=shared_data()) as (_app, base):
-            yield base
+        port = int(os.environ.get("LAION_AUDIO_REPLAY_PORT", DEFAULT_PORT))
+        try:
+            server = serve(port, seed=0, sizes=DEMO_SIZES, shared=shared_data())
+            app_base = server.__enter__()
+        except OSError as exc:
+            raise SystemExit(f"cannot start the replay server on 127.0.0.1:{port} ({exc}); "
+                             "set LAION_AUDIO_REPLAY_PORT to a free port") from exc
+        try:
+            yield app_base[1]
+        finally:
+            server.__exit__(None, None, None)
     finally:
         if old_key is None:
             os.environ.pop("FREESOUND_API_KEY", None)
