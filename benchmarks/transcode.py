@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=1,
                     help="repeat the file list this many times (more audio-minutes)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
-    ap.add_argument("--batch", type=int, default=8, help="records per transcode_batch call")
+    ap.add_argument("--batch", type=int, default=4, help="records per transcode_batch call")
     ap.add_argument("--sets", nargs="+", default=["all", "clips"], choices=["all", "clips"],
                     help="all files, and/or only files under --clip-seconds")
     ap.add_argument("--clip-seconds", type=float, default=30.0)

@@ -228,3 +228,18 @@ def test_debian_long_music(tmp_path, debian_sounds):
     if not music:
         pytest.skip("colobot music is not installed")
     _check_debian(tmp_path, music)
+
+
+def test_streamed_blocks_equal_a_one_shot_reference(tmp_path):
+    """Block streaming (4 s > 3 blocks) gives exactly mean -> soxr HQ -> round of the whole."""
+    import soxr
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((44100 * 4, 2)) * 0.1).astype(np.float32)
+    write_sf(tmp_path / "noise.wav", x, 44100, "FLOAT")
+    transcode_file(tmp_path / "noise.wav", tmp_path / "out.flac")
+    got = sf.read(str(tmp_path / "out.flac"), dtype="int32")[0] >> 8
+    mono = (x[:, 0] + x[:, 1]) * np.float32(0.5)
+    ref = soxr.resample(mono, 44100, 48000, quality="HQ")
+    expected = np.clip(np.rint(ref * np.float32(2 ** 23)), -2 ** 23, 2 ** 23 - 1).astype(np.int32)
+    np.testing.assert_array_equal(got, expected)
