@@ -246,7 +246,8 @@ def _av_to_float(frame) -> np.ndarray:
     raise Failure(FailureCode.UNDECODABLE, f"unsupported decoded sample format {fmt.name}")
 
 
-def _open_pyav(path: str, stated_frames: int | None) -> _Source:
+def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
+    """Open with PyAV; ``stated`` is libsndfile's (frames, rate) when it read the header."""
     if av is None:  # pragma: no cover
         raise Failure(FailureCode.UNDECODABLE, "libsndfile cannot read it and PyAV is missing")
     try:
@@ -268,6 +269,7 @@ def _open_pyav(path: str, stated_frames: int | None) -> _Source:
     subtype = ("VORBIS" if codec == "vorbis" else "OPUS" if codec == "opus"
                else _SUBTYPE_OF_AV_FORMAT.get(fmt_name, fmt_name.upper()))
     lossless_16 = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
+    stated_frames = None if stated is None else int(round(stated[0] * rate / stated[1]))
     demuxers = set(container.format.name.split(","))
     exact_length = not demuxers & ESTIMATED_LENGTH_FORMATS
     if stated_frames is None and exact_length and stream.duration and stream.time_base:
@@ -493,7 +495,7 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             src = _open_soundfile(src_path)
             if src.subtype in PYAV_PREFERRED_SUBTYPES and av is not None:
                 src.close()
-                src = _open_pyav(src_path, src.stated_frames)
+                src = _open_pyav(src_path, _stated(src))
         except _DecoderRefused as refused:
             notes.append(f"libsndfile: {refused}")
             src = _open_pyav(src_path, None)
@@ -505,7 +507,7 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             # libsndfile failed mid-stream: ffmpeg's decoders get one try on the same file.
             notes.append(f"libsndfile failed mid-stream ({exc}); decoded with PyAV")
             src.close()
-            src = _open_pyav(src_path, src.stated_frames)
+            src = _open_pyav(src_path, _stated(src))
             try:
                 result = _transcode_source(src, tmp, start, end, options, notes)
             except _DecodeError as exc2:
@@ -518,6 +520,10 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _stated(src: _Source) -> tuple[int, int] | None:
+    return None if src.stated_frames is None else (src.stated_frames, src.sample_rate)
 
 
 def _damaged(src: _Source, message: str) -> Failure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from laion_audio.audio import TranscodeOptions, pcm_sha256_of_file, transcode_file
 
@@ -232,8 +233,6 @@ def test_debian_long_music(tmp_path, debian_sounds):
 
 def test_streamed_blocks_equal_a_one_shot_reference(tmp_path):
     """Block streaming (4 s > 3 blocks) gives exactly mean -> soxr HQ -> round of the whole."""
-    import soxr
-
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((44100 * 4, 2)) * 0.1).astype(np.float32)
     write_sf(tmp_path / "noise.wav", x, 44100, "FLOAT")
