@@ -89,6 +89,26 @@ def _warm(_: object = None) -> int:
     return os.getpid()
 
 
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def parallel_headroom(pools: dict[int, ProcessPoolExecutor], n: int = 2_000_000) -> float:
+    """Control: throughput of a pure-Python CPU loop on 2 workers / on 1 worker, right now.
+
+    About 2.0 on an idle 2-core machine; about 1.0 when other jobs already use a core. The
+    2-worker ratios of both methods can only be as good as this."""
+    rates = {}
+    for w in (1, 2):
+        start = time.perf_counter()
+        list(pools[w].map(_burn, [n] * 6))
+        rates[w] = 6 / (time.perf_counter() - start)
+    return rates[2] / rates[1]
+
+
 def _ours_batch(args) -> tuple[int, float]:
     """Runs in a worker: (failed records, CPU seconds this batch took)."""
     records, out, options = args
@@ -181,11 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         for w, pool in pools.items():   # start and warm the workers before any clock runs
             list(pool.map(_warm, range(w * 2)))
             list(pool.map(_ours_batch, [([], tempfile.gettempdir(), options)] * w))
+        print(f"parallel headroom (CPU-loop control, 2 workers / 1 worker): "
+              f"{parallel_headroom(pools):.2f}x", flush=True)
         for name in args.sets:
             chosen = [(p, d) for p, d in inputs if name == "all" or d < args.clip_seconds]
             files = [p for p, _ in chosen] * args.copies
             seconds = sum(d for _, d in chosen) * args.copies
             bench_set(name, files, seconds, args.repeats, args.batch, options, pools)
+            print(f"  parallel headroom now: {parallel_headroom(pools):.2f}x", flush=True)
     finally:
         for pool in pools.values():
             pool.shutdown()
