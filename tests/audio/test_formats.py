@@ -1,6 +1,8 @@
 """Every good input becomes 48 kHz mono FLAC of the right length, pitch, level and bit depth."""
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -242,3 +244,20 @@ def test_streamed_blocks_equal_a_one_shot_reference(tmp_path):
     ref = soxr.resample(mono, 44100, 48000, quality="HQ")
     expected = np.clip(np.rint(ref * np.float32(2 ** 23)), -2 ** 23, 2 ** 23 - 1).astype(np.int32)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_memory_is_bounded_by_the_block_size(tmp_path):
+    """20 s of 8-channel 96 kHz audio is 61 MB as float32; streaming never holds it all."""
+    rate, channels, seconds = 96000, 8, 20
+    rng = np.random.default_rng(2)
+    with sf.SoundFile(str(tmp_path / "big.wav"), "w", rate, channels, "PCM_16") as f:
+        for _ in range(seconds):
+            f.write(rng.integers(-3000, 3000, (rate, channels), dtype=np.int16))
+    tracemalloc.start()
+    try:
+        res = transcode_file(tmp_path / "big.wav", tmp_path / "out.flac")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert abs(res.duration - seconds) < 1e-3
+    assert 1e6 < peak < 20e6, f"peak traced memory {peak / 1e6:.1f} MB"
