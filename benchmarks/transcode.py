@@ -10,7 +10,10 @@ The same input files go through
 
 Printed: audio-seconds per wall-second for each variant (median over ``--repeats`` runs,
 variants interleaved within each repeat so machine noise hits all of them), and the ratios
-ours/ffmpeg at 1 worker, ours at 2 workers / ours at 1 worker. Two file sets by default:
+ours/ffmpeg at 1 worker, ours at 2 workers / ours at 1 worker. CPU-seconds per audio-minute are
+printed too: on a busy shared machine they show the work each method does even when a second
+core is not actually free for the 2-worker runs (check the printed load average). Two file
+sets by default:
 ``all`` (every Debian sound file: 20 long music tracks dominate the audio-seconds) and
 ``clips`` (files under 30 s: sound effects, the shape of most LAION-Audio-630K sources).
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -63,14 +67,21 @@ def _ffmpeg_one(job: tuple[str, str]) -> int:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 
 
-def run_ffmpeg(files: list[Path], out: Path, workers: int) -> int:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_ffmpeg(files: list[Path], out: Path, workers: int) -> tuple[int, float]:
+    """Returns (failed files, CPU seconds the ffmpeg processes used)."""
     jobs = [(str(p), str(out / f"{i}.flac")) for i, p in enumerate(files)]
+    cpu = _children_cpu()
     if workers == 1:
         codes = [_ffmpeg_one(j) for j in jobs]
     else:  # threads only wait on the child processes: `workers` ffmpeg processes at a time
         with ThreadPoolExecutor(workers) as pool:
             codes = list(pool.map(_ffmpeg_one, jobs))
-    return sum(1 for c in codes if c != 0)
+    return sum(1 for c in codes if c != 0), _children_cpu() - cpu
 
 
 # ----------------------------------------------------------------------------- our stage
@@ -78,20 +89,43 @@ def _warm(_: object = None) -> int:
     return os.getpid()
 
 
-def _ours_batch(args) -> int:
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def parallel_headroom(pools: dict[int, ProcessPoolExecutor], n: int = 2_000_000) -> float:
+    """Control: throughput of a pure-Python CPU loop on 2 workers / on 1 worker, right now.
+
+    About 2.0 on an idle 2-core machine; about 1.0 when other jobs already use a core. The
+    2-worker ratios of both methods can only be as good as this."""
+    rates = {}
+    for w in (1, 2):
+        start = time.perf_counter()
+        list(pools[w].map(_burn, [n] * 6))
+        rates[w] = 6 / (time.perf_counter() - start)
+    return rates[2] / rates[1]
+
+
+def _ours_batch(args) -> tuple[int, float]:
+    """Runs in a worker: (failed records, CPU seconds this batch took)."""
     records, out, options = args
+    cpu = time.process_time()
     done = transcode_batch(records, out, options)
-    return sum(1 for r in done if r.status != Status.TRANSCODED)
+    return sum(1 for r in done if r.status != Status.TRANSCODED), time.process_time() - cpu
 
 
 def run_ours(pool: ProcessPoolExecutor, files: list[Path], out: Path, batch: int,
-             options: TranscodeOptions) -> int:
+             options: TranscodeOptions) -> tuple[int, float]:
     records = [Record("bench", str(i), audio_path=str(p), status=Status.FETCHED)
                for i, p in enumerate(files)]
     # Longest files first so no worker is left with one long track at the end.
     records.sort(key=lambda r: -os.path.getsize(r.audio_path))
     batches = [(records[i:i + batch], str(out), options) for i in range(0, len(records), batch)]
-    return sum(pool.map(_ours_batch, batches))
+    results = list(pool.map(_ours_batch, batches))
+    return sum(f for f, _ in results), sum(c for _, c in results)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -101,6 +135,7 @@ def bench_set(name: str, files: list[Path], audio_seconds: float, repeats: int, 
           f"{repeats} repeats ==", flush=True)
     variants = [("ffmpeg", 1), ("ours", 1), ("ffmpeg", 2), ("ours", 2)]
     speeds: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
+    cpu_per_audio: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
     for rep in range(repeats):
         order = variants[rep % 2 * 2:] + variants[:rep % 2 * 2]   # rotate who goes first
         for kind, workers in order:
@@ -108,27 +143,33 @@ def bench_set(name: str, files: list[Path], audio_seconds: float, repeats: int, 
             try:
                 start = time.perf_counter()
                 if kind == "ffmpeg":
-                    failed = run_ffmpeg(files, out, workers)
+                    failed, cpu = run_ffmpeg(files, out, workers)
                 else:
-                    failed = run_ours(pools[workers], files, out, batch, options)
+                    failed, cpu = run_ours(pools[workers], files, out, batch, options)
                 wall = time.perf_counter() - start
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             speeds[(kind, workers)].append(audio_seconds / wall)
+            cpu_per_audio[(kind, workers)].append(cpu / audio_seconds * 60)
             print(f"  repeat {rep + 1} {kind:6s} x{workers}: {wall:7.2f} s wall, "
-                  f"{audio_seconds / wall:8.1f} audio-s/s, {failed} failed", flush=True)
+                  f"{audio_seconds / wall:8.1f} audio-s/s, {cpu / audio_seconds * 60:6.3f} "
+                  f"CPU-s per audio-minute, {failed} failed", flush=True)
     med = {v: statistics.median(s) for v, s in speeds.items()}
     print(f"  median audio-seconds per wall-second ({name}):")
     for (kind, workers), value in med.items():
-        print(f"    {kind:6s} {workers} worker(s): {value:8.1f}")
+        cpu = statistics.median(cpu_per_audio[(kind, workers)])
+        print(f"    {kind:6s} {workers} worker(s): {value:8.1f}   ({cpu:.3f} CPU-s per audio-minute)")
     result = {
         "ours/ffmpeg 1 worker": med[("ours", 1)] / med[("ffmpeg", 1)],
         "ours/ffmpeg 2 workers": med[("ours", 2)] / med[("ffmpeg", 2)],
         "ours 2 workers / ours 1 worker": med[("ours", 2)] / med[("ours", 1)],
         "ffmpeg 2 workers / ffmpeg 1 worker": med[("ffmpeg", 2)] / med[("ffmpeg", 1)],
+        "CPU per audio-second, ffmpeg/ours (1 worker)": (
+            statistics.median(cpu_per_audio[("ffmpeg", 1)])
+            / statistics.median(cpu_per_audio[("ours", 1)])),
     }
     for label, ratio in result.items():
-        print(f"    {label:36s} {ratio:5.2f}x")
+        print(f"    {label:44s} {ratio:5.2f}x")
     return result
 
 
@@ -139,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=1,
                     help="repeat the file list this many times (more audio-minutes)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
-    ap.add_argument("--batch", type=int, default=8, help="records per transcode_batch call")
+    ap.add_argument("--batch", type=int, default=4, help="records per transcode_batch call")
     ap.add_argument("--sets", nargs="+", default=["all", "clips"], choices=["all", "clips"],
                     help="all files, and/or only files under --clip-seconds")
     ap.add_argument("--clip-seconds", type=float, default=30.0)
@@ -160,11 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         for w, pool in pools.items():   # start and warm the workers before any clock runs
             list(pool.map(_warm, range(w * 2)))
             list(pool.map(_ours_batch, [([], tempfile.gettempdir(), options)] * w))
+        print(f"parallel headroom (CPU-loop control, 2 workers / 1 worker): "
+              f"{parallel_headroom(pools):.2f}x", flush=True)
         for name in args.sets:
             chosen = [(p, d) for p, d in inputs if name == "all" or d < args.clip_seconds]
             files = [p for p, _ in chosen] * args.copies
             seconds = sum(d for _, d in chosen) * args.copies
             bench_set(name, files, seconds, args.repeats, args.batch, options, pools)
+            print(f"  parallel headroom now: {parallel_headroom(pools):.2f}x", flush=True)
     finally:
         for pool in pools.values():
             pool.shutdown()

@@ -15,7 +15,8 @@ Decoders (measured on the Debian sound files, see ``benchmarks/transcode.py``):
   returns), ..., and as a second try when libsndfile fails part-way through a file.
 
 Bit-depth rule (what LAION's ``ffmpeg -i IN -ac 1 -ar 48000 OUT.flac`` did, made explicit):
-lossless integer sources of 8 or 16 bits become 16-bit FLAC (``PCM_16``); everything else
+lossless integer sources of 8 or 16 bits (and mu-law/A-law/ADPCM/GSM, which decode to 16-bit
+integers) become 16-bit FLAC (``PCM_16``); everything else
 (24/32-bit int, 32/64-bit float, and every lossy codec, whose decoders output float) becomes
 24-bit FLAC (``PCM_24``). Quantisation is round-to-nearest with clipping, no dither, so the
 output is deterministic.
@@ -57,15 +58,20 @@ except ImportError:  # pragma: no cover
 TARGET_RATE = 48000
 #: Frames per decode block: bounds memory (8 ch x 192 kHz x 64 Ki x 4 B = 16 MB at worst).
 BLOCK_FRAMES = 65536
-#: libsndfile subtypes of lossless integer PCM at <= 16 bits: these stay 16-bit.
+#: libsndfile subtypes that stay 16-bit: integer PCM at <= 16 bits, and the telephony codecs
+#: (mu-law, A-law, ADPCM, GSM) whose decoders produce 16-bit integers (as ffmpeg's do).
 SIXTEEN_BIT_SUBTYPES = {"PCM_S8", "PCM_U8", "PCM_16", "DPCM_8", "DPCM_16", "DWVW_12",
-                        "DWVW_16", "ALAC_16"}
+                        "DWVW_16", "ALAC_16", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM",
+                        "GSM610", "VOX_ADPCM", "G721_32", "G723_24", "G723_40",
+                        "NMS_ADPCM_16", "NMS_ADPCM_24", "NMS_ADPCM_32"}
 #: libsndfile subtypes we hand to PyAV even though libsndfile opens them (see module doc).
 PYAV_PREFERRED_SUBTYPES = {"OPUS"}
 #: Subtypes whose length libsndfile can only estimate: allow some slack before "truncated".
 LOSSY_SUBTYPES = {"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"}
-#: PyAV lossless codecs (by ffmpeg codec name prefix) whose 8/16-bit output stays 16-bit.
-PYAV_LOSSLESS_PREFIXES = ("pcm_", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
+#: ffmpeg codecs (name prefixes) whose 8/16-bit integer output stays 16-bit: lossless ones and
+#: the telephony codecs (pcm_mulaw/alaw, adpcm_*, gsm), as in SIXTEEN_BIT_SUBTYPES.
+PYAV_INT16_CODEC_PREFIXES = ("pcm_", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd",
+                             "adpcm_", "gsm")
 #: ffmpeg demuxers whose stream length is only an estimate (bitrate x size): not trusted.
 ESTIMATED_LENGTH_FORMATS = {"aac", "mp3", "ac3", "eac3", "dts", "mpegts", "mpeg", "adts"}
 #: ffmpeg demuxers with an exact length that the decoder overruns (edit lists).
@@ -240,7 +246,8 @@ def _av_to_float(frame) -> np.ndarray:
     raise Failure(FailureCode.UNDECODABLE, f"unsupported decoded sample format {fmt.name}")
 
 
-def _open_pyav(path: str, stated_frames: int | None) -> _Source:
+def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
+    """Open with PyAV; ``stated`` is libsndfile's (frames, rate) when it read the header."""
     if av is None:  # pragma: no cover
         raise Failure(FailureCode.UNDECODABLE, "libsndfile cannot read it and PyAV is missing")
     try:
@@ -261,7 +268,8 @@ def _open_pyav(path: str, stated_frames: int | None) -> _Source:
     fmt_name = ctx.format.name.rstrip("p") if ctx.format is not None else ""
     subtype = ("VORBIS" if codec == "vorbis" else "OPUS" if codec == "opus"
                else _SUBTYPE_OF_AV_FORMAT.get(fmt_name, fmt_name.upper()))
-    lossless_16 = codec.startswith(PYAV_LOSSLESS_PREFIXES) and fmt_name in ("u8", "s16")
+    lossless_16 = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
+    stated_frames = None if stated is None else int(round(stated[0] * rate / stated[1]))
     demuxers = set(container.format.name.split(","))
     exact_length = not demuxers & ESTIMATED_LENGTH_FORMATS
     if stated_frames is None and exact_length and stream.duration and stream.time_base:
@@ -487,7 +495,7 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             src = _open_soundfile(src_path)
             if src.subtype in PYAV_PREFERRED_SUBTYPES and av is not None:
                 src.close()
-                src = _open_pyav(src_path, src.stated_frames)
+                src = _open_pyav(src_path, _stated(src))
         except _DecoderRefused as refused:
             notes.append(f"libsndfile: {refused}")
             src = _open_pyav(src_path, None)
@@ -499,7 +507,7 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             # libsndfile failed mid-stream: ffmpeg's decoders get one try on the same file.
             notes.append(f"libsndfile failed mid-stream ({exc}); decoded with PyAV")
             src.close()
-            src = _open_pyav(src_path, src.stated_frames)
+            src = _open_pyav(src_path, _stated(src))
             try:
                 result = _transcode_source(src, tmp, start, end, options, notes)
             except _DecodeError as exc2:
@@ -512,6 +520,10 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _stated(src: _Source) -> tuple[int, int] | None:
+    return None if src.stated_frames is None else (src.stated_frames, src.sample_rate)
 
 
 def _damaged(src: _Source, message: str) -> Failure:
@@ -527,7 +539,7 @@ def _transcode_source(src: _Source, tmp: Path, start, end, options: TranscodeOpt
         stop = src.stated_frames if stop is None else min(stop, src.stated_frames)
     _check_header(src, first, stop, options)
     sink, consumed = _run(src, tmp, first, stop, options)
-    if start is not None and stop is None and src.stated_frames is None and consumed == 0:
+    if first > 0 and consumed == 0:
         raise Failure(FailureCode.BAD_TRIM, f"trim start {start} s is past the end of the audio")
     truncated = _is_truncated(src, first, stop, consumed)
     if truncated:

@@ -1,9 +1,12 @@
 """Every good input becomes 48 kHz mono FLAC of the right length, pitch, level and bit depth."""
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from laion_audio.audio import TranscodeOptions, pcm_sha256_of_file, transcode_file
 
@@ -49,6 +52,8 @@ SOUNDFILE_CASES = [
     ("s32.wav", "PCM_32", "WAV", "PCM_24", 0.1),
     ("f32.wav", "FLOAT", "WAV", "PCM_24", 0.1),
     ("f64.wav", "DOUBLE", "WAV", "PCM_24", 0.1),
+    ("ulaw.wav", "ULAW", "WAV", "PCM_16", 0.1),
+    ("ima.wav", "IMA_ADPCM", "WAV", "PCM_16", 0.3),
     ("s8.flac", "PCM_S8", "FLAC", "PCM_16", 0.1),
     ("s16.flac", "PCM_16", "FLAC", "PCM_16", 0.1),
     ("s24.flac", "PCM_24", "FLAC", "PCM_24", 0.1),
@@ -65,7 +70,9 @@ def test_soundfile_written_formats(tmp_path, name, subtype, fmt, out_subtype, le
     res = transcode_file(src, tmp_path / "out.flac")
     assert res.output_subtype == out_subtype
     assert (res.input_sample_rate, res.input_channels, res.input_subtype) == (RATE, 2, subtype)
-    _, info = check_sine_output(tmp_path / "out.flac", SECONDS, MEAN_AMP, level_tol)
+    stated = sf.info(str(src)).duration     # IMA ADPCM pads to whole blocks: the file's length
+    assert abs(stated - SECONDS) < 0.03
+    _, info = check_sine_output(tmp_path / "out.flac", stated, MEAN_AMP, level_tol)
     assert info.subtype == out_subtype
     assert res.sha256 == pcm_sha256_of_file(tmp_path / "out.flac")
     assert abs(res.duration - info.duration) < 1e-9
@@ -224,3 +231,33 @@ def test_debian_long_music(tmp_path, debian_sounds):
     if not music:
         pytest.skip("colobot music is not installed")
     _check_debian(tmp_path, music)
+
+
+def test_streamed_blocks_equal_a_one_shot_reference(tmp_path):
+    """Block streaming (4 s > 3 blocks) gives exactly mean -> soxr HQ -> round of the whole."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((44100 * 4, 2)) * 0.1).astype(np.float32)
+    write_sf(tmp_path / "noise.wav", x, 44100, "FLOAT")
+    transcode_file(tmp_path / "noise.wav", tmp_path / "out.flac")
+    got = sf.read(str(tmp_path / "out.flac"), dtype="int32")[0] >> 8
+    mono = (x[:, 0] + x[:, 1]) * np.float32(0.5)
+    ref = soxr.resample(mono, 44100, 48000, quality="HQ")
+    expected = np.clip(np.rint(ref * np.float32(2 ** 23)), -2 ** 23, 2 ** 23 - 1).astype(np.int32)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_memory_is_bounded_by_the_block_size(tmp_path):
+    """20 s of 8-channel 96 kHz audio is 61 MB as float32; streaming never holds it all."""
+    rate, channels, seconds = 96000, 8, 20
+    rng = np.random.default_rng(2)
+    with sf.SoundFile(str(tmp_path / "big.wav"), "w", rate, channels, "PCM_16") as f:
+        for _ in range(seconds):
+            f.write(rng.integers(-3000, 3000, (rate, channels), dtype=np.int16))
+    tracemalloc.start()
+    try:
+        res = transcode_file(tmp_path / "big.wav", tmp_path / "out.flac")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert abs(res.duration - seconds) < 1e-3
+    assert 1e6 < peak < 20e6, f"peak traced memory {peak / 1e6:.1f} MB"
