@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import random
 import sys
@@ -36,7 +37,10 @@ def main() -> int:
     ap.add_argument("--model", help="evaluate this model folder (skip training)")
     ap.add_argument("--out", default="/tmp/k2c_eval_model", help="where training writes the model")
     ap.add_argument("--train-minutes", type=float, default=30.0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 beats 2 on a contended machine (threads spin waiting for each other)")
+    ap.add_argument("--d-model", type=int, default=192)
+    ap.add_argument("--vocab-size", type=int, default=3000)
     ap.add_argument("--data", default=str(SHARED))
     ap.add_argument("--n", type=int, default=500, help="val keyword sets to evaluate")
     ap.add_argument("--seed", type=int, default=0)
@@ -54,10 +58,12 @@ def main() -> int:
         val_pairs = build_pairs(load_captions("audiocaps", data / "audiocaps/dataset/val.csv"))
         rng.shuffle(val_pairs)
         cfg = TrainConfig(max_steps=None, max_minutes=args.train_minutes, threads=args.threads,
-                          seed=args.seed)
+                          seed=args.seed, d_model=args.d_model, d_ff=4 * args.d_model,
+                          vocab_size=args.vocab_size)
         summary = train_captioner(pairs, args.out, cfg, val_pairs=val_pairs[:256], log_every=200)
         report["training"] = {k: summary[k] for k in ("steps", "epochs", "seconds", "pairs",
                                                       "parameters", "val_loss_before", "val_loss_after")}
+        report["training"]["load_average_after_training"] = os.getloadavg()
         report["training"]["loss_first_last"] = [summary["loss_curve"][0], summary["loss_curve"][-1]]
         args.model = args.out
 
@@ -74,7 +80,9 @@ def main() -> int:
 
     base = Captioner.load(args.model, device="cpu")
     for label, params in (("beam", GenerationParams()),
-                          ("beam_rerank", GenerationParams(rerank_by_coverage=True))):
+                          ("beam_rerank", GenerationParams(rerank_by_coverage=True)),
+                          ("beam_boost2_rerank", GenerationParams(rerank_by_coverage=True,
+                                                                  keyword_boost=2.0))):
         cap = replace(base, params=params)
         t = time.perf_counter()
         captions = cap.generate(keyword_sets)
@@ -86,12 +94,13 @@ def main() -> int:
     # chance level: the re-ranked captions scored against another caption's keywords
     report["mismatched_keyword_baseline_coverage"] = quality_report(
         keyword_sets[1:] + keyword_sets[:1], captions)["keyword_coverage"]
+    report["load_average_at_end"] = os.getloadavg()
 
     labels = AudioSetLabels.from_dir(data / "audioset")
     segs = [s for s in read_segments(data / "audioset/balanced_train_segments.csv") if len(s.mids) >= 2]
     picks = random.Random(args.seed).sample(segs, 10)
     sets = [labels.label_names(s.mids) for s in picks]
-    cap = replace(base, params=GenerationParams(rerank_by_coverage=True))
+    cap = replace(base, params=GenerationParams(rerank_by_coverage=True, keyword_boost=2.0))
     report["audioset_examples"] = [
         {"ytid": s.ytid, "labels": ls, "raw": raw, "debiased": debias(raw).text}
         for s, ls, raw in zip(picks, sets, cap.generate(sets))]
