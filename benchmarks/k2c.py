@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(SHARED))
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     data = Path(args.data)

@@ -109,13 +109,13 @@ class Captioner:
     fingerprint: str
     input_format: str
     params: GenerationParams = field(default_factory=GenerationParams)
-    batch_size: int = 32
+    batch_size: int = 64
     capitalise_output: bool = False
 
     @classmethod
     def load(cls, model: str | os.PathLike, *, input_format: str | None = None,
              params: GenerationParams | None = None, device: str | None = None,
-             batch_size: int = 32) -> "Captioner":
+             batch_size: int = 64) -> "Captioner":
         """Load from a local folder (or a hub id when online). CUDA + bf16 when a GPU exists."""
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer

@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=256, help="records per ledger write")
-    p.add_argument("--gen-batch-size", type=int, default=32, help="keyword sets per generate call")
+    p.add_argument("--gen-batch-size", type=int, default=64, help="keyword sets per generate call")
     p.add_argument("--cache", help="cache file (default: LEDGER_DIR/caption_cache.sqlite)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
