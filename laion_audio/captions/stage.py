@@ -102,6 +102,11 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
             continue
         stats.records += 1
         kws = record_keywords(rec, opts.labels)
+        if any(_MID.match(k) for k in kws):
+            fail(rec, STAGE, FailureCode.BAD_METADATA, "tags hold AudioSet MIDs with no known name "
+                 "(give the AudioSet class list: CaptionOptions.labels / --audioset-labels)")
+            stats.failed += 1
+            continue
         dur = record_duration(rec)
         short = opts.min_duration is not None and dur is not None and dur < opts.min_duration
         if not kws:

@@ -169,6 +169,16 @@ def test_template_when_no_model(audioset_sets):
     assert all(r.caption_provenance["rule"] == "template" and r.status == Status.CAPTIONED for r in recs)
 
 
+def test_unnamed_mids_fail_clearly(audioset_sets):
+    labels, segs = audioset_sets
+    recs = audioset_records(labels, segs[:2], as_mids=True)
+    caption_batch(recs, None, CaptionOptions())
+    assert all(r.status == Status.FAILED and r.failure_code == FailureCode.BAD_METADATA for r in recs)
+    recs = audioset_records(labels, segs[:2], as_mids=True)
+    caption_batch(recs, None, CaptionOptions(labels=labels))
+    assert recs[0].texts[0].startswith("The sound") and recs[0].status == Status.CAPTIONED
+
+
 def test_keytotext_input_formats():
     kws = ["Dog", "p.a. system", ".45 cartridge"]
     assert format_keywords(kws, "common_gen") == "Dog p.a. system .45 cartridge"
