@@ -90,6 +90,11 @@ def record_keywords(rec: Record, labels: AudioSetLabels | None = None) -> tuple[
     return normalise_keywords(tags)
 
 
+def has_source_text(rec: Record) -> bool:
+    """True when ``texts`` came from the source, not from an earlier run of this stage."""
+    return bool(rec.texts) and rec.caption_provenance.get("rule") not in ("template", "k2c")
+
+
 def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
                   options: CaptionOptions | None = None, cache: CaptionCache | None = None,
                   stats: CaptionStats | None = None) -> list[Record]:
@@ -110,7 +115,7 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
         dur = record_duration(rec)
         short = opts.min_duration is not None and dur is not None and dur < opts.min_duration
         if not kws:
-            if rec.texts:
+            if has_source_text(rec):
                 stats.kept_text += 1
                 _advance(rec)
             else:
@@ -120,7 +125,7 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
         if captioner is None or short:
             if short:
                 stats.short_skipped += 1
-            if rec.texts:
+            if has_source_text(rec):
                 stats.kept_text += 1
             else:
                 _template(rec, kws, opts, reason="shorter than min_duration" if short else "no model")
@@ -189,7 +194,7 @@ def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache |
             prov["debias_replacements"] = [list(r) for r in result.replacements]
             stats.debias_replacements += result.count
         rec.text_augment_t5 = text
-        if not rec.texts or rec.source in opts.replace_text_sources:
+        if not has_source_text(rec) or rec.source in opts.replace_text_sources:
             rec.texts = [text]
         rec.caption_provenance = prov
         stats.k2c += 1

@@ -169,6 +169,15 @@ def test_template_when_no_model(audioset_sets):
     assert all(r.caption_provenance["rule"] == "template" and r.status == Status.CAPTIONED for r in recs)
 
 
+def test_rerun_with_a_model_replaces_our_own_template(captioner):
+    rec = Record(source="freesound", source_id="9", tags=["dog", "bark"], audio_duration=4.0,
+                 status=Status.TRANSCODED)
+    caption_batch([rec], None, CaptionOptions())
+    assert rec.texts == ["The sounds of dog and bark"]
+    caption_batch([rec], captioner, CaptionOptions())
+    assert rec.caption_provenance["rule"] == "k2c" and rec.texts == [rec.text_augment_t5]
+
+
 def test_unnamed_mids_fail_clearly(audioset_sets):
     labels, segs = audioset_sets
     recs = audioset_records(labels, segs[:2], as_mids=True)
