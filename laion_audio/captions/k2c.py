@@ -139,6 +139,14 @@ class Captioner:
         return {"model": self.name, "model_sha256": self.fingerprint,
                 "input_format": self.input_format, "generation": asdict(self.params)}
 
+    @property
+    def cache_identity(self) -> dict:
+        """``identity`` without the folder path: a moved or copied model keeps its cache."""
+        ident = dict(self.identity)
+        if not self.fingerprint.startswith("hub:"):
+            ident.pop("model")
+        return ident
+
     def generate(self, keyword_sets: Sequence[Sequence[str]]) -> list[str]:
         """Raw captions, one per keyword set, in input order (batched, length-sorted)."""
         order = sorted(range(len(keyword_sets)), key=lambda i: len(" ".join(keyword_sets[i])))
@@ -188,7 +196,8 @@ class Captioner:
         if getattr(self, "_lemma_table", None) is None:
             from .keywords import lemma
 
-            table: list[str | None] = [None] * len(self.tokenizer)
+            size = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
+            table: list[str | None] = [None] * size   # T5 pads its logits past the tokenizer
             for piece, tid in self.tokenizer.get_vocab().items():
                 if piece[:1] in ("\u2581", "\u0120") and piece[1:].isalpha() and tid < len(table):
                     table[tid] = lemma(piece[1:])

@@ -152,7 +152,7 @@ def _template(rec: Record, kws: Sequence[str], opts: CaptionOptions, reason: str
 def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache | None,
          stats: CaptionStats) -> None:
     identity = captioner.identity
-    keys = {kws: cache_key(identity, kws) for _, kws in todo}
+    keys = {kws: cache_key(captioner.cache_identity, kws) for _, kws in todo}
     stats.keyword_sets += len(todo)
     stats.distinct_keyword_sets.update(keys.values())
     raw: dict[tuple[str, ...], str] = {}
