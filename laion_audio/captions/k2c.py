@@ -1,0 +1,257 @@
+"""Keyword-to-caption with a T5 seq2seq model: loading, input formats, batched beam search.
+
+LAION used the keytotext library, which runs one ``generate`` call per keyword set (and per
+"."-separated piece of it). Here every call is batched (inputs sorted by length to cut
+padding) and keywords are never split on ".". Defaults are keytotext's: 4 beams, length
+penalty 1.5, no-repeat 3-grams, early stopping; new tokens are bounded (keytotext allowed 1024).
+
+Input formats (what each model family was trained on):
+
+``common_gen``  mrm8488/t5-base-finetuned-common_gen, k2t-new, anath/T5key2textcomgenminime:
+                keywords joined by spaces ("dog bark night").
+``k2t``         gagan3012/k2t, gagan3012/k2t-base: keytotext's K2TPipeline string, keywords
+                joined by "|" after ``str(list)`` clean-up ("dog| bark| night"), plus the
+                literal " </s>" keytotext appended.
+``laion-audio`` models from ``laion-audio train-captioner``: "a | b | c", lower-cased, first
+                comma-separated synonym of a label only; the
+                model folder's ``laion_audio_k2c.json`` names it, so it is picked automatically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+#: Written by train-captioner next to the weights; tells the loader the input format.
+SIDECAR = "laion_audio_k2c.json"
+
+INPUT_FORMATS = ("common_gen", "k2t", "laion-audio")
+
+
+def format_keywords(keywords: Sequence[str], input_format: str) -> str:
+    """The model input string for one keyword set (keywords already normalised)."""
+    if input_format == "common_gen":
+        return " ".join(keywords)
+    if input_format == "k2t":
+        return "| ".join(keywords) + " </s>"
+    if input_format == "laion-audio":
+        # an AudioSet name lists synonyms after commas ("Male speech, man speaking"); our
+        # models are trained on single content words, so the first synonym stands for the label
+        return " | ".join(k.split(",")[0].strip().lower() for k in keywords)
+    raise ValueError(f"unknown input format {input_format!r}; one of {INPUT_FORMATS}")
+
+
+def guess_input_format(model: str | os.PathLike) -> str:
+    """The input format for a model folder or hub id: the sidecar if present, else by name."""
+    path = Path(model)
+    if (path / SIDECAR).exists():
+        return json.loads((path / SIDECAR).read_text())["input_format"]
+    name = str(model).lower()
+    if "k2t" in name and "k2t-new" not in name:
+        return "k2t"
+    return "common_gen"
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Beam-search settings; part of the cache key, so any change regenerates."""
+
+    num_beams: int = 4
+    length_penalty: float = 1.5
+    no_repeat_ngram_size: int = 3
+    max_new_tokens: int = 48
+    early_stopping: bool = True
+    #: Generate all ``num_beams`` hypotheses and keep the one that covers the most keywords
+    #: (ties: the model's best). Cheap keyword "constraint" without constrained decoding.
+    rerank_by_coverage: bool = False
+    #: Soft keyword constraint (0 = off, keytotext behaviour): while a keyword is unused, tokens
+    #: that start any inflection of it gain this much log-probability and end-of-sentence loses
+    #: this much per unused keyword. See :class:`KeywordBoost`.
+    keyword_boost: float = 0.0
+
+    def generate_kwargs(self) -> dict:
+        return {"num_beams": self.num_beams, "length_penalty": self.length_penalty,
+                "no_repeat_ngram_size": self.no_repeat_ngram_size,
+                "max_new_tokens": self.max_new_tokens, "early_stopping": self.early_stopping,
+                "do_sample": False,
+                "num_return_sequences": self.num_beams if self.rerank_by_coverage else 1}
+
+
+def model_fingerprint(model: str | os.PathLike) -> str:
+    """sha256 over a local model folder's config, tokenizer and weight files (the cache and
+    the provenance name the exact weights); a hub id is used as is."""
+    path = Path(model)
+    if not path.is_dir():
+        return f"hub:{model}"
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Captioner:
+    """A loaded seq2seq captioner. ``generate`` takes many keyword sets, returns raw captions."""
+
+    model: object
+    tokenizer: object
+    name: str
+    fingerprint: str
+    input_format: str
+    params: GenerationParams = field(default_factory=GenerationParams)
+    batch_size: int = 64
+    capitalise_output: bool = False
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, *, input_format: str | None = None,
+             params: GenerationParams | None = None, device: str | None = None,
+             batch_size: int = 64) -> "Captioner":
+        """Load from a local folder (or a hub id when online). CUDA + bf16 when a GPU exists."""
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        path = Path(model)
+        if not path.exists() and str(model).startswith(("/", "./", "../", "~")):
+            raise FileNotFoundError(f"captioner model folder {model} does not exist")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        tok = AutoTokenizer.from_pretrained(str(model))
+        net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
+        sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
+        return cls(model=net, tokenizer=tok, name=str(model), fingerprint=model_fingerprint(model),
+                   input_format=input_format or guess_input_format(model),
+                   params=params or GenerationParams(), batch_size=batch_size,
+                   capitalise_output=bool(sidecar.get("lowercase", False)))
+
+    @property
+    def identity(self) -> dict:
+        """What makes two captioners produce the same text: weights, input format, parameters."""
+        return {"model": self.name, "model_sha256": self.fingerprint,
+                "input_format": self.input_format, "generation": asdict(self.params)}
+
+    @property
+    def cache_identity(self) -> dict:
+        """``identity`` without the folder path: a moved or copied model keeps its cache."""
+        ident = dict(self.identity)
+        if not self.fingerprint.startswith("hub:"):
+            ident.pop("model")
+        return ident
+
+    def generate(self, keyword_sets: Sequence[Sequence[str]]) -> list[str]:
+        """Raw captions, one per keyword set, in input order (batched, length-sorted)."""
+        order = sorted(range(len(keyword_sets)), key=lambda i: len(" ".join(keyword_sets[i])))
+        out: list[str] = [""] * len(keyword_sets)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            for i, text in zip(idx, self._generate_batch([keyword_sets[i] for i in idx])):
+                out[i] = text
+        return out
+
+    def generate_one_per_call(self, keyword_sets: Sequence[Sequence[str]]) -> list[str]:
+        """keytotext's way (one ``generate`` per set); kept as the benchmark baseline."""
+        return [self._generate_batch([ks])[0] for ks in keyword_sets]
+
+    def _generate_batch(self, keyword_sets: Sequence[Sequence[str]]) -> list[str]:
+        import torch
+
+        texts = [format_keywords(ks, self.input_format) for ks in keyword_sets]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=128)
+        enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        kwargs = self.params.generate_kwargs()
+        if self.params.keyword_boost:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([KeywordBoost(
+                self._vocab_lemmas(), keyword_sets, self.params.num_beams,
+                self.params.keyword_boost, self.tokenizer.eos_token_id, self.model.device)])
+        with torch.inference_mode():
+            result = self.model.generate(**enc, **kwargs)
+        decoded = [self._clean(t) for t in
+                   self.tokenizer.batch_decode(result, skip_special_tokens=True)]
+        n = kwargs["num_return_sequences"]
+        if n == 1:
+            return decoded
+        from .quality import keyword_coverage
+
+        best = []
+        for j, ks in enumerate(keyword_sets):
+            cands = decoded[j * n:(j + 1) * n]
+            # max() keeps the first (highest-scoring beam) among equal coverage
+            best.append(max(cands, key=lambda c: (keyword_coverage(ks, c), bool(c))))
+        return best
+
+    def _vocab_lemmas(self) -> list[str | None]:
+        """Per token id: the lemma of the word a word-initial piece spells, else None."""
+        if getattr(self, "_lemma_table", None) is None:
+            from .keywords import lemma
+
+            size = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
+            table: list[str | None] = [None] * size   # T5 pads its logits past the tokenizer
+            for piece, tid in self.tokenizer.get_vocab().items():
+                if piece[:1] in ("\u2581", "\u0120") and piece[1:].isalpha() and tid < len(table):
+                    table[tid] = lemma(piece[1:])
+            self._lemma_table = table
+        return self._lemma_table
+
+    def _clean(self, text: str) -> str:
+        text = " ".join(text.split())
+        if self.capitalise_output and text:
+            text = text[0].upper() + text[1:]
+        return text
+
+
+class KeywordBoost:
+    """A logits processor that nudges beam search to use every keyword (a soft constraint).
+
+    Each keyword's content words are units; a unit counts as used once the hypothesis holds a
+    word-initial token with the same lemma. While unused, all such tokens gain ``boost`` and
+    end-of-sentence loses ``boost`` per unused unit, so the model picks the inflection it finds
+    most fluent ("bark" -> "barks") and is free to place it. Rows of the beam-search batch are
+    grouped by example (``generate`` repeats each input ``num_beams`` times)."""
+
+    def __init__(self, vocab_lemmas, keyword_sets, num_beams, boost, eos_id, device):
+        import torch
+
+        from .keywords import keyword_lemmas
+
+        vocab = len(vocab_lemmas)
+        by_lemma: dict[str, list[int]] = {}
+        for tid, lem in enumerate(vocab_lemmas):
+            if lem:
+                by_lemma.setdefault(lem, []).append(tid)
+        units = [[l for k in ks for l in dict.fromkeys(keyword_lemmas(k.split(",")[0]))]
+                 for ks in keyword_sets]
+        width = max([len(u) for u in units] + [1])
+        mask = torch.zeros(len(keyword_sets), width, vocab, dtype=torch.bool)
+        for i, us in enumerate(units):
+            for j, lem in enumerate(us):
+                mask[i, j, by_lemma.get(lem, [])] = True
+        self.mask = mask.repeat_interleave(num_beams, dim=0).to(device)   # rows x units x vocab
+        self.has_tokens = self.mask.any(-1)                                # units we can boost
+        self.boost, self.eos_id = boost, eos_id
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        rows, vocab = scores.shape[0], scores.shape[-1]
+        mask = self.mask[:rows, :, :vocab]
+        present = torch.zeros(rows, vocab, dtype=torch.bool, device=scores.device)
+        present.scatter_(1, input_ids.clamp_max(vocab - 1), True)
+        used = (mask & present[:, None, :]).any(-1)                        # rows x units
+        unused = self.has_tokens[:rows] & ~used
+        bonus = (mask & unused[:, :, None]).any(1)                         # rows x vocab
+        scores = scores + self.boost * bonus.to(scores.dtype)
+        if self.eos_id is not None:
+            scores[:, self.eos_id] -= self.boost * unused.sum(-1).to(scores.dtype)
+        return scores
