@@ -89,3 +89,33 @@ def load_pretrained_audio(model: torch.nn.Module, path: str | Path, trust: bool 
     result = model.audio_branch.load_state_dict(usable, strict=False)
     log.info("pretrained audio %s: loaded %d tensors, %d missing", path, len(usable), len(result.missing_keys))
     return result
+
+
+def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str | None = None,
+                       enable_fusion: bool | None = None, fusion_type: str | None = None,
+                       tokenizer_path: str | None = None, text_model_path: str | None = None,
+                       trust: bool = False):
+    """(model, tokenizer, settings) from one of our checkpoints (which record how they were
+    built) or a LAION one (then ``amodel``/``tmodel``/``enable_fusion`` and a local tokenizer
+    folder, e.g. roberta-base's, must be given)."""
+    from .factory import create_model, create_tokenizer
+
+    raw = read_checkpoint(path, trust=trust)
+    saved = raw.get("args", {}) if isinstance(raw, dict) else {}
+    settings = {
+        "amodel": amodel or saved.get("amodel", "HTSAT-tiny"),
+        "tmodel": tmodel or saved.get("tmodel", "roberta"),
+        "enable_fusion": saved.get("enable_fusion", False) if enable_fusion is None else enable_fusion,
+        "fusion_type": fusion_type or saved.get("fusion_type", "aff_2d"),
+        "tokenizer": tokenizer_path or saved.get("tokenizer") or text_model_path or saved.get("text_model_path"),
+        "data_truncating": saved.get("data_truncating", "rand_trunc"),
+        "data_filling": saved.get("data_filling", "repeatpad"),
+    }
+    if not settings["tokenizer"]:
+        raise ValueError(f"{path}: no tokenizer recorded; pass a local tokenizer folder")
+    tokenizer = create_tokenizer(settings["tokenizer"])
+    model = create_model(settings["amodel"], settings["tmodel"], settings["enable_fusion"],
+                         settings["fusion_type"], text_model_path=None, tokenizer=tokenizer)
+    model.load_state_dict(fix_state_dict(raw), strict=True)
+    model.eval()
+    return model, tokenizer, settings
