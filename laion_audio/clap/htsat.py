@@ -244,7 +244,7 @@ class HTSAT(nn.Module):
         self.bn0 = nn.BatchNorm2d(cfg.mel_bins)
         self.patch_embed = PatchEmbed(spec_size, patch_size, patch_stride, embed_dim, fusion_type)
         grid = self.patch_embed.grid
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.pos_drop = nn.Dropout(0.0)
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):

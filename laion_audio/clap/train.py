@@ -350,7 +350,7 @@ def train(args) -> int:
                 pending = []
                 batches_done += args.accum_freq
                 step += 1
-                scale = float(unwrap(model).logit_scale_a.exp())
+                scale = float(unwrap(model).logit_scale_a.detach().exp())
                 if progress:
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
