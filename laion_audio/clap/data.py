@@ -203,10 +203,17 @@ class ClapShards(IterableDataset):
         self.epoch, self.skip_batches = epoch, skip_batches
 
     # -- raw sample streams ------------------------------------------------------------------
-    def _slot(self) -> tuple[int, int]:
+    def _worker(self) -> tuple[int, int]:
+        """(logical worker, workers). The DataLoader always starts its round robin at worker 0,
+        so after skipping ``skip_batches`` physical worker w plays logical worker
+        (w + skip) % n, the one that produced global batch ``skip + w`` in the full epoch."""
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        n_workers = info.num_workers if info is not None else 1
+        if info is None:
+            return 0, 1
+        return (info.id + self.skip_batches) % info.num_workers, info.num_workers
+
+    def _slot(self) -> tuple[int, int]:
+        worker, n_workers = self._worker()
         if self.train:
             return self.rank * n_workers + worker, self.world_size * n_workers
         return worker, n_workers
@@ -241,10 +248,13 @@ class ClapShards(IterableDataset):
         """One pass over the shards of ``shard_sets`` assigned to this node/worker."""
         slot, n_slots = self._slot()
         urls = [u for s in shard_sets for u in s.urls]
-        if self.train:
-            random.Random(f"{self.seed}-{self.epoch}-{epoch_pass}-shards").shuffle(urls)
+        if self.train:  # the node/worker assignment is fixed for the epoch, the order per pass
+            random.Random(f"{self.seed}-{self.epoch}-shards").shuffle(urls)
         if len(urls) >= n_slots:
-            yield from self._raw_samples(urls[slot::n_slots], counter)
+            mine = urls[slot::n_slots]
+            if self.train and epoch_pass:
+                random.Random(f"{self.seed}-{self.epoch}-{epoch_pass}-{slot}").shuffle(mine)
+            yield from self._raw_samples(mine, counter)
         else:  # fewer shards than readers: every reader reads all, keeps every n-th sample
             yield from self._raw_samples(urls, counter, sample_slot=(slot, n_slots))
 
@@ -356,8 +366,7 @@ class ClapShards(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         counter = Counter()
         reported = 0
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, n_workers = self._worker()
         if self.train:
             # global batch b comes from worker b % n_workers (DataLoader round robin)
             local_skip = len(range(worker, self.skip_batches, n_workers))
