@@ -29,7 +29,7 @@ def _numpy_safe_globals() -> list:
             safe += [m.scalar, m._reconstruct]
         except (ImportError, AttributeError):
             pass
-    safe += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
+    safe += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint32", "bool")]
     return safe
 
 
@@ -114,8 +114,10 @@ def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str 
     if not settings["tokenizer"]:
         raise ValueError(f"{path}: no tokenizer recorded; pass a local tokenizer folder")
     tokenizer = create_tokenizer(settings["tokenizer"])
+    # a tower trained from a pretrained folder keeps that folder's size: rebuild it from there
+    text_path = text_model_path or saved.get("text_model_path")
     model = create_model(settings["amodel"], settings["tmodel"], settings["enable_fusion"],
-                         settings["fusion_type"], text_model_path=None, tokenizer=tokenizer)
+                         settings["fusion_type"], text_model_path=text_path, tokenizer=tokenizer)
     model.load_state_dict(fix_state_dict(raw), strict=True)
     model.eval()
     return model, tokenizer, settings
