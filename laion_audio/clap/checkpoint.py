@@ -1,0 +1,123 @@
+"""Load LAION-CLAP checkpoints (and ours) into our CLAP with ``strict=True``.
+
+The documented fixes (reference/clap.md §2.7, §7.3):
+* ``module.`` prefixes from DDP-saved state dicts are stripped;
+* ``text_branch.embeddings.position_ids`` (old transformers kept it as a buffer) is dropped;
+* an HTS-AT/PANN AudioSet pretrain (``sed_model.*`` keys or bare audio keys) maps onto
+  ``audio_branch.*`` for ``--pretrained-audio``.
+
+LAION's ``.pt`` files pickle a few numpy scalars, so ``torch.load(weights_only=True)`` needs
+those numpy globals allow-listed; anything else is refused unless ``trust=True``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _numpy_safe_globals() -> list:
+    import numpy as np
+
+    safe = [np.dtype, np.ndarray]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            m = __import__(mod, fromlist=["scalar", "_reconstruct"])
+            safe += [m.scalar, m._reconstruct]
+        except (ImportError, AttributeError):
+            pass
+    safe += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint32", "bool")]
+    return safe
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
+    """The raw object in a checkpoint file (a dict). ``trust=True`` allows full unpickling,
+    only for files you know."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError and friends
+            raise ValueError(f"{path}: refused to unpickle ({exc}); pass trust=True "
+                             "(--trust-checkpoint) if you know where the file comes from") from exc
+
+
+def fix_state_dict(state: dict) -> dict:
+    """Apply LAION's key fixes to a state dict (returns a new dict)."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    out = {}
+    for key, value in state.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = value
+    out.pop("text_branch.embeddings.position_ids", None)
+    return out
+
+
+def load_clap_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True,
+                         trust: bool = False) -> dict:
+    """Load a LAION-CLAP (or our own) checkpoint into ``model``; returns the raw object."""
+    raw = read_checkpoint(path, trust=trust)
+    state = fix_state_dict(raw)
+    missing, unexpected = model.load_state_dict(state, strict=strict)
+    if missing or unexpected:
+        log.warning("checkpoint %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
+    return raw
+
+
+def load_pretrained_audio(model: torch.nn.Module, path: str | Path, trust: bool = False) -> tuple:
+    """Initialise ``model.audio_branch`` from an AudioSet pretrain (HTS-AT ``sed_model.*`` or a
+    PANN state dict). Non-matching keys (classifier heads of other sizes) are reported."""
+    raw = read_checkpoint(path, trust=trust)
+    state = raw.get("state_dict", raw.get("model", raw))
+    audio = {}
+    for key, value in state.items():
+        for prefix in ("module.", "sed_model.", "audio_branch."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        audio[key] = value
+    own = model.audio_branch.state_dict()
+    usable = {k: v for k, v in audio.items() if k in own and own[k].shape == v.shape}
+    result = model.audio_branch.load_state_dict(usable, strict=False)
+    log.info("pretrained audio %s: loaded %d tensors, %d missing", path, len(usable), len(result.missing_keys))
+    return result
+
+
+def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str | None = None,
+                       enable_fusion: bool | None = None, fusion_type: str | None = None,
+                       tokenizer_path: str | None = None, text_model_path: str | None = None,
+                       trust: bool = False):
+    """(model, tokenizer, settings) from one of our checkpoints (which record how they were
+    built) or a LAION one (then ``amodel``/``tmodel``/``enable_fusion`` and a local tokenizer
+    folder, e.g. roberta-base's, must be given)."""
+    from .factory import create_model, create_tokenizer
+
+    raw = read_checkpoint(path, trust=trust)
+    saved = raw.get("args", {}) if isinstance(raw, dict) else {}
+    settings = {
+        "amodel": amodel or saved.get("amodel", "HTSAT-tiny"),
+        "tmodel": tmodel or saved.get("tmodel", "roberta"),
+        "enable_fusion": saved.get("enable_fusion", False) if enable_fusion is None else enable_fusion,
+        "fusion_type": fusion_type or saved.get("fusion_type", "aff_2d"),
+        "tokenizer": tokenizer_path or saved.get("tokenizer") or text_model_path or saved.get("text_model_path"),
+        "data_truncating": saved.get("data_truncating", "rand_trunc"),
+        "data_filling": saved.get("data_filling", "repeatpad"),
+    }
+    if not settings["tokenizer"]:
+        raise ValueError(f"{path}: no tokenizer recorded; pass a local tokenizer folder")
+    tokenizer = create_tokenizer(settings["tokenizer"])
+    # a tower trained from a pretrained folder keeps that folder's size: rebuild it from there
+    text_path = text_model_path or saved.get("text_model_path")
+    model = create_model(settings["amodel"], settings["tmodel"], settings["enable_fusion"],
+                         settings["fusion_type"], text_model_path=text_path, tokenizer=tokenizer)
+    model.load_state_dict(fix_state_dict(raw), strict=True)
+    model.eval()
+    return model, tokenizer, settings

@@ -1,0 +1,406 @@
+"""Contrastive training loop (LAION-CLAP's recipe, reference/clap.md §3).
+
+One process on a laptop CPU, or ``torchrun`` DDP across GPUs and nodes (gloo on CPU). Per
+step: symmetric InfoNCE over the global batch (features all-gathered with gradients), Adam
+(betas configurable), warmup + cosine lr, logit scales clamped to [0, ln 100], bf16 autocast
+on GPU, optional gradient accumulation with cached features (the loss is the one of the whole
+accumulated batch, as open_clip's ``--accum-freq``).
+
+Checkpoints hold model, optimizer, scheduler, RNG states and the data position (epoch and
+batches consumed), so ``--resume`` continues bit-for-bit on CPU: the data loader is a pure
+function of (seed, epoch) and skips the batches already seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import fix_state_dict, load_pretrained_audio, read_checkpoint
+from .data import ClapShards, find_shards, make_loader
+from .distributed import DistInfo, init_distributed
+from .factory import create_model, create_tokenizer, load_model_config
+from .features import AudioConfig
+from .loss import clip_loss
+from .model import unwrap
+from .scheduler import CosineWarmup
+from .text import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ["step", "epoch", "batch_in_epoch", "loss", "lr", "logit_scale", "samples_per_s",
+              "data_time", "batch_time", "skipped_total"]
+
+
+# -- building blocks -------------------------------------------------------------------------
+def to_device(batch: dict, device: torch.device) -> tuple[dict, dict]:
+    """(audio input dict, text token dict) on ``device``."""
+    audio = {k: batch[k].to(device, non_blocking=True) for k in ("waveform", "longer", "mel_fusion")
+             if k in batch}
+    text = {k: v.to(device, non_blocking=True) for k, v in batch["text"].items()}
+    return audio, text
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """LAION: no decay for 1-d params and names with bn/ln/bias/logit_scale; frozen params
+    (the STFT/mel tensors) are not optimised at all."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(s in name for s in ("bn", "ln", "bias", "logit_scale")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
+    betas = (args.beta1, args.beta2)
+    if args.optimizer == "adam":  # LAION forces weight decay 0 with Adam
+        return torch.optim.Adam(param_groups(model, 0.0), lr=args.lr, betas=betas, eps=args.eps)
+    return torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=betas, eps=args.eps)
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def train_step(model, batches: list[dict], optimizer, device: torch.device, autocast=contextlib.nullcontext,
+               grad_clip: float | None = None) -> float:
+    """One optimizer step over ``batches`` (1 = plain step; >1 = accumulation with cached
+    features so the loss is the loss of the concatenated batch). Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    inputs = [to_device(b, device) for b in batches]
+    if len(inputs) == 1:
+        with autocast():
+            a, t, _, _, scale, _ = model(*inputs[0])
+            loss = clip_loss(a, t, scale)
+        loss.backward()
+    else:
+        with torch.no_grad(), autocast():
+            cached = [model(*x)[:2] for x in inputs]
+        sync = getattr(model, "no_sync", contextlib.nullcontext)
+        for j, x in enumerate(inputs):
+            ctx = contextlib.nullcontext() if j == len(inputs) - 1 else sync()
+            with ctx:
+                with autocast():
+                    a, t, _, _, scale, _ = model(*x)
+                    audio = torch.cat([c[0] for c in cached[:j]] + [a] + [c[0] for c in cached[j + 1:]])
+                    text = torch.cat([c[1] for c in cached[:j]] + [t] + [c[1] for c in cached[j + 1:]])
+                    # each pass adds d loss / d (its own features); the scale's gradient once
+                    loss = clip_loss(audio, text, scale if j == 0 else scale.detach())
+                loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    unwrap(model).clamp_logit_scales()
+    return float(loss.detach())
+
+
+def rng_state() -> dict:
+    """RNG states in plain types, so checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, keys.tolist(), pos, has_gauss, cached)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches_done: int,
+                    step: int, args, extra: dict | None = None) -> None:
+    """Atomic write (tmp + rename) so a kill never leaves a half checkpoint."""
+    state = {"name": args.name, "epoch": epoch, "batches_done": batches_done, "step": step,
+             "state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    state.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """CSV log (always) + TensorBoard (when installed), master rank only."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        self.path = run_dir / "train_log.csv"
+        new = not self.path.exists()
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
+        if new:
+            self.writer.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            log.info("tensorboard not installed: CSV log only")
+
+    def step(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.tb:
+            for k in ("loss", "lr", "logit_scale", "samples_per_s"):
+                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+
+    def metrics(self, run_dir: Path, epoch: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        with open(run_dir / "results.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+        if self.tb:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"val/{k}", v, epoch)
+
+    def close(self):
+        if self.enabled:
+            self.file.close()
+            if self.tb:
+                self.tb.close()
+
+
+def read_captions(shard_sets) -> list[str]:
+    """Every caption of the training shards (JSON members only) to train a tokenizer."""
+    import tarfile
+
+    import fsspec
+
+    texts = []
+    for s in shard_sets:
+        for url in s.urls:
+            try:
+                with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+                    for member in tar:
+                        if member.name.endswith(".json"):
+                            try:
+                                meta = json.loads(tar.extractfile(member).read())
+                                t = meta.get("text")
+                                texts += [t] if isinstance(t, str) else [x for x in t or [] if isinstance(x, str)]
+                            except (ValueError, AttributeError):
+                                continue
+            except (OSError, tarfile.TarError) as exc:
+                log.warning("tokenizer: skipped unreadable %s (%s)", url, exc)
+    return texts
+
+
+def prepare_tokenizer(args, shard_sets, run_dir: Path, info: DistInfo):
+    path = args.tokenizer or args.text_model_path
+    if path:
+        return create_tokenizer(path)
+    tok_dir = run_dir / "tokenizer"
+    if info.is_master and not (tok_dir / "tokenizer.json").exists():
+        kind = "bert" if args.tmodel == "bert" else "roberta"
+        train_tokenizer(read_captions(shard_sets), tok_dir, kind, args.tokenizer_vocab_size)
+        log.info("trained a %s tokenizer on the training captions: %s", kind, tok_dir)
+    if info.distributed:
+        dist.barrier()
+    args.tokenizer = str(tok_dir)
+    return create_tokenizer(tok_dir)
+
+
+def default_name(args) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y_%m_%d-%H_%M_%S")
+    return f"{stamp}-model_{args.amodel}-lr_{args.lr}-b_{args.batch_size}-j_{args.workers}-p_{args.precision}"
+
+
+def parse_weights(items) -> dict | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, _, w = item.partition("=")
+        out[name] = float(w)
+    return out
+
+
+# -- the loop --------------------------------------------------------------------------------
+def train(args) -> int:
+    info = init_distributed(args.device)
+    logging.getLogger().setLevel(logging.INFO if info.is_master else logging.WARNING)
+    resume_state = None
+    if args.resume:
+        resume_path = args.resume
+        if resume_path == "latest":
+            resume_path = Path(args.logs) / args.name / "checkpoints" / "latest.pt"
+        resume_state = read_checkpoint(resume_path, trust=args.trust_checkpoint)
+        args.name = args.name or resume_state.get("name")
+    args.name = args.name or default_name(args)
+    run_dir = Path(args.logs) / args.name
+    if info.is_master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "params.json").write_text(json.dumps({k: v for k, v in vars(args).items()
+                                                         if k != "func"}, indent=2, default=str))
+
+    weights = parse_weights(args.dataset_weights)
+    train_sets = find_shards(args.data_root, args.datasets, args.train_splits, weights)
+    if not train_sets:
+        log.error("no training shards under %s (datasets %s, splits %s)", args.data_root,
+                  args.datasets, args.train_splits)
+        return 2
+    tokenizer = prepare_tokenizer(args, train_sets, run_dir, info)
+
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    model = create_model(args.amodel, args.tmodel, args.enable_fusion, args.fusion_type,
+                         args.text_model_path, tokenizer, spec_augment=not args.no_spec_augment)
+    if args.pretrained_audio and resume_state is None:
+        load_pretrained_audio(model, args.pretrained_audio, trust=args.trust_checkpoint)
+    if args.freeze_text:
+        for p in model.text_branch.parameters():
+            p.requires_grad = False
+    model.to(info.device)
+    if info.distributed:
+        if args.use_bn_sync and info.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            find_unused_parameters=True)
+
+    audio_cfg = AudioConfig.from_dict(load_model_config(args.amodel)["audio_cfg"])
+    class_index = json.loads(Path(args.class_label_path).read_text()) if args.class_label_path else None
+    dataset = ClapShards(train_sets, tokenizer, audio_cfg, args.batch_size, train=True,
+                         truncating=args.data_truncating, filling=args.data_filling,
+                         text_augment_selection=args.text_augment_selection, seed=args.seed,
+                         rank=info.rank, world_size=info.world_size, workers=args.workers,
+                         shuffle_buffer=args.shuffle_buffer, shuffle_initial=args.shuffle_initial,
+                         class_index=class_index, need_fusion=args.enable_fusion,
+                         weighted=weights is not None)
+    steps_per_epoch = dataset.num_batches // args.accum_freq
+    if steps_per_epoch == 0:
+        log.error("an epoch has %d batches, fewer than --accum-freq %d", dataset.num_batches, args.accum_freq)
+        return 2
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = build_optimizer(model, args)
+    scheduler = CosineWarmup(optimizer, args.lr, args.warmup, total_steps)
+
+    start_epoch, batches_done, step = 0, 0, 0
+    if resume_state is not None:
+        unwrap(model).load_state_dict(fix_state_dict(resume_state["state_dict"]), strict=True)
+        if "optimizer" in resume_state and "epoch" in resume_state:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            start_epoch, batches_done = resume_state["epoch"], resume_state["batches_done"]
+            step = resume_state["step"]
+        log.info("resumed from %s at epoch %d, batch %d, step %d", args.resume, start_epoch, batches_done, step)
+    torch.manual_seed(args.seed + info.rank)  # per-rank dropout / SpecAugment streams
+    random.seed(args.seed + info.rank)
+    np.random.seed((args.seed + info.rank) % 2 ** 32)
+    if resume_state is not None and "rng" in resume_state:
+        set_rng_state(resume_state["rng"])
+
+    val_sets = find_shards(args.data_root, args.datasets, args.val_splits) if args.val_frequency else []
+    autocast = autocast_for(info.device, args.precision)
+    runlog = RunLog(run_dir, info.is_master)
+    ckpt_dir = run_dir / "checkpoints"
+    global_batch = args.batch_size * info.world_size * args.accum_freq
+    skipped_total = 0
+    log.info("training %s/%s: %d samples, %d steps/epoch x %d epochs, global batch %d, world %d",
+             args.amodel, args.tmodel, dataset.num_samples, steps_per_epoch, args.epochs, global_batch,
+             info.world_size)
+    stop = False
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            model.train()
+            dataset.set_epoch(epoch, skip_batches=batches_done)
+            loader = make_loader(dataset, args.workers, seed=args.seed + epoch)
+            progress = None
+            if info.is_master and not args.no_progress:
+                from tqdm import tqdm
+                progress = tqdm(total=steps_per_epoch, initial=batches_done // args.accum_freq,
+                                desc=f"epoch {epoch}", dynamic_ncols=True)
+            pending: list[dict] = []
+            t_data = time.perf_counter()
+            for batch in loader:
+                skipped_total += batch.pop("skipped", 0)
+                pending.append(batch)
+                if len(pending) < args.accum_freq:
+                    continue
+                data_time = time.perf_counter() - t_data
+                t0 = time.perf_counter()
+                lr = scheduler.step()
+                loss = train_step(model, pending, optimizer, info.device, autocast, args.grad_clip)
+                batch_time = time.perf_counter() - t0
+                pending = []
+                batches_done += args.accum_freq
+                step += 1
+                scale = float(unwrap(model).logit_scale_a.detach().exp())
+                if progress:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                runlog.step({"step": step, "epoch": epoch, "batch_in_epoch": batches_done, "loss": loss,
+                             "lr": lr, "logit_scale": scale,
+                             "samples_per_s": global_batch / max(batch_time + data_time, 1e-9),
+                             "data_time": data_time, "batch_time": batch_time,
+                             "skipped_total": skipped_total})
+                if step % max(1, args.log_every_steps) == 0:
+                    log.info("step %d epoch %d loss %.4f lr %.3e scale %.2f data %.3fs batch %.3fs",
+                             step, epoch, loss, lr, scale, data_time, batch_time)
+                if info.is_master and args.save_every_steps and step % args.save_every_steps == 0:
+                    save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,
+                                    batches_done, step, args)
+                if args.max_steps and step >= args.max_steps:
+                    stop = True
+                    break
+                if batches_done >= steps_per_epoch * args.accum_freq:
+                    break
+                t_data = time.perf_counter()
+            if progress:
+                progress.close()
+            if stop:
+                if info.is_master:
+                    save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,
+                                    batches_done, step, args)
+                break
+            batches_done = 0
+            if info.is_master:
+                save_checkpoint(ckpt_dir / f"epoch_{epoch + 1}.pt", model, optimizer, scheduler,
+                                epoch + 1, 0, step, args)
+                save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch + 1, 0, step, args)
+            if val_sets and args.val_frequency and (epoch + 1) % args.val_frequency == 0:
+                if info.is_master:
+                    from .evaluate import evaluate_retrieval
+                    metrics = evaluate_retrieval(unwrap(model), val_sets, tokenizer, audio_cfg, args,
+                                                 info.device)
+                    runlog.metrics(run_dir, epoch + 1, metrics)
+                    log.info("epoch %d validation: %s", epoch + 1,
+                             {k: round(v, 4) for k, v in metrics.items() if k.endswith(("R@1", "mAP@10"))})
+                if info.distributed:
+                    dist.barrier()
+    finally:
+        runlog.close()
+    if skipped_total:
+        log.warning("%d corrupt samples were skipped during training", skipped_total)
+    if info.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
