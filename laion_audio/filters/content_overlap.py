@@ -93,7 +93,7 @@ class FingerprintIndex:
         return self.hash.nbytes + self.ref.nbytes + self.time.nbytes
 
     def candidates(self, queries: Sequence[Fingerprint], *, min_votes: int = 6,
-                   min_fraction: float = 0.02, top: int = 5,
+                   min_fraction: float = 0.02, top: int = 5, offsets: int = 4,
                    exclude_self: Sequence[int] | None = None) -> list[Candidate]:
         """Offset-voted candidates for a batch of query fingerprints.
 
@@ -134,33 +134,47 @@ class FingerprintIndex:
         ucnt = np.diff(np.concatenate([uniq_start, [len(key)]]))
         # +-1 frame tolerance: add the neighbours' counts (same query and ref, offset +-1)
         votes = ucnt.copy()
+        neighbours = []
         for d in (-1, 1):
             pos = np.searchsorted(ukey, ukey + d)
             pos_ok = pos < len(ukey)
             hit = np.zeros(len(ukey), bool)
             hit[pos_ok] = ukey[pos[pos_ok]] == ukey[pos_ok] + d
             votes[hit] += ucnt[pos[hit]]
+            neighbours.append((pos, hit))
+        # keep only local maxima along the offset axis (ties go to the lower offset)
+        peak = np.ones(len(ukey), bool)
+        for (pos, hit), strict in zip(neighbours, (True, False)):
+            nv = np.zeros(len(ukey), votes.dtype)
+            nv[hit] = votes[pos[hit]]
+            peak &= (votes > nv) if strict else (votes >= nv)
         uq = ukey >> q_shift
         ur = (ukey >> _OFF_BITS) & ((1 << ref_bits) - 1)
         uo = (ukey & ((1 << _OFF_BITS) - 1)) - _OFF_BIAS
         shorter = np.minimum(qn[uq], self._n_hashes_arr[ur])
         need = np.maximum(min_votes, np.ceil(min_fraction * shorter))
-        ok = votes >= need
+        ok = (votes >= need) & peak
         if exclude_self is not None:
             ex = np.asarray(exclude_self, np.int64)
             ok &= ur != ex[uq]
         uq, ur, uo, votes = uq[ok], ur[ok], uo[ok], votes[ok]
         if not len(uq):
             return []
-        # best offset per (query, ref), then the `top` refs per query by votes
-        order = np.lexsort((-votes, ur, uq))
+        # per (query, ref): its best ``offsets`` offsets (looped material votes for several
+        # offsets a period apart; the check picks the right one); per query: its ``top`` refs
+        order = np.lexsort((uo, -votes, ur, uq))
         uq, ur, uo, votes = uq[order], ur[order], uo[order], votes[order]
-        first = np.concatenate([[True], (uq[1:] != uq[:-1]) | (ur[1:] != ur[:-1])])
-        uq, ur, uo, votes = uq[first], ur[first], uo[first], votes[first]
-        order = np.lexsort((ur, -votes, uq))
-        uq, ur, uo, votes = uq[order], ur[order], uo[order], votes[order]
-        start = np.searchsorted(uq, uq, side="left")
-        keep = (np.arange(len(uq)) - start) < top
+        pair = np.concatenate([[0], np.cumsum((uq[1:] != uq[:-1]) | (ur[1:] != ur[:-1]))])
+        pair_start = np.searchsorted(pair, pair, side="left")
+        keep = (np.arange(len(pair)) - pair_start) < offsets
+        first = (np.arange(len(pair)) - pair_start) == 0
+        # rank refs inside each query by their best vote
+        fq, fr, fv = uq[first], ur[first], votes[first]
+        o2 = np.lexsort((fr, -fv, fq))
+        rank = np.empty(len(fq), np.int64)
+        fq_sorted = fq[o2]
+        rank[o2] = np.arange(len(fq)) - np.searchsorted(fq_sorted, fq_sorted, side="left")
+        keep &= rank[pair] < top
         return [Candidate(int(a), int(b), int(c), int(d))
                 for a, b, c, d in zip(uq[keep], ur[keep], uo[keep], votes[keep])]
 
@@ -190,7 +204,7 @@ class ContentMatcher:
         cands = self.index.candidates(queries, min_votes=self.min_votes,
                                       min_fraction=self.min_fraction, top=self.top,
                                       exclude_self=exclude_self)
-        out: list[Match] = []
+        best: dict[tuple[int, int], Match] = {}
         for c in cands:
             qb = queries[c.query].bands if query_bands is None else query_bands(c.query)
             rb = ref_bands(c.ref)
@@ -199,7 +213,10 @@ class ContentMatcher:
             score, n = aligned_correlation(qb, rb, c.offset)
             overlap = n * BAND_DECIMATE * FRAME_SECONDS
             if score >= self.min_correlation and overlap >= self.min_overlap_seconds:
-                out.append(Match(c.query, c.ref, c.offset, c.votes, score, overlap))
+                prev = best.get((c.query, c.ref))
+                if prev is None or score > prev.score:
+                    best[(c.query, c.ref)] = Match(c.query, c.ref, c.offset, c.votes, score, overlap)
+        out = list(best.values())
         out.sort(key=lambda m: (m.query, -m.score, m.ref))
         return out, len(cands)
 

@@ -9,7 +9,7 @@ not change. Peaks are picked per half second, so short clips get their share of 
 
 Pipeline per clip: mono -> 16 kHz (soxr) -> |STFT| (1024/128, 8 ms hop) -> log -> local maxima
 (picked per 0.5 s block, strongest first) -> peak pairs -> 22-bit hashes with anchor times.
-The same STFT gives coarse log band energies (24 bands, 16 ms) for :func:`aligned_correlation`,
+The same STFT gives coarse log band energies (48 bands, 16 ms) for :func:`aligned_correlation`,
 the second check: two clips are the same recording only if their band-energy *envelopes*
 (each band's mean removed, so spectral colour and gain do not count) correlate at the offset
 the landmarks voted for. Two takes of the same kind of sound share colour but not envelope.
@@ -31,15 +31,14 @@ F_MIN, F_MAX = 4, 448           # peak bins: 62 Hz .. 7 kHz (stays under a 16 kH
 NEIGH_F, NEIGH_T = 21, 11       # local-maximum neighbourhood (bins x frames)
 GRID = 4                        # frames between frequency-only peak picks (32 ms)
 BLOCK = 62                      # frames per density block (~0.5 s)
-PEAKS_PER_BLOCK = 16
-SHORT_SECONDS = 4.0             # clips shorter than this get denser landmarks ...
-SHORT_PEAKS_PER_BLOCK = 32      # ... so a 1 s sound still has ~100 hashes
-SHORT_FAN_OUT = 10
-FLOOR_DB = 60.0                 # peaks within 60 dB of the clip's loudest bin
+PEAKS_PER_BLOCK = 32
+FLOOR_DB = 60.0                 # peaks within 60 dB of their block's loudest bin ...
+GLOBAL_FLOOR_DB = 100.0         # ... and not in near-silence of the whole clip
 FAN_OUT = 6
 DT_MAX = 63                     # pair target zone: 1..63 frames later (~0.5 s) ...
 DF_MAX = 63                     # ... within +-63 bins (~1 kHz)
-N_BANDS = 24
+MIN_DF = 2
+N_BANDS = 48
 BAND_DECIMATE = 2               # band features at 16 ms
 MIN_SECONDS = 0.25              # shorter clips get no fingerprint (counted by the caller)
 
@@ -93,7 +92,14 @@ def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray]:
     # maxima (frequency only) on every GRID-th frame, so a chime keeps landmarks along its decay
     grid = band[::GRID]
     is_peak[::GRID] |= grid == maximum_filter(grid, size=(1, NEIGH_F), mode="constant", cval=-np.inf)
-    t, f = np.nonzero(is_peak & (band > top - FLOOR_DB))
+    # the floor is per block, so a quiet sound inside a loud recording keeps its own peaks
+    nblk = -(-len(band) // BLOCK)
+    frame_max = band.max(axis=1)
+    pad = np.full(nblk * BLOCK, -np.inf, np.float32)
+    pad[:len(frame_max)] = frame_max
+    block_max = np.repeat(pad.reshape(nblk, BLOCK).max(axis=1), BLOCK)[:len(band)]
+    floor = np.maximum(block_max - FLOOR_DB, top - GLOBAL_FLOOR_DB)
+    t, f = np.nonzero(is_peak & (band > floor[:, None]))
     if len(t) == 0:
         return t.astype(np.int32), f.astype(np.int32)
     mag = band[t, f]
@@ -119,7 +125,9 @@ def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.n
         i = np.arange(n - k)
         j = i + k
         dt = t[j] - t[i]
-        ok = (dt >= 1) & (dt <= DT_MAX) & (np.abs(f[j] - f[i]) <= DF_MAX) & (taken[i] < fan_out)
+        df = np.abs(f[j] - f[i])
+        # |df| < 2 pairs only say "a steady tone at f1": any tone at that pitch would vote
+        ok = (dt >= 1) & (dt <= DT_MAX) & (df <= DF_MAX) & (df >= MIN_DF) & (taken[i] < fan_out)
         if not ok.any():
             if (dt > DT_MAX).all():
                 break
@@ -156,9 +164,9 @@ def fingerprint(samples: np.ndarray, sr: int, *, keep_bands: bool = True) -> Fin
     if len(x) < MIN_SECONDS * SR or not np.any(x):
         return Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), len(x) // HOP, None)
     S = _log_spectrogram(x)
-    short = len(x) < SHORT_SECONDS * SR
-    t, f = _peaks(S, SHORT_PEAKS_PER_BLOCK if short else PEAKS_PER_BLOCK)
-    h, ta = _pairs(t, f, SHORT_FAN_OUT if short else FAN_OUT)
+    # one density for every clip: pairs only match when both sides picked the same peaks
+    t, f = _peaks(S, PEAKS_PER_BLOCK)
+    h, ta = _pairs(t, f, FAN_OUT)
     return Fingerprint(h, ta, len(S), _bands(S) if keep_bands else None)
 
 
@@ -169,7 +177,7 @@ def band_features(samples: np.ndarray, sr: int) -> np.ndarray:
 
 
 def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
-                        search: int = 3, min_overlap: int = 12,
+                        search: int = 2, min_overlap: int = 12,
                         range_db: float = 30.0) -> tuple[float, int]:
     """Best envelope correlation of band features ``a`` (query) and ``b`` (reference).
 
@@ -183,8 +191,6 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
     # near-silence (which carry no identity) flatten out instead of decorrelating
     a = a.astype(np.float32)
     b = b.astype(np.float32)
-    a = np.maximum(a, a.max() - range_db)
-    b = np.maximum(b, b.max() - range_db)
     base = int(round(offset_frames / BAND_DECIMATE))
     best, best_n = -1.0, 0
     for d in range(base - search, base + search + 1):
@@ -196,6 +202,8 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
             continue
         x = a[i0:i1]
         y = b[i0 + d:i1 + d]
+        x = np.maximum(x, x.max() - range_db)     # floors are taken over the overlap only
+        y = np.maximum(y, y.max() - range_db)
         x = x - x.mean(axis=0)
         y = y - y.mean(axis=0)
         x = x - x.mean(axis=1, keepdims=True)   # and each frame's mean: the shared on/off
