@@ -187,13 +187,15 @@ class ContentMatcher:
     the second check (kept in memory, or recomputed from audio by the caller)."""
 
     def __init__(self, index: FingerprintIndex, *, min_votes: int = 6, min_fraction: float = 0.02,
-                 min_correlation: float = 0.6, min_overlap_seconds: float = 0.2, top: int = 5):
+                 min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5,
+                 offsets: int = 4):
         self.index = index
         self.min_votes = min_votes
         self.min_fraction = min_fraction
         self.min_correlation = min_correlation
         self.min_overlap_seconds = min_overlap_seconds
         self.top = top
+        self.offsets = offsets
 
     def match(self, queries: Sequence[Fingerprint], ref_bands: BandsLookup,
               query_bands: BandsLookup | None = None,
@@ -203,7 +205,7 @@ class ContentMatcher:
 
         cands = self.index.candidates(queries, min_votes=self.min_votes,
                                       min_fraction=self.min_fraction, top=self.top,
-                                      exclude_self=exclude_self)
+                                      offsets=self.offsets, exclude_self=exclude_self)
         best: dict[tuple[int, int], Match] = {}
         for c in cands:
             qb = queries[c.query].bands if query_bands is None else query_bands(c.query)
