@@ -31,38 +31,49 @@ _FS_JSON = r'"freesound_id": "?(?P<v>[0-9]+)"?'
 _AUDIOSET_KEY = r"^(?P<v>.+)_(?P<start>-?[0-9]+(?:\.[0-9]+)?)$"
 
 
-def _extract(arr: pa.ChunkedArray, pattern: str) -> pa.Array:
-    """Named group ``v`` of ``pattern`` per row (null where it does not match)."""
+def _extract(arr: pa.ChunkedArray, pattern: str, literal: str | None = None,
+             where: pa.Array | None = None) -> pa.Array:
+    """Named group ``v`` of ``pattern`` per row (null where it does not match).
+
+    The regex runs only on rows that contain ``literal`` (a fast substring scan) and satisfy
+    ``where``; everything else is null without paying for the regex."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    matched = pc.match_substring_regex(arr, pattern)
-    ex = pc.extract_regex(arr, pattern)                  # null where no match
-    vals = pc.struct_field(ex, "v")
-    return pc.if_else(pc.fill_null(matched, False), vals, pa.scalar(None, pa.string()))
+    mask = pc.match_substring(arr, literal) if literal else pc.is_valid(arr)
+    if where is not None:
+        mask = pc.and_(mask, where)
+    mask = pc.fill_null(mask, False)
+    if isinstance(mask, pa.ChunkedArray):
+        mask = mask.combine_chunks()
+    vals = pc.struct_field(pc.extract_regex(arr.filter(mask), pattern), "v")
+    return pc.replace_with_mask(pa.nulls(len(arr), pa.string()), mask, vals)
 
 
-def record_keys(table: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Freesound and YouTube keys of ledger rows: (source, source_id, key[, start, end])."""
+def record_keys(table: pa.Table, fs_keys: pa.Array | None = None,
+                yt_keys: pa.Array | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Freesound and YouTube keys of ledger rows: (source, source_id, key[, start, end]).
+
+    With ``fs_keys``/``yt_keys`` (the eval ids) only rows whose key is among them are returned:
+    a hash-set filter in Arrow, so the pandas join afterwards sees only the few hits."""
     source = table.column("source")
     sid = table.column("source_id")
     od = table.column("original_data")
 
     is_fs = pc.equal(source, "freesound")
-    fs_from_json = _extract(od, _FS_JSON)
+    fs_from_json = _extract(od, _FS_JSON, literal='"freesound_id"')
     fs_id = pc.if_else(is_fs, pc.utf8_trim_whitespace(sid), fs_from_json)
-    fs = pa.table({"source": source, "source_id": sid, "key": fs_id}).filter(pc.is_valid(fs_id))
+    fs_id = pc.utf8_ltrim(fs_id, "0")   # "0123" and "123" are the same sound
+    fs_mask = pc.is_valid(fs_id) if fs_keys is None else pc.fill_null(pc.is_in(fs_id, value_set=fs_keys), False)
+    fs = pa.table({"source": source, "source_id": sid, "key": fs_id}).filter(fs_mask)
 
-    yt_json = _extract(od, _YT_JSON)
-    yt_key = _extract(sid, _AUDIOSET_KEY)
+    yt_json = _extract(od, _YT_JSON, literal='"youtube_id"')
     is_as = pc.equal(source, "audioset")
+    yt_key = _extract(sid, _AUDIOSET_KEY, where=pc.and_(is_as, pc.is_null(yt_json)))
     yt = pc.if_else(pc.is_valid(yt_json), yt_json, pc.if_else(is_as, yt_key, pa.scalar(None, pa.string())))
     yt_tab = pa.table({"source": source, "source_id": sid, "key": yt,
                        "start": table.column("trim_start"), "end": table.column("trim_end")})
-    yt_tab = yt_tab.filter(pc.is_valid(yt))
-    fs_df = fs.to_pandas(types_mapper=pd.ArrowDtype)
-    yt_df = yt_tab.to_pandas(types_mapper=pd.ArrowDtype)
-    # a freesound id written as "0123" or " 123" is the same sound
-    fs_df["key"] = fs_df["key"].astype("string").str.lstrip("0")
-    return fs_df, yt_df
+    yt_mask = pc.is_valid(yt) if yt_keys is None else pc.fill_null(pc.is_in(yt, value_set=yt_keys), False)
+    yt_tab = yt_tab.filter(yt_mask)
+    return fs.to_pandas(), yt_tab.to_pandas()
 
 
 def find_id_overlaps(table: pa.Table, evalset_items: pd.DataFrame, *,
@@ -74,12 +85,13 @@ def find_id_overlaps(table: pa.Table, evalset_items: pd.DataFrame, *,
     """
     if len(table) == 0 or len(evalset_items) == 0:
         return pd.DataFrame({c: pd.Series(dtype="string") for c in MATCH_COLUMNS})
-    fs_df, yt_df = record_keys(table)
     items = evalset_items.copy()
     items["key"] = items["match_id"].astype("string").str.strip()
     fs_items = items[items["id_kind"] == "freesound"].copy()
     fs_items["key"] = fs_items["key"].str.lstrip("0")
     yt_items = items[items["id_kind"] == "youtube"]
+    fs_df, yt_df = record_keys(table, pa.array(fs_items["key"].unique().astype(str), pa.string()),
+                               pa.array(yt_items["key"].unique().astype(str), pa.string()))
 
     parts = []
     if len(fs_df) and len(fs_items):
