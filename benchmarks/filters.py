@@ -1,0 +1,247 @@
+"""Filter benchmarks (run by hand, not in CI). Prints medians and ratios against baselines
+measured in the same run.
+
+    python benchmarks/filters.py id            # id filter over 2.5 M synthetic ledger rows
+    python benchmarks/filters.py fingerprint   # ours vs Chromaprint (fpcalc) on real clips
+    python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
+    python benchmarks/filters.py all
+
+The machine this was written on has 2 cores shared by 7 engineers working at once: absolute
+figures are noisy and pessimistic; the ratios are what to read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("LAION_AUDIO_SHARED", REPO.parent / "shared")) / "data"
+
+
+def _median_time(fn, repeat=3):
+    times = []
+    out = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+# --------------------------------------------------------------------------- id filter
+def _synthetic_ledger(n: int, items, seed: int = 0):
+    import pyarrow as pa
+
+    from laion_audio.records import SCHEMA
+
+    rng = np.random.default_rng(seed)
+    n_fs = int(n * 0.6)
+    fs_eval = items[items.id_kind == "freesound"].match_id.unique()
+    yt_eval = items[items.id_kind == "youtube"].match_id.unique()
+    fs_ids = rng.integers(1, 900_000, n_fs).astype(str)
+    plant = rng.random(n_fs) < 0.01
+    fs_ids[plant] = rng.choice(fs_eval, plant.sum())
+    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
+    yt = ["".join(r) for r in alphabet[rng.integers(0, len(alphabet), (n - n_fs, 11))]]
+    yt = np.array(yt, dtype=object)
+    plant_yt = rng.random(n - n_fs) < 0.01
+    yt[plant_yt] = rng.choice(yt_eval, plant_yt.sum())
+    starts = rng.integers(0, 300, n - n_fs).astype(float)
+    source = ["freesound"] * n_fs + ["audioset"] * (n - n_fs)
+    source_id = list(fs_ids) + [f"{y}_{int(s)}" for y, s in zip(yt, starts)]
+    od = ['{"license": "CC-BY"}'] * n_fs + [
+        f'{{"labels": ["/m/09x0r"], "youtube_id": "{y}"}}' for y in yt]
+    cols = {"source": source, "source_id": source_id, "original_data": od,
+            "trim_start": [None] * n_fs + list(starts), "trim_end": [None] * n_fs + list(starts + 10)}
+    arrays = []
+    for f in SCHEMA:
+        if f.name in cols:
+            arrays.append(pa.array(cols[f.name], f.type))
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _id_worker(n, cache, q):
+    from laion_audio.filters import evalsets
+    from laion_audio.filters.id_overlap import find_id_overlaps
+
+    items = evalsets.load(cache)
+    table = _synthetic_ledger(n, items)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t, matches = _median_time(lambda: find_id_overlaps(table, items), repeat=3)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # baseline: the per-row Python loop a one-off script would write (sets of eval ids)
+    fs = set(items[items.id_kind == "freesound"].match_id)
+    yt = set(items[items.id_kind == "youtube"].match_id)
+    import json as _json
+
+    def per_row():
+        hits = 0
+        for s, sid, od in zip(table.column("source").to_pylist(), table.column("source_id").to_pylist(),
+                              table.column("original_data").to_pylist()):
+            if s == "freesound":
+                hits += sid in fs
+            else:
+                hits += _json.loads(od).get("youtube_id") in yt
+        return hits
+    tb, _ = _median_time(per_row, repeat=1)
+    q.put({"rows": n, "seconds_median": t, "baseline_per_row_python_seconds": tb,
+           "matches": len(matches), "peak_rss_gb": rss1 / 1e6, "table_rss_gb": rss0 / 1e6})
+
+
+def bench_id(n: int) -> dict:
+    from laion_audio.filters import evalsets
+
+    cache = tempfile.mkdtemp()
+    evalsets.fetch(cache, mirror=str(SHARED))
+    q = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=_id_worker, args=(n, cache, q))
+    p.start()
+    res = q.get()
+    p.join()
+    res["speedup_vs_per_row_python"] = res["baseline_per_row_python_seconds"] / res["seconds_median"]
+    return res
+
+
+# --------------------------------------------------------------------------- fingerprints
+def _real_clips(n_max: int = 300, seconds: float = 10.0):
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import find_debian_sounds
+
+    from laion_audio.filters.robustness import load_mono
+
+    clips = []
+    for p in find_debian_sounds():
+        try:
+            x = load_mono(p, max_seconds=120)
+        except Exception:  # noqa: BLE001
+            continue
+        n = int(seconds * 48_000)
+        for s in range(0, max(1, len(x) - n + 1), n):
+            clips.append((p, x[s:s + n]))
+            if len(clips) >= n_max:
+                return clips
+    return clips
+
+
+def bench_fingerprint() -> dict:
+    import soundfile as sf
+
+    from laion_audio.filters.fingerprint import fingerprint
+
+    clips = _real_clips(200)
+    secs = sum(len(x) for _, x in clips) / 48_000
+    t, fps = _median_time(lambda: [fingerprint(x, 48_000) for _, x in clips], repeat=3)
+    # Chromaprint through fpcalc, one process per clip (how pyacoustid calls it), same clips
+    tmp = Path(tempfile.mkdtemp())
+    paths = []
+    for i, (_, x) in enumerate(clips[:100]):
+        paths.append(tmp / f"{i}.wav")
+        sf.write(paths[-1], x, 48_000)
+    t0 = time.perf_counter()
+    for pth in paths:
+        subprocess.run(["fpcalc", "-raw", "-json", "-ignore-errors", str(pth)], capture_output=True)
+    t_fpcalc = (time.perf_counter() - t0) / len(paths)
+    # coverage on short sounds: which clips get any fingerprint at all
+    short = [p for p in sorted({p for p, _ in clips}) if sf.info(str(p)).duration < 3][:60]
+    from laion_audio.filters.robustness import load_mono
+    got_ours = sum(len(fingerprint(load_mono(p), 48_000)) > 0 for p in short)
+    got_cp = 0
+    for p in short:
+        out = subprocess.run(["fpcalc", "-raw", "-json", "-ignore-errors", str(p)], capture_output=True, text=True)
+        try:
+            got_cp += len(json.loads(out.stdout).get("fingerprint", [])) > 0
+        except json.JSONDecodeError:
+            pass
+    per_clip = t / len(clips)
+    return {"clips": len(clips), "clip_seconds": secs / len(clips),
+            "ours_clips_per_s_per_core": 1 / per_clip, "ours_audio_x_realtime": secs / t,
+            "fpcalc_clips_per_s": 1 / t_fpcalc, "speedup_vs_fpcalc": t_fpcalc / per_clip,
+            "hashes_per_audio_second": sum(len(f) for f in fps) / secs,
+            "short_clips_under_3s": len(short), "short_with_fingerprint_ours": got_ours,
+            "short_with_fingerprint_chromaprint": got_cp}
+
+
+def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_queries: int = 400) -> list[dict]:
+    """Index = real fingerprints of planted originals + synthetic clips whose hashes are drawn
+    from the pooled real hash distribution (so bucket loads are realistic). Queries = real
+    perturbed copies (MP3 + trim + gain) of the planted originals, looked up in batches."""
+    from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex
+    from laion_audio.filters.fingerprint import fingerprint
+    from laion_audio.filters.robustness import PERTURBATIONS
+
+    rng = np.random.default_rng(0)
+    clips = _real_clips(n_queries, clip_seconds)
+    orig = [fingerprint(x, 48_000) for _, x in clips]
+    pert = []
+    for _, x in clips:
+        y = PERTURBATIONS["trim"][0](x, 48_000, rng) * np.float32(0.6)
+        pert.append(fingerprint(y, 48_000))
+    pool_h = np.concatenate([f.hashes for f in orig])
+    per_clip = int(np.median([len(f) for f in orig]))
+    out = []
+    for size in sizes:
+        idx = FingerprintIndex()
+        for i, f in enumerate(orig):
+            idx.add(i, f)
+        n_syn = size - len(orig)
+        total = n_syn * per_clip
+        frames = int(clip_seconds / 0.008)
+        idx.add_raw(rng.choice(pool_h, total), np.repeat(np.arange(n_syn), per_clip),
+                    rng.integers(0, frames, total), [f"syn{i}" for i in range(n_syn)], [per_clip] * n_syn)
+        t_build = time.perf_counter()
+        idx.build()
+        t_build = time.perf_counter() - t_build
+
+        def lookup():
+            found = 0
+            for s in range(0, len(pert), 100):
+                cands = idx.candidates(pert[s:s + 100])
+                found += len({(c.query, c.ref) for c in cands if c.query + s == c.ref})
+            return found
+        t, found = _median_time(lookup, repeat=3)
+        matcher = ContentMatcher(idx)
+        t_m, res = _median_time(lambda: matcher.match(pert, ref_bands=lambda r: orig[r].bands
+                                                       if r < len(orig) else None), repeat=1)
+        confirmed = len({m.query for m in res[0] if m.query == m.ref})
+        out.append({"index_clips": size, "index_landmarks": int(len(idx.hash)),
+                    "index_gb": idx.nbytes / 1e9, "build_s": t_build,
+                    "lookups_per_s_per_core": len(pert) / t, "candidate_recall": found / len(pert),
+                    "lookup+confirm_per_s": len(pert) / t_m, "confirmed_recall": confirmed / len(pert)})
+        del idx
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "all"])
+    ap.add_argument("--rows", type=int, default=2_500_000)
+    ap.add_argument("--sizes", default="10000,30000,100000")
+    ap.add_argument("--clip-seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    print("note: 2 CPU cores shared by 7 engineers while measured; read the ratios")
+    if args.what in ("id", "all"):
+        print("id filter:", json.dumps(bench_id(args.rows), indent=1))
+    if args.what in ("fingerprint", "all"):
+        print("fingerprint:", json.dumps(bench_fingerprint(), indent=1))
+    if args.what in ("lookup", "all"):
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+        for r in bench_lookup(sizes, args.clip_seconds):
+            print("lookup:", json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""``laion-audio filter LEDGER_DIR``: drop eval-set overlaps and duplicates (with reasons)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "filter", help="mark eval-set overlaps (id, content) and duplicates (exact, near) dropped in a ledger")
+    p.add_argument("ledger", help="ledger folder")
+    p.add_argument("--evalsets-cache", help="cache filled by `laion-audio evalsets fetch`")
+    p.add_argument("--eval-audio", action="append", default=[], metavar="NAME=DIR",
+                   help="a local folder of an eval set's audio, for content matching (repeatable)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="filter against eval/test splits only (not AudioCaps train, Clotho development, FSD50K dev)")
+    p.add_argument("--youtube-window", action="store_true",
+                   help="YouTube ids match only when the record's window overlaps the eval segment")
+    p.add_argument("--no-content", action="store_true", help="skip fingerprinting (id and exact-hash filters only)")
+    p.add_argument("--no-near-duplicates", action="store_true", help="skip near-duplicate search inside the corpus")
+    p.add_argument("--source-priority", help="comma-separated sources, most preferred first (keep rule)")
+    p.add_argument("--report", help="write the JSON report here (default LEDGER_DIR/filter_report.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from laion_audio.filters.dedup import DEFAULT_SOURCE_PRIORITY
+    from laion_audio.filters.stage import FilterConfig, filter_ledger
+    from laion_audio.ledger import Ledger
+
+    eval_audio = {}
+    for spec in args.eval_audio:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            print(f"--eval-audio expects NAME=DIR, got {spec!r}")
+            return 2
+        eval_audio[name] = folder
+    config = FilterConfig(
+        evalsets_cache=args.evalsets_cache, eval_audio=eval_audio,
+        roles=["eval"] if args.eval_only else None, youtube_window=args.youtube_window,
+        source_priority=tuple(args.source_priority.split(",")) if args.source_priority else DEFAULT_SOURCE_PRIORITY,
+        content=not args.no_content, near_duplicates=not args.no_near_duplicates)
+    with Ledger(args.ledger) as ledger:
+        report, stats = filter_ledger(ledger, config)
+    print(report.table())
+    print(stats.line())
+    out = Path(args.report) if args.report else Path(args.ledger) / "filter_report.json"
+    out.write_text(json.dumps(report.as_dict(), indent=2))
+    return 0

@@ -1,0 +1,217 @@
+"""Landmark audio fingerprints (spectral-peak pairs) and the aligned spectral check that confirms them.
+
+Why our own and not Chromaprint: Chromaprint computes nothing below ~3 s and is chroma
+(pitch-class) based, so short sound effects (UrbanSound8K, FSD50K, most SFX) get no fingerprint
+and noise-like sounds collide (measured in benchmarks/filters.py). Landmarks (Wang 2003, as in
+audfprint/dejavu) are pairs of spectral peaks hashed as (f1, f2 - f1, t2 - t1); a copy shares
+many hashes *at one consistent time offset*, which trims, excerpts, gain, MP3 and resampling do
+not change. Peaks are picked per half second, so short clips get their share of landmarks.
+
+Pipeline per clip: mono -> 16 kHz (soxr) -> |STFT| (1024/128, 8 ms hop) -> log -> local maxima
+(picked per 0.5 s block, strongest first) -> peak pairs -> 22-bit hashes with anchor times.
+The same STFT gives coarse log band energies (48 bands, 16 ms) for :func:`aligned_correlation`,
+the second check: two clips are the same recording only if their band-energy *envelopes*
+(each band's mean removed, so spectral colour and gain do not count) correlate at the offset
+the landmarks voted for. Two takes of the same kind of sound share colour but not envelope.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+import soxr
+from scipy.ndimage import maximum_filter
+
+SR = 16_000
+N_FFT = 1024
+HOP = 128                       # 8 ms frames
+FRAME_SECONDS = HOP / SR
+F_MIN, F_MAX = 4, 448           # peak bins: 62 Hz .. 7 kHz (stays under a 16 kHz resample's edge)
+NEIGH_F, NEIGH_T = 21, 11       # local-maximum neighbourhood (bins x frames)
+GRID = 4                        # frames between frequency-only peak picks (32 ms)
+BLOCK = 62                      # frames per density block (~0.5 s)
+PEAKS_PER_BLOCK = 32
+FLOOR_DB = 60.0                 # peaks within 60 dB of their block's loudest bin ...
+GLOBAL_FLOOR_DB = 100.0         # ... and not in near-silence of the whole clip
+FAN_OUT = 6
+DT_MAX = 63                     # pair target zone: 1..63 frames later (~0.5 s) ...
+DF_MAX = 63                     # ... within +-63 bins (~1 kHz)
+MIN_DF = 2
+N_BANDS = 48
+BAND_DECIMATE = 2               # band features at 16 ms
+MIN_SECONDS = 0.25              # shorter clips get no fingerprint (counted by the caller)
+
+_WINDOW = np.hanning(N_FFT).astype(np.float32)
+_BAND_EDGES = np.unique(np.round(np.geomspace(F_MIN, F_MAX, N_BANDS + 1)).astype(int))
+
+
+@dataclass
+class Fingerprint:
+    """Landmark hashes of one clip (``hashes[i]`` anchored at frame ``times[i]``) and, when
+    kept, its band-energy envelope for the confirmation check."""
+
+    hashes: np.ndarray          # uint32
+    times: np.ndarray           # int32, anchor frame
+    n_frames: int
+    bands: np.ndarray | None = None   # float16 [frames/2, bands]
+
+    @property
+    def duration(self) -> float:
+        return self.n_frames * FRAME_SECONDS
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+def to_mono_16k(samples: np.ndarray, sr: int) -> np.ndarray:
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1, dtype=np.float32)
+    if sr != SR:
+        x = soxr.resample(x, sr, SR, quality="HQ").astype(np.float32, copy=False)
+    return x
+
+
+def _log_spectrogram(x: np.ndarray) -> np.ndarray:
+    """log |STFT|, shape [frames, N_FFT/2+1] (float32, dB)."""
+    if len(x) < N_FFT:
+        x = np.pad(x, (0, N_FFT - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]
+    spec = np.abs(scipy.fft.rfft(frames * _WINDOW, axis=1)).astype(np.float32)
+    return 20.0 * np.log10(spec + 1e-9)
+
+
+def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frame, bin) of local maxima, at most PEAKS_PER_BLOCK per block, strongest first."""
+    band = S[:, F_MIN:F_MAX]
+    top = band.max()
+    mx = maximum_filter(band, size=(NEIGH_T, NEIGH_F), mode="constant", cval=-np.inf)
+    is_peak = (band == mx)
+    # sustained tones are one ridge, whose only 2-D maximum is its onset: also take spectral
+    # maxima (frequency only) on every GRID-th frame, so a chime keeps landmarks along its decay
+    grid = band[::GRID]
+    is_peak[::GRID] |= grid == maximum_filter(grid, size=(1, NEIGH_F), mode="constant", cval=-np.inf)
+    # the floor is per block, so a quiet sound inside a loud recording keeps its own peaks
+    nblk = -(-len(band) // BLOCK)
+    frame_max = band.max(axis=1)
+    pad = np.full(nblk * BLOCK, -np.inf, np.float32)
+    pad[:len(frame_max)] = frame_max
+    block_max = np.repeat(pad.reshape(nblk, BLOCK).max(axis=1), BLOCK)[:len(band)]
+    floor = np.maximum(block_max - FLOOR_DB, top - GLOBAL_FLOOR_DB)
+    t, f = np.nonzero(is_peak & (band > floor[:, None]))
+    if len(t) == 0:
+        return t.astype(np.int32), f.astype(np.int32)
+    mag = band[t, f]
+    block = t // BLOCK
+    order = np.lexsort((-mag, block))
+    t, f, block = t[order], f[order], block[order]
+    start = np.searchsorted(block, block, side="left")
+    rank = np.arange(len(block)) - start
+    keep = rank < per_block
+    t, f = t[keep], f[keep] + F_MIN
+    order = np.lexsort((f, t))
+    return t[order].astype(np.int32), f[order].astype(np.int32)
+
+
+def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hash each peak with its next ``fan_out`` peaks in the target zone."""
+    n = len(t)
+    if n < 2:
+        return np.zeros(0, np.uint32), np.zeros(0, np.int32)
+    anchors, targets = [], []
+    taken = np.zeros(n, np.int32)
+    for k in range(1, min(n, 4 * fan_out)):
+        i = np.arange(n - k)
+        j = i + k
+        dt = t[j] - t[i]
+        df = np.abs(f[j] - f[i])
+        # |df| < 2 pairs only say "a steady tone at f1": any tone at that pitch would vote
+        ok = (dt >= 1) & (dt <= DT_MAX) & (df <= DF_MAX) & (df >= MIN_DF) & (taken[i] < fan_out)
+        if not ok.any():
+            if (dt > DT_MAX).all():
+                break
+            continue
+        taken[i[ok]] += 1
+        anchors.append(i[ok])
+        targets.append(j[ok])
+    if not anchors:
+        return np.zeros(0, np.uint32), np.zeros(0, np.int32)
+    a = np.concatenate(anchors)
+    b = np.concatenate(targets)
+    h = ((f[a].astype(np.uint32) << 13) | ((f[b] - f[a] + 64).astype(np.uint32) << 6)
+         | (t[b] - t[a]).astype(np.uint32))
+    return h, t[a]
+
+
+def _bands(S: np.ndarray) -> np.ndarray:
+    power = np.power(10.0, S[:, F_MIN:F_MAX] / 10.0, dtype=np.float32)
+    cums = np.concatenate([np.zeros((len(power), 1), np.float32), np.cumsum(power, axis=1)], axis=1)
+    edges = _BAND_EDGES - F_MIN
+    e = cums[:, edges[1:]] - cums[:, edges[:-1]]
+    n = (len(e) // BAND_DECIMATE) * BAND_DECIMATE
+    if n == 0:
+        n = len(e)
+        e = e[:n]
+    else:
+        e = e[:n].reshape(-1, BAND_DECIMATE, e.shape[1]).mean(axis=1)
+    return (10.0 * np.log10(e + 1e-10)).astype(np.float16)
+
+
+def fingerprint(samples: np.ndarray, sr: int, *, keep_bands: bool = True) -> Fingerprint:
+    """Landmark fingerprint of one clip (any rate, mono or [n, channels])."""
+    x = to_mono_16k(samples, sr)
+    if len(x) < MIN_SECONDS * SR or not np.any(x):
+        return Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), len(x) // HOP, None)
+    S = _log_spectrogram(x)
+    # one density for every clip: pairs only match when both sides picked the same peaks
+    t, f = _peaks(S, PEAKS_PER_BLOCK)
+    h, ta = _pairs(t, f, FAN_OUT)
+    return Fingerprint(h, ta, len(S), _bands(S) if keep_bands else None)
+
+
+def band_features(samples: np.ndarray, sr: int) -> np.ndarray:
+    """Only the confirmation features (for a clip whose hashes are already indexed)."""
+    x = to_mono_16k(samples, sr)
+    return _bands(_log_spectrogram(x))
+
+
+def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
+                        search: int = 2, min_overlap: int = 12,
+                        range_db: float = 30.0) -> tuple[float, int]:
+    """Best envelope correlation of band features ``a`` (query) and ``b`` (reference).
+
+    ``offset_frames`` (8 ms frames, reference minus query) comes from the landmark vote; we
+    search +-``search`` feature frames around it. Each band's mean over the overlap is removed
+    so gain and spectral colour cancel, and each frame's mean so a loudness contour shared by
+    any two sounds cancels; what is left is the spectro-temporal pattern. Returns
+    (correlation, overlap in feature frames).
+    """
+    # each clip's cells are floored 30 dB under its loudest cell, so added noise and
+    # near-silence (which carry no identity) flatten out instead of decorrelating
+    a = a.astype(np.float32)
+    b = b.astype(np.float32)
+    base = int(round(offset_frames / BAND_DECIMATE))
+    best, best_n = -1.0, 0
+    for d in range(base - search, base + search + 1):
+        # query frame i aligns with reference frame i + d
+        i0 = max(0, -d)
+        i1 = min(len(a), len(b) - d)
+        n = i1 - i0
+        if n < min_overlap:
+            continue
+        x = a[i0:i1]
+        y = b[i0 + d:i1 + d]
+        x = np.maximum(x, x.max() - range_db)     # floors are taken over the overlap only
+        y = np.maximum(y, y.max() - range_db)
+        x = x - x.mean(axis=0)
+        y = y - y.mean(axis=0)
+        x = x - x.mean(axis=1, keepdims=True)   # and each frame's mean: the shared on/off
+        y = y - y.mean(axis=1, keepdims=True)   # envelope of any two sounds does not count
+        den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+        if den <= 0:
+            continue
+        c = float((x * y).sum() / den)
+        if c > best:
+            best, best_n = c, n
+    return best, best_n

@@ -1,0 +1,282 @@
+"""The filter stage: mark eval-set overlaps and duplicates ``dropped`` in the ledger, with reasons.
+
+Order (each step sees only what the previous ones kept):
+
+1. ``eval_overlap_id``      Freesound/YouTube id in a fetched eval set (id_overlap.py)
+2. ``duplicate_exact``      same decoded-PCM hash as a kept record (dedup.py)
+3. ``eval_overlap_content`` audio matches a local eval clip (``eval_audio``: name -> folder)
+4. ``duplicate_near``       audio matches another kept record (same fingerprint machinery)
+
+Nothing is deleted: a dropped record keeps its row with ``filter_reason``, ``filter_match``
+(eval set, split, matched id, score, method) and, for duplicates, ``duplicate_of``. Records
+eligible for filtering are those not yet sharded, failed, dropped or vanished. Audio for
+content steps is ``flac_path`` (48 kHz mono FLAC); records without it skip those steps and
+are counted as ``no_audio``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import soundfile as sf
+
+from ..ledger import Ledger, StageStats
+from ..records import Record, Status
+from . import evalsets as evalsets_mod
+from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
+from .dedup import DEFAULT_SOURCE_PRIORITY, exact_duplicates, keep_order, near_duplicate_groups
+from .fingerprint import Fingerprint, fingerprint
+from .id_overlap import find_id_overlaps, primary_matches
+
+log = logging.getLogger(__name__)
+
+ELIGIBLE = (Status.NEW, Status.FETCHED, Status.TRANSCODED, Status.CAPTIONED)
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"}
+
+EVAL_ID = "eval_overlap_id"
+EVAL_CONTENT = "eval_overlap_content"
+DUP_EXACT = "duplicate_exact"
+DUP_NEAR = "duplicate_near"
+CONTENT_METHOD = "landmark+aligned_band_correlation"
+
+
+@dataclass
+class FilterConfig:
+    evalsets_cache: str | None = None          # None: $LAION_AUDIO_EVALSETS_CACHE or default
+    eval_audio: dict[str, str] = field(default_factory=dict)
+    roles: list[str] | None = None             # e.g. ["eval"]; None = every fetched split
+    youtube_window: bool = False
+    source_priority: Sequence[str] = DEFAULT_SOURCE_PRIORITY
+    content: bool = True                       # eval-audio matching when eval_audio is given
+    near_duplicates: bool = True
+    min_votes: int = 6
+    min_correlation: float = 0.8
+
+
+@dataclass
+class FilterReport:
+    eligible: int = 0
+    dropped: Counter = field(default_factory=Counter)                 # reason -> n
+    by_source_evalset: Counter = field(default_factory=Counter)       # (source, eval_set) -> n
+    by_source_duplicate: Counter = field(default_factory=Counter)     # (source, kind) -> n
+    no_audio: int = 0
+    eval_clips: dict[str, int] = field(default_factory=dict)
+    eval_clips_unreadable: int = 0
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """The leak/duplicate table (LAION's ICASSP.md layout: source rows x eval-set columns)."""
+        lines = []
+        sets = sorted({e for _, e in self.by_source_evalset})
+        sources = sorted({s for s, _ in self.by_source_evalset} | {s for s, _ in self.by_source_duplicate})
+        kinds = [DUP_EXACT, DUP_NEAR]
+        head = ["source"] + sets + ["total eval"] + kinds
+        rows = []
+        for s in sources:
+            per = [self.by_source_evalset.get((s, e), 0) for e in sets]
+            rows.append([s] + per + [sum(per)] + [self.by_source_duplicate.get((s, k), 0) for k in kinds])
+        tot = ["total"] + [sum(r[i] for r in rows) for i in range(1, len(head))]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, tot)]
+        fmt = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+        lines.append(fmt(head))
+        lines += [fmt(r) for r in rows]
+        lines.append(fmt(tot))
+        lines.append(f"eligible {self.eligible}; dropped " + ", ".join(
+            f"{k}={v}" for k, v in sorted(self.dropped.items())) + f"; no audio for content checks {self.no_audio}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"eligible": self.eligible, "dropped": dict(self.dropped),
+                "by_source_evalset": [{"source": s, "eval_set": e, "n": n}
+                                      for (s, e), n in sorted(self.by_source_evalset.items())],
+                "by_source_duplicate": [{"source": s, "kind": k, "n": n}
+                                        for (s, k), n in sorted(self.by_source_duplicate.items())],
+                "no_audio": self.no_audio, "eval_clips": self.eval_clips,
+                "eval_clips_unreadable": self.eval_clips_unreadable, "seconds": round(self.seconds, 2)}
+
+
+def _read_audio(path: str) -> tuple[np.ndarray, int]:
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    return x.mean(axis=1), sr
+
+
+def _fingerprint_path(path: str) -> Fingerprint | None:
+    try:
+        x, sr = _read_audio(path)
+    except Exception as exc:  # noqa: BLE001 - one unreadable file is counted, not fatal
+        log.warning("cannot decode %s: %s", path, exc)
+        return None
+    return fingerprint(x, sr)
+
+
+def eval_audio_files(eval_audio: dict[str, str]) -> list[tuple[str, str, Path]]:
+    """(eval_set, file name, path) for every audio file under each eval folder, sorted."""
+    out = []
+    for name, folder in sorted(eval_audio.items()):
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--eval-audio {name}={folder}: not a folder")
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix.lower() in AUDIO_EXTS:
+                out.append((name, p.name, p))
+    return out
+
+
+def _split_lookup(items: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(eval_set, file name or stem) -> split, from the parsed eval manifests."""
+    out = {}
+    if items.empty:
+        return out
+    for es, item, split in zip(items["eval_set"], items["item_id"].astype(str), items["split"].astype(str)):
+        out.setdefault((es, item), split)
+        out.setdefault((es, Path(item).stem), split)
+    return out
+
+
+def _keys(df: pd.DataFrame) -> pd.Series:
+    return df["source"].astype(str) + "\x00" + df["source_id"].astype(str)
+
+
+def _changed_keys(changed: dict) -> set[str]:
+    return {f"{s}\x00{i}" for s, i in changed}
+
+
+def _mark(rec: Record, reason: str, match: dict, duplicate_of: str = "") -> Record:
+    rec.status = Status.DROPPED
+    rec.filter_reason = reason
+    rec.filter_match = match
+    rec.duplicate_of = duplicate_of
+    return rec
+
+
+def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[FilterReport, StageStats]:
+    """Run all four filters over the ledger's eligible records and write the verdicts back."""
+    config = config or FilterConfig()
+    t0 = time.time()
+    report = FilterReport()
+    table = ledger.select(status=list(ELIGIBLE))
+    report.eligible = len(table)
+    changed: dict[tuple[str, str], Record] = {}
+    rows = None
+
+    def record(key: tuple[str, str]) -> Record:
+        nonlocal rows
+        if rows is None:
+            rows = {(r["source"], r["source_id"]): i for i, r in enumerate(
+                table.select(["source", "source_id"]).to_pylist())}
+        return Record.from_row(table.slice(rows[key], 1).to_pylist()[0])
+
+    # 1. id overlap -----------------------------------------------------------------
+    items = evalsets_mod.load(config.evalsets_cache, roles=config.roles)
+    if not items.empty and len(table):
+        matches = primary_matches(find_id_overlaps(table, items, youtube_window=config.youtube_window))
+        for m in matches.itertuples(index=False):
+            key = (m.source, m.source_id)
+            changed[key] = _mark(record(key), EVAL_ID, {
+                "eval_set": m.eval_set, "split": m.split, "matched_id": m.item_id,
+                "score": 1.0, "method": m.method, "n_matches": int(m.n_matches)})
+            report.by_source_evalset[(m.source, m.eval_set)] += 1
+
+    # 2. exact duplicates (decoded PCM hash) -----------------------------------------
+    df = table.select(["source", "source_id", "audio_sha256", "audio_duration", "flac_path"]).to_pandas()
+    df = df[~_keys(df).isin(_changed_keys(changed)).to_numpy()]
+    for d in exact_duplicates(df, config.source_priority).itertuples(index=False):
+        key = (d.source, d.source_id)
+        changed[key] = _mark(record(key), DUP_EXACT, {"method": "pcm_sha256", "score": 1.0,
+                                                      "audio_sha256": d.audio_sha256}, d.duplicate_of)
+        report.by_source_duplicate[(d.source, DUP_EXACT)] += 1
+
+    # 3 + 4. content: fingerprints of the kept records ---------------------------------
+    if config.content and (config.eval_audio or config.near_duplicates):
+        kept = df[~_keys(df).isin(_changed_keys(changed)).to_numpy()]
+        kept = keep_order(kept, config.source_priority).reset_index(drop=True)
+        has_audio = kept["flac_path"].fillna("").map(lambda p: bool(p) and os.path.isfile(p))
+        report.no_audio = int((~has_audio).sum())
+        kept = kept[has_audio].reset_index(drop=True)
+        fps = [_fingerprint_path(p) for p in kept["flac_path"]]
+        ok = [i for i, f in enumerate(fps) if f is not None]
+        report.no_audio += len(fps) - len(ok)
+        kept = kept.iloc[ok].reset_index(drop=True)
+        fps = [fps[i] for i in ok]
+        alive = np.ones(len(kept), bool)
+
+        if config.eval_audio and len(kept):
+            split_of = _split_lookup(items)
+            index = FingerprintIndex()
+            eval_meta = []
+            for name, fname, path in eval_audio_files(config.eval_audio):
+                fp = _fingerprint_path(str(path))
+                if fp is None:
+                    report.eval_clips_unreadable += 1
+                    continue
+                index.add(len(eval_meta), fp)
+                eval_meta.append((name, fname, fp))
+                report.eval_clips[name] = report.eval_clips.get(name, 0) + 1
+            index.build()
+            matcher = ContentMatcher(index, min_votes=config.min_votes,
+                                     min_correlation=config.min_correlation)
+            matches, _ = matcher.match(fps, ref_bands=lambda r: eval_meta[r][2].bands)
+            for qi, m in sorted(best_per_query(matches).items()):
+                name, fname, _ = eval_meta[m.ref]
+                row = kept.iloc[qi]
+                key = (row["source"], row["source_id"])
+                changed[key] = _mark(record(key), EVAL_CONTENT, {
+                    "eval_set": name, "split": split_of.get((name, fname), split_of.get(
+                        (name, Path(fname).stem), "unknown")),
+                    "matched_id": fname, "score": round(m.score, 4), "method": CONTENT_METHOD,
+                    "votes": m.votes, "offset_seconds": round(m.offset * 0.008, 3),
+                    "overlap_seconds": round(m.overlap_seconds, 3)})
+                report.by_source_evalset[key[0], name] += 1
+                alive[qi] = False
+
+        if config.near_duplicates and alive.sum() > 1:
+            live = np.flatnonzero(alive)
+            index = FingerprintIndex()
+            for j, i in enumerate(live):
+                index.add(j, fps[i])
+            index.build()
+            matcher = ContentMatcher(index, min_votes=config.min_votes,
+                                     min_correlation=config.min_correlation)
+            qfps = [fps[i] for i in live]
+            matches, _ = matcher.match(qfps, ref_bands=lambda r: qfps[r].bands,
+                                       exclude_self=list(range(len(live))))
+            best = {}
+            for m in matches:
+                pair = (min(m.query, m.ref), max(m.query, m.ref))
+                if pair not in best or m.score > best[pair].score:
+                    best[pair] = m
+            for group in near_duplicate_groups(len(live), best.keys()):
+                keeper = min(group)          # ``kept`` is in keep order, so the lowest wins
+                krow = kept.iloc[live[keeper]]
+                kkey = f"{krow['source']}/{krow['source_id']}"
+                for g in group:
+                    if g == keeper:
+                        continue
+                    pair = (min(g, keeper), max(g, keeper))
+                    m = best.get(pair) or max((v for p, v in best.items() if g in p), key=lambda v: v.score)
+                    row = kept.iloc[live[g]]
+                    key = (row["source"], row["source_id"])
+                    changed[key] = _mark(record(key), DUP_NEAR, {
+                        "method": CONTENT_METHOD, "score": round(m.score, 4), "votes": m.votes,
+                        "matched_id": kkey if pair in best else
+                        f"{kept.iloc[live[m.ref if m.query == g else m.query]]['source']}/"
+                        f"{kept.iloc[live[m.ref if m.query == g else m.query]]['source_id']}"}, kkey)
+                    report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
+
+    for rec in changed.values():
+        report.dropped[rec.filter_reason] += 1
+    ledger.write(changed.values(), tag="filter")
+    report.seconds = time.time() - t0
+    stats = StageStats("filter", inputs=report.eligible, succeeded=report.eligible - len(changed),
+                       failed=len(changed), seconds=report.seconds,
+                       failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
+                       extra={"report": report.as_dict()})
+    return report, stats

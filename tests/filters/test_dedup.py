@@ -1,0 +1,98 @@
+"""Duplicates: exact across lossless formats (PCM hash), near for a lossy re-encode, and the
+keep rule; two different takes of the same kind of sound stay."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from laion_audio.filters.robustness import espeak
+from laion_audio.filters.stage import FilterConfig, filter_ledger
+from laion_audio.ledger import Ledger
+from laion_audio.records import Record, Status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pcm_sha256(path: Path) -> str:
+    """Stand-in for the transcode stage's hash: sha256 of the decoded 48 kHz mono int16 PCM."""
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    if sr != 48_000:
+        x = soxr.resample(x, sr, 48_000)
+    return hashlib.sha256(np.round(np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()).hexdigest()
+
+
+def _rec(source, sid, path, **kw):
+    info = sf.info(str(path))
+    return Record(source, sid, flac_path=str(path), audio_sha256=pcm_sha256(path),
+                  audio_duration=info.duration, status=Status.CAPTIONED, **kw)
+
+
+def build_ledger(tmp_path: Path, debian_sounds) -> Ledger:
+    src = max((p for p in debian_sounds if p.suffix == ".wav" and 2 < sf.info(str(p)).duration < 8),
+              key=lambda p: (sf.info(str(p)).duration, p.name))
+    x, sr = sf.read(str(src), dtype="int16", always_2d=True)
+    x = x.mean(axis=1).astype(np.int16)
+    d = tmp_path / "audio"
+    d.mkdir()
+    sf.write(d / "a.wav", x, sr, subtype="PCM_16")
+    sf.write(d / "a.flac", x, sr, subtype="PCM_16")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(d / "a.wav"),
+                    "-c:a", "libvorbis", "-q:a", "4", str(d / "a.ogg")], check=True)
+    # two takes of the same words by different voices, and two rain textures of the same recipe
+    sf.write(d / "take1.wav", espeak("the kettle is boiling in the kitchen", "en", 150), 48_000)
+    sf.write(d / "take2.wav", espeak("the kettle is boiling in the kitchen", "en-us", 170, 40), 48_000)
+    rng = np.random.default_rng(1)
+    for k in (1, 2):
+        y = np.zeros(48_000 * 3)
+        idx = rng.integers(0, len(y), 300)
+        y[idx] = rng.normal(size=300)
+        y = np.convolve(y, np.exp(-np.arange(200) / 30.0), mode="same") * 0.2
+        sf.write(d / f"rain{k}.wav", y.astype(np.float32), 48_000)
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.write([
+        _rec("audioset", "yt_a_0", d / "a.wav"),
+        _rec("freesound", "111", d / "a.flac"),
+        _rec("bbc", "B1", d / "a.ogg"),
+        _rec("freesound", "201", d / "take1.wav"),
+        _rec("freesound", "202", d / "take2.wav"),
+        _rec("freesound", "301", d / "rain1.wav"),
+        _rec("freesound", "302", d / "rain2.wav"),
+    ])
+    return ledger
+
+
+def test_exact_and_near_duplicates_across_formats(tmp_path, debian_sounds):
+    ledger = build_ledger(tmp_path, debian_sounds)
+    report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=str(tmp_path / "no-cache")))
+    wav, flac, ogg = (ledger.get("audioset", "yt_a_0"), ledger.get("freesound", "111"),
+                      ledger.get("bbc", "B1"))
+    assert wav.audio_sha256 == flac.audio_sha256 != ogg.audio_sha256
+    # keep rule: freesound outranks audioset, so the FLAC copy is kept
+    assert flac.status == Status.CAPTIONED
+    assert wav.status == Status.DROPPED and wav.filter_reason == "duplicate_exact"
+    assert wav.duplicate_of == "freesound/111"
+    assert ogg.status == Status.DROPPED and ogg.filter_reason == "duplicate_near"
+    assert ogg.duplicate_of == "freesound/111" and ogg.filter_match["score"] >= 0.8
+    for sid in ("201", "202", "301", "302"):
+        assert ledger.get("freesound", sid).status == Status.CAPTIONED, sid
+    assert report.dropped == {"duplicate_exact": 1, "duplicate_near": 1}
+    assert stats.closes
+
+
+def test_filter_cli_prints_table(tmp_path, debian_sounds):
+    build_ledger(tmp_path, debian_sounds).close()
+    proc = subprocess.run([sys.executable, "-m", "laion_audio", "filter", str(tmp_path / "ledger"),
+                           "--evalsets-cache", str(tmp_path / "none")], cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "duplicate_exact" in proc.stdout and "duplicate_near" in proc.stdout
+    assert "filter: 7 in = 5 ok + 2 failed" in proc.stdout
+    assert (tmp_path / "ledger" / "filter_report.json").exists()
