@@ -50,7 +50,12 @@ class BuildConfig:
     batch_size: int = 16
     transcode: dict[str, Any] = field(default_factory=dict)   # TranscodeOptions fields
     retry_failed: bool = False
-    stages: tuple[str, ...] = ("crawl", "fetch", "transcode", "caption", "shard")
+    caption_model: str | None = None            # T5 keyword-to-caption folder; None = template
+    caption_input_format: str | None = None
+    caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
+    evalsets_cache: str | None = None           # fetched eval manifests (laion-audio evalsets fetch)
+    eval_audio: dict[str, str] = field(default_factory=dict)   # eval set -> local audio folder
+    stages: tuple[str, ...] = ("crawl", "fetch", "transcode", "caption", "filter", "shard")
 
     @property
     def shard_root(self) -> str:
@@ -209,24 +214,50 @@ def _transcode_options(cfg: BuildConfig):
 def caption(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
     datasets = list(dataset_names(cfg).values())
     todo = _pending(ledger, Status.TRANSCODED, datasets, cfg.retry_failed, "caption")
+    kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
+                  min_duration=cfg.caption_min_duration,
+                  cache_path=str(work.root / "caption_cache.sqlite") if cfg.caption_model else None)
+    # a model generates many captions per call: bigger batches, the cache dedups keyword sets
     return run_stage(executor, ledger, "caption", "pipelines.build:caption_batch", todo,
-                     kwargs={}, batch_size=max(cfg.batch_size, 64))
+                     kwargs=kwargs, batch_size=max(cfg.batch_size, 64))
 
 
-def caption_batch(records: list[Record]) -> list[Record]:
-    """Records whose source already gave captions are final; the others get the paper's
-    template from their tags (the T5 stage replaces this when a model is configured)."""
-    from laion_audio.ledger import fail
-    from laion_audio.records import FailureCode
+_CAPTIONERS: dict = {}
 
-    out = []
-    for rec in records:
-        if rec.texts:
-            rec.status = Status.CAPTIONED
-        else:
-            fail(rec, "caption", FailureCode.NO_CAPTION, "no caption and no tags to build one from")
-        out.append(rec)
-    return out
+
+def caption_batch(records: list[Record], *, model: str | None = None,
+                  input_format: str | None = None, min_duration: float = 2.0,
+                  cache_path: str | None = None) -> list[Record]:
+    """The caption stage in a worker: the T5 model is loaded once per process (like an actor)
+    and shares the persistent cache; without a model, the paper's template."""
+    from laion_audio.captions.cache import CaptionCache
+    from laion_audio.captions.k2c import Captioner
+    from laion_audio.captions.stage import CaptionOptions, caption_batch as caption_stage
+
+    captioner = cache = None
+    if model:
+        key = (model, input_format)
+        if key not in _CAPTIONERS:
+            _CAPTIONERS[key] = Captioner.load(model, input_format=input_format)
+        captioner = _CAPTIONERS[key]
+        cache = CaptionCache(cache_path) if cache_path else None
+    try:
+        return caption_stage(records, captioner, CaptionOptions(min_duration=min_duration or None),
+                             cache=cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
+    """Eval-set overlaps and duplicates are marked dropped (with reasons) before sharding."""
+    from laion_audio.filters.stage import FilterConfig, filter_ledger
+
+    report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=cfg.evalsets_cache,
+                                                       eval_audio=dict(cfg.eval_audio),
+                                                       audio_root=str(work.root)))
+    stats.extra["table"] = report.table()
+    return stats
 
 
 def shard(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
@@ -275,6 +306,9 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
                 ledger.compact()
         finally:
             executor.stop()
+        if "filter" in cfg.stages:
+            all_stats.append(filter_stage(cfg, work, ledger))
+            ledger.compact()
         if "shard" in cfg.stages:
             all_stats.append(shard(cfg, work, ledger))
             ledger.compact()
@@ -322,6 +356,8 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
                        st["skipped_already_done"], seconds=st["seconds"])
         s.failures.update(st["failures"])
         print("  " + s.line())
+        if st.get("table") and st["failed"]:
+            print("    " + st["table"].replace("\n", "\n    "))
     print(f"  {'dataset':<24}{'records':>9}{'audio ok':>9}{'sharded':>9}{'train':>7}{'test':>6}"
           f"{'failed':>8}{'dropped':>9}{'vanished':>9}{'hours':>9}")
     for name, s in sorted(summary["sources"].items()):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 DEFAULT_OUT = "laion-audio-out"
-ALL_STAGES = ("crawl", "fetch", "transcode", "caption", "shard")
+ALL_STAGES = ("crawl", "fetch", "transcode", "caption", "filter", "shard")
 
 
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +38,22 @@ def transcode_options(args: argparse.Namespace) -> dict:
     return {opt: getattr(args, a) for a, opt in names.items() if getattr(args, a, None) is not None}
 
 
+def add_caption_filter_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("captions and filters")
+    g.add_argument("--caption-model", default=None,
+                   help="T5 keyword-to-caption model folder (train-captioner output or a "
+                        "keytotext-era model); default: the paper's template for tag-only records")
+    g.add_argument("--caption-input-format", choices=["common_gen", "k2t", "laion-audio"],
+                   default=None, help="the model's input format (default: guessed)")
+    g.add_argument("--caption-min-duration", type=float, default=2.0,
+                   help="no model caption for clips shorter than this (LAION: 2 s)")
+    g.add_argument("--evalsets-cache", default=None,
+                   help="folder of eval manifests fetched with `laion-audio evalsets fetch` "
+                        "(default: $LAION_AUDIO_EVALSETS_CACHE or the user cache)")
+    g.add_argument("--eval-audio", action="append", default=[], metavar="NAME=DIR",
+                   help="local audio of an eval set, for content-overlap checks (repeatable)")
+
+
 def add_shard_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("shards")
     g.add_argument("--shards-to", default=None,
@@ -65,6 +81,7 @@ def register(sub) -> None:
                    help="comma-separated subset of " + ",".join(ALL_STAGES))
     add_execution_arguments(p)
     add_transcode_arguments(p)
+    add_caption_filter_arguments(p)
     add_shard_arguments(p)
     for cls in all_sources().values():
         g = p.add_argument_group(f"source {cls.name}")
@@ -83,7 +100,22 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
                        workers=args.workers, ray_address=args.ray_address, inline=args.inline,
                        batch_size=args.batch_size, transcode=transcode_options(args),
-                       retry_failed=args.retry_failed, stages=tuple(stages))
+                       retry_failed=args.retry_failed, stages=tuple(stages),
+                       caption_model=getattr(args, "caption_model", None),
+                       caption_input_format=getattr(args, "caption_input_format", None),
+                       caption_min_duration=getattr(args, "caption_min_duration", 2.0),
+                       evalsets_cache=getattr(args, "evalsets_cache", None),
+                       eval_audio=_pairs(getattr(args, "eval_audio", [])))
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, folder = v.partition("=")
+        if not sep:
+            raise SystemExit(f"--eval-audio wants NAME=DIR, got {v!r}")
+        out[name] = folder
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from .build import (DEFAULT_OUT, add_execution_arguments, add_shard_arguments,
-                    add_transcode_arguments, config_from_args)
+from .build import (DEFAULT_OUT, add_caption_filter_arguments, add_execution_arguments,
+                    add_shard_arguments, add_transcode_arguments, config_from_args)
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help="the work folder of the corpus to refresh")
     add_execution_arguments(p)
     add_transcode_arguments(p)
+    add_caption_filter_arguments(p)
     add_shard_arguments(p)
     for cls in all_sources().values():
         cls.add_arguments(p.add_argument_group(f"source {cls.name}"))

@@ -59,6 +59,7 @@ class FilterConfig:
     near_duplicates: bool = True
     min_votes: int = 6
     min_correlation: float = 0.8
+    audio_root: str | None = None              # relative flac_path values start here (work folder)
 
 
 @dataclass
@@ -187,6 +188,9 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
 
     # 2. exact duplicates (decoded PCM hash) -----------------------------------------
     df = table.select(["source", "source_id", "audio_sha256", "audio_duration", "flac_path"]).to_pandas()
+    if config.audio_root:   # the build stores paths relative to its work folder
+        df["flac_path"] = df["flac_path"].fillna("").map(
+            lambda p: p if not p or os.path.isabs(p) else os.path.join(config.audio_root, p))
     df = df[~_keys(df).isin(_changed_keys(changed)).to_numpy()]
     for d in exact_duplicates(df, config.source_priority).itertuples(index=False):
         key = (d.source, d.source_id)
