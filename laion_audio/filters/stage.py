@@ -165,6 +165,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
     report = FilterReport()
     table = ledger.select(status=list(ELIGIBLE))
     report.eligible = len(table)
+    if not len(table):   # nothing new since the last run (e.g. a rerun of a finished build)
+        return report, StageStats("filter", extra={"report": report.as_dict()})
     changed: dict[tuple[str, str], Record] = {}
     rows = None
 
