@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover
     av = None
 
 TARGET_RATE = 48000
-#: Frames per decode block: bounds memory (8 ch x 192 kHz x 64 Ki x 4 B = 16 MB at worst).
+#: Frames per decode block: bounds memory (64 Ki frames x 8 ch x 4 B = 2 MB per block).
 BLOCK_FRAMES = 65536
 #: libsndfile subtypes that stay 16-bit: integer PCM at <= 16 bits, and the telephony codecs
 #: (mu-law, A-law, ADPCM, GSM) whose decoders produce 16-bit integers (as ffmpeg's do).
@@ -130,7 +130,7 @@ class _Source:
     channels: int
     codec: str
     subtype: str
-    lossless_16: bool
+    stays_16_bit: bool
     stated_frames: int | None        # what the header says the whole file holds
     blocks: Callable[[int, int | None], Iterator[np.ndarray]]
     close: Callable[[], None]
@@ -144,11 +144,11 @@ class _DecoderRefused(Exception):
 
 
 # --------------------------------------------------------------------------- public helpers
-def output_subtype_for(source_subtype: str, lossless_16: bool | None = None) -> str:
+def output_subtype_for(source_subtype: str, stays_16_bit: bool | None = None) -> str:
     """The bit-depth rule: 8/16-bit lossless int stays ``PCM_16``, all else ``PCM_24``."""
-    if lossless_16 is None:
-        lossless_16 = source_subtype in SIXTEEN_BIT_SUBTYPES
-    return "PCM_16" if lossless_16 else "PCM_24"
+    if stays_16_bit is None:
+        stays_16_bit = source_subtype in SIXTEEN_BIT_SUBTYPES
+    return "PCM_16" if stays_16_bit else "PCM_24"
 
 
 def pcm_sha256(samples_int32: np.ndarray) -> str:
@@ -268,7 +268,7 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
     fmt_name = ctx.format.name.rstrip("p") if ctx.format is not None else ""
     subtype = ("VORBIS" if codec == "vorbis" else "OPUS" if codec == "opus"
                else _SUBTYPE_OF_AV_FORMAT.get(fmt_name, fmt_name.upper()))
-    lossless_16 = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
+    stays_16_bit = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
     stated_frames = None if stated is None else int(round(stated[0] * rate / stated[1]))
     demuxers = set(container.format.name.split(","))
     exact_length = not demuxers & ESTIMATED_LENGTH_FORMATS
@@ -294,7 +294,7 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
         else:
             yield from _cut(container.decode(stream), None, 0, start, stop)
 
-    return _Source("pyav", rate, channels, codec, subtype, lossless_16, stated_frames,
+    return _Source("pyav", rate, channels, codec, subtype, stays_16_bit, stated_frames,
                    blocks, container.close, stop_at_stated)
 
 
@@ -421,7 +421,7 @@ def _check_header(src: _Source, first: int, stop: int | None, options: Transcode
 def _run(src: _Source, tmp: Path, first: int, stop: int | None,
          options: TranscodeOptions) -> tuple[_FlacSink, int]:
     """Decode -> down-mix -> resample -> write. Returns the sink and input frames consumed."""
-    out_subtype = output_subtype_for(src.subtype, src.lossless_16)
+    out_subtype = output_subtype_for(src.subtype, src.stays_16_bit)
     rate_in, rate_out = src.sample_rate, options.target_rate
     resampler = (soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32",
                                      quality=options.quality) if rate_in != rate_out else None)
