@@ -286,13 +286,14 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
                 # Landed after the start (or no timestamps): decode from the top instead.
                 fresh = av.open(path, metadata_errors="ignore")
                 try:
-                    yield from _cut(fresh.decode(fresh.streams.audio[0]), None, 0, start, stop)
+                    yield from _cut(fresh.decode(fresh.streams.audio[0]), None, 0, start, stop,
+                                    rate)
                 finally:
                     fresh.close()
                 return
-            yield from _cut(frames, first, _pts_frames(first, rate), start, stop)
+            yield from _cut(frames, first, _pts_frames(first, rate), start, stop, rate)
         else:
-            yield from _cut(container.decode(stream), None, 0, start, stop)
+            yield from _cut(container.decode(stream), None, 0, start, stop, rate)
 
     return _Source("pyav", rate, channels, codec, subtype, stays_16_bit, stated_frames,
                    blocks, container.close, stop_at_stated)
@@ -302,8 +303,12 @@ def _pts_frames(frame, rate: int) -> int:
     return int(round(float(frame.pts * frame.time_base) * rate))
 
 
-def _cut(frames, first_frame, position: int, start: int, stop: int | None) -> Iterator[np.ndarray]:
-    """Gather decoded PyAV frames into ~BLOCK_FRAMES blocks, keeping input frames [start, stop)."""
+def _cut(frames, first_frame, position: int, start: int, stop: int | None,
+         rate: int) -> Iterator[np.ndarray]:
+    """Gather decoded PyAV frames into ~BLOCK_FRAMES blocks, keeping input frames [start, stop).
+
+    Frames are down-mixed one by one (blocks come out as (n, 1)): some streams change their
+    channel layout mid-way (AAC, broadcast captures); a sample-rate change is refused."""
     pending: list[np.ndarray] = []
     pending_frames = 0
 
@@ -313,7 +318,10 @@ def _cut(frames, first_frame, position: int, start: int, stop: int | None) -> It
         yield from frames
 
     for frame in all_frames():
-        data = _av_to_float(frame)
+        if frame.sample_rate and frame.sample_rate != rate:
+            raise Failure(FailureCode.UNDECODABLE, f"sample rate changes mid-stream "
+                          f"({rate} -> {frame.sample_rate} Hz)")
+        data = _downmix(_av_to_float(frame))[:, None]
         lo = max(0, start - position)
         hi = len(data) if stop is None else min(len(data), stop - position)
         position += len(data)
