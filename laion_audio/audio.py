@@ -221,16 +221,11 @@ def _check_wav_data_chunk(handle: sf.SoundFile) -> None:
                   f"WAV header claims {claimed} bytes of audio but only {present} are present")
 
 
-def _av_to_float(frame) -> np.ndarray:
-    """One PyAV frame as float32 (frames, channels), whatever its sample format."""
-    arr = frame.to_ndarray()
-    fmt = frame.format
-    channels = len(frame.layout.channels) or 1
-    if fmt.is_planar:
-        arr = arr.T                      # (ch, n) -> (n, ch)
-    else:
-        arr = arr.reshape(-1, channels)  # interleaved (1, n*ch) -> (n, ch)
-    name = fmt.name.rstrip("p")
+def _av_block_to_float(raw: np.ndarray, fmt_name: str, planar: bool,
+                       channels: int) -> np.ndarray:
+    """Concatenated PyAV ``to_ndarray`` output as float32 (frames, channels)."""
+    arr = raw.T if planar else raw.reshape(-1, channels)   # (ch, n) or (1, n*ch) -> (n, ch)
+    name = fmt_name.rstrip("p")
     if name == "flt":
         return arr if arr.dtype == np.float32 else arr.astype(np.float32)
     if name == "dbl":
@@ -243,7 +238,7 @@ def _av_to_float(frame) -> np.ndarray:
         return (arr.astype(np.float32) - 128) * np.float32(1 / 128)
     if name == "s64":
         return (arr.astype(np.float64) * (1 / 9223372036854775808)).astype(np.float32)
-    raise Failure(FailureCode.UNDECODABLE, f"unsupported decoded sample format {fmt.name}")
+    raise Failure(FailureCode.UNDECODABLE, f"unsupported decoded sample format {fmt_name}")
 
 
 def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
@@ -307,10 +302,18 @@ def _cut(frames, first_frame, position: int, start: int, stop: int | None,
          rate: int) -> Iterator[np.ndarray]:
     """Gather decoded PyAV frames into ~BLOCK_FRAMES blocks, keeping input frames [start, stop).
 
-    Frames are down-mixed one by one (blocks come out as (n, 1)): some streams change their
-    channel layout mid-way (AAC, broadcast captures); a sample-rate change is refused."""
+    Raw frame arrays are converted and down-mixed per block, not per frame (a frame is only
+    ~1024 samples: per-frame numpy calls cost as much as the decoding). A change of sample
+    format or channel layout mid-stream (AAC, broadcast captures) just starts a new block; a
+    sample-rate change is refused. Blocks come out down-mixed, shape (n, 1)."""
     pending: list[np.ndarray] = []
+    pending_key = None
     pending_frames = 0
+
+    def flush() -> np.ndarray:
+        fmt_name, planar, channels = pending_key
+        raw = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
+        return _downmix(_av_block_to_float(raw, fmt_name, planar, channels))[:, None]
 
     def all_frames():
         if first_frame is not None:
@@ -321,20 +324,29 @@ def _cut(frames, first_frame, position: int, start: int, stop: int | None,
         if frame.sample_rate and frame.sample_rate != rate:
             raise Failure(FailureCode.UNDECODABLE, f"sample rate changes mid-stream "
                           f"({rate} -> {frame.sample_rate} Hz)")
-        data = _downmix(_av_to_float(frame))[:, None]
+        count = frame.samples
         lo = max(0, start - position)
-        hi = len(data) if stop is None else min(len(data), stop - position)
-        position += len(data)
+        hi = count if stop is None else min(count, stop - position)
+        position += count
         if hi > lo:
-            pending.append(data[lo:hi])
+            fmt = frame.format
+            key = (fmt.name, fmt.is_planar, len(frame.layout.channels) or 1)
+            if pending and key != pending_key:
+                yield flush()
+                pending, pending_frames = [], 0
+            raw = frame.to_ndarray()
+            if lo or hi < count:
+                raw = raw[:, lo:hi] if key[1] else raw[:, lo * key[2]:hi * key[2]]
+            pending.append(raw)
+            pending_key = key
             pending_frames += hi - lo
         if pending_frames >= BLOCK_FRAMES:
-            yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield flush()
             pending, pending_frames = [], 0
         if stop is not None and position >= stop:
             break
     if pending:
-        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+        yield flush()
 
 
 class _DecodeError(Exception):
