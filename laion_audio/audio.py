@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover
     av = None
 
 TARGET_RATE = 48000
-#: Frames per decode block: bounds memory (8 ch x 192 kHz x 64 Ki x 4 B = 16 MB at worst).
+#: Frames per decode block: bounds memory (64 Ki frames x 8 ch x 4 B = 2 MB per block).
 BLOCK_FRAMES = 65536
 #: libsndfile subtypes that stay 16-bit: integer PCM at <= 16 bits, and the telephony codecs
 #: (mu-law, A-law, ADPCM, GSM) whose decoders produce 16-bit integers (as ffmpeg's do).
@@ -130,7 +130,7 @@ class _Source:
     channels: int
     codec: str
     subtype: str
-    lossless_16: bool
+    stays_16_bit: bool
     stated_frames: int | None        # what the header says the whole file holds
     blocks: Callable[[int, int | None], Iterator[np.ndarray]]
     close: Callable[[], None]
@@ -144,11 +144,11 @@ class _DecoderRefused(Exception):
 
 
 # --------------------------------------------------------------------------- public helpers
-def output_subtype_for(source_subtype: str, lossless_16: bool | None = None) -> str:
+def output_subtype_for(source_subtype: str, stays_16_bit: bool | None = None) -> str:
     """The bit-depth rule: 8/16-bit lossless int stays ``PCM_16``, all else ``PCM_24``."""
-    if lossless_16 is None:
-        lossless_16 = source_subtype in SIXTEEN_BIT_SUBTYPES
-    return "PCM_16" if lossless_16 else "PCM_24"
+    if stays_16_bit is None:
+        stays_16_bit = source_subtype in SIXTEEN_BIT_SUBTYPES
+    return "PCM_16" if stays_16_bit else "PCM_24"
 
 
 def pcm_sha256(samples_int32: np.ndarray) -> str:
@@ -221,16 +221,11 @@ def _check_wav_data_chunk(handle: sf.SoundFile) -> None:
                   f"WAV header claims {claimed} bytes of audio but only {present} are present")
 
 
-def _av_to_float(frame) -> np.ndarray:
-    """One PyAV frame as float32 (frames, channels), whatever its sample format."""
-    arr = frame.to_ndarray()
-    fmt = frame.format
-    channels = len(frame.layout.channels) or 1
-    if fmt.is_planar:
-        arr = arr.T                      # (ch, n) -> (n, ch)
-    else:
-        arr = arr.reshape(-1, channels)  # interleaved (1, n*ch) -> (n, ch)
-    name = fmt.name.rstrip("p")
+def _av_block_to_float(raw: np.ndarray, fmt_name: str, planar: bool,
+                       channels: int) -> np.ndarray:
+    """Concatenated PyAV ``to_ndarray`` output as float32 (frames, channels)."""
+    arr = raw.T if planar else raw.reshape(-1, channels)   # (ch, n) or (1, n*ch) -> (n, ch)
+    name = fmt_name.rstrip("p")
     if name == "flt":
         return arr if arr.dtype == np.float32 else arr.astype(np.float32)
     if name == "dbl":
@@ -243,7 +238,7 @@ def _av_to_float(frame) -> np.ndarray:
         return (arr.astype(np.float32) - 128) * np.float32(1 / 128)
     if name == "s64":
         return (arr.astype(np.float64) * (1 / 9223372036854775808)).astype(np.float32)
-    raise Failure(FailureCode.UNDECODABLE, f"unsupported decoded sample format {fmt.name}")
+    raise Failure(FailureCode.UNDECODABLE, f"unsupported decoded sample format {fmt_name}")
 
 
 def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
@@ -268,7 +263,7 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
     fmt_name = ctx.format.name.rstrip("p") if ctx.format is not None else ""
     subtype = ("VORBIS" if codec == "vorbis" else "OPUS" if codec == "opus"
                else _SUBTYPE_OF_AV_FORMAT.get(fmt_name, fmt_name.upper()))
-    lossless_16 = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
+    stays_16_bit = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
     stated_frames = None if stated is None else int(round(stated[0] * rate / stated[1]))
     demuxers = set(container.format.name.split(","))
     exact_length = not demuxers & ESTIMATED_LENGTH_FORMATS
@@ -286,15 +281,16 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
                 # Landed after the start (or no timestamps): decode from the top instead.
                 fresh = av.open(path, metadata_errors="ignore")
                 try:
-                    yield from _cut(fresh.decode(fresh.streams.audio[0]), None, 0, start, stop)
+                    yield from _cut(fresh.decode(fresh.streams.audio[0]), None, 0, start, stop,
+                                    rate)
                 finally:
                     fresh.close()
                 return
-            yield from _cut(frames, first, _pts_frames(first, rate), start, stop)
+            yield from _cut(frames, first, _pts_frames(first, rate), start, stop, rate)
         else:
-            yield from _cut(container.decode(stream), None, 0, start, stop)
+            yield from _cut(container.decode(stream), None, 0, start, stop, rate)
 
-    return _Source("pyav", rate, channels, codec, subtype, lossless_16, stated_frames,
+    return _Source("pyav", rate, channels, codec, subtype, stays_16_bit, stated_frames,
                    blocks, container.close, stop_at_stated)
 
 
@@ -302,10 +298,22 @@ def _pts_frames(frame, rate: int) -> int:
     return int(round(float(frame.pts * frame.time_base) * rate))
 
 
-def _cut(frames, first_frame, position: int, start: int, stop: int | None) -> Iterator[np.ndarray]:
-    """Gather decoded PyAV frames into ~BLOCK_FRAMES blocks, keeping input frames [start, stop)."""
+def _cut(frames, first_frame, position: int, start: int, stop: int | None,
+         rate: int) -> Iterator[np.ndarray]:
+    """Gather decoded PyAV frames into ~BLOCK_FRAMES blocks, keeping input frames [start, stop).
+
+    Raw frame arrays are converted and down-mixed per block, not per frame (a frame is only
+    ~1024 samples: per-frame numpy calls cost as much as the decoding). A change of sample
+    format or channel layout mid-stream (AAC, broadcast captures) just starts a new block; a
+    sample-rate change is refused. Blocks come out down-mixed, shape (n, 1)."""
     pending: list[np.ndarray] = []
+    pending_key = None
     pending_frames = 0
+
+    def flush() -> np.ndarray:
+        fmt_name, planar, channels = pending_key
+        raw = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
+        return _downmix(_av_block_to_float(raw, fmt_name, planar, channels))[:, None]
 
     def all_frames():
         if first_frame is not None:
@@ -313,20 +321,32 @@ def _cut(frames, first_frame, position: int, start: int, stop: int | None) -> It
         yield from frames
 
     for frame in all_frames():
-        data = _av_to_float(frame)
+        if frame.sample_rate and frame.sample_rate != rate:
+            raise Failure(FailureCode.UNDECODABLE, f"sample rate changes mid-stream "
+                          f"({rate} -> {frame.sample_rate} Hz)")
+        count = frame.samples
         lo = max(0, start - position)
-        hi = len(data) if stop is None else min(len(data), stop - position)
-        position += len(data)
+        hi = count if stop is None else min(count, stop - position)
+        position += count
         if hi > lo:
-            pending.append(data[lo:hi])
+            fmt = frame.format
+            key = (fmt.name, fmt.is_planar, len(frame.layout.channels) or 1)
+            if pending and key != pending_key:
+                yield flush()
+                pending, pending_frames = [], 0
+            raw = frame.to_ndarray()
+            if lo or hi < count:
+                raw = raw[:, lo:hi] if key[1] else raw[:, lo * key[2]:hi * key[2]]
+            pending.append(raw)
+            pending_key = key
             pending_frames += hi - lo
         if pending_frames >= BLOCK_FRAMES:
-            yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield flush()
             pending, pending_frames = [], 0
         if stop is not None and position >= stop:
             break
     if pending:
-        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+        yield flush()
 
 
 class _DecodeError(Exception):
@@ -421,7 +441,7 @@ def _check_header(src: _Source, first: int, stop: int | None, options: Transcode
 def _run(src: _Source, tmp: Path, first: int, stop: int | None,
          options: TranscodeOptions) -> tuple[_FlacSink, int]:
     """Decode -> down-mix -> resample -> write. Returns the sink and input frames consumed."""
-    out_subtype = output_subtype_for(src.subtype, src.lossless_16)
+    out_subtype = output_subtype_for(src.subtype, src.stays_16_bit)
     rate_in, rate_out = src.sample_rate, options.target_rate
     resampler = (soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32",
                                      quality=options.quality) if rate_in != rate_out else None)

@@ -261,3 +261,15 @@ def test_memory_is_bounded_by_the_block_size(tmp_path):
         tracemalloc.stop()
     assert abs(res.duration - seconds) < 1e-3
     assert 1e6 < peak < 20e6, f"peak traced memory {peak / 1e6:.1f} MB"
+
+
+@needs_ffmpeg
+def test_channel_layout_change_mid_stream(tmp_path):
+    """Two ADTS AAC streams glued together (mono, then stereo) decode as one mono output."""
+    mono = ffmpeg_encode(write_sf(tmp_path / "m.wav", sine(44100, 1.0, 1), 44100, "PCM_16"),
+                         tmp_path / "m.aac", "-c:a", "aac")
+    stereo = ffmpeg_encode(write_sf(tmp_path / "s.wav", sine(44100, 1.0, 2), 44100, "PCM_16"),
+                           tmp_path / "s.aac", "-c:a", "aac")
+    (tmp_path / "both.aac").write_bytes(mono.read_bytes() + stereo.read_bytes())
+    res = transcode_file(tmp_path / "both.aac", tmp_path / "out.flac")
+    assert 2.0 <= res.duration <= 2.0 + 6 * 1024 / 44100     # + priming/padding of both parts
