@@ -218,7 +218,8 @@ class KeywordBoost:
     word-initial token with the same lemma. While unused, all such tokens gain ``boost`` and
     end-of-sentence loses ``boost`` per unused unit, so the model picks the inflection it finds
     most fluent ("bark" -> "barks") and is free to place it. Rows of the beam-search batch are
-    grouped by example (``generate`` repeats each input ``num_beams`` times)."""
+    grouped by example (``generate`` repeats each input ``num_beams`` times). After 4 + 3
+    tokens per keyword the nudges stop, so an unplaceable keyword cannot cause run-on text."""
 
     def __init__(self, vocab_lemmas, keyword_sets, num_beams, boost, eos_id, device):
         import torch
@@ -239,6 +240,10 @@ class KeywordBoost:
                 mask[i, j, by_lemma.get(lem, [])] = True
         self.mask = mask.repeat_interleave(num_beams, dim=0).to(device)   # rows x units x vocab
         self.has_tokens = self.mask.any(-1)                                # units we can boost
+        # give up after 4 + 3 tokens per keyword: a keyword the model cannot place must not
+        # keep the caption running to max_new_tokens
+        self.limit = torch.tensor([4 + 3 * len(u) for u in units], device=device
+                                  ).repeat_interleave(num_beams)
         self.boost, self.eos_id = boost, eos_id
 
     def __call__(self, input_ids, scores):
@@ -250,6 +255,7 @@ class KeywordBoost:
         present.scatter_(1, input_ids.clamp_max(vocab - 1), True)
         used = (mask & present[:, None, :]).any(-1)                        # rows x units
         unused = self.has_tokens[:rows] & ~used
+        unused &= (input_ids.shape[1] - 1 < self.limit[:rows])[:, None]
         bonus = (mask & unused[:, :, None]).any(1)                         # rows x vocab
         scores = scores + self.boost * bonus.to(scores.dtype)
         if self.eos_id is not None:
