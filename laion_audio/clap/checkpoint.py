@@ -111,6 +111,9 @@ def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str 
         "data_truncating": saved.get("data_truncating", "rand_trunc"),
         "data_filling": saved.get("data_filling", "repeatpad"),
     }
+    beside = Path(path).resolve().parent.parent / "tokenizer"  # <run>/checkpoints/x.pt -> <run>/tokenizer
+    if (not settings["tokenizer"] or not Path(settings["tokenizer"]).is_dir()) and beside.is_dir():
+        settings["tokenizer"] = str(beside)  # a run folder that was moved or copied
     if not settings["tokenizer"]:
         raise ValueError(f"{path}: no tokenizer recorded; pass a local tokenizer folder")
     tokenizer = create_tokenizer(settings["tokenizer"])

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -404,5 +405,6 @@ def make_loader(dataset: ClapShards, workers: int = 0, prefetch_factor: int | No
     or a resumed run would diverge from an uninterrupted one."""
     kwargs = {"generator": torch.Generator().manual_seed(seed)}
     if workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers in forked workers
         kwargs.update(prefetch_factor=prefetch_factor or 2, persistent_workers=False)
     return DataLoader(dataset, batch_size=None, num_workers=workers, **kwargs)

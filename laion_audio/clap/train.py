@@ -225,7 +225,7 @@ def prepare_tokenizer(args, shard_sets, run_dir: Path, info: DistInfo):
         log.info("trained a %s tokenizer on the training captions: %s", kind, tok_dir)
     if info.distributed:
         dist.barrier()
-    args.tokenizer = str(tok_dir)
+    args.tokenizer = str(tok_dir.resolve())
     return create_tokenizer(tok_dir)
 
 

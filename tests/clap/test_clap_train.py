@@ -48,6 +48,7 @@ def _train(root, tok, logs, name, *extra):
     assert cli(argv) == 0
 
 
+@pytest.mark.slow
 def test_exact_resume(small_shards, tmp_path):
     """k steps, stop, resume, n more == k + n uninterrupted (PANN: dropout and SpecAugment
     exercise the saved RNG state; step 4 is mid-epoch, so the loader must skip exactly)."""
