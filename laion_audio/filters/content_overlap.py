@@ -43,7 +43,7 @@ class Match:
 class FingerprintIndex:
     """Append fingerprints, then :meth:`build`; refs are numbered in insertion order."""
 
-    def __init__(self, max_bucket: int = 2000):
+    def __init__(self, max_bucket: int = 500):
         self.max_bucket = max_bucket
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.n_hashes: list[int] = []
@@ -94,7 +94,38 @@ class FingerprintIndex:
 
     def candidates(self, queries: Sequence[Fingerprint], *, min_votes: int = 6,
                    min_fraction: float = 0.02, top: int = 5, offsets: int = 4,
-                   exclude_self: Sequence[int] | None = None) -> list[Candidate]:
+                   exclude_self: Sequence[int] | None = None,
+                   max_postings: int = 4_000_000) -> list[Candidate]:
+        """Offset-voted candidates, computed over sub-batches of at most ``max_postings``
+        index hits so memory stays bounded (each hit costs ~60 bytes while voting)."""
+        if not self._built:
+            self.build()
+        if not len(queries) or not len(self.hash):
+            return []
+        load = []
+        for q in queries:
+            lo = np.searchsorted(self.hash, q.hashes, side="left")
+            hi = np.searchsorted(self.hash, q.hashes, side="right")
+            c = hi - lo
+            load.append(int(c[c <= self.max_bucket].sum()))
+        out: list[Candidate] = []
+        start = 0
+        while start < len(queries):
+            end, total = start, 0
+            while end < len(queries) and (end == start or total + load[end] <= max_postings):
+                total += load[end]
+                end += 1
+            ex = None if exclude_self is None else list(exclude_self[start:end])
+            for c in self._candidates(queries[start:end], min_votes=min_votes,
+                                      min_fraction=min_fraction, top=top, offsets=offsets,
+                                      exclude_self=ex):
+                c.query += start
+                out.append(c)
+            start = end
+        return out
+
+    def _candidates(self, queries: Sequence[Fingerprint], *, min_votes: int, min_fraction: float,
+                    top: int, offsets: int, exclude_self: Sequence[int] | None) -> list[Candidate]:
         """Offset-voted candidates for a batch of query fingerprints.
 
         ``min_fraction`` scales the vote threshold with the shorter clip's hash count, so a

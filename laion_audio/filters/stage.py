@@ -15,6 +15,7 @@ are counted as ``no_audio``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from ..records import Record, Status
 from . import evalsets as evalsets_mod
 from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
 from .dedup import DEFAULT_SOURCE_PRIORITY, exact_duplicates, keep_order, near_duplicate_groups
-from .fingerprint import Fingerprint, fingerprint
+from .fingerprint import Fingerprint, band_features, fingerprint
 from .id_overlap import find_id_overlaps, primary_matches
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class FilterConfig:
     content: bool = True                       # eval-audio matching when eval_audio is given
     near_duplicates: bool = True
     min_votes: int = 6
-    min_correlation: float = 0.8
+    min_correlation: float = 0.7
     audio_root: str | None = None              # relative flac_path values start here (work folder)
 
 
@@ -109,13 +110,25 @@ def _read_audio(path: str) -> tuple[np.ndarray, int]:
     return x.mean(axis=1), sr
 
 
-def _fingerprint_path(path: str) -> Fingerprint | None:
+def _fingerprint_path(path: str, keep_bands: bool = True) -> Fingerprint | None:
     try:
         x, sr = _read_audio(path)
     except Exception as exc:  # noqa: BLE001 - one unreadable file is counted, not fatal
         log.warning("cannot decode %s: %s", path, exc)
         return None
-    return fingerprint(x, sr)
+    return fingerprint(x, sr, keep_bands=keep_bands)
+
+
+def _bands_loader(paths: list[str]):
+    """Band features of corpus clip ``i``, recomputed from its FLAC on demand (only candidates
+    need them; keeping them for every clip would cost ~6 kB per second of audio)."""
+    @functools.lru_cache(maxsize=4096)
+    def load(i: int):
+        try:
+            return band_features(*_read_audio(paths[i]))
+        except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
+            return None
+    return load
 
 
 def eval_audio_files(eval_audio: dict[str, str]) -> list[tuple[str, str, Path]]:
@@ -207,11 +220,12 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
         has_audio = kept["flac_path"].fillna("").map(lambda p: bool(p) and os.path.isfile(p))
         report.no_audio = int((~has_audio).sum())
         kept = kept[has_audio].reset_index(drop=True)
-        fps = [_fingerprint_path(p) for p in kept["flac_path"]]
+        fps = [_fingerprint_path(p, keep_bands=False) for p in kept["flac_path"]]
         ok = [i for i, f in enumerate(fps) if f is not None]
         report.no_audio += len(fps) - len(ok)
         kept = kept.iloc[ok].reset_index(drop=True)
         fps = [fps[i] for i in ok]
+        corpus_bands = _bands_loader(list(kept["flac_path"]))
         alive = np.ones(len(kept), bool)
 
         if config.eval_audio and len(kept):
@@ -229,7 +243,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             index.build()
             matcher = ContentMatcher(index, min_votes=config.min_votes,
                                      min_correlation=config.min_correlation)
-            matches, _ = matcher.match(fps, ref_bands=lambda r: eval_meta[r][2].bands)
+            matches, _ = matcher.match(fps, ref_bands=lambda r: eval_meta[r][2].bands,
+                                       query_bands=corpus_bands)
             for qi, m in sorted(best_per_query(matches).items()):
                 name, fname, _ = eval_meta[m.ref]
                 row = kept.iloc[qi]
@@ -252,7 +267,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             matcher = ContentMatcher(index, min_votes=config.min_votes,
                                      min_correlation=config.min_correlation)
             qfps = [fps[i] for i in live]
-            matches, _ = matcher.match(qfps, ref_bands=lambda r: qfps[r].bands,
+            matches, _ = matcher.match(qfps, ref_bands=lambda r: corpus_bands(int(live[r])),
+                                       query_bands=lambda q: corpus_bands(int(live[q])),
                                        exclude_self=list(range(len(live))))
             best = {}
             for m in matches:
