@@ -128,12 +128,31 @@ def run_ours(pool: ProcessPoolExecutor, files: list[Path], out: Path, batch: int
     return sum(f for f, _ in results), sum(c for _, c in results)
 
 
+def run_ray(executor, files: list[Path], out: Path, batch: int, options: TranscodeOptions,
+            workers: int) -> tuple[int, float]:
+    """The build pipeline's own path: ``pipelines.executor`` over Ray tasks. One Ray instance
+    with 2 CPUs serves both variants: a task asks for 2 CPUs (1 at a time) or 1 (2 at a time)."""
+    records = [Record("bench", str(i), audio_path=str(p), status=Status.FETCHED)
+               for i, p in enumerate(files)]
+    records.sort(key=lambda r: -os.path.getsize(r.audio_path))
+    batches = (records[i:i + batch] for i in range(0, len(records), batch))
+    failed = []
+    executor.map_batches("laion_audio.transcode:transcode_batch", batches,
+                         kwargs={"out_dir": str(out), "options": options},
+                         on_result=lambda _i, o: failed.extend(r for r in o if r.status != Status.TRANSCODED),
+                         total=len(records), desc=f"ray x{workers}", num_cpus=2.0 / workers)
+    return len(failed), float("nan")   # CPU time of Ray workers is not visible from here
+
+
 # ----------------------------------------------------------------------------- driver
 def bench_set(name: str, files: list[Path], audio_seconds: float, repeats: int, batch: int,
-              options: TranscodeOptions, pools: dict[int, ProcessPoolExecutor]) -> dict:
+              options: TranscodeOptions, pools: dict[int, ProcessPoolExecutor],
+              executor=None) -> dict:
     print(f"\n== {name}: {len(files)} files, {audio_seconds / 60:.1f} audio-minutes, "
           f"{repeats} repeats ==", flush=True)
     variants = [("ffmpeg", 1), ("ours", 1), ("ffmpeg", 2), ("ours", 2)]
+    if executor is not None:
+        variants += [("ray", 1), ("ray", 2)]
     speeds: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
     cpu_per_audio: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
     for rep in range(repeats):
@@ -144,6 +163,8 @@ def bench_set(name: str, files: list[Path], audio_seconds: float, repeats: int, 
                 start = time.perf_counter()
                 if kind == "ffmpeg":
                     failed, cpu = run_ffmpeg(files, out, workers)
+                elif kind == "ray":
+                    failed, cpu = run_ray(executor, files, out, batch, options, workers)
                 else:
                     failed, cpu = run_ours(pools[workers], files, out, batch, options)
                 wall = time.perf_counter() - start
@@ -164,6 +185,9 @@ def bench_set(name: str, files: list[Path], audio_seconds: float, repeats: int, 
         "ours/ffmpeg 2 workers": med[("ours", 2)] / med[("ffmpeg", 2)],
         "ours 2 workers / ours 1 worker": med[("ours", 2)] / med[("ours", 1)],
         "ffmpeg 2 workers / ffmpeg 1 worker": med[("ffmpeg", 2)] / med[("ffmpeg", 1)],
+        **({"ray/ffmpeg 1 worker": med[("ray", 1)] / med[("ffmpeg", 1)],
+            "ray 2 workers / ray 1 worker": med[("ray", 2)] / med[("ray", 1)]}
+           if executor is not None else {}),
         "CPU per audio-second, ffmpeg/ours (1 worker)": (
             statistics.median(cpu_per_audio[("ffmpeg", 1)])
             / statistics.median(cpu_per_audio[("ours", 1)])),
@@ -184,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", default=["all", "clips"], choices=["all", "clips"],
                     help="all files, and/or only files under --clip-seconds")
     ap.add_argument("--clip-seconds", type=float, default=30.0)
+    ap.add_argument("--ray", action="store_true",
+                    help="also run the stage through the build pipeline's Ray executor")
     args = ap.parse_args(argv)
     if shutil.which("ffmpeg") is None:
         print("ffmpeg is not installed: no baseline to compare with", file=sys.stderr)
@@ -197,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     options = TranscodeOptions()
     pools = {w: ProcessPoolExecutor(w) for w in (1, 2)}
+    executor = None
+    if args.ray:
+        from pipelines.executor import Executor
+
+        executor = Executor(workers=2)
+        executor.start()
     try:
         for w, pool in pools.items():   # start and warm the workers before any clock runs
             list(pool.map(_warm, range(w * 2)))
@@ -207,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
             chosen = [(p, d) for p, d in inputs if name == "all" or d < args.clip_seconds]
             files = [p for p, _ in chosen] * args.copies
             seconds = sum(d for _, d in chosen) * args.copies
-            bench_set(name, files, seconds, args.repeats, args.batch, options, pools)
+            bench_set(name, files, seconds, args.repeats, args.batch, options, pools, executor)
             print(f"  parallel headroom now: {parallel_headroom(pools):.2f}x", flush=True)
     finally:
         for pool in pools.values():
             pool.shutdown()
+        if executor is not None:
+            executor.stop()
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
