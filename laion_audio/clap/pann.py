@@ -109,6 +109,8 @@ class PANN(nn.Module):
             x = self._bn0(self.logmel_extractor(self.spectrogram_extractor(batch["waveform"])))
         else:
             longer = batch["longer"].reshape(-1).bool().to(batch["mel_fusion"].device)
+            # LAION's Cnn14 flags a random item even in eval (embeddings then vary per call); we
+            # do it in training only, like its HTS-AT, so evaluation is deterministic
             if not bool(longer.any()) and self.training:
                 longer = longer.clone()
                 longer[int(torch.randint(0, longer.shape[0], (1,)))] = True
