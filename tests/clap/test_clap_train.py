@@ -180,7 +180,25 @@ def test_learns_debian_sounds_and_synthetic_classes(debian_sounds, tmp_path, cap
     debian = descriptive_debian(debian_sounds, 6)
     assert len(debian) == 6
     items += [(f"debian-{p.stem}", load_debian(p, 12.0), {"text": debian_caption(p)}) for p in debian]
-    write_shards(tmp_path / "shards", "mix", "train", items, per_shard=4)
+    # the shards come from the real build pipeline: a folder + captions.csv -> local source ->
+    # transcode -> caption -> filter -> shard, as a user would make them
+    import csv
+
+    from pipelines.build import BuildConfig, run_build
+
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    with (folder / "captions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file_name", "caption_1", "caption_2", "tags"])
+        for key, wave, meta in items:
+            sf.write(str(folder / f"{key}.flac"), wave, SR)
+            texts = meta["text"] if isinstance(meta["text"], list) else [meta["text"]]
+            w.writerow([f"{key}.flac", texts[0], texts[1] if len(texts) > 1 else "", ",".join(meta.get("tag", []))])
+    summary = run_build(BuildConfig(out=tmp_path / "build", sources={"local": {"input": str(folder), "dataset_name": "mix"}},
+                                    shards_to=str(tmp_path / "shards"), test_fraction=0.0, samples_per_shard=4,
+                                    inline=True))
+    assert summary["sources"]["mix"]["sharded"] == 12, summary
     heldout = tmp_path / "heldout"  # new renders: other durations, levels and pitch jitter
     held_rng = np.random.default_rng(1)
     for label in CLASSES:
