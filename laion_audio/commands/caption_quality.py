@@ -3,7 +3,6 @@ captioner's output (``--model`` on keyword sets taken from a caption corpus) or 
 captions already in a ledger (``--ledger``). Prints a JSON report."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 

@@ -4,7 +4,6 @@ generation, provenance is complete, and the CLI commands run end to end."""
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from dataclasses import replace
