@@ -3,7 +3,6 @@ captioner's output (``--model`` on keyword sets taken from a caption corpus) or 
 captions already in a ledger (``--ledger``). Prints a JSON report."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 
@@ -22,6 +21,7 @@ def register(sub) -> None:
                    help="held-out human captions for the fluency n-gram model")
     p.add_argument("-n", type=int, default=500, help="keyword sets to evaluate")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
+    p.add_argument("--keyword-boost", type=float, default=0.0, help="soft keyword constraint")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -42,7 +42,8 @@ def run(args) -> int:
         rng.shuffle(refs)
         refs = refs[:args.n]
         sets = [rng.sample(k, len(k)) for k in (caption_keywords(c) for c in refs)]
-        captioner = Captioner.load(args.model, params=GenerationParams(rerank_by_coverage=args.rerank))
+        captioner = Captioner.load(args.model, params=GenerationParams(rerank_by_coverage=args.rerank,
+                                                                  keyword_boost=args.keyword_boost))
         captions = captioner.generate(sets)
         report = quality_report(sets, captions, human_references=refs, lm_corpus=lm)
     else:

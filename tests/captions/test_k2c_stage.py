@@ -4,7 +4,6 @@ generation, provenance is complete, and the CLI commands run end to end."""
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -222,8 +221,8 @@ def test_cli_caption_ledger_and_quality(tiny, audioset_sets, shared_data, tmp_pa
     ledger_dir = tmp_path / "ledger"
     with Ledger(ledger_dir) as ledger:
         ledger.write(audioset_records(labels, segs[:12], as_mids=True))
-    res = _cli("caption", str(ledger_dir), "--model", str(tiny[0]),
-               "--audioset-labels", str(shared_data / "audioset"))
+    res = _cli("caption", str(ledger_dir), "--model", str(tiny[0]), "--rerank",
+               "--keyword-boost", "2", "--audioset-labels", str(shared_data / "audioset"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "12 in = 12 ok" in res.stdout
     with Ledger(ledger_dir, lock=False) as ledger:
