@@ -7,7 +7,9 @@ many queries at once. A reference that shares at least ``min_votes`` hashes at o
 :func:`fingerprint.aligned_correlation` on band envelopes, the only thing that decides.
 
 Over-full buckets (a hash that half the corpus contains, e.g. a steady hum) carry no
-evidence and cost the most; buckets above ``max_bucket`` postings are skipped at query time.
+evidence and cost the most; buckets above ``max_bucket`` postings are skipped at query time,
+and a query whose hashes would touch more than ``max(postings_per_hash * n_hashes,
+min_budget)`` postings keeps only its rarest hashes (an adaptive stop-list).
 """
 from __future__ import annotations
 
@@ -43,8 +45,10 @@ class Match:
 class FingerprintIndex:
     """Append fingerprints, then :meth:`build`; refs are numbered in insertion order."""
 
-    def __init__(self, max_bucket: int = 500):
+    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 25, min_budget: int = 50_000):
         self.max_bucket = max_bucket
+        self.postings_per_hash = postings_per_hash
+        self.min_budget = min_budget     # below this many postings a query is never thinned
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.n_hashes: list[int] = []
         self.keys: list[Hashable] = []
@@ -103,11 +107,24 @@ class FingerprintIndex:
         if not len(queries) or not len(self.hash):
             return []
         load = []
-        for q in queries:
+        queries = list(queries)
+        for k, q in enumerate(queries):
             lo = np.searchsorted(self.hash, q.hashes, side="left")
             hi = np.searchsorted(self.hash, q.hashes, side="right")
             c = hi - lo
-            load.append(int(c[c <= self.max_bucket].sum()))
+            c[c > self.max_bucket] = 0
+            budget = max(self.postings_per_hash * len(q), self.min_budget)
+            if c.sum() > budget:
+                # rarest hashes first: every hash carries the same evidence for the true
+                # reference, but popular ones cost the most, so a per-query budget keeps the
+                # cheap evidence and drops the expensive (an adaptive stop-list)
+                order = np.argsort(c, kind="stable")
+                keep = order[np.cumsum(c[order]) <= budget]
+                keep.sort()
+                q = Fingerprint(q.hashes[keep], q.times[keep], q.n_frames, q.bands)
+                queries[k] = q
+                c = c[keep]
+            load.append(int(c.sum()))
         out: list[Candidate] = []
         start = 0
         while start < len(queries):
