@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         evalsets_cache=args.evalsets_cache, eval_audio=eval_audio,
         roles=["eval"] if args.eval_only else None, youtube_window=args.youtube_window,
         source_priority=tuple(args.source_priority.split(",")) if args.source_priority else DEFAULT_SOURCE_PRIORITY,
-        content=not args.no_content, near_duplicates=not args.no_near_duplicates)
+        content=not args.no_content, near_duplicates=not args.no_near_duplicates,
+        # a build's ledger stores flac paths relative to its work folder, the ledger's parent
+        audio_root=str(Path(args.ledger).resolve().parent))
     with Ledger(args.ledger) as ledger:
         report, stats = filter_ledger(ledger, config)
     print(report.table())
