@@ -36,6 +36,10 @@ def _corpus(debian_sounds: list[Path], root: Path, n: int = 14) -> Path:
     shutil.copy(short[0], src / "alerts" / "same.ogg" if short[0].suffix == ".ogg" else src / "alerts" / f"same{short[0].suffix}")
     shutil.copy(short[1], src / "games" / f"same{short[0].suffix}")
     (src / "captions.csv").write_text(f"file_name,caption\nalerts/{short[1].name},a short alert chime\n")
+    # two long tracks that sort last: the kill -9 test needs a transcode still running
+    (src / "zz-long").mkdir()
+    for p in sorted(debian_sounds, key=lambda p: p.stat().st_size)[-2:]:
+        shutil.copy(p, src / "zz-long" / p.name)
     (src / "games" / "broken.wav").write_bytes(b"this is not audio at all")
     (src / "games" / "empty.flac").write_bytes(b"")
     return src
