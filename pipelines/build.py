@@ -162,6 +162,12 @@ def _pending(ledger: Ledger, status: str, sources: list[str], retry_failed: bool
     return records
 
 
+def _already_done(ledger: Ledger, datasets: list[str], stage_status: str) -> int:
+    """Records of ``datasets`` already at or past ``stage_status`` (shown as 'already done')."""
+    statuses = ledger.select(source=datasets).column("status").to_pylist()
+    return sum(1 for st in statuses if Status.reached(st, stage_status))
+
+
 def dataset_names(cfg: BuildConfig) -> dict[str, str]:
     """source module name -> the ``source`` value its records carry (the shard folder)."""
     out = {}
@@ -192,6 +198,7 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
                       kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
                       batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
                       transform=work.with_rel_paths)
+        s.skipped = _already_done(ledger, [dataset], Status.FETCHED) - s.succeeded
         stats.append(s)
     return stats
 
@@ -200,9 +207,11 @@ def transcode(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executo
     datasets = list(dataset_names(cfg).values())
     todo = [work.with_abs_paths(r) for r in
             _pending(ledger, Status.FETCHED, datasets, cfg.retry_failed, "transcode")]
-    return run_stage(executor, ledger, "transcode", "laion_audio.transcode:transcode_batch", todo,
-                     kwargs=dict(out_dir=str(work.root / "audio"), options=_transcode_options(cfg)),
-                     batch_size=cfg.batch_size, transform=work.with_rel_paths)
+    s = run_stage(executor, ledger, "transcode", "laion_audio.transcode:transcode_batch", todo,
+                  kwargs=dict(out_dir=str(work.root / "audio"), options=_transcode_options(cfg)),
+                  batch_size=cfg.batch_size, transform=work.with_rel_paths)
+    s.skipped = _already_done(ledger, datasets, Status.TRANSCODED) - s.succeeded
+    return s
 
 
 def _transcode_options(cfg: BuildConfig):
@@ -218,8 +227,10 @@ def caption(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor)
                   min_duration=cfg.caption_min_duration,
                   cache_path=str(work.root / "caption_cache.sqlite") if cfg.caption_model else None)
     # a model generates many captions per call: bigger batches, the cache dedups keyword sets
-    return run_stage(executor, ledger, "caption", "pipelines.build:caption_batch", todo,
-                     kwargs=kwargs, batch_size=max(cfg.batch_size, 64))
+    s = run_stage(executor, ledger, "caption", "pipelines.build:caption_batch", todo,
+                  kwargs=kwargs, batch_size=max(cfg.batch_size, 64))
+    s.skipped = _already_done(ledger, datasets, Status.CAPTIONED) - s.succeeded
+    return s
 
 
 _CAPTIONERS: dict = {}
