@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable, Sequence
 
+import numba
 import numpy as np
 
 from .fingerprint import Fingerprint, aligned_correlation
 
-_OFF_BIAS = 1 << 20            # offsets are shifted to be non-negative inside packed keys
-_OFF_BITS = 21
 
 
 @dataclass
@@ -89,6 +88,12 @@ class FingerprintIndex:
             self.ref = np.zeros(0, np.int32)
             self.time = np.zeros(0, np.int32)
         self._n_hashes_arr = np.asarray(self.n_hashes, np.int64)
+        # bucket starts indexed by hash value: a lookup is two gathers instead of two binary
+        # searches over the whole index (only for small hashes; landmarks are 22 bits)
+        self._bucket_start = None
+        if len(self.hash) and int(self.hash[-1]) < 1 << 24:
+            self._bucket_start = np.concatenate(
+                [[0], np.cumsum(np.bincount(self.hash, minlength=int(self.hash[-1]) + 1))])
         self._built = True
         return self
 
@@ -96,116 +101,57 @@ class FingerprintIndex:
     def nbytes(self) -> int:
         return self.hash.nbytes + self.ref.nbytes + self.time.nbytes
 
+    def _buckets(self, qh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first posting, posting count) of each query hash: a direct table when hashes are
+        small integers (landmarks are 22 bits), else a binary search."""
+        if self._bucket_start is not None:
+            top = len(self._bucket_start) - 1
+            q = qh.astype(np.int64)
+            lo = self._bucket_start[np.minimum(q, top)]
+            return lo, self._bucket_start[np.minimum(q + 1, top)] - lo
+        lo = np.searchsorted(self.hash, qh, side="left")
+        return lo, np.searchsorted(self.hash, qh, side="right") - lo
+
     def candidates(self, queries: Sequence[Fingerprint], *, min_votes: int = 6,
                    min_fraction: float = 0.02, top: int = 5, offsets: int = 4,
-                   exclude_self: Sequence[int] | None = None,
-                   max_postings: int = 4_000_000) -> list[Candidate]:
-        """Offset-voted candidates, computed over sub-batches of at most ``max_postings``
-        index hits so memory stays bounded (each hit costs ~60 bytes while voting)."""
-        if not self._built:
-            self.build()
-        if not len(queries) or not len(self.hash):
-            return []
-        load = []
-        queries = list(queries)
-        for k, q in enumerate(queries):
-            lo = np.searchsorted(self.hash, q.hashes, side="left")
-            hi = np.searchsorted(self.hash, q.hashes, side="right")
-            c = hi - lo
-            c[c > self.max_bucket] = 0
-            budget = max(self.postings_per_hash * len(q), self.min_budget)
-            if c.sum() > budget:
-                # rarest hashes first: every hash carries the same evidence for the true
-                # reference, but popular ones cost the most, so a per-query budget keeps the
-                # cheap evidence and drops the expensive (an adaptive stop-list)
-                order = np.argsort(c, kind="stable")
-                keep = order[np.cumsum(c[order]) <= budget]
-                keep.sort()
-                q = Fingerprint(q.hashes[keep], q.times[keep], q.n_frames, q.bands)
-                queries[k] = q
-                c = c[keep]
-            load.append(int(c.sum()))
-        out: list[Candidate] = []
-        start = 0
-        while start < len(queries):
-            end, total = start, 0
-            while end < len(queries) and (end == start or total + load[end] <= max_postings):
-                total += load[end]
-                end += 1
-            ex = None if exclude_self is None else list(exclude_self[start:end])
-            for c in self._candidates(queries[start:end], min_votes=min_votes,
-                                      min_fraction=min_fraction, top=top, offsets=offsets,
-                                      exclude_self=ex):
-                c.query += start
-                out.append(c)
-            start = end
-        return out
-
-    def _candidates(self, queries: Sequence[Fingerprint], *, min_votes: int, min_fraction: float,
-                    top: int, offsets: int, exclude_self: Sequence[int] | None) -> list[Candidate]:
+                   exclude_self: Sequence[int] | None = None) -> list[Candidate]:
         """Offset-voted candidates for a batch of query fingerprints.
 
-        ``min_fraction`` scales the vote threshold with the shorter clip's hash count, so a
-        long noisy query does not nominate by chance. ``exclude_self[i]`` is a ref to skip for
-        query ``i`` (the query itself when the index holds the corpus).
+        ``min_fraction`` scales the vote threshold with the shorter clip's hash count (the
+        hashes the query kept under its budget), so a long noisy query does not nominate by
+        chance. ``exclude_self[i]`` is a ref to skip for query ``i`` (the query itself when the
+        index holds the corpus).
         """
         if not self._built:
             self.build()
         if not len(queries) or not len(self.hash):
             return []
-        qh = np.concatenate([q.hashes for q in queries])
-        qt = np.concatenate([q.times for q in queries]).astype(np.int64)
         qn = np.array([len(q) for q in queries], np.int64)
+        qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
+        qt = np.concatenate([q.times for q in queries]).astype(np.int64)
         qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
-        lo = np.searchsorted(self.hash, qh, side="left")
-        hi = np.searchsorted(self.hash, qh, side="right")
-        cnt = hi - lo
+        lo, cnt = self._buckets(qh)
         cnt[cnt > self.max_bucket] = 0
-        total = int(cnt.sum())
-        if total == 0:
+        # per-query posting budget: every hash carries the same evidence for the true
+        # reference, but popular ones cost the most, so keep the rarest hashes whose postings
+        # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
+        budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
+        order = np.lexsort((cnt, qi))            # stable: ties keep their original order
+        cum = np.cumsum(cnt[order])
+        qs = qi[order]
+        first = np.searchsorted(qs, np.arange(len(queries)), side="left")
+        before = np.concatenate([[0], cum])[first]          # postings of earlier queries
+        keep = np.empty(len(qh), bool)
+        keep[order] = cum - before[qs] <= budget[qs]      # under budget: every prefix fits
+        qn = np.bincount(qi[keep], minlength=len(queries)).astype(np.int64)
+        lo, cnt, qt, qi = lo[keep], cnt[keep], qt[keep], qi[keep]
+        if not int(cnt.sum()):
             return []
-        # expand each query hash into its postings
-        rep = np.repeat(np.arange(len(qh)), cnt)
-        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
-        post = starts + np.arange(total)
-        refs = self.ref[post].astype(np.int64)
-        offs = self.time[post].astype(np.int64) - qt[rep] + _OFF_BIAS
-        qq = qi[rep]
-        ref_bits = max(1, len(self.keys).bit_length())
-        q_shift = ref_bits + _OFF_BITS
-        if len(queries) >= 1 << (63 - q_shift):
-            raise ValueError("query batch too large for one packed key; split it")
-        key = (qq << q_shift) | (refs << _OFF_BITS) | offs
-        key.sort()
-        uniq_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-        ukey = key[uniq_start]
-        ucnt = np.diff(np.concatenate([uniq_start, [len(key)]]))
-        # +-1 frame tolerance: add the neighbours' counts (same query and ref, offset +-1)
-        votes = ucnt.copy()
-        neighbours = []
-        for d in (-1, 1):
-            pos = np.searchsorted(ukey, ukey + d)
-            pos_ok = pos < len(ukey)
-            hit = np.zeros(len(ukey), bool)
-            hit[pos_ok] = ukey[pos[pos_ok]] == ukey[pos_ok] + d
-            votes[hit] += ucnt[pos[hit]]
-            neighbours.append((pos, hit))
-        # keep only local maxima along the offset axis (ties go to the lower offset)
-        peak = np.ones(len(ukey), bool)
-        for (pos, hit), strict in zip(neighbours, (True, False)):
-            nv = np.zeros(len(ukey), votes.dtype)
-            nv[hit] = votes[pos[hit]]
-            peak &= (votes > nv) if strict else (votes >= nv)
-        uq = ukey >> q_shift
-        ur = (ukey >> _OFF_BITS) & ((1 << ref_bits) - 1)
-        uo = (ukey & ((1 << _OFF_BITS) - 1)) - _OFF_BIAS
-        shorter = np.minimum(qn[uq], self._n_hashes_arr[ur])
-        need = np.maximum(min_votes, np.ceil(min_fraction * shorter))
-        ok = (votes >= need) & peak
-        if exclude_self is not None:
-            ex = np.asarray(exclude_self, np.int64)
-            ok &= ur != ex[uq]
-        uq, ur, uo, votes = uq[ok], ur[ok], uo[ok], votes[ok]
+        ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
+            np.asarray(exclude_self, np.int64)
+        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, qn, ex, self.ref, self.time,
+                                        self._n_hashes_arr, len(self.keys),
+                                        float(min_votes), float(min_fraction))
         if not len(uq):
             return []
         # per (query, ref): its best ``offsets`` offsets (looped material votes for several
@@ -225,6 +171,123 @@ class FingerprintIndex:
         keep &= rank[pair] < top
         return [Candidate(int(a), int(b), int(c), int(d))
                 for a, b, c, d in zip(uq[keep], ur[keep], uo[keep], votes[keep])]
+
+
+_EMPTY = np.int64(-1)
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot(keys, key, mask):
+    """Open-addressing slot of ``key`` (its own, or the empty one where it would go)."""
+    h = (np.uint64(key) * _HASH_MUL) >> np.uint64(32)
+    i = np.int64(h & np.uint64(mask))
+    while keys[i] != _EMPTY and keys[i] != key:
+        i = (i + 1) & mask
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_at(keys, vals, key, mask):
+    i = _slot(keys, key, mask)
+    return vals[i] if keys[i] == key else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction):
+    """(query, ref, offset, votes) of every offset peak that passes the vote threshold.
+
+    Query hashes arrive grouped by query; query hash ``k`` hits postings
+    ``lo[k] : lo[k] + cnt[k]``. Per query: (1) hits per ref in a dense counter; a peak never
+    collects more votes than its ref's hits, so refs below
+    ``need = max(min_votes, ceil(min_fraction * min(query hashes, ref hashes)))`` are dropped;
+    (2) the survivors' hits are counted per (ref, offset) in a hash table; (3) an offset's votes
+    are its count plus its +-1 neighbours' (one-frame tolerance), and it is kept when it reaches
+    ``need`` and is a local maximum along the offset axis (ties go to the lower offset: strictly
+    above the offset below, at least the offset above; an offset with no hits of its own is no
+    neighbour). Linear in postings, no sort.
+    """
+    max_load = 0
+    k0 = 0
+    while k0 < len(cnt):
+        k1, load = k0, 0
+        while k1 < len(cnt) and qi[k1] == qi[k0]:
+            load += cnt[k1]
+            k1 += 1
+        max_load = max(max_load, load)
+        k0 = k1
+    size = 16
+    while size < 2 * max_load:
+        size *= 2
+    mask = size - 1
+    keys = np.full(size, _EMPTY, np.int64)
+    vals = np.zeros(size, np.int32)
+    used = np.empty(max_load, np.int64)
+    per_ref = np.zeros(n_refs, np.int32)
+    cap = 1024
+    out_q = np.empty(cap, np.int64)
+    out_r = np.empty(cap, np.int64)
+    out_o = np.empty(cap, np.int64)
+    out_v = np.empty(cap, np.int64)
+    n_out = 0
+    k0 = 0
+    while k0 < len(cnt):
+        q = qi[k0]
+        k1 = k0
+        while k1 < len(cnt) and qi[k1] == q:
+            k1 += 1
+        for k in range(k0, k1):
+            for p in range(lo[k], lo[k] + cnt[k]):
+                per_ref[ref[p]] += 1
+        n_used = 0
+        for k in range(k0, k1):
+            for p in range(lo[k], lo[k] + cnt[k]):
+                r = ref[p]
+                if r == ex[q]:
+                    continue
+                need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
+                if per_ref[r] < need:
+                    continue
+                key = (np.int64(r) << 32) | (np.int64(time[p]) - qt[k] + (1 << 31))
+                i = _slot(keys, key, mask)
+                if keys[i] != key:
+                    keys[i] = key
+                    used[n_used] = i
+                    n_used += 1
+                vals[i] += 1
+        for u in range(n_used):
+            i = used[u]
+            key = keys[i]
+            r = key >> 32
+            c_lo = _count_at(keys, vals, key - 1, mask)
+            c_hi = _count_at(keys, vals, key + 1, mask)
+            v = vals[i] + c_lo + c_hi
+            need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
+            if v < need:
+                continue
+            if c_lo > 0 and v <= c_lo + vals[i] + _count_at(keys, vals, key - 2, mask):
+                continue
+            if c_hi > 0 and v < c_hi + vals[i] + _count_at(keys, vals, key + 2, mask):
+                continue
+            if n_out == cap:
+                cap *= 2
+                out_q = np.concatenate((out_q, np.empty(cap - n_out, np.int64)))
+                out_r = np.concatenate((out_r, np.empty(cap - n_out, np.int64)))
+                out_o = np.concatenate((out_o, np.empty(cap - n_out, np.int64)))
+                out_v = np.concatenate((out_v, np.empty(cap - n_out, np.int64)))
+            out_q[n_out] = q
+            out_r[n_out] = r
+            out_o[n_out] = (key & 0xFFFFFFFF) - (1 << 31)
+            out_v[n_out] = v
+            n_out += 1
+        for u in range(n_used):
+            keys[used[u]] = _EMPTY
+            vals[used[u]] = 0
+        for k in range(k0, k1):
+            for p in range(lo[k], lo[k] + cnt[k]):
+                per_ref[ref[p]] = 0
+        k0 = k1
+    return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
 
 BandsLookup = Callable[[int], "np.ndarray | None"]
