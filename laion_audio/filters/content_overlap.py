@@ -174,6 +174,8 @@ class FingerprintIndex:
 
 
 _EMPTY = np.int64(-1)
+_BIN_SHIFT = 5           # prefilter offset bins of 32 frames (a peak's evidence spans +-3)
+_FOLD = 8                # ... folded modulo 8 per ref, so the counter is dense and small
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -198,14 +200,18 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     """(query, ref, offset, votes) of every offset peak that passes the vote threshold.
 
     Query hashes arrive grouped by query; query hash ``k`` hits postings
-    ``lo[k] : lo[k] + cnt[k]``. Per query: (1) hits per ref in a dense counter; a peak never
-    collects more votes than its ref's hits, so refs below
-    ``need = max(min_votes, ceil(min_fraction * min(query hashes, ref hashes)))`` are dropped;
-    (2) the survivors' hits are counted per (ref, offset) in a hash table; (3) an offset's votes
-    are its count plus its +-1 neighbours' (one-frame tolerance), and it is kept when it reaches
-    ``need`` and is a local maximum along the offset axis (ties go to the lower offset: strictly
-    above the offset below, at least the offset above; an offset with no hits of its own is no
-    neighbour). Linear in postings, no sort.
+    ``lo[k] : lo[k] + cnt[k]``. Per query:
+    (1) hits are counted per (ref, 32-frame offset bin, folded modulo 8) in a dense counter.
+        A peak at offset ``o`` with votes ``>= need`` (``need = max(min_votes,
+        ceil(min_fraction * min(query hashes, ref hashes)))``) has all its votes, and its
+        neighbours' counts, within ``o +-3``, i.e. in the bins of its postings +-1; so a posting
+        whose three bins (folding only adds) hold fewer than ``need`` hits cannot count for,
+        or next to, any kept peak and is dropped. Noise refs mostly go here, cheaply.
+    (2) the survivors are counted per exact (ref, offset) in an open-addressing hash table;
+    (3) an offset's votes are its count plus its +-1 neighbours' (one-frame tolerance), and it
+        is kept when it reaches ``need`` and is a local maximum along the offset axis (ties go
+        to the lower offset: strictly above the offset below, at least the offset above; an
+        offset with no hits of its own is no neighbour). Linear in postings, no sort.
     """
     max_load = 0
     k0 = 0
@@ -223,7 +229,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     keys = np.full(size, _EMPTY, np.int64)
     vals = np.zeros(size, np.int32)
     used = np.empty(max_load, np.int64)
-    per_ref = np.zeros(n_refs, np.int32)
+    per_bin = np.zeros(n_refs * _FOLD, np.int32)
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
@@ -238,17 +244,23 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             k1 += 1
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
-                per_ref[ref[p]] += 1
+                off = np.int64(time[p]) - qt[k]
+                per_bin[np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))] += 1
         n_used = 0
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
-                r = ref[p]
+                r = np.int64(ref[p])
                 if r == ex[q]:
                     continue
                 need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
-                if per_ref[r] < need:
+                off = np.int64(time[p]) - qt[k]
+                b = off >> _BIN_SHIFT
+                base = r * _FOLD
+                near = (per_bin[base + ((b - 1) & (_FOLD - 1))] + per_bin[base + (b & (_FOLD - 1))]
+                        + per_bin[base + ((b + 1) & (_FOLD - 1))])
+                if near < need:
                     continue
-                key = (np.int64(r) << 32) | (np.int64(time[p]) - qt[k] + (1 << 31))
+                key = (np.int64(r) << 32) | (off + (1 << 31))
                 i = _slot(keys, key, mask)
                 if keys[i] != key:
                     keys[i] = key
@@ -285,7 +297,8 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             vals[used[u]] = 0
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
-                per_ref[ref[p]] = 0
+                off = np.int64(time[p]) - qt[k]
+                per_bin[np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))] = 0
         k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
