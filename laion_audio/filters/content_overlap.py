@@ -229,7 +229,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     keys = np.full(size, _EMPTY, np.int64)
     vals = np.zeros(size, np.int32)
     used = np.empty(max_load, np.int64)
-    per_bin = np.zeros(n_refs * _FOLD, np.int32)
+    per_bin = np.zeros(n_refs * _FOLD, np.uint16)    # saturating: 65535 hits pass any need
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
@@ -245,7 +245,9 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
                 off = np.int64(time[p]) - qt[k]
-                per_bin[np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))] += 1
+                j = np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))
+                if per_bin[j] < 65535:
+                    per_bin[j] += 1
         n_used = 0
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
@@ -256,8 +258,9 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                 off = np.int64(time[p]) - qt[k]
                 b = off >> _BIN_SHIFT
                 base = r * _FOLD
-                near = (per_bin[base + ((b - 1) & (_FOLD - 1))] + per_bin[base + (b & (_FOLD - 1))]
-                        + per_bin[base + ((b + 1) & (_FOLD - 1))])
+                near = (np.int64(per_bin[base + ((b - 1) & (_FOLD - 1))])
+                        + np.int64(per_bin[base + (b & (_FOLD - 1))])
+                        + np.int64(per_bin[base + ((b + 1) & (_FOLD - 1))]))
                 if near < need:
                     continue
                 key = (np.int64(r) << 32) | (off + (1 << 31))
