@@ -1,9 +1,11 @@
 """Content matching: an inverted index of landmark hashes, offset voting, then the aligned check.
 
-The index is three sorted numpy arrays (hash, clip, anchor time), so a lookup is a
-``searchsorted`` per query hash and a vote count over (clip, time offset) pairs, batched over
-many queries at once. A reference that shares at least ``min_votes`` hashes at one offset
-(+-1 frame) is a *candidate*; :class:`ContentMatcher` confirms it with
+The index is three numpy arrays sorted by hash (hash, clip, anchor time) plus a table of
+bucket starts indexed by hash value, so finding a query hash's postings is two gathers. Votes
+over (clip, time offset) pairs are counted by one numba kernel, :func:`_vote_peaks`, linear in
+postings (dense prefilter counters, then a hash table; no sort), for a batch of queries at
+once. A reference that shares at least ``min_votes`` hashes at one offset (+-1 frame) is a
+*candidate*; :class:`ContentMatcher` confirms it with
 :func:`fingerprint.aligned_correlation` on band envelopes, the only thing that decides.
 
 Over-full buckets (a hash that half the corpus contains, e.g. a steady hum) carry no
@@ -229,7 +231,9 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     keys = np.full(size, _EMPTY, np.int64)
     vals = np.zeros(size, np.int32)
     used = np.empty(max_load, np.int64)
-    per_bin = np.zeros(n_refs * _FOLD, np.uint16)    # saturating: 65535 hits pass any need
+    # saturating uint16 (half the cache of int32): a need above 65,535 votes would take a
+    # query and a reference of over 3 M hashes each (hours of audio)
+    per_bin = np.zeros(n_refs * _FOLD, np.uint16)
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
