@@ -11,6 +11,8 @@ from urllib.parse import quote
 from ._audio import make_audio
 from ._server import Catalogue, Reply, ReplayApp, Request
 
+#: The site's 43 categories, kept apart from ``crawlers.epidemic.CATEGORIES`` on purpose: the
+#: replay plays the site, so a typo in the crawler's list shows up as a missing category in tests.
 CATEGORIES = (
     "Aircraft", "Ambience", "Animals", "Birds", "Boats", "Body", "Chairs", "Crashes", "Crowds",
     "Debris", "Doors", "Electric", "Fight", "Fire", "Foley", "Glass", "Gore", "Guns", "Household",
