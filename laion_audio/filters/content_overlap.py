@@ -319,14 +319,37 @@ class ContentMatcher:
 
     def __init__(self, index: FingerprintIndex, *, min_votes: int = 6, min_fraction: float = 0.02,
                  min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5,
-                 offsets: int = 4):
+                 offsets: int = 8, dense_span: int = 256):
         self.index = index
+        self.dense_span = dense_span
         self.min_votes = min_votes
         self.min_fraction = min_fraction
         self.min_correlation = min_correlation
         self.min_overlap_seconds = min_overlap_seconds
         self.top = top
         self.offsets = offsets
+
+    def _confirm(self, qb: np.ndarray, rb: np.ndarray, offsets: list[int]) -> tuple[float, int, int]:
+        """Best aligned correlation over a pair's voted offsets: (score, overlap, offset).
+
+        Repetitive sounds (a buzz, a loop, a sustained chord) vote for a comb of offsets one
+        period apart, and the true one need not be among the best-voted few; when the voted
+        offsets span at most ``dense_span`` frames the whole span is searched, frame by
+        feature frame, else each voted offset +-2 feature frames."""
+        from .fingerprint import BAND_DECIMATE
+
+        lo, hi = min(offsets), max(offsets)
+        if hi - lo <= self.dense_span:
+            search = (hi - lo) // (2 * BAND_DECIMATE) + 3
+            centres = [(lo + hi) // 2]
+        else:
+            search, centres = 2, offsets
+        best = (-1.0, 0, offsets[0])
+        for o in centres:
+            score, n, d = aligned_correlation(qb, rb, o, search=search, return_offset=True)
+            if score > best[0]:
+                best = (score, n, d * BAND_DECIMATE)
+        return best
 
     def match(self, queries: Sequence[Fingerprint], ref_bands: BandsLookup,
               query_bands: BandsLookup | None = None,
@@ -337,18 +360,20 @@ class ContentMatcher:
         cands = self.index.candidates(queries, min_votes=self.min_votes,
                                       min_fraction=self.min_fraction, top=self.top,
                                       offsets=self.offsets, exclude_self=exclude_self)
-        best: dict[tuple[int, int], Match] = {}
+        by_pair: dict[tuple[int, int], list[Candidate]] = {}
         for c in cands:
-            qb = queries[c.query].bands if query_bands is None else query_bands(c.query)
-            rb = ref_bands(c.ref)
+            by_pair.setdefault((c.query, c.ref), []).append(c)
+        best: dict[tuple[int, int], Match] = {}
+        for (q, r), group in by_pair.items():
+            qb = queries[q].bands if query_bands is None else query_bands(q)
+            rb = ref_bands(r)
             if qb is None or rb is None:
                 continue
-            score, n = aligned_correlation(qb, rb, c.offset)
+            score, n, offset = self._confirm(qb, rb, [c.offset for c in group])
             overlap = n * BAND_DECIMATE * FRAME_SECONDS
             if score >= self.min_correlation and overlap >= self.min_overlap_seconds:
-                prev = best.get((c.query, c.ref))
-                if prev is None or score > prev.score:
-                    best[(c.query, c.ref)] = Match(c.query, c.ref, c.offset, c.votes, score, overlap)
+                votes = max(c.votes for c in group)
+                best[(q, r)] = Match(q, r, offset, votes, score, overlap)
         out = list(best.values())
         out.sort(key=lambda m: (m.query, -m.score, m.ref))
         return out, len(cands)

@@ -178,21 +178,22 @@ def band_features(samples: np.ndarray, sr: int) -> np.ndarray:
 
 def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
                         search: int = 2, min_overlap: int = 12,
-                        range_db: float = 30.0) -> tuple[float, int]:
+                        range_db: float = 30.0, return_offset: bool = False):
     """Best envelope correlation of band features ``a`` (query) and ``b`` (reference).
 
     ``offset_frames`` (8 ms frames, reference minus query) comes from the landmark vote; we
     search +-``search`` feature frames around it. Each band's mean over the overlap is removed
     so gain and spectral colour cancel, and each frame's mean so a loudness contour shared by
     any two sounds cancels; what is left is the spectro-temporal pattern. Returns
-    (correlation, overlap in feature frames).
+    (correlation, overlap in feature frames), plus the best feature-frame offset when
+    ``return_offset``.
     """
     # each clip's cells are floored 30 dB under its loudest cell, so added noise and
     # near-silence (which carry no identity) flatten out instead of decorrelating
     a = a.astype(np.float32)
     b = b.astype(np.float32)
     base = int(round(offset_frames / BAND_DECIMATE))
-    best, best_n = -1.0, 0
+    best, best_n, best_d = -1.0, 0, base
     for d in range(base - search, base + search + 1):
         # query frame i aligns with reference frame i + d
         i0 = max(0, -d)
@@ -213,5 +214,5 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
             continue
         c = float((x * y).sum() / den)
         if c > best:
-            best, best_n = c, n
-    return best, best_n
+            best, best_n, best_d = c, n, d
+    return (best, best_n, best_d) if return_offset else (best, best_n)
