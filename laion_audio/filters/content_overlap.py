@@ -46,7 +46,7 @@ class Match:
 class FingerprintIndex:
     """Append fingerprints, then :meth:`build`; refs are numbered in insertion order."""
 
-    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 25, min_budget: int = 50_000):
+    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 15, min_budget: int = 30_000):
         self.max_bucket = max_bucket
         self.postings_per_hash = postings_per_hash
         self.min_budget = min_budget     # below this many postings a query is never thinned
@@ -138,13 +138,7 @@ class FingerprintIndex:
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
         budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        order = np.lexsort((cnt, qi))            # stable: ties keep their original order
-        cum = np.cumsum(cnt[order])
-        qs = qi[order]
-        first = np.searchsorted(qs, np.arange(len(queries)), side="left")
-        before = np.concatenate([[0], cum])[first]          # postings of earlier queries
-        keep = np.empty(len(qh), bool)
-        keep[order] = cum - before[qs] <= budget[qs]      # under budget: every prefix fits
+        keep = _keep_rarest(cnt, qn, budget)
         qn = np.bincount(qi[keep], minlength=len(queries)).astype(np.int64)
         lo, cnt, qt, qi = lo[keep], cnt[keep], qt[keep], qi[keep]
         if not int(cnt.sum()):
@@ -179,6 +173,25 @@ _EMPTY = np.int64(-1)
 _BIN_SHIFT = 5           # prefilter offset bins of 32 frames (a peak's evidence spans +-3)
 _FOLD = 8                # ... folded modulo 8 per ref, so the counter is dense and small
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_rarest(cnt, qn, budget):
+    """Per query (hashes grouped by query, ``qn`` each): keep its rarest hashes, ties in
+    order, while their postings fit in ``budget[q]``."""
+    keep = np.zeros(len(cnt), np.bool_)
+    k0 = 0
+    for q in range(len(qn)):
+        k1 = k0 + qn[q]
+        order = np.argsort(cnt[k0:k1], kind="mergesort")
+        used = 0
+        for i in order:
+            used += cnt[k0 + i]
+            if used > budget[q]:
+                break
+            keep[k0 + i] = True
+        k0 = k1
+    return keep
 
 
 @numba.njit(cache=True, nogil=True)
@@ -231,9 +244,10 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     keys = np.full(size, _EMPTY, np.int64)
     vals = np.zeros(size, np.int32)
     used = np.empty(max_load, np.int64)
-    # saturating uint16 (half the cache of int32): a need above 65,535 votes would take a
-    # query and a reference of over 3 M hashes each (hours of audio)
-    per_bin = np.zeros(n_refs * _FOLD, np.uint16)
+    bins = np.empty(max_load, np.int64)      # each posting's prefilter counter, pass 1 -> 2, 3
+    # saturating uint8 counters: the table stays in L2 (800 kB at 100k refs). The prefilter
+    # only rejects below min(need, 255); the exact count in step (2) decides the rest
+    per_bin = np.zeros(n_refs * _FOLD, np.uint8)
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
@@ -246,27 +260,35 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         k1 = k0
         while k1 < len(cnt) and qi[k1] == q:
             k1 += 1
+        n_post = 0
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
                 off = np.int64(time[p]) - qt[k]
                 j = np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))
-                if per_bin[j] < 65535:
+                bins[n_post] = j
+                n_post += 1
+                if per_bin[j] < 255:
                     per_bin[j] += 1
         n_used = 0
+        n_post = 0
         for k in range(k0, k1):
             for p in range(lo[k], lo[k] + cnt[k]):
-                r = np.int64(ref[p])
+                j = bins[n_post]
+                n_post += 1
+                base = j & ~np.int64(_FOLD - 1)
+                b = j & (_FOLD - 1)
+                near = (np.int64(per_bin[base + ((b - 1) & (_FOLD - 1))])
+                        + np.int64(per_bin[j])
+                        + np.int64(per_bin[base + ((b + 1) & (_FOLD - 1))]))
+                if near < min_votes:
+                    continue
+                r = base // _FOLD
                 if r == ex[q]:
                     continue
                 need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
-                off = np.int64(time[p]) - qt[k]
-                b = off >> _BIN_SHIFT
-                base = r * _FOLD
-                near = (np.int64(per_bin[base + ((b - 1) & (_FOLD - 1))])
-                        + np.int64(per_bin[base + (b & (_FOLD - 1))])
-                        + np.int64(per_bin[base + ((b + 1) & (_FOLD - 1))]))
-                if near < need:
+                if near < min(need, 255):
                     continue
+                off = np.int64(time[p]) - qt[k]
                 key = (np.int64(r) << 32) | (off + (1 << 31))
                 i = _slot(keys, key, mask)
                 if keys[i] != key:
@@ -302,10 +324,8 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         for u in range(n_used):
             keys[used[u]] = _EMPTY
             vals[used[u]] = 0
-        for k in range(k0, k1):
-            for p in range(lo[k], lo[k] + cnt[k]):
-                off = np.int64(time[p]) - qt[k]
-                per_bin[np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))] = 0
+        for i in range(n_post):
+            per_bin[bins[i]] = 0
         k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
@@ -329,27 +349,29 @@ class ContentMatcher:
         self.top = top
         self.offsets = offsets
 
-    def _confirm(self, qb: np.ndarray, rb: np.ndarray, offsets: list[int]) -> tuple[float, int, int]:
+    def _confirm(self, qb: np.ndarray, rb: np.ndarray, offsets: list[int],
+                 votes: int) -> tuple[float, int, int]:
         """Best aligned correlation over a pair's voted offsets: (score, overlap, offset).
 
-        Repetitive sounds (a buzz, a loop, a sustained chord) vote for a comb of offsets one
-        period apart, and the true one need not be among the best-voted few; when the voted
-        offsets span at most ``dense_span`` frames the whole span is searched, frame by
-        feature frame, else each voted offset +-2 feature frames."""
-        from .fingerprint import BAND_DECIMATE
+        Each voted offset is checked +-2 feature frames. Repetitive sounds (a buzz, a loop, a
+        sustained chord) vote for a comb of offsets one period apart, and the true one need
+        not be among the best-voted; so when none confirms, the pair's best offset has at
+        least ``4 * min_votes`` votes (a comb, not a chance hit) and the voted offsets span at
+        most ``dense_span`` frames, the whole span is searched feature frame by feature frame
+        (a fallback: it costs ~10x the first pass, and true copies rarely need it)."""
+        from .fingerprint import BAND_DECIMATE, correlation_at
 
+        near = sorted({round(o / BAND_DECIMATE) + s for o in offsets for s in range(-2, 3)})
+        score, n, d = correlation_at(qb, rb, near)
         lo, hi = min(offsets), max(offsets)
-        if hi - lo <= self.dense_span:
-            search = (hi - lo) // (2 * BAND_DECIMATE) + 3
-            centres = [(lo + hi) // 2]
-        else:
-            search, centres = 2, offsets
-        best = (-1.0, 0, offsets[0])
-        for o in centres:
-            score, n, d = aligned_correlation(qb, rb, o, search=search, return_offset=True)
-            if score > best[0]:
-                best = (score, n, d * BAND_DECIMATE)
-        return best
+        if (score < self.min_correlation and 0 < hi - lo <= self.dense_span
+                and votes >= 4 * self.min_votes):
+            dense = [x for x in range(lo // BAND_DECIMATE - 3, hi // BAND_DECIMATE + 4)
+                     if x not in set(near)]
+            s2, n2, d2 = correlation_at(qb, rb, dense)
+            if s2 > score:
+                score, n, d = s2, n2, d2
+        return score, n, (offsets[0] if d is None else d * BAND_DECIMATE)
 
     def match(self, queries: Sequence[Fingerprint], ref_bands: BandsLookup,
               query_bands: BandsLookup | None = None,
@@ -369,7 +391,8 @@ class ContentMatcher:
             rb = ref_bands(r)
             if qb is None or rb is None:
                 continue
-            score, n, offset = self._confirm(qb, rb, [c.offset for c in group])
+            score, n, offset = self._confirm(qb, rb, [c.offset for c in group],
+                                             max(c.votes for c in group))
             overlap = n * BAND_DECIMATE * FRAME_SECONDS
             if score >= self.min_correlation and overlap >= self.min_overlap_seconds:
                 votes = max(c.votes for c in group)

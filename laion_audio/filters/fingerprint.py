@@ -55,6 +55,9 @@ class Fingerprint:
     times: np.ndarray           # int32, anchor frame
     n_frames: int
     bands: np.ndarray | None = None   # float16 [frames/2, bands]
+    #: per hash: the weaker of its two peaks, dB above its block's floor (uint8). Strong
+    #: pairs survive MP3, noise and gain; a lookup with a posting budget spends it on them.
+    strength: np.ndarray | None = None
 
     @property
     def duration(self) -> float:
@@ -82,8 +85,8 @@ def _log_spectrogram(x: np.ndarray) -> np.ndarray:
     return 20.0 * np.log10(spec + 1e-9)
 
 
-def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(frame, bin) of local maxima, at most PEAKS_PER_BLOCK per block, strongest first."""
+def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, bin, dB above the floor) of local maxima, at most ``per_block`` per block."""
     band = S[:, F_MIN:F_MAX]
     top = band.max()
     mx = maximum_filter(band, size=(NEIGH_T, NEIGH_F), mode="constant", cval=-np.inf)
@@ -101,24 +104,27 @@ def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray]:
     floor = np.maximum(block_max - FLOOR_DB, top - GLOBAL_FLOOR_DB)
     t, f = np.nonzero(is_peak & (band > floor[:, None]))
     if len(t) == 0:
-        return t.astype(np.int32), f.astype(np.int32)
+        return t.astype(np.int32), f.astype(np.int32), np.zeros(0, np.float32)
     mag = band[t, f]
+    above = mag - floor[t]
     block = t // BLOCK
     order = np.lexsort((-mag, block))
-    t, f, block = t[order], f[order], block[order]
+    t, f, block, above = t[order], f[order], block[order], above[order]
     start = np.searchsorted(block, block, side="left")
     rank = np.arange(len(block)) - start
     keep = rank < per_block
-    t, f = t[keep], f[keep] + F_MIN
+    t, f, above = t[keep], f[keep] + F_MIN, above[keep]
     order = np.lexsort((f, t))
-    return t[order].astype(np.int32), f[order].astype(np.int32)
+    return t[order].astype(np.int32), f[order].astype(np.int32), above[order]
 
 
-def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hash each peak with its next ``fan_out`` peaks in the target zone."""
+def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hash each peak with its next ``fan_out`` peaks in the target zone: (hashes, anchor
+    times, anchor index, target index)."""
     n = len(t)
+    empty = np.zeros(0, np.int64)
     if n < 2:
-        return np.zeros(0, np.uint32), np.zeros(0, np.int32)
+        return np.zeros(0, np.uint32), np.zeros(0, np.int32), empty, empty
     anchors, targets = [], []
     taken = np.zeros(n, np.int32)
     for k in range(1, min(n, 4 * fan_out)):
@@ -136,12 +142,12 @@ def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.n
         anchors.append(i[ok])
         targets.append(j[ok])
     if not anchors:
-        return np.zeros(0, np.uint32), np.zeros(0, np.int32)
+        return np.zeros(0, np.uint32), np.zeros(0, np.int32), empty, empty
     a = np.concatenate(anchors)
     b = np.concatenate(targets)
     h = ((f[a].astype(np.uint32) << 13) | ((f[b] - f[a] + 64).astype(np.uint32) << 6)
          | (t[b] - t[a]).astype(np.uint32))
-    return h, t[a]
+    return h, t[a], a, b
 
 
 def _bands(S: np.ndarray) -> np.ndarray:
@@ -165,9 +171,10 @@ def fingerprint(samples: np.ndarray, sr: int, *, keep_bands: bool = True) -> Fin
         return Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), len(x) // HOP, None)
     S = _log_spectrogram(x)
     # one density for every clip: pairs only match when both sides picked the same peaks
-    t, f = _peaks(S, PEAKS_PER_BLOCK)
-    h, ta = _pairs(t, f, FAN_OUT)
-    return Fingerprint(h, ta, len(S), _bands(S) if keep_bands else None)
+    t, f, above = _peaks(S, PEAKS_PER_BLOCK)
+    h, ta, a, b = _pairs(t, f, FAN_OUT)
+    strength = np.clip(np.minimum(above[a], above[b]), 0, 255).astype(np.uint8)
+    return Fingerprint(h, ta, len(S), _bands(S) if keep_bands else None, strength)
 
 
 def band_features(samples: np.ndarray, sr: int) -> np.ndarray:
@@ -188,13 +195,24 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
     (correlation, overlap in feature frames), plus the best feature-frame offset when
     ``return_offset``.
     """
+    base = int(round(offset_frames / BAND_DECIMATE))
+    best, best_n, best_d = correlation_at(a, b, range(base - search, base + search + 1),
+                                          min_overlap=min_overlap, range_db=range_db)
+    if best_d is None:
+        best_d = base
+    return (best, best_n, best_d) if return_offset else (best, best_n)
+
+
+def correlation_at(a: np.ndarray, b: np.ndarray, feature_offsets, *, min_overlap: int = 12,
+                   range_db: float = 30.0) -> tuple[float, int, int | None]:
+    """(correlation, overlap, feature offset) of the best of ``feature_offsets`` (query frame
+    ``i`` against reference frame ``i + d``); see :func:`aligned_correlation`."""
     # each clip's cells are floored 30 dB under its loudest cell, so added noise and
     # near-silence (which carry no identity) flatten out instead of decorrelating
     a = a.astype(np.float32)
     b = b.astype(np.float32)
-    base = int(round(offset_frames / BAND_DECIMATE))
-    best, best_n, best_d = -1.0, 0, base
-    for d in range(base - search, base + search + 1):
+    best, best_n, best_d = -1.0, 0, None
+    for d in feature_offsets:
         # query frame i aligns with reference frame i + d
         i0 = max(0, -d)
         i1 = min(len(a), len(b) - d)
@@ -215,4 +233,4 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
         c = float((x * y).sum() / den)
         if c > best:
             best, best_n, best_d = c, n, d
-    return (best, best_n, best_d) if return_offset else (best, best_n)
+    return best, best_n, best_d
