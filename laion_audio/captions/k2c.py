@@ -244,7 +244,19 @@ class KeywordBoost:
         # keep the caption running to max_new_tokens
         self.limit = torch.tensor([4 + 3 * len(u) for u in units], device=device
                                   ).repeat_interleave(num_beams)
-        self.boost, self.eos_id = boost, eos_id
+        self.boost, self.eos_id, self.num_beams = boost, eos_id, num_beams
+
+    def select(self, items):
+        """The processor for a batch reduced to ``items`` (beam.py drops finished items)."""
+        import copy
+
+        import torch
+
+        rows = (items[:, None] * self.num_beams
+                + torch.arange(self.num_beams, device=items.device)).reshape(-1)
+        kept = copy.copy(self)
+        kept.mask, kept.has_tokens, kept.limit = self.mask[rows], self.has_tokens[rows], self.limit[rows]
+        return kept
 
     def __call__(self, input_ids, scores):
         import torch
