@@ -134,6 +134,40 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         return _beam_search(model, input_ids, attention_mask, cfg, processors)
 
 
+def _encode_packed(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The T5 encoder with its per-token work (projections, feed-forward, norms) on real tokens
+    only; attention runs on the padded layout with HF's mask, so real tokens get HF's values.
+
+    Returns (hidden states of the real tokens, (n, d_model); their flat positions in the
+    padded ``(batch * src_len)`` layout)."""
+    enc = model.get_encoder()
+    blocks = list(enc.block)
+    batch, length = input_ids.shape
+    real = attention_mask.reshape(-1).nonzero()[:, 0]
+    hidden = enc.dropout(enc.embed_tokens(input_ids.reshape(-1).index_select(0, real)))
+    first = blocks[0].layer[0].SelfAttention
+    d_kv = first.key_value_proj_dim
+    bias = first.compute_bias(length, length, device=input_ids.device)          # (1, H, L, L)
+    mask = torch.where(attention_mask[:, None, None, :].bool(), bias,
+                       torch.finfo(hidden.dtype).min).contiguous()
+
+    def padded(x):       # (n, inner) real rows -> (batch, heads, length, d_kv), zeros for padding
+        out = x.new_zeros((batch * length, x.shape[-1]))
+        out.index_copy_(0, real, x)
+        return out.view(batch, length, -1, d_kv).transpose(1, 2)
+
+    for block in blocks:
+        sa = block.layer[0]
+        att = sa.SelfAttention
+        normed = sa.layer_norm(hidden)
+        out = F.scaled_dot_product_attention(padded(att.q(normed)), padded(att.k(normed)),
+                                             padded(att.v(normed)), attn_mask=mask, scale=att.scaling)
+        out = out.transpose(1, 2).reshape(batch * length, -1).index_select(0, real)
+        hidden = _clamp_fp16(hidden + sa.dropout(att.o(out)))
+        hidden = _clamp_fp16(block.layer[-1](hidden))
+    return enc.dropout(enc.final_layer_norm(hidden)), real
+
+
 class _T5Decoder:
     """One-token decoder steps of a T5ForConditionalGeneration with our cache layout.
 
@@ -141,7 +175,8 @@ class _T5Decoder:
     with the same SDPA call HF makes, except that cross-attention takes an item's ``num_beams``
     queries at once against that item's keys/values (computed once, never reordered)."""
 
-    def __init__(self, model, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor, num_beams: int):
+    def __init__(self, model, encoder_hidden: torch.Tensor, real: torch.Tensor,
+                 encoder_mask: torch.Tensor, num_beams: int):
         self.model, self.num_beams = model, num_beams
         dec = model.get_decoder()
         self.blocks = list(dec.block)
@@ -151,14 +186,18 @@ class _T5Decoder:
         self.d_kv = self.bias_attention.key_value_proj_dim
         self.scale_out = (model.model_dim ** -0.5) if getattr(
             model.config, "scale_decoder_outputs", model.config.tie_word_embeddings) else None
-        items, src = encoder_hidden.shape[:2]
-        # cross-attention keys/values: (items, heads, src_len, d_kv) per layer
+        items, src = encoder_mask.shape
+
+        def padded(x):   # real tokens -> (items, heads, src_len, d_kv); padding is masked out
+            out = x.new_zeros((items * src, x.shape[-1]))
+            out.index_copy_(0, real, x)
+            return out.view(items, src, -1, self.d_kv).transpose(1, 2)
+
+        # cross-attention keys/values: (items, heads, src_len, d_kv) per layer, once per item
         self.cross = []
         for block in self.blocks:
             att = block.layer[1].EncDecAttention
-            k = att.k(encoder_hidden).view(items, src, -1, self.d_kv).transpose(1, 2)
-            v = att.v(encoder_hidden).view(items, src, -1, self.d_kv).transpose(1, 2)
-            self.cross.append((k, v))
+            self.cross.append((padded(att.k(encoder_hidden)), padded(att.v(encoder_hidden))))
         # HF's mask: position bias (zeros for cross-attention) where attended, dtype min elsewhere
         zero = torch.zeros((), dtype=encoder_hidden.dtype, device=encoder_hidden.device)
         self.cross_mask = torch.where(encoder_mask[:, None, None, :].bool(), zero,
@@ -173,10 +212,11 @@ class _T5Decoder:
         self.self_kv = [None if kv is None else (kv[0].index_select(0, rows), kv[1].index_select(0, rows))
                         for kv in self.self_kv]
 
-    def step(self, tokens: torch.Tensor, past: int) -> torch.Tensor:
-        """Logits (rows, vocab) in float32 for one new token per row at position ``past``."""
+    def step(self, tokens: torch.Tensor, past: int, beams: int) -> torch.Tensor:
+        """Logits (rows, vocab) in float32 for one new token per row at position ``past``;
+        rows are grouped by item, ``beams`` rows per item."""
         rows = tokens.shape[0]
-        items = rows // self.num_beams
+        items = rows // beams
         hidden = self.embed(tokens[:, None])                                   # (rows, 1, d)
         bias = self.bias_attention.compute_bias(1, past + 1, device=hidden.device,
                                                 past_seen_tokens=past).contiguous()
@@ -199,7 +239,7 @@ class _T5Decoder:
             ca = block.layer[1]
             att = ca.EncDecAttention
             normed = ca.layer_norm(hidden)
-            q = att.q(normed).view(items, self.num_beams, -1, self.d_kv).transpose(1, 2)
+            q = att.q(normed).view(items, beams, -1, self.d_kv).transpose(1, 2)
             ck, cv = self.cross[i]
             out = F.scaled_dot_product_attention(q, ck, cv, attn_mask=self.cross_mask, scale=att.scaling)
             out = out.transpose(1, 2).contiguous().reshape(rows, 1, -1)
@@ -244,9 +284,8 @@ def _beam_search(model, input_ids, attention_mask, cfg, processors) -> torch.Lon
     keep_k = max(2, 1 + eos.shape[0]) * nb
     top_nb_mask = torch.cat((torch.ones(nb, dtype=torch.bool), torch.zeros(keep_k - nb, dtype=torch.bool))).to(device)
 
-    encoder_hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                         return_dict=True).last_hidden_state
-    decoder = _T5Decoder(model, encoder_hidden, attention_mask, nb)
+    encoder_hidden, real = _encode_packed(model, input_ids, attention_mask)
+    decoder = _T5Decoder(model, encoder_hidden, real, attention_mask, nb)
 
     # per active item state; `alive` maps active position -> input index
     alive = torch.arange(batch, device=device)
@@ -267,8 +306,13 @@ def _beam_search(model, input_ids, attention_mask, cfg, processors) -> torch.Lon
     while True:
         items = alive.shape[0]
         rows = items * nb
-        logits = decoder.step(running[:, :, cur_len - 1].reshape(rows), cur_len - 1)
-        log_probs = F.log_softmax(logits, dim=-1)
+        first = cur_len == prompt_len
+        if first:   # all beams of an item hold the same prompt: decode one row, copy its scores
+            logits = decoder.step(running[:, 0, 0], 0, beams=1)
+            log_probs = F.log_softmax(logits, dim=-1).repeat_interleave(nb, dim=0)
+        else:
+            logits = decoder.step(running[:, :, cur_len - 1].reshape(rows), cur_len - 1, beams=nb)
+            log_probs = F.log_softmax(logits, dim=-1)
         flat = running[:, :, :cur_len].reshape(rows, cur_len)
         for proc in processors:
             log_probs = proc(flat, log_probs)
@@ -335,8 +379,9 @@ def _beam_search(model, input_ids, attention_mask, cfg, processors) -> torch.Lon
             processors = [p.select(keep) if hasattr(p, "select") else p for p in processors]
         else:
             keep = None
-        source_rows = (torch.arange(alive.shape[0], device=device)[:, None] * nb if keep is None
-                       else keep[:, None] * nb) + source_beam
+        base = torch.arange(alive.shape[0], device=device) if keep is None else keep
+        # the cache holds one row per item after the first step, num_beams rows after later ones
+        source_rows = base[:, None].expand(-1, nb) if first else base[:, None] * nb + source_beam
         decoder.select(keep, source_rows.reshape(-1))
 
     seqs = out_seqs[:, :n_return].reshape(batch * n_return, max_length)
