@@ -251,7 +251,7 @@ class _T5Decoder:
         if self.scale_out is not None:
             hidden = hidden * self.scale_out
         logits = self.model.lm_head(hidden)
-        return logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        return logits[:, -1, :].float()     # HF copies here; same values, one 3 MB copy less
 
 
 def _clamp_fp16(hidden: torch.Tensor) -> torch.Tensor:
