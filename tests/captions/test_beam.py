@@ -92,6 +92,7 @@ def test_bfloat16_takes_the_same_path(captioner, label_sets):
     assert torch.equal(beam.generate(model, **enc, **kwargs), hf_generate(model, enc, kwargs))
 
 
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
 def test_unsupported_settings_fall_back_to_hf_generate(captioner, label_sets):
     enc, kwargs = inputs_and_kwargs(captioner, label_sets[:6], VARIANTS["keytotext"])
     for change, reason in (({"repetition_penalty": 1.3}, "repetition_penalty"),
