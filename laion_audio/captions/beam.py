@@ -4,9 +4,12 @@ HF's beam search (transformers 5.x ``GenerationMixin._beam_search``) decodes the
 until its longest item ends, and every step reorders the whole cache, the cross-attention
 keys/values included, although those never change between the beams of one item. Here:
 
-* the encoder runs once per batch and each decoder layer's cross-attention keys/values are
-  computed once per *item* (not per beam) and never reordered: the ``num_beams`` queries of an
-  item attend to them together;
+* the encoder runs once per batch, its per-token work (projections, feed-forward, norms) on
+  real tokens only (attention keeps HF's padded layout and mask, so values stay HF's);
+* each decoder layer's cross-attention keys/values are computed once per *item* (not per
+  beam) and never reordered: the ``num_beams`` queries of an item attend to them together;
+* the first step decodes one row per item (all beams hold the same prompt; HF decodes
+  ``num_beams`` identical rows);
 * only the self-attention cache is reordered by beam index (that is inherent to beam search);
 * an item leaves the batch as soon as HF would freeze it (with ``early_stopping=True``: once it
   holds ``num_beams`` finished hypotheses), so compute follows the live rows.
@@ -16,8 +19,10 @@ The scoring is HF's, step for step: log-softmax, the logits processors (HF's own
 item, only EOS among the top ``num_beams`` enters the finished list, finished score =
 sum of log-probs / (generated tokens incl. EOS) ** length_penalty, HF's early-stop heuristic,
 and the same output layout (``num_return_sequences`` rows per input, best first, right-filled
-like HF). Same model call shapes where it matters, so results equal ``model.generate`` except
-where a float rounding difference flips a near-tie (see tests/captions/test_beam.py).
+like HF). Per-row arithmetic is HF's (same modules, same SDPA call, same fp32 scoring), so
+token ids equal ``model.generate``'s exactly in every check so far (tests/captions/test_beam.py;
+64 benchmark sets on the 3.7M evaluation model); a different BLAS could in principle round a
+row differently when the batch shrinks and flip a near-tie.
 
 Supported: ``T5ForConditionalGeneration`` (our ``train-captioner`` folders and the
 keytotext-era t5-base/t5-small fine-tunes) in eval mode with SDPA attention, beam search
@@ -25,7 +30,7 @@ without sampling, ``max_new_tokens`` set, and a generation config whose only bui
 processor is no-repeat-ngram. Anything else (other model types, eager/flash attention,
 sampling, repetition penalty, min length, forced tokens, bad words, ``return_dict_in_generate``
 ...) falls back to ``model.generate`` (``why_unsupported`` says why). Device- and
-dtype-agnostic (CUDA/bf16 takes the same path; untested here, no GPU).
+dtype-agnostic: CUDA/bf16 take the same code (bf16 equals HF on CPU; CUDA untested, no GPU).
 
 A caller's logits processor is called as HF calls it, ``processor(input_ids, scores)`` with
 rows grouped by item (``num_beams`` rows each, items in input order). Because finished items
