@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, LogitsProcessorList
+from transformers import (BartConfig, BartForConditionalGeneration, LogitsProcessorList, T5Config,
+                          T5ForConditionalGeneration)
 
 from laion_audio.captions import beam
 from laion_audio.captions.k2c import GenerationParams, KeywordBoost, format_keywords
@@ -90,6 +91,29 @@ def test_bfloat16_takes_the_same_path(captioner, label_sets):
     enc, kwargs = inputs_and_kwargs(captioner, label_sets[:16], VARIANTS["keytotext"])
     assert beam.why_unsupported(model, kwargs) is None
     assert torch.equal(beam.generate(model, **enc, **kwargs), hf_generate(model, enc, kwargs))
+
+
+@pytest.mark.parametrize("feed_forward, tied", [("gated-gelu", False), ("relu", True)])
+def test_other_t5_layouts_equal_hf_generate(feed_forward, tied):
+    """t5 v1.1/flan-style gated feed-forward with an untied head, and t5-base-style relu with a
+    tied, rescaled head: random weights, EOS made likely so items end at different steps."""
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=200, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_heads=4, feed_forward_proj=feed_forward, tie_word_embeddings=tied,
+        decoder_start_token_id=0)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[1] *= 4                                     # EOS
+    ids = torch.randint(2, 200, (24, 9))
+    mask = torch.ones_like(ids)
+    for i in range(24):                                                  # right padding, EOS last
+        n = 2 + i % 8
+        ids[i, n - 1], ids[i, n:], mask[i, n:] = 1, 0, 0
+    kwargs = GenerationParams(max_new_tokens=16).generate_kwargs()
+    assert beam.why_unsupported(model, kwargs) is None
+    ours = beam.generate(model, ids, mask, **kwargs)
+    assert torch.equal(ours, hf_generate(model, {"input_ids": ids, "attention_mask": mask}, kwargs))
+    assert len({int((row != 1).sum()) for row in ours}) > 3              # lengths really vary
 
 
 @pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
