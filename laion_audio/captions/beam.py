@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
+_reported: set[str] = set()
 
 #: generate() keyword arguments this module understands; any other one means "use HF".
 _OUR_KWARGS = {"num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens",
@@ -118,7 +119,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     with the decoder start token. Falls back to ``model.generate`` when unsupported."""
     reason = why_unsupported(model, generate_kwargs)
     if reason is not None:
-        log.debug("beam: falling back to HF generate: %s", reason)
+        if reason not in _reported:          # say once per reason: the fallback is the slow path
+            _reported.add(reason)
+            log.info("beam search: using HF generate (%s)", reason)
         kwargs = dict(generate_kwargs)
         if logits_processor is not None:
             kwargs["logits_processor"] = logits_processor
