@@ -1,10 +1,13 @@
 """Keyword-to-caption benchmarks (run by hand, not in CI).
 
-    python benchmarks/k2c.py --model /tmp/k2c_model [--n 64] [--repeats 3] [--threads 1]
+    python benchmarks/k2c.py --model /tmp/k2c_model [--n 64] [--repeats 3] [--threads 1 2]
 
-1. Batched generation (``Captioner.generate``: length-sorted batches of ``--batch-size``) vs
-   keytotext's one ``generate`` call per keyword set, on the same model and the same real
-   AudioSet label sets (balanced_train_segments.csv). Runs alternate; medians and the ratio print.
+1. Generation, three ways on the same model and the same real AudioSet label sets
+   (balanced_train_segments.csv), at each ``--threads`` count: our batched beam search
+   (``Captioner.generate``: length-sorted batches of ``--batch-size``, laion_audio/captions/beam.py),
+   HF ``model.generate`` on the same batches, and keytotext's way, one HF ``generate`` call per
+   keyword set (the baseline). Runs alternate; medians, ratios to the baseline and the number of
+   captions identical to the baseline's and to HF-batched's print.
 2. Distinct/total keyword-set ratio on the real AudioSet balanced and eval CSVs: the share of
    generations the cache leaves to do (ordered label lists as the stage keys them, and as sets).
 """
@@ -42,7 +45,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1],
+                    help="torch thread counts to measure (default: 1 and all cores)")
     args = ap.parse_args()
     data = Path(args.data)
     labels = AudioSetLabels.from_dir(data / "audioset")
@@ -55,24 +59,41 @@ def main() -> int:
 
         from laion_audio.captions.k2c import Captioner
 
-        torch.set_num_threads(args.threads)
         cap = Captioner.load(args.model, device="cpu", batch_size=args.batch_size)
         segs = list(read_segments(data / "audioset/balanced_train_segments.csv"))
         sets = [labels.label_names(s.mids) for s in random.Random(0).sample(segs, args.n)]
-        cap.generate(sets[:4])                       # warm-up (lazy init, allocator)
-        batched, single = [], []
-        for _ in range(args.repeats):
-            t = time.perf_counter(); a = cap.generate(sets); batched.append(time.perf_counter() - t)
-            t = time.perf_counter(); b = cap.generate_one_per_call(sets); single.append(time.perf_counter() - t)
-        mb, ms = statistics.median(batched), statistics.median(single)
-        report["generation"] = {
-            "model": args.model, "keyword_sets": args.n, "batch_size": args.batch_size,
-            "threads": args.threads, "batched_s": [round(x, 2) for x in batched],
-            "one_per_call_s": [round(x, 2) for x in single], "median_batched_s": round(mb, 3),
-            "median_one_per_call_s": round(ms, 3), "speedup": round(ms / mb, 2),
-            "captions_per_s_batched": round(args.n / mb, 1),
-            "same_captions": sum(x == y for x, y in zip(a, b)),
-        }
+        ways = {"ours_batched": cap.generate,
+                "hf_batched": lambda ks: cap.generate(ks, hf_generate=True),
+                "hf_one_per_call": cap.generate_one_per_call}
+        report["generation"] = []
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for way in ways.values():
+                way(sets[:4])                     # warm-up (lazy init, allocator)
+            times: dict[str, list[float]] = {name: [] for name in ways}
+            captions: dict[str, list[str]] = {}
+            for _ in range(args.repeats):
+                for name, way in ways.items():
+                    t = time.perf_counter()
+                    captions[name] = way(sets)
+                    times[name].append(time.perf_counter() - t)
+            med = {name: statistics.median(ts) for name, ts in times.items()}
+            base = med["hf_one_per_call"]
+            report["generation"].append({
+                "model": args.model, "keyword_sets": args.n, "batch_size": args.batch_size,
+                "threads": threads,
+                "seconds": {name: [round(x, 3) for x in ts] for name, ts in times.items()},
+                "median_s": {name: round(m, 3) for name, m in med.items()},
+                "speedup_vs_one_per_call": {name: round(base / m, 2) for name, m in med.items()},
+                "ours_vs_hf_batched": round(med["hf_batched"] / med["ours_batched"], 2),
+                "captions_per_s_ours": round(args.n / med["ours_batched"], 1),
+                "identical_ours_vs_hf_batched": sum(
+                    a == b for a, b in zip(captions["ours_batched"], captions["hf_batched"])),
+                "identical_ours_vs_one_per_call": sum(
+                    a == b for a, b in zip(captions["ours_batched"], captions["hf_one_per_call"])),
+                "identical_hf_batched_vs_one_per_call": sum(
+                    a == b for a, b in zip(captions["hf_batched"], captions["hf_one_per_call"])),
+            })
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=1))
     return 0

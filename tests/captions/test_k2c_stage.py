@@ -14,39 +14,14 @@ import pytest
 from laion_audio.captions.cache import CaptionCache
 from laion_audio.captions.debias import DEBIAS_VERSION
 from laion_audio.captions.k2c import Captioner, GenerationParams, format_keywords, guess_input_format
-from laion_audio.captions.keywords import AudioSetLabels, read_segments
 from laion_audio.captions.quality import keyword_coverage, quality_report
 from laion_audio.captions.stage import CaptionOptions, CaptionStats, caption_batch
-from laion_audio.captions.train import TrainConfig, build_pairs, load_captions, train_captioner
 from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Record, Status
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.needs_shared]
-
-
-@pytest.fixture(scope="module")
-def tiny(shared_data, tmp_path_factory):
-    """Train a ~0.6M-parameter captioner on 2,000 AudioCaps train captions (~30-60 s)."""
-    caps = load_captions("audiocaps", shared_data / "audiocaps/dataset/train.csv", limit=2000)
-    val = build_pairs(load_captions("audiocaps", shared_data / "audiocaps/dataset/val.csv", limit=100))
-    out = tmp_path_factory.mktemp("k2c") / "model"
-    cfg = TrainConfig(max_steps=300, batch_size=32, d_model=96, d_ff=384, num_layers=2,
-                      num_decoder_layers=2, vocab_size=1000, lr=3e-3, threads=1)
-    summary = train_captioner(build_pairs(caps), out, cfg, val_pairs=val, log_every=50)
-    return out, summary, val
-
-
-@pytest.fixture(scope="module")
-def captioner(tiny):
-    return Captioner.load(tiny[0], device="cpu", batch_size=64)
-
-
-@pytest.fixture(scope="module")
-def audioset_sets(shared_data):
-    labels = AudioSetLabels.from_dir(shared_data / "audioset")
-    segs = list(read_segments(shared_data / "audioset/balanced_train_segments.csv"))[:40]
-    return labels, segs
+# fixtures tiny, captioner, audioset_sets: tests/captions/conftest.py (shared with test_beam.py)
 
 
 def audioset_records(labels, segs, as_mids=False):
