@@ -33,7 +33,9 @@ import requests
 
 log = logging.getLogger(__name__)
 
-REGISTRY_PATH = Path(__file__).resolve().parents[2] / "manifests" / "evalsets.json"
+# laion_audio/manifests is a symlink to the top-level manifests/ folder, so a checkout and an
+# installed wheel (which copies the files) find the registry the same way
+REGISTRY_PATH = Path(__file__).resolve().parents[1] / "manifests" / "evalsets.json"
 MIRROR_ENV = "LAION_AUDIO_EVALSETS_MIRROR"
 CACHE_ENV = "LAION_AUDIO_EVALSETS_CACHE"
 DEFAULT_CACHE = Path.home() / ".cache" / "laion-audio" / "evalsets"
