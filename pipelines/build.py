@@ -260,13 +260,27 @@ def caption_batch(records: list[Record], *, model: str | None = None,
             cache.close()
 
 
-def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
-    """Eval-set overlaps and duplicates are marked dropped (with reasons) before sharding."""
-    from laion_audio.filters.stage import FilterConfig, filter_ledger
+def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
+    """Eval-set overlaps and duplicates are marked dropped (with reasons) before sharding.
+    The workers first fill the fingerprint store (only audio it does not hold yet); the
+    matching itself runs in this process over the stored fingerprints."""
+    from laion_audio.filters.fpstore import FingerprintStore
+    from laion_audio.filters.stage import ELIGIBLE, FilterConfig, filter_ledger
 
+    store_dir = str(work.root / "fingerprints")
+    store = FingerprintStore(store_dir)
+    todo = [r for r in ledger.records(status=list(ELIGIBLE) + [Status.SHARDED])
+            if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
+    if todo:
+        batches = (todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size))
+        executor.map_batches("laion_audio.filters.fpstore:fingerprint_batch", batches,
+                             kwargs={"store_dir": store_dir, "audio_root": str(work.root)},
+                             on_result=lambda inputs, outputs: None, total=len(todo),
+                             desc="fingerprint")
     report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=cfg.evalsets_cache,
                                                        eval_audio=dict(cfg.eval_audio),
-                                                       audio_root=str(work.root)))
+                                                       audio_root=str(work.root),
+                                                       fingerprint_dir=store_dir))
     stats.extra["table"] = report.table()
     return stats
 
@@ -302,7 +316,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
                 all_stats.append(crawl(cfg, work, ledger, name, options, refresh=refresh))
             ledger.compact()
         executor = Executor(workers=cfg.workers, ray_address=cfg.ray_address, inline=cfg.inline)
-        needs_workers = any(s in cfg.stages for s in ("fetch", "transcode", "caption"))
+        needs_workers = any(s in cfg.stages for s in ("fetch", "transcode", "caption", "filter"))
         if needs_workers:
             executor.start()
         try:
@@ -315,11 +329,11 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
             if "caption" in cfg.stages:
                 all_stats.append(caption(cfg, work, ledger, executor))
                 ledger.compact()
+            if "filter" in cfg.stages:
+                all_stats.append(filter_stage(cfg, work, ledger, executor))
+                ledger.compact()
         finally:
             executor.stop()
-        if "filter" in cfg.stages:
-            all_stats.append(filter_stage(cfg, work, ledger))
-            ledger.compact()
         if "shard" in cfg.stages:
             all_stats.append(shard(cfg, work, ledger))
             ledger.compact()

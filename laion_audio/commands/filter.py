@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-content", action="store_true", help="skip fingerprinting (id and exact-hash filters only)")
     p.add_argument("--no-near-duplicates", action="store_true", help="skip near-duplicate search inside the corpus")
     p.add_argument("--source-priority", help="comma-separated sources, most preferred first (keep rule)")
+    p.add_argument("--fingerprint-dir",
+                   help="fingerprint store to reuse and fill (default: WORK/fingerprints, the "
+                        "build's store beside the ledger); 'none' disables it")
     p.add_argument("--report", help="write the JSON report here (default LEDGER_DIR/filter_report.json)")
     p.set_defaults(func=run)
 
@@ -42,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         source_priority=tuple(args.source_priority.split(",")) if args.source_priority else DEFAULT_SOURCE_PRIORITY,
         content=not args.no_content, near_duplicates=not args.no_near_duplicates,
         # a build's ledger stores flac paths relative to its work folder, the ledger's parent
-        audio_root=str(Path(args.ledger).resolve().parent))
+        audio_root=str(Path(args.ledger).resolve().parent),
+        fingerprint_dir=None if args.fingerprint_dir == "none" else
+        (args.fingerprint_dir or str(Path(args.ledger).resolve().parent / "fingerprints")))
     with Ledger(args.ledger) as ledger:
         report, stats = filter_ledger(ledger, config)
     print(report.table())

@@ -7,6 +7,10 @@ Order (each step sees only what the previous ones kept):
 3. ``eval_overlap_content`` audio matches a local eval clip (``eval_audio``: name -> folder)
 4. ``duplicate_near``       audio matches another kept record (same fingerprint machinery)
 
+Records already in shards are never dropped (they are published), but they are the kept copy
+when a new record duplicates them, exactly (same PCM hash) or, with a fingerprint store, by
+content.
+
 Nothing is deleted: a dropped record keeps its row with ``filter_reason``, ``filter_match``
 (eval set, split, matched id, score, method) and, for duplicates, ``duplicate_of``. Records
 eligible for filtering are those not yet sharded, failed, dropped or vanished. Audio for
@@ -34,7 +38,8 @@ from ..records import Record, Status
 from . import evalsets as evalsets_mod
 from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
 from .dedup import DEFAULT_SOURCE_PRIORITY, exact_duplicates, keep_order, near_duplicate_groups
-from .fingerprint import Fingerprint, band_features, fingerprint
+from .fingerprint import band_features
+from .fpstore import FingerprintStore, fingerprint_file, read_mono
 from .id_overlap import find_id_overlaps, primary_matches
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,8 @@ class FilterConfig:
     min_votes: int = 6
     min_correlation: float = 0.7
     audio_root: str | None = None              # relative flac_path values start here (work folder)
+    fingerprint_dir: str | None = None         # a FingerprintStore: reuse across runs, and
+    #                                            compare new records with sharded ones
 
 
 @dataclass
@@ -105,27 +112,13 @@ class FilterReport:
                 "eval_clips_unreadable": self.eval_clips_unreadable, "seconds": round(self.seconds, 2)}
 
 
-def _read_audio(path: str) -> tuple[np.ndarray, int]:
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    return x.mean(axis=1), sr
-
-
-def _fingerprint_path(path: str, keep_bands: bool = True) -> Fingerprint | None:
-    try:
-        x, sr = _read_audio(path)
-    except Exception as exc:  # noqa: BLE001 - one unreadable file is counted, not fatal
-        log.warning("cannot decode %s: %s", path, exc)
-        return None
-    return fingerprint(x, sr, keep_bands=keep_bands)
-
-
 def _bands_loader(paths: list[str]):
     """Band features of corpus clip ``i``, recomputed from its FLAC on demand (only candidates
     need them; keeping them for every clip would cost ~6 kB per second of audio)."""
     @functools.lru_cache(maxsize=4096)
     def load(i: int):
         try:
-            return band_features(*_read_audio(paths[i]))
+            return band_features(*read_mono(paths[i]))
         except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
             return None
     return load
@@ -153,6 +146,14 @@ def _split_lookup(items: pd.DataFrame) -> dict[tuple[str, str], str]:
         out.setdefault((es, item), split)
         out.setdefault((es, Path(item).stem), split)
     return out
+
+
+def _with_abs_paths(df: pd.DataFrame, audio_root: str | None) -> pd.DataFrame:
+    """The build stores paths relative to its work folder."""
+    if audio_root:
+        df["flac_path"] = df["flac_path"].fillna("").map(
+            lambda p: p if not p or os.path.isabs(p) else os.path.join(audio_root, p))
+    return df
 
 
 def _keys(df: pd.DataFrame) -> pd.Series:
@@ -202,11 +203,24 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             report.by_source_evalset[(m.source, m.eval_set)] += 1
 
     # 2. exact duplicates (decoded PCM hash) -----------------------------------------
-    df = table.select(["source", "source_id", "audio_sha256", "audio_duration", "flac_path"]).to_pandas()
-    if config.audio_root:   # the build stores paths relative to its work folder
-        df["flac_path"] = df["flac_path"].fillna("").map(
-            lambda p: p if not p or os.path.isabs(p) else os.path.join(config.audio_root, p))
+    cols = ["source", "source_id", "audio_sha256", "audio_duration", "flac_path"]
+    df = _with_abs_paths(table.select(cols).to_pandas(), config.audio_root)
     df = df[~_keys(df).isin(_changed_keys(changed)).to_numpy()]
+    published = _with_abs_paths(ledger.select(status=[Status.SHARDED]).select(cols).to_pandas(),
+                                config.audio_root)
+    published = keep_order(published, config.source_priority).reset_index(drop=True)
+    shas = published["audio_sha256"].fillna("")
+    first_published = published[shas != ""].drop_duplicates("audio_sha256")
+    published_by_sha = dict(zip(first_published["audio_sha256"],
+                                first_published["source"] + "/" + first_published["source_id"]))
+    of_published = df["audio_sha256"].map(published_by_sha)
+    for row in df[of_published.notna().to_numpy()].itertuples(index=False):
+        key = (row.source, row.source_id)
+        changed[key] = _mark(record(key), DUP_EXACT, {"method": "pcm_sha256", "score": 1.0,
+                                                      "audio_sha256": row.audio_sha256},
+                             published_by_sha[row.audio_sha256])
+        report.by_source_duplicate[(row.source, DUP_EXACT)] += 1
+    df = df[of_published.isna().to_numpy()]
     for d in exact_duplicates(df, config.source_priority).itertuples(index=False):
         key = (d.source, d.source_id)
         changed[key] = _mark(record(key), DUP_EXACT, {"method": "pcm_sha256", "score": 1.0,
@@ -220,7 +234,15 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
         has_audio = kept["flac_path"].fillna("").map(lambda p: bool(p) and os.path.isfile(p))
         report.no_audio = int((~has_audio).sum())
         kept = kept[has_audio].reset_index(drop=True)
-        fps = [_fingerprint_path(p, keep_bands=False) for p in kept["flac_path"]]
+        store = FingerprintStore(config.fingerprint_dir) if config.fingerprint_dir else None
+
+        def fingerprints(frame: pd.DataFrame) -> list:
+            if store is None:
+                return [fingerprint_file(p, keep_bands=False) for p in frame["flac_path"]]
+            return [store.get_or_compute(sha or "", p)
+                    for sha, p in zip(frame["audio_sha256"], frame["flac_path"])]
+
+        fps = fingerprints(kept)
         ok = [i for i, f in enumerate(fps) if f is not None]
         report.no_audio += len(fps) - len(ok)
         kept = kept.iloc[ok].reset_index(drop=True)
@@ -233,7 +255,7 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             index = FingerprintIndex()
             eval_meta = []
             for name, fname, path in eval_audio_files(config.eval_audio):
-                fp = _fingerprint_path(str(path))
+                fp = fingerprint_file(str(path))
                 if fp is None:
                     report.eval_clips_unreadable += 1
                     continue
@@ -258,39 +280,54 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
                 report.by_source_evalset[key[0], name] += 1
                 alive[qi] = False
 
-        if config.near_duplicates and alive.sum() > 1:
+        # published clips join the near-duplicate index (from the store: no decoding) ahead
+        # of the new ones, so a new copy of a sharded clip is the one dropped
+        pub = published.iloc[0:0]
+        if config.near_duplicates and store is not None and len(published):
+            usable = [bool(h) and (h in store or (bool(p) and os.path.isfile(p)))
+                      for h, p in zip(published["audio_sha256"].fillna(""),
+                                      published["flac_path"].fillna(""))]
+            pub = published[usable].reset_index(drop=True)
+        pub_fps = fingerprints(pub)          # stored once, then read back on every later run
+        pub = pub[[f is not None for f in pub_fps]].reset_index(drop=True)
+        pub_fps = [f for f in pub_fps if f is not None]
+        n_pub = len(pub)
+        if config.near_duplicates and alive.sum() + n_pub > 1 and alive.any():
             live = np.flatnonzero(alive)
+            members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
+            member_fps = pub_fps + [fps[i] for i in live]
+            bands = _bands_loader(list(members["flac_path"]))
             index = FingerprintIndex()
-            for j, i in enumerate(live):
-                index.add(j, fps[i])
+            for j, fp in enumerate(member_fps):
+                index.add(j, fp)
             index.build()
             matcher = ContentMatcher(index, min_votes=config.min_votes,
                                      min_correlation=config.min_correlation)
-            qfps = [fps[i] for i in live]
-            matches, _ = matcher.match(qfps, ref_bands=lambda r: corpus_bands(int(live[r])),
-                                       query_bands=lambda q: corpus_bands(int(live[q])),
-                                       exclude_self=list(range(len(live))))
+            # published clips are only references: they were checked when they were new
+            queries = list(range(n_pub, len(members)))
+            matches, _ = matcher.match([member_fps[j] for j in queries],
+                                       ref_bands=bands, query_bands=lambda q: bands(queries[q]),
+                                       exclude_self=queries)
             best = {}
             for m in matches:
-                pair = (min(m.query, m.ref), max(m.query, m.ref))
+                pair = (min(queries[m.query], m.ref), max(queries[m.query], m.ref))
                 if pair not in best or m.score > best[pair].score:
                     best[pair] = m
-            for group in near_duplicate_groups(len(live), best.keys()):
-                keeper = min(group)          # ``kept`` is in keep order, so the lowest wins
-                krow = kept.iloc[live[keeper]]
-                kkey = f"{krow['source']}/{krow['source_id']}"
+            name = lambda j: f"{members.iloc[j]['source']}/{members.iloc[j]['source_id']}"
+            for group in near_duplicate_groups(len(members), best.keys()):
+                keeper = min(group)          # published first, then keep order: lowest wins
                 for g in group:
-                    if g == keeper:
+                    if g == keeper or g < n_pub:
                         continue
                     pair = (min(g, keeper), max(g, keeper))
                     m = best.get(pair) or max((v for p, v in best.items() if g in p), key=lambda v: v.score)
-                    row = kept.iloc[live[g]]
+                    other = keeper if pair in best else next(x for p in best if g in p and best[p] is m
+                                                             for x in p if x != g)
+                    row = members.iloc[g]
                     key = (row["source"], row["source_id"])
                     changed[key] = _mark(record(key), DUP_NEAR, {
                         "method": CONTENT_METHOD, "score": round(m.score, 4), "votes": m.votes,
-                        "matched_id": kkey if pair in best else
-                        f"{kept.iloc[live[m.ref if m.query == g else m.query]]['source']}/"
-                        f"{kept.iloc[live[m.ref if m.query == g else m.query]]['source_id']}"}, kkey)
+                        "matched_id": name(other)}, name(keeper))
                     report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
 
     for rec in changed.values():

@@ -96,3 +96,38 @@ def test_filter_cli_prints_table(tmp_path, debian_sounds):
     assert "duplicate_exact" in proc.stdout and "duplicate_near" in proc.stdout
     assert "filter: 7 in = 5 ok + 2 failed" in proc.stdout
     assert (tmp_path / "ledger" / "filter_report.json").exists()
+
+
+def test_new_copies_of_sharded_clips_are_dropped_and_fingerprints_reused(tmp_path, debian_sounds):
+    """A refresh: the sharded clip stays published; a new exact copy (other id, other lossless
+    format) and a new lossy re-encode of it are dropped as its duplicates. The fingerprint
+    store is filled once and a rerun reads it instead of decoding again."""
+    ledger = build_ledger(tmp_path, debian_sounds)
+    store = tmp_path / "fingerprints"
+    first = ledger.get("audioset", "yt_a_0")
+    first.status, first.shard = Status.SHARDED, "audioset/train/0.tar"
+    ledger.write([first])
+    report, _ = filter_ledger(ledger, FilterConfig(evalsets_cache=str(tmp_path / "no-cache"),
+                                                   fingerprint_dir=str(store)))
+    published = ledger.get("audioset", "yt_a_0")
+    assert published.status == Status.SHARDED and not published.filter_reason
+    # freesound would outrank audioset for a new pair, but the sharded copy is already out
+    flac, ogg = ledger.get("freesound", "111"), ledger.get("bbc", "B1")
+    assert (flac.status, flac.filter_reason, flac.duplicate_of) == (
+        Status.DROPPED, "duplicate_exact", "audioset/yt_a_0")
+    assert (ogg.status, ogg.filter_reason, ogg.duplicate_of) == (
+        Status.DROPPED, "duplicate_near", "audioset/yt_a_0")
+    for sid in ("201", "202", "301", "302"):          # other takes stay
+        assert ledger.get("freesound", sid).status == Status.CAPTIONED
+    entries = sorted(store.rglob("*.npz"))
+    assert len(entries) >= 5 and not list(store.rglob(".tmp-*"))
+    stamps = {p: p.stat().st_mtime_ns for p in entries}
+    # rerun with the dropped records made eligible again: same verdicts, no entry rewritten
+    again = [ledger.get(*k) for k in (("freesound", "111"), ("bbc", "B1"))]
+    for rec in again:
+        rec.status, rec.filter_reason, rec.filter_match, rec.duplicate_of = Status.CAPTIONED, "", {}, ""
+    ledger.write(again)
+    filter_ledger(ledger, FilterConfig(evalsets_cache=str(tmp_path / "no-cache"),
+                                       fingerprint_dir=str(store)))
+    assert ledger.get("bbc", "B1").duplicate_of == "audioset/yt_a_0"
+    assert {p: p.stat().st_mtime_ns for p in sorted(store.rglob("*.npz"))} == stamps
