@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-content", action="store_true", help="skip fingerprinting (id and exact-hash filters only)")
     p.add_argument("--no-near-duplicates", action="store_true", help="skip near-duplicate search inside the corpus")
     p.add_argument("--source-priority", help="comma-separated sources, most preferred first (keep rule)")
+    p.add_argument("--lookup-budget", type=int, default=30_000,
+                   help="postings one content lookup may touch: lower is faster on large "
+                        "indexes, higher finds more short copies (see docs/filters.md)")
     p.add_argument("--fingerprint-dir",
                    help="fingerprint store to reuse and fill (default: WORK/fingerprints, the "
                         "build's store beside the ledger); 'none' disables it")
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         roles=["eval"] if args.eval_only else None, youtube_window=args.youtube_window,
         source_priority=tuple(args.source_priority.split(",")) if args.source_priority else DEFAULT_SOURCE_PRIORITY,
         content=not args.no_content, near_duplicates=not args.no_near_duplicates,
+        lookup_budget=args.lookup_budget,
         # a build's ledger stores flac paths relative to its work folder, the ledger's parent
         audio_root=str(Path(args.ledger).resolve().parent),
         fingerprint_dir=None if args.fingerprint_dir == "none" else

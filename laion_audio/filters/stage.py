@@ -65,6 +65,9 @@ class FilterConfig:
     near_duplicates: bool = True
     min_votes: int = 6
     min_correlation: float = 0.7
+    #: postings a lookup may touch (at least; long queries get 1 per 2,000 x their hashes):
+    #: the speed/recall knob of large indexes (benchmarks/filters.py lookup --budgets)
+    lookup_budget: int = 30_000
     audio_root: str | None = None              # relative flac_path values start here (work folder)
     fingerprint_dir: str | None = None         # a FingerprintStore: reuse across runs, and
     #                                            compare new records with sharded ones
@@ -252,7 +255,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
 
         if config.eval_audio and len(kept):
             split_of = _split_lookup(items)
-            index = FingerprintIndex()
+            index = FingerprintIndex(min_budget=config.lookup_budget,
+                                     postings_per_hash=max(1, config.lookup_budget // 2000))
             eval_meta = []
             for name, fname, path in eval_audio_files(config.eval_audio):
                 fp = fingerprint_file(str(path))
@@ -297,7 +301,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
             member_fps = pub_fps + [fps[i] for i in live]
             bands = _bands_loader(list(members["flac_path"]))
-            index = FingerprintIndex()
+            index = FingerprintIndex(min_budget=config.lookup_budget,
+                                     postings_per_hash=max(1, config.lookup_budget // 2000))
             for j, fp in enumerate(member_fps):
                 index.add(j, fp)
             index.build()
