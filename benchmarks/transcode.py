@@ -130,12 +130,19 @@ def run_ours(pool: ProcessPoolExecutor, files: list[Path], out: Path, batch: int
 
 def run_ray(executor, files: list[Path], out: Path, batch: int, options: TranscodeOptions,
             workers: int) -> tuple[int, float]:
-    """The build pipeline's own path: ``pipelines.executor`` over Ray tasks. One Ray instance
+    """The build pipeline's own path: ``pipelines.executor`` over Ray tasks, batched by input
+    bytes as the build does (``--batch`` is only for ``ours``). One Ray instance
     with 2 CPUs serves both variants: a task asks for 2 CPUs (1 at a time) or 1 (2 at a time)."""
     records = [Record("bench", str(i), audio_path=str(p), status=Status.FETCHED)
                for i, p in enumerate(files)]
     records.sort(key=lambda r: -os.path.getsize(r.audio_path))
-    batches = (records[i:i + batch] for i in range(0, len(records), batch))
+    # the pipeline's own batching: by input bytes (see pipelines.build.transcode)
+    from pipelines.build import TRANSCODE_BATCH_BYTES, TRANSCODE_BATCH_RECORDS_PER_UNIT
+    from pipelines.executor import file_size, sized_batches
+
+    batches = sized_batches(records, file_size(lambda r: r.audio_path),
+                            max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * 16,
+                            target_bytes=TRANSCODE_BATCH_BYTES, min_batches=4 * workers)
     failed = []
     executor.map_batches("laion_audio.transcode:transcode_batch", batches,
                          kwargs={"out_dir": str(out), "options": options},

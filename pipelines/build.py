@@ -27,7 +27,7 @@ from typing import Any
 from laion_audio.ledger import Ledger, StageStats, write_stats
 from laion_audio.records import Record, Status
 
-from .executor import Executor, run_stage
+from .executor import Executor, file_size, run_stage, sized_batches
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +203,23 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
     return stats
 
 
+#: a transcode task holds up to this many input bytes (~1 s of decoding) ...
+TRANSCODE_BATCH_BYTES = 32 << 20
+#: ... and at most this many times --batch-size records
+TRANSCODE_BATCH_RECORDS_PER_UNIT = 16
+
+
 def transcode(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
     datasets = list(dataset_names(cfg).values())
     todo = [work.with_abs_paths(r) for r in
             _pending(ledger, Status.FETCHED, datasets, cfg.retry_failed, "transcode")]
+    # batches by input bytes: hundreds of short effects per task, a few long tracks per task
+    batches = sized_batches(todo, file_size(lambda r: r.audio_path),
+                            max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * cfg.batch_size,
+                            target_bytes=TRANSCODE_BATCH_BYTES, min_batches=4 * cfg.workers)
     s = run_stage(executor, ledger, "transcode", "laion_audio.transcode:transcode_batch", todo,
                   kwargs=dict(out_dir=str(work.root / "audio"), options=_transcode_options(cfg)),
-                  batch_size=cfg.batch_size, transform=work.with_rel_paths)
+                  batch_size=cfg.batch_size, transform=work.with_rel_paths, batches=batches)
     s.skipped = _already_done(ledger, datasets, Status.TRANSCODED) - s.succeeded
     return s
 

@@ -131,13 +131,45 @@ class Executor:
             bar.update(len(batch))
 
 
+def sized_batches(records: list[Record], size_of: Callable[[Record], int], *, max_count: int,
+                  target_bytes: int, min_batches: int) -> Iterable[list[Record]]:
+    """Batches of about equal input bytes (at most ``max_count`` records): a task of 200 short
+    clips then costs about what one of two long tracks does, so per-task overhead stops
+    dominating small files. The target shrinks so there are at least ``min_batches`` batches
+    (every worker gets work). Input order is kept."""
+    sizes = [max(0, size_of(r)) for r in records]
+    target = max(1, min(target_bytes, sum(sizes) // max(1, min_batches)))
+    batch: list[Record] = []
+    acc = 0
+    for rec, size in zip(records, sizes):
+        if batch and (acc + size > target or len(batch) >= max_count):
+            yield batch
+            batch, acc = [], 0
+        batch.append(rec)
+        acc += size
+    if batch:
+        yield batch
+
+
+def file_size(path_of: Callable[[Record], str]) -> Callable[[Record], int]:
+    def size(rec: Record) -> int:
+        try:
+            return os.path.getsize(path_of(rec))
+        except OSError:
+            return 0
+    return size
+
+
 def run_stage(executor: Executor, ledger: Ledger, stage: str, fn_path: str, records: list[Record],
               *, kwargs: dict, batch_size: int, num_cpus: float = 1.0,
-              transform: Callable[[Record], Record] | None = None) -> StageStats:
-    """Run one stage over ``records`` and journal every finished batch to ``ledger``."""
+              transform: Callable[[Record], Record] | None = None,
+              batches: Iterable[list[Record]] | None = None) -> StageStats:
+    """Run one stage over ``records`` and journal every finished batch to ``ledger``
+    (``batches``, when given, is how ``records`` are grouped; else ``batch_size`` each)."""
     stats = StageStats(stage)
     start = time.perf_counter()
-    batches = (records[i:i + batch_size] for i in range(0, len(records), batch_size))
+    if batches is None:
+        batches = (records[i:i + batch_size] for i in range(0, len(records), batch_size))
 
     def on_result(inputs: list[Record], outputs: list[Record]) -> None:
         if transform is not None:

@@ -17,7 +17,7 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", default=None,
                    help="join a running Ray cluster ('auto' or host:port); default: local Ray")
     g.add_argument("--inline", action="store_true", help="run stages in this process, without Ray")
-    g.add_argument("--batch-size", type=int, default=16, help="records per task")
+    g.add_argument("--batch-size", type=int, default=16, help="records per task (transcode: tasks of up to 32 MB of input, at most 16x this many records)")
     g.add_argument("--retry-failed", action="store_true",
                    help="retry records that failed in an earlier run")
 
