@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         (args.fingerprint_dir or str(Path(args.ledger).resolve().parent / "fingerprints")))
     with Ledger(args.ledger) as ledger:
         report, stats = filter_ledger(ledger, config)
+        ledger.compact()
     print(report.table())
     print(stats.line())
     out = Path(args.report) if args.report else Path(args.ledger) / "filter_report.json"
