@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 
 from laion_audio.audio import pcm_sha256_of_file as pcm_sha256
