@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.fft
 import soxr
@@ -206,31 +207,70 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, offset_frames: int, *,
 def correlation_at(a: np.ndarray, b: np.ndarray, feature_offsets, *, min_overlap: int = 12,
                    range_db: float = 30.0) -> tuple[float, int, int | None]:
     """(correlation, overlap, feature offset) of the best of ``feature_offsets`` (query frame
-    ``i`` against reference frame ``i + d``); see :func:`aligned_correlation`."""
-    # each clip's cells are floored 30 dB under its loudest cell, so added noise and
-    # near-silence (which carry no identity) flatten out instead of decorrelating
-    a = a.astype(np.float32)
-    b = b.astype(np.float32)
-    best, best_n, best_d = -1.0, 0, None
-    for d in feature_offsets:
-        # query frame i aligns with reference frame i + d
+    ``i`` against reference frame ``i + d``); see :func:`aligned_correlation`. Each clip's
+    cells are floored ``range_db`` under its loudest cell in the overlap, so added noise and
+    near-silence (which carry no identity) flatten out instead of decorrelating."""
+    ds = np.fromiter(feature_offsets, np.int64)
+    if not len(ds):
+        return -1.0, 0, None
+    best, n, k = _correlation_at(np.ascontiguousarray(a, np.float32),
+                                 np.ascontiguousarray(b, np.float32), ds, min_overlap, range_db)
+    return float(best), int(n), (int(ds[k]) if k >= 0 else None)
+
+
+@numba.njit(cache=True, nogil=True)
+def _correlation_at(a, b, ds, min_overlap, range_db):
+    """Numba kernel of :func:`correlation_at`: per offset, the envelope correlation after
+    flooring, removing each band's mean over the overlap and then each frame's mean (three
+    passes over the overlap, no temporaries)."""
+    nb = a.shape[1]
+    best, best_n, best_k = -1.0, 0, -1
+    cx = np.empty(nb, np.float64)
+    cy = np.empty(nb, np.float64)
+    for k in range(len(ds)):
+        d = ds[k]
         i0 = max(0, -d)
-        i1 = min(len(a), len(b) - d)
+        i1 = min(a.shape[0], b.shape[0] - d)
         n = i1 - i0
         if n < min_overlap:
             continue
-        x = a[i0:i1]
-        y = b[i0 + d:i1 + d]
-        x = np.maximum(x, x.max() - range_db)     # floors are taken over the overlap only
-        y = np.maximum(y, y.max() - range_db)
-        x = x - x.mean(axis=0)
-        y = y - y.mean(axis=0)
-        x = x - x.mean(axis=1, keepdims=True)   # and each frame's mean: the shared on/off
-        y = y - y.mean(axis=1, keepdims=True)   # envelope of any two sounds does not count
-        den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+        fx = -np.inf
+        fy = -np.inf
+        for i in range(i0, i1):
+            for j in range(nb):
+                fx = max(fx, a[i, j])
+                fy = max(fy, b[i + d, j])
+        fx -= range_db
+        fy -= range_db
+        cx[:] = 0.0
+        cy[:] = 0.0
+        for i in range(i0, i1):
+            for j in range(nb):
+                cx[j] += max(a[i, j], fx)
+                cy[j] += max(b[i + d, j], fy)
+        cx /= n
+        cy /= n
+        sxy = 0.0
+        sxx = 0.0
+        syy = 0.0
+        for i in range(i0, i1):
+            rx = 0.0
+            ry = 0.0
+            for j in range(nb):
+                rx += max(a[i, j], fx) - cx[j]
+                ry += max(b[i + d, j], fy) - cy[j]
+            rx /= nb
+            ry /= nb
+            for j in range(nb):
+                x = max(a[i, j], fx) - cx[j] - rx
+                y = max(b[i + d, j], fy) - cy[j] - ry
+                sxy += x * y
+                sxx += x * x
+                syy += y * y
+        den = np.sqrt(sxx * syy)
         if den <= 0:
             continue
-        c = float((x * y).sum() / den)
+        c = sxy / den
         if c > best:
-            best, best_n, best_d = c, n, d
-    return best, best_n, best_d
+            best, best_n, best_k = c, n, k
+    return best, best_n, best_k
