@@ -279,6 +279,7 @@ def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Exec
 
     store_dir = str(work.root / "fingerprints")
     store = FingerprintStore(store_dir)
+    store.remove_partial()                    # left by a killed run; no worker is running yet
     todo = [r for r in ledger.records(status=list(ELIGIBLE) + [Status.SHARDED])
             if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
     if todo:

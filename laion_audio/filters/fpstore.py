@@ -8,7 +8,8 @@ with clips that are already in shards without decoding them again.
 
 Layout: ``<root>/<VERSION>/<sha[:2]>/<sha>.npz`` holding hashes, anchor times, frame count
 and per-hash strength (band features are recomputed on demand; they are 10x larger).
-Writes are atomic (temp file + rename), so a killed run leaves no partial entry.
+Writes are atomic (temp file + rename), so a killed run leaves no partial entry, only temp
+files that the next run removes before it writes.
 """
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ class FingerprintStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root) / VERSION
 
+    def remove_partial(self) -> int:
+        """Delete temp files a killed run left behind; call only while no one writes."""
+        n = 0
+        if self.root.is_dir():
+            for tmp in self.root.glob("*/.tmp-*"):
+                tmp.unlink(missing_ok=True)
+                n += 1
+        return n
+
     def path(self, sha: str) -> Path:
         return self.root / sha[:2] / f"{sha}.npz"
 
@@ -71,7 +81,7 @@ class FingerprintStore:
     def put(self, sha: str, fp: Fingerprint) -> None:
         dest = self.path(sha)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, hashes=fp.hashes, times=fp.times, n_frames=np.int64(fp.n_frames),

@@ -238,6 +238,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
         report.no_audio = int((~has_audio).sum())
         kept = kept[has_audio].reset_index(drop=True)
         store = FingerprintStore(config.fingerprint_dir) if config.fingerprint_dir else None
+        if store is not None:
+            store.remove_partial()            # the ledger lock says no other filter runs
 
         def fingerprints(frame: pd.DataFrame) -> list:
             if store is None:
