@@ -6,7 +6,9 @@ sequence of content lemmas (``keywords.keyword_lemmas``, the same keys coverage 
 caption's content words are scanned left to right; at each position the longest run of
 consecutive content words equal to some synonym wins ("car horn" before "horn" or "car") and
 emits that label's full display name, each label at most once. Words no label covers stay as
-their base form (``keywords.base_form``), as in ``caption_keywords``.
+their base form (``keywords.base_form``), as in ``caption_keywords``, unless an earlier word
+with the same lemma was already used ("a woman speaks, then another woman whimpers and speaks"
+-> "Female speech, woman speaking", "Whimper": the later "woman" and "speaks" repeat the label).
 
 Ambiguity (one lemma sequence belongs to several labels, e.g. "crow" is both "Crow" and
 "Crowing, cock-a-doodle-doo" after stemming) is settled by, in order:
@@ -86,6 +88,7 @@ class LabelMapper:
                     if name not in emitted:
                         emitted.add(name)
                         out.append(name)
+                    seen_lemmas.update(lemmas[i:i + n])
                     i += n
                     break
             else:
