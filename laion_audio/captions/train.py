@@ -11,6 +11,8 @@ the corpus tokenizer keeps most words as one piece, which makes copying easy; Ad
 peak learning rate (2e-3) with linear warm-up and cosine decay over the *whole* budget (steps or
 wall-clock) converges within minutes; keyword order is shuffled half the time so label sets in
 any order work; decoding can keep the beam that covers most keywords (``rerank_by_coverage``).
+With a ``LabelMapper`` (``label_map.py``) the keywords of a share of the pairs are AudioSet label
+names instead ("Dog", "Bark"), shaped like what the caption stage feeds AudioSet clips.
 The output folder loads with ``Captioner.load`` (``laion_audio_k2c.json`` names the format).
 """
 from __future__ import annotations
