@@ -43,8 +43,9 @@ class LabelMapper:
 
     def __init__(self, labels: AudioSetLabels):
         self.labels = labels
+        classes = set(labels.class_mids)
         mids = list(labels.class_mids)
-        mids += [m for m in labels.names if m not in set(mids) and m not in labels.restricted]
+        mids += [m for m in labels.names if m not in classes and m not in labels.restricted]
         self._by_lemmas: dict[tuple[str, ...], list[_Synonym]] = {}
         for rank, mid in enumerate(mids):
             name = labels.label_names([mid])[0]
