@@ -8,7 +8,8 @@ all at once, one thread each, so they see the same machine load; then scores eac
 - real AudioSet label sets (``eval_segments.csv``, display names in file order, as the stage
   feeds them): keyword coverage counts a label when any of its comma synonyms is in the caption;
 - AudioCaps val keyword sets (plain content words), to show the plain-word input still works.
-Prints a JSON report; coverage is the figure to compare between shares.
+Prints a JSON report; coverage is the figure to compare between shares, with the labels that
+explain the difference (coverage is lexical: "Speech" rendered "a man is speaking" is a miss).
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ import multiprocessing as mp
 import os
 import random
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from laion_audio.captions.k2c import Captioner, GenerationParams  # noqa: E402
-from laion_audio.captions.keywords import AudioSetLabels, caption_keywords, read_segments  # noqa: E402
+from laion_audio.captions.keywords import (AudioSetLabels, caption_keywords, lemma,  # noqa: E402
+                                           read_segments, words)
 from laion_audio.captions.label_map import LabelMapper  # noqa: E402
-from laion_audio.captions.quality import quality_report  # noqa: E402
+from laion_audio.captions.quality import keyword_covered, quality_report  # noqa: E402
 from laion_audio.captions.train import TrainConfig, build_pairs, load_captions, train_captioner  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -47,6 +50,15 @@ def _train(share: float, out: str, data: str, minutes: float, d_model: int, voca
     s = train_captioner(pairs, out, cfg, val_pairs=val, log_every=200,
                         pairs_info={"label_mapping": {"audioset_share": share}})
     return {k: s[k] for k in ("steps", "seconds", "pairs", "parameters", "val_loss_before", "val_loss_after")}
+
+
+def _covered_labels(label_sets, captions) -> Counter:
+    """How many times each label was covered by its caption."""
+    out: Counter = Counter()
+    for ls, cap in zip(label_sets, captions):
+        have = {lemma(w) for w in words(cap)}
+        out.update(k for k in ls if keyword_covered(k, have))
+    return out
 
 
 def main() -> int:
@@ -77,6 +89,7 @@ def main() -> int:
     val_sets = [caption_keywords(c) for c in val_caps]
     report: dict = {"train_minutes": args.train_minutes, "d_model": args.d_model,
                     "load_average": os.getloadavg(), "runs": {}}
+    first_covered: Counter | None = None
     for share, out, run in zip(args.shares, outs, runs):
         base = Captioner.load(out, device="cpu")
         entry = {"training": run}
@@ -85,12 +98,24 @@ def main() -> int:
             cap = replace(base, params=params)
             as_caps = cap.generate(label_sets)
             val_gen = cap.generate(val_sets)
+            as_report = quality_report(label_sets, as_caps)
             entry[label] = {
-                "audioset_coverage": quality_report(label_sets, as_caps)["keyword_coverage"],
-                "audioset_full_coverage_share": quality_report(label_sets, as_caps)["full_coverage_share"],
+                "audioset_coverage": as_report["keyword_coverage"],
+                "audioset_full_coverage_share": as_report["full_coverage_share"],
                 "audiocaps_val_coverage": quality_report(val_sets, val_gen)["keyword_coverage"],
                 "audioset_examples": [[ls, c] for ls, c in list(zip(label_sets, as_caps))[:6]],
             }
+            if label == "beam":
+                covered = _covered_labels(label_sets, as_caps)
+                if first_covered is None:
+                    first_covered = covered
+                else:   # which labels explain the difference to the first share
+                    diff = Counter(covered)
+                    diff.subtract(first_covered)
+                    entry["beam"]["labels_covered_more_than_first_share"] = [
+                        x for x in diff.most_common() if x[1] > 0][:10]
+                    entry["beam"]["labels_covered_less_than_first_share"] = [
+                        x for x in sorted(diff.items(), key=lambda x: x[1]) if x[1] < 0][:10]
         report["runs"][f"share_{share:g}"] = entry
     print(json.dumps(report, indent=1))
     return 0
