@@ -98,21 +98,31 @@ class AudioSetLabels:
     """MID -> display name, from ``class_labels_indices.csv`` (the 527 classes) plus
     ``ontology.json`` when present (names for MIDs outside the class list)."""
 
-    def __init__(self, names: dict[str, str]):
+    def __init__(self, names: dict[str, str], *, class_mids: Sequence[str] = (),
+                 restricted: Iterable[str] = ()):
         self.names = names
+        #: the class list's MIDs in index order (what segment CSVs, hence the stage, use)
+        self.class_mids = tuple(class_mids)
+        #: ontology MIDs marked "abstract" or "blacklist" (category nodes, not sounds to tag)
+        self.restricted = frozenset(restricted)
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike) -> "AudioSetLabels":
         folder = Path(folder)
         names: dict[str, str] = {}
+        restricted = []
         onto = folder / "ontology.json"
         if onto.exists():
             for entry in json.loads(onto.read_text(encoding="utf-8")):
                 names[entry["id"]] = entry["name"]
+                if entry.get("restrictions"):
+                    restricted.append(entry["id"])
+        class_mids = []
         with open(folder / "class_labels_indices.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 names[row["mid"]] = row["display_name"]
-        return cls(names)
+                class_mids.append(row["mid"])
+        return cls(names, class_mids=class_mids, restricted=restricted)
 
     def label_names(self, mids: Sequence[str]) -> list[str]:
         """Display names in the given order; an unknown MID raises KeyError naming it."""

@@ -11,6 +11,8 @@ the corpus tokenizer keeps most words as one piece, which makes copying easy; Ad
 peak learning rate (2e-3) with linear warm-up and cosine decay over the *whole* budget (steps or
 wall-clock) converges within minutes; keyword order is shuffled half the time so label sets in
 any order work; decoding can keep the beam that covers most keywords (``rerank_by_coverage``).
+With a ``LabelMapper`` (``label_map.py``) the keywords of a share of the pairs are AudioSet label
+names instead ("Dog", "Bark"), shaped like what the caption stage feeds AudioSet clips.
 The output folder loads with ``Captioner.load`` (``laion_audio_k2c.json`` names the format).
 """
 from __future__ import annotations
@@ -24,10 +26,13 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .k2c import SIDECAR, format_keywords
 from .keywords import caption_keywords
+
+if TYPE_CHECKING:
+    from .label_map import LabelMapper
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +70,23 @@ def load_captions(kind: str, path: str | os.PathLike, limit: int | None = None) 
     return out[:limit] if limit else out
 
 
-def build_pairs(captions: Iterable[str], max_keywords: int = 6,
-                min_keywords: int = 1) -> list[tuple[list[str], str]]:
-    """(keywords, caption) pairs; captions with too few content words are dropped."""
+def build_pairs(captions: Iterable[str], max_keywords: int = 6, min_keywords: int = 1, *,
+                label_mapper: "LabelMapper | None" = None, label_share: float = 1.0,
+                seed: int = 0) -> list[tuple[list[str], str]]:
+    """(keywords, caption) pairs; captions with too few content words are dropped.
+
+    With ``label_mapper``, a seeded ``label_share`` of the captions get keywords with AudioSet
+    label names (``LabelMapper.map_caption``), the way the caption stage feeds AudioSet clips;
+    the rest keep plain content words, as tag-only sources look."""
+    if not 0.0 <= label_share <= 1.0:
+        raise ValueError(f"label_share must be within [0, 1], got {label_share}")
+    rng = random.Random(seed)
     pairs = []
     for cap in captions:
-        kws = caption_keywords(cap, max_keywords)
+        if label_mapper is not None and (label_share >= 1.0 or rng.random() < label_share):
+            kws = label_mapper.map_caption(cap, max_keywords)
+        else:
+            kws = caption_keywords(cap, max_keywords)
         if len(kws) >= min_keywords:
             pairs.append((kws, cap))
     return pairs
@@ -128,9 +144,10 @@ def _lr_factor(progress: float, warmup: float) -> float:
 
 def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.PathLike,
                     config: TrainConfig | None = None, *, val_pairs: Sequence = (),
-                    log_every: int = 50) -> dict:
+                    log_every: int = 50, pairs_info: dict | None = None) -> dict:
     """Train and save a captioner to ``out_dir``; returns the training summary (also saved in
-    the sidecar): steps, seconds, loss curve, validation loss before and after."""
+    the sidecar): steps, seconds, loss curve, validation loss before and after.
+    ``pairs_info`` (how the pairs were made: corpora, label mapping) goes into the sidecar."""
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
@@ -259,6 +276,7 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
                "val_loss_after": val_loss(), "config": asdict(cfg)}
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    sidecar = {"input_format": "laion-audio", "lowercase": lowercase, "training": summary}
+    sidecar = {"input_format": "laion-audio", "lowercase": lowercase, "training": summary,
+               "pairs": pairs_info or {}}
     (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1))
     return summary

@@ -1,13 +1,16 @@
 """``laion-audio train-captioner``: train a keyword-to-caption T5 offline from caption corpora.
 
 Each ``--corpus KIND:PATH`` adds human captions (audiocaps csv, bbc csv, soundbible json,
-ledger folder, text file); their content words become the keywords. The output folder loads
-with ``laion-audio caption --model OUT``.
+ledger folder, text file); their content words become the keywords. With ``--audioset-labels
+DIR``, words that name an AudioSet label become that label's display name ("a dog barks" ->
+"Dog", "Bark"), as the caption stage feeds AudioSet clips; ``--audioset-share`` keeps the rest
+as plain words. The output folder loads with ``laion-audio caption --model OUT``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..captions.train import CORPUS_KINDS
 
@@ -37,7 +40,34 @@ def register(sub) -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audioset-labels", metavar="DIR",
+                   help="folder with class_labels_indices.csv (+ ontology.json): map caption words "
+                        "to AudioSet label names in the training keywords")
+    p.add_argument("--audioset-share", type=_share, default=1.0, metavar="P",
+                   help="share of pairs whose keywords are mapped (default 1.0; the rest keep "
+                        "plain words)")
     p.set_defaults(func=run)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share within [0, 1], got {text}")
+    return value
+
+
+def _label_mapping(folder: str, share: float, pairs_with_labels: int) -> dict:
+    """The sidecar's record of the mapping: which label files (by sha256), what share, and how
+    many pairs got at least one label."""
+    from pathlib import Path
+
+    from ..captions.keywords import sha256_file
+
+    folder = Path(folder)
+    files = {name: sha256_file(folder / name) for name in ("class_labels_indices.csv", "ontology.json")
+             if (folder / name).exists()}
+    return {"audioset_labels": str(folder.resolve()), "files_sha256": files,
+            "audioset_share": share, "pairs_with_labels": pairs_with_labels}
 
 
 def run(args) -> int:
@@ -48,7 +78,22 @@ def run(args) -> int:
     captions = []
     for kind, path in args.corpus:
         captions += load_captions(kind, path, limit=args.limit)
-    pairs = build_pairs(captions)
+    mapper = None
+    if args.audioset_labels:
+        from pathlib import Path
+
+        from ..captions.label_map import LabelMapper
+
+        if not (Path(args.audioset_labels) / "class_labels_indices.csv").is_file():
+            print(f"train-captioner: {args.audioset_labels} has no class_labels_indices.csv", file=sys.stderr)
+            return 2
+        mapper = LabelMapper.from_dir(args.audioset_labels)
+    pairs = build_pairs(captions, label_mapper=mapper, label_share=args.audioset_share, seed=args.seed)
+    info: dict = {"corpora": [f"{kind}:{path}" for kind, path in args.corpus], "limit": args.limit,
+                  "pairs": len(pairs), "label_mapping": None}
+    if mapper is not None:
+        with_labels = sum(1 for kws, _ in pairs if mapper.mapped_labels(kws))
+        info["label_mapping"] = _label_mapping(args.audioset_labels, args.audioset_share, with_labels)
     random.Random(args.seed).shuffle(pairs)
     n_val = int(len(pairs) * args.val_share)
     val, train = pairs[:n_val], pairs[n_val:]
@@ -58,7 +103,7 @@ def run(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, vocab_size=args.vocab_size,
                       d_model=args.d_model, d_ff=4 * args.d_model, num_layers=args.layers,
                       num_decoder_layers=args.layers, seed=args.seed, pretrained=args.pretrained)
-    summary = train_captioner(train, args.out, cfg, val_pairs=val)
+    summary = train_captioner(train, args.out, cfg, val_pairs=val, pairs_info=info)
     summary.pop("loss_curve")
     print(json.dumps(summary, indent=1))
     return 0
