@@ -1,8 +1,11 @@
 """Regenerate docs/cli.md from the parsers: ``python docs/generate_cli.py > docs/cli.md``."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
+# argparse wraps help at the terminal's width: pin it, so the page does not depend on who ran it
+os.environ["COLUMNS"] = "100"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from laion_audio.cli import build_parser  # noqa: E402
