@@ -284,7 +284,7 @@ def main() -> None:
     ap.add_argument("--max-bucket", type=int, default=5000, help="skip hash buckets larger than this")
     ap.add_argument("--index-model", choices=["varied", "pooled"], default="varied",
                     help="how the synthetic index clips get their hashes (see bench_lookup)")
-    ap.add_argument("--budgets", default="30000:15",
+    ap.add_argument("--budgets", default="25000:12",
                     help="comma list of min_budget:postings_per_hash to measure")
     args = ap.parse_args()
     print("note: 2 CPU cores shared by 7 engineers while measured; read the ratios")

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-content", action="store_true", help="skip fingerprinting (id and exact-hash filters only)")
     p.add_argument("--no-near-duplicates", action="store_true", help="skip near-duplicate search inside the corpus")
     p.add_argument("--source-priority", help="comma-separated sources, most preferred first (keep rule)")
-    p.add_argument("--lookup-budget", type=int, default=30_000,
+    p.add_argument("--lookup-budget", type=int, default=25_000,
                    help="postings one content lookup may touch: lower is faster on large "
                         "indexes, higher finds more short copies (see docs/filters.md)")
     p.add_argument("--fingerprint-dir",

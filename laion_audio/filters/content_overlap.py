@@ -46,7 +46,7 @@ class Match:
 class FingerprintIndex:
     """Append fingerprints, then :meth:`build`; refs are numbered in insertion order."""
 
-    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 15, min_budget: int = 30_000):
+    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 12, min_budget: int = 25_000):
         self.max_bucket = max_bucket
         self.postings_per_hash = postings_per_hash
         self.min_budget = min_budget     # below this many postings a query is never thinned

@@ -67,7 +67,7 @@ class FilterConfig:
     min_correlation: float = 0.7
     #: postings a lookup may touch (at least; long queries get 1 per 2,000 x their hashes):
     #: the speed/recall knob of large indexes (benchmarks/filters.py lookup --budgets)
-    lookup_budget: int = 30_000
+    lookup_budget: int = 25_000
     audio_root: str | None = None              # relative flac_path values start here (work folder)
     fingerprint_dir: str | None = None         # a FingerprintStore: reuse across runs, and
     #                                            compare new records with sharded ones
