@@ -2,30 +2,20 @@
 keep rule; two different takes of the same kind of sound stay."""
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
+from laion_audio.audio import pcm_sha256_of_file as pcm_sha256
 from laion_audio.filters.robustness import espeak
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def pcm_sha256(path: Path) -> str:
-    """Stand-in for the transcode stage's hash: sha256 of the decoded 48 kHz mono int16 PCM."""
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    x = x.mean(axis=1)
-    if sr != 48_000:
-        x = soxr.resample(x, sr, 48_000)
-    return hashlib.sha256(np.round(np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()).hexdigest()
 
 
 def _rec(source, sid, path, **kw):
