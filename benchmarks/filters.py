@@ -190,6 +190,9 @@ def _varied_fingerprints(orig, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.
     landmark's frequencies scaled by one factor in 0.7-1.45 (never within 3% of 1, which
     would be a near-copy) and its time gaps by one in 0.8-1.25. The index gets real spectral
     structure (popular low bins, short gaps) spread over many distinct recordings."""
+    from laion_audio.filters.fingerprint import (DF_MAX, DT_MAX, F_MAX, F_MIN, MIN_DF,
+                                                 pack_landmarks, unpack_landmarks)
+
     src = rng.integers(0, len(orig), n)
     pitch = np.exp(rng.uniform(np.log(0.7), np.log(1.45), n))
     pitch[np.abs(pitch - 1) < 0.03] = 1.1
@@ -197,13 +200,11 @@ def _varied_fingerprints(orig, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.
     hs, rs, ts, ns = [], [], [], []
     for k in range(n):
         f = orig[src[k]]
-        h = f.hashes.astype(np.int64)
-        f1 = np.round(((h >> 13) & 0x1FF) * pitch[k])
-        df = np.round((((h >> 6) & 0x7F) - 64) * pitch[k])
-        dt = np.round((h & 0x3F) * tempo[k])
-        ok = (f1 >= 4) & (f1 < 448) & (np.abs(df) <= 63) & (np.abs(df) >= 2) & (dt >= 1) & (dt <= 63)
-        hs.append((f1[ok].astype(np.uint32) << 13) | ((df[ok] + 64).astype(np.uint32) << 6)
-                  | dt[ok].astype(np.uint32))
+        f1, df, dt = unpack_landmarks(f.hashes)
+        f1, df, dt = np.round(f1 * pitch[k]), np.round(df * pitch[k]), np.round(dt * tempo[k])
+        ok = ((f1 >= F_MIN) & (f1 < F_MAX) & (np.abs(df) <= DF_MAX) & (np.abs(df) >= MIN_DF)
+              & (dt >= 1) & (dt <= DT_MAX))
+        hs.append(pack_landmarks(f1[ok], df[ok], dt[ok]))
         rs.append(np.full(int(ok.sum()), k, np.int32))
         ts.append((f.times[ok] * tempo[k]).astype(np.int32))
         ns.append(int(ok.sum()))

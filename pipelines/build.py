@@ -280,12 +280,15 @@ def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Exec
     store_dir = str(work.root / "fingerprints")
     store = FingerprintStore(store_dir)
     store.remove_partial()                    # left by a killed run; no worker is running yet
-    todo = [r for r in ledger.records(status=list(ELIGIBLE) + [Status.SHARDED])
+    todo = [work.with_abs_paths(r)
+            for r in ledger.records(status=list(ELIGIBLE) + [Status.SHARDED])
             if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
-    if todo:
-        batches = (todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size))
+    if todo:     # fingerprinting costs what decoding does: tasks sized like transcode's
+        batches = sized_batches(todo, file_size(lambda r: r.flac_path),
+                                max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * cfg.batch_size,
+                                target_bytes=TRANSCODE_BATCH_BYTES, min_batches=4 * cfg.workers)
         executor.map_batches("laion_audio.filters.fpstore:fingerprint_batch", batches,
-                             kwargs={"store_dir": store_dir, "audio_root": str(work.root)},
+                             kwargs={"store_dir": store_dir},
                              on_result=lambda inputs, outputs: None, total=len(todo),
                              desc="fingerprint")
     report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=cfg.evalsets_cache,

@@ -366,8 +366,9 @@ class ContentMatcher:
         lo, hi = min(offsets), max(offsets)
         if (score < self.min_correlation and 0 < hi - lo <= self.dense_span
                 and votes >= 4 * self.min_votes):
+            checked = set(near)
             dense = [x for x in range(lo // BAND_DECIMATE - 3, hi // BAND_DECIMATE + 4)
-                     if x not in set(near)]
+                     if x not in checked]
             s2, n2, d2 = correlation_at(qb, rb, dense)
             if s2 > score:
                 score, n, d = s2, n2, d2

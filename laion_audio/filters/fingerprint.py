@@ -177,9 +177,19 @@ def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.n
         return np.zeros(0, np.uint32), np.zeros(0, np.int32), empty, empty
     a = np.concatenate(anchors)
     b = np.concatenate(targets)
-    h = ((f[a].astype(np.uint32) << 13) | ((f[b] - f[a] + 64).astype(np.uint32) << 6)
-         | (t[b] - t[a]).astype(np.uint32))
-    return h, t[a], a, b
+    return pack_landmarks(f[a], f[b] - f[a], t[b] - t[a]), t[a], a, b
+
+
+def pack_landmarks(f1: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """The 22-bit landmark hash: anchor bin (9 bits) | df + 64 (7 bits) | dt (6 bits)."""
+    return ((np.asarray(f1).astype(np.uint32) << 13) | ((np.asarray(df) + 64).astype(np.uint32) << 6)
+            | np.asarray(dt).astype(np.uint32))
+
+
+def unpack_landmarks(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(f1, df, dt) of :func:`pack_landmarks` hashes, as int64."""
+    h = np.asarray(h).astype(np.int64)
+    return (h >> 13) & 0x1FF, ((h >> 6) & 0x7F) - 64, h & 0x3F
 
 
 def _bands(S: np.ndarray) -> np.ndarray:

@@ -104,14 +104,15 @@ class FingerprintStore:
         return fp
 
 
-def fingerprint_batch(records: Sequence[Record], *, store_dir: str, audio_root: str = "") -> list[Record]:
-    """Executor stage: make sure every record's audio has a stored fingerprint. Records come
-    back unchanged; an undecodable file is left for the filter stage to count."""
+def fingerprint_batch(records: Sequence[Record], *, store_dir: str) -> list[Record]:
+    """Executor stage: store a fingerprint for every record's audio (``flac_path``, absolute)
+    that the store lacks. Records come back unchanged; an undecodable file is left for the
+    filter stage to count."""
     store = FingerprintStore(store_dir)
     for rec in records:
-        path = rec.flac_path
-        if path and audio_root and not os.path.isabs(path):
-            path = os.path.join(audio_root, path)
-        if rec.audio_sha256 and path and rec.audio_sha256 not in store and os.path.isfile(path):
-            store.get_or_compute(rec.audio_sha256, path)
+        sha, path = rec.audio_sha256, rec.flac_path
+        if sha and path and sha not in store and os.path.isfile(path):
+            fp = fingerprint_file(path, keep_bands=False)
+            if fp is not None:
+                store.put(sha, fp)
     return list(records)
