@@ -10,6 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from laion_audio.audio import pcm_sha256_of_file as pcm_sha256
+from laion_audio.filters.fpstore import FingerprintStore
 from laion_audio.filters.robustness import espeak
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
@@ -121,3 +122,25 @@ def test_new_copies_of_sharded_clips_are_dropped_and_fingerprints_reused(tmp_pat
                                        fingerprint_dir=str(store)))
     assert ledger.get("bbc", "B1").duplicate_of == "audioset/yt_a_0"
     assert {p: p.stat().st_mtime_ns for p in sorted(store.rglob("*.npz"))} == stamps
+
+
+def test_damaged_store_entries_are_recomputed(tmp_path, debian_sounds):
+    """A truncated or garbage fingerprint entry (disk full, a copy cut short) is read as
+    missing: the verdicts stay the same and the entry is written again, whole."""
+    ledger = build_ledger(tmp_path, debian_sounds)
+    store = tmp_path / "fingerprints"
+    config = FilterConfig(evalsets_cache=str(tmp_path / "no-cache"), fingerprint_dir=str(store))
+    filter_ledger(ledger, config)
+    verdicts = {(r.source, r.source_id): (r.status, r.filter_reason, r.duplicate_of)
+                for r in ledger.records()}
+    entries = sorted(store.rglob("*.npz"))
+    entries[0].write_bytes(entries[0].read_bytes()[:100])        # truncated
+    entries[1].write_bytes(b"not a numpy archive")                 # garbage
+    for rec in ledger.records(status=[Status.DROPPED]):
+        rec.status, rec.filter_reason, rec.filter_match, rec.duplicate_of = Status.CAPTIONED, "", {}, ""
+        ledger.write([rec])
+    filter_ledger(ledger, config)
+    assert {(r.source, r.source_id): (r.status, r.filter_reason, r.duplicate_of)
+            for r in ledger.records()} == verdicts
+    fresh = FingerprintStore(store)
+    assert all(fresh.get(p.stem) is not None for p in entries)
