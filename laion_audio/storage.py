@@ -17,6 +17,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import atomic
+
 
 class Root:
     """A folder on some filesystem: ``Root("s3://bucket/shards")`` or ``Root("/data/shards")``."""
@@ -54,13 +56,7 @@ class Root:
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Small files (sizes.json, index, receipts): temp name + rename locally, one PUT remotely."""
         if self.is_local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic.write_bytes(path, data, fsync=True)
         else:
             self.fs.pipe_file(path, data)
 
@@ -68,7 +64,7 @@ class Root:
         """Publish a complete local file at ``path`` in one step, then drop the local copy."""
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local_tmp, path)
+            atomic.publish(local_tmp, path)
         else:
             self.fs.put_file(str(local_tmp), path)
             local_tmp.unlink(missing_ok=True)

@@ -16,8 +16,6 @@ import contextlib
 import csv
 import json
 import logging
-import math
-import os
 import random
 import time
 from datetime import datetime, timezone
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .. import atomic
 from .checkpoint import fix_state_dict, load_pretrained_audio, read_checkpoint
 from .data import ClapShards, find_shards, make_loader
 from .distributed import DistInfo, init_distributed
@@ -138,10 +137,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches
              "scheduler": scheduler.state_dict(), "rng": rng_state(),
              "args": {k: v for k, v in vars(args).items() if k != "func"}}
     state.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path, fsync=True) as tmp:
+        torch.save(state, tmp)
 
 
 class RunLog:
