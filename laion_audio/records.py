@@ -164,6 +164,9 @@ LIST_FIELDS = ("tags", "texts")
 NULLABLE_FIELDS = ("duration", "trim_start", "trim_end", "fetched_bytes", "audio_duration",
                    "input_sample_rate", "input_channels", "text_augment_t5")
 
+#: Never null in the ledger; every other column is null when empty ("", [], {}).
+REQUIRED_FIELDS = ("source", "source_id", "status")
+
 _ARROW_TYPES = {
     "duration": pa.float64(), "trim_start": pa.float64(), "trim_end": pa.float64(),
     "audio_duration": pa.float64(), "fetched_bytes": pa.int64(),
@@ -174,7 +177,7 @@ _ARROW_TYPES = {
 #: The ledger's Arrow schema, in Record field order.
 SCHEMA = pa.schema(
     [pa.field(f.name, _ARROW_TYPES.get(f.name, pa.string()),
-              nullable=f.name in NULLABLE_FIELDS or f.name in LIST_FIELDS)
+              nullable=f.name not in REQUIRED_FIELDS)   # the ledger writes empty fields as null
      for f in dataclasses.fields(Record)],
     metadata={b"laion_audio_schema_version": str(SCHEMA_VERSION).encode()},
 )
