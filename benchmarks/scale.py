@@ -76,8 +76,9 @@ def write_segments_csv(path: Path, n: int, shared: Path = SHARED) -> Path:
     return path
 
 
-def run_measured(cmd: list[str], **kw) -> tuple[float, float, int]:
-    """(seconds, peak RSS MB of the child, exit code)."""
+def run_measured(cmd: list[str], **kw) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MB of the child, exit code, CPU seconds of the child). CPU time
+    is the steadier figure on a shared machine."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -87,7 +88,7 @@ def run_measured(cmd: list[str], **kw) -> tuple[float, float, int]:
     proc.stderr.close()
     if proc.returncode:
         print(err[-2000:], file=sys.stderr)
-    return seconds, usage.ru_maxrss / 1024, proc.returncode
+    return seconds, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def du_mb(path: Path) -> float:
@@ -103,28 +104,30 @@ def bench_crawl(sizes: list[int], repeats: int, tmp: Path, python: str) -> list[
     results = []
     for n in sizes:
         csv_path = write_segments_csv(tmp / f"segments-{n}.csv", n)
-        times, rss = [], []
+        times, rss, cpu = [], [], []
         for r in range(repeats):
             out = tmp / f"crawl-{n}-{r}"
             cmd = [python, "-m", "laion_audio", "build", "--source", "audioset", "--stages", "crawl",
                    "--inline", "--out", str(out), "--audioset-csv", str(csv_path),
                    "--audioset-labels", str(labels)]
-            seconds, peak, rc = run_measured(cmd, cwd=ROOT)
+            seconds, peak, rc, cpu_s = run_measured(cmd, cwd=ROOT)
+            cpu.append(cpu_s)
             if rc:
                 raise SystemExit(f"crawl of {n} rows failed (exit {rc})")
             times.append(seconds)
             rss.append(peak)
             ledger_mb = du_mb(out / "ledger")
             subprocess.run(["rm", "-rf", str(out)], check=True)
-        results.append({"rows": n, "seconds": statistics.median(times), "peak_rss_mb": statistics.median(rss),
+        results.append({"rows": n, "seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu),
+                        "peak_rss_mb": statistics.median(rss),
                         "ledger_mb": ledger_mb, "rows_per_s": n / statistics.median(times)})
-        print(f"  crawl {n:>9,} rows: {statistics.median(times):7.1f} s  peak RSS {statistics.median(rss):7.0f} MB"
+        print(f"  crawl {n:>9,} rows: {statistics.median(times):7.1f} s ({statistics.median(cpu):6.1f} s CPU)  peak RSS {statistics.median(rss):7.0f} MB"
               f"  ledger {ledger_mb:6.1f} MB  {n / statistics.median(times):9.0f} records/s", flush=True)
         csv_path.unlink()
     base = results[0]
     for r in results[1:]:
         print(f"  {r['rows']:,} vs {base['rows']:,} rows ({r['rows'] / base['rows']:.0f}x): "
-              f"time {r['seconds'] / base['seconds']:.1f}x, peak RSS {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
+              f"time {r['seconds'] / base['seconds']:.1f}x (CPU {r['cpu_seconds'] / base['cpu_seconds']:.1f}x), peak RSS {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
     return results
 
 

@@ -43,11 +43,13 @@ SOURCE_FIELDS = ("url", "title", "description", "tags", "license", "author", "du
 
 #: Rows per Parquet row group in every file the ledger writes (fixed: compaction output bytes
 #: depend only on the rows) and rows per chunk when reading.
-ROW_GROUP = 16384
+ROW_GROUP = 4096
 #: A journal file's size class is log_FOLD_FANIN(rows / FOLD_UNIT); FOLD_FANIN files of one
 #: class at the end of the journal are merged into one file of the next class.
 FOLD_FANIN = 8
 FOLD_UNIT = 512
+#: journal files are rewritten a few times before compaction: fast codec there, zstd in the base
+JOURNAL_COMPRESSION = "lz4"
 _SEP = "\x00"
 
 
@@ -143,9 +145,9 @@ def _source_hashes(table: pa.Table) -> list[int]:
 class _Writer:
     """Writes sorted chunks as row groups of exactly ROW_GROUP rows (deterministic layout)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, compression: str = "zstd"):
         self.path = path
-        self.writer = pq.ParquetWriter(path, SCHEMA, compression="zstd")
+        self.writer = pq.ParquetWriter(path, SCHEMA, compression=compression)
         self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
@@ -428,15 +430,18 @@ class Ledger:
                 yield _conform(t.slice(i, chunk_rows)) if columns is None else t.slice(i, chunk_rows)
             return
         offset = 0
-        for batch in f.iter_batches(batch_size=chunk_rows, columns=columns):
-            t = pa.Table.from_batches([batch])
-            mask = alive[offset:offset + len(t)]
-            offset += len(t)
+        for g in range(f.metadata.num_row_groups):   # a row group at a time: flat memory
+            n = f.metadata.row_group(g).num_rows
+            mask = alive[offset:offset + n]
+            offset += n
             if not mask.any():
                 continue
+            group = f.read_row_group(g, columns=columns, use_threads=False)
             if not mask.all():
-                t = t.filter(pa.array(mask))
-            yield _conform(t) if columns is None else t
+                group = group.filter(pa.array(mask))
+            for i in range(0, len(group), chunk_rows):
+                t = group.slice(i, chunk_rows)
+                yield _conform(t) if columns is None else t
 
     def scan(self, *, status: str | Iterable[str] | None = None,
              source: str | Iterable[str] | None = None, columns: Iterable[str] | None = None,
@@ -587,7 +592,7 @@ class Ledger:
         safe_tag = "".join(c if c.isalnum() else "_" for c in tag)[:40]
         path = self.journal_dir / f"{self._seq:08d}-{safe_tag}.parquet"
         tmp = self.journal_dir / f".{path.name}.tmp-{os.getpid()}"
-        w = _Writer(tmp)
+        w = _Writer(tmp, compression=JOURNAL_COMPRESSION)
         w.add(table)
         w.close()
         os.replace(tmp, path)
@@ -619,7 +624,7 @@ class Ledger:
     def _rewrite(self, run_ids: list[int], target: Path) -> None:
         """Merge ``run_ids`` (the newest runs, or all of them) into ``target``; index updated."""
         tmp = self.journal_dir / f".{target.name}.tmp-{os.getpid()}"
-        w = _Writer(tmp)
+        w = _Writer(tmp, compression="zstd" if target == self.base_path else JOURNAL_COMPRESSION)
         new_id = self._next_run
         located = []
         for chunk in self._merge(run_ids):
@@ -661,8 +666,9 @@ class Ledger:
         table = records_to_table(recs)
         slots = self._slots(_joined_keys(table).to_pylist(), create=False)
         existing = np.nonzero(slots >= 0)[0]
-        out: list[Record] = [recs[i] for i in np.nonzero(slots < 0)[0]]
-        result.added = [r.key for r in out]
+        added = np.nonzero(slots < 0)[0]
+        result.added = [recs[i].key for i in added]
+        out: list[Record] = []
         if len(existing):
             self._ensure_hashes()
             new_hash = np.array(_source_hashes(table.take(pa.array(existing))), np.int64)
@@ -692,7 +698,11 @@ class Ledger:
                     merged.status = Status.TRANSCODED  # captions are rebuilt, audio kept
                 out.append(merged)
                 result.changed.append(rec.key)
-        self.write(out, tag=tag)
+        parts = [table.take(pa.array(added, pa.int64()))] if len(added) else []
+        if out:
+            parts.append(records_to_table(out))
+        if parts:
+            self.write_table(pa.concat_tables(parts) if len(parts) > 1 else parts[0], tag=tag)
         return result
 
     def mark_vanished(self, source: str, present_ids: Iterable[str]) -> list[str]:

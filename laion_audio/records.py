@@ -137,7 +137,9 @@ class Record:
         return (self.source, self.source_id)
 
     def to_row(self) -> dict[str, Any]:
-        row = dataclasses.asdict(self)
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in LIST_FIELDS:
+            row[name] = list(row[name])
         for name in JSON_FIELDS:
             row[name] = json.dumps(row[name], sort_keys=True, ensure_ascii=False, default=str)
         return row
@@ -184,9 +186,19 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 
 
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Record))
+
+
 def records_to_table(records: Iterable[Record]) -> pa.Table:
-    rows = [r.to_row() for r in records]
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    """Column by column (no per-record dict): the crawl of a 2M-row CSV goes through here."""
+    records = list(records)
+    columns = {}
+    for name in _FIELD_NAMES:
+        values = [getattr(r, name) for r in records]
+        if name in JSON_FIELDS:
+            values = [json.dumps(v, sort_keys=True, ensure_ascii=False, default=str) for v in values]
+        columns[name] = values
+    return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
 def table_to_records(table: pa.Table) -> list[Record]:
