@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -734,6 +735,33 @@ class Ledger:
         if self._lock_fd is None:
             raise LedgerError(f"{self.root} was opened read-only (lock=False)")
         self._rewrite(list(self._order), self.base_path)
+
+
+@contextmanager
+def writing(root: str | os.PathLike) -> Iterator[Ledger]:
+    """Open a ledger for writing and compact it on the way out (also after an error or
+    Ctrl-C), so ``pd.read_parquet(root)``/DuckDB/polars see every row the command wrote.
+    Every command that writes a ledger opens it through here."""
+    ledger = Ledger(root)
+    try:
+        yield ledger
+    finally:
+        try:
+            ledger.compact()
+        finally:
+            ledger.close()
+
+
+def sidecar(root: str | os.PathLike, name: str) -> Path:
+    """Where a file that belongs with a ledger but is not Parquet goes (caption cache, filter
+    report): beside the ledger folder, never inside it (polars refuses a folder that mixes
+    file types). A file left inside by an older laion-audio is moved out."""
+    root = Path(root)
+    path = root.parent / name
+    legacy = root / name
+    if legacy.exists() and not path.exists():
+        os.replace(legacy, path)
+    return path
 
 
 def _norm(value):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from laion_audio.ledger import Ledger, StageStats, write_stats
+from laion_audio.ledger import Ledger, StageStats, write_stats, writing
 from laion_audio.records import Record, Status
 
 from .executor import Executor, file_size, run_stage, sized_batches
@@ -324,7 +324,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
     """Run the chosen stages; returns the summary (also written to ``stats/build.json``)."""
     work = WorkDir(cfg.out)
     all_stats: list[StageStats] = []
-    with Ledger(work.root / "ledger") as ledger:
+    with writing(work.root / "ledger") as ledger:   # compacted on the way out, even after an error
         if "crawl" in cfg.stages:
             for name, options in cfg.sources.items():
                 all_stats.append(crawl(cfg, work, ledger, name, options, refresh=refresh))
