@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from laion_audio.ledger import Ledger, StageStats, write_stats
+from laion_audio.ledger import Ledger, StageStats, write_stats, writing
 from laion_audio.records import Record, Status
 
 from .executor import Executor, file_size, run_stage, sized_batches
 
 log = logging.getLogger(__name__)
 
-CRAWL_FLUSH_EVERY = 500
+CRAWL_FLUSH_EVERY = 5000   # records per crawl journal file (a kill -9 re-lists at most this many)
 DEFAULT_HOST_RATE = 2.0   # requests/s per host, as laion_audio.http's default
 
 
@@ -114,7 +114,7 @@ def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: d
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("complete"):
         if not refresh:
-            stats.skipped = len(ledger.select(source=dataset))
+            stats.skipped = ledger.count(source=dataset)
             stats.seconds = time.perf_counter() - start
             return stats
         state = {}
@@ -164,8 +164,8 @@ def _pending(ledger: Ledger, status: str, sources: list[str], retry_failed: bool
 
 def _already_done(ledger: Ledger, datasets: list[str], stage_status: str) -> int:
     """Records of ``datasets`` already at or past ``stage_status`` (shown as 'already done')."""
-    statuses = ledger.select(source=datasets).column("status").to_pylist()
-    return sum(1 for st in statuses if Status.reached(st, stage_status))
+    return sum(n for st, n in ledger.status_counts(source=datasets).items()
+               if Status.reached(st, stage_status))
 
 
 def dataset_names(cfg: BuildConfig) -> dict[str, str]:
@@ -324,7 +324,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
     """Run the chosen stages; returns the summary (also written to ``stats/build.json``)."""
     work = WorkDir(cfg.out)
     all_stats: list[StageStats] = []
-    with Ledger(work.root / "ledger") as ledger:
+    with writing(work.root / "ledger") as ledger:   # compacted on the way out, even after an error
         if "crawl" in cfg.stages:
             for name, options in cfg.sources.items():
                 all_stats.append(crawl(cfg, work, ledger, name, options, refresh=refresh))
@@ -358,34 +358,47 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
 
 
 def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict:
-    table = ledger.table()
-    rows = table.select(["source", "status", "split", "audio_duration", "failure_stage",
-                         "failure_code"]).to_pylist()
     per_source: dict[str, dict] = {}
-    for row in rows:
+    for row in _summary_rows(ledger):
         s = per_source.setdefault(row["source"], {"records": 0, "audio_ok": 0, "sharded": 0,
                                                   "failed": 0, "dropped": 0, "vanished": 0,
                                                   "hours": 0.0, "train": 0, "test": 0})
-        s["records"] += 1
+        s["records"] += row["n"]
         if Status.reached(row["status"], Status.TRANSCODED):
-            s["audio_ok"] += 1
-            s["hours"] += (row["audio_duration"] or 0.0) / 3600
+            s["audio_ok"] += row["n"]
+            s["hours"] += (row["seconds"] or 0.0) / 3600
         if row["status"] == Status.VANISHED:
-            s["vanished"] += 1
+            s["vanished"] += row["n"]
         if row["status"] == Status.SHARDED:
-            s["sharded"] += 1
+            s["sharded"] += row["n"]
             if row["split"] in ("train", "test"):
-                s[row["split"]] += 1
+                s[row["split"]] += row["n"]
         elif row["status"] == Status.FAILED:
-            s["failed"] += 1
+            s["failed"] += row["n"]
         elif row["status"] == Status.DROPPED:
-            s["dropped"] += 1
+            s["dropped"] += row["n"]
     for s in per_source.values():
         s["hours"] = round(s["hours"], 4)
-    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(rows),
+    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(ledger),
             "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
             "sources": per_source, "stages": [s.as_dict() for s in stats],
             "accounting_closes": all(s.closes for s in stats)}
+
+
+def _summary_rows(ledger: Ledger) -> list[dict]:
+    """(source, status, split) groups with their count and seconds of audio, aggregated a
+    chunk at a time (the corpus is never held as Python rows)."""
+    cols = ["source", "status", "split", "audio_duration"]
+    groups: dict[tuple, list] = {}
+    for t in ledger.scan(columns=cols, chunk_rows=65536):
+        agg = t.group_by(["source", "status", "split"], use_threads=False).aggregate(
+            [("audio_duration", "sum"), ("status", "count")])
+        for r in agg.to_pylist():
+            g = groups.setdefault((r["source"], r["status"], r["split"]), [0, 0.0])
+            g[0] += r["status_count"]
+            g[1] += r["audio_duration_sum"] or 0.0
+    return [{"source": k[0], "status": k[1], "split": k[2], "n": n, "seconds": sec}
+            for k, (n, sec) in sorted(groups.items(), key=lambda kv: tuple(x or "" for x in kv[0]))]
 
 
 def print_summary(summary: dict, stats_lines: bool = True) -> None:

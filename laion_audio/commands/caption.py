@@ -2,7 +2,7 @@
 
 Without ``--model`` the paper's template is the caption; with it, a T5 keyword-to-caption
 model (a local folder, or a hub id when online) writes de-biased captions, each distinct keyword
-set generated once thanks to a cache kept in ``LEDGER_DIR/caption_cache.sqlite``.
+set generated once thanks to a cache kept in ``caption_cache.sqlite beside LEDGER_DIR``.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=256, help="records per ledger write")
     p.add_argument("--gen-batch-size", type=int, default=64, help="keyword sets per generate call")
-    p.add_argument("--cache", help="cache file (default: LEDGER_DIR/caption_cache.sqlite)")
+    p.add_argument("--cache", help="cache file (default: caption_cache.sqlite beside LEDGER_DIR)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 
@@ -48,7 +48,7 @@ def run(args) -> int:
     from ..captions.k2c import Captioner, GenerationParams
     from ..captions.keywords import AudioSetLabels
     from ..captions.stage import CaptionOptions, CaptionStats, caption_batch
-    from ..ledger import Ledger, StageStats
+    from ..ledger import StageStats, sidecar, writing
 
     opts = CaptionOptions(min_duration=args.min_duration or None, template=args.template,
                           debias=not args.no_debias,
@@ -63,8 +63,8 @@ def run(args) -> int:
     cstats = CaptionStats()
     stage = StageStats("caption")
     start = time.monotonic()
-    with Ledger(args.ledger) as ledger:
-        cache = CaptionCache(args.cache or ledger.root / "caption_cache.sqlite") if captioner else None
+    with writing(args.ledger) as ledger:
+        cache = CaptionCache(args.cache or sidecar(ledger.root, "caption_cache.sqlite")) if captioner else None
         todo = ledger.records(status=args.status, source=args.source)
         for batch in ledger.iter_batches(todo, args.batch_size):
             caption_batch(batch, captioner, opts, cache=cache, stats=cstats)

@@ -26,14 +26,14 @@ def register(subparsers) -> None:
     p.add_argument("--fingerprint-dir",
                    help="fingerprint store to reuse and fill (default: WORK/fingerprints, the "
                         "build's store beside the ledger); 'none' disables it")
-    p.add_argument("--report", help="write the JSON report here (default LEDGER_DIR/filter_report.json)")
+    p.add_argument("--report", help="write the JSON report here (default filter_report.json beside LEDGER_DIR)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from laion_audio.filters.dedup import DEFAULT_SOURCE_PRIORITY
     from laion_audio.filters.stage import FilterConfig, filter_ledger
-    from laion_audio.ledger import Ledger
+    from laion_audio.ledger import sidecar, writing
 
     eval_audio = {}
     for spec in args.eval_audio:
@@ -52,11 +52,10 @@ def run(args: argparse.Namespace) -> int:
         audio_root=str(Path(args.ledger).resolve().parent),
         fingerprint_dir=None if args.fingerprint_dir == "none" else
         (args.fingerprint_dir or str(Path(args.ledger).resolve().parent / "fingerprints")))
-    with Ledger(args.ledger) as ledger:
+    with writing(args.ledger) as ledger:
         report, stats = filter_ledger(ledger, config)
-        ledger.compact()
     print(report.table())
     print(stats.line())
-    out = Path(args.report) if args.report else Path(args.ledger) / "filter_report.json"
+    out = Path(args.report) if args.report else sidecar(args.ledger, "filter_report.json")
     out.write_text(json.dumps(report.as_dict(), indent=2))
     return 0

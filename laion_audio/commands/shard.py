@@ -69,7 +69,7 @@ def _absolute(path: str, base: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from laion_audio.ledger import Ledger, LedgerError
+    from laion_audio.ledger import LedgerError, writing
     from laion_audio.shards import READY_STATUSES, ShardError, ShardRun, write_shards
 
     ledger_dir = Path(args.ledger)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     base = Path(args.paths_relative_to) if args.paths_relative_to else ledger_dir.resolve().parent
     try:
-        with Ledger(ledger_dir) as ledger:
+        with writing(ledger_dir) as ledger:
             candidates = ledger.records(status=list(READY_STATUSES))
             ready = [r for r in candidates if any(t.strip() for t in r.texts)]
             waiting = len(candidates) - len(ready)

@@ -61,7 +61,7 @@ def test_journal_last_write_wins_and_compaction_is_stable(tmp_path):
                 r.audio_path = f"raw/{r.source_id}-{step}"
             a.write(recs[:step + 1], tag="fetch")
         a.compact()
-        assert not list((tmp_path / "a" / "journal").glob("*.parquet"))
+        assert not list(a.journal_dir.glob("*.parquet"))
         assert a.get("s", "id000").audio_path == "raw/id000-2"
         assert a.status_counts() == {"fetched": 3, "new": 2}
     # the same final rows written in another order compact to the same bytes
@@ -78,7 +78,7 @@ def test_reader_sees_uncompacted_journal_after_crash(tmp_path):
     led.upsert(make(4))
     led.write([fail(led.get("s", "id002"), "transcode", "undecodable", "not audio")])
     # simulate kill -9: no compact, no close; a stale temp file from a half-written batch
-    (tmp_path / "journal" / ".00000009-transcode.parquet.tmp-123").write_bytes(b"PAR1garbage")
+    (led.journal_dir / ".00000009-transcode.parquet.tmp-123").write_bytes(b"PAR1garbage")
     led.close()
     again = Ledger(tmp_path)
     assert again.get("s", "id002").failure_code == "undecodable"

@@ -86,7 +86,7 @@ def test_demo_build_killed_mid_fetch_then_rerun_equals_uninterrupted(tmp_path):
     killed = tmp_path / "killed" / "out"
     killed.parent.mkdir()
     proc = _demo(killed, port)
-    journal = killed / "ledger" / "journal"
+    journal = killed / "ledger.journal"   # beside the ledger folder (docs/ledger.md)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if journal.is_dir() and any("fetch" in p.name for p in journal.glob("*.parquet")):

@@ -50,7 +50,7 @@ def test_shard_command_updates_the_ledger(debian_flacs, tmp_path):
     assert "1 transcoded records have no caption yet" in done.stdout
 
     with Ledger(work / "ledger") as ledger:
-        assert not list((work / "ledger" / "journal").glob("*.parquet"))   # compacted
+        assert not list(ledger.journal_dir.glob("*.parquet"))   # compacted
         by_id = {r.source_id: r for r in ledger.records()}
     for i, rec in enumerate(records):
         now = by_id[rec.source_id]
