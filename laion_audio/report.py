@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -196,6 +197,9 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_dir, lock=False)
     fig_data = compute_figures(ledger)
+    if "matplotlib" not in sys.modules and "MPLCONFIGDIR" not in os.environ:
+        # matplotlib's font cache goes to the work folder, not the user's ~/.cache
+        os.environ["MPLCONFIGDIR"] = str(Path(ledger_dir).resolve().parent / ".cache" / "matplotlib")
     made = _plots(fig_data, out)
     tmp = out / ".figures.json.tmp"
     tmp.write_text(json.dumps(fig_data, indent=2, sort_keys=True), encoding="utf-8")
