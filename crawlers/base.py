@@ -8,6 +8,7 @@ source also owns its caption rule: ``crawl`` yields records whose ``texts`` (and
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import os
 import re
@@ -28,6 +29,21 @@ class Source:
 
     def __init__(self, **options: Any):
         self.options = options
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every source's ``crawl`` passes its records through :func:`clean_record`, so no
+        source can forget the text rule (the ``local`` source once did)."""
+        super().__init_subclass__(**kwargs)
+        crawl = cls.__dict__.get("crawl")
+        if crawl is None or getattr(crawl, "_cleans_records", False):
+            return
+
+        @functools.wraps(crawl)
+        def cleaned(self, state: dict) -> Iterator[Record]:
+            for rec in crawl(self, state):
+                yield clean_record(rec)
+        cleaned._cleans_records = True
+        cls.crawl = cleaned
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -117,7 +133,23 @@ class _TextOnly(HTMLParser):
             self.parts.append(data)
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]")
+#: C0/C1 controls, zero-width and bidi controls (embeddings/overrides U+202A-202E, isolates
+#: U+2066-2069, the Arabic letter mark U+061C), deprecated format characters, BOM, interlinear
+#: annotation marks and lone surrogates (undecodable bytes): none belongs in a caption.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                      "\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+#: terminal escape sequences (CSI ``ESC [ ... m``, OSC ``ESC ] ... BEL``, two-byte ``ESC x``)
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]"
+                   r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+_BREAKS = re.compile(r"[\t\n\r\x0b\x0c\x85\u2028\u2029]")
+_JUNK = f"(?:{_ANSI.pattern}|{_CONTROL.pattern}|{_BREAKS.pattern})"
+_JUNK_RUN = re.compile(f"[ ]*{_JUNK}(?:[ ]*{_JUNK})*[ ]*")
+#: bounds of the one text rule applied to every record a source yields
+MAX_CAPTION_CHARS = 2000
+MAX_TEXTS = 64
+MAX_TAGS = 256
+MAX_TAG_CHARS = 255
+MAX_ORIGINAL_CHARS = 10000
 
 
 def clean_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
@@ -136,10 +168,67 @@ def clean_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
         except Exception:  # html.parser is lenient; keep the raw text rather than crash
             text = html.unescape(text)
         text = text.replace("<", " ").replace(">", " ")
-    text = unicodedata.normalize("NFC", text)
-    text = _CONTROL.sub(" ", text)
-    text = " ".join(text.split())
+    return plain_text(text, max_chars)
+
+
+def plain_text(text: Any, max_chars: int = MAX_TEXT_CHARS, collapse: bool = True) -> str:
+    """The plain-text rule every record's text passes (idempotent; no HTML decoding, which is
+    :func:`clean_text`'s job for site markup): valid UTF-8 (undecodable bytes read as Latin-1),
+    NFC, terminal escapes, control, zero-width and bidi characters and line breaks become
+    spaces, ends stripped, at most ``max_chars`` characters. ``collapse`` also folds runs of
+    whitespace (site text); the record rule keeps inner spaces (BBC captions reproduce LAION's
+    exactly, double spaces included)."""
+    if text is None:
+        return ""
+    from laion_audio.archives import utf8_name
+
+    text = unicodedata.normalize("NFC", utf8_name(str(text)))
+    text = _JUNK_RUN.sub(" ", text)     # a run of escapes/controls/breaks and its spaces: one space
+    if collapse:
+        text = " ".join(text.split())
+    else:
+        text = text.strip()
     return text[:max_chars].rstrip()
+
+
+def _plain_value(value: Any, depth: int = 0) -> Any:
+    """original_data values: strings lose controls/escapes (line breaks kept) and are bounded;
+    containers are walked a few levels deep."""
+    if isinstance(value, str):
+        from laion_audio.archives import utf8_name
+
+        text = _ANSI.sub(" ", utf8_name(value))
+        return _CONTROL.sub(lambda m: m.group() if m.group() in "\t\n" else " ",
+                            text)[:MAX_ORIGINAL_CHARS]
+    if depth > 8:
+        return None
+    if isinstance(value, dict):
+        return {str(_plain_value(str(k), depth + 1)): _plain_value(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v, depth + 1) for v in value]
+    return value
+
+
+def clean_record(rec: Record) -> Record:
+    """The one text rule for every source (applied to whatever ``crawl`` yields): captions, tags,
+    title, description, author and licence become bounded plain text; ids and URLs become
+    valid UTF-8; original_data strings lose control characters. Idempotent."""
+    from laion_audio.archives import utf8_name
+
+    rec.source_id = utf8_name(rec.source_id)
+    rec.url = utf8_name(rec.url)
+    texts = (plain_text(t, MAX_CAPTION_CHARS, collapse=False) for t in rec.texts or [])
+    rec.texts = [t for t in texts if t][:MAX_TEXTS]
+    tags = (plain_text(t, MAX_TAG_CHARS, collapse=False) for t in rec.tags or [])
+    rec.tags = [t for t in tags if t][:MAX_TAGS]
+    for name in ("title", "description", "author", "license"):
+        setattr(rec, name, plain_text(getattr(rec, name), MAX_TEXT_CHARS, collapse=False))
+    if rec.original_data:
+        rec.original_data = _plain_value(rec.original_data)
+    if rec.failure_message:
+        rec.failure_message = plain_text(rec.failure_message, MAX_TEXT_CHARS, collapse=False)
+    return rec
 
 
 class HttpSource(Source):

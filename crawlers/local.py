@@ -22,14 +22,26 @@ partial download is counted rather than silently smaller.
 
 The id is the file's path relative to the folder, so two files with the same name in
 different sub-folders are two records (LAION's filename scripts overwrote one with the other).
+The record's ``url`` is that relative path too (percent-encoded bytes, so any file name round-trips),
+never the folder's absolute path: moving the input folder changes no record, and no path of the
+user's machine reaches a shard. A name that is not valid UTF-8 (``caf\xe9.wav`` from a Latin-1
+system) reads its other bytes as Latin-1 (``café.wav``); should that equal a real UTF-8 name in
+the folder, ``~`` and 8 hex digits of the name's bytes are added before the extension.
+Captions, tags and titles pass the one text rule of every source (``crawlers.base.clean_record``).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import re
-from pathlib import Path
+import shutil
+from pathlib import Path, PurePosixPath
 from typing import Iterator
+from urllib.parse import quote, unquote_to_bytes
+
+from laion_audio.archives import utf8_name
 
 from laion_audio.records import Failure, FailureCode, Record, Status
 
@@ -207,21 +219,25 @@ class LocalSource(Source):
         used: set[int] = set()
         files = sorted(p for p in self.root.rglob("*")
                        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
+        valid = {p.relative_to(self.root).as_posix() for p in files}
+        valid = {r for r in valid if utf8_name(r) == r}
         for path in files:
-            rel = path.relative_to(self.root).as_posix()
-            entry = by_key.get(rel) or by_key.get(path.name) or by_key.get(path.stem)
+            raw_rel = path.relative_to(self.root).as_posix()
+            rel = local_id(raw_rel, valid)
+            name, stem = PurePosixPath(rel).name, PurePosixPath(rel).stem
+            entry = by_key.get(rel) or by_key.get(name) or by_key.get(stem)
             if entry is not None:
                 used.add(id(entry))
-            info = entry or table.get(rel) or table.get(path.name) or _sidecar(path)
+            info = entry or table.get(rel) or table.get(name) or _sidecar(path)
             if info and info["texts"]:
                 texts, rule = info["texts"], "caption table or sidecar"
             else:
-                texts, rule = [caption_from_filename(path.name)], "cleaned file name"
+                texts, rule = [caption_from_filename(name)], "cleaned file name"
             tags = list(info["tags"]) if info else []
-            if not tags and path.parent != self.root:
-                tags = [part for part in path.parent.relative_to(self.root).parts]
+            if not tags and len(PurePosixPath(rel).parts) > 1:
+                tags = list(PurePosixPath(rel).parts[:-1])
             yield Record(
-                source=self.dataset, source_id=rel, url=str(path), title=path.stem,
+                source=self.dataset, source_id=rel, url=local_url(raw_rel), title=stem,
                 tags=tags, texts=texts,
                 caption_provenance={"rule": rule, "source": "local"},
                 original_data={"file_path": rel, **(info["extra"] if info else {})},
@@ -232,14 +248,62 @@ class LocalSource(Source):
                              texts=list(entry["texts"]), original_data=dict(entry["extra"]),
                              status=Status.FAILED, failure_stage="crawl",
                              failure_code=FailureCode.MISSING_FILE,
-                             failure_message=f"{entry['row_id']} is listed but its audio is not in "
-                                             f"{self.root}")
+                             failure_message=f"{entry['row_id']} is listed but its audio is not "
+                                             "in the input folder")
 
     def fetch(self, record: Record, dest_dir: Path) -> Path:
-        path = Path(record.url)
-        if not path.is_file():
-            raise Failure(FailureCode.MISSING_FILE, f"{record.source_id} is no longer in {self.root}")
+        path = self.path_of(record)
+        if path is None or not path.is_file():
+            raise Failure(FailureCode.MISSING_FILE,
+                          f"{record.source_id} is no longer in the input folder")
+        if utf8_name(str(path)) != str(path):
+            # the ledger stores audio_path as UTF-8 text (and resolves symlinks): a name that is
+            # not UTF-8 is reached through a hard link (a copy across file systems) with our
+            # own name in the raw folder
+            link = Path(dest_dir) / (hashlib.sha1(os.fsencode(str(path))).hexdigest()[:20]
+                                     + utf8_name(path.suffix).lower()[:12])
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not (link.is_file() and os.path.samefile(link, path)):
+                tmp = link.with_name(f".{link.name}.partial")
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(path, tmp)
+                except OSError:
+                    shutil.copyfile(path, tmp)
+                os.replace(tmp, link)
+            return link
         return path
+
+    def path_of(self, record: Record) -> Path | None:
+        """The file a record names, inside ``--input`` (records of older versions stored the
+        absolute path; those are still honoured when they lie inside the folder)."""
+        url = record.url
+        if url.startswith("/"):
+            path = Path(url)
+        else:
+            path = self.root / os.fsdecode(unquote_to_bytes(url))
+        try:
+            if not path.resolve().is_relative_to(self.root):
+                return None
+        except (OSError, ValueError):
+            return None
+        return path
+
+
+def local_url(raw_rel: str) -> str:
+    """The relative path as a relative URL: its bytes percent-encoded, so names that are not
+    UTF-8 round-trip exactly (``unquote_to_bytes``)."""
+    return quote(os.fsencode(raw_rel), safe="/")
+
+
+def local_id(raw_rel: str, valid: set[str]) -> str:
+    """The record id of a file: its relative path as valid UTF-8 (see the module doc)."""
+    rel = utf8_name(raw_rel)
+    if rel == raw_rel or rel not in valid:
+        return rel
+    digest = hashlib.sha1(os.fsencode(raw_rel)).hexdigest()[:8]
+    p = PurePosixPath(rel)
+    return p.with_name(f"{p.stem}~{digest}{p.suffix}").as_posix()
 
 
 SOURCE = LocalSource

@@ -9,13 +9,20 @@ pack with one hostile entry is not lost. Rules:
   backslashes count as separators (Windows zips); the target is re-checked to lie inside the root;
 - types: only regular files are extracted; symlinks, hardlinks, devices and FIFOs are rejected;
 - sizes: a per-member cap (declared size checked first, written bytes counted while copying, so a
-  lying header cannot write more), a total cap, a member-count cap, and for zip a compression-ratio
-  cap and an overlapping-entries check (zip bombs);
+  lying header cannot write more), a total cap, a member-count cap, an archive-wide expansion cap
+  (expanded bytes <= ``max_ratio`` x archive bytes + ``ratio_floor_bytes``, for zip and every tar
+  compression alike), and for zip a per-member compression-ratio cap and an overlapping-entries
+  check (zip bombs);
+- tree: a member whose path runs through another member's file (``a.wav`` then ``a.wav/b.wav``),
+  or a file where an earlier member made a folder, is rejected (``unsafe_path``);
+- names that are not valid UTF-8 (Latin-1 tar names) are read byte by byte: valid UTF-8 stays,
+  each other byte becomes its Latin-1 character, so every name is valid UTF-8 and stable;
 - atomic: extraction goes to a temporary folder renamed when complete, with a manifest, so a rerun
   (or a refresh) reuses a finished extraction and never sees half of one.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -44,8 +51,9 @@ class ArchiveLimits:
     max_member_bytes: int = 1 << 30          # 1 GiB: about an hour of 48 kHz 24-bit stereo
     max_total_bytes: int = 256 << 30         # 256 GiB for the whole archive
     max_members: int = 200_000
-    max_ratio: float = 100.0                 # zip: uncompressed / compressed for one member
-    ratio_min_bytes: int = 1 << 20           # ratio only checked above this size (tiny files compress well)
+    max_ratio: float = 100.0                 # expanded / compressed, per zip member and per archive
+    ratio_min_bytes: int = 64 << 10          # member ratio only checked above this size
+    ratio_floor_bytes: int = 16 << 20        # archive-wide: this much may always expand
     max_name_bytes: int = 1024
 
 
@@ -80,8 +88,33 @@ class ExtractionResult:
                    rejected=[Rejected(**r) for r in data["rejected"]], skipped=data.get("skipped", 0))
 
 
+def _latin1_bytes(err: UnicodeDecodeError):
+    return err.object[err.start:err.end].decode("latin-1"), err.end
+
+
+codecs.register_error("laion_audio.latin1", _latin1_bytes)
+
+
+def utf8_name(name: str) -> str:
+    """A file or member name as valid UTF-8 text: names the OS or tarfile decoded with
+    ``surrogateescape`` (bytes that are not UTF-8) get each undecodable byte as its Latin-1
+    character (``caf\\xe9.wav`` -> ``café.wav``). Valid names are returned unchanged; the result is
+    a function of the name's bytes only (stable across runs and machines)."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape") if not _has_non_escape_surrogates(name) \
+            else name.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "laion_audio.latin1").encode("utf-8", "replace").decode("utf-8")
+
+
+def _has_non_escape_surrogates(name: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF and not 0xDC80 <= ord(c) <= 0xDCFF for c in name)
+
+
 def printable_name(name: str) -> str:
-    return _CONTROL.sub("?", name)[:512]
+    return _CONTROL.sub("?", utf8_name(name))[:512]
 
 
 def safe_member_path(name: str, limits: ArchiveLimits = ArchiveLimits()) -> PurePosixPath:
@@ -125,15 +158,20 @@ def _fingerprint(archive: Path) -> dict:
 class _Budget:
     """Running totals shared by both archive kinds."""
 
-    def __init__(self, limits: ArchiveLimits, result: ExtractionResult):
+    def __init__(self, limits: ArchiveLimits, result: ExtractionResult, archive_bytes: int):
         self.limits = limits
         self.result = result
         self.total = 0
         self.count = 0
         self.seen: set[str] = set()
+        self.folders: set[str] = set()
+        #: expanded bytes this archive may produce: the total cap, and a ratio of its own size
+        self.cap = min(limits.max_total_bytes,
+                       int(limits.max_ratio * archive_bytes) + limits.ratio_floor_bytes)
+
 
     def reject(self, name: str, code: str, message: str) -> None:
-        self.result.rejected.append(Rejected(printable_name(name), code, message))
+        self.result.rejected.append(Rejected(printable_name(name), code, utf8_name(message)))
 
     def admit(self, name: str, declared: int, want: Callable[[str], bool]) -> PurePosixPath | None:
         """Check one member before reading it; returns its relative path or None (rejected/skipped)."""
@@ -148,15 +186,23 @@ class _Budget:
         if rel.as_posix() in self.seen:
             self.reject(name, FailureCode.UNSAFE_PATH, "duplicate member name (would overwrite)")
             return None
+        parents = [PurePosixPath(*rel.parts[:i]).as_posix() for i in range(1, len(rel.parts))]
+        if rel.as_posix() in self.folders or any(p in self.seen for p in parents):
+            self.reject(name, FailureCode.UNSAFE_PATH,
+                        "member path collides with another member (a file used as a folder)")
+            return None
         if declared > self.limits.max_member_bytes:
             self.reject(name, FailureCode.TOO_LARGE,
                         f"declared size {declared} > {self.limits.max_member_bytes} bytes")
             return None
-        if self.total + declared > self.limits.max_total_bytes:
+        if self.total + declared > self.cap:
             self.reject(name, FailureCode.TOO_LARGE,
-                        f"archive total would exceed {self.limits.max_total_bytes} bytes")
+                        f"archive would expand past {self.cap} bytes "
+                        f"(limit: {self.limits.max_ratio:.0f}x its size, at most "
+                        f"{self.limits.max_total_bytes} bytes)")
             return None
         self.seen.add(rel.as_posix())
+        self.folders.update(parents)
         return rel
 
     def write(self, name: str, rel: PurePosixPath, src, declared: int, root: Path) -> None:
@@ -164,11 +210,15 @@ class _Budget:
         rejected (a lying header)."""
         dest = root.joinpath(*rel.parts)
         root_resolved = root.resolve()
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:   # a file where a folder should be (admit() stops the known cases)
+            self.reject(name, FailureCode.UNSAFE_PATH, f"cannot create the member's folder: {exc}"[:300])
+            return
         if not dest.parent.resolve().is_relative_to(root_resolved):
             self.reject(name, FailureCode.UNSAFE_PATH, "target folder escapes the extraction root")
             return
-        cap = min(self.limits.max_member_bytes, declared)
+        cap = min(self.limits.max_member_bytes, declared, self.cap - self.total)
         written = 0
         try:
             with open(dest, "xb") as out:
@@ -210,6 +260,7 @@ def _extract_zip(archive: Path, root: Path, budget: _Budget, want) -> None:
                 break
             if info.is_dir():
                 continue
+            info.filename = utf8_name(info.filename)
             mode = info.external_attr >> 16
             if info.create_system == 3 and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
                 kind = "symlink" if stat.S_ISLNK(mode) else "special file"
@@ -235,7 +286,10 @@ def _extract_zip(archive: Path, root: Path, budget: _Budget, want) -> None:
                 with zf.open(info) as src:
                     budget.write(info.filename, rel, src, info.file_size, root)
             except Exception as exc:  # zlib.error, NotImplementedError (unknown compression)
-                root.joinpath(*rel.parts).unlink(missing_ok=True)
+                try:
+                    root.joinpath(*rel.parts).unlink(missing_ok=True)
+                except OSError:
+                    pass
                 budget.reject(info.filename, FailureCode.UNDECODABLE, f"cannot read member: {exc}"[:300])
 
 
@@ -254,7 +308,8 @@ def _overlapping_zip_entries(infos: list[zipfile.ZipInfo]) -> set[str]:
 def _extract_tar(archive: Path, root: Path, budget: _Budget, want) -> None:
     limits = budget.limits
     # stream mode: one forward pass, also for .tar.gz/.bz2/.xz (no random access needed)
-    with tarfile.open(archive, mode="r|*") as tf:
+    # names decode as UTF-8 whatever the locale; other bytes are fixed by utf8_name
+    with tarfile.open(archive, mode="r|*", encoding="utf-8", errors="surrogateescape") as tf:
         i = 0
         while True:
             try:
@@ -272,6 +327,7 @@ def _extract_tar(archive: Path, root: Path, budget: _Budget, want) -> None:
                 break
             if member.isdir():
                 continue
+            member.name = utf8_name(member.name)
             if member.issym() or member.islnk():
                 budget.reject(member.name, FailureCode.UNSAFE_PATH,
                               f"{'symlink' if member.issym() else 'hardlink'} member -> {member.linkname!r}")
@@ -318,7 +374,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *,
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     result = ExtractionResult(root=dest)
-    budget = _Budget(limits, result)
+    budget = _Budget(limits, result, archive.stat().st_size)
     try:
         (_extract_zip if kind == "zip" else _extract_tar)(archive, tmp, budget, want)
     except (zipfile.BadZipFile, tarfile.TarError) as exc:
@@ -345,7 +401,7 @@ def extract_one(archive: str | os.PathLike, member: str, dest_dir: str | os.Path
     Path(dest_dir).mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=".one-", dir=dest_dir))   # private: fetch_many runs threads
     result = ExtractionResult(root=out)
-    budget = _Budget(limits, result)
+    budget = _Budget(limits, result, archive.stat().st_size)
 
     def only(name: str) -> bool:
         return name == target

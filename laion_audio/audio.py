@@ -56,8 +56,24 @@ except ImportError:  # pragma: no cover
     av = None
 
 TARGET_RATE = 48000
-#: Frames per decode block: bounds memory (64 Ki frames x 8 ch x 4 B = 2 MB per block).
+#: Frames per decode block: bounds memory (64 Ki frames x 8 ch x 4 B = 2 MB per block); inputs
+#: with more channels read proportionally fewer frames per block (a WAV may claim 1,024).
 BLOCK_FRAMES = 65536
+BLOCK_SAMPLES = BLOCK_FRAMES * 8
+#: Resampler output per call is at most about this many samples (1 MB of float32), however
+#: large the rate ratio: an input block is fed in slices.
+RESAMPLE_OUT_BLOCK = 1 << 18
+#: Headers below this sample rate are not audio anyone recorded; they are refused before
+#: decoding (``implausible_header``): a 7 KB WAV at 1 Hz would become an hour at 48 kHz.
+MIN_PLAUSIBLE_RATE = 1000
+#: Output samples (at the target rate) per input byte above which a stated length is refused
+#: before decoding (``implausible_header``). Real files stay far below: FLAC of digital silence
+#: ~340, 6 kb/s Opus 64, 8-bit 1 kHz WAV upsampled 48; a 1 Hz 16-bit WAV is 24,000.
+MAX_SAMPLES_PER_BYTE = 4096
+#: libsndfile reports "unknown length" (a FLAC written to a pipe) as 2**63 - 1 frames.
+_UNKNOWN_FRAMES = 1 << 62
+#: ffmpeg codecs (name prefixes) that are lossless: they decode exactly or fail (``corrupt_audio``).
+PYAV_LOSSLESS_PREFIXES = ("pcm_", "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
 #: libsndfile subtypes that stay 16-bit: integer PCM at <= 16 bits, and the telephony codecs
 #: (mu-law, A-law, ADPCM, GSM) whose decoders produce 16-bit integers (as ffmpeg's do).
 SIXTEEN_BIT_SUBTYPES = {"PCM_S8", "PCM_U8", "PCM_16", "DPCM_8", "DPCM_16", "DWVW_12",
@@ -137,6 +153,12 @@ class _Source:
     #: The stated length is exact and decoding may run past it (MP4 edit lists: AAC encoder
     #: padding after the last real sample). Decoding stops at the stated length.
     stop_at_stated: bool = False
+    #: Lossless data: no length slack, a decoder error is ``corrupt_audio`` (no second decoder
+    #: that would conceal it).
+    lossless: bool = False
+    #: After a complete decode from the start: an error message when the data fails its own
+    #: check (FLAC STREAMINFO MD5), else None.
+    verify: Callable[[], str | None] | None = None
 
 
 class _DecoderRefused(Exception):
@@ -168,35 +190,107 @@ def temp_path_for(final: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- opening inputs
+def block_frames(channels: int) -> int:
+    """Frames per decode block for ``channels``: about BLOCK_SAMPLES samples, at least 1024."""
+    return max(1024, min(BLOCK_FRAMES, BLOCK_SAMPLES // max(1, channels)))
+
+
+def flac_streaminfo(path: str) -> dict | None:
+    """STREAMINFO of a native FLAC file (after an optional ID3v2 tag): ``rate``, ``channels``,
+    ``bits``, ``total`` (0 = not stated: written to a pipe) and ``md5`` (hex; all zeros = not
+    computed). None when the file does not start like a FLAC."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(10)
+            offset = 0
+            if head[:3] == b"ID3" and len(head) == 10:
+                offset = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14
+                               | (head[8] & 0x7F) << 7 | (head[9] & 0x7F))
+            fh.seek(offset)
+            data = fh.read(42)
+    except OSError:
+        return None
+    if len(data) < 42 or data[:4] != b"fLaC" or data[4] & 0x7F != 0:
+        return None
+    info = data[8:42]
+    packed = int.from_bytes(info[10:18], "big")
+    return {"rate": packed >> 44, "channels": ((packed >> 41) & 0x7) + 1,
+            "bits": ((packed >> 36) & 0x1F) + 1, "total": packed & ((1 << 36) - 1),
+            "md5": info[18:34].hex()}
+
+
 def _open_soundfile(path: str) -> _Source:
     try:
         handle = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise _DecoderRefused(str(exc)) from exc
     subtype = handle.subtype
-    frames = handle.frames if handle.frames > 0 else None
+    # libsndfile's "unknown length" (2**63 - 1: FLAC written to a pipe) is no length at all
+    frames = handle.frames if 0 < handle.frames < _UNKNOWN_FRAMES else None
     fmt = handle.format
     if subtype.startswith("PCM") or subtype in ("FLOAT", "DOUBLE"):
         codec = "flac" if fmt == "FLAC" else "pcm"
     else:
         codec = _CODEC_OF_SUBTYPE.get(subtype, subtype.lower())
+    lossless = codec in ("flac", "pcm") or subtype.startswith("ALAC")
+    streaminfo = flac_streaminfo(path) if fmt == "FLAC" else None
+    if streaminfo is not None and streaminfo["total"] == 0:
+        frames = None
+    # the FLAC MD5 is over the samples as integers of the stated width: read them as int32
+    # (left-justified) and derive the same float32 values libsndfile gives (exact: x / 2**31)
+    md5 = None
+    if (streaminfo is not None and streaminfo["md5"].strip("0")
+            and streaminfo["bits"] in (8, 16, 24, 32) and streaminfo["channels"] == handle.channels):
+        md5 = {"want": streaminfo["md5"], "bits": streaminfo["bits"], "hash": hashlib.md5(),
+               "whole": False}
     _check_wav_data_chunk(handle)
+    per_block = block_frames(handle.channels)
 
     def blocks(start: int, stop: int | None) -> Iterator[np.ndarray]:
         if start:
             handle.seek(start)
+        if md5 is not None:
+            md5["whole"] = start == 0 and stop is None
         remaining = None if stop is None else max(0, stop - start)
         while remaining is None or remaining > 0:
-            want = BLOCK_FRAMES if remaining is None else min(BLOCK_FRAMES, remaining)
-            block = handle.read(want, dtype="float32", always_2d=True)
-            if len(block) == 0:
-                return
+            want = per_block if remaining is None else min(per_block, remaining)
+            if md5 is not None and md5["whole"]:
+                ints = handle.read(want, dtype="int32", always_2d=True)
+                if len(ints) == 0:
+                    return
+                _md5_update(md5, ints)
+                block = ints.astype(np.float32)
+                block *= np.float32(1 / 2147483648)
+            else:
+                block = handle.read(want, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    return
             if remaining is not None:
                 remaining -= len(block)
             yield block
 
+    def verify() -> str | None:
+        if md5 is None or not md5["whole"]:
+            return None
+        got = md5["hash"].hexdigest()
+        if got != md5["want"]:
+            return f"decoded samples do not match the FLAC's MD5 ({got} != {md5['want']})"
+        return None
+
     return _Source("soundfile", handle.samplerate, handle.channels, codec, subtype,
-                   subtype in SIXTEEN_BIT_SUBTYPES, frames, blocks, handle.close)
+                   subtype in SIXTEEN_BIT_SUBTYPES, frames, blocks, handle.close,
+                   lossless=lossless, verify=verify)
+
+
+def _md5_update(md5: dict, ints: np.ndarray) -> None:
+    """FLAC's MD5 input: interleaved little-endian signed samples of ``bits`` / 8 bytes."""
+    bits = md5["bits"]
+    if bits == 32:
+        md5["hash"].update(np.ascontiguousarray(ints, dtype="<i4").tobytes())
+        return
+    shifted = np.ascontiguousarray(ints >> (32 - bits), dtype="<i4")
+    width = bits // 8
+    md5["hash"].update(shifted.view(np.uint8).reshape(-1, 4)[:, :width].tobytes())
 
 
 _WAV_DATA_RE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -264,6 +358,9 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
     subtype = ("VORBIS" if codec == "vorbis" else "OPUS" if codec == "opus"
                else _SUBTYPE_OF_AV_FORMAT.get(fmt_name, fmt_name.upper()))
     stays_16_bit = codec.startswith(PYAV_INT16_CODEC_PREFIXES) and fmt_name in ("u8", "s16")
+    lossless = codec.startswith(PYAV_LOSSLESS_PREFIXES)
+    if lossless:   # check frame CRCs and stop at the first bad one instead of concealing it
+        ctx.options = {"err_detect": "crccheck+explode"}
     stated_frames = None if stated is None else int(round(stated[0] * rate / stated[1]))
     demuxers = set(container.format.name.split(","))
     exact_length = not demuxers & ESTIMATED_LENGTH_FORMATS
@@ -280,18 +377,20 @@ def _open_pyav(path: str, stated: tuple[int, int] | None) -> _Source:
             if first is None or first.pts is None or _pts_frames(first, rate) > start:
                 # Landed after the start (or no timestamps): decode from the top instead.
                 fresh = av.open(path, metadata_errors="ignore")
+                if lossless:
+                    fresh.streams.audio[0].codec_context.options = {"err_detect": "crccheck+explode"}
                 try:
                     yield from _cut(fresh.decode(fresh.streams.audio[0]), None, 0, start, stop,
-                                    rate)
+                                    rate, lossless)
                 finally:
                     fresh.close()
                 return
-            yield from _cut(frames, first, _pts_frames(first, rate), start, stop, rate)
+            yield from _cut(frames, first, _pts_frames(first, rate), start, stop, rate, lossless)
         else:
-            yield from _cut(container.decode(stream), None, 0, start, stop, rate)
+            yield from _cut(container.decode(stream), None, 0, start, stop, rate, lossless)
 
     return _Source("pyav", rate, channels, codec, subtype, stays_16_bit, stated_frames,
-                   blocks, container.close, stop_at_stated)
+                   blocks, container.close, stop_at_stated, lossless=lossless)
 
 
 def _pts_frames(frame, rate: int) -> int:
@@ -299,16 +398,19 @@ def _pts_frames(frame, rate: int) -> int:
 
 
 def _cut(frames, first_frame, position: int, start: int, stop: int | None,
-         rate: int) -> Iterator[np.ndarray]:
+         rate: int, lossless: bool = False) -> Iterator[np.ndarray]:
     """Gather decoded PyAV frames into ~BLOCK_FRAMES blocks, keeping input frames [start, stop).
 
     Raw frame arrays are converted and down-mixed per block, not per frame (a frame is only
     ~1024 samples: per-frame numpy calls cost as much as the decoding). A change of sample
     format or channel layout mid-stream (AAC, broadcast captures) just starts a new block; a
-    sample-rate change is refused. Blocks come out down-mixed, shape (n, 1)."""
+    sample-rate change is refused. Blocks come out down-mixed, shape (n, 1). For a lossless
+    codec, a jump in the timestamps (ffmpeg dropped a corrupt frame and went on) is
+    ``corrupt_audio``."""
     pending: list[np.ndarray] = []
     pending_key = None
     pending_frames = 0
+    next_pts: int | None = None
 
     def flush() -> np.ndarray:
         fmt_name, planar, channels = pending_key
@@ -325,6 +427,18 @@ def _cut(frames, first_frame, position: int, start: int, stop: int | None,
             raise Failure(FailureCode.UNDECODABLE, f"sample rate changes mid-stream "
                           f"({rate} -> {frame.sample_rate} Hz)")
         count = frame.samples
+        if lossless:
+            if frame.pts is None:
+                if next_pts is not None:
+                    raise Failure(FailureCode.CORRUPT_AUDIO, "lossless stream loses its "
+                                  f"timestamps at {next_pts / rate:.3f} s (corrupt frames)")
+            else:
+                at = _pts_frames(frame, rate)
+                tol = 1 + int(rate * float(frame.time_base))   # ms timestamps (Matroska)
+                if next_pts is not None and abs(at - next_pts) > tol:
+                    raise Failure(FailureCode.CORRUPT_AUDIO, f"lossless stream jumps from "
+                                  f"{next_pts / rate:.3f} s to {at / rate:.3f} s (corrupt frames)")
+                next_pts = at + count
         lo = max(0, start - position)
         hi = count if stop is None else min(count, stop - position)
         position += count
@@ -426,7 +540,18 @@ def _window(start: float | None, end: float | None, rate: int,
     return first, stop
 
 
-def _check_header(src: _Source, first: int, stop: int | None, options: TranscodeOptions) -> None:
+def _check_header(src: _Source, first: int, stop: int | None, options: TranscodeOptions,
+                  input_bytes: int | None = None) -> None:
+    if src.sample_rate < MIN_PLAUSIBLE_RATE:
+        raise Failure(FailureCode.IMPLAUSIBLE_HEADER, f"header states {src.sample_rate} Hz, "
+                      f"below {MIN_PLAUSIBLE_RATE} Hz: not a real recording")
+    if src.stated_frames is not None and input_bytes:
+        end = src.stated_frames if stop is None else min(stop, src.stated_frames)
+        out_samples = (end - first) * options.target_rate / src.sample_rate
+        if out_samples > MAX_SAMPLES_PER_BYTE * input_bytes:
+            raise Failure(FailureCode.IMPLAUSIBLE_HEADER, f"header states {end - first} frames "
+                          f"at {src.sample_rate} Hz: {out_samples / input_bytes:.0f} output "
+                          f"samples per input byte (limit {MAX_SAMPLES_PER_BYTE})")
     if options.min_input_rate and src.sample_rate < options.min_input_rate:
         raise Failure(FailureCode.LOW_SAMPLE_RATE, f"input sample rate {src.sample_rate} Hz is "
                       f"below the {options.min_input_rate} Hz floor")
@@ -448,6 +573,7 @@ def _run(src: _Source, tmp: Path, first: int, stop: int | None,
     max_in = (None if options.max_duration is None
               else int(options.max_duration * rate_in) + 1)
     sink = _FlacSink(tmp, rate_out, out_subtype, options.compression_level)
+    step = max(1, RESAMPLE_OUT_BLOCK * rate_in // rate_out)
     consumed = 0
     try:
         blocks = src.blocks(first, stop)
@@ -469,7 +595,11 @@ def _run(src: _Source, tmp: Path, first: int, stop: int | None,
             if max_in is not None and consumed > max_in:
                 raise Failure(FailureCode.TOO_LONG, f"decoded more than max_duration "
                               f"{options.max_duration:.0f} s of audio")
-            sink.write(resampler.resample_chunk(mono) if resampler else mono)
+            if resampler is None:
+                sink.write(mono)
+            else:   # slices: the output of one call stays ~1 MB whatever the rate ratio
+                for i in range(0, len(mono), step):
+                    sink.write(resampler.resample_chunk(mono[i:i + step]))
         if resampler is not None:
             sink.write(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     finally:
@@ -482,7 +612,12 @@ def _is_truncated(src: _Source, first: int, stop: int | None, consumed: int) -> 
         return None
     expected = (src.stated_frames if stop is None else min(stop, src.stated_frames)) - first
     slack = 0
-    if src.subtype in LOSSY_SUBTYPES or src.decoder == "pyav":
+    if src.lossless:
+        if src.decoder == "pyav":
+            # container lengths are rounded (Matroska: 1 ms; CAF: whole 4096-frame packets);
+            # dropped frames are caught by the timestamp check in _cut instead
+            slack = 4608 + src.sample_rate // 1000
+    elif src.subtype in LOSSY_SUBTYPES or src.decoder == "pyav":
         slack = 4608 + expected // 50   # lossy lengths are estimates (priming, padding)
     if consumed + slack < expected:
         return (f"decoded {consumed / src.sample_rate:.3f} s but the header states "
@@ -513,15 +648,25 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     try:
         try:
             src = _open_soundfile(src_path)
-            if src.subtype in PYAV_PREFERRED_SUBTYPES and av is not None:
+            unstated_flac = src.codec == "flac" and src.stated_frames is None
+            if (src.subtype in PYAV_PREFERRED_SUBTYPES or unstated_flac) and av is not None:
+                # a FLAC without a length (written to a pipe): libsndfile cannot read it
+                # ("psf_fseek() failed"); ffmpeg's decoder can, with timestamp checks
                 src.close()
                 src = _open_pyav(src_path, _stated(src))
         except _DecoderRefused as refused:
             notes.append(f"libsndfile: {refused}")
             src = _open_pyav(src_path, None)
         try:
-            result = _transcode_source(src, tmp, start, end, options, notes)
+            result = _transcode_source(src, tmp, start, end, options, notes, size)
         except _DecodeError as exc:
+            if src.lossless:
+                # libFLAC found a bad CRC or lost sync: ffmpeg would conceal it, we refuse.
+                # A file cut short fails the same way at its end: its last frames are missing.
+                if src.stated_frames is not None and not _tail_decodes(src_path, src.stated_frames):
+                    raise _damaged(src, str(exc)) from exc
+                raise Failure(FailureCode.CORRUPT_AUDIO, f"lossless data does not decode "
+                              f"({exc})") from exc
             if src.decoder != "soundfile" or av is None:
                 raise _damaged(src, str(exc)) from exc
             # libsndfile failed mid-stream: ffmpeg's decoders get one try on the same file.
@@ -529,7 +674,7 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             src.close()
             src = _open_pyav(src_path, _stated(src))
             try:
-                result = _transcode_source(src, tmp, start, end, options, notes)
+                result = _transcode_source(src, tmp, start, end, options, notes, size)
             except _DecodeError as exc2:
                 raise _damaged(src, str(exc2)) from exc2
         finally:
@@ -540,6 +685,24 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _tail_decodes(path: str, stated_frames: int, tail: int = 1024) -> bool:
+    """True when the last ``tail`` frames the header states decode: damage lies before them
+    (corrupt data), not at the end (a file cut short)."""
+    try:
+        with sf.SoundFile(path) as handle:
+            start = max(0, stated_frames - tail)
+            handle.seek(start)
+            got = 0
+            while True:
+                block = handle.read(tail, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                got += len(block)
+            return got == stated_frames - start
+    except Exception:  # noqa: BLE001 - any decoder error here means the tail is damaged
+        return False
 
 
 def _stated(src: _Source) -> tuple[int, int] | None:
@@ -553,17 +716,23 @@ def _damaged(src: _Source, message: str) -> Failure:
 
 
 def _transcode_source(src: _Source, tmp: Path, start, end, options: TranscodeOptions,
-                      notes: list[str]) -> AudioResult:
+                      notes: list[str], input_bytes: int | None = None) -> AudioResult:
+    if src.sample_rate < MIN_PLAUSIBLE_RATE:   # before _window divides by it
+        _check_header(src, 0, None, options, input_bytes)
     first, stop = _window(start, end, src.sample_rate, src.stated_frames)
     if src.stop_at_stated:
         stop = src.stated_frames if stop is None else min(stop, src.stated_frames)
-    _check_header(src, first, stop, options)
+    _check_header(src, first, stop, options, input_bytes)
     sink, consumed = _run(src, tmp, first, stop, options)
     if first > 0 and consumed == 0:
         raise Failure(FailureCode.BAD_TRIM, f"trim start {start} s is past the end of the audio")
     truncated = _is_truncated(src, first, stop, consumed)
     if truncated:
         raise Failure(FailureCode.TRUNCATED_AUDIO, truncated)
+    if src.verify is not None:
+        bad = src.verify()
+        if bad:
+            raise Failure(FailureCode.CORRUPT_AUDIO, bad)
     duration = sink.frames / options.target_rate
     if duration < options.min_duration:
         raise Failure(FailureCode.TOO_SHORT, f"{duration:.4f} s of audio is shorter than "

@@ -65,6 +65,8 @@ class FailureCode:
     EMPTY_FILE = "empty_file"
     UNDECODABLE = "undecodable"        # no decoder could read it
     TRUNCATED_AUDIO = "truncated_audio"
+    CORRUPT_AUDIO = "corrupt_audio"    # lossless data that does not decode exactly (CRC, MD5, gaps)
+    IMPLAUSIBLE_HEADER = "implausible_header"  # e.g. a 1 Hz WAV: would expand a KB to hours
     NONFINITE = "nonfinite_samples"    # NaN/inf in float input
     TOO_SHORT = "too_short"
     TOO_LONG = "too_long"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -98,8 +99,22 @@ def compute_figures(ledger: Ledger) -> dict:
 
 # ---------------------------------------------------------------------------- plots
 def _plots(fig_data: dict, out: Path) -> dict[str, str]:
+    """Every label here can be text from a site (licences, source names, failure codes): it is
+    drawn as plain text, never parsed as math (``$\\macro$``) or TeX."""
     import matplotlib
     matplotlib.use("Agg")
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _draw(fig_data, out)
+
+
+def _label(text) -> str:
+    """Plot label from untrusted text: printable, bounded."""
+    text = "".join(c if c.isprintable() else " " for c in str(text))
+    return text[:60]
+
+
+def _draw(fig_data: dict, out: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     made: dict[str, str] = {}
@@ -122,7 +137,7 @@ def _plots(fig_data: dict, out: Path) -> dict[str, str]:
         ax.bar_label(ours, fontsize=8)
         ax.bar_label(paper, labels=[f"{sources[n]['paper_samples']:,}" if sources[n]["paper_samples"] else ""
                                     for n in names], fontsize=8)
-        ax.set_xticks(list(xs), names, rotation=30, ha="right")
+        ax.set_xticks(list(xs), [_label(n) for n in names], rotation=30, ha="right")
         ax.set_ylabel("samples")
         top = max([sources[n]["kept"] for n in names] + [sources[n]["paper_samples"] or 0 for n in names] + [1])
         if any(sources[n]["paper_samples"] for n in names):
@@ -134,7 +149,8 @@ def _plots(fig_data: dict, out: Path) -> dict[str, str]:
         save(fig, "samples_per_source", "Samples per source (paper's counts beside them)")
 
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-        bars = ax.bar(names, [sources[n]["hours"] for n in names])
+        bars = ax.bar(range(len(names)), [sources[n]["hours"] for n in names])
+        ax.set_xticks(range(len(names)), [_label(n) for n in names])
         ax.bar_label(bars, labels=[f"{sources[n]['hours']:.2f}" for n in names], fontsize=8)
         ax.set_ylabel("hours")
         ax.tick_params(axis="x", rotation=30)
@@ -157,7 +173,9 @@ def _plots(fig_data: dict, out: Path) -> dict[str, str]:
         items = list(fig_data[key].items())[:25]
         fig, ax = plt.subplots(figsize=(8, max(2.0, 0.35 * len(items) + 1)))
         if items:
-            ax.barh([k[:60] for k, _ in items][::-1], [v for _, v in items][::-1])
+            ys = range(len(items))
+            ax.barh(list(ys), [v for _, v in items][::-1])
+            ax.set_yticks(list(ys), [_label(k) for k, _ in items][::-1])
         else:
             ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
             ax.set_yticks([])
@@ -179,6 +197,9 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_dir, lock=False)
     fig_data = compute_figures(ledger)
+    if "matplotlib" not in sys.modules and "MPLCONFIGDIR" not in os.environ:
+        # matplotlib's font cache goes to the work folder, not the user's ~/.cache
+        os.environ["MPLCONFIGDIR"] = str(Path(ledger_dir).resolve().parent / ".cache" / "matplotlib")
     made = _plots(fig_data, out)
     tmp = out / ".figures.json.tmp"
     tmp.write_text(json.dumps(fig_data, indent=2, sort_keys=True), encoding="utf-8")

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..records import Record
+from . import fingerprint as fpmod
 from .fingerprint import Fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,144 @@ log = logging.getLogger(__name__)
 #: bump when fingerprint.py changes what it computes: old entries are then simply not found
 VERSION = "v1"
 
+#: Audio is read in blocks of this many frames, down-mixed and resampled to 16 kHz as a stream
+#: (the same samples as resampling the whole clip at once: soxr's stream is chunking-exact).
+READ_BLOCK = 1 << 16
+#: Clips up to this long are fingerprinted in one piece, exactly as before; longer ones in
+#: windows, so peak memory per worker stays ~200 MB whatever the clip length (the spectrogram
+#: of a whole hour took 5.2 GB).
+WHOLE_SECONDS = 120.0
+#: Window core and context in STFT frames: multiples of the peak-picking block (62 frames),
+#: its grid (4) and the band decimation (2), so blocks line up with the whole-clip ones.
+WINDOW_FRAMES = fpmod.BLOCK * fpmod.GRID * 30          # 7,440 frames = 59.5 s
+CONTEXT_FRAMES = 2 * fpmod.BLOCK                       # 124 frames: > pair zone + neighbourhood
+
 
 def read_mono(path: str) -> tuple[np.ndarray, int]:
+    """The whole clip, mono float32, at its own rate (for short clips and tests)."""
     import soundfile as sf
 
     x, sr = sf.read(path, dtype="float32", always_2d=True)
     return x.mean(axis=1), sr
 
 
+def _mono_16k_blocks(path: str):
+    """(frames at the file's rate, iterator of mono float32 blocks at 16 kHz). Down-mix is the
+    same per-row mean as :func:`read_mono`; the resampler is soxr HQ as in ``to_mono_16k``."""
+    import soundfile as sf
+    import soxr
+
+    handle = sf.SoundFile(path)
+    rate = handle.samplerate
+    frames = handle.frames if 0 < handle.frames < (1 << 62) else None
+
+    def blocks():
+        try:
+            resampler = (soxr.ResampleStream(rate, fpmod.SR, 1, dtype="float32", quality="HQ")
+                         if rate != fpmod.SR else None)
+            per = max(1024, READ_BLOCK * 8 // max(1, handle.channels))
+            while True:
+                block = handle.read(per, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
+                yield resampler.resample_chunk(mono) if resampler else mono
+            if resampler is not None:
+                yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        finally:
+            handle.close()
+    return rate, frames, blocks()
+
+
+def _whole(blocks) -> np.ndarray:
+    parts = [b for b in blocks if len(b)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def _windows(blocks):
+    """(first frame, 16 kHz samples) of overlapping windows: core WINDOW_FRAMES frames plus
+    CONTEXT_FRAMES on each side; only one window of samples is held at a time."""
+    hop, n_fft = fpmod.HOP, fpmod.N_FFT
+    buf = np.zeros(0, np.float32)
+    buf_start = 0                       # sample index of buf[0]
+    k = 0
+    done = False
+    while True:
+        f0 = max(0, k * WINDOW_FRAMES - CONTEXT_FRAMES)
+        f1 = (k + 1) * WINDOW_FRAMES + CONTEXT_FRAMES
+        want = f1 * hop + n_fft - hop   # samples needed for frame f1 - 1
+        while not done and buf_start + len(buf) < want:
+            try:
+                buf = np.concatenate([buf, next(blocks)])
+            except StopIteration:
+                done = True
+        lo = f0 * hop - buf_start
+        yield k * WINDOW_FRAMES, f0, buf[lo:want - buf_start]
+        if done and buf_start + len(buf) <= want:
+            return
+        k += 1
+        drop = max(0, (k * WINDOW_FRAMES - CONTEXT_FRAMES) * hop - buf_start)
+        buf, buf_start = buf[drop:], buf_start + drop
+
+
+def _windowed(blocks, keep_bands: bool, bands_only: bool = False):
+    """Fingerprint (or band features) of a long clip from its windows: each window keeps the
+    hashes anchored in its core (their peaks and pair targets see the same neighbourhood and
+    peak blocks as in the whole clip; only the near-silence floor is per window)."""
+    hashes, times, strength, bands = [], [], [], []
+    total_samples = 0
+    for core0, f0, x in _windows(blocks):
+        total_samples = max(total_samples, f0 * fpmod.HOP + len(x))
+        core1 = core0 + WINDOW_FRAMES
+        if bands_only or keep_bands:
+            b = fpmod.band_features(x, fpmod.SR)
+            r0 = (core0 - f0) // fpmod.BAND_DECIMATE
+            bands.append(b[r0:r0 + WINDOW_FRAMES // fpmod.BAND_DECIMATE])
+        if bands_only:
+            continue
+        fp = fingerprint(x, fpmod.SR, keep_bands=False)
+        if len(fp.hashes):
+            t = fp.times.astype(np.int64) + f0
+            keep = (t >= core0) & (t < core1)
+            hashes.append(fp.hashes[keep])
+            times.append(t[keep].astype(np.int32))
+            strength.append(fp.strength[keep])
+    band_arr = np.concatenate(bands) if bands else None
+    if bands_only:
+        return band_arr
+    n = total_samples
+    n_frames = (1 + (max(n, fpmod.N_FFT) - fpmod.N_FFT) // fpmod.HOP)
+    if n < fpmod.MIN_SECONDS * fpmod.SR:
+        n_frames = n // fpmod.HOP
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
+    return Fingerprint(cat(hashes, np.uint32), cat(times, np.int32), n_frames,
+                       band_arr if keep_bands else None, cat(strength, np.uint8))
+
+
+def _is_long(rate: int, frames: int | None) -> bool:
+    return frames is None or frames / rate > WHOLE_SECONDS
+
+
 def fingerprint_file(path: str, keep_bands: bool = True) -> Fingerprint | None:
-    """Fingerprint of an audio file, or None (logged) when it cannot be decoded."""
+    """Fingerprint of an audio file, or None (logged) when it cannot be decoded. Read as a
+    stream; a clip longer than WHOLE_SECONDS is fingerprinted in windows (bounded memory)."""
     try:
-        x, sr = read_mono(path)
+        rate, frames, blocks = _mono_16k_blocks(path)
+        if not _is_long(rate, frames):
+            return fingerprint(_whole(blocks), fpmod.SR, keep_bands=keep_bands)
+        return _windowed(blocks, keep_bands)
     except Exception as exc:  # noqa: BLE001 - one unreadable file is counted, not fatal
         log.warning("cannot decode %s: %s", path, exc)
         return None
-    return fingerprint(x, sr, keep_bands=keep_bands)
+
+
+def band_features_file(path: str) -> np.ndarray:
+    """The confirmation features of an audio file (same bounded read as
+    :func:`fingerprint_file`)."""
+    rate, frames, blocks = _mono_16k_blocks(path)
+    if not _is_long(rate, frames):
+        return fpmod.band_features(_whole(blocks), fpmod.SR)
+    return _windowed(blocks, keep_bands=True, bands_only=True)
 
 
 class FingerprintStore:

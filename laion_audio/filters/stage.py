@@ -38,8 +38,7 @@ from ..records import Record, Status
 from . import evalsets as evalsets_mod
 from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
 from .dedup import DEFAULT_SOURCE_PRIORITY, exact_duplicates, keep_order, near_duplicate_groups
-from .fingerprint import band_features
-from .fpstore import FingerprintStore, fingerprint_file, read_mono
+from .fpstore import FingerprintStore, band_features_file, fingerprint_file
 from .id_overlap import find_id_overlaps, primary_matches
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def _bands_loader(paths: list[str]):
     @functools.lru_cache(maxsize=4096)
     def load(i: int):
         try:
-            return band_features(*read_mono(paths[i]))
+            return band_features_file(paths[i])
         except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
             return None
     return load

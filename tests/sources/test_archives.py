@@ -168,3 +168,79 @@ def test_killed_extraction_leaves_nothing_half_done(tmp_path):
     result = extract_archive(archive, tmp_path / "out")
     assert [m.name for m in result.members] == ["Pack/a.wav"]
     assert not stale.exists() and not (tmp_path / "out" / "Pack" / "half.wav").exists()
+
+
+# --- issue 10 items 7, 8, 12: a file used as a folder, non-UTF-8 names, expansion bounds -------
+def _tar_with(archive, members, mode="w", encoding="utf-8"):
+    with tarfile.open(archive, mode, encoding=encoding, format=tarfile.GNU_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_member_under_a_member_file_is_rejected_not_a_crash(tmp_path, kind):
+    names = ["Pack/a.wav", "Pack/a.wav/b.wav", "Pack/d/x.wav", "Pack/d", "Pack/ok.wav"]
+    archive = tmp_path / f"tree.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for n in names:
+                zf.writestr(n, GOOD)
+    else:
+        _tar_with(archive, [(n, GOOD) for n in names])
+    result = extract_archive(archive, tmp_path / "out")
+    assert sorted(m.name for m in result.members) == ["Pack/a.wav", "Pack/d/x.wav", "Pack/ok.wav"]
+    assert codes(result) == {"Pack/a.wav/b.wav": FailureCode.UNSAFE_PATH,
+                             "Pack/d": FailureCode.UNSAFE_PATH}
+    assert (tmp_path / "out" / "Pack" / "a.wav").read_bytes() == GOOD
+
+
+def test_latin1_tar_member_names_become_valid_utf8(tmp_path):
+    archive = tmp_path / "latin1.tar"
+    _tar_with(archive, [("Pack/café.wav", GOOD), ("Pack/ok.wav", GOOD)], encoding="latin-1")
+    assert b"caf\xe9.wav" in archive.read_bytes()
+    result = extract_archive(archive, tmp_path / "out")
+    names = sorted(m.name for m in result.members)
+    assert names == ["Pack/café.wav", "Pack/ok.wav"]
+    for n in names:
+        n.encode("utf-8")                                  # strict: no lone surrogates
+    again = extract_archive(archive, tmp_path / "out")     # the manifest was written and reused
+    assert sorted(m.name for m in again.members) == names
+    assert extract_one(archive, "Pack/café.wav", tmp_path / "one").read_bytes() == GOOD
+
+
+def test_tar_gz_expansion_is_bounded_by_the_archive_size(tmp_path):
+    archive = tmp_path / "bomb.tar.gz"
+    big = bytes(64 << 20)                                  # 64 MiB of zeros -> ~65 KB compressed
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tf:
+        for name, data in [("Pack/small.wav", GOOD), ("Pack/bomb.wav", big)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    assert archive.stat().st_size < 1 << 20
+    result = extract_archive(archive, tmp_path / "out")
+    assert [m.name for m in result.members] == ["Pack/small.wav"]
+    assert codes(result) == {"Pack/bomb.wav": FailureCode.TOO_LARGE}
+    assert not (tmp_path / "out" / "Pack" / "bomb.wav").exists()
+
+
+def test_zip_of_many_small_compressible_members_is_bounded(tmp_path):
+    archive = tmp_path / "junk.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Pack/real.wav", GOOD)
+        for i in range(40):                              # each 512 KiB of zeros, ratio ~1000
+            zf.writestr(f"Pack/ratio{i:02d}.wav", bytes(512 << 10))
+        for i in range(700):                             # 60 KiB each: under the member check
+            zf.writestr(f"Pack/small{i:03d}.wav", bytes(60 << 10))
+    size = archive.stat().st_size
+    limits = ArchiveLimits()
+    result = extract_archive(archive, tmp_path / "out")
+    got = codes(result)
+    assert all(got[f"Pack/ratio{i:02d}.wav"] == FailureCode.TOO_LARGE for i in range(40))
+    expanded = sum(m.size for m in result.members)
+    assert expanded <= limits.max_ratio * size + limits.ratio_floor_bytes
+    assert "Pack/real.wav" in {m.name for m in result.members}
+    # every member is either extracted or rejected (one row each), none silently dropped
+    assert len(result.members) + len(result.rejected) == 741
+    assert {r.code for r in result.rejected} == {FailureCode.TOO_LARGE}

@@ -66,3 +66,22 @@ def test_report_without_ledger_is_a_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "laion_audio", "report", "--out", str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no ledger" in done.stderr
+
+
+def test_report_draws_site_text_as_plain_text(tmp_path):
+    """A Freesound licence string with TeX math in it crashed the licence plot (issue 10 item 10)."""
+    hostile = ["$\\undefinedmacro{x}$", "50$ and $", "a_b^c $\\frac{1}{0", "\\usepackage{evil}",
+               "x" * 500, "ctl\x00\x1b[31m"]
+    records = [Record(source="freesound", source_id=str(i), license=lic, texts=["a dog"],
+                      status=Status.SHARDED, audio_duration=1.0) for i, lic in enumerate(hostile)]
+    records.append(fail(Record(source="$\\bad{source}$", source_id="z", license="$\\x$"), "fetch",
+                        "$\\oops$", "m"))
+    with Ledger(tmp_path / "out" / "ledger") as ledger:
+        ledger.write(records)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "laion_audio", "report", "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "report" / "licences.png").read_bytes()[:4] == b"\x89PNG"
+    figures = json.loads((tmp_path / "out" / "report" / "figures.json").read_text())
+    assert figures["licences"]["$\\undefinedmacro{x}$"] == 1

@@ -1,0 +1,75 @@
+"""The filter stage reads audio for fingerprints as a bounded stream (issue 10 item 11): the
+fingerprints of normal clips are exactly those of the whole-clip read, a long clip is
+fingerprinted in windows with the same hashes, and peak memory does not grow with the clip."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from laion_audio.filters import fpstore
+from laion_audio.filters.fingerprint import band_features, fingerprint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def chirps(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * (300 + 200 * np.sin(0.7 * t)) * t) * (1 + np.sin(3 * t))
+    x = x + 0.05 * rng.standard_normal(len(t))
+    return np.stack([x * (c + 1) / channels for c in range(channels)], axis=1).astype(np.float32)
+
+
+def same(a, b) -> bool:
+    return (a.n_frames == b.n_frames and np.array_equal(a.hashes, b.hashes)
+            and np.array_equal(a.times, b.times) and np.array_equal(a.strength, b.strength)
+            and ((a.bands is None and b.bands is None) or np.array_equal(a.bands, b.bands)))
+
+
+@pytest.mark.parametrize("seconds,rate,channels,subtype", [(0.2, 48000, 1, "PCM_16"),
+                                                           (7.3, 48000, 1, "PCM_24"),
+                                                           (30.0, 44100, 2, "PCM_16")])
+def test_streamed_read_gives_the_whole_clip_fingerprint(tmp_path, seconds, rate, channels, subtype):
+    path = tmp_path / "a.flac"
+    sf.write(str(path), chirps(seconds, rate, channels), rate, subtype=subtype)
+    whole = fingerprint(*fpstore.read_mono(str(path)))
+    assert same(fpstore.fingerprint_file(str(path)), whole)
+    assert np.array_equal(fpstore.band_features_file(str(path)),
+                          band_features(*fpstore.read_mono(str(path))))
+
+
+def test_long_clip_windows_give_the_same_hashes(tmp_path, monkeypatch):
+    """Windows of 59.5 s with aligned peak blocks: a 150 s clip gets the whole-clip hashes."""
+    path = tmp_path / "long.flac"
+    sf.write(str(path), chirps(150.0, 48000), 48000, subtype="PCM_16")
+    whole = fingerprint(*fpstore.read_mono(str(path)))
+    monkeypatch.setattr(fpstore, "WHOLE_SECONDS", 10.0)      # force the windowed path
+    windowed = fpstore.fingerprint_file(str(path))
+    assert windowed.n_frames == whole.n_frames
+    assert set(zip(windowed.hashes.tolist(), windowed.times.tolist())) == \
+        set(zip(whole.hashes.tolist(), whole.times.tolist()))
+    assert np.array_equal(windowed.bands, whole.bands)
+    assert np.array_equal(fpstore.band_features_file(str(path)), whole.bands)
+
+
+@pytest.mark.slow
+def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
+    """20 min at 48 kHz: the whole-clip read and spectrogram took ~1.7 GB (5.2 GB for an hour);
+    the streamed, windowed read stays near 300 MB."""
+    path = tmp_path / "twenty.flac"
+    with sf.SoundFile(str(path), "w", 48000, 1, "PCM_16", format="FLAC") as fh:
+        for i in range(20):
+            fh.write(chirps(60.0, 48000, seed=i))
+    code = ("import resource, sys; from laion_audio.filters.fpstore import fingerprint_file;"
+            "fp = fingerprint_file(sys.argv[1], keep_bands=False);"
+            "print(fp.n_frames, len(fp.hashes), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.split()
+    n_frames, n_hashes, maxrss_kb = map(int, out)
+    assert n_frames == 1 + (20 * 60 * 16000 - 1024) // 128 and n_hashes > 100_000
+    assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
