@@ -19,7 +19,8 @@ from .records import Failure, FailureCode, Record, Status, sample_key
 
 STAGE = "transcode"
 
-__all__ = ["STAGE", "TranscodeOptions", "flac_path_for", "transcode_record", "transcode_batch"]
+__all__ = ["STAGE", "TranscodeOptions", "flac_path_for", "transcode_record", "transcode_batch",
+           "release_raw"]
 
 
 def flac_path_for(record: Record, out_dir: str | os.PathLike) -> Path:
@@ -52,13 +53,29 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
     out.input_codec = result.input_codec
     out.input_subtype = result.input_subtype
     out.output_subtype = result.output_subtype
-    out.status = Status.TRANSCODED
-    out.failure_stage = out.failure_code = out.failure_message = ""
-    return out
+    return out.succeed(Status.TRANSCODED)
 
 
 def transcode_batch(records: Iterable[Record], out_dir: str | os.PathLike,
-                    options: TranscodeOptions | None = None) -> list[Record]:
-    """Transcode a batch in order; one output record per input record."""
+                    options: TranscodeOptions | None = None, *,
+                    raw_dir: str | os.PathLike | None = None) -> list[Record]:
+    """Transcode a batch in order; one output record per input record. With ``raw_dir`` (the
+    default keep policy of a build), a raw download inside that folder is deleted as soon as
+    its FLAC is written and hashed, so raw audio does not outlive the task that used it."""
     options = options or TranscodeOptions()
-    return [transcode_record(r, out_dir, options) for r in records]
+    out = [transcode_record(r, out_dir, options) for r in records]
+    if raw_dir is not None:
+        for rec in out:
+            release_raw(rec, raw_dir)
+    return out
+
+
+def release_raw(record: Record, raw_dir: str | os.PathLike) -> None:
+    """Delete a transcoded record's raw file when it lies inside ``raw_dir`` (never a user's
+    own file: local sources point at their input) and forget its path."""
+    if record.status != Status.TRANSCODED or not record.audio_sha256 or not record.audio_path:
+        return
+    raw = Path(record.audio_path).resolve()
+    if raw.is_relative_to(Path(raw_dir).resolve()) and Path(record.flac_path).is_file():
+        raw.unlink(missing_ok=True)
+        record.audio_path = ""

@@ -44,37 +44,34 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..captions.cache import CaptionCache
-    from ..captions.k2c import Captioner, GenerationParams
-    from ..captions.keywords import AudioSetLabels
-    from ..captions.stage import CaptionOptions, CaptionStats, caption_batch
-    from ..ledger import Ledger, StageStats
+    from pipelines.executor import Executor
+    from pipelines.stages import BY_NAME, Step, run_worker_stages
 
-    opts = CaptionOptions(min_duration=args.min_duration or None, template=args.template,
-                          debias=not args.no_debias,
-                          labels=AudioSetLabels.from_dir(args.audioset_labels) if args.audioset_labels else None)
-    captioner = None
-    if args.model:
-        captioner = Captioner.load(args.model, input_format=args.input_format, device=args.device,
-                                   batch_size=args.gen_batch_size,
-                                   params=GenerationParams(rerank_by_coverage=args.rerank,
-                                                           keyword_boost=args.keyword_boost,
-                                                           max_new_tokens=args.max_new_tokens))
+    from ..captions.k2c import GenerationParams
+    from ..captions.stage import CaptionStats
+    from ..ledger import Ledger, StageStats
+    from ..workdir import WorkDir
+
+    stage = BY_NAME["caption"]
     cstats = CaptionStats()
-    stage = StageStats("caption")
+    params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+                              max_new_tokens=args.max_new_tokens)
+    kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
+                  gen_batch_size=args.gen_batch_size, params=vars(params),
+                  min_duration=args.min_duration, template=args.template,
+                  debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
+                  cache_path=str(args.cache or WorkDir.caption_cache(args.ledger)) if args.model else None)
+    stats = {"caption": StageStats("caption")}
     start = time.monotonic()
     with Ledger(args.ledger) as ledger:
-        cache = CaptionCache(args.cache or ledger.root / "caption_cache.sqlite") if captioner else None
-        todo = ledger.records(status=args.status, source=args.source)
-        for batch in ledger.iter_batches(todo, args.batch_size):
-            caption_batch(batch, captioner, opts, cache=cache, stats=cstats)
-            for rec in batch:
-                stage.add(rec, rec)
-            ledger.write(batch, tag="caption")
-        if cache:
-            cache.close()
-    stage.seconds = time.monotonic() - start
-    stage.extra = {"captions": cstats.as_dict()}
-    print(stage.line())
+        # the build's caption entry, in this process (the model is loaded once)
+        run_worker_stages([stage], [Step(stage.name, stage.fn, tuple(args.status), kwargs)],
+                          Executor(inline=True), ledger, WorkDir.of_ledger(args.ledger),
+                          sources=args.source, batch_size=args.batch_size, retry_failed=False,
+                          stats=stats, statuses=args.status)
+    st = stats["caption"]
+    st.seconds = time.monotonic() - start
+    st.extra = {"captions": cstats.as_dict()}
+    print(st.line())
     print(json.dumps(cstats.as_dict(), indent=1))
-    return 0 if stage.closes else 1
+    return 0 if st.closes else 1
