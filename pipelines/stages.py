@@ -230,8 +230,10 @@ def run_worker_stages(group: list[Stage], steps: list[Step], executor: Executor,
                                  workers=executor.workers, work=work))
         executor.map_batches(run_chain, batches, kwargs={"steps": steps}, on_result=on_result,
                              total=total, desc=tag, num_cpus=num_cpus)
-    for s in moving:
+    for s in moving:     # fused stages share one clock: each reports the task's time
         stats[s.name].seconds += time.perf_counter() - start
+        if len(moving) > 1:
+            stats[s.name].extra["fused"] = tag
 
 
 def steps_names(steps: list[Step]) -> list[str]:
