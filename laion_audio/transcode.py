@@ -3,7 +3,7 @@
 Plain functions, no Ray: ``pipelines/`` calls :func:`transcode_batch` from its tasks, tests and
 the benchmark call it directly. A record never raises out of here: a typed
 :class:`~laion_audio.records.Failure` becomes ``failure_code``/``failure_message`` through
-:func:`laion_audio.ledger.fail`, anything unexpected becomes ``internal_error`` with the
+:meth:`Record.fail`, anything unexpected becomes ``internal_error`` with the
 exception text. Rerunning a record rewrites its FLAC atomically with identical bytes.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable
 
 from .audio import TranscodeOptions, transcode_file
-from .ledger import fail
 from .records import Failure, FailureCode, Record, Status, sample_key
 
 STAGE = "transcode"
@@ -42,9 +41,9 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
         result = transcode_file(out.audio_path, flac_path_for(out, out_dir), options,
                                 start=out.trim_start, end=out.trim_end)
     except Failure as failure:
-        return fail(out, STAGE, failure.code, failure.message)
+        return out.fail(STAGE, failure.code, failure.message)
     except Exception as exc:  # noqa: BLE001 - a bug must be recorded, never crash the run
-        return fail(out, STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return out.fail(STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
     out.flac_path = result.flac_path
     out.audio_sha256 = result.sha256
     out.audio_duration = result.duration
