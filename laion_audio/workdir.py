@@ -9,7 +9,8 @@ result back before it is journaled. A ledger folder's work folder is its parent
 
 Layout::
 
-    ledger/                 the Parquet ledger (+ caption_cache.sqlite, the caption cache)
+    ledger/                 the Parquet ledger
+    caption_cache.sqlite    raw T5 captions by model + parameters + keywords
     crawl/<source>.json     crawl checkpoints (paging state)
     raw/<source>/           fetched audio as the site served it (deleted once its FLAC is
                             written and hashed, unless --keep-raw)
@@ -72,10 +73,11 @@ class WorkDir:
     def crawl_seen(self, source: str) -> Path:
         return self.root / "crawl" / f"{source}.seen"
 
-    @staticmethod
-    def caption_cache(ledger_dir: str | os.PathLike) -> Path:
-        """The caption cache lives in the ledger folder: `build` and `caption` share it."""
-        return Path(ledger_dir) / "caption_cache.sqlite"
+    @property
+    def caption_cache(self) -> Path:
+        """The caption cache: one per work folder, shared by `build` and `caption` (beside
+        the ledger, not in it: the ledger folder holds only the ledger's own files)."""
+        return self.root / "caption_cache.sqlite"
 
     # --- path convention
     def rel(self, path: str) -> str:

@@ -76,7 +76,7 @@ def _step(stage: Stage, cfg: BuildConfig, work: WorkDir, **extra) -> Step:
     elif stage.name == "caption":
         kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
                       min_duration=cfg.caption_min_duration,
-                      cache_path=str(WorkDir.caption_cache(work.ledger)) if cfg.caption_model else None)
+                      cache_path=str(work.caption_cache) if cfg.caption_model else None)
     else:
         raise ValueError(f"{stage.name} is not a worker stage")
     return Step(stage.name, stage.fn, stage.reads, kwargs)

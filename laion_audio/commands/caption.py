@@ -2,7 +2,8 @@
 
 Without ``--model`` the paper's template is the caption; with it, a T5 keyword-to-caption
 model (a local folder, or a hub id when online) writes de-biased captions, each distinct keyword
-set generated once thanks to a cache kept in ``LEDGER_DIR/caption_cache.sqlite``.
+set generated once thanks to a cache kept in the work folder (``LEDGER_DIR/../caption_cache.sqlite``,
+where ``build`` keeps it too).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=256, help="records per ledger write")
     p.add_argument("--gen-batch-size", type=int, default=64, help="keyword sets per generate call")
-    p.add_argument("--cache", help="cache file (default: LEDGER_DIR/caption_cache.sqlite)")
+    p.add_argument("--cache", help="cache file (default: caption_cache.sqlite beside LEDGER_DIR, the build's cache)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 
@@ -60,7 +61,7 @@ def run(args) -> int:
                   gen_batch_size=args.gen_batch_size, params=vars(params),
                   min_duration=args.min_duration, template=args.template,
                   debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
-                  cache_path=str(args.cache or WorkDir.caption_cache(args.ledger)) if args.model else None)
+                  cache_path=str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None)
     stats = {"caption": StageStats("caption")}
     start = time.monotonic()
     with Ledger(args.ledger) as ledger:
