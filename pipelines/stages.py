@@ -42,8 +42,6 @@ PENDING_CHUNK = 2048
 TRANSCODE_BATCH_BYTES = 32 << 20
 #: ... and at most this many times --batch-size records
 TRANSCODE_BATCH_RECORDS_PER_UNIT = 16
-#: a caption task: one batched generate call over its distinct keyword sets
-CAPTION_MIN_BATCH = 64
 #: tasks of one source fetching at once when fetch runs alone (each with a few threads)
 FETCH_TASKS_IN_FLIGHT = 4
 
@@ -54,12 +52,14 @@ class Stage:
     fn: Callable                        # the stage function (worker: records -> records)
     reads: tuple[str, ...]              # statuses of the records it takes
     writes: tuple[str, ...]             # statuses it moves them to (else failed/dropped)
-    batching: str                       # how records are grouped: records | input_bytes | ...
+    batching: str                       # records (--batch-size) | input_bytes (of size_of) | ledger
     where: str = "workers"              # workers (Ray tasks) or driver (needs the whole set)
     per_record: bool = False            # records independent: fusable with per-record neighbours
     num_cpus: float = 1.0               # resources of one task
     part_of: str = ""                   # a step run whenever that selected stage runs
     needs_files: bool = False           # records get absolute paths in the task
+    size_of: str = ""                   # input_bytes batching: the path field to measure
+    min_batch: int = 1                  # records batching: at least this many per task
     doc: str = ""
 
 
@@ -73,13 +73,14 @@ STAGES: tuple[Stage, ...] = (
           batching="records", per_record=True, needs_files=True,
           doc="per source: its client, threads and per-host rate limit"),
     Stage("transcode", transcode_batch, reads=(Status.FETCHED,), writes=(Status.TRANSCODED,),
-          batching="input_bytes", per_record=True, needs_files=True,
+          batching="input_bytes", size_of="audio_path", per_record=True, needs_files=True,
           doc="raw -> 48 kHz mono FLAC + PCM sha256; raw deleted unless --keep-raw"),
     Stage("fingerprint", fingerprint_batch, reads=(Status.TRANSCODED,), writes=(),
-          batching="input_bytes", per_record=True, part_of="filter", needs_files=True,
+          batching="input_bytes", size_of="flac_path", per_record=True, part_of="filter",
+          needs_files=True,
           doc="fills the fingerprint store (keyed by PCM sha256) for the filter"),
     Stage("caption", caption_batch, reads=(Status.TRANSCODED,), writes=(Status.CAPTIONED,),
-          batching="records", doc="T5 or template; a model batch per task, cached"),
+          batching="records", min_batch=64, doc="T5 or template; a model batch per task, cached"),
     Stage("filter", filter_ledger, reads=ELIGIBLE, writes=(Status.DROPPED,),
           batching="ledger", where="driver", doc="id overlap, exact and near duplicates"),
     Stage("shard", write_shards, reads=(Status.CAPTIONED, Status.SHARDED),
@@ -183,12 +184,11 @@ def _batches(chunks: Iterator[list[Record]], first: Stage, *, batch_size: int, w
         if first.needs_files:
             recs = [work.resolve(r) for r in recs]
         if first.batching == "input_bytes":
-            path_of = (lambda r: r.audio_path) if first.name == "transcode" else (lambda r: r.flac_path)
-            yield from sized_batches(recs, file_size(path_of),
+            yield from sized_batches(recs, file_size(lambda r: getattr(r, first.size_of)),
                                      max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * batch_size,
                                      target_bytes=TRANSCODE_BATCH_BYTES, min_batches=4 * workers)
         else:
-            size = max(batch_size, CAPTION_MIN_BATCH) if first.name == "caption" else batch_size
+            size = max(batch_size, first.min_batch)
             for i in range(0, len(recs), size):
                 yield recs[i:i + size]
 
