@@ -25,7 +25,7 @@ from crawlers.crawl import crawl_source
 from crawlers.fetch import fetch_batch
 from laion_audio.captions.worker import caption_batch
 from laion_audio.filters.fpstore import fingerprint_batch
-from laion_audio.filters.stage import filter_ledger
+from laion_audio.filters.stage import ELIGIBLE, filter_ledger
 from laion_audio.ledger import Ledger, StageStats
 from laion_audio.records import FailureCode, Record, Status
 from laion_audio.shards import write_shards
@@ -62,8 +62,6 @@ class Stage:
     min_batch: int = 1                  # records batching: at least this many per task
     doc: str = ""
 
-
-ELIGIBLE = (Status.NEW, Status.FETCHED, Status.TRANSCODED, Status.CAPTIONED)
 
 #: the build, in order (`--stages` selects by name; `fingerprint` runs as part of `filter`)
 STAGES: tuple[Stage, ...] = (

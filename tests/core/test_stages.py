@@ -41,6 +41,9 @@ def test_the_table_declares_every_stage_with_its_function():
     groups = fuse(selected(["crawl", "fetch", "transcode", "caption", "filter", "shard"]))
     assert [[s.name for s in g] for g in groups] == [
         ["crawl"], ["fetch", "transcode", "fingerprint"], ["caption"], ["filter"], ["shard"]]
+    # `--stages` offers exactly the table's stages (the CLI does not import the table: startup)
+    from laion_audio.commands.build import ALL_STAGES
+    assert ALL_STAGES == tuple(s.name for s in STAGES if not s.part_of)
     # without filter there is no fingerprint step; caption never fuses (a model batch)
     assert [[s.name for s in g] for g in fuse(selected(["fetch", "transcode", "caption"]))] == [
         ["fetch", "transcode"], ["caption"]]
