@@ -2,7 +2,8 @@
 
 Generates N distinct clips per size (seeded: chirps, gated tones, band-filtered noise, 0.5-2 s,
 varied rates and channels), runs ``laion-audio build --source local`` on each in a child
-process (local Ray with ``--workers`` CPUs, so the driver is one process) and reads the
+process (local Ray with ``--workers`` CPUs, so the driver is one process; ``--inline`` runs the
+stages in the driver itself) and reads the
 driver's own peak RSS (``VmHWM`` of that process: Ray workers are not counted). Printed side by
 side: driver peak RSS, seconds per record of each stage, work-folder bytes per folder and the
 work folder / shards ratio, then the ratios large/small.
@@ -71,14 +72,14 @@ def child(argv: list[str]) -> int:
     return 0
 
 
-def run(size: int, root: Path, stages: str, workers: int) -> dict:
+def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) -> dict:
     corpus, out = root / f"in{size}", root / f"out{size}"
     t0 = time.perf_counter()
     make_corpus(corpus, size)
     gen = time.perf_counter() - t0
     cmd = [sys.executable, __file__, "--child", "build", "--source", "local", "--input",
            str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
-           "--evalsets-cache", str(root / "no-evalsets")]
+           "--evalsets-cache", str(root / "no-evalsets")] + (["--inline"] if inline else [])
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -114,15 +115,19 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,8000")
     ap.add_argument("--stages", default="crawl,fetch,transcode,caption,filter,shard")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--inline", action="store_true",
+                    help="no Ray: the driver also does the work (its RSS then includes decoding), "
+                         "immune to other people's Ray on a shared machine")
     ap.add_argument("--keep", help="keep the work folders here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="driver-mem-") as tmp:
         root = Path(args.keep or tmp)
-        results = [run(n, root, args.stages, args.workers) for n in sizes]
+        results = []
+        for n in sizes:
+            results.append(run(n, root, args.stages, args.workers, args.inline))
+            print(json.dumps(results[-1]), flush=True)
     print(f"load average at the end: {os.getloadavg()}  (shared machine: figures are noisy)")
-    for r in results:
-        print(json.dumps(r))
     small, large = results[0], results[-1]
     print(f"\n{'':<28}" + "".join(f"{r['size']:>12}" for r in results) + f"{'ratio':>10}")
     print(f"{'driver peak RSS (MB)':<28}" + "".join(f"{r['driver_peak_rss_mb']:>12}" for r in results)
