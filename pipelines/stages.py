@@ -144,18 +144,19 @@ def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] |
     """(count, chunks of Records) of ``sources`` in ``statuses``; with ``retry`` (failed stage
     -> status to retry from) failed records of those stages come back in that status.
 
-    Only one chunk at a time becomes Record objects.
-    TODO(ledger): point at the ledger's own chunked pending-records iterator when it lands."""
+    The pending rows are one Arrow snapshot taken before any write (columnar, not Python
+    objects; the driver goes on writing to the ledger while it reads them); only one chunk at a
+    time becomes Record objects.
+    TODO(ledger): read the snapshot through the ledger's chunked pending-records iterator."""
     statuses = list(statuses)
-    t = ledger.select(source=sources)
-    mask = pc.is_in(t.column("status"), value_set=pa.array(statuses, pa.string()))
+    t = ledger.select(source=sources, status=statuses + ([Status.FAILED] if retry else []))
     if retry:
-        failed = pc.and_(pc.equal(t.column("status"), Status.FAILED),
-                         pc.is_in(t.column("failure_stage"),
-                                  value_set=pa.array(list(retry), pa.string())))
-        mask = pc.or_(mask, failed)
-    todo = t.filter(mask)
-    del t
+        wanted = pc.is_in(t.column("status"), value_set=pa.array(statuses, pa.string()))
+        retried = pc.and_(pc.equal(t.column("status"), Status.FAILED),
+                          pc.is_in(t.column("failure_stage"),
+                                   value_set=pa.array(list(retry), pa.string())))
+        t = t.filter(pc.or_(wanted, retried))
+    todo = t
 
     def chunks() -> Iterator[list[Record]]:
         for off in range(0, todo.num_rows, chunk):
