@@ -80,17 +80,13 @@ class Source:
                 return rec
             try:
                 rec.audio_path = str(self.fetch(rec, Path(dest_dir)))
-                rec.status = Status.FETCHED
-                rec.failure_stage = rec.failure_code = rec.failure_message = ""
+                rec.succeed(Status.FETCHED)
             except Failure as e:
-                rec.status, rec.failure_stage = Status.FAILED, "fetch"
-                rec.failure_code, rec.failure_message = e.code, e.message
+                rec.fail("fetch", e.code, e.message)
             except Exception as e:  # a bug, still one record's failure
                 from laion_audio.http import redact
 
-                rec.status, rec.failure_stage = Status.FAILED, "fetch"
-                rec.failure_code = FailureCode.INTERNAL
-                rec.failure_message = redact(f"{type(e).__name__}: {e}")
+                rec.fail("fetch", FailureCode.INTERNAL, redact(f"{type(e).__name__}: {e}"))
             return rec
 
         if workers <= 1 or len(records) <= 1:

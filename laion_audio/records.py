@@ -138,6 +138,18 @@ class Record:
     def key(self) -> tuple[str, str]:
         return (self.source, self.source_id)
 
+    def fail(self, stage: str, code: str, message: str) -> "Record":
+        """Mark this record failed at ``stage`` (message trimmed so a ledger row stays small)."""
+        self.status = Status.FAILED
+        self.failure_stage, self.failure_code, self.failure_message = stage, code, message[:500]
+        return self
+
+    def succeed(self, status: str) -> "Record":
+        """Move this record to ``status`` and clear any earlier failure (a retry that worked)."""
+        self.status = status
+        self.failure_stage = self.failure_code = self.failure_message = ""
+        return self
+
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in LIST_FIELDS:

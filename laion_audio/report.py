@@ -200,6 +200,9 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     if "matplotlib" not in sys.modules and "MPLCONFIGDIR" not in os.environ:
         # matplotlib's font cache goes to the work folder, not the user's ~/.cache
         os.environ["MPLCONFIGDIR"] = str(Path(ledger_dir).resolve().parent / ".cache" / "matplotlib")
+    from .workdir import WorkDir
+
+    fig_data["disk_bytes"] = WorkDir.of_ledger(ledger_dir).disk_usage()   # the ledger's work folder
     made = _plots(fig_data, out)
     tmp = out / ".figures.json.tmp"
     tmp.write_text(json.dumps(fig_data, indent=2, sort_keys=True), encoding="utf-8")
@@ -225,9 +228,88 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     for key, caption in (("failures", "Failures"), ("dropped", "Dropped"), ("licences", "Licences")):
         if fig_data[key]:
             parts.append(f"<h3>{caption}</h3>" + _table(["what", "records"], list(map(list, fig_data[key].items()))))
+    if fig_data["disk_bytes"]:
+        parts.append("<h3>Disk per folder of the work folder</h3>" + _table(
+            ["folder", "bytes"], [[f"{k}/", f"{v} ({human_bytes(v)})"]
+                                  for k, v in fig_data["disk_bytes"].items()]))
     parts.append("</body></html>")
     page = out / "index.html"
     tmp = out / ".index.html.tmp"
     tmp.write_text("\n".join(parts), encoding="utf-8")
     os.replace(tmp, page)
     return page
+
+
+# ---------------------------------------------------------------------------- build summary
+def summarize(ledger: Ledger, stats: list, cfg, work=None) -> dict:
+    """The build's summary: per-source counts (Arrow group-by, no Python row per record), stage
+    accounting and disk use per work folder (``cfg``: a BuildConfig)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = ledger.select().select(["source", "status", "split", "audio_duration"])
+    has_audio = pc.is_in(t.column("status"), value_set=pa.array(list(KEPT), pa.string()))
+    t = t.append_column("hours", pc.if_else(has_audio, pc.fill_null(t.column("audio_duration"), 0.0),
+                                            0.0))
+    per_source: dict[str, dict] = {}
+    for row in t.group_by(["source", "status", "split"]).aggregate(
+            [("hours", "sum"), ("hours", "count")]).to_pylist():
+        s = per_source.setdefault(row["source"], {"records": 0, "audio_ok": 0, "sharded": 0,
+                                                  "failed": 0, "dropped": 0, "vanished": 0,
+                                                  "hours": 0.0, "train": 0, "test": 0})
+        n, status = row["hours_count"], row["status"]
+        s["records"] += n
+        if status in KEPT:
+            s["audio_ok"] += n
+            s["hours"] += row["hours_sum"] / 3600
+        if status == Status.VANISHED:
+            s["vanished"] += n
+        elif status == Status.SHARDED:
+            s["sharded"] += n
+            if row["split"] in ("train", "test"):
+                s[row["split"]] += n
+        elif status == Status.FAILED:
+            s["failed"] += n
+        elif status == Status.DROPPED:
+            s["dropped"] += n
+    for s in per_source.values():
+        s["hours"] = round(s["hours"], 4)
+    disk = work.disk_usage(cfg.shard_root) if work is not None else {}
+    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": t.num_rows,
+            "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
+            "sources": dict(sorted(per_source.items())), "stages": [s.as_dict() for s in stats],
+            "disk_bytes": disk, "accounting_closes": all(s.closes for s in stats)}
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def print_summary(summary: dict, stats_lines: bool = True) -> None:
+    from .ledger import StageStats
+
+    print(f"\nlaion-audio build: {summary['records']} records in {summary['out']}")
+    for st in summary["stages"]:
+        s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
+                       st["skipped_already_done"], seconds=st["seconds"])
+        s.failures.update(st["failures"])
+        print("  " + s.line())
+        if st.get("table") and st["failed"]:
+            print("    " + st["table"].replace("\n", "\n    "))
+    print(f"  {'dataset':<24}{'records':>9}{'audio ok':>9}{'sharded':>9}{'train':>7}{'test':>6}"
+          f"{'failed':>8}{'dropped':>9}{'vanished':>9}{'hours':>9}")
+    for name, s in sorted(summary["sources"].items()):
+        print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
+              f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
+    if summary["failures"]:
+        print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
+    if summary.get("disk_bytes"):
+        print("  disk: " + ", ".join(f"{k}/ {human_bytes(v)}" for k, v in summary["disk_bytes"].items()))
+    if any(st["stage"] == "shard" for st in summary["stages"]):
+        print(f"  shards: {summary['shards']}")
+    print("  accounting closes at every stage" if summary["accounting_closes"]
+          else "  WARNING: accounting does not close; see stats/build.json")

@@ -3,7 +3,7 @@
 Plain functions, no Ray: ``pipelines/`` calls :func:`transcode_batch` from its tasks, tests and
 the benchmark call it directly. A record never raises out of here: a typed
 :class:`~laion_audio.records.Failure` becomes ``failure_code``/``failure_message`` through
-:func:`laion_audio.ledger.fail`, anything unexpected becomes ``internal_error`` with the
+:meth:`Record.fail`, anything unexpected becomes ``internal_error`` with the
 exception text. Rerunning a record rewrites its FLAC atomically with identical bytes.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Iterable
 
 from .audio import TranscodeOptions, transcode_file
-from .ledger import fail
 from .records import Failure, FailureCode, Record, Status, sample_key
 
 STAGE = "transcode"
 
-__all__ = ["STAGE", "TranscodeOptions", "flac_path_for", "transcode_record", "transcode_batch"]
+__all__ = ["STAGE", "TranscodeOptions", "flac_path_for", "transcode_record", "transcode_batch",
+           "release_raw"]
 
 
 def flac_path_for(record: Record, out_dir: str | os.PathLike) -> Path:
@@ -41,9 +41,9 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
         result = transcode_file(out.audio_path, flac_path_for(out, out_dir), options,
                                 start=out.trim_start, end=out.trim_end)
     except Failure as failure:
-        return fail(out, STAGE, failure.code, failure.message)
+        return out.fail(STAGE, failure.code, failure.message)
     except Exception as exc:  # noqa: BLE001 - a bug must be recorded, never crash the run
-        return fail(out, STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return out.fail(STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
     out.flac_path = result.flac_path
     out.audio_sha256 = result.sha256
     out.audio_duration = result.duration
@@ -52,13 +52,29 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
     out.input_codec = result.input_codec
     out.input_subtype = result.input_subtype
     out.output_subtype = result.output_subtype
-    out.status = Status.TRANSCODED
-    out.failure_stage = out.failure_code = out.failure_message = ""
-    return out
+    return out.succeed(Status.TRANSCODED)
 
 
 def transcode_batch(records: Iterable[Record], out_dir: str | os.PathLike,
-                    options: TranscodeOptions | None = None) -> list[Record]:
-    """Transcode a batch in order; one output record per input record."""
+                    options: TranscodeOptions | None = None, *,
+                    raw_dir: str | os.PathLike | None = None) -> list[Record]:
+    """Transcode a batch in order; one output record per input record. With ``raw_dir`` (the
+    default keep policy of a build), a raw download inside that folder is deleted as soon as
+    its FLAC is written and hashed, so raw audio does not outlive the task that used it."""
     options = options or TranscodeOptions()
-    return [transcode_record(r, out_dir, options) for r in records]
+    out = [transcode_record(r, out_dir, options) for r in records]
+    if raw_dir is not None:
+        for rec in out:
+            release_raw(rec, raw_dir)
+    return out
+
+
+def release_raw(record: Record, raw_dir: str | os.PathLike) -> None:
+    """Delete a transcoded record's raw file when it lies inside ``raw_dir`` (never a user's
+    own file: local sources point at their input) and forget its path."""
+    if record.status != Status.TRANSCODED or not record.audio_sha256 or not record.audio_path:
+        return
+    raw = Path(record.audio_path).resolve()
+    if raw.is_relative_to(Path(raw_dir).resolve()) and Path(record.flac_path).is_file():
+        raw.unlink(missing_ok=True)
+        record.audio_path = ""

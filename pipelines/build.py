@@ -1,37 +1,30 @@
-"""The build pipeline: crawl -> fetch -> transcode -> caption -> filter -> shard.
+"""The build: runs the stage table (:mod:`pipelines.stages`) over a work folder.
 
 Every stage reads the ledger, works on the records it has not finished yet and journals each
 finished batch, so the same command resumes an interrupted run and a finished run is a no-op.
-Work folder layout (``--out``)::
-
-    ledger/                 the Parquet ledger (resume state + audit trail)
-    crawl/<source>.json     crawl checkpoints (paging state)
-    raw/<source>/           fetched audio as the site served it
-    audio/<source>/         48 kHz mono FLAC
-    shards/<dataset>/<split>/N.tar + sizes.json + index.json   (unless --shards-to elsewhere)
-    stats/build.json        per-stage accounting of the last run
-
-Paths inside ``--out`` are stored relative to it, so a work folder can be moved or copied.
+fetch -> transcode -> fingerprint run fused in one task per batch; crawl, filter and shard
+need the whole set and run in this process. The work folder layout and its path convention
+belong to :class:`laion_audio.workdir.WorkDir`.
 """
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawlers.crawl import write_json
 from laion_audio.ledger import Ledger, StageStats, write_stats, writing
-from laion_audio.records import Record, Status
+from laion_audio.records import Status
+from laion_audio.report import print_summary, summarize  # noqa: F401 - re-exported for callers
+from laion_audio.workdir import WorkDir
 
-from .executor import Executor, file_size, run_stage, sized_batches
+from .executor import Executor, file_size, sized_batches
+from .stages import (BY_NAME, FETCH_TASKS_IN_FLIGHT, TRANSCODE_BATCH_BYTES,
+                     TRANSCODE_BATCH_RECORDS_PER_UNIT, Stage, Step, already_done, fuse,
+                     pending_chunks, run_worker_stages, selected)
 
-log = logging.getLogger(__name__)
-
-CRAWL_FLUSH_EVERY = 5000   # records per crawl journal file (a kill -9 re-lists at most this many)
 DEFAULT_HOST_RATE = 2.0   # requests/s per host, as laion_audio.http's default
 
 
@@ -50,6 +43,7 @@ class BuildConfig:
     batch_size: int = 16
     transcode: dict[str, Any] = field(default_factory=dict)   # TranscodeOptions fields
     retry_failed: bool = False
+    keep_raw: bool = False                      # keep raw downloads after their FLAC is written
     caption_model: str | None = None            # T5 keyword-to-caption folder; None = template
     caption_input_format: str | None = None
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
@@ -62,369 +56,172 @@ class BuildConfig:
         return self.shards_to or str(self.out / "shards")
 
 
-class WorkDir:
-    """Paths of a build's work folder; ledger paths are stored relative to it."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root).resolve()
-        for sub in ("crawl", "raw", "audio", "stats"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-
-    def rel(self, path: str) -> str:
-        if not path:
-            return path
-        p = Path(path).resolve()
-        try:
-            return p.relative_to(self.root).as_posix()
-        except ValueError:
-            return str(p)
-
-    def abs(self, path: str) -> str:
-        if not path:
-            return path
-        return str(path) if os.path.isabs(path) else str(self.root / path)
-
-    def with_abs_paths(self, rec: Record) -> Record:
-        rec = copy.copy(rec)
-        rec.audio_path, rec.flac_path = self.abs(rec.audio_path), self.abs(rec.flac_path)
-        return rec
-
-    def with_rel_paths(self, rec: Record) -> Record:
-        rec.audio_path, rec.flac_path = self.rel(rec.audio_path), self.rel(rec.flac_path)
-        return rec
-
-
-# ---------------------------------------------------------------------------------- stages
-def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: dict,
-          *, refresh: bool = False) -> StageStats:
-    """List a source into the ledger, checkpointing its paging state as it goes.
-
-    A build crawls once (a finished crawl is skipped on rerun). A refresh crawls again from
-    the start, and when that crawl completes, marks ids it no longer lists as vanished; the
-    ids it has seen are appended to ``crawl/<source>.seen`` so an interrupted refresh resumes
-    without forgetting them.
-    """
-    from crawlers import get_source
-
-    stats = StageStats(f"crawl:{name}")
-    start = time.perf_counter()
-    dataset = options.get("dataset_name") or name
-    state_path = work.root / "crawl" / f"{name}.json"
-    seen_path = work.root / "crawl" / f"{name}.seen"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if state.get("complete"):
-        if not refresh:
-            stats.skipped = ledger.count(source=dataset)
-            stats.seconds = time.perf_counter() - start
-            return stats
-        state = {}
-    if refresh and not state.get("refresh"):
-        state = {"refresh": True}
-        seen_path.write_text("")
-    source = get_source(name)(**options)
-    pending: list[Record] = []
-
-    def flush() -> None:
-        result = ledger.upsert(pending, tag=f"crawl_{name}")
-        if refresh:
-            with seen_path.open("a", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r.source_id) + "\n" for r in pending)
-        for rec in pending:   # a crawler may list an item it could not use as a failed record
-            stats.add(rec, rec)
-        for k, v in result.summary().items():
-            stats.extra[k] = stats.extra.get(k, 0) + v
-        pending.clear()
-        _write_json(state_path, state)
-
-    for rec in source.crawl(state):
-        pending.append(rec)
-        if len(pending) >= CRAWL_FLUSH_EVERY:
-            flush()
-    flush()
-    if refresh:
-        seen = {json.loads(line) for line in seen_path.read_text(encoding="utf-8").splitlines() if line}
-        stats.extra["vanished"] = len(ledger.mark_vanished(dataset, seen))
-    state["complete"] = True
-    _write_json(state_path, state)
-    stats.seconds = time.perf_counter() - start
-    return stats
-
-
-def _pending(ledger: Ledger, status: str, sources: list[str], retry_failed: bool,
-             failed_stage: str) -> list[Record]:
-    records = ledger.records(status=status, source=sources)
-    if retry_failed:
-        for r in ledger.records(status=Status.FAILED, source=sources):
-            if r.failure_stage == failed_stage:
-                r.failure_stage = r.failure_code = r.failure_message = ""
-                r.status = status
-                records.append(r)
-    return records
-
-
-def _already_done(ledger: Ledger, datasets: list[str], stage_status: str) -> int:
-    """Records of ``datasets`` already at or past ``stage_status`` (shown as 'already done')."""
-    return sum(n for st, n in ledger.status_counts(source=datasets).items()
-               if Status.reached(st, stage_status))
-
-
 def dataset_names(cfg: BuildConfig) -> dict[str, str]:
     """source module name -> the ``source`` value its records carry (the shard folder)."""
-    out = {}
-    for name, options in cfg.sources.items():
-        out[name] = options.get("dataset_name") or name
+    return {name: options.get("dataset_name") or name for name, options in cfg.sources.items()}
+
+
+# ---------------------------------------------------------------------------- worker stages
+def _step(stage: Stage, cfg: BuildConfig, work: WorkDir, **extra) -> Step:
+    """The arguments each worker stage gets from a build's configuration."""
+    if stage.name == "fetch":
+        kwargs = dict(dest_dir=str(work.raw), **extra)
+    elif stage.name == "transcode":
+        from laion_audio.transcode import TranscodeOptions
+
+        kwargs = dict(out_dir=str(work.audio), options=TranscodeOptions(**cfg.transcode),
+                      raw_dir=None if cfg.keep_raw else str(work.raw))
+    elif stage.name == "fingerprint":
+        kwargs = dict(store_dir=str(work.fingerprints))
+    elif stage.name == "caption":
+        kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
+                      min_duration=cfg.caption_min_duration,
+                      cache_path=str(work.caption_cache) if cfg.caption_model else None)
+    else:
+        raise ValueError(f"{stage.name} is not a worker stage")
+    return Step(stage.name, stage.fn, stage.reads, kwargs)
+
+
+def worker_group(group: list[Stage], cfg: BuildConfig, work: WorkDir, ledger: Ledger,
+                 executor: Executor) -> list[StageStats]:
+    """Run one group of fused worker stages; per source when it fetches (the source's client
+    and rate limit), else over all sources at once."""
+    from laion_audio.http import remove_partial_downloads
+
+    names = [s.name for s in group if s.writes]
+    if not names:     # a status-neutral step alone (fingerprint): the filter fills its store
+        return []
+    datasets = dataset_names(cfg)
+    shared = {n: StageStats(n) for n in names if n != "fetch"}
+    out: list[StageStats] = []
+    if "fetch" in names:
+        fused = len(names) > 1
+        for name, options in cfg.sources.items():
+            remove_partial_downloads(work.raw / name)   # left by a killed run; none is running
+            # the site's per-host rate is split between the tasks that may fetch at once, so Ray
+            # does not multiply the load it sees; fused with transcode a task needs a whole CPU
+            tasks = cfg.workers if fused else min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
+            num_cpus = 1.0 if fused else cfg.workers / tasks
+            options = dict(options)
+            rate = options.get("rate")
+            options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
+            steps = [_step(s, cfg, work, source_name=name, source_options=options)
+                     if s.name == "fetch" else _step(s, cfg, work) for s in group]
+            stats = dict(shared, fetch=StageStats(f"fetch:{name}"))
+            run_worker_stages(group, steps, executor, ledger, work, sources=[datasets[name]],
+                              batch_size=cfg.batch_size, retry_failed=cfg.retry_failed,
+                              stats=stats, num_cpus=num_cpus)
+            stats["fetch"].skipped = (already_done(ledger, [datasets[name]], Status.FETCHED)
+                                      - stats["fetch"].succeeded)
+            out.append(stats["fetch"])
+    else:
+        run_worker_stages(group, [_step(s, cfg, work) for s in group], executor, ledger, work,
+                          sources=list(datasets.values()), batch_size=cfg.batch_size,
+                          retry_failed=cfg.retry_failed, stats=shared)
+    for name, st in shared.items():
+        reached = BY_NAME[name].writes[0]
+        st.skipped = already_done(ledger, list(datasets.values()), reached) - st.succeeded
+        out.append(st)
     return out
 
 
-#: tasks of one source fetching at once (each with a few threads); the source's per-host rate
-#: limit is split between them, so Ray does not multiply the load a site sees
-FETCH_TASKS_IN_FLIGHT = 4
+# ---------------------------------------------------------------------------- driver stages
+def fill_fingerprints(ledger: Ledger, work: WorkDir, executor: Executor, batch_size: int) -> None:
+    """The fingerprint stage for audio the fused tasks did not fingerprint (earlier runs,
+    `--stages` without fetch/transcode): only what the store lacks, in byte-sized tasks."""
+    from laion_audio.filters.fpstore import FingerprintStore
+    from laion_audio.filters.stage import ELIGIBLE
 
+    store = FingerprintStore(str(work.fingerprints))
+    store.remove_partial()                    # left by a killed run; no worker is running now
+    fp = BY_NAME["fingerprint"]
+    total, chunks = pending_chunks(ledger, list(ELIGIBLE) + [Status.SHARDED], None)
 
-def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> list[StageStats]:
-    from laion_audio.http import remove_partial_downloads
+    def batches():
+        for recs in chunks:
+            todo = [work.resolve(r) for r in recs
+                    if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
+            yield from sized_batches(todo, file_size(lambda r: r.flac_path),
+                                     max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * batch_size,
+                                     target_bytes=TRANSCODE_BATCH_BYTES,
+                                     min_batches=4 * executor.workers)
 
-    stats = []
-    for name, options in cfg.sources.items():
-        dataset = dataset_names(cfg)[name]
-        dest = work.root / "raw"
-        remove_partial_downloads(dest / name)   # left by a killed run; no fetch is running now
-        todo = _pending(ledger, Status.NEW, [dataset], cfg.retry_failed, "fetch")
-        options = dict(options)
-        tasks = min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
-        rate = options.get("rate")
-        options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
-        s = run_stage(executor, ledger, f"fetch:{name}", "crawlers.fetch:fetch_batch", todo,
-                      kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
-                      batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
-                      transform=work.with_rel_paths)
-        s.skipped = _already_done(ledger, [dataset], Status.FETCHED) - s.succeeded
-        stats.append(s)
-    return stats
-
-
-#: a transcode task holds up to this many input bytes (~1 s of decoding) ...
-TRANSCODE_BATCH_BYTES = 32 << 20
-#: ... and at most this many times --batch-size records
-TRANSCODE_BATCH_RECORDS_PER_UNIT = 16
-
-
-def transcode(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
-    datasets = list(dataset_names(cfg).values())
-    todo = [work.with_abs_paths(r) for r in
-            _pending(ledger, Status.FETCHED, datasets, cfg.retry_failed, "transcode")]
-    # batches by input bytes: hundreds of short effects per task, a few long tracks per task
-    batches = sized_batches(todo, file_size(lambda r: r.audio_path),
-                            max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * cfg.batch_size,
-                            target_bytes=TRANSCODE_BATCH_BYTES, min_batches=4 * cfg.workers)
-    s = run_stage(executor, ledger, "transcode", "laion_audio.transcode:transcode_batch", todo,
-                  kwargs=dict(out_dir=str(work.root / "audio"), options=_transcode_options(cfg)),
-                  batch_size=cfg.batch_size, transform=work.with_rel_paths, batches=batches)
-    s.skipped = _already_done(ledger, datasets, Status.TRANSCODED) - s.succeeded
-    return s
-
-
-def _transcode_options(cfg: BuildConfig):
-    from laion_audio.transcode import TranscodeOptions
-
-    return TranscodeOptions(**cfg.transcode)
-
-
-def caption(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
-    datasets = list(dataset_names(cfg).values())
-    todo = _pending(ledger, Status.TRANSCODED, datasets, cfg.retry_failed, "caption")
-    kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
-                  min_duration=cfg.caption_min_duration,
-                  cache_path=str(work.root / "caption_cache.sqlite") if cfg.caption_model else None)
-    # a model generates many captions per call: bigger batches, the cache dedups keyword sets
-    s = run_stage(executor, ledger, "caption", "pipelines.build:caption_batch", todo,
-                  kwargs=kwargs, batch_size=max(cfg.batch_size, 64))
-    s.skipped = _already_done(ledger, datasets, Status.CAPTIONED) - s.succeeded
-    return s
-
-
-_CAPTIONERS: dict = {}
-
-
-def caption_batch(records: list[Record], *, model: str | None = None,
-                  input_format: str | None = None, min_duration: float = 2.0,
-                  cache_path: str | None = None) -> list[Record]:
-    """The caption stage in a worker: the T5 model is loaded once per process (like an actor)
-    and shares the persistent cache; without a model, the paper's template."""
-    from laion_audio.captions.cache import CaptionCache
-    from laion_audio.captions.k2c import Captioner
-    from laion_audio.captions.stage import CaptionOptions, caption_batch as caption_stage
-
-    captioner = cache = None
-    if model:
-        key = (model, input_format)
-        if key not in _CAPTIONERS:
-            _CAPTIONERS[key] = Captioner.load(model, input_format=input_format)
-        captioner = _CAPTIONERS[key]
-        cache = CaptionCache(cache_path) if cache_path else None
-    try:
-        return caption_stage(records, captioner, CaptionOptions(min_duration=min_duration or None),
-                             cache=cache)
-    finally:
-        if cache is not None:
-            cache.close()
+    if total:
+        executor.map_batches(fp.fn, batches(), kwargs={"store_dir": str(work.fingerprints)},
+                             on_result=lambda inputs, outputs: None, total=total,
+                             desc="fingerprint")
 
 
 def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
-    """Eval-set overlaps and duplicates are marked dropped (with reasons) before sharding.
-    The workers first fill the fingerprint store (only audio it does not hold yet); the
-    matching itself runs in this process over the stored fingerprints."""
-    from laion_audio.filters.fpstore import FingerprintStore
-    from laion_audio.filters.stage import ELIGIBLE, FilterConfig, filter_ledger
+    """Eval-set overlaps and duplicates are marked dropped (with reasons) before sharding; the
+    matching runs in this process over the stored fingerprints."""
+    from laion_audio.filters.stage import FilterConfig
 
-    store_dir = str(work.root / "fingerprints")
-    store = FingerprintStore(store_dir)
-    store.remove_partial()                    # left by a killed run; no worker is running yet
-    todo = [work.with_abs_paths(r)
-            for r in ledger.records(status=list(ELIGIBLE) + [Status.SHARDED])
-            if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
-    if todo:     # fingerprinting costs what decoding does: tasks sized like transcode's
-        batches = sized_batches(todo, file_size(lambda r: r.flac_path),
-                                max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * cfg.batch_size,
-                                target_bytes=TRANSCODE_BATCH_BYTES, min_batches=4 * cfg.workers)
-        executor.map_batches("laion_audio.filters.fpstore:fingerprint_batch", batches,
-                             kwargs={"store_dir": store_dir},
-                             on_result=lambda inputs, outputs: None, total=len(todo),
-                             desc="fingerprint")
-    report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=cfg.evalsets_cache,
-                                                       eval_audio=dict(cfg.eval_audio),
-                                                       audio_root=str(work.root),
-                                                       fingerprint_dir=store_dir))
+    fill_fingerprints(ledger, work, executor, cfg.batch_size)
+    report, stats = BY_NAME["filter"].fn(ledger, FilterConfig(
+        evalsets_cache=cfg.evalsets_cache, eval_audio=dict(cfg.eval_audio),
+        audio_root=str(work.root), fingerprint_dir=str(work.fingerprints)))
     stats.extra["table"] = report.table()
     return stats
 
 
-def shard(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
-    from laion_audio.shards import write_shards
-
+def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, sources=None,
+                 require_text: bool = False, **options) -> tuple[list, dict, int, StageStats]:
+    """The shard stage over a ledger's ready records: paths resolved by the work folder,
+    split/shard written back in the ledger's own path form. Returns (records, report,
+    records left out for want of a caption, stats)."""
     stats = StageStats("shard")
     start = time.perf_counter()
-    datasets = list(dataset_names(cfg).values())
-    ready = ledger.records(status=[Status.CAPTIONED, Status.SHARDED], source=datasets)
-    absolute = [work.with_abs_paths(r) for r in ready]
-    written, report = write_shards(absolute, cfg.shard_root, seed=cfg.seed,
-                                   test_fraction=cfg.test_fraction,
-                                   samples_per_shard=cfg.samples_per_shard,
-                                   shard_bytes=cfg.shard_bytes, workers=min(cfg.workers, 8))
-    ledger.write([work.with_rel_paths(r) for r in written], tag="shard")
+    ready = ledger.records(status=list(statuses), source=sources)
+    waiting = 0
+    if require_text:
+        kept = [r for r in ready if any(t.strip() for t in r.texts)]
+        waiting, ready = len(ready) - len(kept), kept
+    stored = [(r.audio_path, r.flac_path) for r in ready]
+    written, report = BY_NAME["shard"].fn([work.resolve(r) for r in ready], shard_root, **options)
+    for (audio, flac), rec in zip(stored, written):
+        rec.audio_path, rec.flac_path = audio, flac     # the ledger keeps its own path form
+    ledger.write(written, tag="shard")
     for rec in written:
         stats.add(rec, rec)
     stats.extra["report"] = report
     stats.seconds = time.perf_counter() - start
-    return stats
+    return written, report, waiting, stats
 
 
 # ---------------------------------------------------------------------------------- driver
 def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
-    """Run the chosen stages; returns the summary (also written to ``stats/build.json``)."""
-    work = WorkDir(cfg.out)
+    """Run the chosen stages of the table; returns the summary (also in ``stats/summary.json``)."""
+    work = WorkDir(cfg.out, create=True)
     all_stats: list[StageStats] = []
-    with writing(work.root / "ledger") as ledger:   # compacted on the way out, even after an error
-        if "crawl" in cfg.stages:
-            for name, options in cfg.sources.items():
-                all_stats.append(crawl(cfg, work, ledger, name, options, refresh=refresh))
-            ledger.compact()
+    groups = fuse(selected(cfg.stages))
+    with writing(work.ledger) as ledger:   # compacted on the way out, even after an error
         executor = Executor(workers=cfg.workers, ray_address=cfg.ray_address, inline=cfg.inline)
-        needs_workers = any(s in cfg.stages for s in ("fetch", "transcode", "caption", "filter"))
-        if needs_workers:
+        if any(g[0].where == "workers" or g[0].name == "filter" for g in groups):
             executor.start()
         try:
-            if "fetch" in cfg.stages:
-                all_stats.extend(fetch(cfg, work, ledger, executor))
-                ledger.compact()
-            if "transcode" in cfg.stages:
-                all_stats.append(transcode(cfg, work, ledger, executor))
-                ledger.compact()
-            if "caption" in cfg.stages:
-                all_stats.append(caption(cfg, work, ledger, executor))
-                ledger.compact()
-            if "filter" in cfg.stages:
-                all_stats.append(filter_stage(cfg, work, ledger, executor))
+            for group in groups:
+                first = group[0]
+                if first.name == "crawl":
+                    for name, options in cfg.sources.items():
+                        all_stats.append(first.fn(ledger, work, name, options, refresh=refresh))
+                elif first.name == "filter":
+                    all_stats.append(filter_stage(cfg, work, ledger, executor))
+                elif first.name == "shard":
+                    executor.stop()     # shards are written by threads here; free the workers
+                    datasets = list(dataset_names(cfg).values())
+                    *_, stats = shard_ledger(
+                        ledger, work, cfg.shard_root, statuses=first.reads, sources=datasets,
+                        seed=cfg.seed, test_fraction=cfg.test_fraction,
+                        samples_per_shard=cfg.samples_per_shard, shard_bytes=cfg.shard_bytes,
+                        workers=min(cfg.workers, 8))
+                    all_stats.append(stats)
+                else:
+                    all_stats.extend(worker_group(group, cfg, work, ledger, executor))
                 ledger.compact()
         finally:
             executor.stop()
-        if "shard" in cfg.stages:
-            all_stats.append(shard(cfg, work, ledger))
-            ledger.compact()
-        summary = summarize(ledger, all_stats, cfg)
-    write_stats(work.root / "stats" / "build.json", all_stats)
-    _write_json(work.root / "stats" / "summary.json", summary)
+        summary = summarize(ledger, all_stats, cfg, work)
+    write_stats(work.stats / "build.json", all_stats)
+    write_json(work.stats / "summary.json", summary)
     return summary
-
-
-def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict:
-    per_source: dict[str, dict] = {}
-    for row in _summary_rows(ledger):
-        s = per_source.setdefault(row["source"], {"records": 0, "audio_ok": 0, "sharded": 0,
-                                                  "failed": 0, "dropped": 0, "vanished": 0,
-                                                  "hours": 0.0, "train": 0, "test": 0})
-        s["records"] += row["n"]
-        if Status.reached(row["status"], Status.TRANSCODED):
-            s["audio_ok"] += row["n"]
-            s["hours"] += (row["seconds"] or 0.0) / 3600
-        if row["status"] == Status.VANISHED:
-            s["vanished"] += row["n"]
-        if row["status"] == Status.SHARDED:
-            s["sharded"] += row["n"]
-            if row["split"] in ("train", "test"):
-                s[row["split"]] += row["n"]
-        elif row["status"] == Status.FAILED:
-            s["failed"] += row["n"]
-        elif row["status"] == Status.DROPPED:
-            s["dropped"] += row["n"]
-    for s in per_source.values():
-        s["hours"] = round(s["hours"], 4)
-    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(ledger),
-            "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
-            "sources": per_source, "stages": [s.as_dict() for s in stats],
-            "accounting_closes": all(s.closes for s in stats)}
-
-
-def _summary_rows(ledger: Ledger) -> list[dict]:
-    """(source, status, split) groups with their count and seconds of audio, aggregated a
-    chunk at a time (the corpus is never held as Python rows)."""
-    cols = ["source", "status", "split", "audio_duration"]
-    groups: dict[tuple, list] = {}
-    for t in ledger.scan(columns=cols, chunk_rows=65536):
-        agg = t.group_by(["source", "status", "split"], use_threads=False).aggregate(
-            [("audio_duration", "sum"), ("status", "count")])
-        for r in agg.to_pylist():
-            g = groups.setdefault((r["source"], r["status"], r["split"]), [0, 0.0])
-            g[0] += r["status_count"]
-            g[1] += r["audio_duration_sum"] or 0.0
-    return [{"source": k[0], "status": k[1], "split": k[2], "n": n, "seconds": sec}
-            for k, (n, sec) in sorted(groups.items(), key=lambda kv: tuple(x or "" for x in kv[0]))]
-
-
-def print_summary(summary: dict, stats_lines: bool = True) -> None:
-    print(f"\nlaion-audio build: {summary['records']} records in {summary['out']}")
-    for st in summary["stages"]:
-        s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
-                       st["skipped_already_done"], seconds=st["seconds"])
-        s.failures.update(st["failures"])
-        print("  " + s.line())
-        if st.get("table") and st["failed"]:
-            print("    " + st["table"].replace("\n", "\n    "))
-    print(f"  {'dataset':<24}{'records':>9}{'audio ok':>9}{'sharded':>9}{'train':>7}{'test':>6}"
-          f"{'failed':>8}{'dropped':>9}{'vanished':>9}{'hours':>9}")
-    for name, s in sorted(summary["sources"].items()):
-        print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
-              f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
-    if summary["failures"]:
-        print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
-    if any(st["stage"] == "shard" for st in summary["stages"]):
-        print(f"  shards: {summary['shards']}")
-    print("  accounting closes at every stage" if summary["accounting_closes"]
-          else "  WARNING: accounting does not close; see stats/build.json")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)

@@ -1,43 +1,36 @@
 """Run a batch stage over records on Ray (or in-process), writing each finished batch to the ledger.
 
-The stage is a plain function ``fn(records, **kwargs) -> records`` named by its import path,
-so nothing unpicklable crosses to the workers and the same function runs in a unit test.
+The stage is a plain module-level function ``fn(records, **kwargs) -> records`` (pickled by
+reference, so nothing unpicklable crosses to the workers and the same function runs in a unit
+test). Ray is imported here and nowhere outside ``pipelines/``.
 At most ``2 x workers`` batches are in flight, so memory does not grow with the corpus; each
 result is journaled as soon as it arrives, so a kill -9 loses only batches still running.
 """
 from __future__ import annotations
 
-import importlib
+import copy
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from laion_audio.ledger import Ledger, StageStats, fail
 from laion_audio.records import FailureCode, Record
 
 log = logging.getLogger(__name__)
 
 
-def resolve(path: str) -> Callable:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def run_batch(fn_path: str, records: list[Record], kwargs: dict) -> list[Record]:
+def run_batch(fn: Callable, records: list[Record], kwargs: dict) -> list[Record]:
     """Call the stage; a crash of the whole batch becomes a typed failure per record."""
-    fn = resolve(fn_path)
     try:
         out = fn(records, **kwargs)
     except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
-        stage = kwargs.get("stage_name", fn_path.rsplit(":", 1)[-1])
-        log.exception("batch of %d failed in %s", len(records), fn_path)
-        return [fail(r, stage, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}") for r in records]
+        log.exception("batch of %d failed in %s", len(records), fn.__name__)
+        return [copy.copy(r).fail(fn.__name__, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                for r in records]
     if len(out) != len(records):
-        raise RuntimeError(f"{fn_path} returned {len(out)} records for {len(records)}")
+        raise RuntimeError(f"{fn.__name__} returned {len(out)} records for {len(records)}")
     return out
 
 
@@ -87,7 +80,7 @@ class Executor:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def map_batches(self, fn_path: str, batches: Iterable[list[Record]], *, kwargs: dict,
+    def map_batches(self, fn: Callable, batches: Iterable[list[Record]], *, kwargs: dict,
                     on_result: Callable[[list[Record], list[Record]], None], total: int,
                     desc: str, num_cpus: float = 1.0) -> None:
         """Run ``fn`` over ``batches``; ``on_result(inputs, outputs)`` is called in the driver
@@ -96,7 +89,7 @@ class Executor:
         try:
             if self.inline:
                 for batch in batches:
-                    on_result(batch, run_batch(fn_path, batch, kwargs))
+                    on_result(batch, run_batch(fn, batch, kwargs))
                     bar.update(len(batch))
                 return
             import ray
@@ -108,7 +101,7 @@ class Executor:
             for batch in batches:
                 while len(in_flight) >= max_in_flight:
                     self._collect(in_flight, on_result, bar)
-                ref = remote.remote(fn_path, batch, kwargs_ref)
+                ref = remote.remote(fn, batch, kwargs_ref)
                 in_flight[ref] = batch
             while in_flight:
                 self._collect(in_flight, on_result, bar)
@@ -125,8 +118,8 @@ class Executor:
             try:
                 out = ray.get(ref)
             except Exception as exc:  # worker died twice (OOM, segfault in a decoder)
-                out = [fail(r, "worker", FailureCode.INTERNAL, f"worker lost: {type(exc).__name__}: {exc}")
-                       for r in batch]
+                out = [copy.copy(r).fail("worker", FailureCode.INTERNAL,
+                              f"worker lost: {type(exc).__name__}: {exc}") for r in batch]
             on_result(batch, out)
             bar.update(len(batch))
 
@@ -158,27 +151,3 @@ def file_size(path_of: Callable[[Record], str]) -> Callable[[Record], int]:
         except OSError:
             return 0
     return size
-
-
-def run_stage(executor: Executor, ledger: Ledger, stage: str, fn_path: str, records: list[Record],
-              *, kwargs: dict, batch_size: int, num_cpus: float = 1.0,
-              transform: Callable[[Record], Record] | None = None,
-              batches: Iterable[list[Record]] | None = None) -> StageStats:
-    """Run one stage over ``records`` and journal every finished batch to ``ledger``
-    (``batches``, when given, is how ``records`` are grouped; else ``batch_size`` each)."""
-    stats = StageStats(stage)
-    start = time.perf_counter()
-    if batches is None:
-        batches = (records[i:i + batch_size] for i in range(0, len(records), batch_size))
-
-    def on_result(inputs: list[Record], outputs: list[Record]) -> None:
-        if transform is not None:
-            outputs = [transform(r) for r in outputs]
-        ledger.write(outputs, tag=stage)
-        for before, after in zip(inputs, outputs):
-            stats.add(before, after)
-
-    executor.map_batches(fn_path, batches, kwargs=kwargs, on_result=on_result,
-                         total=len(records), desc=stage, num_cpus=num_cpus)
-    stats.seconds = time.perf_counter() - start
-    return stats

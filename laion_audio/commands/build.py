@@ -20,6 +20,9 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=16, help="records per task (transcode: tasks of up to 32 MB of input, at most 16x this many records)")
     g.add_argument("--retry-failed", action="store_true",
                    help="retry records that failed in an earlier run")
+    g.add_argument("--keep-raw", action="store_true",
+                   help="keep raw downloads in OUT/raw (default: each is deleted once its FLAC "
+                        "is written and hashed)")
 
 
 def add_transcode_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,6 +104,7 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        workers=args.workers, ray_address=args.ray_address, inline=args.inline,
                        batch_size=args.batch_size, transcode=transcode_options(args),
                        retry_failed=args.retry_failed, stages=tuple(stages),
+                       keep_raw=getattr(args, "keep_raw", False),
                        caption_model=getattr(args, "caption_model", None),
                        caption_input_format=getattr(args, "caption_input_format", None),
                        caption_min_duration=getattr(args, "caption_min_duration", 2.0),
@@ -119,7 +123,8 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.build import print_summary, run_build
+    from laion_audio.report import print_summary
+    from pipelines.build import run_build
 
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(ALL_STAGES)

@@ -2,7 +2,8 @@
 
 Without ``--model`` the paper's template is the caption; with it, a T5 keyword-to-caption
 model (a local folder, or a hub id when online) writes de-biased captions, each distinct keyword
-set generated once thanks to a cache kept in ``caption_cache.sqlite beside LEDGER_DIR``.
+set generated once thanks to a cache kept in the work folder (``LEDGER_DIR/../caption_cache.sqlite``,
+where ``build`` keeps it too).
 """
 from __future__ import annotations
 
@@ -38,43 +39,40 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=256, help="records per ledger write")
     p.add_argument("--gen-batch-size", type=int, default=64, help="keyword sets per generate call")
-    p.add_argument("--cache", help="cache file (default: caption_cache.sqlite beside LEDGER_DIR)")
+    p.add_argument("--cache", help="cache file (default: caption_cache.sqlite beside LEDGER_DIR, the build's cache)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..captions.cache import CaptionCache
-    from ..captions.k2c import Captioner, GenerationParams
-    from ..captions.keywords import AudioSetLabels
-    from ..captions.stage import CaptionOptions, CaptionStats, caption_batch
-    from ..ledger import StageStats, sidecar, writing
+    from pipelines.executor import Executor
+    from pipelines.stages import BY_NAME, Step, run_worker_stages
 
-    opts = CaptionOptions(min_duration=args.min_duration or None, template=args.template,
-                          debias=not args.no_debias,
-                          labels=AudioSetLabels.from_dir(args.audioset_labels) if args.audioset_labels else None)
-    captioner = None
-    if args.model:
-        captioner = Captioner.load(args.model, input_format=args.input_format, device=args.device,
-                                   batch_size=args.gen_batch_size,
-                                   params=GenerationParams(rerank_by_coverage=args.rerank,
-                                                           keyword_boost=args.keyword_boost,
-                                                           max_new_tokens=args.max_new_tokens))
+    from ..captions.k2c import GenerationParams
+    from ..captions.stage import CaptionStats
+    from ..ledger import StageStats, writing
+    from ..workdir import WorkDir
+
+    stage = BY_NAME["caption"]
     cstats = CaptionStats()
-    stage = StageStats("caption")
+    params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+                              max_new_tokens=args.max_new_tokens)
+    kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
+                  gen_batch_size=args.gen_batch_size, params=vars(params),
+                  min_duration=args.min_duration, template=args.template,
+                  debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
+                  cache_path=str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None)
+    stats = {"caption": StageStats("caption")}
     start = time.monotonic()
     with writing(args.ledger) as ledger:
-        cache = CaptionCache(args.cache or sidecar(ledger.root, "caption_cache.sqlite")) if captioner else None
-        todo = ledger.records(status=args.status, source=args.source)
-        for batch in ledger.iter_batches(todo, args.batch_size):
-            caption_batch(batch, captioner, opts, cache=cache, stats=cstats)
-            for rec in batch:
-                stage.add(rec, rec)
-            ledger.write(batch, tag="caption")
-        if cache:
-            cache.close()
-    stage.seconds = time.monotonic() - start
-    stage.extra = {"captions": cstats.as_dict()}
-    print(stage.line())
+        # the build's caption entry, in this process (the model is loaded once)
+        run_worker_stages([stage], [Step(stage.name, stage.fn, tuple(args.status), kwargs)],
+                          Executor(inline=True), ledger, WorkDir.of_ledger(args.ledger),
+                          sources=args.source, batch_size=args.batch_size, retry_failed=False,
+                          stats=stats, statuses=args.status)
+    st = stats["caption"]
+    st.seconds = time.monotonic() - start
+    st.extra = {"captions": cstats.as_dict()}
+    print(st.line())
     print(json.dumps(cstats.as_dict(), indent=1))
-    return 0 if stage.closes else 1
+    return 0 if st.closes else 1

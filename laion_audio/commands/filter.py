@@ -32,8 +32,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from laion_audio.filters.dedup import DEFAULT_SOURCE_PRIORITY
-    from laion_audio.filters.stage import FilterConfig, filter_ledger
+    from laion_audio.filters.stage import FilterConfig
     from laion_audio.ledger import sidecar, writing
+    from laion_audio.workdir import WorkDir
+    from pipelines.stages import BY_NAME
 
     eval_audio = {}
     for spec in args.eval_audio:
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"--eval-audio expects NAME=DIR, got {spec!r}")
             return 2
         eval_audio[name] = folder
+    work = WorkDir.of_ledger(args.ledger)
     config = FilterConfig(
         evalsets_cache=args.evalsets_cache, eval_audio=eval_audio,
         roles=["eval"] if args.eval_only else None, youtube_window=args.youtube_window,
@@ -49,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
         content=not args.no_content, near_duplicates=not args.no_near_duplicates,
         lookup_budget=args.lookup_budget,
         # a build's ledger stores flac paths relative to its work folder, the ledger's parent
-        audio_root=str(Path(args.ledger).resolve().parent),
+        audio_root=str(work.root),
         fingerprint_dir=None if args.fingerprint_dir == "none" else
-        (args.fingerprint_dir or str(Path(args.ledger).resolve().parent / "fingerprints")))
+        (args.fingerprint_dir or str(work.fingerprints)))
     with writing(args.ledger) as ledger:
-        report, stats = filter_ledger(ledger, config)
+        report, stats = BY_NAME["filter"].fn(ledger, config)   # the build's filter entry
     print(report.table())
     print(stats.line())
     out = Path(args.report) if args.report else sidecar(args.ledger, "filter_report.json")

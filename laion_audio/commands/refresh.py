@@ -30,7 +30,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.build import print_summary, run_build
+    from laion_audio.report import print_summary
+    from pipelines.build import run_build
 
     summary = run_build(config_from_args(args, args.sources), refresh=True)
     print_summary(summary)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
 from pathlib import Path
 
 
@@ -64,36 +62,25 @@ def parse_storage_options(pairs: list[str]) -> dict:
     return out
 
 
-def _absolute(path: str, base: Path) -> str:
-    return path if not path or os.path.isabs(path) else str(base / path)
-
-
 def run(args: argparse.Namespace) -> int:
     from laion_audio.ledger import LedgerError, writing
-    from laion_audio.shards import READY_STATUSES, ShardError, ShardRun, write_shards
+    from laion_audio.shards import READY_STATUSES, ShardError, ShardRun
+    from laion_audio.workdir import WorkDir
+    from pipelines.build import shard_ledger
 
     ledger_dir = Path(args.ledger)
     if not ledger_dir.is_dir():
         print(f"no ledger at {ledger_dir}")
         return 2
-    base = Path(args.paths_relative_to) if args.paths_relative_to else ledger_dir.resolve().parent
+    work = WorkDir.of_ledger(ledger_dir, args.paths_relative_to)
     try:
         with writing(ledger_dir) as ledger:
-            candidates = ledger.records(status=list(READY_STATUSES))
-            ready = [r for r in candidates if any(t.strip() for t in r.texts)]
-            waiting = len(candidates) - len(ready)
-            absolute = []
-            for r in ready:
-                a = copy.copy(r)
-                a.flac_path = _absolute(r.flac_path, base)
-                absolute.append(a)
-            records, report = write_shards(
-                absolute, args.out, seed=args.seed, test_fraction=args.test_fraction,
+            # the build's shard entry, over every ready record that has a caption
+            records, report, waiting, _ = shard_ledger(
+                ledger, work, args.out, statuses=READY_STATUSES, require_text=True,
+                seed=args.seed, test_fraction=args.test_fraction,
                 samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
                 workers=args.workers, storage_options=parse_storage_options(args.storage_option))
-            for original, rec in zip(ready, records):
-                rec.flac_path = original.flac_path     # the ledger keeps its own path style
-            ledger.write(records, tag="shard")
             ledger.compact()
     except (ShardError, LedgerError, ValueError) as exc:
         print(f"shard: {exc}")

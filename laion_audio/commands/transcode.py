@@ -25,12 +25,15 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from laion_audio.ledger import Ledger
-    from pipelines.build import BuildConfig, print_summary, run_build
+    from laion_audio.records import Record
+    from laion_audio.report import print_summary
+    from pipelines.build import BuildConfig, run_build
 
     out = Path(args.out)
     cfg = BuildConfig(out=out, sources={"local": {"input": args.input}}, workers=args.workers,
                       ray_address=args.ray_address, inline=args.inline, batch_size=args.batch_size,
                       transcode=transcode_options(args), retry_failed=args.retry_failed,
+                      keep_raw=getattr(args, "keep_raw", False),
                       stages=("crawl", "fetch", "transcode"))
     summary = run_build(cfg)
     with Ledger(out / "ledger", lock=False) as ledger, \
@@ -38,9 +41,11 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.writer(fh)
         writer.writerow(["input", "flac", "seconds", "input_rate", "input_channels", "status",
                          "failure_code", "failure_message"])
-        for r in ledger.records():
-            writer.writerow([r.source_id, r.flac_path, r.audio_duration, r.input_sample_rate,
-                             r.input_channels, r.status, r.failure_code, r.failure_message])
+        for batch in ledger.select().to_batches(max_chunksize=4096):   # not the corpus at once
+            for row in batch.to_pylist():
+                r = Record.from_row(row)
+                writer.writerow([r.source_id, r.flac_path, r.audio_duration, r.input_sample_rate,
+                                 r.input_channels, r.status, r.failure_code, r.failure_message])
     print_summary(summary)
     print(f"  list: {out / 'transcoded.csv'}")
     return 0 if summary["accounting_closes"] else 1

@@ -151,10 +151,11 @@ def _split_lookup(items: pd.DataFrame) -> dict[tuple[str, str], str]:
 
 
 def _with_abs_paths(df: pd.DataFrame, audio_root: str | None) -> pd.DataFrame:
-    """The build stores paths relative to its work folder."""
+    """The build stores paths relative to its work folder; the work folder resolves them."""
     if audio_root:
-        df["flac_path"] = df["flac_path"].fillna("").map(
-            lambda p: p if not p or os.path.isabs(p) else os.path.join(audio_root, p))
+        from ..workdir import WorkDir
+
+        df["flac_path"] = df["flac_path"].fillna("").map(WorkDir(audio_root).abs)
     return df
 
 

@@ -203,7 +203,7 @@ def test_cli_caption_ledger_and_quality(tiny, audioset_sets, shared_data, tmp_pa
     with Ledger(ledger_dir, lock=False) as ledger:
         recs = ledger.records()
     assert all(r.status == Status.CAPTIONED and r.caption_provenance["rule"] == "k2c" for r in recs)
-    assert (tmp_path / "caption_cache.sqlite").exists()   # beside the ledger folder, not in it
+    assert (ledger_dir.parent / "caption_cache.sqlite").exists()   # the work folder's cache, as build's
     res = _cli("caption-quality", "--ledger", str(ledger_dir),
                "--lm-corpus", f"audiocaps:{shared_data / 'audiocaps/dataset/test.csv'}")
     assert res.returncode == 0, res.stderr[-2000:]

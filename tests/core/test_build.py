@@ -168,8 +168,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_node(ray_bin: Path, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """One Ray node of our own: `ray start --block` in its own session, so the test stops
+    exactly the processes it started (SIGTERM to it tears its node down), never other
+    people's Ray on a shared machine."""
+    fh = log.open("w")
+    proc = subprocess.Popen([str(ray_bin), "start", "--block", *args], env=env, stdout=fh,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if "Ray runtime started" in log.read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    _stop_node(proc)
+    pytest.fail("ray node did not start: " + log.read_text(errors="replace")[-2000:])
+
+
+def _stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()                       # Ray's SIGTERM handler stops its node
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)    # anything of that node's session still alive
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_path):
+    """Two nodes sharing one filesystem (the supported multi-node layout, docs/quickstart.md):
+    the work folder is at the same path on every node."""
     out, _ = inline_build
     ray_bin = Path(sys.executable).with_name("ray")
     if not ray_bin.exists():
@@ -180,12 +214,13 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
     import tempfile
     tmp_ray = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     common = ["--num-cpus", "1", "--disable-usage-stats"]
+    nodes: list[subprocess.Popen] = []
     try:
-        subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        "--include-dashboard=false", f"--temp-dir={tmp_ray}", *common],
-                       check=True, env=env, capture_output=True, timeout=180)
-        subprocess.run([str(ray_bin), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                        *common], check=True, env=env, capture_output=True, timeout=180)
+        nodes.append(_ray_node(ray_bin, ["--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                                         "--include-dashboard=false", f"--temp-dir={tmp_ray}",
+                                         *common], env, tmp_path / "head.log"))
+        nodes.append(_ray_node(ray_bin, [f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                                         *common], env, tmp_path / "worker.log"))
         cluster_out = tmp_path / "out"
         proc = _cli(["build", "--source", "local", "--input", str(corpus), "--out", str(cluster_out),
                      "--samples-per-shard", "4", "--batch-size", "2", "--workers", "2",
@@ -194,5 +229,7 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
         assert proc.returncode == 0, output
         assert _tree_digest(cluster_out / "shards") == _tree_digest(out / "shards")
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            _stop_node(node)
         shutil.rmtree(tmp_ray, ignore_errors=True)
+    assert all(n.poll() is not None for n in nodes)

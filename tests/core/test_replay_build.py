@@ -82,6 +82,14 @@ def test_demo_build_killed_mid_fetch_then_rerun_equals_uninterrupted(tmp_path):
     for name in ("bbc", "epidemic", "freesound", "audiostock", "free_to_use_sounds",
                  "paramount_motion", "sonniss_game_effects", "wesoundeffects", "audioset"):
         assert name in out
+    # default keep policy: raw downloads are gone once transcoded; only failed ones stay
+    with Ledger(clean / "ledger", lock=False) as led:
+        kept_raw = {r.audio_path for r in led.records() if r.audio_path.startswith("raw/")}
+        assert all(r.status == Status.FAILED for r in led.records() if r.audio_path in kept_raw)
+        assert led.select(status=Status.SHARDED).num_rows > 0
+    left = {p.relative_to(clean).as_posix() for p in (clean / "raw").rglob("*") if p.is_file()}
+    assert left <= kept_raw, sorted(left - kept_raw)[:5]
+    assert "disk: " in out and "raw/" in out
 
     killed = tmp_path / "killed" / "out"
     killed.parent.mkdir()

@@ -1,0 +1,145 @@
+"""Driver peak RSS, per-stage seconds per record and disk per folder of `build` at two corpus sizes.
+
+Generates N distinct clips per size (seeded: chirps, gated tones, band-filtered noise, 0.5-2 s,
+varied rates and channels), runs ``laion-audio build --source local`` on each in a child
+process (local Ray with ``--workers`` CPUs, so the driver is one process; ``--inline`` runs the
+stages in the driver itself) and reads the
+driver's own peak RSS (``VmHWM`` of that process: Ray workers are not counted). Printed side by
+side: driver peak RSS, seconds per record of each stage, work-folder bytes per folder and the
+work folder / shards ratio, then the ratios large/small.
+
+    python benchmarks/driver_memory.py                       # 1000 vs 8000 clips
+    python benchmarks/driver_memory.py --sizes 500,2000 --stages crawl,fetch,transcode,caption
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_clip(i: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Clip ``i``: one of three kinds with parameters drawn from its own seed (distinct)."""
+    rng = np.random.default_rng([seed, i])
+    sr = int(rng.choice([16000, 22050, 32000, 44100, 48000]))
+    n = int(sr * rng.uniform(0.5, 2.0))
+    t = np.arange(n) / sr
+    kind = i % 3
+    if kind == 0:      # chirp between two random frequencies
+        f0, f1 = rng.uniform(80, 4000, 2)
+        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1])))
+    elif kind == 1:    # gated tone with random gate rate and harmonic
+        f = rng.uniform(100, 3000)
+        gate = (np.sin(2 * np.pi * rng.uniform(1, 12) * t) > rng.uniform(-0.5, 0.5)).astype(float)
+        x = gate * (np.sin(2 * np.pi * f * t) + 0.3 * np.sin(2 * np.pi * 2.01 * f * t))
+    else:              # noise through a random band (FFT mask)
+        spec = np.fft.rfft(rng.standard_normal(n))
+        freqs = np.fft.rfftfreq(n, 1 / sr)
+        lo = rng.uniform(50, sr / 4)
+        spec[(freqs < lo) | (freqs > lo * rng.uniform(1.2, 3))] = 0
+        x = np.fft.irfft(spec, n)
+    x = 0.5 * x / (np.max(np.abs(x)) + 1e-9)
+    if rng.random() < 0.3:
+        x = np.stack([x, np.roll(x, int(rng.integers(1, 50)))], axis=1)
+    return x.astype(np.float32), sr
+
+
+def make_corpus(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        x, sr = make_clip(i)
+        sf.write(folder / f"clip{i:06d}.wav", x, sr, subtype="PCM_16")
+
+
+def child(argv: list[str]) -> int:
+    """Run the CLI in this process and report its own peak RSS (``VmHWM``) on the last line."""
+    from laion_audio.cli import main
+
+    rc = main(argv)
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    print(json.dumps({"rc": rc, "driver_peak_rss_mb": round(hwm / 1024, 1)}))
+    return 0
+
+
+def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) -> dict:
+    corpus, out = root / f"in{size}", root / f"out{size}"
+    t0 = time.perf_counter()
+    make_corpus(corpus, size)
+    gen = time.perf_counter() - t0
+    cmd = [sys.executable, __file__, "--child", "build", "--source", "local", "--input",
+           str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
+           "--evalsets-cache", str(root / "no-evalsets")] + (["--inline"] if inline else [])
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - t0
+    last = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not last:
+        raise SystemExit(f"build of {size} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(last[-1])
+    summary = json.loads((out / "stats" / "summary.json").read_text())
+    per_stage = {}
+    for st in summary["stages"]:
+        name = st["stage"].split(":")[0]
+        if st.get("fused"):     # one task ran the fused stages: count its time once, by its tag
+            if name != "transcode":
+                continue
+            name = st["fused"].replace("_", "+")
+        per_stage[name] = per_stage.get(name, 0.0) + st["seconds"]
+    disk = summary.get("disk_bytes", {})
+    shards = disk.get("shards", 0)
+    work_total = sum(disk.values())
+    return {"size": size, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
+            "driver_peak_rss_mb": result["driver_peak_rss_mb"],
+            "ms_per_record": {k: round(1000 * v / size, 2) for k, v in per_stage.items()},
+            "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
+            "work_over_shards": round(work_total / shards, 2) if shards else None,
+            "by_status": summary["by_status"]}
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,8000")
+    ap.add_argument("--stages", default="crawl,fetch,transcode,caption,filter,shard")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--inline", action="store_true",
+                    help="no Ray: the driver also does the work (its RSS then includes decoding), "
+                         "immune to other people's Ray on a shared machine")
+    ap.add_argument("--keep", help="keep the work folders here")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="driver-mem-") as tmp:
+        root = Path(args.keep or tmp)
+        results = []
+        for n in sizes:
+            results.append(run(n, root, args.stages, args.workers, args.inline))
+            print(json.dumps(results[-1]), flush=True)
+    print(f"load average at the end: {os.getloadavg()}  (shared machine: figures are noisy)")
+    small, large = results[0], results[-1]
+    print(f"\n{'':<28}" + "".join(f"{r['size']:>12}" for r in results) + f"{'ratio':>10}")
+    print(f"{'driver peak RSS (MB)':<28}" + "".join(f"{r['driver_peak_rss_mb']:>12}" for r in results)
+          + f"{large['driver_peak_rss_mb'] / small['driver_peak_rss_mb']:>10.2f}")
+    for stage in small["ms_per_record"]:
+        a, b = small["ms_per_record"][stage], large["ms_per_record"].get(stage, 0)
+        print(f"{'ms/record ' + stage:<28}{a:>12}{b:>12}" + (f"{b / a:>10.2f}" if a else ""))
+    print(f"{'work folder / shards':<28}" + "".join(f"{str(r['work_over_shards']):>12}" for r in results))
+    for folder in large["disk_mb"]:
+        print(f"{'MB ' + folder + '/':<28}" + "".join(f"{r['disk_mb'].get(folder, 0):>12}" for r in results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The crawl stage: list a source into the ledger, checkpointing its paging state as it goes."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from laion_audio.ledger import Ledger, StageStats
+from laion_audio.records import Record
+from laion_audio.workdir import WorkDir
+
+from . import get_source
+
+#: records per ledger write (and per crawl checkpoint)
+CRAWL_FLUSH_EVERY = 5000   # records per crawl journal file (a kill -9 re-lists at most this many)
+
+
+def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
+                 refresh: bool = False) -> StageStats:
+    """Crawl source ``name`` into ``ledger``.
+
+    A build crawls once (a finished crawl is skipped on rerun). A refresh crawls again from
+    the start, and when that crawl completes, marks ids it no longer lists as vanished; the
+    ids it has seen are appended to ``crawl/<source>.seen`` so an interrupted refresh resumes
+    without forgetting them.
+    """
+    stats = StageStats(f"crawl:{name}")
+    start = time.perf_counter()
+    dataset = options.get("dataset_name") or name
+    state_path, seen_path = work.crawl_state(name), work.crawl_seen(name)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("complete"):
+        if not refresh:
+            stats.skipped = ledger.count(source=dataset)
+            stats.seconds = time.perf_counter() - start
+            return stats
+        state = {}
+    if refresh and not state.get("refresh"):
+        state = {"refresh": True}
+        seen_path.write_text("")
+    source = get_source(name)(**options)
+    pending: list[Record] = []
+
+    def flush() -> None:
+        result = ledger.upsert(pending, tag=f"crawl_{name}")
+        if refresh:
+            with seen_path.open("a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r.source_id) + "\n" for r in pending)
+        for rec in pending:   # a crawler may list an item it could not use as a failed record
+            stats.add(rec, rec)
+        for k, v in result.summary().items():
+            stats.extra[k] = stats.extra.get(k, 0) + v
+        pending.clear()
+        write_json(state_path, state)
+
+    for rec in source.crawl(state):
+        pending.append(rec)
+        if len(pending) >= CRAWL_FLUSH_EVERY:
+            flush()
+    flush()
+    if refresh:
+        seen = {json.loads(line) for line in seen_path.read_text(encoding="utf-8").splitlines() if line}
+        stats.extra["vanished"] = len(ledger.mark_vanished(dataset, seen))
+    state["complete"] = True
+    write_json(state_path, state)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def write_json(path: Path, data: Any) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,52 @@
+"""The caption stage as a worker runs it: model loaded once per process, the shared cache opened
+per batch. The entry of the stage table for both ``build`` and ``laion-audio caption``."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..records import Record
+
+#: one Captioner per (model, load options) per worker process, as an actor would hold it
+_CAPTIONERS: dict = {}
+
+
+def _captioner(model: str, load: dict[str, Any]):
+    from .k2c import Captioner, GenerationParams
+
+    key = (model, repr(sorted(load.items())))
+    if key not in _CAPTIONERS:
+        kwargs = dict(load)
+        if kwargs.get("params") is not None:
+            kwargs["params"] = GenerationParams(**kwargs["params"])
+        else:
+            kwargs.pop("params", None)
+        _CAPTIONERS[key] = Captioner.load(model, **{k: v for k, v in kwargs.items() if v is not None})
+    return _CAPTIONERS[key]
+
+
+def caption_batch(records: list[Record], *, model: str | None = None,
+                  input_format: str | None = None, min_duration: float | None = 2.0,
+                  cache_path: str | None = None, template: str = "sounds_of",
+                  debias: bool = True, labels_dir: str | None = None, device: str | None = None,
+                  gen_batch_size: int | None = None, params: dict | None = None,
+                  stats: Any = None) -> list[Record]:
+    """Caption a batch: with ``model`` a T5 keyword-to-caption model (cached raw captions in
+    ``cache_path``), else the paper's template. Options are plain values so they cross to Ray
+    workers; ``params`` holds :class:`GenerationParams` fields."""
+    from .cache import CaptionCache
+    from .keywords import AudioSetLabels
+    from .stage import CaptionOptions, caption_batch as caption_stage
+
+    captioner = cache = None
+    if model:
+        captioner = _captioner(model, {"input_format": input_format, "device": device,
+                                       "batch_size": gen_batch_size, "params": params})
+        cache = CaptionCache(cache_path) if cache_path else None
+    labels = AudioSetLabels.from_dir(labels_dir) if labels_dir else None
+    options = CaptionOptions(min_duration=min_duration or None, template=template, debias=debias,
+                             labels=labels)
+    try:
+        return caption_stage(records, captioner, options, cache=cache, stats=stats)
+    finally:
+        if cache is not None:
+            cache.close()
