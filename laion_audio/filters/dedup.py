@@ -86,6 +86,9 @@ NEAR_BANDS = 128
 #: queries looked up per index call: the vote kernel's arrays and the candidate list stay
 #: bounded whatever the corpus size
 QUERY_CHUNK = 2000
+#: references nominated per query: a popular sound has many copies in a corpus, and the
+#: kept one must not be crowded out of the list by the others (the eval check's 5 is too few)
+NEAR_TOP = 16
 
 
 def near_features(samples: np.ndarray, sr: int) -> np.ndarray:
@@ -195,7 +198,7 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
     stats = {"candidates": 0, "pairs_checked": 0, "pairs_prefiltered": 0}
     for s in range(first_query, len(fps), chunk):
         e = min(len(fps), s + chunk)
-        cands = index.candidates(fps[s:e], min_votes=min_votes, min_fraction=0.02, top=5,
+        cands = index.candidates(fps[s:e], min_votes=min_votes, min_fraction=0.02, top=NEAR_TOP,
                                  offsets=8, exclude_self=list(range(s, e)))
         stats["candidates"] += len(cands)
         pairs: dict[tuple[int, int], list] = {}
