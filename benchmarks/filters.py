@@ -4,6 +4,7 @@ measured in the same run.
     python benchmarks/filters.py id            # id filter over 2.5 M synthetic ledger rows
     python benchmarks/filters.py fingerprint   # ours vs Chromaprint (fpcalc) on real clips
     python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
+    python benchmarks/filters.py neardup       # near-duplicate precision + cost, distinct clips
     python benchmarks/filters.py all
 
 The machine this was written on has 2 cores shared by 7 engineers working at once: absolute
@@ -276,11 +277,64 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
     return out
 
 
+# --------------------------------------------------------------------------- near duplicates
+def _gen_fingerprints(args):
+    """Worker: fingerprints of generated distinct clips ``start .. stop - 1``."""
+    start, stop, seed = args
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from distinct_clips import SR, distinct_clip
+
+    from laion_audio.filters.fingerprint import fingerprint
+    return [fingerprint(distinct_clip(i, seed), SR, keep_bands=False) for i in range(start, stop)]
+
+
+def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dict]:
+    """Generated clips, all distinct by construction (benchmarks/distinct_clips.py), through
+    the filter stage's near-duplicate functions (same index, rule and keep pass): every drop
+    is a false positive. Confirmation features are recomputed from the regenerated clip, as
+    the stage recomputes them from the FLAC. Prints drops and seconds per record by phase
+    (fingerprint / index + lookups + confirmation), per size, and the ratio to the first size."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from distinct_clips import SR, distinct_clip
+
+    from laion_audio.filters.dedup import (FeatureCache, decide_near, near_duplicate_matches,
+                                           near_features)
+    out = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        step = 500
+        jobs = [(s, min(n, s + step), seed) for s in range(0, n, step)]
+        if procs > 1:
+            with mp.get_context("fork").Pool(procs) as pool:
+                fps = [f for part in pool.map(_gen_fingerprints, jobs) for f in part]
+        else:
+            fps = [f for job in jobs for f in _gen_fingerprints(job)]
+        t_fp = time.perf_counter() - t0
+        features = FeatureCache(lambda i: near_features(distinct_clip(i, seed), SR))
+        t1 = time.perf_counter()
+        matches, st = near_duplicate_matches(fps, features)
+        t_match = time.perf_counter() - t1
+        dropped = decide_near(n, matches)
+        res = {"clips": n, "dropped": len(dropped), "dropped_share": len(dropped) / n,
+               "confirmed_pairs": len(matches), **st, "feature_loads": features.loads,
+               "fingerprint_s_per_record_wall": t_fp / n, "procs": procs,
+               "match_s_per_record": t_match / n,
+               "worst": [(m.a, m.b, round(m.score, 3), round(m.vote_fraction, 3))
+                         for m in sorted(matches, key=lambda m: -m.score)[:5]]}
+        if out:
+            res["match_s_per_record_ratio_vs_first"] = res["match_s_per_record"] / out[0]["match_s_per_record"]
+        out.append(res)
+        print("neardup:", json.dumps(res), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "all"])
+    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "all"])
     ap.add_argument("--rows", type=int, default=2_500_000)
-    ap.add_argument("--sizes", default="10000,30000,100000")
+    ap.add_argument("--sizes", default=None, help="index sizes (lookup: 10000,30000,100000; "
+                    "neardup: 1000,8000)")
+    ap.add_argument("--procs", type=int, default=1, help="neardup: fingerprinting processes")
     ap.add_argument("--clip-seconds", type=float, default=5.0)
     ap.add_argument("--max-bucket", type=int, default=5000, help="skip hash buckets larger than this")
     ap.add_argument("--index-model", choices=["varied", "pooled"], default="varied",
@@ -294,10 +348,12 @@ def main() -> None:
     if args.what in ("fingerprint", "all"):
         print("fingerprint:", json.dumps(bench_fingerprint(), indent=1))
     if args.what in ("lookup", "all"):
-        sizes = tuple(int(s) for s in args.sizes.split(","))
+        sizes = tuple(int(s) for s in (args.sizes or "10000,30000,100000").split(","))
         budgets = tuple(tuple(int(v) for v in b.split(":")) for b in args.budgets.split(","))
         bench_lookup(sizes, args.clip_seconds, max_bucket=args.max_bucket,
                      index_model=args.index_model, budgets=budgets)
+    if args.what in ("neardup", "all"):
+        bench_neardup(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")), procs=args.procs)
 
 
 if __name__ == "__main__":

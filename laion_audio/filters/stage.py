@@ -11,6 +11,12 @@ Records already in shards are never dropped (they are published), but they are t
 when a new record duplicates them, exactly (same PCM hash) or, with a fingerprint store, by
 content.
 
+Duplicate verdicts are a function of the set of records, not of the order they arrived in:
+records an earlier run dropped as duplicates (and that were never sharded) are decided again
+with the new ones, so a run that sees a better copy, or sees that a record's keeper was
+itself dropped, ends where one run over the whole set would have. A record whose verdict is
+unchanged is not rewritten; one that is now kept gets back the status it had before.
+
 Nothing is deleted: a dropped record keeps its row with ``filter_reason``, ``filter_match``
 (eval set, split, matched id, score, method) and, for duplicates, ``duplicate_of``. Records
 eligible for filtering are those not yet sharded, failed, dropped or vanished. Audio for
@@ -23,27 +29,29 @@ import functools
 import logging
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
-import soundfile as sf
 
 from ..ledger import Ledger, StageStats
-from ..records import Record, Status
+from ..records import Record, Status, records_to_table
 from . import evalsets as evalsets_mod
-from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
-from .dedup import DEFAULT_SOURCE_PRIORITY, exact_duplicates, keep_order, near_duplicate_groups
-from .fpstore import FingerprintStore, band_features_file, fingerprint_file
+from .content_overlap import ContentMatcher, FingerprintIndex, Match, best_per_query
+from .dedup import (DEFAULT_SOURCE_PRIORITY, QUERY_CHUNK, FeatureCache, decide_near,
+                    exact_duplicates, keep_order, near_duplicate_matches, near_features)
+from .fpstore import FingerprintStore, band_features_file, fingerprint_file, read_mono
 from .id_overlap import find_id_overlaps, primary_matches
 
 log = logging.getLogger(__name__)
 
 ELIGIBLE = (Status.NEW, Status.FETCHED, Status.TRANSCODED, Status.CAPTIONED)
+#: drops that depend on the other records (not on the eval sets): decided again every run
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"}
 
 EVAL_ID = "eval_overlap_id"
@@ -51,6 +59,8 @@ EVAL_CONTENT = "eval_overlap_content"
 DUP_EXACT = "duplicate_exact"
 DUP_NEAR = "duplicate_near"
 CONTENT_METHOD = "landmark+aligned_band_correlation"
+NEAR_METHOD = "landmark+aligned_band_correlation_100"
+DUPLICATE_REASONS = (DUP_EXACT, DUP_NEAR)
 
 
 @dataclass
@@ -79,6 +89,8 @@ class FilterReport:
     by_source_evalset: Counter = field(default_factory=Counter)       # (source, eval_set) -> n
     by_source_duplicate: Counter = field(default_factory=Counter)     # (source, kind) -> n
     no_audio: int = 0
+    reconsidered: int = 0            # earlier duplicate drops decided again with the new records
+    reinstated: int = 0              # ... of which are now kept (their keeper went, or they lead)
     eval_clips: dict[str, int] = field(default_factory=dict)
     eval_clips_unreadable: int = 0
     seconds: float = 0.0
@@ -110,7 +122,8 @@ class FilterReport:
                                       for (s, e), n in sorted(self.by_source_evalset.items())],
                 "by_source_duplicate": [{"source": s, "kind": k, "n": n}
                                         for (s, k), n in sorted(self.by_source_duplicate.items())],
-                "no_audio": self.no_audio, "eval_clips": self.eval_clips,
+                "no_audio": self.no_audio, "reconsidered": self.reconsidered,
+                "reinstated": self.reinstated, "eval_clips": self.eval_clips,
                 "eval_clips_unreadable": self.eval_clips_unreadable, "seconds": round(self.seconds, 2)}
 
 
@@ -124,6 +137,36 @@ def _bands_loader(paths: list[str]):
         except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
             return None
     return load
+
+
+def _near_loader(paths: list[str]):
+    """Near-duplicate confirmation features of member ``i``, from its FLAC (None: unreadable)."""
+    def load(i: int):
+        if not paths[i]:
+            return None
+        try:
+            return near_features(*read_mono(paths[i]))
+        except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
+            return None
+    return load
+
+
+def _status_before(row: dict) -> str:
+    """The status a duplicate had before it was dropped (stored in its match since this
+    version; older rows: inferred from what the record holds)."""
+    match = row.get("filter_match") or {}
+    if isinstance(match, str):
+        import json
+        try:
+            match = json.loads(match) or {}
+        except ValueError:
+            match = {}
+    before = match.get("status_before") if isinstance(match, dict) else None
+    if before in ELIGIBLE:
+        return before
+    if row.get("texts"):
+        return Status.CAPTIONED
+    return Status.TRANSCODED if row.get("flac_path") else Status.FETCHED
 
 
 def eval_audio_files(eval_audio: dict[str, str]) -> list[tuple[str, str, Path]]:
@@ -175,6 +218,8 @@ def _changed_keys(changed: dict) -> set[str]:
 
 
 def _mark(rec: Record, reason: str, match: dict, duplicate_of: str = "") -> Record:
+    if reason in DUPLICATE_REASONS:
+        match = {**match, "status_before": rec.status}
     rec.status = Status.DROPPED
     rec.filter_reason = reason
     rec.filter_match = match
@@ -191,6 +236,21 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
     report.eligible = len(table)
     if not len(table):   # nothing new since the last run (e.g. a rerun of a finished build)
         return report, StageStats("filter", extra={"report": report.as_dict()})
+    # earlier duplicate drops are decided again with the new records (set, not arrival order)
+    before: dict[tuple[str, str], tuple[str, str]] = {}
+    dropped = ledger.select(status=[Status.DROPPED])
+    dropped = dropped.filter(pc.is_in(dropped.column("filter_reason"),
+                                      value_set=pa.array(list(DUPLICATE_REASONS), pa.string())))
+    if len(dropped):
+        again = []
+        for row in dropped.to_pylist():
+            rec = Record.from_row(row)
+            before[rec.key] = (rec.filter_reason, rec.duplicate_of)
+            rec.status = _status_before(row)
+            rec.filter_reason, rec.filter_match, rec.duplicate_of = "", {}, ""
+            again.append(rec)
+        table = pa.concat_tables([table, records_to_table(again).cast(table.schema)])
+        report.reconsidered = len(again)
     changed: dict[tuple[str, str], Record] = {}
     rows = None
 
@@ -277,8 +337,13 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             index.build()
             matcher = ContentMatcher(index, min_votes=config.min_votes,
                                      min_correlation=config.min_correlation)
-            matches, _ = matcher.match(fps, ref_bands=lambda r: eval_meta[r][2].bands,
-                                       query_bands=corpus_bands)
+            matches = []
+            for c0 in range(0, len(fps), QUERY_CHUNK):     # bounded lookups, any corpus size
+                part, _ = matcher.match(fps[c0:c0 + QUERY_CHUNK],
+                                        ref_bands=lambda r: eval_meta[r][2].bands,
+                                        query_bands=lambda q, c0=c0: corpus_bands(c0 + q))
+                matches += [Match(c0 + m.query, m.ref, m.offset, m.votes, m.score,
+                                  m.overlap_seconds) for m in part]
             for qi, m in sorted(best_per_query(matches).items()):
                 name, fname, _ = eval_meta[m.ref]
                 row = kept.iloc[qi]
@@ -308,47 +373,35 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
             live = np.flatnonzero(alive)
             members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
             member_fps = pub_fps + [fps[i] for i in live]
-            bands = _bands_loader(list(members["flac_path"]))
-            index = _new_index(config)
-            for j, fp in enumerate(member_fps):
-                index.add(j, fp)
-            index.build()
-            matcher = ContentMatcher(index, min_votes=config.min_votes,
-                                     min_correlation=config.min_correlation)
-            # published clips are only references: they were checked when they were new
-            queries = list(range(n_pub, len(members)))
-            matches, _ = matcher.match([member_fps[j] for j in queries],
-                                       ref_bands=bands, query_bands=lambda q: bands(queries[q]),
-                                       exclude_self=queries)
-            best = {}
-            for m in matches:
-                pair = (min(queries[m.query], m.ref), max(queries[m.query], m.ref))
-                if pair not in best or m.score > best[pair].score:
-                    best[pair] = m
-            name = lambda j: f"{members.iloc[j]['source']}/{members.iloc[j]['source_id']}"
-            for group in near_duplicate_groups(len(members), best.keys()):
-                keeper = min(group)          # published first, then keep order: lowest wins
-                for g in group:
-                    if g == keeper or g < n_pub:
-                        continue
-                    # the match with the keeper, else g's best match inside the group
-                    pair = (min(g, keeper), max(g, keeper))
-                    if pair not in best:
-                        pair = max((p for p in best if g in p), key=lambda p: best[p].score)
-                    m = best[pair]
-                    other = pair[0] if pair[1] == g else pair[1]
-                    row = members.iloc[g]
-                    key = (row["source"], row["source_id"])
-                    changed[key] = _mark(record(key), DUP_NEAR, {
-                        "method": CONTENT_METHOD, "score": round(m.score, 4), "votes": m.votes,
-                        "matched_id": name(other)}, name(keeper))
-                    report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
+            features = FeatureCache(_near_loader(list(members["flac_path"].fillna(""))))
+            near, _ = near_duplicate_matches(member_fps, features, first_query=n_pub,
+                                             lookup_budget=config.lookup_budget,
+                                             min_votes=config.min_votes)
+            names = (members["source"] + "/" + members["source_id"]).tolist()
+            for g, m in sorted(decide_near(len(members), near, n_pub).items()):
+                row = members.iloc[g]
+                key = (row["source"], row["source_id"])
+                changed[key] = _mark(record(key), DUP_NEAR, {
+                    "method": NEAR_METHOD, "score": round(m.score, 4), "votes": m.votes,
+                    "vote_fraction": round(m.vote_fraction, 4),
+                    "coverage": round(m.coverage, 3), "matched_id": names[m.a]}, names[m.a])
+                report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
 
     for rec in changed.values():
         report.dropped[rec.filter_reason] += 1
-    ledger.write(changed.values(), tag="filter")
+    # reconsidered duplicates: an unchanged verdict is not rewritten; a kept one is restored
+    write = dict(changed)
+    for key, (reason, of) in before.items():
+        if key in changed:
+            if (changed[key].filter_reason, changed[key].duplicate_of) == (reason, of):
+                del write[key]
+        else:
+            write[key] = record(key)          # its status before the drop, filter fields cleared
+            report.reinstated += 1
+    ledger.write(write.values(), tag="filter")
     report.seconds = time.time() - t0
-    stats = StageStats("filter", inputs=report.eligible, succeeded=report.eligible - len(changed),
+    inputs = report.eligible + report.reconsidered
+    stats = StageStats("filter", inputs=inputs, succeeded=inputs - len(changed),
                        failed=len(changed), seconds=report.seconds,
                        failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
                        extra={"report": report.as_dict()})
