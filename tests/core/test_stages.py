@@ -61,8 +61,10 @@ def test_fused_task_accounts_each_stage_and_journals_once_per_batch(tmp_path):
     assert dict(fetch.failures) == {"missing_file": 1}
     assert (transcode.inputs, transcode.succeeded, transcode.failed) == (4, 3, 1)
     assert fetch.closes and transcode.closes
-    journal = sorted(p.name for p in (work.ledger / "journal").glob("*.parquet"))
-    assert journal[1:] == ["00000002-fetch_transcode_fingerprint.parquet"]   # one write, 5 records
+    journal = sorted(p.name for p in ledger.journal_dir.glob("*.parquet"))
+    # one write of the fused task (5 records) after the crawl's: no write per stage
+    assert [n.split("-", 1)[1] for n in journal] == ["crawl.parquet",
+                                               "fetch_transcode_fingerprint.parquet"]
     by_id = {r.source_id: r for r in ledger.records()}
     assert by_id["gone.wav"].failure_stage == "fetch"
     assert by_id["broken.wav"].failure_stage == "transcode"
