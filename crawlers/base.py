@@ -67,7 +67,10 @@ class Source:
                 rec.status = Status.FETCHED
                 rec.failure_stage = rec.failure_code = rec.failure_message = ""
             except Failure as e:
-                rec.status, rec.failure_stage = Status.FAILED, "fetch"
+                # an unreachable host says nothing about the record: it stays pending (new),
+                # with the reason noted, and the next run tries it again by itself
+                rec.status = Status.NEW if e.code == FailureCode.HOST_UNREACHABLE else Status.FAILED
+                rec.failure_stage = "fetch"
                 rec.failure_code, rec.failure_message = e.code, e.message
             except Exception as e:  # a bug, still one record's failure
                 from laion_audio.http import redact

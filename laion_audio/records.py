@@ -60,6 +60,9 @@ class FailureCode:
     UNAVAILABLE = "unavailable"        # removed/private videos, vanished items
     WRONG_CONTENT_TYPE = "wrong_content_type"  # e.g. an HTML error page where audio/JSON was due
     UNSAFE_PATH = "unsafe_path"        # archive member or name that would escape the target folder
+    HOST_UNREACHABLE = "host_unreachable"  # circuit breaker open: the record is left pending
+    # any stage
+    NO_SPACE = "no_space"              # disk full (ENOSPC): the next run retries by itself
     # decode / transcode
     MISSING_FILE = "missing_file"
     EMPTY_FILE = "empty_file"
@@ -75,6 +78,12 @@ class FailureCode:
     NO_CAPTION = "no_caption"
     BAD_METADATA = "bad_metadata"
     INTERNAL = "internal_error"        # a bug: still recorded, never crashes the run
+
+
+#: Failure codes a plain rerun retries without ``--retry-failed``: the record was fine, the
+#: machine was not (a full disk). ``host_unreachable`` never becomes a failure at all: those
+#: records stay pending (status ``new``) with the reason in their failure columns.
+RETRIED_BY_ITSELF = frozenset({FailureCode.NO_SPACE})
 
 
 @dataclass

@@ -25,13 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from laion_audio.ledger import Ledger, StageStats, write_stats
-from laion_audio.records import Record, Status
+from laion_audio.http import redact
+from laion_audio.records import RETRIED_BY_ITSELF, Failure, FailureCode, Record, Status
 
 from .executor import Executor, file_size, run_stage, sized_batches
 
 log = logging.getLogger(__name__)
 
 CRAWL_FLUSH_EVERY = 500
+#: a crawl listing fewer than this fraction of the last complete crawl is not trusted
+CRAWL_SHRINK_ALARM = 0.5
+#: failures that end a crawl early but leave it resumable (a listing page that kept failing)
+CRAWL_RETRYABLE = frozenset({FailureCode.HTTP_ERROR, FailureCode.TIMEOUT, FailureCode.TRUNCATED,
+                             FailureCode.WRONG_CONTENT_TYPE, FailureCode.HOST_UNREACHABLE,
+                             FailureCode.BAD_METADATA, FailureCode.NO_SPACE})
 DEFAULT_HOST_RATE = 2.0   # requests/s per host, as laion_audio.http's default
 
 
@@ -117,9 +124,9 @@ def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: d
             stats.skipped = len(ledger.select(source=dataset))
             stats.seconds = time.perf_counter() - start
             return stats
-        state = {}
+        state = {"previous_complete": state.get("listed")}
     if refresh and not state.get("refresh"):
-        state = {"refresh": True}
+        state = {"refresh": True, "previous_complete": state.get("previous_complete")}
         seen_path.write_text("")
     source = get_source(name)(**options)
     pending: list[Record] = []
@@ -133,14 +140,36 @@ def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: d
             stats.add(rec, rec)
         for k, v in result.summary().items():
             stats.extra[k] = stats.extra.get(k, 0) + v
+        state["listed"] = int(state.get("listed") or 0) + len(pending)
         pending.clear()
         _write_json(state_path, state)
 
-    for rec in source.crawl(state):
-        pending.append(rec)
-        if len(pending) >= CRAWL_FLUSH_EVERY:
-            flush()
+    try:
+        for rec in source.crawl(state):
+            pending.append(rec)
+            if len(pending) >= CRAWL_FLUSH_EVERY:
+                flush()
+    except Failure as e:
+        if e.code not in CRAWL_RETRYABLE:
+            raise
+        # a listing page that kept failing: what was listed is kept, the paging state points
+        # at the failed page, and the crawl stays incomplete (the next run resumes there)
+        flush()
+        stats.extra["incomplete"] = redact(f"{e.code}: {e.message}")[:300]
+        stats.seconds = time.perf_counter() - start
+        return stats
     flush()
+    listed, previous = int(state.get("listed") or 0), state.get("previous_complete")
+    if listed == 0 or (previous and listed < CRAWL_SHRINK_ALARM * previous):
+        # an empty or shrunken catalogue is far likelier a broken listing than a real one:
+        # never marked complete (the next run crawls again) and no id is marked vanished
+        stats.extra["suspect"] = (f"listed {listed} items" + (f", the last complete crawl "
+                                  f"listed {previous}" if previous else "") +
+                                  "; not marked complete" + ("; nothing marked vanished"
+                                                             if refresh else ""))
+        _write_json(state_path, {"previous_complete": previous} if previous else {})
+        stats.seconds = time.perf_counter() - start
+        return stats
     if refresh:
         seen = {json.loads(line) for line in seen_path.read_text(encoding="utf-8").splitlines() if line}
         stats.extra["vanished"] = len(ledger.mark_vanished(dataset, seen))
@@ -152,10 +181,11 @@ def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: d
 
 def _pending(ledger: Ledger, status: str, sources: list[str], retry_failed: bool,
              failed_stage: str) -> list[Record]:
+    """Records waiting for a stage: those at ``status``, plus this stage's failures when
+    ``retry_failed`` (always for codes in ``RETRIED_BY_ITSELF``, e.g. a full disk)."""
     records = ledger.records(status=status, source=sources)
-    if retry_failed:
-        for r in ledger.records(status=Status.FAILED, source=sources):
-            if r.failure_stage == failed_stage:
+    for r in ledger.records(status=Status.FAILED, source=sources):
+        if r.failure_stage == failed_stage and (retry_failed or r.failure_code in RETRIED_BY_ITSELF):
                 r.failure_stage = r.failure_code = r.failure_message = ""
                 r.status = status
                 records.append(r)
@@ -382,10 +412,47 @@ def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict
             s["dropped"] += 1
     for s in per_source.values():
         s["hours"] = round(s["hours"], 4)
-    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(rows),
-            "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
-            "sources": per_source, "stages": [s.as_dict() for s in stats],
-            "accounting_closes": all(s.closes for s in stats)}
+    summary = {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(rows),
+               "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
+               "sources": per_source, "stages": [s.as_dict() for s in stats],
+               "accounting_closes": all(s.closes for s in stats)}
+    summary["problems"] = run_problems(summary)
+    return summary
+
+
+#: stages whose "0 successes" is not a problem by itself (a filter may drop everything)
+_NO_SUCCESS_OK = ("filter",)
+
+
+def run_problems(summary: dict) -> list[str]:
+    """One line per reason this run did not do all it was asked to: an unreachable host
+    (records left pending), a crawl that stopped early or listed suspiciously little, a full
+    disk, a stage with inputs and no success. Empty when the run is complete; the command
+    exits non-zero otherwise (:func:`exit_code`)."""
+    out: list[str] = []
+    for st in summary["stages"]:
+        name = st["stage"]
+        for host, n in sorted((st.get("unreachable_hosts") or {}).items()):
+            out.append(f"{name}: host {host} unreachable; {n} records left pending (rerun the "
+                       "same command when it is reachable)")
+        if st.get("incomplete"):
+            out.append(f"{name}: crawl stopped early ({st['incomplete']}); rerun to resume")
+        if st.get("suspect"):
+            out.append(f"{name}: crawl looks incomplete: {st['suspect']}")
+        if (st["inputs"] > 0 and st["succeeded"] == 0 and not st.get("pending")
+                and not name.startswith(_NO_SUCCESS_OK)):
+            out.append(f"{name}: 0 of {st['inputs']} succeeded")
+    full = sum(n for k, n in (summary.get("failures") or {}).items()
+               if k.endswith(":" + FailureCode.NO_SPACE))
+    if full:
+        out.append(f"disk full: {full} records failed with no_space; free space and rerun "
+                   "(they are retried without --retry-failed)")
+    return out
+
+
+def exit_code(summary: dict) -> int:
+    """The build's exit status: 0 only when accounting closes and nothing is left undone."""
+    return 0 if summary.get("accounting_closes") and not summary.get("problems") else 1
 
 
 def print_summary(summary: dict, stats_lines: bool = True) -> None:
@@ -394,6 +461,7 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
         s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
                        st["skipped_already_done"], seconds=st["seconds"])
         s.failures.update(st["failures"])
+        s.pending = st.get("pending", 0)
         print("  " + s.line())
         if st.get("table") and st["failed"]:
             print("    " + st["table"].replace("\n", "\n    "))
@@ -408,6 +476,8 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
         print(f"  shards: {summary['shards']}")
     print("  accounting closes at every stage" if summary["accounting_closes"]
           else "  WARNING: accounting does not close; see stats/build.json")
+    for line in summary.get("problems") or []:
+        print(f"  INCOMPLETE: {line}")
 
 
 def _write_json(path: Path, data: Any) -> None:

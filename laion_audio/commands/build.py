@@ -119,7 +119,7 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.build import print_summary, run_build
+    from pipelines.build import exit_code, print_summary, run_build
 
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(ALL_STAGES)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = run_demo(args, stages)
     print_summary(summary)
-    return 0 if summary["accounting_closes"] else 1
+    return exit_code(summary)
 
 
 def run_demo(args: argparse.Namespace, stages) -> dict:
