@@ -267,7 +267,33 @@ class AudioSetSource(Source):
             opts["download_ranges"] = download_range_func(None, [(0.0, float(record.trim_end))])
         return opts
 
+    #: downloads of one record before a short (cut-off) file is a failure
+    FETCH_ATTEMPTS = 3
+    #: a download may end this much before the window end (container/encoder granularity)
+    WINDOW_SLACK_SECONDS = 0.5
+
     def fetch(self, record: Record, dest_dir: Path) -> Path:
+        """Download the record's audio (see :meth:`_fetch_once`) and check it holds the whole
+        window ``[0, trim_end]``: ffmpeg, which yt-dlp uses for ``download_ranges``, accepts a
+        body cut off mid-transfer, so the container's own length is measured. A short file is
+        deleted and downloaded again; after ``FETCH_ATTEMPTS`` it is ``truncated_download``."""
+        from .base import media_seconds
+
+        last: Failure | None = None
+        for _ in range(self.FETCH_ATTEMPTS):
+            path = self._fetch_once(record, dest_dir)
+            need = float(record.trim_end or 0.0)
+            seconds = media_seconds(path) if need > 0 else None
+            if seconds is None or seconds >= need - self.WINDOW_SLACK_SECONDS:
+                return path
+            path.unlink(missing_ok=True)
+            last = Failure(FailureCode.TRUNCATED,
+                           f"{record.source_id}: download holds {seconds:.2f} s, the window "
+                           f"ends at {need:.2f} s (cut off in transit)")
+        assert last is not None
+        raise last
+
+    def _fetch_once(self, record: Record, dest_dir: Path) -> Path:
         from yt_dlp import YoutubeDL
         from yt_dlp.utils import YoutubeDLError
 

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
-from .records import Failure, FailureCode
+from .records import Failure, FailureCode, is_out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -506,9 +506,12 @@ class HttpClient:
         return body.decode("utf-8", errors="replace")
 
     def download(self, url: str, dest: Path, *, expect: tuple[str, ...] | None = AUDIO_TYPES,
-                 max_bytes: int | None = None, headers: dict | None = None) -> Download:
+                 max_bytes: int | None = None, headers: dict | None = None,
+                 check: Callable[[Path], None] | None = None) -> Download:
         """Stream ``url`` to ``dest``: a temporary file beside it, renamed only when the body is
-        complete, the right type and under the cap; nothing is left behind on failure."""
+        complete (Content-Length), the right type, under the cap and, when given, passes
+        ``check(tmp_path)`` (raise :class:`Failure`; e.g. a media file shorter than promised,
+        which is retried like a cut-off body); nothing is left behind on failure."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         limit = self.max_bytes if max_bytes is None else max_bytes
@@ -523,8 +526,20 @@ class HttpClient:
                     got = self._read_body(resp, url, limit, fh.write)
                 if got == 0:
                     raise fail(FailureCode.EMPTY_FILE, f"{url}: empty body")
+                if check is not None:
+                    try:       # the container's own length: a short body is a failed attempt
+                        check(tmp)
+                    except Failure as e:
+                        if e.code == FailureCode.TRUNCATED:
+                            raise _Retryable(fail(e.code, f"{url}: {e.message}")) from None
+                        raise
                 os.replace(tmp, dest)
+            except OSError as e:
+                if is_out_of_space(e):
+                    raise fail(FailureCode.NO_SPACE, f"{url}: disk full writing {dest.name}") from None
+                raise
             finally:
+                resp.close()
                 tmp.unlink(missing_ok=True)
             return Download(dest, got, ctype, redact(url))
 

@@ -10,6 +10,7 @@ JSON strings so the Parquet schema stays fixed whatever a source hands us.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -84,6 +85,29 @@ class FailureCode:
 #: machine was not (a full disk). ``host_unreachable`` never becomes a failure at all: those
 #: records stay pending (status ``new``) with the reason in their failure columns.
 RETRIED_BY_ITSELF = frozenset({FailureCode.NO_SPACE})
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) is a full disk or quota: an ``OSError`` with
+    ENOSPC/EDQUOT, or libsndfile's bare "System error." whose C ``errno`` was ENOSPC (libsndfile
+    does not pass the errno on, so it is read from the calling thread, right after the call)."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+            return True
+        if type(exc).__name__ == "LibsndfileError" and getattr(exc, "code", None) == 2:  # SFE_SYSTEM
+            try:
+                import soundfile
+
+                return soundfile._ffi.errno in _NO_SPACE_ERRNOS
+            except Exception:  # noqa: BLE001 - a soundfile without cffi errno: cannot tell
+                return False
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass

@@ -219,6 +219,8 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
         dataset = dataset_names(cfg)[name]
         dest = work.root / "raw"
         remove_partial_downloads(dest / name)   # left by a killed run; no fetch is running now
+        if cfg.retry_failed:
+            _refetch_cut_files(ledger, work, dataset)
         todo = _pending(ledger, Status.NEW, [dataset], cfg.retry_failed, "fetch")
         options = dict(options)
         tasks = min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
@@ -231,6 +233,31 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
         s.skipped = _already_done(ledger, [dataset], Status.FETCHED) - s.succeeded
         stats.append(s)
     return stats
+
+
+#: transcode failures that a cut-off download causes: on --retry-failed the raw file is
+#: fetched again instead of transcoding the same cut file again
+REFETCH_ON_RETRY = frozenset({FailureCode.BAD_TRIM, FailureCode.TRUNCATED_AUDIO,
+                              FailureCode.TRUNCATED, FailureCode.UNDECODABLE})
+
+
+def _refetch_cut_files(ledger: Ledger, work: WorkDir, dataset: str) -> int:
+    """Send downloaded records that failed transcode for a cut-off file back to fetch (only
+    files this build downloaded into ``raw/``; a pack's extracted file is left alone)."""
+    raw = work.root / "raw"
+    again = []
+    for r in ledger.records(status=Status.FAILED, source=[dataset]):
+        if r.failure_stage != "transcode" or r.failure_code not in REFETCH_ON_RETRY:
+            continue
+        path = Path(work.abs(r.audio_path)) if r.audio_path else None
+        if path is None or not path.resolve().is_relative_to(raw):
+            continue
+        path.unlink(missing_ok=True)
+        r.audio_path, r.fetched_bytes = "", None
+        r.status, r.failure_stage, r.failure_code, r.failure_message = Status.NEW, "", "", ""
+        again.append(r)
+    ledger.write(again, tag="refetch")
+    return len(again)
 
 
 #: a transcode task holds up to this many input bytes (~1 s of decoding) ...
