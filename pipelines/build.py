@@ -26,7 +26,8 @@ from typing import Any
 
 from laion_audio.ledger import Ledger, StageStats, write_stats
 from laion_audio.http import redact
-from laion_audio.records import RETRIED_BY_ITSELF, Failure, FailureCode, Record, Status
+from laion_audio.records import (RETRIED_BY_ITSELF, Failure, FailureCode, Record, Status,
+                                 is_out_of_space)
 
 from .executor import Executor, file_size, run_stage, sized_batches
 
@@ -364,10 +365,18 @@ def shard(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
     datasets = list(dataset_names(cfg).values())
     ready = ledger.records(status=[Status.CAPTIONED, Status.SHARDED], source=datasets)
     absolute = [work.with_abs_paths(r) for r in ready]
-    written, report = write_shards(absolute, cfg.shard_root, seed=cfg.seed,
-                                   test_fraction=cfg.test_fraction,
-                                   samples_per_shard=cfg.samples_per_shard,
-                                   shard_bytes=cfg.shard_bytes, workers=min(cfg.workers, 8))
+    try:
+        written, report = write_shards(absolute, cfg.shard_root, seed=cfg.seed,
+                                       test_fraction=cfg.test_fraction,
+                                       samples_per_shard=cfg.samples_per_shard,
+                                       shard_bytes=cfg.shard_bytes, workers=min(cfg.workers, 8))
+    except OSError as e:
+        if not is_out_of_space(e):
+            raise
+        # nothing is marked sharded: the records stay captioned and the next run shards them
+        stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
+        stats.seconds = time.perf_counter() - start
+        return stats
     ledger.write([work.with_rel_paths(r) for r in written], tag="shard")
     for rec in written:
         stats.add(rec, rec)
@@ -464,6 +473,8 @@ def run_problems(summary: dict) -> list[str]:
                        "same command when it is reachable)")
         if st.get("incomplete"):
             out.append(f"{name}: crawl stopped early ({st['incomplete']}); rerun to resume")
+        if st.get("no_space"):
+            out.append(f"{name}: {st['no_space']}; free space and rerun")
         if st.get("suspect"):
             out.append(f"{name}: crawl looks incomplete: {st['suspect']}")
         if (st["inputs"] > 0 and st["succeeded"] == 0 and not st.get("pending")
