@@ -259,11 +259,11 @@ class PackSource(Source):
         dest = self.cache_dir / self.name / "extracted" / f"{_label_for(value)}-{label_digest}"
         with _cache_lock(dest.with_name(f".{dest.name}.lock")):
             result = extract_archive(archive, dest, limits=self.limits, want=self._audio_wanted)
+        # the archive's name, never its local path: shards are published, the user's folders
+        # are not (fetch finds the archive again among the inputs by this name)
         extra = {"archive": archive.name if not archive_url else _label_for(value)}
         if archive_url:
             extra["archive_url"] = archive_url
-        else:
-            extra["archive_path"] = str(archive)
         for m in result.members:
             yield m.name, Path(m.path), dict(extra, member_bytes=m.size), None
         for r in result.rejected:
@@ -277,7 +277,7 @@ class PackSource(Source):
                     yield rel, None, {}, Failure(FailureCode.UNSAFE_PATH, "symlink in pack folder")
                 continue
             if path.is_file() and self._audio_wanted(rel):
-                yield rel, path, {"member_bytes": path.stat().st_size}, None
+                yield rel, path, {"folder": root.name, "member_bytes": path.stat().st_size}, None
 
     # ------------------------------------------------------------------ Source API
     def crawl(self, state: dict) -> Iterator[Record]:
@@ -313,8 +313,14 @@ class PackSource(Source):
         author = removed.get("ucs", {}).get("creator", "")
         # a member of a downloaded archive is named by the archive URL + its path inside; the
         # extracted copy is only a local cache (audio_path), never part of the record's identity
+        # (a local input is named by its file/folder name, not where it lies on this machine)
         archive_url = extra.get("archive_url")
-        url = f"{archive_url}#{rel}" if archive_url else str(path)
+        if archive_url:
+            url = f"{archive_url}#{rel}"
+        elif extra.get("archive"):
+            url = f"{extra['archive']}#{rel}"
+        else:
+            url = f"{extra.get('folder', '')}/{rel}"
         return Record(
             source=self.name, source_id=source_id, url=url, audio_path=str(path),
             title=clean_text(PurePosixPath(rel).stem, 500),
@@ -333,11 +339,22 @@ class PackSource(Source):
     def fetch(self, record: Record, dest_dir: Path) -> Path:
         """The extracted file; when this machine does not have the crawl's extraction folder, the
         member is extracted again from the archive (same safety checks)."""
-        for candidate in (record.audio_path, record.url):
-            if candidate and "://" not in candidate and Path(candidate).is_file():
-                return Path(candidate)
-        archive = record.original_data.get("archive_path")
-        archive_url = record.original_data.get("archive_url")
+        if record.audio_path and Path(record.audio_path).is_file():
+            return Path(record.audio_path)
+        od = record.original_data
+        archive = od.get("archive_path")          # ledgers written before names replaced paths
+        folder = od.get("folder")
+        for value in self.inputs:                 # the same input, wherever it lies now
+            if _is_url(value):
+                continue
+            local = Path(value).expanduser()
+            if folder and local.is_dir() and local.name == folder:
+                member = local.joinpath(*PurePosixPath(od.get("file_path", "")).parts)
+                if member.is_file() and member.resolve().is_relative_to(local.resolve()):
+                    return member
+            elif od.get("archive") and local.is_file() and local.name == od["archive"]:
+                archive = str(local)
+        archive_url = od.get("archive_url")
         if archive_url:
             real = self._real_url(archive_url)
             if real is None:

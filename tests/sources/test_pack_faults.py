@@ -165,3 +165,33 @@ def test_two_builds_sharing_a_pack_cache(tmp_path, clip):
         assert len(rows) == n
         assert all(r.status == Status.NEW and Path(r.audio_path).is_file() for r in rows.values())
     assert sf.info(next(iter(_ledger(tmp_path / "two").values())).audio_path).frames > 0
+
+
+def test_local_pack_paths_never_reach_shards_and_a_moved_archive_is_found(tmp_path, clip):
+    wav = tmp_path / "s.wav"
+    write_audio(wav, clip)
+    home = tmp_path / "home" / "someone" / "Downloads"
+    archive = _zip(home / "bundle.zip", [("Doors/Door Slam 01.wav", wav)])
+    folder = home / "Unpacked Pack"
+    (folder / "Wind").mkdir(parents=True)
+    write_audio(folder / "Wind" / "Gust 02.wav", clip)
+    cfg = BuildConfig(out=tmp_path / "out", inline=True,
+                      stages=("crawl", "fetch", "transcode", "caption", "shard"),
+                      sources={"wesoundeffects": {"inputs": [str(archive), str(folder)],
+                                                  "cache_dir": str(tmp_path / "cache")}})
+    assert exit_code(run_build(cfg)) == 0
+    assert not _grep_tree(tmp_path / "out" / "shards", [str(home), str(tmp_path)])
+    urls = sorted(r.url for r in _ledger(cfg.out).values())
+    assert urls == ["Unpacked Pack/Wind/Gust 02.wav", "bundle.zip#Doors/Door Slam 01.wav"]
+
+    moved = tmp_path / "elsewhere"                 # the pack moved; the cache is gone
+    moved.mkdir()
+    import shutil
+    shutil.move(str(archive), moved / "bundle.zip")
+    shutil.move(str(folder), moved / "Unpacked Pack")
+    shutil.rmtree(tmp_path / "cache")
+    src = crawlers.get_source("wesoundeffects")(
+        inputs=[str(moved / "bundle.zip"), str(moved / "Unpacked Pack")], cache_dir=tmp_path / "c")
+    for rec in _ledger(cfg.out).values():
+        rec.audio_path = ""
+        assert sf.info(str(src.fetch(rec, tmp_path / "raw"))).frames > 0
