@@ -199,3 +199,37 @@ def test_offline_bbc_fetch_leaves_records_pending_then_completes(tmp_path):
     rows = ledger_rows(out, "bbc")
     assert {r.status for r in rows.values()} == {Status.FETCHED}
     assert {r.failure_code for r in rows.values()} == {""}
+
+
+# ------------------------------------------------------------------ item 6: redaction
+@pytest.mark.parametrize("url, kept", [
+    ("https://b.s3.amazonaws.com/p.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F1"
+     "&X-Amz-Date=20260101T000000Z&X-Amz-Signature=abcdef0123&X-Amz-Security-Token=FQoGZX",
+     ["X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Date=20260101T000000Z"]),
+    ("https://acct.blob.core.windows.net/c/p.zip?sv=2021-08-06&se=2026&sp=r&sig=SASsig%3D",
+     ["sv=2021-08-06", "sp=r"]),
+    ("https://cdn.example.com/p.zip?Policy=eyJTdGF0&Signature=Zm9v&Key-Pair-Id=APKA123",
+     ["cdn.example.com/p.zip"]),
+    ("https://user:hunter2pw@files.example.com/p.zip?page=2&token=tok123&api_key=k3y",
+     ["page=2", "https://user:***@files.example.com"]),
+])
+def test_credentials_in_query_strings_are_redacted(url, kept):
+    from laion_audio.http import redact
+    clean = redact(url)
+    for secret in ("AKIA", "abcdef0123", "FQoGZX", "SASsig", "eyJTdGF0", "Zm9v", "APKA123",
+                   "hunter2pw", "tok123", "k3y"):
+        assert secret not in clean, clean
+    for part in kept:
+        assert part in clean, clean
+
+
+def test_urllib3_debug_lines_are_redacted(replay, caplog):
+    import logging
+    app, base = replay
+    client = HttpClient(rate=0, seed=1)
+    with caplog.at_level(logging.DEBUG, logger="urllib3"):
+        with pytest.raises(Failure):
+            client.get_json(f"{base}/nope.json?X-Amz-Signature=s3cr3tsig&token=t0k3n")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/nope.json" in text                       # the debug line was logged ...
+    assert "s3cr3tsig" not in text and "t0k3n" not in text   # ... without the credentials
