@@ -228,7 +228,8 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
         rate = options.get("rate")
         options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
         s = run_stage(executor, ledger, f"fetch:{name}", "crawlers.fetch:fetch_batch", todo,
-                      kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
+                      kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest),
+                                  run=f"{os.getpid()}-{time.time_ns()}"),
                       batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
                       transform=work.with_rel_paths)
         s.skipped = _already_done(ledger, [dataset], Status.FETCHED) - s.succeeded

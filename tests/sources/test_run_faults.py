@@ -233,3 +233,28 @@ def test_urllib3_debug_lines_are_redacted(replay, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "/nope.json" in text                       # the debug line was logged ...
     assert "s3cr3tsig" not in text and "t0k3n" not in text   # ... without the credentials
+
+
+@pytest.mark.skipif(__import__("shutil").which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_offline_video_host_leaves_audioset_records_pending(tmp_path):
+    """yt-dlp does its own HTTP; the AudioSet fetch has the same breaker: a dead video host
+    leaves the clips pending, and the same build fetches them when it is back."""
+    port = free_port()
+    with serve(seed=0, sizes={"youtube": 6}) as (_, meta):
+        cfg = BuildConfig(out=tmp_path / "out", inline=True, stages=("crawl", "fetch"),
+                          sources={"audioset": {
+                              "csv": [f"{meta}/audioset/eval_segments.csv"],
+                              "labels": f"{meta}/audioset/class_labels_indices.csv",
+                              "youtube_base": f"http://127.0.0.1:{port}/youtube/watch?v=",
+                              "cache_dir": str(tmp_path / "cache"), "limit": 6}})
+        offline = run_build(cfg)
+        fetch = next(s for s in offline["stages"] if s["stage"] == "fetch:audioset")
+        assert fetch["pending"] == 6 and exit_code(offline) == 1
+        assert any("unreachable" in p for p in offline["problems"])
+        rows = ledger_rows(cfg.out, "audioset")
+        assert {(r.status, r.failure_code) for r in rows.values()} == \
+            {(Status.NEW, FailureCode.HOST_UNREACHABLE)}
+        with serve(port, seed=0, sizes={"youtube": 6}):
+            online = run_build(cfg)
+    assert exit_code(online) == 0, online["problems"]
+    assert {r.status for r in ledger_rows(cfg.out, "audioset").values()} == {Status.FETCHED}
