@@ -348,6 +348,7 @@ class HttpClient:
         for attempt in range(retries + 1):
             self._check_breaker(host, method, url)
             self.limiter.acquire(host)
+            self._check_breaker(host, method, url)     # it may have opened while we waited
             self.attempts += 1
             retry_after = None
             try:
