@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from laion_audio.http import host_of
 from laion_audio.records import Failure, FailureCode, Record, sample_key
 
 from .base import Source
@@ -54,6 +55,10 @@ _UNAVAILABLE = re.compile(
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 #: the page held no media at all (an error or captcha page where the watch page was due)
 _NO_MEDIA = re.compile(r"Unsupported URL", re.IGNORECASE)
+#: yt-dlp's words for "no connection could be made" (DNS, refused, unroutable)
+_NO_CONNECTION = re.compile(r"name resolution|Name or service not known|nodename nor servname|"
+                            r"getaddrinfo failed|Failed to resolve|Connection refused|"
+                            r"Network is unreachable|No route to host", re.IGNORECASE)
 
 
 def parse_segments(lines: Iterable[str]) -> Iterator[tuple[str, float, float, list[str]]]:
@@ -114,6 +119,10 @@ def classify_ytdlp_error(message: str) -> str:
     if _NO_MEDIA.search(message):
         return FailureCode.WRONG_CONTENT_TYPE
     return FailureCode.HTTP_ERROR
+
+
+class _NoConnection(Failure):
+    """yt-dlp could not connect at all (counted by the circuit breaker, then retried)."""
 
 
 class _QuietLogger:
@@ -267,7 +276,56 @@ class AudioSetSource(Source):
             opts["download_ranges"] = download_range_func(None, [(0.0, float(record.trim_end))])
         return opts
 
+    #: downloads of one record before a short (cut-off) file is a failure
+    FETCH_ATTEMPTS = 3
+    #: consecutive connection failures before the video host is declared unreachable
+    BREAKER = 3
+    _conn_failures = 0
+    _unreachable: str | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    @property
+    def _breaker_lock(self):
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            import threading
+            lock = self.__dict__.setdefault("_lock", threading.Lock())
+        return lock
+    #: a download may end this much before the window end (container/encoder granularity)
+    WINDOW_SLACK_SECONDS = 0.5
+
     def fetch(self, record: Record, dest_dir: Path) -> Path:
+        """Download the record's audio (see :meth:`_fetch_once`) and check it holds the whole
+        window ``[0, trim_end]``: ffmpeg, which yt-dlp uses for ``download_ranges``, accepts a
+        body cut off mid-transfer, so the container's own length is measured. A short file is
+        deleted and downloaded again; after ``FETCH_ATTEMPTS`` it is ``truncated_download``."""
+        from .base import media_seconds
+
+        last: Failure | None = None
+        for _ in range(self.FETCH_ATTEMPTS):
+            if self._unreachable:     # the circuit breaker (as laion_audio.http's, for yt-dlp)
+                raise Failure(FailureCode.HOST_UNREACHABLE, self._unreachable)
+            try:
+                path = self._fetch_once(record, dest_dir)
+            except _NoConnection as e:   # tried again until it works or the breaker opens
+                last = Failure(FailureCode.HTTP_ERROR, e.message)
+                continue
+            need = float(record.trim_end or 0.0)
+            seconds = media_seconds(path) if need > 0 else None
+            if seconds is None or seconds >= need - self.WINDOW_SLACK_SECONDS:
+                return path
+            path.unlink(missing_ok=True)
+            last = Failure(FailureCode.TRUNCATED,
+                           f"{record.source_id}: download holds {seconds:.2f} s, the window "
+                           f"ends at {need:.2f} s (cut off in transit)")
+        assert last is not None
+        raise last
+
+    def _fetch_once(self, record: Record, dest_dir: Path) -> Path:
         from yt_dlp import YoutubeDL
         from yt_dlp.utils import YoutubeDLError
 
@@ -284,9 +342,20 @@ class AudioSetSource(Source):
                 info = ydl.extract_info(url, download=True)
         except YoutubeDLError as exc:
             message = " | ".join(logger.errors[-2:]) or str(exc)
+            if _NO_CONNECTION.search(message):
+                with self._breaker_lock:
+                    self._conn_failures += 1
+                    if self._conn_failures >= self.BREAKER:
+                        self._unreachable = (f"{host_of(url)} unreachable after "
+                                             f"{self._conn_failures} connection failures in a "
+                                             f"row: {message}"[:300])
+                        log.warning("%s", self._unreachable)
+                raise _NoConnection(FailureCode.HTTP_ERROR, f"{ytid}: {message}"[:500]) from None
             raise Failure(classify_ytdlp_error(message), f"{ytid}: {message}"[:500]) from None
         except OSError as exc:
             raise Failure(FailureCode.HTTP_ERROR, f"{ytid}: {exc}"[:500]) from None
+        with self._breaker_lock:
+            self._conn_failures = 0
         path = _downloaded_path(info, dest_dir, stem)
         if path is None:
             message = " | ".join(logger.errors[-2:])

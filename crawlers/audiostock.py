@@ -125,6 +125,24 @@ def _check_challenge(html_text: str, url: str) -> None:
         raise Failure(FailureCode.FORBIDDEN, f"{url}: anti-crawl challenge page (captcha)")
 
 
+#: markup every real listing page has (results container, even when empty) or links
+_LISTING_MARK = re.compile(r"""class\s*=\s*["'][^"']*\b(results|no-results)\b|href\s*=\s*["'][^"']*/audio/\d+""",
+                           re.IGNORECASE)
+_DETAIL_MARK = re.compile(r"<(audio|source)\b|data-audio-src", re.IGNORECASE)
+
+
+def _validate_listing(text: str) -> None:
+    """A 200 HTML answer that is neither a listing nor a challenge ("temporarily unavailable")
+    is a failed page, retried; never an empty catalogue."""
+    if not _LISTING_MARK.search(text) and not _CHALLENGE.search(text[:200_000]):
+        raise Failure(FailureCode.WRONG_CONTENT_TYPE, "not a listing page (no results list)")
+
+
+def _validate_detail(text: str) -> None:
+    if not _DETAIL_MARK.search(text) and not _CHALLENGE.search(text[:200_000]):
+        raise Failure(FailureCode.WRONG_CONTENT_TYPE, "not a sound page (no audio player)")
+
+
 class AudiostockSource(HttpSource):
     name = "audiostock"
     paper_samples = 10000
@@ -145,7 +163,7 @@ class AudiostockSource(HttpSource):
         while not state.get("done"):
             page = int(state.get("page", 1))
             url = f"{self.base}/se?page={page}"
-            listing = self.http.get_html(url)
+            listing = self.http.get_html(url, validate=_validate_listing)
             _check_challenge(listing, url)
             parsed = _parse(listing)
             ids: list[str] = []
@@ -165,7 +183,7 @@ class AudiostockSource(HttpSource):
         """One detail page -> a record; a failure on that page -> a failed record."""
         page_url = f"{self.base}/audio/{ident}"
         try:
-            page = self.http.get_html(page_url)
+            page = self.http.get_html(page_url, validate=_validate_detail)
             _check_challenge(page, page_url)
             return self.record_from_page(ident, page, page_url)
         except Failure as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from laion_audio.records import Failure, FailureCode, Record, Status, sample_key
+from laion_audio.records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
 
 
 class Source:
@@ -82,11 +82,16 @@ class Source:
                 rec.audio_path = str(self.fetch(rec, Path(dest_dir)))
                 rec.succeed(Status.FETCHED)
             except Failure as e:
+                # an unreachable host says nothing about the record: it stays pending (new),
+                # with the reason noted, and the next run tries it again by itself
                 rec.fail("fetch", e.code, e.message)
-            except Exception as e:  # a bug, still one record's failure
+                if e.code == FailureCode.HOST_UNREACHABLE:
+                    rec.status = Status.NEW
+            except Exception as e:  # a bug (or a full disk), still one record's failure
                 from laion_audio.http import redact
 
-                rec.fail("fetch", FailureCode.INTERNAL, redact(f"{type(e).__name__}: {e}"))
+                rec.fail("fetch", FailureCode.NO_SPACE if is_out_of_space(e) else FailureCode.INTERNAL,
+                         redact(f"{type(e).__name__}: {e}"))
             return rec
 
         if workers <= 1 or len(records) <= 1:
@@ -227,6 +232,50 @@ def clean_record(rec: Record) -> Record:
     return rec
 
 
+def media_seconds(path: str | os.PathLike) -> float | None:
+    """The container's own idea of its length (libsndfile, else ffprobe); None if unknown.
+    A file cut off in transit holds fewer frames than its header or the site promised."""
+    try:
+        import soundfile
+
+        info = soundfile.info(str(path))
+        if 0 < info.frames < (1 << 62) and info.samplerate > 0:
+            return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - not a format libsndfile knows: ask ffprobe
+        pass
+    import shutil
+    import subprocess
+
+    if shutil.which("ffprobe") is None:
+        return None
+    try:
+        done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                               "-of", "default=nw=1:nk=1", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        return float(done.stdout.strip().splitlines()[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+#: a download may be this much shorter than the length promised (rounding, encoder padding,
+#: sites that state whole seconds) before it counts as cut off
+LENGTH_SLACK_FRACTION = 0.2
+LENGTH_SLACK_SECONDS = 0.5
+
+
+def check_media_length(path: str | os.PathLike, promised: float | None) -> None:
+    """Raise ``Failure(truncated_download)`` when the file at ``path`` is clearly shorter than
+    ``promised`` seconds (a retryable fetch failure; the caller discards the file)."""
+    if not promised or promised <= 0:
+        return
+    seconds = media_seconds(path)
+    if seconds is None:
+        return
+    if seconds < promised * (1 - LENGTH_SLACK_FRACTION) - LENGTH_SLACK_SECONDS:
+        raise Failure(FailureCode.TRUNCATED, f"media holds {seconds:.2f} s of the "
+                                             f"{promised:.2f} s promised (cut off in transit)")
+
+
 class HttpSource(Source):
     """A source on the web. Base URLs and politeness knobs are options (CLI/env), so the same
     code runs against the real site and the replay server. One :class:`HttpClient` per process
@@ -299,10 +348,15 @@ class HttpSource(Source):
     def fetch_headers(self, record: Record) -> dict[str, str]:
         return {}
 
+    #: check a download against the length the site stated (``record.duration``)
+    check_promised_length = True
+
     def fetch(self, record: Record, dest_dir: Path) -> Path:
         if not record.url.startswith(("http://", "https://")):
             raise Failure(FailureCode.BAD_METADATA, f"{record.source_id}: no http(s) audio URL")
+        promised = record.duration if self.check_promised_length else None
+        check = (lambda path: check_media_length(path, promised)) if promised else None
         got = self.http.download(record.url, self.dest_path(record, dest_dir),
-                                 headers=self.fetch_headers(record) or None)
+                                 headers=self.fetch_headers(record) or None, check=check)
         record.fetched_bytes = got.bytes
         return got.path

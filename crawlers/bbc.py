@@ -52,6 +52,12 @@ def laion_original_caption(description: str, location: str) -> str:
     return filename[: -len(f".{ident}.wav") - 1]
 
 
+def _results_list(data) -> None:
+    """A search answer without a results list is a failed page (retried), not the end."""
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise Failure(FailureCode.BAD_METADATA, "answer has no results list")
+
+
 class BBCSource(HttpSource):
     name = "bbc"
     paper_samples = 15973
@@ -95,7 +101,7 @@ class BBCSource(HttpSource):
         while not state.get("done"):
             start = int(state.get("from", 0))
             body = {"criteria": {"from": start, "size": size, "query": query}}
-            data = self.http.get_json(url, method="POST", json=body)
+            data = self.http.get_json(url, method="POST", json=body, validate=_results_list)
             results = data.get("results") if isinstance(data, dict) else None
             if not isinstance(results, list):
                 raise Failure(FailureCode.BAD_METADATA, f"{url}: answer has no results list")

@@ -6,14 +6,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from laion_audio.http import redact
 from laion_audio.ledger import Ledger, StageStats
-from laion_audio.records import Record
+from laion_audio.records import Failure, FailureCode, Record
 from laion_audio.workdir import WorkDir
 
 from . import get_source
 
 #: records per ledger write (and per crawl checkpoint)
 CRAWL_FLUSH_EVERY = 5000   # records per crawl journal file (a kill -9 re-lists at most this many)
+#: a crawl listing fewer than this fraction of the last complete crawl is not trusted
+CRAWL_SHRINK_ALARM = 0.5
+#: failures that end a crawl early but leave it resumable (a listing page that kept failing)
+CRAWL_RETRYABLE = frozenset({FailureCode.HTTP_ERROR, FailureCode.TIMEOUT, FailureCode.TRUNCATED,
+                             FailureCode.WRONG_CONTENT_TYPE, FailureCode.HOST_UNREACHABLE,
+                             FailureCode.BAD_METADATA, FailureCode.NO_SPACE})
 
 
 def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
@@ -36,9 +43,9 @@ def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
             stats.skipped = ledger.count(source=dataset)
             stats.seconds = time.perf_counter() - start
             return stats
-        state = {}
+        state = {"previous_complete": state.get("listed")}
     if refresh and not state.get("refresh"):
-        state = {"refresh": True}
+        state = {"refresh": True, "previous_complete": state.get("previous_complete")}
         seen_path.write_text("")
     source = get_source(name)(**options)
     pending: list[Record] = []
@@ -52,14 +59,36 @@ def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
             stats.add(rec, rec)
         for k, v in result.summary().items():
             stats.extra[k] = stats.extra.get(k, 0) + v
+        state["listed"] = int(state.get("listed") or 0) + len(pending)
         pending.clear()
         write_json(state_path, state)
 
-    for rec in source.crawl(state):
-        pending.append(rec)
-        if len(pending) >= CRAWL_FLUSH_EVERY:
-            flush()
+    try:
+        for rec in source.crawl(state):
+            pending.append(rec)
+            if len(pending) >= CRAWL_FLUSH_EVERY:
+                flush()
+    except Failure as e:
+        if e.code not in CRAWL_RETRYABLE:
+            raise
+        # a listing page that kept failing: what was listed is kept, the paging state points
+        # at the failed page, and the crawl stays incomplete (the next run resumes there)
+        flush()
+        stats.extra["incomplete"] = redact(f"{e.code}: {e.message}")[:300]
+        stats.seconds = time.perf_counter() - start
+        return stats
     flush()
+    listed, previous = int(state.get("listed") or 0), state.get("previous_complete")
+    if listed == 0 or (previous and listed < CRAWL_SHRINK_ALARM * previous):
+        # an empty or shrunken catalogue is far likelier a broken listing than a real one:
+        # never marked complete (the next run crawls again) and no id is marked vanished
+        stats.extra["suspect"] = (f"listed {listed} items" + (f", the last complete crawl "
+                                  f"listed {previous}" if previous else "") +
+                                  "; not marked complete" + ("; nothing marked vanished"
+                                                             if refresh else ""))
+        write_json(state_path, {"previous_complete": previous} if previous else {})
+        stats.seconds = time.perf_counter() - start
+        return stats
     if refresh:
         seen = {json.loads(line) for line in seen_path.read_text(encoding="utf-8").splitlines() if line}
         stats.extra["vanished"] = len(ledger.mark_vanished(dataset, seen))

@@ -49,6 +49,13 @@ def tags_sentence(tags: list[str]) -> str:
     return f"the sounds of {', '.join(tags[:-1])}, and {tags[-1]}."
 
 
+def _search_answer(data) -> None:
+    """A search answer without ``entities.tracks`` is a failed page (retried), not the end."""
+    if not isinstance(data, dict) or not isinstance((data.get("entities") or {}).get("tracks", {}), dict) \
+            or "meta" not in data:
+        raise Failure(FailureCode.BAD_METADATA, "answer is not a search result page")
+
+
 class EpidemicSource(HttpSource):
     name = "epidemic"
     paper_samples = 75645
@@ -75,7 +82,7 @@ class EpidemicSource(HttpSource):
             category, page = categories[ci], int(state.get("page", 1))
             query = urlencode({"genres": category, "order": "desc", "page": page})
             url = f"{self.base}/json/search/sfx/?{query}"
-            data = self.http.get_json(url)
+            data = self.http.get_json(url, validate=_search_answer)
             if not isinstance(data, dict):
                 raise Failure(FailureCode.BAD_METADATA, f"{url}: answer is not an object")
             tracks = (data.get("entities") or {}).get("tracks") or {}

@@ -77,6 +77,12 @@ def _strip_secrets(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def _results_list(data) -> None:
+    """A search answer without a results list is a failed page (retried), not the end."""
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise Failure(FailureCode.BAD_METADATA, "answer has no results list")
+
+
 class FreesoundSource(HttpSource):
     name = "freesound"
     paper_samples = 515581
@@ -127,7 +133,7 @@ class FreesoundSource(HttpSource):
                 raise Failure(FailureCode.BAD_METADATA,
                               f"next page {url} is not on {host_of(self.api_base)}; not sending "
                               "the API key there")
-            data = self.http.get_json(url, headers=headers)
+            data = self.http.get_json(url, headers=headers, validate=_results_list)
             results = data.get("results") if isinstance(data, dict) else None
             if not isinstance(results, list):
                 raise Failure(FailureCode.BAD_METADATA, f"{url}: answer has no results list")

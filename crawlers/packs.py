@@ -15,6 +15,8 @@ overwrote each other. Here every audio format counts, the id is the path inside 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -23,6 +25,7 @@ from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 from laion_audio.archives import ArchiveLimits, extract_archive, extract_one, printable_name
+from laion_audio.http import redact
 from laion_audio.records import Failure, FailureCode, Record, Status
 
 from .base import Source, clean_text
@@ -124,6 +127,37 @@ def _label_for(value: str) -> str:
     return name[:120]
 
 
+def _labels(inputs: list[str]) -> list[str]:
+    """One id prefix per input: its :func:`_label_for`, with ``~2``, ``~3``... for a later
+    input of the same name (``a/bundle.zip`` and ``b/bundle.zip``), so no two inputs share
+    ids and one never overwrites the other's records."""
+    used: set[str] = set()
+    out = []
+    for value in inputs:
+        base = label = _label_for(value)
+        n = 1
+        while label in used:
+            n += 1
+            label = f"{base}~{n}"
+        used.add(label)
+        out.append(label)
+    return out
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created beside the cache entry it guards): builds
+    sharing a ``--pack-cache-dir`` take turns on one archive instead of deleting each other's
+    extraction in progress; the second finds the first's finished extraction and reuses it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("LAION_AUDIO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                                  "laion-audio")
@@ -188,18 +222,28 @@ class PackSource(Source):
     def _download(self, url: str, label: str) -> Path:
         """Download an archive URL once (atomic rename by the HTTP layer, so a file that exists
         is complete). The file name is ours, never the server's."""
-        digest = hashlib.sha1(url.encode("utf-8")).hexdigest()[:12]
+        # keyed by the redacted URL: a fresh signature on the same object is the same archive
+        digest = hashlib.sha1(redact(url).encode("utf-8")).hexdigest()[:12]
         dest = self.cache_dir / self.name / "downloads" / f"{digest}.archive"
-        if not dest.is_file():
-            self.http.download(url, dest, expect=None, max_bytes=self.limits.max_total_bytes)
+        with _cache_lock(dest.with_name(f".{dest.name}.lock")):
+            if not dest.is_file():
+                self.http.download(url, dest, expect=None, max_bytes=self.limits.max_total_bytes)
         return dest
+
+    def _real_url(self, stored: str) -> str | None:
+        """The URL to fetch for a stored (redacted) archive URL: credentials are never stored,
+        so they come from the user's input again (the same ``--<source>-input``)."""
+        for value in self.inputs:
+            if _is_url(value) and redact(value) == stored:
+                return value
+        return None if "***" in stored else stored
 
     def _audio_wanted(self, name: str) -> bool:
         return PurePosixPath(name).suffix.lower() in AUDIO_EXTENSIONS
 
     def _members(self, value: str) -> Iterator[tuple[str, Path | None, dict, Failure | None]]:
         """(relative name, local path, extra original_data, failure) for one input."""
-        archive_url = value if _is_url(value) else None
+        archive_url = redact(value) if _is_url(value) else None
         if archive_url:
             archive = self._download(value, _label_for(value))
         else:
@@ -211,14 +255,15 @@ class PackSource(Source):
                 raise Failure(FailureCode.MISSING_FILE, f"pack input {value} does not exist")
         # named after the input as given (URL or path), so the work folder's location never
         # changes a record (resumed and fresh builds compare byte for byte)
-        label_digest = hashlib.sha1(value.encode("utf-8")).hexdigest()[:8]
+        label_digest = hashlib.sha1(redact(value).encode("utf-8")).hexdigest()[:8]
         dest = self.cache_dir / self.name / "extracted" / f"{_label_for(value)}-{label_digest}"
-        result = extract_archive(archive, dest, limits=self.limits, want=self._audio_wanted)
+        with _cache_lock(dest.with_name(f".{dest.name}.lock")):
+            result = extract_archive(archive, dest, limits=self.limits, want=self._audio_wanted)
+        # the archive's name, never its local path: shards are published, the user's folders
+        # are not (fetch finds the archive again among the inputs by this name)
         extra = {"archive": archive.name if not archive_url else _label_for(value)}
         if archive_url:
             extra["archive_url"] = archive_url
-        else:
-            extra["archive_path"] = str(archive)
         for m in result.members:
             yield m.name, Path(m.path), dict(extra, member_bytes=m.size), None
         for r in result.rejected:
@@ -232,23 +277,28 @@ class PackSource(Source):
                     yield rel, None, {}, Failure(FailureCode.UNSAFE_PATH, "symlink in pack folder")
                 continue
             if path.is_file() and self._audio_wanted(rel):
-                yield rel, path, {"member_bytes": path.stat().st_size}, None
+                yield rel, path, {"folder": root.name, "member_bytes": path.stat().st_size}, None
 
     # ------------------------------------------------------------------ Source API
     def crawl(self, state: dict) -> Iterator[Record]:
         if not self.inputs:
             raise ValueError(f"{self.name}: no input; pass --{self.name.replace('_', '-')}-input "
                              "FOLDER|ARCHIVE|URL")
-        for value in self.inputs:
-            label = _label_for(value)
+        seen: set[str] = set()
+        for value, label in zip(self.inputs, _labels(self.inputs)):
             try:
                 members = sorted(self._members(value), key=lambda m: m[0])
             except Failure as exc:
                 # the whole input failed (unreachable URL, not an archive): one failed record
-                yield self._failed(f"{label}/", exc, {"input": value})
+                yield self._failed(f"{label}/", exc, {"input": redact(value)})
                 continue
             for rel, path, extra, failure in members:
-                source_id = f"{label}/{printable_name(rel)}"
+                source_id = base_id = f"{label}/{printable_name(rel)}"
+                n = 1
+                while source_id in seen:   # a rejected duplicate member: its own row, not lost
+                    n += 1
+                    source_id = f"{base_id}#{n}"
+                seen.add(source_id)
                 if failure is not None:
                     yield self._failed(source_id, failure, dict(extra, file_path=printable_name(rel)))
                     continue
@@ -263,8 +313,14 @@ class PackSource(Source):
         author = removed.get("ucs", {}).get("creator", "")
         # a member of a downloaded archive is named by the archive URL + its path inside; the
         # extracted copy is only a local cache (audio_path), never part of the record's identity
+        # (a local input is named by its file/folder name, not where it lies on this machine)
         archive_url = extra.get("archive_url")
-        url = f"{archive_url}#{rel}" if archive_url else str(path)
+        if archive_url:
+            url = f"{archive_url}#{rel}"
+        elif extra.get("archive"):
+            url = f"{extra['archive']}#{rel}"
+        else:
+            url = f"{extra.get('folder', '')}/{rel}"
         return Record(
             source=self.name, source_id=source_id, url=url, audio_path=str(path),
             title=clean_text(PurePosixPath(rel).stem, 500),
@@ -283,13 +339,29 @@ class PackSource(Source):
     def fetch(self, record: Record, dest_dir: Path) -> Path:
         """The extracted file; when this machine does not have the crawl's extraction folder, the
         member is extracted again from the archive (same safety checks)."""
-        for candidate in (record.audio_path, record.url):
-            if candidate and "://" not in candidate and Path(candidate).is_file():
-                return Path(candidate)
-        archive = record.original_data.get("archive_path")
-        archive_url = record.original_data.get("archive_url")
+        if record.audio_path and Path(record.audio_path).is_file():
+            return Path(record.audio_path)
+        od = record.original_data
+        archive = od.get("archive_path")          # ledgers written before names replaced paths
+        folder = od.get("folder")
+        for value in self.inputs:                 # the same input, wherever it lies now
+            if _is_url(value):
+                continue
+            local = Path(value).expanduser()
+            if folder and local.is_dir() and local.name == folder:
+                member = local.joinpath(*PurePosixPath(od.get("file_path", "")).parts)
+                if member.is_file() and member.resolve().is_relative_to(local.resolve()):
+                    return member
+            elif od.get("archive") and local.is_file() and local.name == od["archive"]:
+                archive = str(local)
+        archive_url = od.get("archive_url")
         if archive_url:
-            archive = str(self._download(archive_url, _label_for(archive_url)))
+            real = self._real_url(archive_url)
+            if real is None:
+                raise Failure(FailureCode.MISSING_FILE,
+                              f"{record.source_id}: its archive URL had credentials, which are "
+                              "never stored; pass the same input URL again to fetch it")
+            archive = str(self._download(real, _label_for(real)))
         if archive and Path(archive).is_file():
             Path(dest_dir).mkdir(parents=True, exist_ok=True)
             return extract_one(archive, record.original_data["file_path"], dest_dir, limits=self.limits)

@@ -6,8 +6,13 @@ secret redaction) must hold for every source, so no crawler talks to ``requests`
 
 Every failure leaves this module as :class:`laion_audio.records.Failure` with a typed code
 (``not_found``, ``forbidden``, ``timeout``, ``too_large``, ``truncated_download``,
-``wrong_content_type``, ``http_error``), never as a raw ``requests`` exception, and its message
-has every known secret redacted.
+``wrong_content_type``, ``http_error``, ``host_unreachable``), never as a raw ``requests``
+exception, and its message has every known secret redacted.
+
+A per-host circuit breaker stops a run from retrying a dead host record by record: after
+``breaker`` consecutive connection failures (DNS, refused, connect timeout) the host is declared
+unreachable and every further request to it fails at once with ``host_unreachable``; the
+fetch stage leaves those records pending for the next run instead of failing them.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
-from .records import Failure, FailureCode
+from .records import Failure, FailureCode, is_out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,13 @@ JSON_TYPES = ("application/json", "application/vnd.api+json", "text/json")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_SECRET_PARAM = re.compile(r"(?i)\b(token|api_key|apikey|key|access_token|client_secret|password)"
-                           r"=([^&\s\"']+)")
+#: query/form parameters that carry credentials: API keys, OAuth tokens, presigned-URL
+#: signatures (S3 ``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``, GCS
+#: ``X-Goog-*``, Azure SAS ``sig``, CloudFront ``Signature``/``Policy``/``Key-Pair-Id``)
+_SECRET_NAMES = (r"[\w.-]*?(?:token|signature|secret|password|passwd|credential)|"
+                 r"api[_-]?key|apikey|key|sig|pwd|auth|policy|key-pair-id")
+_SECRET_PARAM = re.compile(rf"(?i)(?<![\w.-])({_SECRET_NAMES})=([^&\s\"'#<>]+)")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@")
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization['\"]?\s*[:=]\s*['\"]?)(bearer|token|basic)?\s*"
                           r"[^'\"\s,}]+")
 
@@ -82,7 +92,29 @@ def redact(text: str) -> str:
     for s in secrets:
         text = text.replace(s, "***")
     text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}:***@", text)
     return _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{(m.group(2) or '')} ***".rstrip(), text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a log record's message in place: urllib3 logs every request line (with its
+    query string) at DEBUG, which ``-v`` shows; a presigned URL must not reach the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_REDACTING = RedactingFilter()
+for _name in ("urllib3", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.connection",
+              "urllib3.response", "urllib3.util.retry", "requests", __name__):
+    logging.getLogger(_name).addFilter(_REDACTING)
 
 
 def fail(code: str, message: str) -> Failure:
@@ -167,6 +199,27 @@ class Download:
     url: str
 
 
+def _is_connect_failure(exc: BaseException) -> bool:
+    """True when no connection could be made at all (DNS, refused, unroutable, connect
+    timeout); False for a peer that answered and then hung up (that host is alive)."""
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(exc, (NewConnectionError, ConnectTimeoutError)):
+            return True
+        if isinstance(exc, MaxRetryError):
+            exc = exc.reason
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 class _Retryable(Exception):
     """One attempt failed in a way worth another try; carries the final typed failure."""
 
@@ -191,7 +244,8 @@ class HttpClient:
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 secrets: Iterable[str] = (), session: requests.Session | None = None):
+                 secrets: Iterable[str] = (), session: requests.Session | None = None,
+                 breaker: int = 3):
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.max_retry_after = max_retry_after
         self.timeout = (connect_timeout, read_timeout)
@@ -210,6 +264,11 @@ class HttpClient:
         #: seconds slept on backoff/Retry-After (not rate limiting), for reports and tests
         self.backoff_slept = 0.0
         self.attempts = 0
+        #: consecutive connection failures per host, and hosts declared unreachable (-> reason)
+        self.breaker = max(1, int(breaker))
+        self._conn_failures: dict[str, int] = {}
+        self.unreachable: dict[str, str] = {}
+        self._breaker_lock = threading.Lock()
 
     # ----- politeness -----
     def _backoff_delay(self, attempt: int, retry_after: float | None) -> float:
@@ -219,6 +278,28 @@ class HttpClient:
         if retry_after is not None:
             delay = max(delay, retry_after)   # never sooner than the server asked
         return delay
+
+    def _check_breaker(self, host: str, method: str, url: str) -> None:
+        with self._breaker_lock:
+            reason = self.unreachable.get(host)
+        if reason is not None:
+            raise fail(FailureCode.HOST_UNREACHABLE, f"{method} {url}: host {host} unreachable "
+                                                     f"({reason})")
+
+    def _connect_failed(self, host: str, error: str) -> bool:
+        """Count one connection failure; True when the breaker opens for ``host``."""
+        with self._breaker_lock:
+            n = self._conn_failures.get(host, 0) + 1
+            self._conn_failures[host] = n
+            if n >= self.breaker and host not in self.unreachable:
+                self.unreachable[host] = redact(error)[:200]
+                log.warning("%s is unreachable after %d connection failures in a row; its "
+                            "remaining requests are not tried in this run", host, n)
+            return host in self.unreachable
+
+    def _reached(self, host: str) -> None:
+        with self._breaker_lock:
+            self._conn_failures[host] = 0
 
     def robots_allowed(self, url: str) -> bool:
         """robots.txt check for scraped pages (RFC 9309): 4xx = no rules, 5xx or unreachable =
@@ -236,7 +317,9 @@ class HttpClient:
                     parser.allow_all = True
                 else:
                     parser.parse(text.splitlines())
-            except Failure:
+            except Failure as e:
+                if e.code == FailureCode.HOST_UNREACHABLE:
+                    raise      # not an answer about the rules: do not cache "disallow all"
                 parser.disallow_all = True
             delay = parser.crawl_delay(user_agent().split("/")[0])
             if delay:
@@ -261,13 +344,17 @@ class HttpClient:
         Exponential backoff with jitter, never sooner than ``Retry-After`` asks."""
         retries = self.retries if retries is None else retries
         last: Failure | None = None
+        host = host_of(url)
         for attempt in range(retries + 1):
-            self.limiter.acquire(host_of(url))
+            self._check_breaker(host, method, url)
+            self.limiter.acquire(host)
+            self._check_breaker(host, method, url)     # it may have opened while we waited
             self.attempts += 1
             retry_after = None
             try:
                 resp = self.session.request(method, url, stream=stream, timeout=self.timeout,
                                             allow_redirects=True, **kwargs)
+                self._reached(host)
                 if resp.status_code in RETRY_STATUSES:
                     resp.close()
                     raise _Retryable(
@@ -277,10 +364,16 @@ class HttpClient:
                 return handle(resp)
             except _Retryable as e:
                 last, retry_after = e.failure, e.retry_after
-            except requests.Timeout as e:
-                last = fail(FailureCode.TIMEOUT, f"{method} {url}: timed out ({type(e).__name__})")
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-                last = fail(FailureCode.HTTP_ERROR, f"{method} {url}: connection error: {e}")
+            except (requests.Timeout, requests.ConnectionError,
+                    requests.exceptions.ChunkedEncodingError) as e:
+                if _is_connect_failure(e):
+                    message = f"{type(e).__name__}: {e}"
+                    if self._connect_failed(host, message):
+                        self._check_breaker(host, method, url)
+                if isinstance(e, requests.Timeout):
+                    last = fail(FailureCode.TIMEOUT, f"{method} {url}: timed out ({type(e).__name__})")
+                else:
+                    last = fail(FailureCode.HTTP_ERROR, f"{method} {url}: connection error: {e}")
             except requests.RequestException as e:
                 raise fail(FailureCode.HTTP_ERROR, f"{method} {url}: {e}") from None
             if retry_after is not None and retry_after > self.max_retry_after:
@@ -359,8 +452,13 @@ class HttpClient:
 
     # ----- public API -----
     def request_bytes(self, method: str, url: str, *, expect: tuple[str, ...] | None = None,
-                      limit: int | None = None, robots: bool = False, **kwargs: Any) -> tuple[bytes, str]:
-        """A whole (small) body: pages and API answers, capped at ``max_page_bytes``."""
+                      limit: int | None = None, robots: bool = False,
+                      validate: Callable[[bytes], None] | None = None,
+                      **kwargs: Any) -> tuple[bytes, str]:
+        """A whole (small) body: pages and API answers, capped at ``max_page_bytes``.
+        ``validate(body)`` may raise :class:`Failure` for an answer of the right type that is
+        not what was asked for (a "temporarily unavailable" page instead of a listing): that
+        attempt counts as failed and is retried like a 503."""
         if robots and self.respect_robots and not self.robots_allowed(url):
             raise fail(FailureCode.FORBIDDEN, f"{url}: disallowed by robots.txt")
         limit = self.max_page_bytes if limit is None else limit
@@ -370,26 +468,51 @@ class HttpClient:
             self._check_type(resp, url, expect)
             parts: list[bytes] = []
             self._read_body(resp, url, limit, parts.append)
-            return b"".join(parts), self._content_type(resp)
+            body = b"".join(parts)
+            if validate is not None:
+                try:
+                    validate(body)
+                except Failure as e:
+                    raise _Retryable(fail(e.code, f"{url}: {e.message}")) from None
+            return body, self._content_type(resp)
 
         return self._attempts(method, url, handle, **kwargs)
 
-    def get_json(self, url: str, *, method: str = "GET", **kwargs: Any) -> Any:
-        body, _ = self.request_bytes(method, url, expect=JSON_TYPES, **kwargs)
+    def get_json(self, url: str, *, method: str = "GET",
+                 validate: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
+        """A JSON answer; ``validate(data)`` checks its shape (a failure is retried)."""
+        def check(body: bytes) -> None:
+            try:
+                data = jsonlib.loads(body)
+            except ValueError as e:
+                if validate is None:
+                    return       # reported below, not retried (as before)
+                raise Failure(FailureCode.BAD_METADATA, f"invalid JSON: {e}") from None
+            if validate is not None:
+                validate(data)
+
+        body, _ = self.request_bytes(method, url, expect=JSON_TYPES, validate=check, **kwargs)
         try:
             return jsonlib.loads(body)
         except ValueError as e:
             raise fail(FailureCode.BAD_METADATA, f"{url}: invalid JSON: {e}") from None
 
-    def get_html(self, url: str, **kwargs: Any) -> str:
-        """A scraped HTML page: robots.txt is checked first."""
-        body, _ = self.request_bytes("GET", url, expect=HTML_TYPES, robots=True, **kwargs)
+    def get_html(self, url: str, *, validate: Callable[[str], None] | None = None,
+                 **kwargs: Any) -> str:
+        """A scraped HTML page: robots.txt is checked first; ``validate(text)`` as above."""
+        check = None if validate is None else (
+            lambda body: validate(body.decode("utf-8", errors="replace")))
+        body, _ = self.request_bytes("GET", url, expect=HTML_TYPES, robots=True, validate=check,
+                                     **kwargs)
         return body.decode("utf-8", errors="replace")
 
     def download(self, url: str, dest: Path, *, expect: tuple[str, ...] | None = AUDIO_TYPES,
-                 max_bytes: int | None = None, headers: dict | None = None) -> Download:
+                 max_bytes: int | None = None, headers: dict | None = None,
+                 check: Callable[[Path], None] | None = None) -> Download:
         """Stream ``url`` to ``dest``: a temporary file beside it, renamed only when the body is
-        complete, the right type and under the cap; nothing is left behind on failure."""
+        complete (Content-Length), the right type, under the cap and, when given, passes
+        ``check(tmp_path)`` (raise :class:`Failure`; e.g. a media file shorter than promised,
+        which is retried like a cut-off body); nothing is left behind on failure."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         limit = self.max_bytes if max_bytes is None else max_bytes
@@ -404,8 +527,20 @@ class HttpClient:
                     got = self._read_body(resp, url, limit, fh.write)
                 if got == 0:
                     raise fail(FailureCode.EMPTY_FILE, f"{url}: empty body")
+                if check is not None:
+                    try:       # the container's own length: a short body is a failed attempt
+                        check(tmp)
+                    except Failure as e:
+                        if e.code == FailureCode.TRUNCATED:
+                            raise _Retryable(fail(e.code, f"{url}: {e.message}")) from None
+                        raise
                 os.replace(tmp, dest)
+            except OSError as e:
+                if is_out_of_space(e):
+                    raise fail(FailureCode.NO_SPACE, f"{url}: disk full writing {dest.name}") from None
+                raise
             finally:
+                resp.close()
                 tmp.unlink(missing_ok=True)
             return Download(dest, got, ctype, redact(url))
 

@@ -29,13 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .records import (JSON_FIELDS, KEY, REQUIRED_FIELDS, SCHEMA, SCHEMA_VERSION, Record, Status,
+from .records import (JSON_FIELDS, KEY, FailureCode, REQUIRED_FIELDS, SCHEMA, SCHEMA_VERSION, Record, Status,
                       records_to_table)
 
 #: Fields a crawler owns. A re-crawl that changes any of these marks the record "changed".
@@ -792,10 +793,16 @@ class StageStats:
     failures: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    pending: int = 0                                   # left untouched for the next run
+    unreachable: Counter = field(default_factory=Counter)   # host -> records left pending
 
     def add(self, before: Record, after: Record) -> None:
         self.inputs += 1
-        if after.status == Status.FAILED:
+        if after.status == Status.NEW and after.failure_code == FailureCode.HOST_UNREACHABLE:
+            self.pending += 1        # left for the next run (circuit breaker), not failed
+            parts = urlsplit(after.url)
+            self.unreachable[f"{parts.scheme}://{parts.netloc}".lower()] += 1
+        elif after.status == Status.FAILED:
             self.failed += 1
             self.failures[after.failure_code] += 1
         elif after.status == Status.DROPPED:
@@ -806,18 +813,20 @@ class StageStats:
 
     @property
     def closes(self) -> bool:
-        return self.inputs == self.succeeded + self.failed
+        return self.inputs == self.succeeded + self.failed + self.pending
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "inputs": self.inputs, "succeeded": self.succeeded,
                 "failed": self.failed, "skipped_already_done": self.skipped,
                 "failures": dict(self.failures), "seconds": round(self.seconds, 3),
+                "pending": self.pending, "unreachable_hosts": dict(self.unreachable),
                 "accounting_closes": self.closes, **self.extra}
 
     def line(self) -> str:
         fails = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
         return (f"{self.stage}: {self.inputs} in = {self.succeeded} ok + {self.failed} failed "
-                f"({fails}); {self.skipped} already done; {self.seconds:.1f}s"
+                f"({fails}){f' + {self.pending} pending' if self.pending else ''}; "
+                f"{self.skipped} already done; {self.seconds:.1f}s"
                 + ("" if self.closes else "  ACCOUNTING DOES NOT CLOSE"))
 
 

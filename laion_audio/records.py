@@ -10,6 +10,7 @@ JSON strings so the Parquet schema stays fixed whatever a source hands us.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class FailureCode:
     UNAVAILABLE = "unavailable"        # removed/private videos, vanished items
     WRONG_CONTENT_TYPE = "wrong_content_type"  # e.g. an HTML error page where audio/JSON was due
     UNSAFE_PATH = "unsafe_path"        # archive member or name that would escape the target folder
+    HOST_UNREACHABLE = "host_unreachable"  # circuit breaker open: the record is left pending
+    # any stage
+    NO_SPACE = "no_space"              # disk full (ENOSPC): the next run retries by itself
     # decode / transcode
     MISSING_FILE = "missing_file"
     EMPTY_FILE = "empty_file"
@@ -77,6 +81,35 @@ class FailureCode:
     NO_CAPTION = "no_caption"
     BAD_METADATA = "bad_metadata"
     INTERNAL = "internal_error"        # a bug: still recorded, never crashes the run
+
+
+#: Failure codes a plain rerun retries without ``--retry-failed``: the record was fine, the
+#: machine was not (a full disk). ``host_unreachable`` never becomes a failure at all: those
+#: records stay pending (status ``new``) with the reason in their failure columns.
+RETRIED_BY_ITSELF = frozenset({FailureCode.NO_SPACE})
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) is a full disk or quota: an ``OSError`` with
+    ENOSPC/EDQUOT, or libsndfile's bare "System error." whose C ``errno`` was ENOSPC (libsndfile
+    does not pass the errno on, so it is read from the calling thread, right after the call)."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+            return True
+        if type(exc).__name__ == "LibsndfileError" and getattr(exc, "code", None) == 2:  # SFE_SYSTEM
+            try:
+                import soundfile
+
+                return soundfile._ffi.errno in _NO_SPACE_ERRNOS
+            except Exception:  # noqa: BLE001 - a soundfile without cffi errno: cannot tell
+                return False
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass

@@ -275,10 +275,51 @@ def summarize(ledger: Ledger, stats: list, cfg, work=None) -> dict:
     for s in per_source.values():
         s["hours"] = round(s["hours"], 4)
     disk = work.disk_usage(cfg.shard_root) if work is not None else {}
-    return {"out": str(cfg.out), "shards": cfg.shard_root, "records": t.num_rows,
-            "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
-            "sources": dict(sorted(per_source.items())), "stages": [s.as_dict() for s in stats],
-            "disk_bytes": disk, "accounting_closes": all(s.closes for s in stats)}
+    summary = {"out": str(cfg.out), "shards": cfg.shard_root, "records": t.num_rows,
+               "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
+               "sources": dict(sorted(per_source.items())), "stages": [s.as_dict() for s in stats],
+               "disk_bytes": disk, "accounting_closes": all(s.closes for s in stats)}
+    summary["problems"] = run_problems(summary)
+    return summary
+
+
+#: stages whose "0 successes" is not a problem by itself (a filter may drop everything)
+_NO_SUCCESS_OK = ("filter",)
+
+
+def run_problems(summary: dict) -> list[str]:
+    """One line per reason this run did not do all it was asked to: an unreachable host
+    (records left pending), a crawl that stopped early or listed suspiciously little, a full
+    disk, a stage with inputs and no success. Empty when the run is complete; the command
+    exits non-zero otherwise (:func:`exit_code`)."""
+    from .records import FailureCode
+
+    out: list[str] = []
+    for st in summary["stages"]:
+        name = st["stage"]
+        for host, n in sorted((st.get("unreachable_hosts") or {}).items()):
+            out.append(f"{name}: host {host} unreachable; {n} records left pending (rerun the "
+                       "same command when it is reachable)")
+        if st.get("incomplete"):
+            out.append(f"{name}: crawl stopped early ({st['incomplete']}); rerun to resume")
+        if st.get("no_space"):
+            out.append(f"{name}: {st['no_space']}; free space and rerun")
+        if st.get("suspect"):
+            out.append(f"{name}: crawl looks incomplete: {st['suspect']}")
+        if (st["inputs"] > 0 and st["succeeded"] == 0 and not st.get("pending")
+                and not name.startswith(_NO_SUCCESS_OK)):
+            out.append(f"{name}: 0 of {st['inputs']} succeeded")
+    full = sum(n for k, n in (summary.get("failures") or {}).items()
+               if k.endswith(":" + FailureCode.NO_SPACE))
+    if full:
+        out.append(f"disk full: {full} records failed with no_space; free space and rerun "
+                   "(they are retried without --retry-failed)")
+    return out
+
+
+def exit_code(summary: dict) -> int:
+    """The build's exit status: 0 only when accounting closes and nothing is left undone."""
+    return 0 if summary.get("accounting_closes") and not summary.get("problems") else 1
 
 
 def human_bytes(n: int) -> str:
@@ -297,6 +338,7 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
         s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
                        st["skipped_already_done"], seconds=st["seconds"])
         s.failures.update(st["failures"])
+        s.pending = st.get("pending", 0)
         print("  " + s.line())
         if st.get("table") and st["failed"]:
             print("    " + st["table"].replace("\n", "\n    "))
@@ -313,3 +355,5 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
         print(f"  shards: {summary['shards']}")
     print("  accounting closes at every stage" if summary["accounting_closes"]
           else "  WARNING: accounting does not close; see stats/build.json")
+    for line in summary.get("problems") or []:
+        print(f"  INCOMPLETE: {line}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .audio import TranscodeOptions, transcode_file
-from .records import Failure, FailureCode, Record, Status, sample_key
+from .records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
 
 STAGE = "transcode"
 
@@ -43,6 +43,8 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
     except Failure as failure:
         return out.fail(STAGE, failure.code, failure.message)
     except Exception as exc:  # noqa: BLE001 - a bug must be recorded, never crash the run
+        if is_out_of_space(exc):   # the machine's fault, not the record's: retried next run
+            return out.fail(STAGE, FailureCode.NO_SPACE, f"disk full writing the FLAC: {exc}")
         return out.fail(STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
     out.flac_path = result.flac_path
     out.audio_sha256 = result.sha256

@@ -16,8 +16,8 @@ from typing import Any
 
 from crawlers.crawl import write_json
 from laion_audio.ledger import Ledger, StageStats, write_stats, writing
-from laion_audio.records import Status
-from laion_audio.report import print_summary, summarize  # noqa: F401 - re-exported for callers
+from laion_audio.records import FailureCode, Status, is_out_of_space
+from laion_audio.report import exit_code, print_summary, summarize  # noqa: F401 - re-exported for callers
 from laion_audio.workdir import WorkDir
 
 from .executor import Executor, file_size, sized_batches
@@ -105,7 +105,11 @@ def worker_group(group: list[Stage], cfg: BuildConfig, work: WorkDir, ledger: Le
             options = dict(options)
             rate = options.get("rate")
             options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
-            steps = [_step(s, cfg, work, source_name=name, source_options=options)
+            if cfg.retry_failed:
+                _refetch_cut_files(ledger, work, datasets[name])
+            # each fetch run gets fresh source instances (closed circuit breakers), even in one process
+            run = f"{os.getpid()}-{time.time_ns()}"
+            steps = [_step(s, cfg, work, source_name=name, source_options=options, run=run)
                      if s.name == "fetch" else _step(s, cfg, work) for s in group]
             stats = dict(shared, fetch=StageStats(f"fetch:{name}"))
             run_worker_stages(group, steps, executor, ledger, work, sources=[datasets[name]],
@@ -123,6 +127,29 @@ def worker_group(group: list[Stage], cfg: BuildConfig, work: WorkDir, ledger: Le
         st.skipped = already_done(ledger, list(datasets.values()), reached) - st.succeeded
         out.append(st)
     return out
+
+
+#: transcode failures that a cut-off download causes: on --retry-failed the raw file is
+#: fetched again instead of transcoding the same cut file again
+REFETCH_ON_RETRY = frozenset({FailureCode.BAD_TRIM, FailureCode.TRUNCATED_AUDIO,
+                              FailureCode.TRUNCATED, FailureCode.UNDECODABLE})
+
+
+def _refetch_cut_files(ledger: Ledger, work: WorkDir, dataset: str) -> int:
+    """Send downloaded records that failed transcode for a cut-off file back to fetch (only
+    files this build downloaded into ``raw/``; a pack's extracted file is left alone)."""
+    again = []
+    for r in ledger.records(status=Status.FAILED, source=[dataset]):
+        if r.failure_stage != "transcode" or r.failure_code not in REFETCH_ON_RETRY:
+            continue
+        path = Path(work.abs(r.audio_path)) if r.audio_path else None
+        if path is None or not path.resolve().is_relative_to(work.raw.resolve()):
+            continue
+        path.unlink(missing_ok=True)
+        r.audio_path, r.fetched_bytes = "", None
+        again.append(r.succeed(Status.NEW))
+    ledger.write(again, tag="refetch")
+    return len(again)
 
 
 # ---------------------------------------------------------------------------- driver stages
@@ -178,7 +205,15 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
         kept = [r for r in ready if any(t.strip() for t in r.texts)]
         waiting, ready = len(ready) - len(kept), kept
     stored = [(r.audio_path, r.flac_path) for r in ready]
-    written, report = BY_NAME["shard"].fn([work.resolve(r) for r in ready], shard_root, **options)
+    try:
+        written, report = BY_NAME["shard"].fn([work.resolve(r) for r in ready], shard_root, **options)
+    except OSError as e:
+        if not is_out_of_space(e):
+            raise
+        # nothing is marked sharded: the records stay captioned and the next run shards them
+        stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
+        stats.seconds = time.perf_counter() - start
+        return [], {}, waiting, stats
     for (audio, flac), rec in zip(stored, written):
         rec.audio_path, rec.flac_path = audio, flac     # the ledger keeps its own path form
     ledger.write(written, tag="shard")

@@ -27,7 +27,7 @@ from laion_audio.captions.worker import caption_batch
 from laion_audio.filters.fpstore import fingerprint_batch
 from laion_audio.filters.stage import ELIGIBLE, filter_ledger
 from laion_audio.ledger import Ledger, StageStats
-from laion_audio.records import FailureCode, Record, Status
+from laion_audio.records import RETRIED_BY_ITSELF, FailureCode, Record, Status
 from laion_audio.shards import write_shards
 from laion_audio.transcode import transcode_batch
 from laion_audio.workdir import WorkDir
@@ -139,10 +139,11 @@ def run_chain(records: list[Record], *, steps: list[Step]) -> list[Record]:
 
 # ------------------------------------------------------------------------------ driver side
 def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] | None,
-                   *, retry: dict[str, str] | None = None,
+                   *, retry: dict[str, str] | None = None, retry_all: bool = True,
                    chunk: int = PENDING_CHUNK) -> tuple[int, Iterator[list[Record]]]:
     """(count, chunks of Records) of ``sources`` in ``statuses``; with ``retry`` (failed stage
-    -> status to retry from) failed records of those stages come back in that status.
+    -> status to retry from) failed records of those stages come back in that status: all of
+    them with ``retry_all`` (``--retry-failed``), else only codes in ``RETRIED_BY_ITSELF``.
 
     The pending rows are one Arrow snapshot taken before any write (columnar, not Python
     objects; the driver goes on writing to the ledger while it reads them); only one chunk at a
@@ -155,6 +156,9 @@ def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] |
         retried = pc.and_(pc.equal(t.column("status"), Status.FAILED),
                           pc.is_in(t.column("failure_stage"),
                                    value_set=pa.array(list(retry), pa.string())))
+        if not retry_all:   # without --retry-failed: only failures the machine caused (full disk)
+            retried = pc.and_(retried, pc.is_in(t.column("failure_code"), value_set=pa.array(
+                sorted(RETRIED_BY_ITSELF), pa.string())))
         t = t.filter(pc.or_(wanted, retried))
     todo = t
 
@@ -202,8 +206,8 @@ def run_worker_stages(group: list[Stage], steps: list[Step], executor: Executor,
     moving = [s for s in group if s.writes]          # stages that move a record's status
     reads = list(statuses) if statuses is not None else \
         sorted({st for s in moving for st in s.reads})
-    retry = {s.name: s.reads[0] for s in moving} if retry_failed else None
-    total, chunks = pending_chunks(ledger, reads, sources, retry=retry)
+    retry = {s.name: s.reads[0] for s in moving}
+    total, chunks = pending_chunks(ledger, reads, sources, retry=retry, retry_all=retry_failed)
     tag = "_".join(steps_names(steps))
     by_name = {s.name: s for s in moving}
 
@@ -242,7 +246,10 @@ def _attribute(moving: list[Stage], by_name: dict, stats: dict[str, StageStats],
                after: Record, first_reads=None) -> None:
     """Count one record at each fused stage it entered: ok until the stage it failed at."""
     failed_at = None
-    if after.status in (Status.FAILED, Status.DROPPED):
+    left_pending = after.status == Status.NEW and after.failure_code == FailureCode.HOST_UNREACHABLE
+    if after.status in (Status.FAILED, Status.DROPPED) or left_pending:
+        # a failure (or a record left pending by the circuit breaker) is counted, typed, at
+        # the stage it happened in; the stages after it never saw the record
         failed_at = after.failure_stage if after.failure_stage in by_name else ""
     for i, stage in enumerate(moving):
         entered = status in stage.reads or (i == 0 and first_reads is not None and status in first_reads)

@@ -123,8 +123,8 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.build import exit_code, run_build
     from laion_audio.report import print_summary
-    from pipelines.build import run_build
 
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(ALL_STAGES)
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = run_demo(args, stages)
     print_summary(summary)
-    return 0 if summary["accounting_closes"] else 1
+    return exit_code(summary)
 
 
 def run_demo(args: argparse.Namespace, stages) -> dict:

@@ -30,8 +30,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.build import exit_code, run_build
     from laion_audio.report import print_summary
-    from pipelines.build import run_build
 
     summary = run_build(config_from_args(args, args.sources), refresh=True)
     print_summary(summary)
@@ -40,4 +40,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {st['stage']}: added {st.get('added', 0)}, changed {st.get('changed', 0)} "
                   f"(audio {st.get('audio_changed', 0)}), unchanged {st.get('unchanged', 0)}, "
                   f"vanished {st.get('vanished', 0)}")
-    return 0 if summary["accounting_closes"] else 1
+    return exit_code(summary)

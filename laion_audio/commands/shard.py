@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with writing(ledger_dir) as ledger:
             # the build's shard entry, over every ready record that has a caption
-            records, report, waiting, _ = shard_ledger(
+            records, report, waiting, stats = shard_ledger(
                 ledger, work, args.out, statuses=READY_STATUSES, require_text=True,
                 seed=args.seed, test_fraction=args.test_fraction,
                 samples_per_shard=args.samples_per_shard, shard_bytes=args.shard_bytes,
@@ -85,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     except (ShardError, LedgerError, ValueError) as exc:
         print(f"shard: {exc}")
         return 2
+    if stats.extra.get("no_space"):
+        print(f"shard: {stats.extra['no_space']}; free space and rerun (nothing was marked sharded)",
+              file=sys.stderr)
+        return 1
     for line in ShardRun(records, report).lines():
         print(line)
     if waiting:

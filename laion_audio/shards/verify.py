@@ -88,7 +88,32 @@ def _check_sample(key: str, members: dict[str, bytes]) -> tuple[float, list[str]
                     problems.append(f"sample {key}: {bad}")
                 if "tag" in doc and not isinstance(doc["tag"], list):
                     problems.append(f"sample {key}: 'tag' is not a list")
+                if "flac" in members and seconds > 0:
+                    problems.extend(_check_promised_length(key, doc, seconds))
     return seconds, problems
+
+
+#: a sample may end this much before the window its record promised (codec granularity)
+WINDOW_SLACK_SECONDS = 0.5
+
+
+def _check_promised_length(key: str, doc: dict, seconds: float) -> list[str]:
+    """What a shard can know about length: its own JSON ``duration`` (written from the FLAC)
+    and, for windowed sources (AudioSet), ``original_data`` start/end seconds. A sample cut
+    off in transit decodes fine but is shorter than both promised."""
+    out = []
+    stated = doc.get("duration")
+    if isinstance(stated, (int, float)) and abs(float(stated) - seconds) > 0.01:
+        out.append(f"sample {key}: JSON duration {float(stated):.3f} s, FLAC holds {seconds:.3f} s")
+    od = doc.get("original_data")
+    if isinstance(od, dict):
+        start, end = od.get("start_seconds"), od.get("end_seconds")
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)) and end > start:
+            window = float(end) - float(start)
+            if seconds < window - WINDOW_SLACK_SECONDS:
+                out.append(f"sample {key}: holds {seconds:.3f} s of the {window:.3f} s window "
+                           "its record promised (cut off?)")
+    return out
 
 
 def _verify_tar(root: Root, path: str) -> dict:

@@ -72,10 +72,10 @@ def test_fetch_reextracts_from_archive_when_cache_is_gone(pack_zip, tmp_path):
 def test_second_crawl_reuses_the_extraction(pack_zip, tmp_path):
     _, first = crawl("paramount_motion", [str(pack_zip)], tmp_path)
     wav = next(r for r in first if r.url.endswith(".wav"))
-    before = (tmp_path / "cache").stat().st_mtime_ns, __import__("os").stat(wav.url).st_mtime_ns
+    before = (tmp_path / "cache").stat().st_mtime_ns, __import__("os").stat(wav.audio_path).st_mtime_ns
     _, second = crawl("paramount_motion", [str(pack_zip)], tmp_path)
     assert [r.to_row() for r in second] == [r.to_row() for r in first]
-    assert __import__("os").stat(wav.url).st_mtime_ns == before[1]
+    assert __import__("os").stat(wav.audio_path).st_mtime_ns == before[1]
 
 
 def test_missing_input_is_a_typed_failed_record(tmp_path):

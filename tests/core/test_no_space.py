@@ -1,0 +1,109 @@
+"""A full disk (issue 10 item 3) on a real, small tmpfs: records that could not be written fail
+``no_space`` (not ``internal_error``), the run exits non-zero, and the next run retries them by
+itself (no ``--retry-failed``) once there is room. Skips where mounting is not permitted."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from laion_audio.ledger import Ledger
+from laion_audio.records import FailureCode, Status, is_out_of_space
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _mount(mnt: Path, size: str) -> None:
+    mnt.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs: {e}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def mounts():
+    """Mount small tmpfs folders on demand; all are unmounted at the end."""
+    done: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        _mount(path, size)
+        done.append(path)
+        return path
+    yield mount
+    for path in reversed(done):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def tmpfs(tmp_path, mounts):
+    return mounts(tmp_path / "small", "3m")
+
+
+def _inputs(folder: Path, n: int = 24, seconds: float = 2.0) -> None:
+    """Noise compresses badly: each FLAC is about as big as its PCM (~190 KB)."""
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        data = (rng.standard_normal(int(48000 * seconds)) * 0.2).clip(-1, 1).astype("float32")
+        sf.write(folder / f"noise {i:02d}.wav", data, 48000, subtype="PCM_16")
+
+
+def _build(out: Path, inputs: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "laion_audio", "build", "--source", "local",
+                           "--input", str(inputs), "--out", str(out), "--inline",
+                           "--stages", "crawl,fetch,transcode,caption,shard", *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _records(out: Path):
+    with Ledger(out / "ledger", lock=False) as led:
+        return led.records()
+
+
+def test_is_out_of_space_reads_libsndfiles_errno(tmpfs):
+    noise = np.random.default_rng(0).standard_normal(48000 * 60).astype("float32") * 0.2
+    with pytest.raises(Exception) as err:
+        sf.write(tmpfs / "full.flac", noise, 48000, format="FLAC")
+    assert type(err.value).__name__ == "LibsndfileError"
+    assert is_out_of_space(err.value)
+    with pytest.raises(OSError) as err2:
+        (tmpfs / "full.bin").write_bytes(bytes(8 << 20))
+    assert is_out_of_space(err2.value)
+    assert not is_out_of_space(ValueError("System error."))
+
+
+@pytest.mark.slow
+def test_disk_full_is_no_space_and_the_next_run_retries_it(mounts, tmp_path):
+    """The FLAC folder (``OUT/audio``) and then the shard folder on small tmpfs mounts; the
+    ledger lives on a disk with room (a ledger that cannot be written stops the run)."""
+    inputs = tmp_path / "in"
+    _inputs(inputs)
+    out = tmp_path / "out"
+    audio = mounts(out / "audio", "2m")
+    shards = mounts(tmp_path / "shards", "1m")
+    first = _build(out, inputs, "--shards-to", str(shards))
+    assert first.returncode != 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "Traceback" not in first.stderr, first.stderr[-3000:]
+    assert "disk full" in first.stdout
+    recs = _records(out)
+    codes = {(r.failure_stage, r.failure_code) for r in recs if r.status == Status.FAILED}
+    assert codes == {("transcode", FailureCode.NO_SPACE)}
+    done = [r for r in recs if r.status != Status.FAILED]
+    assert done and all(r.status == Status.CAPTIONED for r in done)   # shards did not fit either
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(audio)], check=True, timeout=30)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(shards)], check=True, timeout=30)
+    second = _build(out, inputs, "--shards-to", str(shards))   # the same command, no --retry-failed
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    recs = _records(out)
+    assert len(recs) == 24 and {r.status for r in recs} == {Status.SHARDED}
