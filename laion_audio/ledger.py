@@ -635,7 +635,7 @@ class Ledger:
             w.rows += len(chunk)
         w.close()
         os.replace(tmp, target)
-        first = self._order.index(run_ids[0])
+        first = self._order.index(run_ids[0]) if run_ids else len(self._order)   # empty ledger
         self._order = self._order[:first] + [new_id] + [r for r in self._order[first:] if r not in run_ids]
         self._next_run += 1
         self._runs[new_id] = _Run(target, w.rows)

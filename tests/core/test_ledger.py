@@ -129,3 +129,14 @@ def test_sample_keys_are_safe_and_stable():
     k = sample_key("bbc", "../../etc/passwd.wav")
     assert "/" not in k and "." not in k and k == sample_key("bbc", "../../etc/passwd.wav")
     assert k != sample_key("bbc", "../../etc/passwd.wav2")
+
+
+def test_compacting_an_empty_ledger_writes_an_empty_readable_table(tmp_path):
+    """A crawl that listed nothing still leaves a ledger folder readers can open."""
+    import pyarrow.parquet as pq
+
+    from laion_audio.ledger import writing
+
+    with writing(tmp_path / "ledger") as ledger:
+        assert len(ledger) == 0
+    assert pq.read_table(tmp_path / "ledger").num_rows == 0
