@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from laion_audio.errors import UserError
 from laion_audio.records import Failure, FailureCode, Record, Status
 
 from .base import Source
@@ -185,17 +186,18 @@ class LocalSource(Source):
                  captions_file: list[str] | str | None = None, **options):
         super().__init__(**options)
         if input is None:
-            raise ValueError("the local source needs --input DIR")
+            raise UserError("the local source needs --input DIR (a folder of audio files)")
         self.root = Path(input).resolve()
         if not self.root.is_dir():
-            raise ValueError(f"--input {self.root} is not a folder")
+            raise UserError(f"--input {input} is not a folder"
+                            + ("" if self.root.exists() else " (it does not exist)"))
         self.dataset = dataset_name or self.name
         if isinstance(captions_file, (str, Path)):
             captions_file = [captions_file]
         self.caption_files = [Path(p) for p in (captions_file or [])]
         for p in self.caption_files:
             if not p.is_file():
-                raise ValueError(f"--captions-file {p} does not exist")
+                raise UserError(f"--captions-file {p} does not exist")
 
     def crawl(self, state: dict) -> Iterator[Record]:
         table = _read_caption_table(self.root)

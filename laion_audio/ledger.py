@@ -294,7 +294,9 @@ def fail(record: Record, stage: str, code: str, message: str) -> Record:
 
 @dataclass
 class StageStats:
-    """Accounting for one stage run: inputs = successes + failures (+ skipped, already done)."""
+    """Accounting for one stage run: inputs = successes + failures + dropped (+ skipped,
+    already done). A record a filter dropped (eval overlap, duplicate) is not a failure, so it
+    has its own count; its reason is still listed under ``failures`` as ``dropped:<reason>``."""
 
     stage: str
     inputs: int = 0
@@ -304,6 +306,7 @@ class StageStats:
     failures: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    dropped: int = 0
 
     def add(self, before: Record, after: Record) -> None:
         self.inputs += 1
@@ -311,25 +314,27 @@ class StageStats:
             self.failed += 1
             self.failures[after.failure_code] += 1
         elif after.status == Status.DROPPED:
-            self.failed += 1
+            self.dropped += 1
             self.failures[f"dropped:{after.filter_reason}"] += 1
         else:
             self.succeeded += 1
 
     @property
     def closes(self) -> bool:
-        return self.inputs == self.succeeded + self.failed
+        return self.inputs == self.succeeded + self.failed + self.dropped
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "inputs": self.inputs, "succeeded": self.succeeded,
-                "failed": self.failed, "skipped_already_done": self.skipped,
+                "failed": self.failed, "dropped": self.dropped,
+                "skipped_already_done": self.skipped,
                 "failures": dict(self.failures), "seconds": round(self.seconds, 3),
                 "accounting_closes": self.closes, **self.extra}
 
     def line(self) -> str:
         fails = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
-        return (f"{self.stage}: {self.inputs} in = {self.succeeded} ok + {self.failed} failed "
-                f"({fails}); {self.skipped} already done; {self.seconds:.1f}s"
+        dropped = f" + {self.dropped} dropped" if self.dropped else ""
+        return (f"{self.stage}: {self.inputs} in = {self.succeeded} ok + {self.failed} failed"
+                f"{dropped} ({fails}); {self.skipped} already done; {self.seconds:.1f}s"
                 + ("" if self.closes else "  ACCOUNTING DOES NOT CLOSE"))
 
 

@@ -388,14 +388,15 @@ def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict
             "accounting_closes": all(s.closes for s in stats)}
 
 
-def print_summary(summary: dict, stats_lines: bool = True) -> None:
-    print(f"\nlaion-audio build: {summary['records']} records in {summary['out']}")
+def print_summary(summary: dict, stats_lines: bool = True, command: str = "build") -> None:
+    print(f"\nlaion-audio {command}: {summary['records']} records in {summary['out']}")
     for st in summary["stages"]:
         s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
-                       st["skipped_already_done"], seconds=st["seconds"])
+                       st["skipped_already_done"], seconds=st["seconds"],
+                       dropped=st.get("dropped", 0))
         s.failures.update(st["failures"])
         print("  " + s.line())
-        if st.get("table") and st["failed"]:
+        if st.get("table") and (st["failed"] or st.get("dropped")):
             print("    " + st["table"].replace("\n", "\n    "))
     print(f"  {'dataset':<24}{'records':>9}{'audio ok':>9}{'sharded':>9}{'train':>7}{'test':>6}"
           f"{'failed':>8}{'dropped':>9}{'vanished':>9}{'hours':>9}")

@@ -349,7 +349,7 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
     ledger.write(changed.values(), tag="filter")
     report.seconds = time.time() - t0
     stats = StageStats("filter", inputs=report.eligible, succeeded=report.eligible - len(changed),
-                       failed=len(changed), seconds=report.seconds,
+                       dropped=len(changed), seconds=report.seconds,
                        failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
                        extra={"report": report.as_dict()})
     return report, stats
