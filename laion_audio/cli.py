@@ -9,7 +9,6 @@ docs/cli.md, "Exit codes")."""
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
@@ -21,7 +20,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__, commands
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UnavailableError, UserError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UnavailableError, UserError, disk_full
 
 _REST_LITERAL = re.compile(r"``([^`]+)``")
 _REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
@@ -104,21 +103,11 @@ def _created_folder(args: argparse.Namespace) -> Path | None:
     return None if path.exists() else path
 
 
-def _disk_full(exc: BaseException) -> OSError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def _as_user_error(exc: Exception) -> UserError | None:
     """Typed errors raised below the commands that are the user's to fix."""
     if isinstance(exc, UserError):
         return exc
-    full = _disk_full(exc)
+    full = disk_full(exc)
     if full is not None:
         where = f" writing {full.filename}" if full.filename else ""
         return UnavailableError(f"disk full{where}: free some space (or choose another --out) "

@@ -7,6 +7,8 @@ mistake costs seconds, not a run.
 """
 from __future__ import annotations
 
+import errno
+
 #: the command did what was asked
 EXIT_OK = 0
 #: it ran, but the result is incomplete: a stage ended with 0 successes of > 0 inputs, the
@@ -32,3 +34,14 @@ class UnavailableError(UserError):
     """The environment, not the options, stopped the run (disk full, network down)."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in ``exc`` or its causes, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
