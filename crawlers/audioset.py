@@ -238,7 +238,7 @@ class AudioSetSource(Source):
         if not dest.is_file():
             if self._http is None:
                 from laion_audio.http import HttpClient
-                self._http = HttpClient()
+                self._http = HttpClient(retries=2)   # metadata: fail fast when offline
             self._http.download(str(value), dest, expect=None, max_bytes=512 << 20)
         return dest
 

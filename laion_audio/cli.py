@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else EXIT_USAGE
     created = _created_folder(args)
+    from .commands._deprecated import reset
+
+    reset()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

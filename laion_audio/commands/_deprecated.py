@@ -20,6 +20,11 @@ def deprecated_option(old: str, new: str) -> None:
     _notes.append(f"{old} is deprecated; use {new}")
 
 
+def reset() -> None:
+    """Forget notes of an earlier command in this process (``cli.main`` called twice)."""
+    _notes.clear()
+
+
 def announce() -> None:
     """Print the collected notes (call at the end of a command's validation)."""
     for note in dict.fromkeys(_notes):

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from ..errors import UserError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evalsets", help="eval-set registry: fetch the id lists the filters use")
     sub = p.add_subparsers(dest="evalsets_command", metavar="ACTION")
     f = sub.add_parser("fetch", help="download every registry file (official URL or --mirror) and verify its checksum")
-    f.add_argument("--cache", help="cache folder (default $LAION_AUDIO_EVALSETS_CACHE or ~/.cache/laion-audio/evalsets)")
+    f.add_argument("--evalsets-cache", "--cache", dest="cache", metavar="DIR",
+                   help="cache folder (default $LAION_AUDIO_EVALSETS_CACHE or "
+                        "~/.cache/laion-audio/evalsets; --cache is the old spelling)")
     f.add_argument("--mirror", help="folder or URL laid out like the registry paths "
                                     "(default $LAION_AUDIO_EVALSETS_MIRROR; e.g. ../shared/data)")
     f.add_argument("--only", nargs="*", metavar="NAME", help="eval sets to fetch (default all)")
@@ -17,23 +22,51 @@ def register(subparsers) -> None:
                    help="accept files the registry pins no checksum for (official vggsound.csv)")
     f.set_defaults(func=run_fetch)
     l = sub.add_parser("list", help="what the cache holds, per eval set and split")
-    l.add_argument("--cache")
+    l.add_argument("--evalsets-cache", "--cache", dest="cache", metavar="DIR",
+                   help="cache folder (default $LAION_AUDIO_EVALSETS_CACHE or "
+                        "~/.cache/laion-audio/evalsets; --cache is the old spelling)")
     l.set_defaults(func=run_list)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def validate_fetch(args: argparse.Namespace) -> None:
+    """--only names must be in the registry; a local --mirror must exist."""
+    from pathlib import Path
+
+    from laion_audio.filters import evalsets
+
+    if args.registry and not Path(args.registry).is_file():
+        raise UserError(f"--registry {args.registry} does not exist")
+    if args.only is not None and not args.only:
+        raise UserError("--only needs at least one eval-set name")
+    unknown = evalsets.unknown_names(args.only, args.registry)
+    if unknown:
+        known = sorted(es.name for es in evalsets.load_registry(args.registry))
+        raise UserError(f"unknown eval set(s) {', '.join(unknown)}; the registry has "
+                        + ", ".join(known))
+    if args.mirror and "://" not in args.mirror and not Path(args.mirror).is_dir():
+        raise UserError(f"--mirror {args.mirror} is not a folder")
 
 
 def run_fetch(args: argparse.Namespace) -> int:
     from laion_audio.filters import evalsets
 
-    results = evalsets.fetch(args.cache, mirror=args.mirror, names=args.only, registry=args.registry,
-                             allow_unverified=args.allow_unverified)
-    width = max((len(f"{r.eval_set}/{r.split}") for r in results), default=10)
-    for r in results:
+    validate_fetch(args)
+    width = 28
+
+    def show(r) -> None:     # as each file is done: no silent minutes, each problem once
         state = ("ok (substitute)" if r.substitute else "ok") if r.ok else "MISSING"
-        print(f"{r.eval_set + '/' + r.split:<{width}}  {state:<16} {r.path or r.message}")
+        print(f"{r.eval_set + '/' + r.split:<{width}}  {state:<16} {r.path or r.message}", flush=True)
+
+    print(f"fetching eval-set files from {args.mirror or 'their official URLs'} ...", flush=True)
+    results = evalsets.fetch(args.cache, mirror=args.mirror, names=args.only, registry=args.registry,
+                             allow_unverified=args.allow_unverified, progress=show)
     missing = [r for r in results if not r.ok]
     print(f"{len(results) - len(missing)} of {len(results)} files fetched and verified"
           + (f"; {len(missing)} missing" if missing else ""))
+    if missing and len(missing) == len(results):
+        print("laion-audio evalsets: no file could be fetched (offline? pass --mirror DIR)",
+              file=sys.stderr)
     return 1 if missing else 0
 
 
