@@ -192,5 +192,39 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
         assert proc.returncode == 0, output
         assert _tree_digest(cluster_out / "shards") == _tree_digest(out / "shards")
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # never `ray stop`: it ends every Ray process on the machine, other people's too
+        _stop_processes_mentioning(tmp_ray, f"127.0.0.1:{port}", f"port={port}")
         shutil.rmtree(tmp_ray, ignore_errors=True)
+
+
+def _stop_processes_mentioning(*markers: str, grace: float = 15.0) -> None:
+    """End only the processes this test started: each Ray process of the throwaway cluster has
+    its session folder (our unique temp dir) or its GCS address (our free port) on its
+    command line."""
+    import signal
+    import time
+
+    def ours() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if entry.stat().st_uid != os.getuid():
+                    continue
+                cmdline = (entry / "cmdline").read_bytes()
+                if any(m.encode() in cmdline for m in markers):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
