@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,8 @@ from laion_audio.errors import UserError
 from laion_audio.records import Failure, FailureCode, Record, Status
 
 from .base import Source
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
                     ".mp4", ".webm", ".aif", ".aiff", ".aifc", ".wma", ".caf", ".w64"}
@@ -50,6 +53,18 @@ def caption_from_filename(name: str) -> str:
     text = re.sub(r"(\s+(take\s*)?#?\d+[a-z]?)+\s*$", "", text, flags=re.IGNORECASE)
     text = re.sub(r"\s+", " ", text).strip()
     return text or stem
+
+
+def is_bare_stem(text: str, path: Path) -> bool:
+    """A caption that says nothing but the file's name: the stem itself ("sound000"), or one
+    word glued to digits or an id ("take_12", "a1b2c3")."""
+    t = text.strip().rstrip(".")
+    if not t:
+        return True
+    if t.lower() in (path.stem.lower(), path.name.lower(), caption_from_filename(path.name).lower()) \
+            and " " not in t:
+        return True
+    return bool(re.fullmatch(r"[A-Za-z]*[_\-]?\d+[A-Za-z0-9_\-]*", t))
 
 
 def _read_caption_table(root: Path) -> dict[str, dict]:
@@ -199,6 +214,23 @@ class LocalSource(Source):
             if not p.is_file():
                 raise UserError(f"--captions-file {p} does not exist")
 
+    def check(self) -> None:
+        """Each --captions-file must parse and name files with captions; one whose columns
+        match nothing would silently leave every caption to the file name."""
+        for p in self.caption_files:
+            try:
+                entries = _read_caption_file(p)
+            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+                raise UserError(f"--captions-file {p} cannot be read: {exc}")
+            if not entries:
+                raise UserError(
+                    f"--captions-file {p}: no row names a file; want a column "
+                    f"{'/'.join(_FILE_COLUMNS[:4])} (or AudioCaps' youtube_id) and "
+                    f"{'/'.join(_CAPTION_COLUMNS[:3])}")
+            if not any(e["texts"] for e in entries):
+                raise UserError(f"--captions-file {p}: no caption text in any row; want a column "
+                                + "/".join(_CAPTION_COLUMNS[:3]))
+
     def crawl(self, state: dict) -> Iterator[Record]:
         table = _read_caption_table(self.root)
         entries = [e for p in self.caption_files for e in _read_caption_file(p)]
@@ -207,6 +239,7 @@ class LocalSource(Source):
             for key in entry["keys"]:
                 by_key.setdefault(key, entry)
         used: set[int] = set()
+        stems = 0
         files = sorted(p for p in self.root.rglob("*")
                        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
         for path in files:
@@ -219,15 +252,21 @@ class LocalSource(Source):
                 texts, rule = info["texts"], "caption table or sidecar"
             else:
                 texts, rule = [caption_from_filename(path.name)], "cleaned file name"
+            provenance = {"rule": rule, "source": "local"}
+            if all(is_bare_stem(t, path) for t in texts):
+                provenance["warning"] = "caption_is_file_name"     # counted in the build summary
+                stems += 1
             tags = list(info["tags"]) if info else []
             if not tags and path.parent != self.root:
                 tags = [part for part in path.parent.relative_to(self.root).parts]
             yield Record(
                 source=self.dataset, source_id=rel, url=str(path), title=path.stem,
-                tags=tags, texts=texts,
-                caption_provenance={"rule": rule, "source": "local"},
+                tags=tags, texts=texts, caption_provenance=provenance,
                 original_data={"file_path": rel, **(info["extra"] if info else {})},
             )
+        if stems:
+            log.warning("local: %d of %d captions are only a file name (e.g. 'sound000'); add a "
+                        "--captions-file or sidecar .txt/.json files", stems, len(files))
         for entry in entries:          # listed in a caption file, audio not in the folder
             if id(entry) not in used:
                 yield Record(source=self.dataset, source_id=f"missing:{entry['row_id']}",

@@ -173,6 +173,15 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _last_build(ledger_dir) -> dict:
+    """The last build's summary beside the ledger (``WORK/stats/summary.json``), if any."""
+    path = Path(ledger_dir).resolve().parent / "stats" / "summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = "laion-audio corpus") -> Path:
     """Write ``index.html``, one PNG per figure and ``figures.json`` into ``out_dir``; returns the HTML path."""
     out = Path(out_dir)
@@ -199,6 +208,9 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
         "<h2>Sources</h2>",
         _table(["source", "records", "with audio", "hours", "paper samples", "statuses"], src_rows),
     ]
+    eval_filter = _last_build(ledger_dir).get("eval_filter")
+    if eval_filter:     # the one fact not in the ledger: was the eval-overlap filter on?
+        parts.insert(-2, f"<p><b>Eval-set filter:</b> {html.escape(eval_filter)}</p>")
     for name, caption in made.items():
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{name}.png' alt='{html.escape(caption)}'>")
     for key, caption in (("failures", "Failures"), ("dropped", "Dropped"), ("licences", "Licences")):

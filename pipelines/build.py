@@ -55,6 +55,8 @@ class BuildConfig:
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
     evalsets_cache: str | None = None           # fetched eval manifests (laion-audio evalsets fetch)
     eval_audio: dict[str, str] = field(default_factory=dict)   # eval set -> local audio folder
+    skip_eval_filter: bool = False              # --skip-eval-filter: no eval-set id matching
+    eval_filter: str = ""                       # what the eval filter used, for stats and report
     stages: tuple[str, ...] = ("crawl", "fetch", "transcode", "caption", "filter", "shard")
 
     @property
@@ -292,10 +294,12 @@ def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Exec
                              on_result=lambda inputs, outputs: None, total=len(todo),
                              desc="fingerprint")
     report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=cfg.evalsets_cache,
+                                                       eval_ids=not cfg.skip_eval_filter,
                                                        eval_audio=dict(cfg.eval_audio),
                                                        audio_root=str(work.root),
                                                        fingerprint_dir=store_dir))
     stats.extra["table"] = report.table()
+    stats.extra["eval_filter"] = cfg.eval_filter
     return stats
 
 
@@ -385,7 +389,20 @@ def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict
     return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(rows),
             "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
             "sources": per_source, "stages": [s.as_dict() for s in stats],
+            "eval_filter": cfg.eval_filter, "warnings": caption_warnings(table),
             "accounting_closes": all(s.closes for s in stats)}
+
+
+def caption_warnings(table) -> dict[str, int]:
+    """Counted caption warnings the sources flagged (``caption_provenance["warning"]``), e.g.
+    captions that are only a file name ("sound000")."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for value in table.column("caption_provenance").to_pylist():
+        if value and '"warning"' in value:
+            counts[json.loads(value).get("warning", "")] += 1
+    return dict(counts)
 
 
 def print_summary(summary: dict, stats_lines: bool = True, command: str = "build") -> None:
@@ -403,6 +420,11 @@ def print_summary(summary: dict, stats_lines: bool = True, command: str = "build
     for name, s in sorted(summary["sources"].items()):
         print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
               f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
+    if summary.get("eval_filter"):
+        print(f"  eval filter: {summary['eval_filter']}")
+    if summary.get("warnings"):
+        print("  WARNING: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["warnings"].items()))
+              + " (captions that are only a file name; add a captions file or sidecars)")
     if summary["failures"]:
         print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
     if any(st["stage"] == "shard" for st in summary["stages"]):

@@ -59,6 +59,9 @@ def add_caption_filter_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: $LAION_AUDIO_EVALSETS_CACHE or the user cache)")
     g.add_argument("--eval-audio", action="append", default=[], metavar="NAME=DIR",
                    help="local audio of an eval set, for content-overlap checks (repeatable)")
+    g.add_argument("--skip-eval-filter", action="store_true",
+                   help="build without the eval-set overlap filter (said in the stats and the "
+                        "report); without it, eval sets missing from the cache are fetched first")
 
 
 def add_shard_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,7 +125,9 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        caption_input_format=getattr(args, "caption_input_format", None),
                        caption_min_duration=getattr(args, "caption_min_duration", 2.0),
                        evalsets_cache=getattr(args, "evalsets_cache", None),
-                       eval_audio=_pairs(getattr(args, "eval_audio", [])))
+                       eval_audio=_pairs(getattr(args, "eval_audio", [])),
+                       skip_eval_filter=getattr(args, "skip_eval_filter", False),
+                       eval_filter=getattr(args, "eval_filter", ""))
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -196,11 +201,21 @@ def finish(summary: dict) -> int:
     return code
 
 
+def prepare_eval_filter(args: argparse.Namespace, stages, mirror: str | None = None) -> None:
+    """Eval sets present (fetched now if absent), or --skip-eval-filter: ``args.eval_filter``
+    is the line the summary and the report show."""
+    from .evalsets import ensure_for_filter
+
+    args.eval_filter = (ensure_for_filter(args.evalsets_cache, skip=args.skip_eval_filter,
+                                          mirror=mirror) if "filter" in stages else "")
+
+
 def run(args: argparse.Namespace) -> int:
     from pipelines.build import print_summary, run_build
 
     stages = validate_build(args, args.source)
     if args.source:
+        prepare_eval_filter(args, stages)
         summary = run_build(config_from_args(args, args.source, stages))
     else:
         summary = run_demo(args, stages)
@@ -215,7 +230,22 @@ def run_demo(args: argparse.Namespace, stages) -> dict:
 
     print("no --source given: building the demo corpus from the bundled replay of all eight "
           "sources plus AudioSet (a real HTTP server on 127.0.0.1)")
-    cfg = config_from_args(args, [], stages)
     with replay_for_demo() as base:
+        demo_eval_filter(args, stages, base)
+        cfg = config_from_args(args, [], stages)
         cfg.sources = demo_sources(base, cfg.out)
         return run_build(cfg)
+
+
+def demo_eval_filter(args: argparse.Namespace, stages, base: str) -> None:
+    """The demo fetches the eval sets from the replay server's mirror (``/evalsets/``, the
+    real files of ../shared/data); without ../shared it says the filter is skipped."""
+    from laion_audio.errors import UnavailableError
+
+    try:
+        prepare_eval_filter(args, stages, mirror=f"{base}/evalsets")
+    except UnavailableError:
+        args.skip_eval_filter = True
+        args.eval_filter = ("skipped: the demo's eval-set mirror serves ../shared/data, which is "
+                            "not beside this checkout; records were NOT checked against eval sets")
+        print(f"eval filter {args.eval_filter}")

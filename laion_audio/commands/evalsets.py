@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from ..errors import UserError
@@ -27,6 +29,20 @@ def register(subparsers) -> None:
                         "~/.cache/laion-audio/evalsets; --cache is the old spelling)")
     l.set_defaults(func=run_list)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+@contextlib.contextmanager
+def quiet_retries():
+    """The HTTP layer logs each retry at INFO; while fetching eval sets the per-file line (or
+    the summary) already names each problem once, so retries show only with -v."""
+    logger = logging.getLogger("laion_audio.http")
+    old = logger.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def validate_fetch(args: argparse.Namespace) -> None:
@@ -59,8 +75,10 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"{r.eval_set + '/' + r.split:<{width}}  {state:<16} {r.path or r.message}", flush=True)
 
     print(f"fetching eval-set files from {args.mirror or 'their official URLs'} ...", flush=True)
-    results = evalsets.fetch(args.cache, mirror=args.mirror, names=args.only, registry=args.registry,
-                             allow_unverified=args.allow_unverified, progress=show)
+    with quiet_retries():
+        results = evalsets.fetch(args.cache, mirror=args.mirror, names=args.only,
+                                 registry=args.registry, allow_unverified=args.allow_unverified,
+                                 progress=show)
     missing = [r for r in results if not r.ok]
     print(f"{len(results) - len(missing)} of {len(results)} files fetched and verified"
           + (f"; {len(missing)} missing" if missing else ""))
@@ -80,3 +98,31 @@ def run_list(args: argparse.Namespace) -> int:
     counts = df.groupby(["eval_set", "split", "id_kind", "substitute"]).size()
     print(counts.to_string())
     return 0
+
+
+def ensure_for_filter(cache: str | None, *, skip: bool, mirror: str | None = None) -> str:
+    """The eval-overlap filter never runs silently empty: with eval sets in the cache it uses
+    them; without, it fetches the registry's now (from ``mirror`` when given); ``skip``
+    (--skip-eval-filter) turns it off on purpose. Returns the line the stats and report show;
+    raises when nothing could be fetched (before any work starts)."""
+    from laion_audio.errors import UnavailableError
+    from laion_audio.filters import evalsets
+
+    if skip:
+        return "skipped (--skip-eval-filter): records were NOT checked against eval sets"
+    have = evalsets.fetched(cache)
+    if have:
+        return f"{len(have)} eval-set files from the cache"
+    print(f"no eval sets fetched yet: fetching the registry's eval sets from "
+          f"{mirror or 'their official URLs'} (once; `laion-audio evalsets fetch` does the same)",
+          flush=True)
+    with quiet_retries():
+        results = evalsets.fetch(cache, mirror=mirror)
+    ok = [r for r in results if r.ok]
+    if not ok:
+        raise UnavailableError("no eval-set file could be fetched (offline?): run `laion-audio "
+                               "evalsets fetch --mirror DIR`, or pass --skip-eval-filter to build "
+                               "without the eval-overlap filter")
+    missing = [f"{r.eval_set}/{r.split}" for r in results if not r.ok]
+    return (f"{len(ok)} of {len(results)} eval-set files fetched now"
+            + (f" (missing: {', '.join(missing)})" if missing else ""))

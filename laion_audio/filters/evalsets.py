@@ -273,6 +273,11 @@ def fetch(cache_dir: str | os.PathLike | None = None, *, mirror: str | None = No
     return results
 
 
+def fetched(cache_dir: str | os.PathLike | None = None) -> dict:
+    """What the cache holds (``fetched.json``): ``"eval_set/split" -> entry``; {} when empty."""
+    return _read_fetched(Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
+
+
 def _read_fetched(cache: Path) -> dict:
     p = cache / "fetched.json"
     return json.loads(p.read_text()) if p.exists() else {}

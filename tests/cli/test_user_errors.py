@@ -122,7 +122,7 @@ def test_lock_held_is_one_line(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     with Ledger(tmp_path / W / "ledger"):
         got = run_main(["build", "--source", "local", "--input", str(tmp_path / "in"),
-                        "--out", str(tmp_path / W), "--inline"])
+                        "--out", str(tmp_path / W), "--inline", "--skip-eval-filter"])
     err = capsys.readouterr().err
     assert got == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.strip()] == [
@@ -166,3 +166,79 @@ def test_terminal_sees_one_line(argv, code, tmp_path):
     assert done.returncode == code, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "W").exists()
+
+
+# ---------------------------------------------------------------- silent skips (issue 11, item 4)
+def _bad_captions_file(tmp: Path) -> str:
+    p = tmp / "caps.csv"
+    p.write_text("name,words\nsound000.wav,a dog barks\n")
+    return str(p)
+
+
+CASES_SKIPS = [
+    ("captions-file-columns-match-nothing",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--captions-file", _bad_captions_file(t)],
+     2, "no row names a file"),
+]
+
+
+@pytest.mark.parametrize("case", CASES_SKIPS, ids=[c[0] for c in CASES_SKIPS])
+def test_skip_mistake_is_one_line(case, tmp_path, monkeypatch, capsys):
+    test_mistake_is_one_line(case, tmp_path, monkeypatch, capsys)
+
+
+def _cli(args, tmp_path, **env):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "laion_audio", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+
+
+def _folder(tmp_path: Path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        (src / f"sound{i:03d}.wav").write_bytes(b"RIFF")
+    return src
+
+
+def test_no_eval_sets_and_none_fetchable_stops_before_work(tmp_path):
+    """The eval filter never runs silently empty: nothing fetched and nothing fetchable is one
+    line (exit 3) that names --skip-eval-filter, and no work folder."""
+    (tmp_path / "empty-mirror").mkdir()
+    done = _cli(["build", "--source", "local", "--input", str(_folder(tmp_path)), "--out", "W",
+                 "--inline"], tmp_path, LAION_AUDIO_EVALSETS_CACHE=str(tmp_path / "cache"),
+                LAION_AUDIO_EVALSETS_MIRROR=str(tmp_path / "empty-mirror"))
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--skip-eval-filter" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "W").exists()
+
+
+def test_skip_eval_filter_and_bare_stem_captions_are_said(tmp_path):
+    """--skip-eval-filter is recorded in the stats and printed; captions that are only a file
+    name ("sound000") are a counted warning."""
+    import json
+
+    done = _cli(["build", "--source", "local", "--input", str(_folder(tmp_path)), "--out", "W",
+                 "--stages", "crawl,filter", "--skip-eval-filter", "--inline"], tmp_path,
+                LAION_AUDIO_EVALSETS_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "W" / "stats" / "summary.json").read_text())
+    assert summary["eval_filter"].startswith("skipped (--skip-eval-filter)")
+    assert summary["warnings"] == {"caption_is_file_name": 3}
+    assert "eval filter: skipped" in done.stdout and "caption_is_file_name=3" in done.stdout
+
+
+@pytest.mark.needs_shared
+def test_build_fetches_missing_eval_sets(shared_data, tmp_path):
+    import json
+
+    done = _cli(["build", "--source", "local", "--input", str(_folder(tmp_path)), "--out", "W",
+                 "--stages", "crawl,filter", "--inline"], tmp_path,
+                LAION_AUDIO_EVALSETS_CACHE=str(tmp_path / "cache"),
+                LAION_AUDIO_EVALSETS_MIRROR=str(shared_data))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "W" / "stats" / "summary.json").read_text())
+    assert "eval-set files fetched now" in summary["eval_filter"]
+    assert (tmp_path / "cache" / "fetched.json").is_file()
