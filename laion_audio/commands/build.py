@@ -20,8 +20,10 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes (local Ray CPUs, or tasks in flight on a cluster; "
                         "default: the number of CPUs)")
     g.add_argument("--ray-address", default=None,
-                   help="join a running Ray cluster ('auto' or host:port); default: local Ray")
-    g.add_argument("--inline", action="store_true", help="run stages in this process, without Ray")
+                   help="join a running Ray cluster ('auto' or host:port); default: stages of "
+                        "up to 32 records run in this process, bigger ones on a local Ray")
+    g.add_argument("--inline", action="store_true",
+                   help="run every stage in this process, never starting Ray")
     g.add_argument("--batch-size", type=positive_int, default=16,
                    help="records per task (transcode: tasks of up to 32 MB of input, at most 16x "
                         "this many records)")
