@@ -172,6 +172,8 @@ class AudioSetSource(Source):
 
     @classmethod
     def add_arguments(cls, parser) -> None:
+        from laion_audio.commands._checks import parse_bytes
+
         parser.add_argument("--audioset-csv", action="append", default=None, metavar="PATH_OR_URL",
                             help="segments CSV(s), repeatable (default: the official "
                                  "balanced_train and unbalanced_train CSVs; eval_segments.csv is "
@@ -188,8 +190,9 @@ class AudioSetSource(Source):
                             help="prefix: download only [0, end] of each video (default); off: all")
         parser.add_argument("--audioset-cookies", default=None, help="cookies.txt for yt-dlp")
         parser.add_argument("--audioset-proxy", default=None, help="proxy URL for yt-dlp")
-        parser.add_argument("--audioset-rate-limit", default=None,
-                            help="download rate cap in bytes/s (yt-dlp ratelimit), e.g. 2000000")
+        parser.add_argument("--audioset-rate-limit", default=None, type=parse_bytes,
+                            metavar="BYTES_PER_S",
+                            help="download rate cap in bytes/s (yt-dlp ratelimit), e.g. 2M")
         parser.add_argument("--audioset-sleep", type=float, default=None,
                             help="seconds to sleep between yt-dlp requests")
         parser.add_argument("--audioset-limit", type=int, default=None,

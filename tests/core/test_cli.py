@@ -69,6 +69,7 @@ def test_sizes_accept_units():
     p = build_parser()
     assert p.parse_args(["build", "--shard-bytes", "20M"]).shard_bytes == 20_000_000
     assert p.parse_args(["shard", "--shard-bytes", "1GiB"]).shard_bytes == 2**30
+    assert p.parse_args(["build", "--audioset-rate-limit", "2M"]).audioset_rate_limit == 2_000_000
 
 
 def test_source_repeatable_everywhere():
