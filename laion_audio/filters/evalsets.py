@@ -138,6 +138,8 @@ def _download(url: str, dest: Path, *, http, max_bytes: int = MAX_BYTES) -> None
     try:
         http.download(url, dest, expect=None, max_bytes=max_bytes)
     except Failure as exc:
+        if exc.code == "not_found":
+            raise FileNotFoundError(f"{url}: 404 Not Found") from None
         raise EvalSetError(exc.message, code=exc.code) from None
 
 
