@@ -228,6 +228,10 @@ def test_skip_eval_filter_and_bare_stem_captions_are_said(tmp_path):
     assert summary["eval_filter"].startswith("skipped (--skip-eval-filter)")
     assert summary["warnings"] == {"caption_is_file_name": 3}
     assert "eval filter: skipped" in done.stdout and "caption_is_file_name=3" in done.stdout
+    report = _cli(["report", "--out", "W"], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "Eval-set filter:</b> skipped (--skip-eval-filter)" in (
+        tmp_path / "W" / "report" / "index.html").read_text()
 
 
 @pytest.mark.needs_shared
