@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from laion_audio.http import host_of
+from laion_audio.errors import UserError
 from laion_audio.records import Failure, FailureCode, Record, sample_key
 
 from .base import Source
@@ -41,6 +42,11 @@ OFFICIAL_CSV_BASE = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1
 OFFICIAL_CSVS = {name: OFFICIAL_CSV_BASE + f"{name}_segments.csv"
                  for name in ("eval", "balanced_train", "unbalanced_train")}
 OFFICIAL_LABELS = OFFICIAL_CSV_BASE + "class_labels_indices.csv"
+#: the training CSVs: the default; eval_segments.csv is the evaluation set (the filter drops it)
+DEFAULT_CSVS = [OFFICIAL_CSVS["balanced_train"], OFFICIAL_CSVS["unbalanced_train"]]
+#: AudioSet's label table and ontology (CC BY 4.0) ship in manifests/, so crawls work offline
+SHIPPED_LABELS_DIR = Path(__file__).resolve().parents[1] / "manifests" / "audioset"
+LABELS_CSV, ONTOLOGY_JSON = "class_labels_indices.csv", "ontology.json"
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v="
 CAPTION_RULE = "AudioSet labels; captions by keyword-to-caption"
 
@@ -92,6 +98,31 @@ def load_label_names(labels_csv: str | os.PathLike | None = None,
             for row in csv.DictReader(fh):
                 names[row["mid"]] = row["display_name"]
     return names
+
+
+def label_files(value: str | os.PathLike) -> tuple[str, str | None]:
+    """``--audioset-labels`` has one meaning everywhere: a folder holding
+    ``class_labels_indices.csv`` (and ``ontology.json`` when present), or that CSV itself (a
+    path or URL). Returns (labels csv, ontology json or None)."""
+    text = str(value)
+    if text.lower().startswith(("http://", "https://")) or not Path(text).is_dir():
+        return text, None
+    folder = Path(text)
+    if not (folder / LABELS_CSV).is_file():
+        raise UserError(f"--audioset-labels {value}: the folder has no {LABELS_CSV}")
+    ontology = folder / ONTOLOGY_JSON
+    return str(folder / LABELS_CSV), str(ontology) if ontology.is_file() else None
+
+
+def labels_folder(value: str | os.PathLike) -> Path:
+    """The folder form of ``--audioset-labels`` (what the caption commands read)."""
+    p = Path(value)
+    if p.is_file() and p.name == LABELS_CSV:
+        return p.parent
+    if not (p / LABELS_CSV).is_file():
+        raise UserError(f"--audioset-labels {value}: want a folder with {LABELS_CSV} "
+                        "(+ ontology.json) or that file itself")
+    return p
 
 
 def segment_id(ytid: str, start: float) -> str:
@@ -150,10 +181,15 @@ class AudioSetSource(Source):
 
     @classmethod
     def add_arguments(cls, parser) -> None:
+        from laion_audio.commands._checks import parse_bytes
+
         parser.add_argument("--audioset-csv", action="append", default=None, metavar="PATH_OR_URL",
-                            help="segments CSV(s) (default: the official eval_segments.csv)")
-        parser.add_argument("--audioset-labels", default=None,
-                            help="class_labels_indices.csv (path or URL; default: official)")
+                            help="segments CSV(s), repeatable (default: the official "
+                                 "balanced_train and unbalanced_train CSVs; eval_segments.csv is "
+                                 "the evaluation set and gets a warning)")
+        parser.add_argument("--audioset-labels", default=None, metavar="DIR_OR_CSV",
+                            help="folder with class_labels_indices.csv (+ ontology.json), or that "
+                                 "CSV (path or URL) (default: the copy shipped in manifests/audioset)")
         parser.add_argument("--audioset-ontology", default=None, help="ontology.json (optional)")
         parser.add_argument("--audioset-youtube-base", default=None,
                             help=f"video URL prefix + id (default {YOUTUBE_WATCH})")
@@ -163,8 +199,9 @@ class AudioSetSource(Source):
                             help="prefix: download only [0, end] of each video (default); off: all")
         parser.add_argument("--audioset-cookies", default=None, help="cookies.txt for yt-dlp")
         parser.add_argument("--audioset-proxy", default=None, help="proxy URL for yt-dlp")
-        parser.add_argument("--audioset-rate-limit", default=None,
-                            help="download rate cap in bytes/s (yt-dlp ratelimit), e.g. 2000000")
+        parser.add_argument("--audioset-rate-limit", default=None, type=parse_bytes,
+                            metavar="BYTES_PER_S",
+                            help="download rate cap in bytes/s (yt-dlp ratelimit), e.g. 2M")
         parser.add_argument("--audioset-sleep", type=float, default=None,
                             help="seconds to sleep between yt-dlp requests")
         parser.add_argument("--audioset-limit", type=int, default=None,
@@ -179,11 +216,17 @@ class AudioSetSource(Source):
                  **options):
         super().__init__(**options)
         pick = lambda value, key: value if value is not None else options.get(f"audioset_{key}")  # noqa: E731
-        csvs = pick(csv, "csv") or [OFFICIAL_CSVS["eval"]]
+        csvs = pick(csv, "csv") or DEFAULT_CSVS
         self.csvs = [csvs] if isinstance(csvs, (str, Path)) else [str(c) for c in csvs]
         self.ontology = pick(ontology, "ontology")
-        # the official label table unless the user named an ontology or a table of their own
-        self.labels = pick(labels, "labels") or (None if self.ontology else OFFICIAL_LABELS)
+        # the shipped label table (+ ontology) unless the user named an ontology or labels
+        labels = pick(labels, "labels")
+        if labels is None and self.ontology is None:
+            labels = SHIPPED_LABELS_DIR
+        self.labels = None
+        if labels is not None:
+            self.labels, folder_ontology = label_files(labels)
+            self.ontology = self.ontology or folder_ontology
         self.youtube_base = pick(youtube_base, "youtube_base") or YOUTUBE_WATCH
         self.caption = pick(caption, "caption") or "k2c"
         self.sections = pick(sections, "sections") or "prefix"
@@ -207,9 +250,31 @@ class AudioSetSource(Source):
         if not dest.is_file():
             if self._http is None:
                 from laion_audio.http import HttpClient
-                self._http = HttpClient()
+                self._http = HttpClient(retries=2)   # metadata: fail fast when offline
             self._http.download(str(value), dest, expect=None, max_bytes=512 << 20)
         return dest
+
+    def check(self) -> None:
+        """Local CSV/label files exist; metadata URLs are fetched now (once, into the cache),
+        so an offline run stops here with one line; an eval CSV gets a warning."""
+        for value in self.csvs:
+            if re.search(r"(^|[_/])eval(_segments)?\.csv$", str(value).split("?")[0]):
+                log.warning("--audioset-csv %s is AudioSet's evaluation set: records from it are "
+                            "eval overlaps (the filter drops them); train on balanced_train/"
+                            "unbalanced_train", value)
+        for what, value in [("--audioset-csv", v) for v in self.csvs] + [
+                ("--audioset-labels", self.labels), ("--audioset-ontology", self.ontology)]:
+            if not value:
+                continue
+            if not str(value).lower().startswith(("http://", "https://")) and not Path(value).is_file():
+                raise UserError(f"{what} {value} does not exist")
+            try:
+                self._local(value)
+            except Failure as exc:
+                from laion_audio.errors import UnavailableError
+
+                raise UnavailableError(f"{what} {value} could not be downloaded ({exc.code}: "
+                                       f"{exc.message[:200]}); pass a local copy")
 
     def label_names(self) -> dict[str, str]:
         return load_label_names(self._local(self.labels) if self.labels else None,

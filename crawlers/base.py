@@ -58,6 +58,11 @@ class Source:
         dests = [a.dest for a in probe._actions]
         return {d: getattr(args, d) for d in dests if getattr(args, d, None) is not None}
 
+    def check(self) -> None:
+        """Cheap up-front checks of the options (files exist, CSV columns, credentials), run by
+        the commands before any work starts; raise :class:`laion_audio.errors.UserError` with
+        what to do. The default checks nothing."""
+
     def crawl(self, state: dict) -> Iterator[Record]:
         """Yield records. ``state`` is a small JSON-able dict persisted between calls, so an
         interrupted crawl can resume paging where it stopped."""

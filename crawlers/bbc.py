@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from laion_audio.errors import UserError
 from laion_audio.records import Failure, FailureCode, Record
 
 from .base import HttpSource, clean_text
@@ -34,6 +35,7 @@ API_BASE = "https://sound-effects-api.bbcrewind.co.uk"
 MEDIA_BASE = "https://sound-effects-media.bbcrewind.co.uk"
 LICENSE = "BBC RemArc licence (personal, educational and research use)"
 MAX_FILENAME_LENGTH = 143   # the downloader's limit (ecryptfs)
+CSV_COLUMNS = frozenset({"location", "description", "secs", "category"})
 _UNSAFE = re.compile(r"[^\w\-&,()\. ]")
 
 
@@ -82,6 +84,26 @@ class BBCSource(HttpSource):
     @property
     def media_base(self) -> str:
         return self.url_option("media", MEDIA_BASE, "LAION_AUDIO_BBC_MEDIA")
+
+    def check(self) -> None:
+        """A ``--bbc-csv`` must exist, be UTF-8 and have the listing's columns."""
+        csv_path = self.option("csv", env="LAION_AUDIO_BBC_CSV")
+        if not csv_path:
+            return
+        path = Path(csv_path)
+        if not path.is_file():
+            raise UserError(f"--bbc-csv {csv_path} does not exist")
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise UserError(f"--bbc-csv {csv_path} is not UTF-8 (line {line}); save it as UTF-8")
+        header = next(csv.reader(text.splitlines()[:1]), [])
+        missing = sorted(CSV_COLUMNS - set(header))
+        if missing:
+            raise UserError(f"--bbc-csv {csv_path} lacks the column(s) {', '.join(missing)} "
+                            f"(BBCSoundEffects.csv has {', '.join(sorted(CSV_COLUMNS))}, ...)")
 
     def crawl(self, state: dict) -> Iterator[Record]:
         csv_path = self.option("csv", env="LAION_AUDIO_BBC_CSV")
@@ -148,7 +170,7 @@ class BBCSource(HttpSource):
         start = int(state.get("row", 0))
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = {"location", "description", "secs", "category"} - set(reader.fieldnames or [])
+            missing = CSV_COLUMNS - set(reader.fieldnames or [])
             if missing:
                 raise Failure(FailureCode.BAD_METADATA, f"{path}: missing columns {sorted(missing)}")
             for i, row in enumerate(reader):

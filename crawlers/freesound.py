@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
+from laion_audio.errors import UserError
 from laion_audio.http import host_of, secret_from_env
 from laion_audio.records import Failure, FailureCode, Record, Status, sample_key
 
@@ -113,6 +114,16 @@ class FreesoundSource(HttpSource):
     @property
     def oauth_token(self) -> str | None:
         return secret_from_env(str(self.option("oauth_env", "FREESOUND_OAUTH_TOKEN")))
+
+    def check(self) -> None:
+        """The API key (and, for originals, the OAuth2 token) must be in the environment."""
+        env = str(self.option("token_env", "FREESOUND_API_KEY"))
+        if not secret_from_env(env):
+            raise UserError(f"Freesound needs an API key: set the environment variable {env} "
+                            "(https://freesound.org/apiv2/apply)")
+        oauth = str(self.option("oauth_env", "FREESOUND_OAUTH_TOKEN"))
+        if str(self.option("download", "preview")) == "original" and not secret_from_env(oauth):
+            raise UserError(f"--freesound-download original needs an OAuth2 access token in {oauth}")
 
     def crawl(self, state: dict) -> Iterator[Record]:
         """``state["next"]`` is the next page URL (token-free); it advances after each page."""

@@ -35,6 +35,7 @@ import csv
 import hashlib
 import json
 import os
+import logging
 import re
 import shutil
 from pathlib import Path, PurePosixPath
@@ -43,9 +44,12 @@ from urllib.parse import quote, unquote_to_bytes
 
 from laion_audio.archives import utf8_name
 
+from laion_audio.errors import UserError
 from laion_audio.records import Failure, FailureCode, Record, Status
 
 from .base import Source
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
                     ".mp4", ".webm", ".aif", ".aiff", ".aifc", ".wma", ".caf", ".w64"}
@@ -61,6 +65,18 @@ def caption_from_filename(name: str) -> str:
     text = re.sub(r"(\s+(take\s*)?#?\d+[a-z]?)+\s*$", "", text, flags=re.IGNORECASE)
     text = re.sub(r"\s+", " ", text).strip()
     return text or stem
+
+
+def is_bare_stem(text: str, path: Path) -> bool:
+    """A caption that says nothing but the file's name: the stem itself ("sound000"), or one
+    word glued to digits or an id ("take_12", "a1b2c3")."""
+    t = text.strip().rstrip(".")
+    if not t:
+        return True
+    if t.lower() in (path.stem.lower(), path.name.lower(), caption_from_filename(path.name).lower()) \
+            and " " not in t:
+        return True
+    return bool(re.fullmatch(r"[A-Za-z]*[_\-]?\d+[A-Za-z0-9_\-]*", t))
 
 
 def _read_caption_table(root: Path) -> dict[str, dict]:
@@ -197,17 +213,35 @@ class LocalSource(Source):
                  captions_file: list[str] | str | None = None, **options):
         super().__init__(**options)
         if input is None:
-            raise ValueError("the local source needs --input DIR")
+            raise UserError("the local source needs --input DIR (a folder of audio files)")
         self.root = Path(input).resolve()
         if not self.root.is_dir():
-            raise ValueError(f"--input {self.root} is not a folder")
+            raise UserError(f"--input {input} is not a folder"
+                            + ("" if self.root.exists() else " (it does not exist)"))
         self.dataset = dataset_name or self.name
         if isinstance(captions_file, (str, Path)):
             captions_file = [captions_file]
         self.caption_files = [Path(p) for p in (captions_file or [])]
         for p in self.caption_files:
             if not p.is_file():
-                raise ValueError(f"--captions-file {p} does not exist")
+                raise UserError(f"--captions-file {p} does not exist")
+
+    def check(self) -> None:
+        """Each --captions-file must parse and name files with captions; one whose columns
+        match nothing would silently leave every caption to the file name."""
+        for p in self.caption_files:
+            try:
+                entries = _read_caption_file(p)
+            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+                raise UserError(f"--captions-file {p} cannot be read: {exc}")
+            if not entries:
+                raise UserError(
+                    f"--captions-file {p}: no row names a file; want a column "
+                    f"{'/'.join(_FILE_COLUMNS[:4])} (or AudioCaps' youtube_id) and "
+                    f"{'/'.join(_CAPTION_COLUMNS[:3])}")
+            if not any(e["texts"] for e in entries):
+                raise UserError(f"--captions-file {p}: no caption text in any row; want a column "
+                                + "/".join(_CAPTION_COLUMNS[:3]))
 
     def crawl(self, state: dict) -> Iterator[Record]:
         table = _read_caption_table(self.root)
@@ -217,6 +251,7 @@ class LocalSource(Source):
             for key in entry["keys"]:
                 by_key.setdefault(key, entry)
         used: set[int] = set()
+        stems = 0
         files = sorted(p for p in self.root.rglob("*")
                        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
         valid = {p.relative_to(self.root).as_posix() for p in files}
@@ -233,15 +268,21 @@ class LocalSource(Source):
                 texts, rule = info["texts"], "caption table or sidecar"
             else:
                 texts, rule = [caption_from_filename(name)], "cleaned file name"
+            provenance = {"rule": rule, "source": "local"}
+            if all(is_bare_stem(t, path) for t in texts):
+                provenance["warning"] = "caption_is_file_name"     # counted in the build summary
+                stems += 1
             tags = list(info["tags"]) if info else []
             if not tags and len(PurePosixPath(rel).parts) > 1:
                 tags = list(PurePosixPath(rel).parts[:-1])
             yield Record(
                 source=self.dataset, source_id=rel, url=local_url(raw_rel), title=stem,
-                tags=tags, texts=texts,
-                caption_provenance={"rule": rule, "source": "local"},
+                tags=tags, texts=texts, caption_provenance=provenance,
                 original_data={"file_path": rel, **(info["extra"] if info else {})},
             )
+        if stems:
+            log.warning("local: %d of %d captions are only a file name (e.g. 'sound000'); add a "
+                        "--captions-file or sidecar .txt/.json files", stems, len(files))
         for entry in entries:          # listed in a caption file, audio not in the folder
             if id(entry) not in used:
                 yield Record(source=self.dataset, source_id=f"missing:{entry['row_id']}",

@@ -783,7 +783,9 @@ def fail(record: Record, stage: str, code: str, message: str) -> Record:
 
 @dataclass
 class StageStats:
-    """Accounting for one stage run: inputs = successes + failures (+ skipped, already done)."""
+    """Accounting for one stage run: inputs = successes + failures + dropped (+ skipped,
+    already done). A record a filter dropped (eval overlap, duplicate) is not a failure, so it
+    has its own count; its reason is still listed under ``failures`` as ``dropped:<reason>``."""
 
     stage: str
     inputs: int = 0
@@ -795,6 +797,7 @@ class StageStats:
     extra: dict = field(default_factory=dict)
     pending: int = 0                                   # left untouched for the next run
     unreachable: Counter = field(default_factory=Counter)   # host -> records left pending
+    dropped: int = 0                                   # dropped by a filter (not failed)
 
     def add(self, before: Record, after: Record) -> None:
         self.inputs += 1
@@ -806,27 +809,29 @@ class StageStats:
             self.failed += 1
             self.failures[after.failure_code] += 1
         elif after.status == Status.DROPPED:
-            self.failed += 1
+            self.dropped += 1
             self.failures[f"dropped:{after.filter_reason}"] += 1
         else:
             self.succeeded += 1
 
     @property
     def closes(self) -> bool:
-        return self.inputs == self.succeeded + self.failed + self.pending
+        return self.inputs == self.succeeded + self.failed + self.dropped + self.pending
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "inputs": self.inputs, "succeeded": self.succeeded,
-                "failed": self.failed, "skipped_already_done": self.skipped,
+                "failed": self.failed, "dropped": self.dropped,
+                "skipped_already_done": self.skipped,
                 "failures": dict(self.failures), "seconds": round(self.seconds, 3),
                 "pending": self.pending, "unreachable_hosts": dict(self.unreachable),
                 "accounting_closes": self.closes, **self.extra}
 
     def line(self) -> str:
         fails = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
-        return (f"{self.stage}: {self.inputs} in = {self.succeeded} ok + {self.failed} failed "
-                f"({fails}){f' + {self.pending} pending' if self.pending else ''}; "
-                f"{self.skipped} already done; {self.seconds:.1f}s"
+        dropped = f" + {self.dropped} dropped" if self.dropped else ""
+        pending = f" + {self.pending} pending" if self.pending else ""
+        return (f"{self.stage}: {self.inputs} in = {self.succeeded} ok + {self.failed} failed"
+                f"{dropped}{pending} ({fails}); {self.skipped} already done; {self.seconds:.1f}s"
                 + ("" if self.closes else "  ACCOUNTING DOES NOT CLOSE"))
 
 

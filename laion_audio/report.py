@@ -191,6 +191,15 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _last_build(ledger_dir) -> dict:
+    """The last build's summary beside the ledger (``WORK/stats/summary.json``), if any."""
+    path = Path(ledger_dir).resolve().parent / "stats" / "summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = "laion-audio corpus") -> Path:
     """Write ``index.html``, one PNG per figure and ``figures.json`` into ``out_dir``; returns the HTML path."""
     out = Path(out_dir)
@@ -223,6 +232,9 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
         "<h2>Sources</h2>",
         _table(["source", "records", "with audio", "hours", "paper samples", "statuses"], src_rows),
     ]
+    eval_filter = _last_build(ledger_dir).get("eval_filter")
+    if eval_filter:     # the one fact not in the ledger: was the eval-overlap filter on?
+        parts.insert(-2, f"<p><b>Eval-set filter:</b> {html.escape(eval_filter)}</p>")
     for name, caption in made.items():
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{name}.png' alt='{html.escape(caption)}'>")
     for key, caption in (("failures", "Failures"), ("dropped", "Dropped"), ("licences", "Licences")):
@@ -278,9 +290,25 @@ def summarize(ledger: Ledger, stats: list, cfg, work=None) -> dict:
     summary = {"out": str(cfg.out), "shards": cfg.shard_root, "records": t.num_rows,
                "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
                "sources": dict(sorted(per_source.items())), "stages": [s.as_dict() for s in stats],
-               "disk_bytes": disk, "accounting_closes": all(s.closes for s in stats)}
+               "disk_bytes": disk, "eval_filter": getattr(cfg, "eval_filter", ""),
+               "warnings": caption_warnings(ledger),
+               "accounting_closes": all(s.closes for s in stats)}
     summary["problems"] = run_problems(summary)
     return summary
+
+
+def caption_warnings(ledger: Ledger) -> dict[str, int]:
+    """Counted caption warnings the sources flagged (``caption_provenance["warning"]``), e.g.
+    captions that are only a file name ("sound000"); only flagged rows become Python objects."""
+    import pyarrow.compute as pc
+
+    t = ledger.select().select(["caption_provenance"])
+    flagged = t.filter(pc.fill_null(pc.match_substring(t.column("caption_provenance"), '"warning"'),
+                                    False))
+    counts: Counter = Counter()
+    for value in flagged.column("caption_provenance").to_pylist():
+        counts[json.loads(value).get("warning", "")] += 1
+    return dict(counts)
 
 
 #: stages whose "0 successes" is not a problem by itself (a filter may drop everything)
@@ -291,7 +319,7 @@ def run_problems(summary: dict) -> list[str]:
     """One line per reason this run did not do all it was asked to: an unreachable host
     (records left pending), a crawl that stopped early or listed suspiciously little, a full
     disk, a stage with inputs and no success. Empty when the run is complete; the command
-    exits non-zero otherwise (:func:`exit_code`)."""
+    exits non-zero otherwise (``commands.build.exit_code``)."""
     from .records import FailureCode
 
     out: list[str] = []
@@ -317,11 +345,6 @@ def run_problems(summary: dict) -> list[str]:
     return out
 
 
-def exit_code(summary: dict) -> int:
-    """The build's exit status: 0 only when accounting closes and nothing is left undone."""
-    return 0 if summary.get("accounting_closes") and not summary.get("problems") else 1
-
-
 def human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -330,23 +353,29 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def print_summary(summary: dict, stats_lines: bool = True) -> None:
+def print_summary(summary: dict, stats_lines: bool = True, command: str = "build") -> None:
     from .ledger import StageStats
 
-    print(f"\nlaion-audio build: {summary['records']} records in {summary['out']}")
+    print(f"\nlaion-audio {command}: {summary['records']} records in {summary['out']}")
     for st in summary["stages"]:
         s = StageStats(st["stage"], st["inputs"], st["succeeded"], st["failed"],
-                       st["skipped_already_done"], seconds=st["seconds"])
+                       st["skipped_already_done"], seconds=st["seconds"],
+                       dropped=st.get("dropped", 0))
         s.failures.update(st["failures"])
         s.pending = st.get("pending", 0)
         print("  " + s.line())
-        if st.get("table") and st["failed"]:
+        if st.get("table") and (st["failed"] or st.get("dropped")):
             print("    " + st["table"].replace("\n", "\n    "))
     print(f"  {'dataset':<24}{'records':>9}{'audio ok':>9}{'sharded':>9}{'train':>7}{'test':>6}"
           f"{'failed':>8}{'dropped':>9}{'vanished':>9}{'hours':>9}")
     for name, s in sorted(summary["sources"].items()):
         print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
               f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
+    if summary.get("eval_filter"):
+        print(f"  eval filter: {summary['eval_filter']}")
+    if summary.get("warnings"):
+        print("  WARNING: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["warnings"].items()))
+              + " (captions that are only a file name; add a captions file or sidecars)")
     if summary["failures"]:
         print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
     if summary.get("disk_bytes"):

@@ -17,7 +17,7 @@ from typing import Any
 from crawlers.crawl import write_json
 from laion_audio.ledger import Ledger, StageStats, write_stats, writing
 from laion_audio.records import FailureCode, Status, is_out_of_space
-from laion_audio.report import exit_code, print_summary, summarize  # noqa: F401 - re-exported for callers
+from laion_audio.report import print_summary, summarize  # noqa: F401 - re-exported for callers
 from laion_audio.workdir import WorkDir
 
 from .executor import Executor, file_size, sized_batches
@@ -49,6 +49,8 @@ class BuildConfig:
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
     evalsets_cache: str | None = None           # fetched eval manifests (laion-audio evalsets fetch)
     eval_audio: dict[str, str] = field(default_factory=dict)   # eval set -> local audio folder
+    skip_eval_filter: bool = False              # --skip-eval-filter: no eval-set id matching
+    eval_filter: str = ""                       # what the eval filter used, for stats and report
     stages: tuple[str, ...] = ("crawl", "fetch", "transcode", "caption", "filter", "shard")
 
     @property
@@ -186,9 +188,11 @@ def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Exec
 
     fill_fingerprints(ledger, work, executor, cfg.batch_size)
     report, stats = BY_NAME["filter"].fn(ledger, FilterConfig(
-        evalsets_cache=cfg.evalsets_cache, eval_audio=dict(cfg.eval_audio),
+        evalsets_cache=cfg.evalsets_cache, eval_ids=not cfg.skip_eval_filter,
+        eval_audio=dict(cfg.eval_audio),
         audio_root=str(work.root), fingerprint_dir=str(work.fingerprints)))
     stats.extra["table"] = report.table()
+    stats.extra["eval_filter"] = cfg.eval_filter
     return stats
 
 

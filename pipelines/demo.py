@@ -64,8 +64,10 @@ def replay_for_demo() -> Iterator[str]:
             server = serve(port, seed=0, sizes=DEMO_SIZES, shared=shared_data())
             app_base = server.__enter__()
         except OSError as exc:
-            raise SystemExit(f"cannot start the replay server on 127.0.0.1:{port} ({exc}); "
-                             "set LAION_AUDIO_REPLAY_PORT to a free port") from exc
+            from laion_audio.errors import UserError
+
+            raise UserError(f"cannot start the replay server on 127.0.0.1:{port} ({exc}); "
+                            "set LAION_AUDIO_REPLAY_PORT to a free port") from exc
         try:
             yield app_base[1]
         finally:

@@ -34,11 +34,18 @@ def run_batch(fn: Callable, records: list[Record], kwargs: dict) -> list[Record]
     return out
 
 
+#: a stage with at most this many records to do runs in this process unless Ray is already
+#: up or --ray-address names a cluster: starting a local Ray costs ~10 s, more than such a
+#: stage takes (a one-file transcode: 14.7 s on Ray vs 1.3 s in-process)
+SMALL_JOB_RECORDS = 32
+
+
 @dataclass
 class Executor:
-    """Where batches run. ``ray_address=None`` starts a local Ray with ``workers`` CPUs;
-    ``"auto"`` or ``"host:port"`` joins a running cluster; ``inline=True`` runs in this
-    process (debugging, and the unit tests of single stages)."""
+    """Where batches run. ``ray_address=None`` starts a local Ray with ``workers`` CPUs, but
+    only for a stage with more than :data:`SMALL_JOB_RECORDS` records (smaller ones run in this
+    process); ``"auto"`` or ``"host:port"`` joins a running cluster; ``inline=True`` always
+    runs in this process (debugging, and the unit tests of single stages)."""
 
     workers: int = max(1, os.cpu_count() or 1)
     ray_address: str | None = None
@@ -46,8 +53,18 @@ class Executor:
     _ray_started: bool = False
 
     def start(self) -> None:
+        """Ray is wanted: joined now for a cluster, started on the first big stage when local."""
         if self.inline:
             return
+        if self.ray_address:
+            self._start_ray()
+
+    def _runs_inline(self, total: int) -> bool:
+        if self.inline or self._ray_started or self.ray_address:
+            return self.inline
+        return total <= SMALL_JOB_RECORDS
+
+    def _start_ray(self) -> None:
         import ray
 
         if ray.is_initialized():
@@ -63,6 +80,9 @@ class Executor:
         if self.ray_address:
             ray.init(address=self.ray_address, **kwargs)
         else:
+            # our own local cluster: token auth on, said explicitly so Ray does not warn on
+            # every run (a user's own RAY_AUTH_MODE wins)
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(num_cpus=self.workers, **kwargs)
         self._ray_started = True
 
@@ -87,13 +107,15 @@ class Executor:
         as each batch finishes (in completion order)."""
         bar = tqdm(total=total, desc=desc, unit="rec", mininterval=1.0, dynamic_ncols=True)
         try:
-            if self.inline:
+            if self._runs_inline(total):
                 for batch in batches:
                     on_result(batch, run_batch(fn, batch, kwargs))
                     bar.update(len(batch))
                 return
             import ray
 
+            if not ray.is_initialized():
+                self._start_ray()
             remote = ray.remote(num_cpus=num_cpus, max_retries=2)(run_batch)
             max_in_flight = max(2, int(2 * self.workers / max(num_cpus, 0.01)))
             kwargs_ref = ray.put(kwargs)

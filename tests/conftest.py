@@ -13,6 +13,15 @@ DEBIAN_SOUND_DIRS = [Path("/usr/share/sounds"), Path("/usr/share/games/colobot/s
 AUDIO_EXTS = {".wav", ".ogg", ".oga", ".flac", ".mp3"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_evalsets_cache(tmp_path_factory):
+    """Tests never read or fill the user's eval-set cache (a build fetches eval sets into it
+    when it is empty); CLI subprocesses inherit this."""
+    if "LAION_AUDIO_EVALSETS_CACHE" not in os.environ:
+        os.environ["LAION_AUDIO_EVALSETS_CACHE"] = str(tmp_path_factory.mktemp("evalsets-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (CI has it beside the checkout; a user's machine may not)."""

@@ -42,6 +42,10 @@ AUDIOSET_FILES: dict[str, tuple[str, str]] = {
 }
 
 
+#: the largest AudioSet metadata file (unbalanced_train_segments.csv) is ~100 MB
+METADATA_MAX_BYTES = 512 << 20
+
+
 class ChecksumError(RuntimeError):
     pass
 
@@ -60,12 +64,14 @@ def ensure_audioset_metadata(dest: str | os.PathLike, names: Iterable[str] = ("c
 
     A file already present with the right hash is kept; a download is written to a temporary
     name, checked, then renamed, so a bad or truncated download never replaces a good file.
-    ``base_urls`` overrides the URL per file (tests point it at 127.0.0.1)."""
-    import requests
+    ``base_urls`` overrides the URL per file (tests point it at 127.0.0.1). Downloads go
+    through ``laion_audio.http`` (retries, User-Agent, a size cap); ``session`` is an optional
+    ``requests.Session`` for it."""
+    from laion_audio.http import HttpClient
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    http = session or requests.Session()
+    http = HttpClient(retries=2, respect_robots=False, session=session)
     for name in names:
         url, digest = AUDIOSET_FILES[name]
         url = (base_urls or {}).get(name, url)
@@ -73,11 +79,7 @@ def ensure_audioset_metadata(dest: str | os.PathLike, names: Iterable[str] = ("c
         if target.exists() and sha256_file(target) == digest:
             continue
         tmp = target.with_name(f".{name}.part")
-        with http.get(url, timeout=60, stream=True) as resp:
-            resp.raise_for_status()
-            with open(tmp, "wb") as f:
-                for chunk in resp.iter_content(1 << 16):
-                    f.write(chunk)
+        http.download(url, tmp, expect=None, max_bytes=METADATA_MAX_BYTES)
         got = sha256_file(tmp)
         if got != digest:
             tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ exist: --amodel, --tmodel, --enable-fusion, --fusion-type, --data-truncating,
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,9 @@ def add_data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
     g.add_argument("--data-filling", default="repeatpad", choices=["repeatpad", "pad", "repeat"])
     g.add_argument("--text-augment-selection", default="none", choices=["none", "all", "augment_only"])
     g.add_argument("--batch-size", type=int, default=96, help="per process")
-    g.add_argument("--workers", type=int, default=6)
+    g.add_argument("--workers", type=int, default=min(6, max(0, (os.cpu_count() or 1) - 1)),
+                   help="data loader processes (default: 6, or one fewer than the CPUs when "
+                        "that is less)")
     g.add_argument("--shuffle-buffer", type=int, default=5000)
     g.add_argument("--shuffle-initial", type=int, default=1000)
     g.add_argument("--class-label-path", default=None, help="JSON {label: index} for `tag` multi-hot")
@@ -56,7 +59,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta2", type=float, default=0.999, help="0.999 (code default); the paper says 0.9")
     g.add_argument("--eps", type=float, default=1e-8)
     g.add_argument("--wd", type=float, default=0.2, help="AdamW only (Adam uses 0, as LAION)")
-    g.add_argument("--warmup", type=int, default=3200, help="steps (LAION: 3200 HTS-AT, 500 PANN)")
+    g.add_argument("--warmup", type=int, default=None,
+                   help="warmup steps (default: LAION's 3200, or a tenth of the run's steps when "
+                        "that is less; LAION used 3200 for HTS-AT, 500 for PANN)")
     g.add_argument("--accum-freq", type=int, default=1,
                    help="gradient accumulation: loss over accum-freq batches with cached features")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],

@@ -242,6 +242,19 @@ def parse_weights(items) -> dict | None:
 
 
 # -- the loop --------------------------------------------------------------------------------
+#: LAION's warmup for HTS-AT; a short run warms up for a tenth of its steps instead
+DEFAULT_WARMUP = 3200
+
+
+def run_warmup(warmup: int | None, total_steps: int, max_steps: int | None = None) -> int:
+    """``--warmup`` as given, else LAION's 3200 capped at a tenth of the steps this run will
+    take (a 30-step CPU run would otherwise never leave warmup)."""
+    if warmup is not None:
+        return warmup
+    steps = min(total_steps, max_steps) if max_steps else total_steps
+    return max(1, min(DEFAULT_WARMUP, steps // 10))
+
+
 def train(args) -> int:
     info = init_distributed(args.device)
     logging.getLogger().setLevel(logging.INFO if info.is_master else logging.WARNING)
@@ -298,6 +311,7 @@ def train(args) -> int:
         return 2
     total_steps = steps_per_epoch * args.epochs
     optimizer = build_optimizer(model, args)
+    args.warmup = run_warmup(args.warmup, total_steps, args.max_steps)
     scheduler = CosineWarmup(optimizer, args.lr, args.warmup, total_steps)
 
     start_epoch, batches_done, step = 0, 0, 0
@@ -321,9 +335,10 @@ def train(args) -> int:
     ckpt_dir = run_dir / "checkpoints"
     global_batch = args.batch_size * info.world_size * args.accum_freq
     skipped_total = 0
-    log.info("training %s/%s: %d samples, %d steps/epoch x %d epochs, global batch %d, world %d",
-             args.amodel, args.tmodel, dataset.num_samples, steps_per_epoch, args.epochs, global_batch,
-             info.world_size)
+    if info.is_master:      # on stdout: what a user running `train` watches
+        print(f"training {args.amodel}/{args.tmodel}: {dataset.num_samples} samples, "
+              f"{steps_per_epoch} steps/epoch x {args.epochs} epochs, global batch {global_batch}, "
+              f"world {info.world_size}, warmup {args.warmup} steps", flush=True)
     stop = False
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -359,9 +374,9 @@ def train(args) -> int:
                              "samples_per_s": global_batch / max(batch_time + data_time, 1e-9),
                              "data_time": data_time, "batch_time": batch_time,
                              "skipped_total": skipped_total})
-                if step % max(1, args.log_every_steps) == 0:
-                    log.info("step %d epoch %d loss %.4f lr %.3e scale %.2f data %.3fs batch %.3fs",
-                             step, epoch, loss, lr, scale, data_time, batch_time)
+                if step % max(1, args.log_every_steps) == 0 and info.is_master:
+                    print(f"step {step} epoch {epoch} loss {loss:.4f} lr {lr:.3e} scale {scale:.2f} "
+                          f"data {data_time:.3f}s batch {batch_time:.3f}s", flush=True)
                 if info.is_master and args.save_every_steps and step % args.save_every_steps == 0:
                     save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,
                                     batches_done, step, args)

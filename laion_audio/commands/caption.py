@@ -1,23 +1,28 @@
-"""``laion-audio caption LEDGER_DIR``: caption the ledger's records from their tags.
+"""``laion-audio caption --out WORK``: caption the records of a build's ledger from their tags.
 
 Without ``--model`` the paper's template is the caption; with it, a T5 keyword-to-caption
-model (a local folder, or a hub id when online) writes de-biased captions, each distinct keyword
-set generated once thanks to a cache kept in the work folder (``LEDGER_DIR/../caption_cache.sqlite``,
-where ``build`` keeps it too).
+model (a local folder, or a hub id in the local cache) writes de-biased captions, each distinct
+keyword set generated once thanks to a cache kept in the work folder (``WORK/caption_cache.sqlite``,
+where ``build`` keeps it too). (``caption LEDGER_DIR``, the old positional spelling, still works
+for one release.)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 from ..records import Status
+from . import _checks
+from ._deprecated import announce, deprecated_positional
+from .build import DEFAULT_OUT, add_source_argument
 
 
 def register(sub) -> None:
     p = sub.add_parser("caption", help="caption records from their tags (T5 keyword-to-caption or template)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ledger", metavar="LEDGER_DIR")
+    add_work_arguments(p)
     p.add_argument("--model", help="captioner: model folder (train-captioner output, keytotext-era "
                                    "T5) or hub id; omit to use the template")
     p.add_argument("--template", default="sounds_of", help="template name (default: sounds_of, "
@@ -26,9 +31,10 @@ def register(sub) -> None:
                    help="model input format (default: from the model folder or name)")
     p.add_argument("--status", nargs="+", default=[Status.TRANSCODED],
                    help="caption records in these states (default: transcoded)")
-    p.add_argument("--source", nargs="+", help="only these sources")
-    p.add_argument("--audioset-labels", metavar="DIR",
-                   help="folder with class_labels_indices.csv (+ ontology.json) to name MID tags")
+    add_source_argument(p, "only this source")
+    p.add_argument("--audioset-labels", metavar="DIR_OR_CSV",
+                   help="folder with class_labels_indices.csv (+ ontology.json), or that CSV, to "
+                        "name MID tags")
     p.add_argument("--min-duration", type=float, default=2.0,
                    help="no model caption below this many seconds (LAION: 2); 0 disables")
     p.add_argument("--no-debias", action="store_true")
@@ -36,15 +42,48 @@ def register(sub) -> None:
     p.add_argument("--keyword-boost", type=float, default=0.0,
                    help="soft keyword constraint strength (0 = off, keytotext behaviour; 2.0 "
                         "took our AudioCaps captioner from 0.69 to 0.85 coverage)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=256, help="records per ledger write")
-    p.add_argument("--gen-batch-size", type=int, default=64, help="keyword sets per generate call")
-    p.add_argument("--cache", help="cache file (default: caption_cache.sqlite beside LEDGER_DIR, the build's cache)")
+    p.add_argument("--max-new-tokens", type=_checks.positive_int, default=48)
+    p.add_argument("--batch-size", type=_checks.positive_int, default=256,
+                   help="records per ledger write")
+    p.add_argument("--gen-batch-size", type=_checks.positive_int, default=64,
+                   help="keyword sets per generate call")
+    p.add_argument("--cache", help="cache file (default: caption_cache.sqlite in the work folder, the build's cache)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 
 
+def add_work_arguments(p) -> None:
+    """The work folder the way every command names it: ``--out WORK`` (its ``ledger/``), or
+    ``--ledger DIR`` for a ledger elsewhere; the old positional LEDGER_DIR is an alias."""
+    p.add_argument("--out", default=DEFAULT_OUT, help="the build's work folder (reads WORK/ledger)")
+    p.add_argument("--ledger", default=None, metavar="LEDGER_DIR",
+                   help="ledger folder (default: OUT/ledger)")
+    p.add_argument("ledger_pos", nargs="?", metavar="LEDGER_DIR", help=argparse.SUPPRESS)
+
+
+def resolve_ledger(args) -> None:
+    """``args.ledger`` from --ledger, the old positional or --out; it must exist."""
+    from pathlib import Path
+
+    old = deprecated_positional(args.ledger_pos, "LEDGER_DIR", "--out WORK (or --ledger DIR)")
+    args.ledger = args.ledger or old or str(Path(args.out) / "ledger")
+    _checks.ledger_folder(args.ledger, "ledger")
+
+
+def validate_caption(args) -> None:
+    resolve_ledger(args)
+    _checks.caption_model(args.model, "--model")
+    if args.audioset_labels:
+        from crawlers.audioset import labels_folder
+
+        args.audioset_labels = str(labels_folder(args.audioset_labels))
+    if args.cache and os.path.isdir(args.cache):
+        raise _checks.UserError(f"--cache {args.cache} is a folder; it names the cache file")
+    announce()
+
+
 def run(args) -> int:
+    validate_caption(args)
     from pipelines.executor import Executor
     from pipelines.stages import BY_NAME, Step, run_worker_stages
 

@@ -26,7 +26,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def validate_caption_quality(args) -> None:
+    from . import _checks
+
+    if args.model:
+        if not args.keywords_from:
+            raise _checks.UserError("--model needs --keywords-from KIND:PATH")
+        _checks.caption_model(args.model, "--model")
+    else:
+        _checks.ledger_folder(args.ledger, "--ledger")
+    for opt in ("keywords_from", "lm_corpus"):
+        spec = getattr(args, opt)
+        if spec and not __import__("os").path.exists(spec[1]):
+            raise _checks.UserError(f"--{opt.replace('_', '-')} {spec[1]} does not exist")
+
+
 def run(args) -> int:
+    validate_caption_quality(args)
     from ..captions.keywords import caption_keywords
     from ..captions.quality import quality_report
     from ..captions.train import load_captions
@@ -35,8 +51,6 @@ def run(args) -> int:
     if args.model:
         from ..captions.k2c import Captioner, GenerationParams
 
-        if not args.keywords_from:
-            raise SystemExit("--model needs --keywords-from KIND:PATH")
         refs = load_captions(*args.keywords_from)
         rng = random.Random(args.seed)
         rng.shuffle(refs)

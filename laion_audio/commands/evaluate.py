@@ -6,12 +6,15 @@ import json
 import sys
 from pathlib import Path
 
+from . import _checks
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a CLAP checkpoint", description=__doc__)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint (ours or LAION's)")
     p.add_argument("--task", default="retrieval", choices=["retrieval", "zeroshot", "linear-probe"])
-    p.add_argument("--amodel", default=None)
+    p.add_argument("--amodel", default=None,
+                   help="audio model config for a LAION checkpoint (default: the one saved in ours)")
     p.add_argument("--tmodel", default=None, choices=["roberta", "bert", "transformer"])
     p.add_argument("--enable-fusion", action="store_true", default=None)
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder")
@@ -39,9 +42,24 @@ def _labels(path: str) -> list[str]:
     return list(data)
 
 
+def validate_evaluate(args) -> None:
+    """Checkpoint, model names and data paths exist before torch loads anything."""
+    from .train import validate_model_args
+
+    _checks.existing_file(args.checkpoint, "--checkpoint")
+    validate_model_args(args)
+    if args.data_root and "://" not in args.data_root:
+        _checks.existing_folder(args.data_root, "--data-root")
+    if args.class_folder:
+        _checks.existing_folder(args.class_folder, "--class-folder")
+    if args.class_labels:
+        _checks.existing_file(args.class_labels, "--class-labels")
+
+
 def run(args) -> int:
     import torch
 
+    validate_evaluate(args)
     from laion_audio.clap import evaluate as ev
     from laion_audio.clap.checkpoint import load_trained_model
     from laion_audio.clap.data import ClapShards, find_shards

@@ -1,16 +1,21 @@
-"""``laion-audio filter LEDGER_DIR``: drop eval-set overlaps and duplicates (with reasons)."""
+"""``laion-audio filter --out WORK``: drop eval-set overlaps and duplicates (with reasons)."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
+from . import _checks
+from .caption import add_work_arguments, resolve_ledger
+from ._deprecated import announce
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "filter", help="mark eval-set overlaps (id, content) and duplicates (exact, near) dropped in a ledger")
-    p.add_argument("ledger", help="ledger folder")
-    p.add_argument("--evalsets-cache", help="cache filled by `laion-audio evalsets fetch`")
+    add_work_arguments(p)
+    p.add_argument("--evalsets-cache", help="cache filled by `laion-audio evalsets fetch` "
+                   "(default: $LAION_AUDIO_EVALSETS_CACHE or ~/.cache/laion-audio/evalsets)")
     p.add_argument("--eval-audio", action="append", default=[], metavar="NAME=DIR",
                    help="a local folder of an eval set's audio, for content matching (repeatable)")
     p.add_argument("--eval-only", action="store_true",
@@ -30,6 +35,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def validate_filter(args: argparse.Namespace) -> dict[str, str]:
+    """The ledger exists; --eval-audio is NAME=DIR with existing folders. Returns those pairs."""
+    resolve_ledger(args)
+    pairs = _checks.name_dir_pairs(args.eval_audio)
+    if args.lookup_budget < 1:
+        raise _checks.UserError(f"--lookup-budget must be at least 1, got {args.lookup_budget}")
+    announce()
+    return pairs
+
+
 def run(args: argparse.Namespace) -> int:
     from laion_audio.filters.dedup import DEFAULT_SOURCE_PRIORITY
     from laion_audio.filters.stage import FilterConfig
@@ -37,13 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from laion_audio.workdir import WorkDir
     from pipelines.stages import BY_NAME
 
-    eval_audio = {}
-    for spec in args.eval_audio:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            print(f"--eval-audio expects NAME=DIR, got {spec!r}")
-            return 2
-        eval_audio[name] = folder
+    eval_audio = validate_filter(args)
     work = WorkDir.of_ledger(args.ledger)
     config = FilterConfig(
         evalsets_cache=args.evalsets_cache, eval_audio=eval_audio,

@@ -5,6 +5,12 @@ Single process: ``laion-audio train --data-root shards/ ...``; several GPUs or n
 """
 from __future__ import annotations
 
+import os
+import sys
+
+from ..errors import UserError
+from . import _checks
+
 
 def register(subparsers) -> None:
     from laion_audio.clap.params import add_train_args
@@ -15,7 +21,45 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def validate_train(args) -> None:
+    """Model names, folders and files exist before any process group, run folder or loader
+    starts; loader workers beyond the machine's CPUs get a warning."""
+    validate_model_args(args)
+    if args.data_root and "://" not in args.data_root:
+        _checks.existing_folder(args.data_root, "--data-root")
+    for opt in ("class_label_path",):
+        if getattr(args, opt, None):
+            _checks.existing_file(getattr(args, opt), "--" + opt.replace("_", "-"))
+    if args.resume and args.resume != "latest":
+        _checks.existing_file(args.resume, "--resume")
+    for opt in ("batch_size", "epochs", "accum_freq"):
+        if getattr(args, opt) < 1:
+            raise UserError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
+    cpus = os.cpu_count() or 1
+    if args.workers >= cpus:
+        print(f"laion-audio train: warning: --workers {args.workers} loader processes on {cpus} "
+              f"CPUs compete with training for the cores; try --workers {max(0, cpus - 1)}",
+              file=sys.stderr)
+
+
+def validate_model_args(args) -> None:
+    """--amodel, --tokenizer, --text-model-path, --pretrained-audio (shared with evaluate)."""
+    from laion_audio.clap.factory import load_model_config
+
+    if getattr(args, "amodel", None):
+        try:
+            load_model_config(args.amodel)
+        except ValueError as exc:
+            raise UserError(f"--amodel: {exc}")
+    for opt in ("tokenizer", "text_model_path"):
+        if getattr(args, opt, None):
+            _checks.existing_folder(getattr(args, opt), "--" + opt.replace("_", "-"))
+    if getattr(args, "pretrained_audio", None):
+        _checks.existing_file(args.pretrained_audio, "--pretrained-audio")
+
+
 def run(args) -> int:
     from laion_audio.clap.train import train
 
+    validate_train(args)
     return train(args)

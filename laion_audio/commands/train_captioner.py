@@ -40,9 +40,9 @@ def register(sub) -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--audioset-labels", metavar="DIR",
-                   help="folder with class_labels_indices.csv (+ ontology.json): map caption words "
-                        "to AudioSet label names in the training keywords")
+    p.add_argument("--audioset-labels", metavar="DIR_OR_CSV",
+                   help="folder with class_labels_indices.csv (+ ontology.json), or that CSV: map "
+                        "caption words to AudioSet label names in the training keywords")
     p.add_argument("--audioset-share", type=_share, default=1.0, metavar="P",
                    help="share of pairs whose keywords are mapped (default 1.0; the rest keep "
                         "plain words)")
@@ -70,9 +70,26 @@ def _label_mapping(folder: str, share: float, pairs_with_labels: int) -> dict:
             "audioset_share": share, "pairs_with_labels": pairs_with_labels}
 
 
+def validate_train_captioner(args) -> None:
+    import os
+
+    from . import _checks
+
+    for kind, path in args.corpus:
+        if not os.path.exists(path):
+            raise _checks.UserError(f"--corpus {kind}:{path}: {path} does not exist")
+    if args.pretrained:
+        _checks.caption_model(args.pretrained, "--pretrained")
+    if args.audioset_labels:
+        from crawlers.audioset import labels_folder
+
+        args.audioset_labels = str(labels_folder(args.audioset_labels))
+
+
 def run(args) -> int:
     import random
 
+    validate_train_captioner(args)
     from ..captions.train import TrainConfig, build_pairs, load_captions, train_captioner
 
     captions = []

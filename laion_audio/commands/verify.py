@@ -1,9 +1,14 @@
-"""``laion-audio verify OUT``: decode every sample of every shard and check sizes.json and index."""
+"""``laion-audio verify --out WORK`` (or ``--shards-to ROOT``): decode every sample of every shard and check sizes.json and index."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from ..errors import UserError
+from ._checks import positive_int
+from ._deprecated import announce, deprecated_positional
+from .build import DEFAULT_OUT
 
 
 def register(sub) -> None:
@@ -14,19 +19,32 @@ def register(sub) -> None:
                     "are adjacent, that sizes.json lists exactly the tars with their sample "
                     "counts and that index.json matches bytes, sha256 and seconds. Works on "
                     "LAION's own shards too (no index.json). Exit code 1 when anything is wrong.")
-    p.add_argument("out", metavar="OUT", help="shard root: a folder or an fsspec URL")
-    p.add_argument("--workers", type=int, default=2, help="tars checked at once (threads)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="the build's work folder (checks OUT/shards)")
+    p.add_argument("--shards-to", default=None, metavar="ROOT",
+                   help="shard root: a folder or an fsspec URL (default: OUT/shards)")
+    p.add_argument("root_pos", nargs="?", metavar="ROOT", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=positive_int, default=2, help="tars checked at once (threads)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for OUT, e.g. endpoint_url=http://127.0.0.1:9000")
+                   help="fsspec option for ROOT, e.g. endpoint_url=http://127.0.0.1:9000")
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON here")
     p.set_defaults(func=run)
+
+
+def validate_verify(args: argparse.Namespace) -> None:
+    old = deprecated_positional(args.root_pos, "OUT", "--shards-to ROOT (or --out WORK)")
+    args.shards_to = args.shards_to or old or str(Path(args.out) / "shards")
+    if "://" not in args.shards_to and not Path(args.shards_to).is_dir():
+        raise UserError(f"no shards at {args.shards_to} (not a folder); pass --shards-to ROOT "
+                        "or the build's --out")
+    announce()
 
 
 def run(args: argparse.Namespace) -> int:
     from laion_audio.commands.shard import parse_storage_options
     from laion_audio.shards import verify
 
-    report = verify(args.out, workers=args.workers,
+    validate_verify(args)
+    report = verify(args.shards_to, workers=args.workers,
                     storage_options=parse_storage_options(args.storage_option))
     for line in report.lines():
         print(line)

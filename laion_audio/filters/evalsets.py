@@ -1,7 +1,7 @@
 """Eval-set registry: fetch the official id lists (with checksum) and parse them into one table.
 
 The registry (``manifests/evalsets.json``) names every file with its official URL and pinned
-checksum. ``fetch`` downloads each file into a cache through requests and refuses bytes whose
+checksum. ``fetch`` downloads each file into a cache through ``laion_audio.http`` and refuses bytes whose
 checksum differs, so a silently edited copy (PROVENANCE.md lists several) never becomes the
 blacklist. A mirror (``--mirror DIR|URL`` or ``$LAION_AUDIO_EVALSETS_MIRROR``) is a copy laid out
 like the registry's ``path`` fields (the layout of ../shared/data); the checksum rule is the same.
@@ -22,7 +22,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,6 +29,8 @@ from typing import Callable
 
 import pandas as pd
 import requests
+
+from laion_audio.records import Failure
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ REGISTRY_PATH = Path(__file__).resolve().parents[1] / "manifests" / "evalsets.js
 MIRROR_ENV = "LAION_AUDIO_EVALSETS_MIRROR"
 CACHE_ENV = "LAION_AUDIO_EVALSETS_CACHE"
 DEFAULT_CACHE = Path.home() / ".cache" / "laion-audio" / "evalsets"
-USER_AGENT = "laion-audio evalsets fetch (+https://github.com/LAION-AI/audio-dataset)"
 MAX_BYTES = 2 * 1024**3          # the largest official file is FSD50K's ground-truth zip (~330 kB);
                                  # UrbanSound8K's metadata only comes inside its 6 GB archive
 COLUMNS = ["eval_set", "split", "role", "id_kind", "item_id", "match_id", "start", "end",
@@ -48,6 +48,10 @@ COLUMNS = ["eval_set", "split", "role", "id_kind", "item_id", "match_id", "start
 
 class EvalSetError(RuntimeError):
     """A registry, download or parse problem for one file (reported, never a crash of the run)."""
+
+    def __init__(self, message: str, code: str = ""):
+        super().__init__(message)
+        self.code = code   # the HTTP layer's failure code, when the network failed
 
 
 # --------------------------------------------------------------------------- registry
@@ -122,49 +126,21 @@ def _digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def _download(url: str, dest: Path, *, session: requests.Session, timeout: float = 60.0,
-              retries: int = 3, max_bytes: int = MAX_BYTES) -> None:
-    """GET ``url`` (http(s) or a local mirror path) into ``dest``; retries 429/5xx with backoff."""
+def _download(url: str, dest: Path, *, http, max_bytes: int = MAX_BYTES) -> None:
+    """``url`` (http(s) through the one HTTP layer: retries, Retry-After, size cap, temp file
+    renamed when complete; or a local mirror path) into ``dest``. The caller checks the sum."""
     if "://" not in url or url.startswith("file://"):
         src = Path(url[len("file://"):] if url.startswith("file://") else url)
         if not src.is_file():
             raise FileNotFoundError(f"{src} not in mirror")
         shutil.copyfile(src, dest)
         return
-    delay = 1.0
-    for attempt in range(retries + 1):
-        try:
-            with session.get(url, stream=True, timeout=timeout) as resp:
-                if resp.status_code == 404:
-                    raise FileNotFoundError(f"{url}: 404 Not Found")
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    wait = float(resp.headers.get("Retry-After", delay)) if str(
-                        resp.headers.get("Retry-After", "")).isdigit() else delay
-                    raise _Retry(f"{url}: HTTP {resp.status_code}", wait)
-                if resp.status_code != 200:
-                    raise EvalSetError(f"{url}: HTTP {resp.status_code}")
-                size = 0
-                with open(dest, "wb") as fh:
-                    for chunk in resp.iter_content(1 << 16):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise EvalSetError(f"{url}: larger than {max_bytes} bytes")
-                        fh.write(chunk)
-                expected = resp.headers.get("Content-Length")
-                if expected and expected.isdigit() and int(expected) != size:
-                    raise _Retry(f"{url}: truncated ({size} of {expected} bytes)", delay)
-                return
-        except (_Retry, requests.ConnectionError, requests.Timeout) as exc:
-            if attempt == retries:
-                raise EvalSetError(f"{url}: {exc}") from None
-            time.sleep(getattr(exc, "wait", delay))
-            delay *= 2
-
-
-class _Retry(Exception):
-    def __init__(self, msg: str, wait: float):
-        super().__init__(msg)
-        self.wait = wait
+    try:
+        http.download(url, dest, expect=None, max_bytes=max_bytes)
+    except Failure as exc:
+        if exc.code == "not_found":
+            raise FileNotFoundError(f"{url}: 404 Not Found") from None
+        raise EvalSetError(exc.message, code=exc.code) from None
 
 
 def _extract_member(archive: Path, member: str, dest: Path) -> None:
@@ -205,7 +181,7 @@ def _verify(path: Path, spec: FileSpec, allow_unverified: bool, archive_checked:
     return sha
 
 
-def _fetch_one(spec: FileSpec, cache: Path, mirror: str | None, session: requests.Session,
+def _fetch_one(spec: FileSpec, cache: Path, mirror: str | None, http,
                allow_unverified: bool) -> tuple[Path, str, str]:
     target = cache / spec.path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -214,10 +190,10 @@ def _fetch_one(spec: FileSpec, cache: Path, mirror: str | None, session: request
         tmp = Path(tmpdir)
         if mirror:
             url = (mirror.rstrip("/") + "/" + spec.path) if "://" in mirror else str(Path(mirror) / spec.path)
-            _download(url, tmp / "file", session=session)
+            _download(url, tmp / "file", http=http)
         else:
             url = spec.url
-            _download(url, tmp / "download", session=session)
+            _download(url, tmp / "download", http=http)
             if spec.member:
                 if spec.archive_md5 and _digest(tmp / "download", "md5") != spec.archive_md5:
                     raise EvalSetError(f"archive md5 mismatch for {url}")
@@ -230,19 +206,36 @@ def _fetch_one(spec: FileSpec, cache: Path, mirror: str | None, session: request
     return target, url, sha
 
 
+def unknown_names(names: list[str] | None, registry: str | os.PathLike | None = None) -> list[str]:
+    """Names in ``names`` the registry does not list (``evalsets fetch --only`` checks these)."""
+    known = {es.name for es in load_registry(registry)}
+    return [n for n in names or [] if n not in known]
+
+
+#: failure codes that mean "could not reach the host" (not "the host answered badly")
+_UNREACHABLE = ("http_error", "timeout")
+
+
 def fetch(cache_dir: str | os.PathLike | None = None, *, mirror: str | None = None,
           names: list[str] | None = None, registry: str | os.PathLike | None = None,
-          allow_unverified: bool = False, session: requests.Session | None = None) -> list[FetchResult]:
+          allow_unverified: bool = False, session: requests.Session | None = None,
+          http=None, progress: Callable[["FetchResult"], None] | None = None) -> list[FetchResult]:
     """Download and verify every registry file (official first, then its substitute).
 
-    Each split ends as one :class:`FetchResult`; a failure is recorded with what was tried.
-    ``fetched.json`` in the cache lists what is there, so ``load`` needs no network.
+    Each split ends as one :class:`FetchResult` (passed to ``progress`` as soon as it is known);
+    a failure is recorded with what was tried. Once a host could not be reached, its other
+    files are not tried again in this run (offline, that is one failed connection per host,
+    not minutes of retries). ``fetched.json`` in the cache lists what is there, so ``load``
+    needs no network.
     """
+    from laion_audio.http import HttpClient, host_of
+
     cache = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
     cache.mkdir(parents=True, exist_ok=True)
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
-    session = session or requests.Session()
-    session.headers.setdefault("User-Agent", USER_AGENT)
+    http = http or HttpClient(retries=2, connect_timeout=10.0, read_timeout=60.0,
+                              respect_robots=False, session=session)
+    unreachable: dict[str, str] = {}
     results = []
     manifest = _read_fetched(cache)
     for es in load_registry(registry):
@@ -251,11 +244,19 @@ def fetch(cache_dir: str | os.PathLike | None = None, *, mirror: str | None = No
         for chain in es.files:
             res = FetchResult(es.name, chain[0].split, ok=False)
             for spec in chain:
+                source = (mirror.rstrip("/") + "/" + spec.path) if mirror and "://" in mirror else (
+                    None if mirror else spec.url)
+                host = host_of(source) if source and "://" in source else None
+                if host in unreachable:
+                    res.tried.append(f"{spec.path}: skipped, {host} unreachable")
+                    continue
                 try:
-                    target, url, sha = _fetch_one(spec, cache, mirror, session, allow_unverified)
+                    target, url, sha = _fetch_one(spec, cache, mirror, http, allow_unverified)
                 except (EvalSetError, FileNotFoundError, KeyError, OSError, tarfile.TarError,
                         zipfile.BadZipFile) as exc:
                     res.tried.append(f"{spec.path}: {exc}")
+                    if host and getattr(exc, "code", "") in _UNREACHABLE:
+                        unreachable[host] = str(exc)
                     continue
                 res.ok, res.path, res.substitute, res.url, res.sha256 = True, spec.path, spec.substitute, url, sha
                 manifest[f"{es.name}/{spec.split}"] = {
@@ -265,15 +266,18 @@ def fetch(cache_dir: str | os.PathLike | None = None, *, mirror: str | None = No
                 break
             res.message = "" if res.ok else "; ".join(res.tried)
             results.append(res)
-            if res.ok:
-                log.info("%s/%s: %s%s", res.eval_set, res.split, res.path,
-                         " (substitute)" if res.substitute else "")
-            else:
-                log.warning("%s/%s: not fetched: %s", res.eval_set, res.split, res.message)
+            log.debug("%s/%s: %s", res.eval_set, res.split, res.path if res.ok else res.message)
+            if progress:
+                progress(res)
     tmp = cache / ".fetched.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     os.replace(tmp, cache / "fetched.json")
     return results
+
+
+def fetched(cache_dir: str | os.PathLike | None = None) -> dict:
+    """What the cache holds (``fetched.json``): ``"eval_set/split" -> entry``; {} when empty."""
+    return _read_fetched(Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
 
 
 def _read_fetched(cache: Path) -> dict:

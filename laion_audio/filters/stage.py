@@ -66,6 +66,7 @@ DUPLICATE_REASONS = (DUP_EXACT, DUP_NEAR)
 @dataclass
 class FilterConfig:
     evalsets_cache: str | None = None          # None: $LAION_AUDIO_EVALSETS_CACHE or default
+    eval_ids: bool = True                      # False: --skip-eval-filter (said in the stats)
     eval_audio: dict[str, str] = field(default_factory=dict)
     roles: list[str] | None = None             # e.g. ["eval"]; None = every fetched split
     youtube_window: bool = False
@@ -262,8 +263,8 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
         return Record.from_row(table.slice(rows[key], 1).to_pylist()[0])
 
     # 1. id overlap -----------------------------------------------------------------
-    items = evalsets_mod.load(config.evalsets_cache, roles=config.roles)
-    if not items.empty and len(table):
+    items = evalsets_mod.load(config.evalsets_cache, roles=config.roles) if config.eval_ids else None
+    if items is not None and not items.empty and len(table):
         matches = primary_matches(find_id_overlaps(table, items, youtube_window=config.youtube_window))
         for m in matches.itertuples(index=False):
             key = (m.source, m.source_id)
@@ -402,7 +403,7 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
     report.seconds = time.time() - t0
     inputs = report.eligible + report.reconsidered
     stats = StageStats("filter", inputs=inputs, succeeded=inputs - len(changed),
-                       failed=len(changed), seconds=report.seconds,
+                       dropped=len(changed), seconds=report.seconds,
                        failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
                        extra={"report": report.as_dict()})
     return report, stats

@@ -134,7 +134,8 @@ def test_kill9_mid_transcode_then_rerun_equals_uninterrupted(inline_build, corpu
     out, _ = inline_build
     killed = tmp_path / "out"
     args = ["build", "--source", "local", "--input", str(corpus), "--out", str(killed),
-            "--samples-per-shard", "4", "--batch-size", "1", "--workers", "1", "--inline"]
+            "--samples-per-shard", "4", "--batch-size", "1", "--workers", "1", "--inline",
+            "--skip-eval-filter"]   # like the run_build reference: no eval sets in this test
     proc = _cli(args)
     journal = killed / "ledger.journal"   # beside the ledger folder (docs/ledger.md)
     deadline = time.time() + 120
@@ -224,7 +225,7 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
         cluster_out = tmp_path / "out"
         proc = _cli(["build", "--source", "local", "--input", str(corpus), "--out", str(cluster_out),
                      "--samples-per-shard", "4", "--batch-size", "2", "--workers", "2",
-                     "--ray-address", f"127.0.0.1:{port}"], env=env)
+                     "--ray-address", f"127.0.0.1:{port}", "--skip-eval-filter"], env=env)
         output, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, output
         assert _tree_digest(cluster_out / "shards") == _tree_digest(out / "shards")

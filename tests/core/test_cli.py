@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from laion_audio.cli import build_parser, main
+from laion_audio.cli import HelpFormatter, build_parser, main
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
@@ -39,4 +39,41 @@ def test_no_command_prints_help(capsys):
 def test_unknown_stage_is_a_clear_error(capsys, tmp_path):
     assert main(["build", "--source", "local", "--input", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--stages", "crawl,teleport"]) == 2
-    assert "teleport" in capsys.readouterr().out
+    assert "teleport" in capsys.readouterr().err     # errors go to stderr (one line)
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_help_shows_defaults_and_no_rest(name, capsys):
+    """Every option with a default says it in --help; no reST markup (``x``, :class:) leaks."""
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":class:" not in text and ":func:" not in text
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    shown = HelpFormatter("x")
+    for action in sub.choices[name]._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS, []) \
+                and action.help != argparse.SUPPRESS and action.dest not in ("help", "version"):
+            assert "default" in shown._get_help_string(action).lower(), (name, action.dest)
+
+
+def test_verbose_after_the_command(tmp_path):
+    args = build_parser().parse_args(["build", "--source", "local", "-v"])
+    assert args.verbose is True
+    assert build_parser().parse_args(["-v", "build"]).verbose is True
+    assert build_parser().parse_args(["build"]).verbose is False
+
+
+def test_sizes_accept_units():
+    p = build_parser()
+    assert p.parse_args(["build", "--shard-bytes", "20M"]).shard_bytes == 20_000_000
+    assert p.parse_args(["shard", "--shard-bytes", "1GiB"]).shard_bytes == 2**30
+    assert p.parse_args(["build", "--audioset-rate-limit", "2M"]).audioset_rate_limit == 2_000_000
+
+
+def test_source_repeatable_everywhere():
+    p = build_parser()
+    for cmd in ("build", "refresh", "caption"):
+        assert p.parse_args([cmd, "--source", "bbc", "--source", "local"]).source == ["bbc", "local"]
+        assert p.parse_args([cmd, "--source", "bbc", "local"]).source == ["bbc", "local"]

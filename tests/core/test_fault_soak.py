@@ -20,7 +20,8 @@ from crawlers.replay import FAULT_KINDS, serve
 from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Status
 from laion_audio.shards import verify
-from pipelines.build import BuildConfig, exit_code, run_build
+from laion_audio.commands.build import exit_code as verdict
+from pipelines.build import BuildConfig, run_build
 from pipelines.demo import demo_sources
 
 SIZES = {"bbc": 8, "epidemic": 8, "freesound": 8, "audiostock": 8, "youtube": 5}
@@ -59,7 +60,7 @@ def test_fault_soak_20_and_50_percent_then_fault_free_reruns(tmp_path, monkeypat
     with serve(seed=0, sizes=SIZES) as (app, base):
         clean_out = tmp_path / "clean"
         clean = run_build(_cfg(clean_out, base))
-        assert exit_code(clean) == 0, clean["problems"]
+        assert verdict(clean)[0] == 0, clean["problems"]
         want = _records(clean_out)
         assert {k[0] for k in want} >= {"bbc", "epidemic", "freesound", "audiostock", "audioset",
                                         "free_to_use_sounds", "wesoundeffects"}
@@ -82,12 +83,12 @@ def test_fault_soak_20_and_50_percent_then_fault_free_reruns(tmp_path, monkeypat
                         or (rec.status == Status.FAILED and rec.failure_code in TYPED)), \
                     (key, rec.status, rec.failure_code, rec.failure_message)
             if faulty["problems"]:
-                assert exit_code(faulty) == 1
+                assert verdict(faulty)[0] == 1
 
             # fault-free: the same command resumes (crawls, pending), then --retry-failed
             run_build(_cfg(out, base))
             final = run_build(_cfg(out, base, retry_failed=True))
-            assert exit_code(final) == 0, (rate, final["problems"])
+            assert verdict(final)[0] == 0, (rate, final["problems"])
             got = _records(out)
             assert set(got) == set(want)
             assert {k: r.status for k, r in got.items()} == {k: r.status for k, r in want.items()}

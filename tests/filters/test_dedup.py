@@ -85,7 +85,7 @@ def test_filter_cli_prints_table(tmp_path, debian_sounds):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "duplicate_exact" in proc.stdout and "duplicate_near" in proc.stdout
-    assert "filter: 7 in = 5 ok + 2 failed" in proc.stdout
+    assert "filter: 7 in = 5 ok + 0 failed + 2 dropped" in proc.stdout   # dropped is not failed
     assert (tmp_path / "filter_report.json").exists()   # beside the ledger folder, not in it
 
 

@@ -15,7 +15,8 @@ import crawlers
 from crawlers.replay import serve
 from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Status
-from pipelines.build import BuildConfig, exit_code, run_build
+from laion_audio.commands.build import exit_code as verdict
+from pipelines.build import BuildConfig, run_build
 
 from .packfixtures import clip, write_audio  # noqa: F401
 
@@ -179,7 +180,7 @@ def test_local_pack_paths_never_reach_shards_and_a_moved_archive_is_found(tmp_pa
                       stages=("crawl", "fetch", "transcode", "caption", "shard"),
                       sources={"wesoundeffects": {"inputs": [str(archive), str(folder)],
                                                   "cache_dir": str(tmp_path / "cache")}})
-    assert exit_code(run_build(cfg)) == 0
+    assert verdict(run_build(cfg)) == 0
     assert not _grep_tree(tmp_path / "out" / "shards", [str(home), str(tmp_path)])
     urls = sorted(r.url for r in _ledger(cfg.out).values())
     assert urls == ["Unpacked Pack/Wind/Gust 02.wav", "bundle.zip#Doors/Door Slam 01.wav"]

@@ -24,7 +24,8 @@ from crawlers.replay import serve
 from laion_audio.http import HttpClient
 from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Failure, Status
-from pipelines.build import BuildConfig, exit_code, run_build
+from laion_audio.commands.build import exit_code as verdict
+from pipelines.build import BuildConfig, run_build
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +92,7 @@ def test_unavailable_pages_at_random_are_retried_to_the_same_catalogue(tmp_path,
             return summary, app.faulted["wrong_type"], ledger_rows(cfg.out, "audiostock")
     clean, _, want = crawl(0)
     faulty, n_faults, got = crawl(0.5)
-    assert n_faults >= 2 and exit_code(faulty) == 0 and exit_code(clean) == 0
+    assert n_faults >= 2 and verdict(faulty)[0] == 0 and verdict(clean)[0] == 0
     assert sorted(got) == sorted(want) and len(want) == 12
     assert all(r.status == Status.NEW for r in got.values())
     assert {k: r.title for k, r in got.items()} == {k: r.title for k, r in want.items()}
@@ -121,13 +122,13 @@ def test_shrunken_refresh_is_not_complete_and_marks_nothing_vanished(tmp_path):
         cfg = BuildConfig(out=tmp_path / "out", inline=True, stages=("crawl",),
                           sources={"epidemic": {"base": base, "rate": 0, "backoff": 0.01}})
         first = run_build(cfg)
-        assert exit_code(first) == 0
+        assert verdict(first)[0] == 0
         n = len(ledger_rows(cfg.out, "epidemic"))
         assert n >= 10
         app.mutate("epidemic", remove=0.8, seed=2)   # the site "lost" most of its catalogue
         second = run_build(cfg, refresh=True)
     crawl = next(s for s in second["stages"] if s["stage"] == "crawl:epidemic")
-    assert "suspect" in crawl and exit_code(second) == 1
+    assert "suspect" in crawl and verdict(second)[0] == 1
     assert any("looks incomplete" in p for p in second["problems"])
     rows = ledger_rows(cfg.out, "epidemic")
     assert not [r for r in rows.values() if r.status == Status.VANISHED]
@@ -203,7 +204,7 @@ def test_offline_bbc_fetch_leaves_records_pending_then_completes(tmp_path):
                           sources={"bbc": {"csv": str(listing), "rate": 0,
                                            "media": f"http://127.0.0.1:{port}"}})
         online = run_build(cfg)
-    assert exit_code(online) == 0, online["problems"]
+    assert verdict(online)[0] == 0, online["problems"]
     rows = ledger_rows(out, "bbc")
     assert {r.status for r in rows.values()} == {Status.FETCHED}
     assert {r.failure_code for r in rows.values()} == {""}
@@ -257,12 +258,12 @@ def test_offline_video_host_leaves_audioset_records_pending(tmp_path):
                               "cache_dir": str(tmp_path / "cache"), "limit": 6}})
         offline = run_build(cfg)
         fetch = next(s for s in offline["stages"] if s["stage"] == "fetch:audioset")
-        assert fetch["pending"] == 6 and exit_code(offline) == 1
+        assert fetch["pending"] == 6 and verdict(offline)[0] == 3   # hosts unreachable (docs/cli.md)
         assert any("unreachable" in p for p in offline["problems"])
         rows = ledger_rows(cfg.out, "audioset")
         assert {(r.status, r.failure_code) for r in rows.values()} == \
             {(Status.NEW, FailureCode.HOST_UNREACHABLE)}
         with serve(port, seed=0, sizes={"youtube": 6}):
             online = run_build(cfg)
-    assert exit_code(online) == 0, online["problems"]
+    assert verdict(online)[0] == 0, online["problems"]
     assert {r.status for r in ledger_rows(cfg.out, "audioset").values()} == {Status.FETCHED}

@@ -19,7 +19,8 @@ from crawlers.replay import serve
 from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Status
 from laion_audio.shards import verify
-from pipelines.build import BuildConfig, exit_code, run_build
+from laion_audio.commands.build import exit_code as verdict
+from pipelines.build import BuildConfig, run_build
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 STAGES = ("crawl", "fetch", "transcode", "caption", "shard")
@@ -54,12 +55,12 @@ def test_cut_media_never_reaches_a_shard_and_a_rerun_completes(tmp_path):
         assert len(got) == 7 and app.faulted["truncate"] >= 14     # each clip tried again
         assert {(r.status, r.failure_stage, r.failure_code) for r in got.values()} == \
             {(Status.FAILED, "fetch", FailureCode.TRUNCATED)}
-        assert exit_code(first) == 1
+        assert verdict(first)[0] == 1
         assert [p for p in (out / "raw" / "audioset").iterdir()] == []  # partial files discarded
 
         requests.post(f"{base}/_replay/faults", json={"rate": 0}, timeout=10)
         second = run_build(audioset_cfg(out, base, retry_failed=True))
-    assert exit_code(second) == 0, second["problems"]
+    assert verdict(second)[0] == 0, second["problems"]
     got = rows(out)
     assert {r.status for r in got.values()} == {Status.SHARDED}
     for r in got.values():                       # every sample holds its whole window
@@ -94,7 +95,7 @@ def test_retry_failed_fetches_a_cut_file_again_instead_of_transcoding_it(tmp_pat
         summary = run_build(again)
         refetched = sum(n for p, n in app.ok.items() if p.startswith("/youtube/media/")) - media_hits
     assert refetched >= len(late)
-    assert exit_code(summary) == 0, summary["problems"]
+    assert verdict(summary)[0] == 0, summary["problems"]
     for r in rows(out).values():
         assert r.status == Status.SHARDED
         assert r.audio_duration == pytest.approx(window(r), abs=0.02)

@@ -1,0 +1,139 @@
+"""Up-front checks the commands share: each raises :class:`~laion_audio.errors.UserError`
+(one line, exit 2) before a work folder is created or Ray starts, so a mistake costs seconds
+instead of a run that fails per record."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import UnavailableError, UserError
+
+# ---------------------------------------------------------------------- argparse types
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``1000000``, ``500M``, ``1G``, ``1GiB`` -> bytes (decimal units; ``Ki``/``Mi``/``Gi`` binary)."""
+    t = str(text).strip().upper().removesuffix("B")
+    num = t.rstrip("KMGTI")
+    unit = t[len(num):]
+    try:
+        value = float(num) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (try 500M or 1G)")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"byte size must be positive: {text!r}")
+    return int(value)
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1 (worker counts, batch sizes): ``--workers 0`` is a usage error, not a
+    ZeroDivisionError half a minute into the run."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A float within [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share within [0, 1), got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------- checks
+def existing_folder(path: str | os.PathLike | None, what: str) -> Path:
+    if not path:
+        raise UserError(f"{what} is required")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"{what} {path} is not a folder" + ("" if p.exists() else " (it does not exist)"))
+    return p
+
+
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} {path} " + ("is not a file" if p.exists() else "does not exist"))
+    return p
+
+
+def ledger_folder(path: str | os.PathLike, what: str = "LEDGER_DIR") -> Path:
+    """An existing ledger (as written by build): commands that read one never create one."""
+    p = existing_folder(path, what)
+    if not any(p.glob("*.parquet")) and not any(p.iterdir()):
+        raise UserError(f"{what} {path} is empty, not a ledger (run `laion-audio build` first)")
+    return p
+
+
+def sources(names: list[str]) -> list[str]:
+    """Known source names, each once, in the order given."""
+    from crawlers import all_sources
+
+    known = all_sources()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"unknown source {', '.join(map(repr, unknown))}; known: "
+                        + ", ".join(sorted(known)))
+    return list(dict.fromkeys(names))
+
+
+def source_options(name: str, options: dict) -> None:
+    """Construct the source with its options and run its own :meth:`check` (paths, CSV
+    columns, credentials, label files), turning what they raise into one line."""
+    from crawlers import get_source
+    from laion_audio.records import Failure
+
+    try:
+        source = get_source(name)(**options)
+        source.check()
+    except UserError:
+        raise
+    except Failure as exc:
+        raise UnavailableError(f"source {name}: {exc.message}") if exc.code in (
+            "http_error", "timeout", "unreachable") else UserError(f"source {name}: {exc.message}")
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(f"source {name}: {exc}")
+
+
+def caption_model(model: str | None, what: str = "--caption-model") -> None:
+    """A keyword-to-caption model must be a folder holding a Hugging Face config (or a hub id
+    already in the local cache); a typo is found here, not as one failure per record."""
+    if not model:
+        return
+    p = Path(model).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise UserError(f"{what} {model} is not a model folder (no config.json); pass the "
+                            "folder `laion-audio train-captioner --out` wrote")
+        return
+    if str(model).startswith(("/", ".", "~")) or str(model).count("/") > 1:   # a path, not org/name
+        raise UserError(f"{what} {model} does not exist")
+    try:      # a hub id: only when its files are already here (a build never downloads a model)
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(str(model), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"{what} {model}: no such folder, and not a model in the local Hugging "
+                        f"Face cache ({type(exc).__name__})")
+
+
+def name_dir_pairs(values: list[str], what: str = "--eval-audio") -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, folder = v.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"{what} wants NAME=DIR, got {v!r}")
+        existing_folder(folder, f"{what} {name}=")
+        out[name] = folder
+    return out

@@ -1,0 +1,248 @@
+"""The mistakes a new user makes (issue 11): each is one line on stderr with the documented exit
+code (docs/cli.md, "Exit codes"), never a traceback, and leaves no work folder behind.
+
+The table runs ``cli.main`` in this process (fast: one import of everything); a few cases also
+run as ``python -m laion_audio`` to see exactly what a terminal shows."""
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from laion_audio.cli import main
+
+W = "WORK"          # the --out of every case, under tmp_path; it must not exist afterwards
+
+
+def _setup_bbc_csv(tmp: Path, content: bytes) -> str:
+    p = tmp / "bbc.csv"
+    p.write_bytes(content)
+    return str(p)
+
+
+def _ledger(tmp: Path) -> str:
+    from laion_audio.ledger import Ledger
+
+    with Ledger(tmp / "L"):
+        pass
+    return str(tmp / "L")
+
+
+def _model_without_config(tmp: Path) -> str:
+    (tmp / "m").mkdir()
+    (tmp / "m" / "weights.bin").write_bytes(b"x")
+    return str(tmp / "m")
+
+
+#: (id, argv builder taking tmp_path, exit code, words the one line must contain)
+CASES = [
+    ("local-input-missing", lambda t: ["build", "--source", "local", "--input", "/nope"], 2, "/nope"),
+    ("unknown-source", lambda t: ["build", "--source", "nosuch"], 2, "unknown source"),
+    ("refresh-unknown-source", lambda t: ["refresh", "--source", "nosuch"], 2, "unknown source"),
+    ("refresh-old-positional", lambda t: ["refresh", "nosuch"], 2, "unknown source"),
+    ("local-without-input", lambda t: ["build", "--source", "local"], 2, "--input"),
+    ("bbc-csv-missing-columns",
+     lambda t: ["build", "--source", "bbc", "--bbc-csv", _setup_bbc_csv(t, b"id,text\n1,x\n")], 2,
+     "location"),
+    ("bbc-csv-not-utf8",
+     lambda t: ["build", "--source", "bbc", "--bbc-csv",
+                _setup_bbc_csv(t, b"location,description,secs,category\nx.wav,caf\xe9,1,A\n")], 2,
+     "UTF-8"),
+    ("freesound-without-key", lambda t: ["build", "--source", "freesound"], 2, "FREESOUND_API_KEY"),
+    ("audioset-csv-unreachable",
+     lambda t: ["build", "--source", "audioset", "--audioset-csv", "http://127.0.0.1:9/x.csv"], 3,
+     "could not be downloaded"),
+    ("audioset-csv-missing", lambda t: ["build", "--source", "audioset", "--audioset-csv", "/nope.csv"],
+     2, "/nope.csv"),
+    ("workers-zero", lambda t: ["build", "--source", "local", "--input", str(t), "--workers", "0"], 2,
+     "--workers"),
+    ("unknown-stage", lambda t: ["build", "--source", "local", "--input", str(t), "--stages",
+                                 "crawl,teleport"], 2, "teleport"),
+    ("caption-model-missing",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model", "/nope"], 2, "/nope"),
+    ("caption-model-not-a-model",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model",
+                _model_without_config(t)], 2, "config.json"),
+    ("eval-audio-not-pairs",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--eval-audio", "clotho"], 2, "NAME=DIR"),
+    ("shard-bytes-not-a-size",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--shard-bytes", "lots"], 2, "byte size"),
+    ("transcode-input-missing", lambda t: ["transcode", "--input", "/nope"], 2, "/nope"),
+    ("transcode-old-positional", lambda t: ["transcode", "/nope", str(t / W)], 2, "/nope"),
+    ("train-unknown-amodel", lambda t: ["train", "--amodel", "NOPE", "--data-root", str(t)], 2, "NOPE"),
+    ("train-data-root-missing", lambda t: ["train", "--data-root", "/nope"], 2, "/nope"),
+    ("evaluate-checkpoint-missing", lambda t: ["evaluate", "--checkpoint", "nope.pt"], 2, "nope.pt"),
+    ("caption-model-missing-cmd", lambda t: ["caption", "--ledger", _ledger(t), "--model", "/nope"], 2,
+     "/nope"),
+    ("caption-no-ledger", lambda t: ["caption"], 2, "ledger"),
+    ("filter-no-ledger", lambda t: ["filter"], 2, "ledger"),
+    ("shard-no-ledger", lambda t: ["shard"], 2, "ledger"),
+    ("verify-no-shards", lambda t: ["verify"], 2, "no shards"),
+    ("report-no-ledger", lambda t: ["report"], 2, "no ledger"),
+    ("evalsets-only-unknown", lambda t: ["evalsets", "fetch", "--only", "nosuch", "--evalsets-cache",
+                                         str(t / "cache")], 2, "nosuch"),
+    ("train-captioner-corpus-missing",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
+]
+
+
+def run_main(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:     # argparse's own usage errors
+        return exc.code
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mistake_is_one_line(case, tmp_path, monkeypatch, capsys):
+    name, argv, code, words = case
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FREESOUND_API_KEY", raising=False)
+    monkeypatch.setenv("LAION_AUDIO_CACHE", str(tmp_path / "cache"))
+    args = argv(tmp_path)
+    if "--out" not in args and args[0] not in ("evaluate", "evalsets", "train"):
+        args += ["--out", str(tmp_path / W)]
+    got = run_main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert words in lines[0], err
+    assert not (tmp_path / W).exists()
+
+
+def test_lock_held_is_one_line(tmp_path, capsys):
+    """A second build on a work folder another process writes: exit 2, the folder untouched."""
+    from laion_audio.ledger import Ledger
+
+    (tmp_path / "in").mkdir()
+    with Ledger(tmp_path / W / "ledger"):
+        got = run_main(["build", "--source", "local", "--input", str(tmp_path / "in"),
+                        "--out", str(tmp_path / W), "--inline", "--skip-eval-filter"])
+    err = capsys.readouterr().err
+    assert got == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"laion-audio build: error: another laion-audio process is writing {tmp_path / W / 'ledger'}"]
+    assert (tmp_path / W / "ledger").is_dir()
+
+
+def test_disk_full_while_sharding(tmp_path, monkeypatch, capsys):
+    """ENOSPC from the shard writer: exit 3 (rerun resumes), one line, the ledger kept."""
+    import laion_audio.shards as shards
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "shards" / "x.tar"))
+
+    monkeypatch.setattr(shards, "write_shards", full)
+    got = run_main(["shard", "--ledger", _ledger(tmp_path), "--shards-to", str(tmp_path / "shards")])
+    err = capsys.readouterr().err
+    assert got == 3 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "disk full" in lines[0] and "rerun" in lines[0]
+    assert (tmp_path / "L").is_dir()
+
+
+def test_a_bug_still_shows_its_traceback(tmp_path, monkeypatch):
+    """Only user mistakes are one line: an unexpected exception is ours and keeps its traceback."""
+    import laion_audio.shards as shards
+
+    monkeypatch.setattr(shards, "write_shards", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["shard", "--ledger", _ledger(tmp_path), "--shards-to", str(tmp_path / "shards")])
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["build", "--source", "local", "--input", "/nope", "--out", "W"], 2),
+    (["build", "--workers", "0"], 2),
+    (["evaluate", "--checkpoint", "nope.pt"], 2),
+])
+def test_terminal_sees_one_line(argv, code, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "laion_audio", *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "W").exists()
+
+
+# ---------------------------------------------------------------- silent skips (issue 11, item 4)
+def _bad_captions_file(tmp: Path) -> str:
+    p = tmp / "caps.csv"
+    p.write_text("name,words\nsound000.wav,a dog barks\n")
+    return str(p)
+
+
+CASES_SKIPS = [
+    ("captions-file-columns-match-nothing",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--captions-file", _bad_captions_file(t)],
+     2, "no row names a file"),
+]
+
+
+@pytest.mark.parametrize("case", CASES_SKIPS, ids=[c[0] for c in CASES_SKIPS])
+def test_skip_mistake_is_one_line(case, tmp_path, monkeypatch, capsys):
+    test_mistake_is_one_line(case, tmp_path, monkeypatch, capsys)
+
+
+def _cli(args, tmp_path, **env):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "laion_audio", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+
+
+def _folder(tmp_path: Path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        (src / f"sound{i:03d}.wav").write_bytes(b"RIFF")
+    return src
+
+
+def test_no_eval_sets_and_none_fetchable_stops_before_work(tmp_path):
+    """The eval filter never runs silently empty: nothing fetched and nothing fetchable is one
+    line (exit 3) that names --skip-eval-filter, and no work folder."""
+    (tmp_path / "empty-mirror").mkdir()
+    done = _cli(["build", "--source", "local", "--input", str(_folder(tmp_path)), "--out", "W",
+                 "--inline"], tmp_path, LAION_AUDIO_EVALSETS_CACHE=str(tmp_path / "cache"),
+                LAION_AUDIO_EVALSETS_MIRROR=str(tmp_path / "empty-mirror"))
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--skip-eval-filter" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "W").exists()
+
+
+def test_skip_eval_filter_and_bare_stem_captions_are_said(tmp_path):
+    """--skip-eval-filter is recorded in the stats and printed; captions that are only a file
+    name ("sound000") are a counted warning."""
+    import json
+
+    done = _cli(["build", "--source", "local", "--input", str(_folder(tmp_path)), "--out", "W",
+                 "--stages", "crawl,filter", "--skip-eval-filter", "--inline"], tmp_path,
+                LAION_AUDIO_EVALSETS_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "W" / "stats" / "summary.json").read_text())
+    assert summary["eval_filter"].startswith("skipped (--skip-eval-filter)")
+    assert summary["warnings"] == {"caption_is_file_name": 3}
+    assert "eval filter: skipped" in done.stdout and "caption_is_file_name=3" in done.stdout
+    report = _cli(["report", "--out", "W"], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "Eval-set filter:</b> skipped (--skip-eval-filter)" in (
+        tmp_path / "W" / "report" / "index.html").read_text()
+
+
+@pytest.mark.needs_shared
+def test_build_fetches_missing_eval_sets(shared_data, tmp_path):
+    import json
+
+    done = _cli(["build", "--source", "local", "--input", str(_folder(tmp_path)), "--out", "W",
+                 "--stages", "crawl,filter", "--inline"], tmp_path,
+                LAION_AUDIO_EVALSETS_CACHE=str(tmp_path / "cache"),
+                LAION_AUDIO_EVALSETS_MIRROR=str(shared_data))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "W" / "stats" / "summary.json").read_text())
+    assert "eval-set files fetched now" in summary["eval_filter"]
+    assert (tmp_path / "cache" / "fetched.json").is_file()
