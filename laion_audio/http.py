@@ -284,7 +284,7 @@ class HttpClient:
             reason = self.unreachable.get(host)
         if reason is not None:
             raise fail(FailureCode.HOST_UNREACHABLE, f"{method} {url}: host {host} unreachable "
-                                                     f"({reason})")
+                                                     f"(no connection: {reason})")
 
     def _connect_failed(self, host: str, error: str) -> bool:
         """Count one connection failure; True when the breaker opens for ``host``."""

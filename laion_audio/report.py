@@ -336,7 +336,10 @@ def run_problems(summary: dict) -> list[str]:
             out.append(f"{name}: crawl looks incomplete: {st['suspect']}")
         if (st["inputs"] > 0 and st["succeeded"] == 0 and not st.get("pending")
                 and not name.startswith(_NO_SUCCESS_OK)):
-            out.append(f"{name}: 0 of {st['inputs']} succeeded")
+            top = sorted((st.get("failures") or {}).items(), key=lambda kv: -kv[1])[:3]
+            why = f" ({', '.join(f'{k}={v}' for k, v in top)})" if top else ""
+            out.append(f"{name}: finished none of its {st['inputs']} records{why}; see "
+                       "stats/build.json")
     full = sum(n for k, n in (summary.get("failures") or {}).items()
                if k.endswith(":" + FailureCode.NO_SPACE))
     if full:

@@ -70,8 +70,11 @@ def existing_file(path: str | os.PathLike, what: str) -> Path:
 
 def ledger_folder(path: str | os.PathLike, what: str = "LEDGER_DIR") -> Path:
     """An existing ledger (as written by build): commands that read one never create one."""
+    from ..ledger import journal_dir
+
     p = existing_folder(path, what)
-    if not any(p.glob("*.parquet")) and not any(p.iterdir()):
+    journal = journal_dir(p)      # rows written since the last compaction live beside the folder
+    if not any(p.iterdir()) and not journal.is_dir():
         raise UserError(f"{what} {path} is empty, not a ledger (run `laion-audio build` first)")
     return p
 

@@ -213,7 +213,7 @@ def unknown_names(names: list[str] | None, registry: str | os.PathLike | None = 
 
 
 #: failure codes that mean "could not reach the host" (not "the host answered badly")
-_UNREACHABLE = ("http_error", "timeout")
+_UNREACHABLE = ("http_error", "timeout", "host_unreachable")
 
 
 def fetch(cache_dir: str | os.PathLike | None = None, *, mirror: str | None = None,

@@ -132,12 +132,15 @@ def test_lock_held_is_one_line(tmp_path, capsys):
 
 def test_disk_full_while_sharding(tmp_path, monkeypatch, capsys):
     """ENOSPC from the shard writer: exit 3 (rerun resumes), one line, the ledger kept."""
-    import laion_audio.shards as shards
+    import dataclasses
+
+    from pipelines.stages import BY_NAME
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "shards" / "x.tar"))
 
-    monkeypatch.setattr(shards, "write_shards", full)
+    # the shard command runs the stage table's shard entry (the function object it holds)
+    monkeypatch.setitem(BY_NAME, "shard", dataclasses.replace(BY_NAME["shard"], fn=full))
     got = run_main(["shard", "--ledger", _ledger(tmp_path), "--shards-to", str(tmp_path / "shards")])
     err = capsys.readouterr().err
     assert got == 3 and "Traceback" not in err
@@ -148,9 +151,11 @@ def test_disk_full_while_sharding(tmp_path, monkeypatch, capsys):
 
 def test_a_bug_still_shows_its_traceback(tmp_path, monkeypatch):
     """Only user mistakes are one line: an unexpected exception is ours and keeps its traceback."""
-    import laion_audio.shards as shards
+    import dataclasses
 
-    monkeypatch.setattr(shards, "write_shards", lambda *a, **k: 1 / 0)
+    from pipelines.stages import BY_NAME
+
+    monkeypatch.setitem(BY_NAME, "shard", dataclasses.replace(BY_NAME["shard"], fn=lambda *a, **k: 1 / 0))
     with pytest.raises(ZeroDivisionError):
         main(["shard", "--ledger", _ledger(tmp_path), "--shards-to", str(tmp_path / "shards")])
 
