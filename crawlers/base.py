@@ -42,6 +42,11 @@ class Source:
         dests = [a.dest for a in probe._actions]
         return {d: getattr(args, d) for d in dests if getattr(args, d, None) is not None}
 
+    @classmethod
+    def dataset_names(cls, options: dict) -> list[str]:
+        """The ``source`` values this source's records carry (their shard folders)."""
+        return [options.get("dataset_name") or cls.name]
+
     def crawl(self, state: dict) -> Iterator[Record]:
         """Yield records. ``state`` is a small JSON-able dict persisted between calls, so an
         interrupted crawl can resume paging where it stopped."""

@@ -114,7 +114,7 @@ def crawl(cfg: BuildConfig, work: WorkDir, ledger: Ledger, name: str, options: d
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("complete"):
         if not refresh:
-            stats.skipped = len(ledger.select(source=dataset))
+            stats.skipped = len(ledger.select(source=source_datasets(cfg, name)))
             stats.seconds = time.perf_counter() - start
             return stats
         state = {}
@@ -176,6 +176,18 @@ def dataset_names(cfg: BuildConfig) -> dict[str, str]:
     return out
 
 
+def source_datasets(cfg: BuildConfig, name: str | None = None) -> list[str]:
+    """The ``source`` values the records of one source (or all) carry: a source may list
+    several (a published manifest holds records of many sites)."""
+    from crawlers import get_source
+
+    out: dict[str, None] = {}
+    for n, options in cfg.sources.items():
+        if name is None or n == name:
+            out.update(dict.fromkeys(get_source(n).dataset_names(options)))
+    return list(out)
+
+
 #: tasks of one source fetching at once (each with a few threads); the source's per-host rate
 #: limit is split between them, so Ray does not multiply the load a site sees
 FETCH_TASKS_IN_FLIGHT = 4
@@ -186,10 +198,10 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
 
     stats = []
     for name, options in cfg.sources.items():
-        dataset = dataset_names(cfg)[name]
+        datasets = source_datasets(cfg, name)
         dest = work.root / "raw"
         remove_partial_downloads(dest / name)   # left by a killed run; no fetch is running now
-        todo = _pending(ledger, Status.NEW, [dataset], cfg.retry_failed, "fetch")
+        todo = _pending(ledger, Status.NEW, datasets, cfg.retry_failed, "fetch")
         options = dict(options)
         tasks = min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
         rate = options.get("rate")
@@ -198,7 +210,7 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
                       kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
                       batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
                       transform=work.with_rel_paths)
-        s.skipped = _already_done(ledger, [dataset], Status.FETCHED) - s.succeeded
+        s.skipped = _already_done(ledger, datasets, Status.FETCHED) - s.succeeded
         stats.append(s)
     return stats
 
@@ -210,7 +222,7 @@ TRANSCODE_BATCH_RECORDS_PER_UNIT = 16
 
 
 def transcode(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
-    datasets = list(dataset_names(cfg).values())
+    datasets = source_datasets(cfg)
     todo = [work.with_abs_paths(r) for r in
             _pending(ledger, Status.FETCHED, datasets, cfg.retry_failed, "transcode")]
     # batches by input bytes: hundreds of short effects per task, a few long tracks per task
@@ -231,7 +243,7 @@ def _transcode_options(cfg: BuildConfig):
 
 
 def caption(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -> StageStats:
-    datasets = list(dataset_names(cfg).values())
+    datasets = source_datasets(cfg)
     todo = _pending(ledger, Status.TRANSCODED, datasets, cfg.retry_failed, "caption")
     kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
                   min_duration=cfg.caption_min_duration,
@@ -304,7 +316,7 @@ def shard(cfg: BuildConfig, work: WorkDir, ledger: Ledger) -> StageStats:
 
     stats = StageStats("shard")
     start = time.perf_counter()
-    datasets = list(dataset_names(cfg).values())
+    datasets = source_datasets(cfg)
     ready = ledger.records(status=[Status.CAPTIONED, Status.SHARDED], source=datasets)
     absolute = [work.with_abs_paths(r) for r in ready]
     written, report = write_shards(absolute, cfg.shard_root, seed=cfg.seed,
@@ -354,6 +366,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         summary = summarize(ledger, all_stats, cfg)
     write_stats(work.root / "stats" / "build.json", all_stats)
     _write_json(work.root / "stats" / "summary.json", summary)
+    _write_json(work.root / "stats" / "rot.json", summary["rot"])
     return summary
 
 
@@ -382,7 +395,10 @@ def summarize(ledger: Ledger, stats: list[StageStats], cfg: BuildConfig) -> dict
             s["dropped"] += 1
     for s in per_source.values():
         s["hours"] = round(s["hours"], 4)
+    from laion_audio.report import rot_figures
+
     return {"out": str(cfg.out), "shards": cfg.shard_root, "records": len(rows),
+            "rot": rot_figures(ledger),
             "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
             "sources": per_source, "stages": [s.as_dict() for s in stats],
             "accounting_closes": all(s.closes for s in stats)}
@@ -402,6 +418,10 @@ def print_summary(summary: dict, stats_lines: bool = True) -> None:
     for name, s in sorted(summary["sources"].items()):
         print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
               f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
+    if summary.get("rot"):
+        from laion_audio.report import rot_lines
+
+        print("\n".join(rot_lines(summary["rot"])))
     if summary["failures"]:
         print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
     if any(st["stage"] == "shard" for st in summary["stages"]):
