@@ -270,8 +270,9 @@ class ApiPacer:
     def learn(self, limit: int | None, unit: str) -> None:
         """A 429 named the key's real level: per-minute lowers the pace, per-day stops."""
         with self._lock:
-            if unit.startswith("min") and limit:
-                self.per_minute = min(self.per_minute or float(limit), float(limit))
+            per_minute = {"second": 60.0, "minute": 1.0}.get(unit, 0.0) * (limit or 0)
+            if per_minute:
+                self.per_minute = min(self.per_minute or per_minute, per_minute)
             elif unit == "day":
                 self.per_day = limit
                 self.exhausted_at = self.clock()
@@ -328,7 +329,7 @@ def api_get_json(source: "FreesoundSource", url: str, pacer: ApiPacer, *,
                                            and wait > http.max_retry_after):
                 pacer.learn(limit, "day")
                 raise QuotaExhausted(limit, pacer.quota_message())
-            pacer.learn(limit, unit or "minute")
+            pacer.learn(limit, unit)
             last = fail(FailureCode.HTTP_ERROR, f"GET {url}: HTTP 429 ({detail[:120]})")
             delay = wait if wait is not None else 60.0 / max(pacer.per_minute, 1.0)
             http.backoff_slept += delay

@@ -188,6 +188,14 @@ def source_datasets(cfg: BuildConfig, name: str | None = None) -> list[str]:
     return list(out)
 
 
+def _deferred(ledger: Ledger, datasets: list[str]) -> int:
+    """Records left ``new`` because a daily API quota ran out (see crawlers/freesound.py)."""
+    import pyarrow.compute as pc
+
+    t = ledger.select(status=Status.NEW, source=datasets)
+    return int(pc.sum(pc.equal(t.column("failure_code"), "quota_deferred")).as_py() or 0)
+
+
 #: tasks of one source fetching at once (each with a few threads); the source's per-host rate
 #: limit is split between them, so Ray does not multiply the load a site sees
 FETCH_TASKS_IN_FLIGHT = 4
@@ -210,6 +218,11 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
                       kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
                       batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
                       transform=work.with_rel_paths)
+        deferred = _deferred(ledger, datasets)
+        if deferred:    # an API's daily quota ran out: pending for the next run, not done
+            s.inputs -= deferred
+            s.succeeded -= deferred
+            s.extra["deferred_quota"] = deferred
         s.skipped = _already_done(ledger, datasets, Status.FETCHED) - s.succeeded
         stats.append(s)
     return stats

@@ -176,7 +176,7 @@ def _fresh_usage() -> dict:
     import time
 
     return {"day": 0, "day_count": 0, "minute_start": time.monotonic(), "minute_count": 0,
-            "throttled": 0, "served": 0}
+            "throttled_day": 0, "throttled_minute": 0, "served": 0}
 
 
 def quota_check(app: ReplayApp) -> Reply | None:
@@ -192,16 +192,17 @@ def quota_check(app: ReplayApp) -> Reply | None:
             usage["minute_start"], usage["minute_count"] = now, 0
         per_day, per_minute = cfg.get("per_day"), cfg.get("per_minute")
         if per_day is not None and usage["day_count"] >= int(per_day):
-            usage["throttled"] += 1
+            usage["throttled_day"] += 1
             reply = Reply.json({"detail": "Request was throttled because of exceeding a request "
                                           f"limit rate ({int(per_day)}/day)"}, 429)
             reply.headers["Retry-After"] = "86400"
             return reply
         if per_minute is not None and usage["minute_count"] >= int(per_minute):
-            usage["throttled"] += 1
+            usage["throttled_minute"] += 1
             wait = max(1, int(round(window - (now - usage["minute_start"]) + 0.5)))
+            unit = {60.0: "minute", 1.0: "second"}.get(window, f"{window:g}s")  # a test's short "minute"
             reply = Reply.json({"detail": "Request was throttled because of exceeding a request "
-                                          f"limit rate ({int(per_minute)}/minute)"}, 429)
+                                          f"limit rate ({int(per_minute)}/{unit})"}, 429)
             reply.headers["Retry-After"] = str(wait)
             return reply
         usage["day_count"] += 1

@@ -1,0 +1,220 @@
+"""The manifest source: LAION's released column layouts, column maps, formats, streaming,
+resume, user mistakes as one line + exit 2, and the LAION lists the replay serves."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from crawlers.manifest import PRESETS, ManifestSource, choose_preset, iter_blocks, parse_columns
+from laion_audio.records import Status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _csv(path: Path, header: list[str], rows: list[list], delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _crawl(files, **opts) -> list:
+    return list(ManifestSource(files=[str(f) for f in files], **opts).crawl({}))
+
+
+# --- each LAION preset against a fixture with the documented column layout ------------------
+def test_laion_epidemic_layout(tmp_path):
+    f = _csv(tmp_path / "Epidemic_all_debiased.csv",
+             ["url", "caption1", "caption2", "caption_t5", "epidemic_id"],
+             [["https://dkihjuum4jcjr.cloudfront.net/ES_ITUNES/Wrestling_Crowd/ES_Wrestling_Crowd.mp3",
+               "Wrestling Crowd", "the sounds of wrestling crowd, mezzanine level, and loop.",
+               "A person cheers in a huge crowd.", "88761"],
+              ["https://example.org/ES_Jet.mp3", "Jet Flyby", "", "", "4"]])
+    a, b = _crawl([f])
+    assert (a.source, a.source_id) == ("epidemic", "88761")
+    assert a.texts == ["Wrestling Crowd", "the sounds of wrestling crowd, mezzanine level, and loop."]
+    assert a.text_augment_t5 == "A person cheers in a huge crowd."
+    assert a.caption_provenance == {"rule": "released", "release": "Epidemic_all_debiased.csv",
+                                    "columns": ["caption1", "caption2"], "t5_column": "caption_t5"}
+    assert a.url.endswith("ES_Wrestling_Crowd.mp3") and a.status == Status.NEW
+    # an empty caption2 / caption_t5 is no caption, not ""
+    assert b.texts == ["Jet Flyby"] and b.text_augment_t5 is None
+    assert b.caption_provenance["columns"] == ["caption1"]
+
+
+def test_laion_audiostock_layout_ids_from_urls(tmp_path):
+    f = _csv(tmp_path / "audiostock_all.csv", ["url", "caption"],
+             [["https://audiostock.net/audio/1150592/play", "Bubble 02"],
+              ["https://cdn.example.org/x.mp3", "Door chime"]])
+    a, b = _crawl([f])
+    assert (a.source, a.source_id, a.texts) == ("audiostock", "1150592", ["Bubble 02"])
+    assert b.source == "audiostock" and len(b.source_id) == 20      # stable hash of the URL
+    assert _crawl([f])[1].source_id == b.source_id
+
+
+def test_laion_freesound_meta_layout_is_by_id(tmp_path):
+    f = _csv(tmp_path / "freesound_meta.csv",
+             ["audio_filename", "caption_1", "caption_2", "freesound_id", "username",
+              "freesound_url", "license"],
+             [["2394.flac", "futuresoundfx-795.", "A short digital glitch.", "282776", "ERH",
+               "https://freesound.org/people/ERH/sounds/282776/", "CC0 1.0"],
+              ["2395.flac", "Rain on window.", "", "bad-id", "x", "", "CC BY 4.0"]])
+    a, b = _crawl([f])
+    assert (a.source, a.source_id, a.author, a.license) == ("freesound", "282776", "ERH", "CC0 1.0")
+    assert a.url == "" and a.texts == ["futuresoundfx-795.", "A short digital glitch."]
+    assert a.original_data["freesound_url"].endswith("/282776/")   # kept, not used as audio
+    assert a.original_data["audio_filename"] == "2394.flac"
+    assert b.status == Status.FAILED and b.failure_code == "bad_metadata"
+
+
+def test_laion_freesound_drive_layout(tmp_path):
+    f = _csv(tmp_path / "fs.csv", ["url", "caption1", "caption2", "freesound_id"],
+             [["", "Rain on window.", "", "282789"]])
+    assert choose_preset(str(f), None, ["url", "caption1", "caption2", "freesound_id"]).name == \
+        "laion-freesound-drive"
+    (rec,) = _crawl([f])
+    assert (rec.source, rec.source_id, rec.url, rec.texts) == ("freesound", "282789", "", ["Rain on window."])
+
+
+def test_laion_bbc_layout_uses_the_bbc_caption_rule(tmp_path):
+    f = _csv(tmp_path / "BBCSoundEffects.csv",
+             ["location", "description", "secs", "category", "CDNumber", "CDName", "tracknum"],
+             [["07076051.wav", "Two-stroke petrol engine driving small elevator, start, run, stop.",
+               "194", "Engines: Petrol", "EC117D", "Diesel & Petrol Engines", "4"]])
+    (rec,) = _crawl([f], media="http://127.0.0.1:9")
+    assert (rec.source, rec.source_id, rec.duration) == ("bbc", "07076051", 194.0)
+    assert rec.url == "http://127.0.0.1:9/wav/07076051.wav"
+    assert rec.texts == ["Two-stroke petrol engine driving small elevator, start, run, stop."]
+    assert rec.original_data["release"] == "BBCSoundEffects.csv"
+
+
+def test_real_bbc_listing_from_shared_data(shared_data):
+    path = shared_data / "bbc" / "BBCSoundEffects.csv"
+    if not path.is_file():
+        pytest.skip("no BBCSoundEffects.csv in ../shared/data")
+    src = ManifestSource(files=[str(path)])
+    ManifestSource.validate(src.options)
+    state: dict = {}
+    recs = []
+    for rec in src.crawl(state):
+        recs.append(rec.source_id)
+    assert len(recs) == 16011 and len(set(recs)) == len(recs) and state["done"]
+    assert ManifestSource.dataset_names(src.options) == ["bbc"]
+
+
+# --- column maps, formats, streaming, resume ------------------------------------------------
+def test_column_map_with_constants_and_every_format(tmp_path):
+    rows = [{"link": "https://a.example/1.wav", "key": "k1", "c1": "A dog barks.", "c2": "Barking.",
+             "lic": "CC0 1.0", "who": "me", "site": "mysite"},
+            {"link": "https://a.example/2.wav", "key": "k2", "c1": "Rain.", "c2": "",
+             "lic": "CC BY 4.0", "who": "you", "site": "mysite"}]
+    header = list(rows[0])
+    files = [_csv(tmp_path / "m.csv", header, [list(r.values()) for r in rows]),
+             _csv(tmp_path / "m.tsv", header, [list(r.values()) for r in rows], delimiter="\t")]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    files += [tmp_path / "m.parquet", tmp_path / "m.jsonl"]
+    spec = "url=link,id=key,text=c1+c2,license=lic,author=who,source=site"
+    for f in files:
+        recs = _crawl([f], columns=spec)
+        assert [(r.source, r.source_id, r.texts, r.license, r.author) for r in recs] == [
+            ("mysite", "k1", ["A dog barks.", "Barking."], "CC0 1.0", "me"),
+            ("mysite", "k2", ["Rain."], "CC BY 4.0", "you")], f
+    # a constant source (not a column name)
+    recs = _crawl([files[0]], columns="url=link,id=key,text=c1,source=freesound")
+    assert {r.source for r in recs} == {"freesound"}
+    assert ManifestSource.dataset_names({"files": [str(files[0])], "columns": spec}) == ["mysite"]
+
+
+def test_parse_columns_rejects_mistakes():
+    assert parse_columns("text=a+b, url=u") == {"text": ["a", "b"], "url": "u"}
+    for bad in ("color=x", "url", "url="):
+        with pytest.raises(ValueError):
+            parse_columns(bad)
+
+
+def test_large_manifest_streams_in_blocks_and_resumes(tmp_path):
+    n = 30000
+    f = tmp_path / "Epidemic_all_debiased.csv"
+    with open(f, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["url", "caption1", "caption2", "caption_t5", "epidemic_id"])
+        for i in range(n):
+            w.writerow([f"https://e.example/{i}.mp3", f"Clip {i}", "", "", str(i)])
+    sizes = [len(b) for b in iter_blocks(str(f))]
+    assert sum(sizes) == n and len(sizes) > 1 and max(sizes) < n     # never one block of all rows
+    src = ManifestSource(files=[str(f)])
+    state: dict = {}
+    it = src.crawl(state)
+    first = [next(it) for _ in range(12000)]
+    del it                                   # interrupted; state holds whole blocks only
+    rest = list(src.crawl(state))
+    ids = [r.source_id for r in first] + [r.source_id for r in rest]
+    assert set(ids) == {str(i) for i in range(n)}
+    assert len(ids) - n < max(sizes)         # at most one block is listed twice
+    assert state == {"file": 1, "row": 0, "done": True}
+
+
+def test_cli_mistakes_are_one_line_and_exit_2(tmp_path):
+    f = _csv(tmp_path / "x.csv", ["a", "b"], [["1", "2"]])
+    ep = _csv(tmp_path / "e.csv", ["url", "caption"], [["https://x/1.mp3", "c"]])
+    cases = [["--manifest", str(tmp_path / "missing.csv")],
+             ["--manifest", str(f)],                                        # no preset matches
+             ["--manifest", str(ep), "--manifest-format", "laion-nope"],
+             ["--manifest", str(ep), "--manifest-format", "laion-epidemic"],  # wrong layout
+             ["--manifest", str(ep), "--manifest-columns", "url=nope,text=caption"],
+             []]
+    for extra in cases:
+        r = subprocess.run([sys.executable, "-m", "laion_audio", "build", "--source", "manifest",
+                            "--out", str(tmp_path / "o"), "--inline", *extra],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_presets_are_documented():
+    doc = (REPO / "docs" / "sources.md").read_text()
+    for name in PRESETS:
+        assert name in doc, name
+
+
+# --- the replay serves LAION's released lists ---------------------------------------------
+def test_replay_serves_laion_lists_in_the_real_layouts(replay, tmp_path):
+    app, base = replay
+    expected = {"Epidemic_all_debiased.csv": ("laion-epidemic", "epidemic"),
+                "audiostock_all.csv": ("laion-audiostock", "audiostock"),
+                "freesound_meta.csv": ("laion-freesound", "freesound"),
+                "freesound_drive.csv": ("laion-freesound-drive", "freesound"),
+                "BBCSoundEffects.csv": ("laion-bbc", "bbc")}
+    for name, (preset, source) in expected.items():
+        body = requests.get(f"{base}/laion/{name}", timeout=10)
+        assert body.status_code == 200
+        path = tmp_path / name
+        path.write_bytes(body.content)
+        header = next(csv.reader(body.text.splitlines()))
+        assert set(PRESETS[preset].required) <= set(header)
+        # the drive list is not a released file name: found by its columns
+        assert choose_preset(str(path), None, header).name == preset
+        recs = _crawl([path])
+        assert len(recs) == len(app.catalogue(source).items)
+        assert {r.source for r in recs} == {source}
+        assert {r.source_id for r in recs} == set(app.catalogue(source).items)
+    truth = requests.post(f"{base}/laion/rot", json={"dead": 0.1, "changed": 0.05, "seed": 2},
+                          timeout=10).json()
+    for source, t in truth.items():
+        n = t["population"]
+        assert len(t["dead"]) == round(0.1 * n) and len(t["changed"]) == round(0.05 * n)
+        assert not set(t["dead"]) & set(t["changed"])
+    # the release still lists the dead items (a snapshot), the site no longer has them
+    ep = requests.get(f"{base}/laion/Epidemic_all_debiased.csv", timeout=10).text
+    dead = truth["epidemic"]["dead"][0]
+    assert f",{dead}\n" in ep and dead not in app.catalogue("epidemic").items
