@@ -350,7 +350,16 @@ class ManifestSource(HttpSource):
 
     @classmethod
     def dataset_names(cls, options: dict) -> list[str]:
-        """The ``source`` values its records carry (shard folders), without loading rows."""
+        """The ``source`` values its records carry (shard folders), without loading rows; a
+        ``source`` column is scanned once per file version (the stages ask several times)."""
+        files = list(options.get("files") or [])
+        key = (tuple((f, *_stamp(f)) for f in files), options.get("format"), options.get("columns"))
+        if key not in _DATASETS:
+            _DATASETS[key] = cls._scan_datasets(options)
+        return list(_DATASETS[key])
+
+    @classmethod
+    def _scan_datasets(cls, options: dict) -> list[str]:
         out: dict[str, None] = {}
         columns = parse_columns(options.get("columns"))
         for f in options.get("files") or []:
@@ -530,6 +539,17 @@ class ManifestSource(HttpSource):
         for k in ("_delegates", "_pacer", "_bbc_source"):
             state.pop(k, None)
         return state
+
+
+_DATASETS: dict = {}
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+        return (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (None, None)
 
 
 def _flat(values) -> list[str]:

@@ -25,6 +25,9 @@ COLUMNS = ("source", "source_id", "url", "title", "description", "texts", "text_
            "tags", "license", "author", "duration", "source_duration", "audio_sha256", "split",
            "shard", "caption_provenance", "original_data")
 
+#: environment variables that hold credentials the sources use
+SECRET_ENV = ("FREESOUND_API_KEY", "FREESOUND_OAUTH_TOKEN")
+
 
 def register(sub) -> None:
     p = sub.add_parser("export-manifest", help="the corpus as a release manifest + data card",
@@ -136,6 +139,10 @@ def export(work: Path, target: Path, shards: Path | None = None) -> dict:
     from laion_audio import __version__
     from laion_audio.ledger import Ledger
 
+    from laion_audio.http import secret_from_env
+
+    for name in SECRET_ENV:     # registered for redaction wherever they appear verbatim
+        secret_from_env(name)
     shards = shards or work / "shards"
     info = {"laion_audio_version": __version__, **_build_info(work, shards)}
     scrub = _Scrubber(work)

@@ -218,3 +218,83 @@ def test_replay_serves_laion_lists_in_the_real_layouts(replay, tmp_path):
     ep = requests.get(f"{base}/laion/Epidemic_all_debiased.csv", timeout=10).text
     dead = truth["epidemic"]["dead"][0]
     assert f",{dead}\n" in ep and dead not in app.catalogue("epidemic").items
+
+
+# --- rot classes and the export's scrubbing, on a hand-made ledger -------------------------
+def _rec(source, ident, status, **kw):
+    from laion_audio.records import Record
+
+    return Record(source=source, source_id=ident, status=status, **kw)
+
+
+def test_rot_classes_from_typed_failures(tmp_path):
+    from laion_audio.ledger import Ledger
+    from laion_audio.records import FailureCode
+    from laion_audio.report import rot_figures
+
+    recs = [
+        _rec("s", "ok", Status.SHARDED, audio_sha256="a" * 64,
+             filter_match={"expected_audio_sha256": "a" * 64}),
+        _rec("s", "ok2", Status.CAPTIONED, audio_sha256="b" * 64),
+        _rec("s", "404", Status.FAILED, failure_stage="fetch", failure_code=FailureCode.NOT_FOUND),
+        _rec("s", "gone", Status.VANISHED),
+        _rec("s", "403", Status.FAILED, failure_stage="fetch", failure_code=FailureCode.FORBIDDEN),
+        _rec("s", "429", Status.FAILED, failure_stage="fetch", failure_code=FailureCode.HTTP_ERROR,
+             failure_message="GET u: HTTP 429 after 6 attempts"),
+        _rec("s", "500", Status.FAILED, failure_stage="fetch", failure_code=FailureCode.HTTP_ERROR,
+             failure_message="GET u: HTTP 500 after 6 attempts"),
+        _rec("s", "chg", Status.FAILED, failure_stage="transcode",
+             failure_code=FailureCode.AUDIO_CHANGED),
+        _rec("s", "new", Status.NEW, failure_stage="fetch", failure_code="quota_deferred",
+             failure_message="Freesound daily API quota (5/day) used up; left pending"),
+        _rec("s", "new2", Status.NEW),
+        _rec("s", "long", Status.DROPPED, filter_reason="too_long"),
+        _rec("s", "dup", Status.DROPPED, filter_reason="duplicate", audio_sha256="c" * 64),
+    ]
+    with Ledger(tmp_path / "ledger") as led:
+        led.write(recs)
+        rot = rot_figures(led)["s"]
+    counts = {k: rot[k]["count"] for k in ("available", "gone", "changed", "blocked", "not_tried",
+                                           "error", "excluded")}
+    assert counts == {"available": 3, "gone": 2, "changed": 1, "blocked": 2, "not_tried": 2,
+                      "error": 1, "excluded": 1}
+    assert rot["records"] == 12 and rot["verified"] == 1 and rot["gone"]["percent"] == 16.67
+    assert rot["quota"] == {"left": 2, "per_day": 5, "days": 1,
+                            "line": "s: daily API quota reached; 2 left, ~1 day at this quota "
+                                    "(5 requests/day); rerun the same command to resume"}
+
+
+def test_export_keeps_no_local_path_and_no_secret(tmp_path, monkeypatch):
+    from laion_audio.commands.export_manifest import export
+    from laion_audio.ledger import Ledger
+
+    monkeypatch.setenv("FREESOUND_API_KEY", "sekrit-key-123456")
+    work = tmp_path / "work"
+    local = tmp_path / "music" / "dog.wav"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"RIFF")
+    recs = [
+        _rec("local", "dog", Status.SHARDED, url=str(local), texts=["A dog."],
+             original_data={"file_path": str(local), "folder": str(tmp_path / "music"),
+                            "note": f"read from {work}/raw/x.wav"},
+             audio_sha256="d" * 64, split="train", shard="local/train/0.tar"),
+        _rec("freesound", "1", Status.SHARDED, texts=["Rain."], audio_sha256="e" * 64,
+             url="https://cdn.example/1.mp3?token=sekrit-key-123456&x=1",
+             original_data={"download_url": "https://f.example/d?api_key=sekrit-key-123456",
+                            "log": "GET with key sekrit-key-123456"},
+             split="test", shard="freesound/test/0.tar"),
+        _rec("freesound", "2", Status.FAILED, texts=["Gone."]),      # not in the corpus
+    ]
+    with Ledger(work / "ledger") as led:
+        led.write(recs)
+    for name in ("m.parquet", "m.csv"):
+        out = export(work, tmp_path / "rel" / name)
+        assert out["records"] == 2
+        raw = (tmp_path / "rel" / name).read_bytes() + (tmp_path / "rel" / name).with_suffix(".md").read_bytes()
+        for bad in (b"sekrit", str(tmp_path).encode(), b"/music/"):
+            assert bad not in raw, (name, bad)
+        got = {r.key: r for r in ManifestSource(files=[str(tmp_path / "rel" / name)]).crawl({})}
+        assert got[("local", "dog")].url == ""
+        assert got[("local", "dog")].original_data["file_path"] == "dog.wav"
+        assert got[("freesound", "1")].url == "https://cdn.example/1.mp3?token=***&x=1"
+        assert got[("freesound", "1")].filter_match == {"expected_audio_sha256": "e" * 64}
