@@ -193,3 +193,38 @@ def test_freesound_ids_paced_to_a_daily_quota_resume_next_day(tmp_path):
         assert usage["throttled_day"] <= 2 * 4        # one stop per day (plus threads in flight)
         assert usage["throttled_minute"] >= 1         # the per-minute limit was met and waited out
     assert KEY not in (tmp_path / "out" / "stats" / "summary.json").read_text()
+
+
+@pytest.mark.slow
+def test_build_from_the_replays_laion_lists_with_dead_links(tmp_path):
+    """LAION's four released lists (as the replay serves them) -> shards in the sites' dataset
+    folders, Freesound by id, captions as released, dead links counted exactly as gone."""
+    files = {"Epidemic_all_debiased.csv": "epidemic", "audiostock_all.csv": "audiostock",
+             "freesound_meta.csv": "freesound", "BBCSoundEffects.csv": "bbc"}
+    with serve(seed=0, sizes={"bbc": 10, "epidemic": 10, "freesound": 10, "audiostock": 10}) as (app, base):
+        args = []
+        for name in files:
+            (tmp_path / name).write_bytes(requests.get(f"{base}/laion/{name}", timeout=10).content)
+            args += ["--manifest", str(tmp_path / name)]
+        truth = requests.post(f"{base}/laion/rot", json={"dead": 0.1, "seed": 4}, timeout=10).json()
+        r = _cli("build", "--source", "manifest", *args, "--manifest-media", base,
+                 "--manifest-freesound-api", f"{base}/apiv2", "--manifest-rate", "0",
+                 "--out", str(tmp_path / "out"), "--inline", "--samples-per-shard", "4",
+                 env={"FREESOUND_API_KEY": KEY})
+        assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "out" / "stats" / "rot.json").read_text())
+    sharded = _sharded_ids(tmp_path / "out" / "shards")
+    for source in files.values():
+        assert report[source]["records"] == 10
+        assert report[source]["gone"]["count"] == len(truth[source]["dead"]) == 1
+        assert report[source]["available"]["count"] == 9
+        assert not set(truth[source]["dead"]) & sharded.get(source, set())
+        assert (tmp_path / "out" / "shards" / source).is_dir()
+    # captions as released, T5 where the file has it
+    with tarfile.open(next((tmp_path / "out" / "shards" / "epidemic").rglob("*.tar"))) as tf:
+        docs = [json.loads(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".json")]
+    assert all(d["caption_provenance"]["rule"] == "released" for d in docs)
+    assert any("text_augment_t5" in d for d in docs)
+    with Ledger(tmp_path / "out" / "ledger", lock=False) as led:
+        fs = [x for x in led.records(source="freesound") if x.status == Status.SHARDED]
+    assert fs and all("/data/previews/" in x.url and x.license and x.author for x in fs)
