@@ -311,6 +311,8 @@ class ManifestSource(HttpSource):
         import sys
 
         opts = super().options_from_args(args)
+        if opts.get("files"):    # absolute: Ray workers and a resumed run may have another cwd
+            opts["files"] = [os.path.abspath(f) for f in opts["files"]]
         try:
             cls.validate(opts)
         except (ValueError, OSError) as e:
@@ -509,7 +511,9 @@ class ManifestSource(HttpSource):
 
         pacer = self.__dict__.get("_pacer")
         if pacer is None:
-            pacer = ApiPacer(float(self.option("freesound_per_minute", 60.0)),
+            # the build runs several fetch tasks at once; they share the key's per-minute quota
+            share = max(1, int(self.option("fetch_tasks", 1)))
+            pacer = ApiPacer(float(self.option("freesound_per_minute", 60.0)) / share,
                              recheck=float(self.option("freesound_recheck", 3600.0)))
             self.__dict__["_pacer"] = pacer
         return pacer

@@ -214,6 +214,7 @@ def fetch(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor) -
         tasks = min(FETCH_TASKS_IN_FLIGHT, 2 * cfg.workers)
         rate = options.get("rate")
         options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
+        options["fetch_tasks"] = 1 if cfg.inline else tasks   # sharing a per-key API quota
         s = run_stage(executor, ledger, f"fetch:{name}", "crawlers.fetch:fetch_batch", todo,
                       kwargs=dict(source_name=name, source_options=options, dest_dir=str(dest)),
                       batch_size=cfg.batch_size, num_cpus=cfg.workers / tasks,
