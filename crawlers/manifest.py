@@ -451,11 +451,16 @@ class ManifestSource(HttpSource):
             log.warning("manifest %s: skipped a row with neither an id nor a URL", release)
             return None
         text_cols = mapping.get("text") or []
+        ours = preset is not None and preset.name == "laion-audio"
+        # our own manifests are kept verbatim (that is what makes a rebuild byte-identical);
+        # other lists are untrusted site text and get cleaned like a crawl's
+        clean = (lambda x: str(x) if x is not None else "") if ours else clean_text
         texts: list[str] = []
         for c in text_cols:
-            texts += [t for t in (clean_text(x) for x in _text_values(row.get(c))) if t]
-        t5 = " ".join(_text_values(col("text_augment_t5"))).strip() or None
-        ours = preset is not None and preset.name == "laion-audio"
+            texts += [t for t in (clean(x) for x in _text_values(row.get(c))) if t]
+        raw_t5 = col("text_augment_t5")
+        t5 = ((raw_t5 if isinstance(raw_t5, str) else None) if ours
+              else " ".join(_text_values(raw_t5)).strip()) or None
         provenance = _json_value(row.get("caption_provenance")) if ours else {}
         if not provenance and texts:
             provenance = {"rule": "released", "release": release,
@@ -471,8 +476,9 @@ class ManifestSource(HttpSource):
         rec = Record(
             source=source, source_id=ident, url=url,
             title=clean_text(col("title")), description=clean_text(col("description")),
-            tags=_tag_values(col("tags")), license=clean_text(col("license")),
-            author=clean_text(col("author")), duration=_float(col("duration")),
+            tags=_text_values(col("tags")) if ours else _tag_values(col("tags")),
+            license=clean(col("license")), author=clean(col("author")),
+            duration=_float(col("duration")),
             original_data=original, texts=texts, caption_provenance=provenance,
             text_augment_t5=t5,
         )

@@ -298,3 +298,75 @@ def test_export_keeps_no_local_path_and_no_secret(tmp_path, monkeypatch):
         assert got[("local", "dog")].original_data["file_path"] == "dog.wav"
         assert got[("freesound", "1")].url == "https://cdn.example/1.mp3?token=***&x=1"
         assert got[("freesound", "1")].filter_match == {"expected_audio_sha256": "e" * 64}
+
+
+def test_our_manifest_is_read_verbatim_other_lists_are_cleaned(tmp_path):
+    texts = ["Rock &amp; roll <loud> drums.", "  spaced  "]
+    rows = [{"source": "freesound", "source_id": "1", "url": "https://x.example/1.mp3",
+             "texts": texts, "tags": ["a &amp; b"], "text_augment_t5": "[not a list]",
+             "license": "CC0 1.0", "author": "x", "caption_provenance": '{"rule": "r"}',
+             "original_data": '{"k": "v"}'}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ours.parquet")
+    (rec,) = _crawl([tmp_path / "ours.parquet"])
+    assert rec.texts == texts and rec.tags == ["a &amp; b"] and rec.text_augment_t5 == "[not a list]"
+    assert rec.caption_provenance == {"rule": "r"} and rec.original_data == {"k": "v"}
+    f = _csv(tmp_path / "audiostock_all.csv", ["url", "caption"],
+             [["https://audiostock.net/audio/5/play", "Rock &amp; roll <b>loud</b>\x07 drums."]])
+    (rec,) = _crawl([f])
+    assert rec.texts == ["Rock & roll loud drums."]
+
+
+# --- Freesound by id ----------------------------------------------------------------------
+def test_api_pacer_spaces_requests_and_learns_limits():
+    from crawlers.freesound import ApiPacer, QuotaExhausted
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    pacer = ApiPacer(per_minute=30, recheck=100, clock=lambda: now[0], sleep=sleep)
+    for _ in range(4):
+        pacer.wait()
+    assert slept == [2.0, 2.0, 2.0]                  # 60 s / 30
+    pacer.learn(2, "second")                         # "(2/second)": 120/minute is more, keep 30
+    assert pacer.per_minute == 30
+    pacer.learn(10, "minute")                        # the key's real level is lower
+    assert pacer.per_minute == 10
+    pacer.learn(2000, "day")
+    with pytest.raises(QuotaExhausted) as e:
+        pacer.check()
+    assert e.value.code == "quota_deferred" and "(2000/day)" in e.value.message
+    now[0] += 101                                    # a later run (or a long one) asks again
+    pacer.check()
+
+
+def test_freesound_by_id_preview_original_and_missing(replay, fast, tmp_path, monkeypatch):
+    from laion_audio.records import Record
+
+    app, base = replay
+    monkeypatch.setenv("FREESOUND_API_KEY", "replay-freesound-key")
+    item = next(iter(app.catalogue("freesound").items.values()))
+    src = ManifestSource(files=[], freesound_api=f"{base}/apiv2", **fast)
+    rec = Record(source="freesound", source_id=str(item["id"]), texts=["x."])
+    out = src.fetch_many([rec], tmp_path)[0]
+    assert out.status == Status.FETCHED and "/data/previews/" in out.url
+    assert out.author == item["username"] and out.license and out.tags == item["tags"]
+    assert app.hits[f"/apiv2/sounds/{item['id']}/"] == 1
+    # originals need OAuth2: without it a typed failure, with it the original file type
+    orig = ManifestSource(files=[], freesound_api=f"{base}/apiv2", freesound_download="original", **fast)
+    rec = Record(source="freesound", source_id=str(item["id"]), texts=["x."])
+    out = orig.fetch_many([rec], tmp_path)[0]
+    assert out.status == Status.FAILED and out.failure_code == "forbidden"
+    monkeypatch.setenv("FREESOUND_OAUTH_TOKEN", "replay-freesound-oauth")
+    rec = Record(source="freesound", source_id=str(item["id"]), texts=["x."])
+    out = ManifestSource(files=[], freesound_api=f"{base}/apiv2", freesound_download="original",
+                         **fast).fetch_many([rec], tmp_path)[0]
+    assert out.status == Status.FETCHED and out.audio_path.endswith("." + item["type"])
+    assert "replay-freesound" not in json.dumps(out.to_row())
+    # an id Freesound no longer has is gone (404), not an error
+    rec = Record(source="freesound", source_id="999999999", texts=["x."])
+    out = src.fetch_many([rec], tmp_path)[0]
+    assert out.status == Status.FAILED and out.failure_code == "not_found"
