@@ -237,7 +237,8 @@ class ApiPacer:
     """Spaces one process's API requests to ``per_minute`` and remembers a daily limit hit.
     Thread-safe: the fetch threads of one task share it."""
 
-    def __init__(self, per_minute: float = 60.0, recheck: float = 3600.0, clock=None, sleep=None):
+    def __init__(self, per_minute: float = 60.0, recheck: float = 3600.0, clock=None, sleep=None,
+                 budget: int | None = None):
         import threading
         import time
 
@@ -250,12 +251,20 @@ class ApiPacer:
         self.exhausted_at: float | None = None
         self.per_day: int | None = None
         self.requests = 0
+        #: requests this process may make at most (a share of a daily budget the user set)
+        self.budget = budget
 
     def check(self) -> None:
+        """Raise :class:`QuotaExhausted` when no request may be sent; else count one."""
         with self._lock:
             if self.exhausted_at is not None and self.clock() - self.exhausted_at < self.recheck:
                 raise QuotaExhausted(self.per_day, self.quota_message())
             self.exhausted_at = None
+            if self.budget is not None and self.requests >= self.budget:
+                level = f" ({self.per_day}/day)" if self.per_day else ""
+                raise QuotaExhausted(self.per_day, f"Freesound daily request budget{level} of "
+                                                   "this run used up; left pending for the next run")
+            self.requests += 1          # reserved under the lock: threads never overshoot
 
     def wait(self) -> None:
         if self.per_minute <= 0:
@@ -307,7 +316,6 @@ def api_get_json(source: "FreesoundSource", url: str, pacer: ApiPacer, *,
         pacer.wait()
         http.limiter.acquire(host_of(url))
         http.attempts += 1
-        pacer.requests += 1
         try:
             resp = http.session.get(url, headers=headers, timeout=http.timeout)
         except requests.Timeout:

@@ -300,6 +300,9 @@ class ManifestSource(HttpSource):
                             help="by-id audio: preview (token) or original (OAuth2)")
         parser.add_argument("--manifest-freesound-per-minute", dest="manifest_freesound_per_minute",
                             type=float, help="API requests per minute (default 60)")
+        parser.add_argument("--manifest-freesound-per-day", dest="manifest_freesound_per_day",
+                            type=int, help="API requests this run may make (a daily budget; "
+                                           "default: until Freesound says the day's quota is spent)")
         parser.add_argument("--manifest-rate", dest="manifest_rate", type=float,
                             help="requests/s per host while fetching (default 2; 0 = no limit)")
         parser.add_argument("--manifest-media", dest="manifest_media",
@@ -519,8 +522,11 @@ class ManifestSource(HttpSource):
         if pacer is None:
             # the build runs several fetch tasks at once; they share the key's per-minute quota
             share = max(1, int(self.option("fetch_tasks", 1)))
+            per_day = self.option("freesound_per_day")
             pacer = ApiPacer(float(self.option("freesound_per_minute", 60.0)) / share,
-                             recheck=float(self.option("freesound_recheck", 3600.0)))
+                             recheck=float(self.option("freesound_recheck", 3600.0)),
+                             budget=int(per_day) // share if per_day else None)
+            pacer.per_day = int(per_day) if per_day else None
             self.__dict__["_pacer"] = pacer
         return pacer
 

@@ -370,3 +370,18 @@ def test_freesound_by_id_preview_original_and_missing(replay, fast, tmp_path, mo
     rec = Record(source="freesound", source_id="999999999", texts=["x."])
     out = src.fetch_many([rec], tmp_path)[0]
     assert out.status == Status.FAILED and out.failure_code == "not_found"
+
+
+def test_a_daily_budget_set_by_the_user_stops_before_the_server_does(replay, fast, tmp_path, monkeypatch):
+    from laion_audio.records import Record
+
+    app, base = replay
+    monkeypatch.setenv("FREESOUND_API_KEY", "replay-freesound-key")
+    ids = list(app.catalogue("freesound").items)[:6]
+    src = ManifestSource(files=[], freesound_api=f"{base}/apiv2", freesound_per_day=4, **fast)
+    out = src.fetch_many([Record(source="freesound", source_id=i, texts=["x."]) for i in ids], tmp_path)
+    assert [r.status for r in out].count(Status.FETCHED) == 4
+    pending = [r for r in out if r.status == Status.NEW]
+    assert len(pending) == 2 and all(r.failure_code == "quota_deferred" and "(4/day)" in r.failure_message
+                                     for r in pending)
+    assert sum(n for p, n in app.hits.items() if p.startswith("/apiv2/sounds/")) == 4
