@@ -385,3 +385,36 @@ def test_a_daily_budget_set_by_the_user_stops_before_the_server_does(replay, fas
     assert len(pending) == 2 and all(r.failure_code == "quota_deferred" and "(4/day)" in r.failure_message
                                      for r in pending)
     assert sum(n for p, n in app.hits.items() if p.startswith("/apiv2/sounds/")) == 4
+
+
+def test_eval_set_ids_as_a_freesound_id_list(shared_data):
+    """ESC-50's meta (real file): its Freesound source ids become by-id records."""
+    path = shared_data / "esc50" / "esc50.csv"
+    if not path.is_file():
+        pytest.skip("no esc50.csv in ../shared/data")
+    opts = {"files": [str(path)], "columns": "id=src_file,source=freesound,tags=category"}
+    ManifestSource.validate(opts)
+    recs = list(ManifestSource(**opts).crawl({}))
+    assert len(recs) == 2000 and {r.source for r in recs} == {"freesound"}
+    assert all(r.source_id.isdigit() and r.url == "" and r.tags and r.status == Status.NEW
+               for r in recs)
+    assert ManifestSource.dataset_names(opts) == ["freesound"]
+    assert recs[0].original_data["filename"] == "1-100032-A-0.wav"
+
+
+def test_persistent_429_is_blocked_404_is_gone(replay, fast, tmp_path):
+    from laion_audio.records import Record
+    from laion_audio.report import rot_class
+
+    app, base = replay
+    ident = next(iter(app.catalogue("audiostock").items))
+    src = ManifestSource(files=[], **{**fast, "retries": 2})
+    urls = {"blocked429": f"{base}/audio/{ident}/play?_fault=429",
+            "gone": f"{base}/audio/1/play",
+            "ok": f"{base}/audio/{ident}/play"}
+    recs = [Record(source="audiostock", source_id=k, url=u, texts=["x"]) for k, u in urls.items()]
+    out = {r.source_id: r for r in src.fetch_many(recs, tmp_path)}
+    classes = {k: rot_class({"status": r.status, "failure_stage": r.failure_stage,
+                             "failure_code": r.failure_code, "failure_message": r.failure_message,
+                             "audio_sha256": r.audio_sha256}) for k, r in out.items()}
+    assert classes == {"blocked429": "blocked", "gone": "gone", "ok": "available"}
