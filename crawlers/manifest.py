@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from laion_audio.records import Failure, FailureCode, Record, Status
+from laion_audio.records import FailureCode, Record, Status
 
-from .base import HttpSource, Source, clean_text
+from .base import HttpSource, clean_text
 
 log = logging.getLogger(__name__)
 
