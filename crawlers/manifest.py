@@ -485,6 +485,10 @@ class ManifestSource(HttpSource):
             original_data=original, texts=texts, caption_provenance=provenance,
             text_augment_t5=t5,
         )
+        if source == "freesound" and not ours and rec.license.startswith(("http://", "https://")):
+            from .freesound import license_name
+
+            rec.license = license_name(rec.license)     # a licence URL -> "CC BY 4.0" etc.
         expected = _str(col("audio_sha256")).lower()
         if re.fullmatch(r"[0-9a-f]{64}", expected):
             rec.filter_match = {"expected_audio_sha256": expected}

@@ -67,8 +67,11 @@ def test_laion_freesound_meta_layout_is_by_id(tmp_path):
               "freesound_url", "license"],
              [["2394.flac", "futuresoundfx-795.", "A short digital glitch.", "282776", "ERH",
                "https://freesound.org/people/ERH/sounds/282776/", "CC0 1.0"],
-              ["2395.flac", "Rain on window.", "", "bad-id", "x", "", "CC BY 4.0"]])
-    a, b = _crawl([f])
+              ["2395.flac", "Rain on window.", "", "bad-id", "x", "", "CC BY 4.0"],
+              ["2396.flac", "Bell.", "", "282777", "y", "",
+               "https://creativecommons.org/licenses/by/4.0/"]])
+    a, b, c = _crawl([f])
+    assert c.license == "CC BY 4.0"
     assert (a.source, a.source_id, a.author, a.license) == ("freesound", "282776", "ERH", "CC0 1.0")
     assert a.url == "" and a.texts == ["futuresoundfx-795.", "A short digital glitch."]
     assert a.original_data["freesound_url"].endswith("/282776/")   # kept, not used as audio
