@@ -368,7 +368,10 @@ class ManifestSource(HttpSource):
         out: dict[str, None] = {}
         columns = parse_columns(options.get("columns"))
         for f in options.get("files") or []:
-            names = columns_of(f)
+            try:
+                names = columns_of(f)
+            except (OSError, ValueError):   # moved since the crawl: the preset may still say
+                names = []
             preset = choose_preset(f, options.get("format"), names)
             col = columns.get("source") or (preset.columns.get("source") if preset else None)
             if col and col in names:
@@ -377,7 +380,7 @@ class ManifestSource(HttpSource):
                         s = _str(row.get(col))
                         if _SAFE_SOURCE.match(s):
                             out.setdefault(s, None)
-            else:
+            elif names or (preset and preset.source):
                 out.setdefault(col or (preset.source if preset else None) or "manifest", None)
         return list(out)
 
