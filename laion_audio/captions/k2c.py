@@ -92,7 +92,8 @@ def model_fingerprint(model: str | os.PathLike) -> str:
         return f"hub:{model}"
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
-        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}:
+        if (f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}
+                and f.name != "caption_quality.json"):    # the gate's report describes the weights
             h.update(f.name.encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
