@@ -69,7 +69,7 @@ def test_stage_captions_real_audioset_label_sets(captioner, audioset_sets, tmp_p
     gone = Record(source="audioset", source_id="gone", tags=["Speech"], status=Status.FAILED)
     stats = CaptionStats()
     with CaptionCache(tmp_path / "c.sqlite") as cache:
-        out = caption_batch(recs + [short, empty, tagged, gone], captioner, CaptionOptions(),
+        out = caption_batch(recs + [short, empty, tagged, gone], captioner, CaptionOptions(keyword_fallback=False),
                             cache=cache, stats=stats)
     assert len(out) == 36
     for r in recs:
@@ -219,3 +219,33 @@ def test_cli_train_captioner(shared_data, tmp_path):
     summary = json.loads(res.stdout)
     assert summary["steps"] == 15 and summary["pairs"] > 1000
     assert Captioner.load(tmp_path / "m").generate([["bell", "ring"]])[0]
+
+
+def test_caption_missing_a_keyword_falls_back_to_the_template(captioner, audioset_sets, tmp_path):
+    """LAION's keyword check: a model caption without every keyword is replaced by the template,
+    counted, and the rejected caption kept in provenance; a source text is never replaced."""
+    from laion_audio.captions.quality import keyword_coverage
+
+    labels, segs = audioset_sets
+    recs = audioset_records(labels, segs[:32])
+    tagged = Record(source="freesound", source_id="1", tags=["Zither", "Yodeling", "Cutlery"],
+                    texts=["my recording"], audio_duration=5.0, status=Status.TRANSCODED)
+    stats = CaptionStats()
+    caption_batch(recs + [tagged], captioner, CaptionOptions(), stats=stats)
+    fell = [r for r in recs if r.caption_provenance["rule"] == "template"]
+    kept = [r for r in recs if r.caption_provenance["rule"] == "k2c"]
+    assert fell, "the tiny captioner misses keywords on real label sets"
+    assert stats.keyword_fallback >= len(fell) and stats.k2c == len(kept)
+    for r in fell:
+        p = r.caption_provenance
+        assert p["reason"] == "k2c caption missed keywords" and p["k2c_raw_text"]
+        assert keyword_coverage(r.tags, p["k2c_raw_text"]) < 1.0
+        assert r.texts[0].startswith("The sound") and r.status == Status.CAPTIONED
+    for r in kept:
+        assert keyword_coverage(r.tags, r.caption_provenance["raw_text"]) == 1.0
+    assert tagged.texts == ["my recording"] and tagged.text_augment_t5.startswith("The sounds of")
+    assert tagged.caption_provenance["source_text_kept"]
+    # captioned again: the source text is still recognised as the source's and kept
+    tagged.status = Status.TRANSCODED
+    caption_batch([tagged], captioner, CaptionOptions())
+    assert tagged.texts == ["my recording"]
