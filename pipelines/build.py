@@ -53,6 +53,7 @@ class BuildConfig:
     caption_model: str | None = None            # T5 keyword-to-caption folder; None = template
     caption_input_format: str | None = None
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
+    audioset_captions: str | None = None        # audioset-captions Parquet joined at caption
     evalsets_cache: str | None = None           # fetched eval manifests (laion-audio evalsets fetch)
     eval_audio: dict[str, str] = field(default_factory=dict)   # eval set -> local audio folder
     stages: tuple[str, ...] = ("crawl", "fetch", "transcode", "caption", "filter", "shard")
@@ -235,7 +236,8 @@ def caption(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Executor)
     todo = _pending(ledger, Status.TRANSCODED, datasets, cfg.retry_failed, "caption")
     kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
                   min_duration=cfg.caption_min_duration,
-                  cache_path=str(work.root / "caption_cache.sqlite") if cfg.caption_model else None)
+                  cache_path=str(work.root / "caption_cache.sqlite") if cfg.caption_model else None,
+                  audioset_captions=cfg.audioset_captions)
     # a model generates many captions per call: bigger batches, the cache dedups keyword sets
     s = run_stage(executor, ledger, "caption", "pipelines.build:caption_batch", todo,
                   kwargs=kwargs, batch_size=max(cfg.batch_size, 64))
@@ -248,7 +250,7 @@ _CAPTIONERS: dict = {}
 
 def caption_batch(records: list[Record], *, model: str | None = None,
                   input_format: str | None = None, min_duration: float = 2.0,
-                  cache_path: str | None = None) -> list[Record]:
+                  cache_path: str | None = None, audioset_captions: str | None = None) -> list[Record]:
     """The caption stage in a worker: the T5 model is loaded once per process (like an actor)
     and shares the persistent cache; without a model, the paper's template."""
     from laion_audio.captions.cache import CaptionCache
@@ -262,8 +264,16 @@ def caption_batch(records: list[Record], *, model: str | None = None,
             _CAPTIONERS[key] = Captioner.load(model, input_format=input_format)
         captioner = _CAPTIONERS[key]
         cache = CaptionCache(cache_path) if cache_path else None
+    table = None
+    if audioset_captions:
+        from laion_audio.captions.stage import AudioSetCaptionTable
+
+        if audioset_captions not in _CAPTIONERS:
+            _CAPTIONERS[audioset_captions] = AudioSetCaptionTable(audioset_captions)
+        table = _CAPTIONERS[audioset_captions]
     try:
-        return caption_stage(records, captioner, CaptionOptions(min_duration=min_duration or None),
+        return caption_stage(records, captioner, CaptionOptions(min_duration=min_duration or None,
+                                                                audioset_captions=table),
                              cache=cache)
     finally:
         if cache is not None:

@@ -266,3 +266,31 @@ def check(captioner, *, force: bool = False, warn=None) -> dict | None:
         warn(f"warning: {problem} (used anyway: --force-caption-model)")
         return entry
     raise GateError(problem + "; use the template, or --force-caption-model")
+
+
+def recommended_params(model_dir: str | os.PathLike):
+    """The decoding the model's report passed with (boost/rerank preferred: listed last), or
+    None when there is no passing report."""
+    from .k2c import GenerationParams
+
+    report = load_report(model_dir)
+    if not report:
+        return None
+    passing = [d["generation"] for d in report.get("decodings", []) if d.get("passes")]
+    if not passing:
+        return None
+    fields = set(GenerationParams.__dataclass_fields__)
+    return GenerationParams(**{k: v for k, v in passing[-1].items() if k in fields})
+
+
+def check_model_dir(model: str | os.PathLike, params=None, *, force: bool = False, warn=None):
+    """``check`` without loading the weights (build's driver): fingerprint + decoding only."""
+    from types import SimpleNamespace
+
+    from .k2c import GenerationParams, model_fingerprint
+
+    if not Path(model).is_dir():
+        raise GateError(f"caption model {model}: no such folder")
+    params = params or recommended_params(model) or GenerationParams()
+    return check(SimpleNamespace(name=str(model), fingerprint=model_fingerprint(model), params=params),
+                 force=force, warn=warn)

@@ -125,11 +125,18 @@ class Captioner:
         path = Path(model)
         if not path.exists() and str(model).startswith(("/", "./", "../", "~")):
             raise FileNotFoundError(f"captioner model folder {model} does not exist")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()     # no "Loading weights" bar on stderr
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         tok = AutoTokenizer.from_pretrained(str(model))
         net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
         sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
+        if params is None and path.is_dir():
+            from .gate import recommended_params
+
+            params = recommended_params(path)     # the decoding its quality report passed with
         return cls(model=net, tokenizer=tok, name=str(model), fingerprint=model_fingerprint(model),
                    input_format=input_format or guess_input_format(model),
                    params=params or GenerationParams(), batch_size=batch_size,

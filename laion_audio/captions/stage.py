@@ -50,6 +50,8 @@ class CaptionOptions:
     labels: AudioSetLabels | None = None
     #: a model caption missing any keyword is replaced by the template (LAION's keyword check)
     keyword_fallback: bool = True
+    #: captions made by ``laion-audio audioset-captions``, joined into AudioSet records
+    audioset_captions: "AudioSetCaptionTable | None" = None
 
 
 @dataclass
@@ -67,6 +69,8 @@ class CaptionStats:
     cache_hits: int = 0
     generated: int = 0
     keyword_fallback: int = 0       # model captions replaced by the template (missed keywords)
+    joined: int = 0                 # AudioSet records captioned from an audioset-captions file
+    join_missing: int = 0           # AudioSet records the file has no row for
     debias_replacements: int = 0
 
     def as_dict(self) -> dict:
@@ -111,6 +115,12 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
         if rec.status in _PASS_THROUGH:
             continue
         stats.records += 1
+        if opts.audioset_captions is not None and rec.source == "audioset":
+            if opts.audioset_captions.apply(rec):
+                stats.joined += 1
+                _advance(rec)
+                continue
+            stats.join_missing += 1
         kws = record_keywords(rec, opts.labels)
         if any(_MID.match(k) for k in kws):
             fail(rec, STAGE, FailureCode.BAD_METADATA, "tags hold AudioSet MIDs with no known name "
@@ -141,6 +151,52 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
     if todo:
         _k2c(todo, captioner, opts, cache, stats)
     return list(records)
+
+
+class AudioSetCaptionTable:
+    """The rows of an ``audioset-captions`` Parquet file, looked up by (YouTube id, start).
+
+    A joined record gets the row's ``text`` as its text and ``text_augment_t5`` (as in LAION's
+    AudioSet shards) and the row's provenance plus ``joined_from`` (the file's name). Only an
+    index (key -> row) is kept in memory; texts are read from the Arrow table on demand."""
+
+    COLUMNS = ("ytid", "start", "text", "provenance", "label_names")
+
+    def __init__(self, path) -> None:
+        import pyarrow.parquet as pq
+        from pathlib import Path
+
+        self.name = Path(path).name
+        schema = pq.read_schema(path)
+        missing = [c for c in self.COLUMNS if c not in schema.names]
+        if missing:
+            raise ValueError(f"{self.name}: not an audioset-captions file (no {', '.join(missing)} column)")
+        self.table = pq.read_table(path, columns=list(self.COLUMNS))
+        ytids = self.table.column("ytid").to_pylist()
+        starts = self.table.column("start").to_pylist()
+        self.index = {(y, float(st)): i for i, (y, st) in enumerate(zip(ytids, starts))}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def apply(self, rec: Record) -> bool:
+        od = rec.original_data or {}
+        ytid = od.get("youtube_id")
+        start = od.get("start_seconds", rec.trim_start)
+        if ytid is None or start is None:
+            return False
+        i = self.index.get((ytid, float(start)))
+        if i is None:
+            return False
+        import json
+
+        text = self.table.column("text")[i].as_py()
+        prov = json.loads(self.table.column("provenance")[i].as_py())
+        prov.update({"keywords": self.table.column("label_names")[i].as_py(), "joined_from": self.name})
+        rec.texts = [text]
+        rec.text_augment_t5 = text
+        rec.caption_provenance = prov
+        return True
 
 
 def _advance(rec: Record) -> None:

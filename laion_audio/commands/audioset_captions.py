@@ -97,7 +97,7 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from ..captions import templates
-    from ..captions.gate import GateError, check, resolve_labels_dir
+    from ..captions.gate import GateError, resolve_labels_dir
     from ..captions.keywords import AudioSetLabels, normalise_keywords
     from ..captions.stage import CaptionOptions, CaptionStats, k2c_captions
 
@@ -123,22 +123,22 @@ def run(args) -> int:
 
     captioner = None
     if args.model != "template":
+        from ..captions.gate import check_model_dir
         from ..captions.k2c import Captioner, GenerationParams
 
         if not Path(args.model).is_dir():
             return _fail(f"--model {args.model}: not a model folder (or 'template')")
-        try:
-            captioner = Captioner.load(args.model, input_format=args.input_format, device=args.device,
-                                       batch_size=args.gen_batch_size,
-                                       params=GenerationParams(rerank_by_coverage=args.rerank,
-                                                               keyword_boost=args.keyword_boost,
-                                                               max_new_tokens=args.max_new_tokens))
-        except (OSError, ValueError) as exc:
-            return _fail(f"--model {args.model}: cannot load: {exc}")
-        try:
-            check(captioner, force=args.force_caption_model)
+        params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+                                  max_new_tokens=args.max_new_tokens)
+        try:    # before loading the weights: a refused model costs nothing
+            check_model_dir(args.model, params, force=args.force_caption_model)
         except GateError as exc:
             return _fail(str(exc))
+        try:
+            captioner = Captioner.load(args.model, input_format=args.input_format, device=args.device,
+                                       batch_size=args.gen_batch_size, params=params)
+        except (OSError, ValueError) as exc:
+            return _fail(f"--model {args.model}: cannot load: {exc}")
     opts = CaptionOptions(template=args.template, debias=not args.no_debias,
                           keyword_fallback=not args.no_keyword_fallback)
 
