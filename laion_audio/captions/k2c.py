@@ -49,13 +49,25 @@ def format_keywords(keywords: Sequence[str], input_format: str) -> str:
 
 
 def guess_input_format(model: str | os.PathLike) -> str:
-    """The input format for a model folder or hub id: the sidecar if present, else by name."""
+    """The input format for a model folder or hub id: the sidecar if present, else by name.
+
+    For a folder the name is the folder's own (not its parents': ``/data/k2t_runs/common-gen``
+    is common_gen), or the ``_name_or_path`` its config.json recorded (a hub snapshot folder is
+    named by a hash)."""
     path = Path(model)
     if (path / SIDECAR).exists():
         return json.loads((path / SIDECAR).read_text())["input_format"]
-    name = str(model).lower()
-    if "k2t" in name and "k2t-new" not in name:
-        return "k2t"
+    names = [str(model)]
+    if path.is_dir():
+        names = [path.resolve().name]
+        try:
+            names.append(str(json.loads((path / "config.json").read_text()).get("_name_or_path", "")))
+        except (OSError, ValueError):
+            pass
+    for name in names:
+        last = name.lower().rstrip("/").rsplit("/", 1)[-1]
+        if "k2t" in last and "k2t-new" not in last:
+            return "k2t"
     return "common_gen"
 
 
