@@ -185,6 +185,7 @@ def test_quality_report_figures():
 
 
 def _cli(*args):
+    args = [str(a) for a in args]
     return subprocess.run([sys.executable, "-m", "laion_audio", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=300, env={"PYTHONPATH": str(REPO),
                                                                  "PATH": "/usr/bin:/bin"})
@@ -196,10 +197,13 @@ def test_cli_caption_ledger_and_quality(tiny, audioset_sets, shared_data, tmp_pa
     ledger_dir = tmp_path / "ledger"
     with Ledger(ledger_dir) as ledger:
         ledger.write(audioset_records(labels, segs[:12], as_mids=True))
-    res = _cli("caption", str(ledger_dir), "--model", str(tiny[0]), "--rerank",
-               "--keyword-boost", "2", "--audioset-labels", str(shared_data / "audioset"))
+    args = ("caption", str(ledger_dir), "--model", str(tiny[0]), "--rerank",
+            "--keyword-boost", "2", "--audioset-labels", str(shared_data / "audioset"))
+    refused = _cli(*args)      # the tiny model has no quality report: the gate refuses it
+    assert refused.returncode == 2 and "no quality report" in refused.stderr
+    res = _cli(*args, "--force-caption-model", "--no-keyword-fallback")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "12 in = 12 ok" in res.stdout
+    assert "12 in = 12 ok" in res.stdout and "--force-caption-model" in res.stderr
     with Ledger(ledger_dir, lock=False) as ledger:
         recs = ledger.records()
     assert all(r.status == Status.CAPTIONED and r.caption_provenance["rule"] == "k2c" for r in recs)
@@ -214,11 +218,19 @@ def test_cli_caption_ledger_and_quality(tiny, audioset_sets, shared_data, tmp_pa
 def test_cli_train_captioner(shared_data, tmp_path):
     res = _cli("train-captioner", "--corpus", f"soundbible:{shared_data / 'wavcaps/SoundBible/sb_final.json'}",
                "--out", str(tmp_path / "m"), "--max-steps", "15", "--d-model", "64", "--layers", "1",
-               "--vocab-size", "600", "--batch-size", "16", "--threads", "1")
+               "--vocab-size", "600", "--batch-size", "16", "--threads", "1", "--report-n", "10",
+               "--report-segments", shared_data / "audioset/eval_segments.csv",
+               "--lm-corpus", f"audiocaps:{shared_data / 'audiocaps/dataset/test.csv'}")
     assert res.returncode == 0, res.stderr[-2000:]
-    summary = json.loads(res.stdout)
+    summary = json.loads(res.stdout[:res.stdout.index("\n}\n") + 3])
     assert summary["steps"] == 15 and summary["pairs"] > 1000
+    assert "-> d_model 64" not in res.stderr and "overridden by options" in res.stderr
     assert Captioner.load(tmp_path / "m").generate([["bell", "ring"]])[0]
+    # the run ends with the gate's report beside the weights: 15 steps is far below the template
+    report = json.loads((tmp_path / "m" / "caption_quality.json").read_text())
+    assert report["n"] == 10 and not report["passes"] and len(report["decodings"]) == 2
+    assert "refused by the quality gate" in res.stdout
+    assert (tmp_path / "m" / "caption_quality.md").is_file()
 
 
 def test_caption_missing_a_keyword_falls_back_to_the_template(captioner, audioset_sets, tmp_path):
