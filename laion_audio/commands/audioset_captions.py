@@ -165,6 +165,8 @@ def run(args) -> int:
                   f"({parts.name})", file=sys.stderr)
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *parts.glob(".part-*.tmp")]:
+        stale.unlink(missing_ok=True)       # left by a run killed while writing
     if not state.is_file():
         tmp = state.with_name(".run.json.tmp")
         tmp.write_text(json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
