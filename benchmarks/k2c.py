@@ -96,6 +96,7 @@ def main() -> int:
     ap.add_argument("--job-rows", type=int, default=0,
                     help="also time the audioset-captions job on this many eval rows (needs --model)")
     ap.add_argument("--baseline-rows", type=int, default=200)
+    ap.add_argument("--job-only", action="store_true", help="only the --job-rows measurement")
     args = ap.parse_args()
     data = Path(args.data)
     labels = AudioSetLabels.from_dir(data / "audioset")
@@ -103,7 +104,7 @@ def main() -> int:
     for name in ("balanced_train_segments.csv", "eval_segments.csv"):
         report[name] = distinct_ratio(data / "audioset" / name, labels)
 
-    if args.model:
+    if args.model and not args.job_only:
         import torch
 
         from laion_audio.captions.k2c import Captioner

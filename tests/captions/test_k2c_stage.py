@@ -225,7 +225,8 @@ def test_cli_train_captioner(shared_data, tmp_path):
     summary = json.loads(res.stdout[:res.stdout.index("\n}\n") + 3])
     assert summary["steps"] == 15 and summary["pairs"] > 1000
     assert "-> d_model 64" not in res.stderr and "overridden by options" in res.stderr
-    assert Captioner.load(tmp_path / "m").generate([["bell", "ring"]])[0]
+    out = Captioner.load(tmp_path / "m").generate([["bell", "ring"]])
+    assert len(out) == 1 and isinstance(out[0], str)   # 15 steps may still say nothing
     # the run ends with the gate's report beside the weights: 15 steps is far below the template
     report = json.loads((tmp_path / "m" / "caption_quality.json").read_text())
     assert report["n"] == 10 and not report["passes"] and len(report["decodings"]) == 2
