@@ -246,15 +246,21 @@ def run(args) -> int:
         rate = captions_made / max(time.monotonic() - start, 1e-9)
         bar.set_postfix_str(f"{rate:.0f} captions/s")
 
+    import csv as _csv
+
     chunk, chunk_no = [], 0
-    for item in _segments(paths, counts):
-        chunk.append(item)
-        if len(chunk) == args.chunk_rows:
+    try:
+        for item in _segments(paths, counts):
+            chunk.append(item)
+            if len(chunk) == args.chunk_rows:
+                flush(chunk_no, chunk)
+                chunk, chunk_no = [], chunk_no + 1
+        if chunk:
             flush(chunk_no, chunk)
-            chunk, chunk_no = [], chunk_no + 1
-    if chunk:
-        flush(chunk_no, chunk)
-        chunk_no += 1
+            chunk_no += 1
+    except (UnicodeDecodeError, _csv.Error) as exc:    # finished parts are kept for a rerun
+        bar.close()
+        return _fail(f"unreadable segments CSV ({type(exc).__name__}: {exc})")
     bar.close()
     if cache is not None:
         cache.close()
