@@ -47,6 +47,7 @@ class BuildConfig:
     caption_model: str | None = None            # T5 keyword-to-caption folder; None = template
     caption_input_format: str | None = None
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
+    audioset_captions: str | None = None        # audioset-captions Parquet joined at caption
     evalsets_cache: str | None = None           # fetched eval manifests (laion-audio evalsets fetch)
     eval_audio: dict[str, str] = field(default_factory=dict)   # eval set -> local audio folder
     skip_eval_filter: bool = False              # --skip-eval-filter: no eval-set id matching
@@ -85,7 +86,8 @@ def _step(stage: Stage, cfg: BuildConfig, work: WorkDir, **extra) -> Step:
     elif stage.name == "caption":
         kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
                       min_duration=cfg.caption_min_duration,
-                      cache_path=str(work.caption_cache) if cfg.caption_model else None)
+                      cache_path=str(work.caption_cache) if cfg.caption_model else None,
+                      audioset_captions=cfg.audioset_captions)
     else:
         raise ValueError(f"{stage.name} is not a worker stage")
     return Step(stage.name, stage.fn, stage.reads, kwargs)
