@@ -63,6 +63,11 @@ class Source:
         the commands before any work starts; raise :class:`laion_audio.errors.UserError` with
         what to do. The default checks nothing."""
 
+    @classmethod
+    def dataset_names(cls, options: dict) -> list[str]:
+        """The ``source`` values this source's records carry (their shard folders)."""
+        return [options.get("dataset_name") or cls.name]
+
     def crawl(self, state: dict) -> Iterator[Record]:
         """Yield records. ``state`` is a small JSON-able dict persisted between calls, so an
         interrupted crawl can resume paging where it stopped."""

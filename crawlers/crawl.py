@@ -40,7 +40,7 @@ def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("complete"):
         if not refresh:
-            stats.skipped = ledger.count(source=dataset)
+            stats.skipped = ledger.count(source=get_source(name).dataset_names(options))
             stats.seconds = time.perf_counter() - start
             return stats
         state = {"previous_complete": state.get("listed")}

@@ -225,4 +225,195 @@ class FreesoundSource(HttpSource):
         return super().dest_path(record, dest_dir)
 
 
+# ---------------------------------------------------------------------------------------------
+# Sounds by id (rebuilding from a published list of Freesound ids), paced to the API's quota.
+#
+# ``GET {api}/sounds/<id>/`` with the token gives the sound's previews, licence and author.
+# Freesound throttles per key per minute and per day (reference/sources.md, "Freesound API
+# throttling": 60/minute and 2,000/day at the standard level, more on request) and names the
+# limit in the 429's JSON ``detail``. So: requests are spaced to the per-minute budget; a
+# per-minute 429 waits and retries; a daily 429 raises :class:`QuotaExhausted`, which the
+# caller turns into "still pending" (never a failed record), and every later request in this
+# process is refused without asking until ``recheck`` seconds have passed.
+
+QUOTA_DEFERRED = FailureCode.QUOTA_DEFERRED
+_RATE_LIMIT = re.compile(r"(\d+)\s*/\s*(second|sec|minute|min|hour|day)", re.IGNORECASE)
+BY_ID_FIELDS = ("id,name,tags,description,username,license,duration,samplerate,channels,type,"
+                "previews,download")
+
+
+class QuotaExhausted(Failure):
+    """The key's daily request quota is used up; the record should stay pending."""
+
+    def __init__(self, per_day: int | None, message: str):
+        super().__init__(QUOTA_DEFERRED, message)
+        self.per_day = per_day
+
+
+class ApiPacer:
+    """Spaces one process's API requests to ``per_minute`` and remembers a daily limit hit.
+    Thread-safe: the fetch threads of one task share it."""
+
+    def __init__(self, per_minute: float = 60.0, recheck: float = 3600.0, clock=None, sleep=None,
+                 budget: int | None = None):
+        import threading
+        import time
+
+        self.per_minute = float(per_minute) if per_minute else 0.0
+        self.recheck = float(recheck)
+        self.clock = clock or time.monotonic
+        self.sleep = sleep or time.sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self.exhausted_at: float | None = None
+        self.per_day: int | None = None
+        self.requests = 0
+        #: requests this process may make at most (a share of a daily budget the user set)
+        self.budget = budget
+
+    def check(self) -> None:
+        """Raise :class:`QuotaExhausted` when no request may be sent; else count one."""
+        with self._lock:
+            if self.exhausted_at is not None and self.clock() - self.exhausted_at < self.recheck:
+                raise QuotaExhausted(self.per_day, self.quota_message())
+            self.exhausted_at = None
+            if self.budget is not None and self.requests >= self.budget:
+                level = f" ({self.per_day}/day)" if self.per_day else ""
+                raise QuotaExhausted(self.per_day, f"Freesound daily request budget{level} of "
+                                                   "this run used up; left pending for the next run")
+            self.requests += 1          # reserved under the lock: threads never overshoot
+
+    def wait(self) -> None:
+        if self.per_minute <= 0:
+            return
+        with self._lock:
+            now = self.clock()
+            at = max(now, self._next)
+            self._next = at + 60.0 / self.per_minute
+        if at > now:
+            self.sleep(at - now)
+
+    def learn(self, limit: int | None, unit: str) -> None:
+        """A 429 named the key's real level: per-minute lowers the pace, per-day stops."""
+        with self._lock:
+            per_minute = {"second": 60.0, "minute": 1.0}.get(unit, 0.0) * (limit or 0)
+            if per_minute:
+                self.per_minute = min(self.per_minute or per_minute, per_minute)
+            elif unit == "day":
+                self.per_day = limit
+                self.exhausted_at = self.clock()
+
+    def quota_message(self) -> str:
+        level = f" ({self.per_day}/day)" if self.per_day else ""
+        return f"Freesound daily API quota{level} used up; left pending for the next run"
+
+
+def _limit_of(detail: str) -> tuple[int | None, str]:
+    m = _RATE_LIMIT.search(detail or "")
+    if not m:
+        return None, ""
+    unit = m.group(2).lower()
+    return int(m.group(1)), {"sec": "second", "min": "minute"}.get(unit, unit)
+
+
+def api_get_json(source: "FreesoundSource", url: str, pacer: ApiPacer, *,
+                 max_tries: int = 6) -> dict:
+    """One paced, authenticated APIv2 GET. The 429 body matters here (it names the limit), so
+    this uses the HTTP layer's session, per-host limiter and typed status checks directly
+    instead of its retry loop, which discards 429 bodies."""
+    import requests
+
+    from laion_audio.http import fail, parse_retry_after
+
+    http = source.http
+    headers = {"Authorization": f"Token {source.api_key}"}
+    last: Failure | None = None
+    for attempt in range(max_tries):
+        pacer.check()
+        pacer.wait()
+        http.limiter.acquire(host_of(url))
+        http.attempts += 1
+        try:
+            resp = http.session.get(url, headers=headers, timeout=http.timeout)
+        except requests.Timeout:
+            last = fail(FailureCode.TIMEOUT, f"GET {url}: timed out")
+            http.sleep(http._backoff_delay(attempt, None))
+            continue
+        except requests.RequestException as e:
+            last = fail(FailureCode.HTTP_ERROR, f"GET {url}: connection error: {e}")
+            http.sleep(http._backoff_delay(attempt, None))
+            continue
+        if resp.status_code == 429:
+            try:
+                detail = str((resp.json() or {}).get("detail", ""))
+            except ValueError:
+                detail = resp.text[:300]
+            limit, unit = _limit_of(detail)
+            wait = parse_retry_after(resp.headers.get("Retry-After"), now=http.wall_clock())
+            if unit in ("day", "hour") or (not unit and wait is not None
+                                           and wait > http.max_retry_after):
+                pacer.learn(limit, "day")
+                raise QuotaExhausted(limit, pacer.quota_message())
+            pacer.learn(limit, unit)
+            last = fail(FailureCode.HTTP_ERROR, f"GET {url}: HTTP 429 ({detail[:120]})")
+            delay = wait if wait is not None else 60.0 / max(pacer.per_minute, 1.0)
+            http.backoff_slept += delay
+            http.sleep(min(delay, http.max_retry_after))
+            continue
+        if resp.status_code >= 500:
+            resp.close()
+            last = fail(FailureCode.HTTP_ERROR, f"GET {url}: HTTP {resp.status_code}")
+            http.sleep(http._backoff_delay(attempt, parse_retry_after(
+                resp.headers.get("Retry-After"), now=http.wall_clock())))
+            continue
+        http._check_status(resp, url)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise fail(FailureCode.WRONG_CONTENT_TYPE, f"GET {url}: answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise fail(FailureCode.BAD_METADATA, f"GET {url}: answer is not a JSON object")
+        return data
+    assert last is not None
+    raise last
+
+
+def needs_api(record: Record) -> bool:
+    """True when a Freesound record has no direct audio URL (an id list, a page URL)."""
+    url = record.url or ""
+    if not url.startswith(("http://", "https://")):
+        return True
+    path = urlsplit(url).path
+    return not (_AUDIO_NAME_EXT.search(path) or path.rstrip("/").endswith("/download"))
+
+
+def resolve_by_id(source: "FreesoundSource", record: Record, pacer: ApiPacer) -> Record:
+    """Fill a by-id record's audio URL (preview, or the original with OAuth2) and the metadata
+    the list lacked (licence, author, duration, tags) from ``sounds/<id>/``."""
+    ident = re.sub(r"[^0-9]", "", record.source_id)
+    if not ident:
+        raise Failure(FailureCode.BAD_METADATA, f"{record.source_id!r} is not a Freesound id")
+    url = f"{source.api_base}/sounds/{ident}/?{urlencode({'fields': BY_ID_FIELDS})}"
+    sound = api_get_json(source, url, pacer)
+    mode = str(source.option("download", "preview"))
+    previews = sound.get("previews") or {}
+    audio = (str(sound.get("download") or "") if mode == "original"
+             else str(previews.get("preview-hq-mp3") or previews.get("preview-lq-mp3") or ""))
+    if not audio.startswith(("http://", "https://")):
+        raise Failure(FailureCode.BAD_METADATA, f"sound {ident}: no {mode} audio URL in the answer")
+    record.url = _strip_secrets(audio)
+    record.license = record.license or license_name(str(sound.get("license", "")))
+    record.author = record.author or clean_text(sound.get("username"))
+    if record.duration is None and isinstance(sound.get("duration"), (int, float)):
+        record.duration = float(sound["duration"])
+    if not record.tags:
+        tags = sound.get("tags") or []
+        record.tags = [t for t in (clean_text(x) for x in tags if isinstance(x, str)) if t]
+    record.title = record.title or clean_text(sound.get("name"))
+    record.original_data = {**record.original_data, "type": sound.get("type", ""),
+                            "license_url": sound.get("license", ""),
+                            "samplerate": sound.get("samplerate")}
+    return record
+
+
 SOURCE = FreesoundSource

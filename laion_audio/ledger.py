@@ -805,6 +805,9 @@ class StageStats:
             self.pending += 1        # left for the next run (circuit breaker), not failed
             parts = urlsplit(after.url)
             self.unreachable[f"{parts.scheme}://{parts.netloc}".lower()] += 1
+        elif after.status == Status.NEW and after.failure_code == FailureCode.QUOTA_DEFERRED:
+            self.pending += 1        # an API's daily quota ran out: the next run goes on
+            self.extra["deferred_quota"] = self.extra.get("deferred_quota", 0) + 1
         elif after.status == Status.FAILED:
             self.failed += 1
             self.failures[after.failure_code] += 1

@@ -61,6 +61,8 @@ class FailureCode:
     UNAVAILABLE = "unavailable"        # removed/private videos, vanished items
     WRONG_CONTENT_TYPE = "wrong_content_type"  # e.g. an HTML error page where audio/JSON was due
     UNSAFE_PATH = "unsafe_path"        # archive member or name that would escape the target folder
+    AUDIO_CHANGED = "audio_changed"    # decoded audio differs from a published manifest's sha256
+    QUOTA_DEFERRED = "quota_deferred"  # an API's daily quota ran out; the record stays ``new``
     HOST_UNREACHABLE = "host_unreachable"  # circuit breaker open: the record is left pending
     # any stage
     NO_SPACE = "no_space"              # disk full (ENOSPC): the next run retries by itself

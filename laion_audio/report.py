@@ -212,6 +212,7 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     from .workdir import WorkDir
 
     fig_data["disk_bytes"] = WorkDir.of_ledger(ledger_dir).disk_usage()   # the ledger's work folder
+    fig_data["rot"] = rot_figures(ledger)
     made = _plots(fig_data, out)
     tmp = out / ".figures.json.tmp"
     tmp.write_text(json.dumps(fig_data, indent=2, sort_keys=True), encoding="utf-8")
@@ -244,6 +245,7 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
         parts.append("<h3>Disk per folder of the work folder</h3>" + _table(
             ["folder", "bytes"], [[f"{k}/", f"{v} ({human_bytes(v)})"]
                                   for k, v in fig_data["disk_bytes"].items()]))
+    parts.append(rot_html(fig_data["rot"]))
     parts.append("</body></html>")
     page = out / "index.html"
     tmp = out / ".index.html.tmp"
@@ -291,7 +293,7 @@ def summarize(ledger: Ledger, stats: list, cfg, work=None) -> dict:
                "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
                "sources": dict(sorted(per_source.items())), "stages": [s.as_dict() for s in stats],
                "disk_bytes": disk, "eval_filter": getattr(cfg, "eval_filter", ""),
-               "warnings": caption_warnings(ledger),
+               "warnings": caption_warnings(ledger), "rot": rot_figures(ledger),
                "accounting_closes": all(s.closes for s in stats)}
     summary["problems"] = run_problems(summary)
     return summary
@@ -374,6 +376,8 @@ def print_summary(summary: dict, stats_lines: bool = True, command: str = "build
     for name, s in sorted(summary["sources"].items()):
         print(f"  {name:<24}{s['records']:>9}{s['audio_ok']:>9}{s['sharded']:>9}{s['train']:>7}"
               f"{s['test']:>6}{s['failed']:>8}{s['dropped']:>9}{s['vanished']:>9}{s['hours']:>9.3f}")
+    if summary.get("rot"):
+        print("\n".join(rot_lines(summary["rot"])))
     if summary.get("eval_filter"):
         print(f"  eval filter: {summary['eval_filter']}")
     if summary.get("warnings"):
@@ -389,3 +393,112 @@ def print_summary(summary: dict, stats_lines: bool = True, command: str = "build
           else "  WARNING: accounting does not close; see stats/build.json")
     for line in summary.get("problems") or []:
         print(f"  INCOMPLETE: {line}")
+
+
+# ---------------------------------------------------------------------------- link rot
+#: rot classes in report order. available: the link served audio (and, when the manifest had
+#: a hash, the same audio); gone: 404/410/removed/vanished; changed: audio differs from the
+#: manifest's decoded-PCM sha256; blocked: persistent 401/403/429; not_tried: still pending
+#: (e.g. a daily API quota ran out); error: other fetch/decode failures; excluded: dropped by a
+#: rule before any fetch (e.g. LAION's 3-minute cap)
+ROT_CLASSES = ("available", "gone", "changed", "blocked", "not_tried", "error", "excluded")
+_DAILY = __import__("re").compile(r"\((\d+)/day\)")
+
+
+def rot_class(row: dict) -> str:
+    """One ledger row's rot class (see :data:`ROT_CLASSES`)."""
+    from .records import FailureCode
+
+    status, code = row.get("status"), row.get("failure_code") or ""
+    if status == Status.NEW:
+        return "not_tried"
+    if status == Status.VANISHED:
+        return "gone"
+    if status == Status.DROPPED:
+        return "available" if row.get("audio_sha256") else "excluded"
+    if status != Status.FAILED:
+        return "available"
+    if code == FailureCode.AUDIO_CHANGED:
+        return "changed"
+    stage, message = row.get("failure_stage") or "", row.get("failure_message") or ""
+    if stage in ("fetch", "crawl"):
+        if code in (FailureCode.NOT_FOUND, FailureCode.UNAVAILABLE):
+            return "gone"
+        if code == FailureCode.FORBIDDEN or "HTTP 429" in message or "HTTP 403" in message:
+            return "blocked"
+        return "error"
+    if stage == "transcode":
+        return "error"
+    return "available"          # audio was there; a later stage (caption, shard) failed
+
+
+def rot_figures(ledger: Ledger) -> dict:
+    """Per source: count and percentage of each rot class, how many available records were
+    checked against a published hash, and a quota line for sources paused by a daily quota."""
+    t = ledger.table().select(["source", "status", "failure_stage", "failure_code",
+                               "failure_message", "audio_sha256", "filter_match"])
+    per: dict[str, Counter] = defaultdict(Counter)
+    verified: Counter = Counter()
+    quota: dict[str, int | None] = {}
+    for batch in t.to_batches(max_chunksize=65536):
+        for row in batch.to_pylist():
+            cls = rot_class(row)
+            src = row["source"]
+            per[src][cls] += 1
+            if cls == "available" and row["filter_match"] and "expected_audio_sha256" in row["filter_match"]:
+                verified[src] += 1
+            if row["status"] == Status.NEW and row["failure_code"] == "quota_deferred":
+                m = _DAILY.search(row["failure_message"] or "")
+                quota[src] = int(m.group(1)) if m else quota.get(src)
+    out = {}
+    for src in sorted(per):
+        total = sum(per[src].values())
+        entry = {"records": total, "verified": verified[src]}
+        for cls in ROT_CLASSES:
+            n = per[src][cls]
+            entry[cls] = {"count": n, "percent": round(100.0 * n / total, 2) if total else 0.0}
+        if src in quota:
+            left = per[src]["not_tried"]
+            per_day = quota[src]
+            entry["quota"] = {"left": left, "per_day": per_day,
+                              "days": -(-left // per_day) if per_day else None,
+                              "line": quota_line(src, left, per_day)}
+        out[src] = entry
+    return out
+
+
+def quota_line(source: str, left: int, per_day: int | None) -> str:
+    """The one line a run paused by a daily quota ends with (one API request per record)."""
+    if per_day:
+        days = -(-left // per_day)
+        return (f"{source}: daily API quota reached; {left} left, ~{days} day"
+                f"{'s' if days != 1 else ''} at this quota ({per_day} requests/day); rerun the "
+                "same command to resume")
+    return f"{source}: daily API quota reached; {left} left; rerun the same command to resume"
+
+
+def rot_lines(rot: dict) -> list[str]:
+    """Plain-text table of :func:`rot_figures` (for the build summary)."""
+    lines = [f"  {'link rot':<18}" + "".join(f"{c:>17}" for c in ROT_CLASSES[:5])]
+    for src, e in rot.items():
+        cells = "".join(f"{e[c]['count']:>8} {e[c]['percent']:>6.1f}%" for c in ROT_CLASSES[:5])
+        extra = [f"{c}={e[c]['count']}" for c in ROT_CLASSES[5:] if e[c]["count"]]
+        if e["verified"]:
+            extra.append(f"hash-verified={e['verified']}")
+        lines.append(f"  {src:<18}{cells}" + (f"  ({', '.join(extra)})" if extra else ""))
+    lines += [f"  {e['quota']['line']}" for e in rot.values() if "quota" in e]
+    return lines
+
+
+def rot_html(rot: dict) -> str:
+    """The report's link-rot section."""
+    if not rot:
+        return ""
+    rows = [[src] + [f"{e[c]['count']} ({e[c]['percent']:.1f}%)" for c in ROT_CLASSES]
+            + [e["verified"]] for src, e in rot.items()]
+    notes = "".join(f"<p>{html.escape(e['quota']['line'])}</p>" for e in rot.values() if "quota" in e)
+    return ("<h2>Link rot</h2><p>Per source: the link still serves audio (available; "
+            "hash-verified when the manifest carried the decoded-PCM sha256), is gone "
+            "(404/410/removed), serves changed audio, is blocked (persistent 401/403/429), or was "
+            "not tried yet.</p>"
+            + _table(["source", *ROT_CLASSES, "hash-verified"], rows) + notes)

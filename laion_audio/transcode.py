@@ -5,6 +5,9 @@ the benchmark call it directly. A record never raises out of here: a typed
 :class:`~laion_audio.records.Failure` becomes ``failure_code``/``failure_message`` through
 :meth:`Record.fail`, anything unexpected becomes ``internal_error`` with the
 exception text. Rerunning a record rewrites its FLAC atomically with identical bytes.
+
+A record that carries ``filter_match["expected_audio_sha256"]`` (built from a published
+manifest) is checked here: other decoded audio fails it with ``audio_changed``.
 """
 from __future__ import annotations
 
@@ -48,6 +51,14 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
         return out.fail(STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
     out.flac_path = result.flac_path
     out.audio_sha256 = result.sha256
+    expected = (out.filter_match or {}).get("expected_audio_sha256")
+    if expected and expected != result.sha256:
+        # a rebuild from a published manifest: this URL now serves other audio; it is kept
+        # (for inspection) but never sharded as the published sample
+        out.audio_duration = result.duration
+        return fail(out, STAGE, FailureCode.AUDIO_CHANGED,
+                    f"decoded audio sha256 {result.sha256[:16]}... differs from the manifest's "
+                    f"{expected[:16]}...")
     out.audio_duration = result.duration
     out.input_sample_rate = result.input_sample_rate
     out.input_channels = result.input_channels

@@ -47,6 +47,7 @@ class BuildConfig:
     caption_model: str | None = None            # T5 keyword-to-caption folder; None = template
     caption_input_format: str | None = None
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
+    audioset_captions: str | None = None        # audioset-captions Parquet joined at caption
     evalsets_cache: str | None = None           # fetched eval manifests (laion-audio evalsets fetch)
     eval_audio: dict[str, str] = field(default_factory=dict)   # eval set -> local audio folder
     skip_eval_filter: bool = False              # --skip-eval-filter: no eval-set id matching
@@ -58,9 +59,16 @@ class BuildConfig:
         return self.shards_to or str(self.out / "shards")
 
 
-def dataset_names(cfg: BuildConfig) -> dict[str, str]:
-    """source module name -> the ``source`` value its records carry (the shard folder)."""
-    return {name: options.get("dataset_name") or name for name, options in cfg.sources.items()}
+def source_datasets(cfg: BuildConfig, name: str | None = None) -> list[str]:
+    """The ``source`` values the records of one source (or all) carry, i.e. their shard folders:
+    a source may list several (a published manifest holds records of many sites)."""
+    from crawlers import get_source
+
+    out: dict[str, None] = {}
+    for n, options in cfg.sources.items():
+        if name is None or n == name:
+            out.update(dict.fromkeys(get_source(n).dataset_names(options)))
+    return list(out)
 
 
 # ---------------------------------------------------------------------------- worker stages
@@ -78,7 +86,8 @@ def _step(stage: Stage, cfg: BuildConfig, work: WorkDir, **extra) -> Step:
     elif stage.name == "caption":
         kwargs = dict(model=cfg.caption_model, input_format=cfg.caption_input_format,
                       min_duration=cfg.caption_min_duration,
-                      cache_path=str(work.caption_cache) if cfg.caption_model else None)
+                      cache_path=str(work.caption_cache) if cfg.caption_model else None,
+                      audioset_captions=cfg.audioset_captions)
     else:
         raise ValueError(f"{stage.name} is not a worker stage")
     return Step(stage.name, stage.fn, stage.reads, kwargs)
@@ -93,7 +102,6 @@ def worker_group(group: list[Stage], cfg: BuildConfig, work: WorkDir, ledger: Le
     names = [s.name for s in group if s.writes]
     if not names:     # a status-neutral step alone (fingerprint): the filter fills its store
         return []
-    datasets = dataset_names(cfg)
     shared = {n: StageStats(n) for n in names if n != "fetch"}
     out: list[StageStats] = []
     if "fetch" in names:
@@ -107,26 +115,28 @@ def worker_group(group: list[Stage], cfg: BuildConfig, work: WorkDir, ledger: Le
             options = dict(options)
             rate = options.get("rate")
             options["rate"] = float(DEFAULT_HOST_RATE if rate is None else rate) / tasks  # 0 = no limit
+            options["fetch_tasks"] = 1 if cfg.inline else tasks   # tasks sharing a per-key API quota
             if cfg.retry_failed:
-                _refetch_cut_files(ledger, work, datasets[name])
+                for dataset in source_datasets(cfg, name):
+                    _refetch_cut_files(ledger, work, dataset)
             # each fetch run gets fresh source instances (closed circuit breakers), even in one process
             run = f"{os.getpid()}-{time.time_ns()}"
             steps = [_step(s, cfg, work, source_name=name, source_options=options, run=run)
                      if s.name == "fetch" else _step(s, cfg, work) for s in group]
             stats = dict(shared, fetch=StageStats(f"fetch:{name}"))
-            run_worker_stages(group, steps, executor, ledger, work, sources=[datasets[name]],
+            run_worker_stages(group, steps, executor, ledger, work, sources=source_datasets(cfg, name),
                               batch_size=cfg.batch_size, retry_failed=cfg.retry_failed,
                               stats=stats, num_cpus=num_cpus)
-            stats["fetch"].skipped = (already_done(ledger, [datasets[name]], Status.FETCHED)
+            stats["fetch"].skipped = (already_done(ledger, source_datasets(cfg, name), Status.FETCHED)
                                       - stats["fetch"].succeeded)
             out.append(stats["fetch"])
     else:
         run_worker_stages(group, [_step(s, cfg, work) for s in group], executor, ledger, work,
-                          sources=list(datasets.values()), batch_size=cfg.batch_size,
+                          sources=source_datasets(cfg), batch_size=cfg.batch_size,
                           retry_failed=cfg.retry_failed, stats=shared)
     for name, st in shared.items():
         reached = BY_NAME[name].writes[0]
-        st.skipped = already_done(ledger, list(datasets.values()), reached) - st.succeeded
+        st.skipped = already_done(ledger, source_datasets(cfg), reached) - st.succeeded
         out.append(st)
     return out
 
@@ -248,7 +258,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
                     all_stats.append(filter_stage(cfg, work, ledger, executor))
                 elif first.name == "shard":
                     executor.stop()     # shards are written by threads here; free the workers
-                    datasets = list(dataset_names(cfg).values())
+                    datasets = source_datasets(cfg)
                     *_, stats = shard_ledger(
                         ledger, work, cfg.shard_root, statuses=first.reads, sources=datasets,
                         seed=cfg.seed, test_fraction=cfg.test_fraction,
@@ -263,4 +273,5 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         summary = summarize(ledger, all_stats, cfg, work)
     write_stats(work.stats / "build.json", all_stats)
     write_json(work.stats / "summary.json", summary)
+    write_json(work.stats / "rot.json", summary["rot"])
     return summary

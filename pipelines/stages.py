@@ -246,7 +246,8 @@ def _attribute(moving: list[Stage], by_name: dict, stats: dict[str, StageStats],
                after: Record, first_reads=None) -> None:
     """Count one record at each fused stage it entered: ok until the stage it failed at."""
     failed_at = None
-    left_pending = after.status == Status.NEW and after.failure_code == FailureCode.HOST_UNREACHABLE
+    left_pending = after.status == Status.NEW and after.failure_code in (FailureCode.HOST_UNREACHABLE,
+                                                                        FailureCode.QUOTA_DEFERRED)
     if after.status in (Status.FAILED, Status.DROPPED) or left_pending:
         # a failure (or a record left pending by the circuit breaker) is counted, typed, at
         # the stage it happened in; the stages after it never saw the record

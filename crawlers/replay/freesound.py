@@ -88,6 +88,9 @@ def register(app: ReplayApp) -> None:
         return {k: full[k] for k in fields if k in full}
 
     def search(req: Request) -> Reply:
+        throttled = quota_check(app)
+        if throttled is not None:
+            return throttled
         if not _authorised(req, "Token", app.settings["freesound_token"]):
             return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
         page = max(1, int(req.query.get("page") or 1))
@@ -123,6 +126,9 @@ def register(app: ReplayApp) -> None:
         return Reply(200, body, ctype)
 
     def download(req: Request) -> Reply:
+        throttled = quota_check(app)
+        if throttled is not None:
+            return throttled
         if not _authorised(req, "Bearer", app.settings["freesound_oauth"]):
             return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
         item = find(req.match.group("id"))
@@ -136,3 +142,110 @@ def register(app: ReplayApp) -> None:
     app.route("GET", r"^/apiv2/search/text/?$", search)
     app.route("GET", r"^/data/previews/\d+/(?P<id>\d+)_\d+-(hq|lq)\.(?P<ext>mp3|ogg)$", preview)
     app.route("GET", r"^/apiv2/sounds/(?P<id>\d+)/download/?$", download)
+    register_by_id(app, cat, public)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sound instances by id (``GET /apiv2/sounds/<id>/``) and Freesound's request quota.
+#
+# ``app.settings["freesound_quota"] = {"per_minute": N | None, "per_day": M | None,
+# "minute_seconds": 60}`` limits every ``/apiv2/`` request (search, sound, download; previews are
+# CDN files and do not count). Over a limit the answer is Freesound's: 429 with a JSON
+# ``detail`` naming the rate ("... (20/day)"). The day is simulated: ``next_day(app)`` or
+# ``POST /_freesound/next_day`` starts a fresh one; ``POST /_freesound/quota`` sets the limits.
+
+def set_quota(app: ReplayApp, per_minute: int | None = None, per_day: int | None = None,
+              minute_seconds: float = 60.0) -> dict:
+    with app.lock:
+        app.settings["freesound_quota"] = {"per_minute": per_minute, "per_day": per_day,
+                                           "minute_seconds": float(minute_seconds)}
+        usage = app.settings.setdefault("freesound_usage", _fresh_usage())
+        return {**app.settings["freesound_quota"], "day": usage["day"]}
+
+
+def next_day(app: ReplayApp) -> dict:
+    """Simulated midnight: the daily count starts again."""
+    with app.lock:
+        usage = app.settings.setdefault("freesound_usage", _fresh_usage())
+        usage["day"] += 1
+        usage["day_count"] = 0
+        return dict(usage)
+
+
+def _fresh_usage() -> dict:
+    import time
+
+    return {"day": 0, "day_count": 0, "minute_start": time.monotonic(), "minute_count": 0,
+            "throttled_day": 0, "throttled_minute": 0, "served": 0}
+
+
+def quota_check(app: ReplayApp) -> Reply | None:
+    """Count one API request; the 429 Freesound sends when a limit is exceeded, else None."""
+    import time
+
+    with app.lock:
+        cfg = app.settings.get("freesound_quota") or {}
+        usage = app.settings.setdefault("freesound_usage", _fresh_usage())
+        now = time.monotonic()
+        window = float(cfg.get("minute_seconds") or 60.0)
+        if now - usage["minute_start"] >= window:
+            usage["minute_start"], usage["minute_count"] = now, 0
+        per_day, per_minute = cfg.get("per_day"), cfg.get("per_minute")
+        if per_day is not None and usage["day_count"] >= int(per_day):
+            usage["throttled_day"] += 1
+            reply = Reply.json({"detail": "Request was throttled because of exceeding a request "
+                                          f"limit rate ({int(per_day)}/day)"}, 429)
+            reply.headers["Retry-After"] = "86400"
+            return reply
+        if per_minute is not None and usage["minute_count"] >= int(per_minute):
+            usage["throttled_minute"] += 1
+            wait = max(1, int(round(window - (now - usage["minute_start"]) + 0.5)))
+            unit = {60.0: "minute", 1.0: "second"}.get(window, f"{window:g}s")  # a test's short "minute"
+            reply = Reply.json({"detail": "Request was throttled because of exceeding a request "
+                                          f"limit rate ({int(per_minute)}/{unit})"}, 429)
+            reply.headers["Retry-After"] = str(wait)
+            return reply
+        usage["day_count"] += 1
+        usage["minute_count"] += 1
+        usage["served"] += 1
+        return None
+
+
+def register_by_id(app: ReplayApp, cat: "FreesoundCatalogue", public) -> None:
+    """``GET /apiv2/sounds/<id>/?fields=...`` (Token) and the quota control routes."""
+
+    def sound(req: Request) -> Reply:
+        throttled = quota_check(app)
+        if throttled is not None:
+            return throttled
+        if not _authorised(req, "Token", app.settings["freesound_token"]):
+            return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
+        with app.lock:
+            item = cat.items.get(req.match.group("id"))
+        if item is None:
+            return Reply.json({"detail": "Not found."}, 404)
+        fields = (req.query.get("fields") or
+                  "id,name,tags,description,username,license,duration,previews,download,type").split(",")
+        return Reply.json(public(req, item, fields))
+
+    def control_next_day(req: Request) -> Reply:
+        return Reply.json(next_day(app))
+
+    def control_quota(req: Request) -> Reply:
+        body = req.json() or {}
+        if not isinstance(body, dict):
+            return Reply.json({"detail": "JSON object expected"}, 400)
+        try:
+            return Reply.json(set_quota(app, body.get("per_minute"), body.get("per_day"),
+                                        float(body.get("minute_seconds") or 60.0)))
+        except (TypeError, ValueError) as e:
+            return Reply.json({"detail": str(e)}, 400)
+
+    def control_usage(req: Request) -> Reply:
+        with app.lock:
+            return Reply.json(dict(app.settings.setdefault("freesound_usage", _fresh_usage())))
+
+    app.route("GET", r"^/apiv2/sounds/(?P<id>\d+)/?$", sound)
+    app.route("POST", r"^/_freesound/next_day$", control_next_day)
+    app.route("POST", r"^/_freesound/quota$", control_quota)
+    app.route("GET", r"^/_freesound/usage$", control_usage)

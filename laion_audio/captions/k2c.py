@@ -49,13 +49,25 @@ def format_keywords(keywords: Sequence[str], input_format: str) -> str:
 
 
 def guess_input_format(model: str | os.PathLike) -> str:
-    """The input format for a model folder or hub id: the sidecar if present, else by name."""
+    """The input format for a model folder or hub id: the sidecar if present, else by name.
+
+    For a folder the name is the folder's own (not its parents': ``/data/k2t_runs/common-gen``
+    is common_gen), or the ``_name_or_path`` its config.json recorded (a hub snapshot folder is
+    named by a hash)."""
     path = Path(model)
     if (path / SIDECAR).exists():
         return json.loads((path / SIDECAR).read_text())["input_format"]
-    name = str(model).lower()
-    if "k2t" in name and "k2t-new" not in name:
-        return "k2t"
+    names = [str(model)]
+    if path.is_dir():
+        names = [path.resolve().name]
+        try:
+            names.append(str(json.loads((path / "config.json").read_text()).get("_name_or_path", "")))
+        except (OSError, ValueError):
+            pass
+    for name in names:
+        last = name.lower().rstrip("/").rsplit("/", 1)[-1]
+        if "k2t" in last and "k2t-new" not in last:
+            return "k2t"
     return "common_gen"
 
 
@@ -92,7 +104,8 @@ def model_fingerprint(model: str | os.PathLike) -> str:
         return f"hub:{model}"
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
-        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}:
+        if (f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}
+                and f.name != "caption_quality.json"):    # the gate's report describes the weights
             h.update(f.name.encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -124,11 +137,18 @@ class Captioner:
         path = Path(model)
         if not path.exists() and str(model).startswith(("/", "./", "../", "~")):
             raise FileNotFoundError(f"captioner model folder {model} does not exist")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()     # no "Loading weights" bar on stderr
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         tok = AutoTokenizer.from_pretrained(str(model))
         net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
         sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
+        if params is None and path.is_dir():
+            from .gate import recommended_params
+
+            params = recommended_params(path)     # the decoding its quality report passed with
         return cls(model=net, tokenizer=tok, name=str(model), fingerprint=model_fingerprint(model),
                    input_format=input_format or guess_input_format(model),
                    params=params or GenerationParams(), batch_size=batch_size,

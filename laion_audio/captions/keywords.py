@@ -136,9 +136,10 @@ class AudioSetLabels:
         return out
 
 
-def read_segments(path: str | os.PathLike) -> Iterator[Segment]:
+def read_segments(path: str | os.PathLike, *, on_error=None, numbered: bool = False) -> Iterator:
     """Rows of an AudioSet ``*_segments.csv`` (3 "#" comment lines, ", " separators,
-    quoted comma-joined MIDs). Malformed rows are logged and skipped."""
+    quoted comma-joined MIDs), streamed. Malformed rows are logged and skipped (and passed to
+    ``on_error(row_number, row)`` when given). ``numbered``: yield ``(row_number, Segment)``."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.reader((line for line in f if not line.startswith("#")),
                           skipinitialspace=True)
@@ -149,8 +150,11 @@ def read_segments(path: str | os.PathLike) -> Iterator[Segment]:
                 ytid, start, end, labels = row[0], float(row[1]), float(row[2]), row[3]
             except (IndexError, ValueError):
                 log.warning("%s: skipping malformed row %d: %r", path, n, row)
+                if on_error is not None:
+                    on_error(n, row)
                 continue
-            yield Segment(ytid, start, end, tuple(m for m in labels.split(",") if m))
+            seg = Segment(ytid, start, end, tuple(m.strip() for m in labels.split(",") if m.strip()))
+            yield (n, seg) if numbered else seg
 
 
 # --------------------------------------------------------------------------- normalisation

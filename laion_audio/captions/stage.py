@@ -48,6 +48,10 @@ class CaptionOptions:
     debias: bool = True
     replace_text_sources: tuple[str, ...] = ("audioset",)
     labels: AudioSetLabels | None = None
+    #: a model caption missing any keyword is replaced by the template (LAION's keyword check)
+    keyword_fallback: bool = True
+    #: captions made by ``laion-audio audioset-captions``, joined into AudioSet records
+    audioset_captions: "AudioSetCaptionTable | None" = None
 
 
 @dataclass
@@ -64,6 +68,9 @@ class CaptionStats:
     distinct_keyword_sets: set = field(default_factory=set)
     cache_hits: int = 0
     generated: int = 0
+    keyword_fallback: int = 0       # model captions replaced by the template (missed keywords)
+    joined: int = 0                 # AudioSet records captioned from an audioset-captions file
+    join_missing: int = 0           # AudioSet records the file has no row for
     debias_replacements: int = 0
 
     def as_dict(self) -> dict:
@@ -92,7 +99,9 @@ def record_keywords(rec: Record, labels: AudioSetLabels | None = None) -> tuple[
 
 def has_source_text(rec: Record) -> bool:
     """True when ``texts`` came from the source, not from an earlier run of this stage."""
-    return bool(rec.texts) and rec.caption_provenance.get("rule") not in ("template", "k2c")
+    prov = rec.caption_provenance
+    return bool(rec.texts) and (prov.get("rule") not in ("template", "k2c")
+                                or bool(prov.get("source_text_kept")))
 
 
 def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
@@ -106,6 +115,12 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
         if rec.status in _PASS_THROUGH:
             continue
         stats.records += 1
+        if opts.audioset_captions is not None and rec.source == "audioset":
+            if opts.audioset_captions.apply(rec):
+                stats.joined += 1
+                _advance(rec)
+                continue
+            stats.join_missing += 1
         kws = record_keywords(rec, opts.labels)
         if any(_MID.match(k) for k in kws):
             fail(rec, STAGE, FailureCode.BAD_METADATA, "tags hold AudioSet MIDs with no known name "
@@ -138,6 +153,52 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
     return list(records)
 
 
+class AudioSetCaptionTable:
+    """The rows of an ``audioset-captions`` Parquet file, looked up by (YouTube id, start).
+
+    A joined record gets the row's ``text`` as its text and ``text_augment_t5`` (as in LAION's
+    AudioSet shards) and the row's provenance plus ``joined_from`` (the file's name). Only an
+    index (key -> row) is kept in memory; texts are read from the Arrow table on demand."""
+
+    COLUMNS = ("ytid", "start", "text", "provenance", "label_names")
+
+    def __init__(self, path) -> None:
+        import pyarrow.parquet as pq
+        from pathlib import Path
+
+        self.name = Path(path).name
+        schema = pq.read_schema(path)
+        missing = [c for c in self.COLUMNS if c not in schema.names]
+        if missing:
+            raise ValueError(f"{self.name}: not an audioset-captions file (no {', '.join(missing)} column)")
+        self.table = pq.read_table(path, columns=list(self.COLUMNS))
+        ytids = self.table.column("ytid").to_pylist()
+        starts = self.table.column("start").to_pylist()
+        self.index = {(y, float(st)): i for i, (y, st) in enumerate(zip(ytids, starts))}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def apply(self, rec: Record) -> bool:
+        od = rec.original_data or {}
+        ytid = od.get("youtube_id")
+        start = od.get("start_seconds", rec.trim_start)
+        if ytid is None or start is None:
+            return False
+        i = self.index.get((ytid, float(start)))
+        if i is None:
+            return False
+        import json
+
+        text = self.table.column("text")[i].as_py()
+        prov = json.loads(self.table.column("provenance")[i].as_py())
+        prov.update({"keywords": self.table.column("label_names")[i].as_py(), "joined_from": self.name})
+        rec.texts = [text]
+        rec.text_augment_t5 = text
+        rec.caption_provenance = prov
+        return True
+
+
 def _advance(rec: Record) -> None:
     if rec.status == Status.TRANSCODED:
         rec.status = Status.CAPTIONED
@@ -149,11 +210,19 @@ def _template(rec: Record, kws: Sequence[str], opts: CaptionOptions, reason: str
                               "keywords": list(kws), "reason": reason}
 
 
-def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache | None,
-         stats: CaptionStats) -> None:
+def k2c_captions(keyword_sets, captioner: Captioner, opts: CaptionOptions,
+                 cache: CaptionCache | None, stats: CaptionStats) -> dict:
+    """Model captions for keyword sets: ``{kws: (text, provenance)}`` or ``{kws: error}``.
+
+    Each distinct set is looked up in the cache, the rest generated in one batched call and
+    cached; the text is de-biased. With ``opts.keyword_fallback`` a caption that misses any
+    keyword is replaced by the template (LAION's keyword check), recorded in provenance
+    (``rule: template``, ``reason``, the rejected ``k2c_raw_text``) and counted."""
+    from .quality import keyword_coverage
+
     identity = captioner.identity
-    keys = {kws: cache_key(captioner.cache_identity, kws) for _, kws in todo}
-    stats.keyword_sets += len(todo)
+    keys = {kws: cache_key(captioner.cache_identity, kws) for kws in keyword_sets}
+    stats.keyword_sets += len(keyword_sets)
     stats.distinct_keyword_sets.update(keys.values())
     raw: dict[tuple[str, ...], str] = {}
     if cache is not None:
@@ -162,29 +231,31 @@ def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache |
             if key in found:
                 raw[kws] = found[key]
     missing = [kws for kws in keys if kws not in raw]
-    stats.cache_hits += sum(1 for _, kws in todo if kws in raw)
-    errors: dict[tuple[str, ...], str] = {}
+    stats.cache_hits += sum(1 for kws in keyword_sets if kws in raw)
+    out: dict = {}
     if missing:
         try:
             generated = captioner.generate(missing)
         except Exception as exc:  # a model/tokenizer error must not end the run
             log.exception("caption generation failed for %d keyword sets", len(missing))
-            errors = {kws: f"{type(exc).__name__}: {exc}" for kws in missing}
+            out = {kws: f"{type(exc).__name__}: {exc}" for kws in missing}
         else:
             stats.generated += len(missing)
             raw.update(zip(missing, generated))
             if cache is not None:
                 cache.put_many((keys[k], k, raw[k]) for k in missing)
-    for rec, kws in todo:
-        if kws in errors:
-            fail(rec, STAGE, FailureCode.INTERNAL, f"caption generation failed: {errors[kws]}")
-            stats.failed += 1
-            continue
-        text = raw[kws].strip()
+    for kws, text in raw.items():
+        text = text.strip()
         if not text:
-            _template(rec, kws, opts, reason="model returned an empty caption")
-            stats.template += 1
-            _advance(rec)
+            out[kws] = (templates.render(opts.template, kws),
+                        {"rule": "template", "template": opts.template, "keywords": list(kws),
+                         "reason": "model returned an empty caption"})
+            continue
+        if opts.keyword_fallback and keyword_coverage(kws, text) < 1.0:
+            out[kws] = (templates.render(opts.template, kws),
+                        {"rule": "template", "template": opts.template, "keywords": list(kws),
+                         "reason": "k2c caption missed keywords", "k2c_raw_text": text,
+                         **{k: v for k, v in identity.items() if k != "model"}})
             continue
         prov = {"rule": "k2c", **identity, "keywords": list(kws), "raw_text": text}
         if opts.debias:
@@ -192,9 +263,39 @@ def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache |
             text = result.text
             prov["debias_version"] = DEBIAS_VERSION
             prov["debias_replacements"] = [list(r) for r in result.replacements]
-            stats.debias_replacements += result.count
+        out[kws] = (text, prov)
+    return out
+
+
+def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache | None,
+         stats: CaptionStats) -> None:
+    results = k2c_captions([kws for _, kws in todo], captioner, opts, cache, stats)
+    for rec, kws in todo:
+        res = results[kws]
+        if isinstance(res, str):
+            fail(rec, STAGE, FailureCode.INTERNAL, f"caption generation failed: {res}")
+            stats.failed += 1
+            continue
+        text, prov = res
+        keep = has_source_text(rec) and rec.source not in opts.replace_text_sources
+        if prov["rule"] == "template":
+            # the model's caption was empty or missed keywords: the template stands in
+            if keep:
+                rec.text_augment_t5 = text
+                prov = {**prov, "source_text_kept": True}
+            else:
+                rec.texts = [text]
+            rec.caption_provenance = prov
+            stats.template += 1
+            if prov["reason"] == "k2c caption missed keywords":
+                stats.keyword_fallback += 1
+            _advance(rec)
+            continue
+        stats.debias_replacements += len(prov.get("debias_replacements", []))
         rec.text_augment_t5 = text
-        if not has_source_text(rec) or rec.source in opts.replace_text_sources:
+        if keep:
+            prov = {**prov, "source_text_kept": True}
+        else:
             rec.texts = [text]
         rec.caption_provenance = prov
         stats.k2c += 1

@@ -29,10 +29,13 @@ def caption_batch(records: list[Record], *, model: str | None = None,
                   cache_path: str | None = None, template: str = "sounds_of",
                   debias: bool = True, labels_dir: str | None = None, device: str | None = None,
                   gen_batch_size: int | None = None, params: dict | None = None,
+                  keyword_fallback: bool = True, audioset_captions: str | None = None,
                   stats: Any = None) -> list[Record]:
     """Caption a batch: with ``model`` a T5 keyword-to-caption model (cached raw captions in
     ``cache_path``), else the paper's template. Options are plain values so they cross to Ray
-    workers; ``params`` holds :class:`GenerationParams` fields."""
+    workers; ``params`` holds :class:`GenerationParams` fields (None: the decoding the model's
+    quality report passed with). ``audioset_captions``: an ``audioset-captions`` Parquet whose
+    rows AudioSet records take as their texts."""
     from .cache import CaptionCache
     from .keywords import AudioSetLabels
     from .stage import CaptionOptions, caption_batch as caption_stage
@@ -43,8 +46,16 @@ def caption_batch(records: list[Record], *, model: str | None = None,
                                        "batch_size": gen_batch_size, "params": params})
         cache = CaptionCache(cache_path) if cache_path else None
     labels = AudioSetLabels.from_dir(labels_dir) if labels_dir else None
+    table = None
+    if audioset_captions:
+        from .stage import AudioSetCaptionTable
+
+        if audioset_captions not in _CAPTIONERS:
+            _CAPTIONERS[audioset_captions] = AudioSetCaptionTable(audioset_captions)
+        table = _CAPTIONERS[audioset_captions]
     options = CaptionOptions(min_duration=min_duration or None, template=template, debias=debias,
-                             labels=labels)
+                             labels=labels, keyword_fallback=keyword_fallback,
+                             audioset_captions=table)
     try:
         return caption_stage(records, captioner, options, cache=cache, stats=stats)
     finally:

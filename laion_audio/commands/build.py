@@ -59,6 +59,12 @@ def add_caption_filter_arguments(p: argparse.ArgumentParser) -> None:
                    default=None, help="the model's input format (default: guessed)")
     g.add_argument("--caption-min-duration", type=float, default=2.0,
                    help="no model caption for clips shorter than this (LAION: 2 s)")
+    # caption quality gate and AudioSet caption join (issue 13)
+    g.add_argument("--force-caption-model", action="store_true",
+                   help="use a --caption-model that its quality report fails (or that has none)")
+    g.add_argument("--audioset-captions", default=None, metavar="FILE.parquet",
+                   help="AudioSet captions made by `laion-audio audioset-captions`: joined into "
+                        "AudioSet records at the caption stage (text and text_augment_t5)")
     g.add_argument("--evalsets-cache", default=None,
                    help="folder of eval manifests fetched with `laion-audio evalsets fetch` "
                         "(default: $LAION_AUDIO_EVALSETS_CACHE or the user cache)")
@@ -130,10 +136,45 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        caption_model=getattr(args, "caption_model", None),
                        caption_input_format=getattr(args, "caption_input_format", None),
                        caption_min_duration=getattr(args, "caption_min_duration", 2.0),
+                       audioset_captions=_checked_captions(args),
                        evalsets_cache=getattr(args, "evalsets_cache", None),
                        eval_audio=_pairs(getattr(args, "eval_audio", [])),
                        skip_eval_filter=getattr(args, "skip_eval_filter", False),
                        eval_filter=getattr(args, "eval_filter", ""))
+
+
+def _refuse(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _checked_captions(args: argparse.Namespace) -> str | None:
+    """Quality gate for --caption-model and a readable --audioset-captions file, before any
+    stage runs (a user mistake: one line, exit 2)."""
+    model = getattr(args, "caption_model", None)
+    if model:
+        from laion_audio.captions.gate import GateError, check_model_dir
+
+        try:
+            check_model_dir(model, force=getattr(args, "force_caption_model", False))
+        except GateError as exc:
+            _refuse(f"build: {exc}")
+    path = getattr(args, "audioset_captions", None)
+    if path:
+        import pyarrow.parquet as pq
+
+        from laion_audio.captions.stage import AudioSetCaptionTable
+
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, ValueError) as exc:
+            _refuse(f"build: --audioset-captions {path}: {exc}")
+        if not set(AudioSetCaptionTable.COLUMNS) <= set(names):
+            _refuse(f"build: --audioset-captions {path}: not an audioset-captions file")
+        return str(Path(path).resolve())
+    return None
 
 
 def _pairs(values: list[str]) -> dict[str, str]:

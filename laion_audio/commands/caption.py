@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 from ..records import Status
@@ -38,10 +39,17 @@ def register(sub) -> None:
     p.add_argument("--min-duration", type=float, default=2.0,
                    help="no model caption below this many seconds (LAION: 2); 0 disables")
     p.add_argument("--no-debias", action="store_true")
-    p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
-    p.add_argument("--keyword-boost", type=float, default=0.0,
+    p.add_argument("--rerank", action="store_true", default=None,
+                   help="keep the beam covering most keywords")
+    p.add_argument("--keyword-boost", type=float, default=None,
                    help="soft keyword constraint strength (0 = off, keytotext behaviour; 2.0 "
-                        "took our AudioCaps captioner from 0.69 to 0.85 coverage)")
+                        "took our AudioCaps captioner from 0.69 to 0.85 coverage). Without "
+                        "--rerank/--keyword-boost: the decoding the model's quality report passed with")
+    # quality gate (issue 13)
+    p.add_argument("--force-caption-model", action="store_true",
+                   help="use a model its quality report fails (or that has no report)")
+    p.add_argument("--no-keyword-fallback", action="store_true",
+                   help="keep model captions that miss keywords (default: the template replaces them)")
     p.add_argument("--max-new-tokens", type=_checks.positive_int, default=48)
     p.add_argument("--batch-size", type=_checks.positive_int, default=256,
                    help="records per ledger write")
@@ -93,11 +101,31 @@ def run(args) -> int:
     from ..workdir import WorkDir
 
     stage = BY_NAME["caption"]
+    params = None     # None: the decoding the model's quality report passed with
+    if args.rerank is not None or args.keyword_boost is not None or args.max_new_tokens != 48:
+        params = GenerationParams(rerank_by_coverage=bool(args.rerank),
+                                  keyword_boost=args.keyword_boost or 0.0,
+                                  max_new_tokens=args.max_new_tokens)
+    if args.model:
+        from pathlib import Path
+
+        from ..captions.gate import GateError, check_model_dir
+
+        if Path(args.model).is_dir():       # a hub id has no report: only with --force-caption-model
+            try:    # before loading the weights: a refused model costs nothing
+                check_model_dir(args.model, params, force=args.force_caption_model)
+            except GateError as exc:
+                print(f"caption: {exc}", file=sys.stderr)
+                return 2
+        elif not args.force_caption_model:
+            print(f"caption: {args.model} is not a model folder with a quality report; use "
+                  "--force-caption-model to use it anyway", file=sys.stderr)
+            return 2
     cstats = CaptionStats()
-    params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
-                              max_new_tokens=args.max_new_tokens)
     kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
-                  gen_batch_size=args.gen_batch_size, params=vars(params),
+                  gen_batch_size=args.gen_batch_size,
+                  params=vars(params) if params is not None else None,
+                  keyword_fallback=not args.no_keyword_fallback,
                   min_duration=args.min_duration, template=args.template,
                   debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
                   cache_path=str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None)

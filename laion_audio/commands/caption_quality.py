@@ -1,6 +1,11 @@
 """``laion-audio caption-quality``: keyword coverage, invented words, fluency and length of a
 captioner's output (``--model`` on keyword sets taken from a caption corpus) or of the model
-captions already in a ledger (``--ledger``). Prints a JSON report."""
+captions already in a ledger (``--ledger``). Prints a JSON report.
+
+``--model DIR --write-report`` scores the model against the template on real AudioSet label sets
+(``--segments``, default eval_segments.csv) and saves ``caption_quality.json`` + ``.md`` in the
+model folder: the report the quality gate of ``caption``, ``build`` and ``audioset-captions``
+reads (e.g. for a keytotext-era checkpoint, which comes without one)."""
 from __future__ import annotations
 
 import json
@@ -19,18 +24,26 @@ def register(sub) -> None:
                    help="with --model: caption corpus whose content words are the keyword sets")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="held-out human captions for the fluency n-gram model")
-    p.add_argument("-n", type=int, default=500, help="keyword sets to evaluate")
+    p.add_argument("-n", type=int, default=500, help="keyword sets to evaluate (--write-report: 300)")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
     p.add_argument("--keyword-boost", type=float, default=0.0, help="soft keyword constraint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-report", action="store_true",
+                   help="with --model: gate report on AudioSet label sets, saved beside the model")
+    p.add_argument("--segments", metavar="CSV", help="AudioSet segments CSV for --write-report")
+    p.add_argument("--audioset-labels", metavar="DIR", help="class list (default: manifests/ or "
+                                                            "beside --segments)")
+    p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"])
     p.set_defaults(func=run)
 
 
 def validate_caption_quality(args) -> None:
     from . import _checks
 
+    if getattr(args, "write_report", False) and not args.model:
+        raise _checks.UserError("--write-report needs --model")
     if args.model:
-        if not args.keywords_from:
+        if not args.keywords_from and not getattr(args, "write_report", False):
             raise _checks.UserError("--model needs --keywords-from KIND:PATH")
         _checks.caption_model(args.model, "--model")
     else:
@@ -41,12 +54,38 @@ def validate_caption_quality(args) -> None:
             raise _checks.UserError(f"--{opt.replace('_', '-')} {spec[1]} does not exist")
 
 
+def _write_report(args) -> int:
+    import sys
+
+    from ..captions.gate import DEFAULT_DECODINGS, GateError, default_segments, write_model_report
+
+    segments = args.segments or default_segments(args.audioset_labels)
+    if not segments:
+        print("caption-quality: no segments CSV: give --segments CSV", file=sys.stderr)
+        return 2
+    decodings = list(DEFAULT_DECODINGS)
+    if args.rerank or args.keyword_boost:
+        asked = {"rerank_by_coverage": bool(args.rerank), "keyword_boost": args.keyword_boost}
+        decodings = [d for d in decodings if d != asked] + [asked]
+    try:
+        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n, seed=args.seed,
+                                    labels_dir=args.audioset_labels, decodings=decodings,
+                                    input_format=args.input_format)
+    except GateError as exc:
+        print(f"caption-quality: {exc}", file=sys.stderr)
+        return 2
+    print(report["markdown"])
+    return 0
+
+
 def run(args) -> int:
     validate_caption_quality(args)
     from ..captions.keywords import caption_keywords
     from ..captions.quality import quality_report
     from ..captions.train import load_captions
 
+    if args.write_report:
+        return _write_report(args)
     lm = load_captions(*args.lm_corpus) if args.lm_corpus else []
     if args.model:
         from ..captions.k2c import Captioner, GenerationParams

@@ -16,6 +16,14 @@ def register(subparsers) -> None:
                    help="../shared/data, for real sample values in the catalogues")
     p.add_argument("--fault-rate", type=float, default=0.0,
                    help="fraction of requests answered with an injected fault")
+    p.add_argument("--dead-links", type=float, default=0.0,
+                   help="fraction of each released list's items that answer 404 (/laion/...)")
+    p.add_argument("--changed-audio", type=float, default=0.0,
+                   help="fraction of each released list's items that serve different audio")
+    p.add_argument("--freesound-per-day", type=int, default=None,
+                   help="Freesound API requests per (simulated) day; POST /_freesound/next_day")
+    p.add_argument("--freesound-per-minute", type=int, default=None,
+                   help="Freesound API requests per minute")
     p.set_defaults(func=run)
 
 
@@ -24,6 +32,17 @@ def run(args: argparse.Namespace) -> int:
 
     faults = FaultConfig(rate=args.fault_rate, seed=args.seed)
     with serve(args.port, seed=args.seed, shared=args.shared, faults=faults) as (app, base):
+        if args.dead_links or args.changed_audio:
+            from crawlers.replay.laion_lists import rot
+
+            truth = rot(app, args.dead_links, args.changed_audio, seed=args.seed)
+            print("released lists under " + base + "/laion/ with " + ", ".join(
+                f"{s}: {len(t['dead'])} dead, {len(t['changed'])} changed of {t['population']}"
+                for s, t in truth.items()), flush=True)
+        if args.freesound_per_day is not None or args.freesound_per_minute is not None:
+            from crawlers.replay.freesound import set_quota
+
+            set_quota(app, args.freesound_per_minute, args.freesound_per_day)
         print(f"replay server on {base} (sources: {', '.join(sorted(app.catalogues))}); Ctrl-C stops",
               flush=True)
         try:

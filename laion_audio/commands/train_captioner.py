@@ -5,6 +5,13 @@ ledger folder, text file); their content words become the keywords. With ``--aud
 DIR``, words that name an AudioSet label become that label's display name ("a dog barks" ->
 "Dog", "Bark"), as the caption stage feeds AudioSet clips; ``--audioset-share`` keeps the rest
 as plain words. The output folder loads with ``laion-audio caption --model OUT``.
+
+Model size, threads and learning rate follow the budget (``--max-minutes`` times the cores not
+already busy) unless given; training stops early when the validation loss stops improving and
+keeps the best weights. At the end the model is scored against the template on held-out real
+AudioSet label sets (``--report-segments``, default the AudioSet eval CSV when found) and the
+report is saved beside the weights (``caption_quality.json`` + ``.md``); ``caption``, ``build``
+and ``audioset-captions`` refuse a model whose report fails the quality gate.
 """
 from __future__ import annotations
 
@@ -33,12 +40,24 @@ def register(sub) -> None:
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--limit", type=int, help="use at most this many captions per corpus")
     p.add_argument("--val-share", type=float, default=0.01, help="held out for validation loss")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help="default: from the free cores")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--vocab-size", type=int, default=4000)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--lr", type=float, help="default: by model size")
+    p.add_argument("--vocab-size", type=int, help="default: by budget")
+    p.add_argument("--d-model", type=int, help="default: by budget and free cores")
+    p.add_argument("--layers", type=int, help="default: by budget")
+    p.add_argument("--keep-incomplete-pairs", action="store_true",
+                   help="also train on captions with more content words than keywords (teaches "
+                        "inventing words; off by default)")
+    p.add_argument("--report-segments", metavar="CSV",
+                   help="AudioSet segments CSV whose label sets score the model at the end "
+                        "(default: eval_segments.csv next to --audioset-labels or in "
+                        "../shared/data/audioset)")
+    p.add_argument("--report-n", type=int, default=300, help="label sets in the quality report")
+    p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
+                   help="human captions for the report's fluency model (default: AudioCaps "
+                        "test.csv beside an audiocaps corpus)")
+    p.add_argument("--no-report", action="store_true", help="skip the quality report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audioset-labels", metavar="DIR_OR_CSV",
                    help="folder with class_labels_indices.csv (+ ontology.json), or that CSV: map "
@@ -105,7 +124,11 @@ def run(args) -> int:
             print(f"train-captioner: {args.audioset_labels} has no class_labels_indices.csv", file=sys.stderr)
             return 2
         mapper = LabelMapper.from_dir(args.audioset_labels)
-    pairs = build_pairs(captions, label_mapper=mapper, label_share=args.audioset_share, seed=args.seed)
+    pairs = build_pairs(captions, label_mapper=mapper, label_share=args.audioset_share, seed=args.seed,
+                        complete_only=not args.keep_incomplete_pairs)
+    if not pairs:
+        print("train-captioner: the corpora gave no training pairs", file=sys.stderr)
+        return 2
     info: dict = {"corpora": [f"{kind}:{path}" for kind, path in args.corpus], "limit": args.limit,
                   "pairs": len(pairs), "label_mapping": None}
     if mapper is not None:
@@ -116,11 +139,44 @@ def run(args) -> int:
     val, train = pairs[:n_val], pairs[n_val:]
     if args.max_steps is None and args.max_minutes is None:
         args.max_steps = 3000
-    cfg = TrainConfig(max_steps=args.max_steps, max_minutes=args.max_minutes, threads=args.threads,
-                      batch_size=args.batch_size, lr=args.lr, vocab_size=args.vocab_size,
-                      d_model=args.d_model, d_ff=4 * args.d_model, num_layers=args.layers,
-                      num_decoder_layers=args.layers, seed=args.seed, pretrained=args.pretrained)
-    summary = train_captioner(train, args.out, cfg, val_pairs=val, pairs_info=info)
+    from ..captions.train import auto_config
+
+    auto, why = auto_config(args.max_minutes, args.max_steps)
+    given = {"d_model": args.d_model, "num_layers": args.layers, "num_decoder_layers": args.layers,
+             "vocab_size": args.vocab_size, "lr": args.lr, "threads": args.threads}
+    sizes = {**auto, **{k: v for k, v in given.items() if v is not None}}
+    if args.d_model is not None:
+        sizes["d_ff"] = 4 * args.d_model
+    print(f"train-captioner: {why}" + (" (overridden by options)" if any(
+        v is not None for v in given.values()) else ""), file=sys.stderr)
+    info["auto_config"] = why
+    cfg = TrainConfig(max_steps=args.max_steps, max_minutes=args.max_minutes,
+                      batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained, **sizes)
+    summary = train_captioner(train, args.out, cfg, val_pairs=val[:1000], pairs_info=info)
     summary.pop("loss_curve")
     print(json.dumps(summary, indent=1))
+    if args.no_report:
+        return 0
+    from ..captions.gate import default_segments, write_model_report
+
+    segments = args.report_segments or default_segments(args.audioset_labels)
+    lm = args.lm_corpus or _default_lm(args.corpus)
+    if not segments or not lm:
+        print("train-captioner: no quality report (give --report-segments CSV and --lm-corpus "
+              "KIND:PATH); the quality gate will refuse this model", file=sys.stderr)
+        return 0
+    report = write_model_report(args.out, segments, lm, n=args.report_n, seed=args.seed,
+                                labels_dir=args.audioset_labels)
+    print(report["markdown"])
     return 0
+
+
+def _default_lm(corpora) -> tuple[str, str] | None:
+    """AudioCaps test.csv beside an AudioCaps training corpus (never trained on)."""
+    from pathlib import Path
+
+    for kind, path in corpora:
+        test = Path(path).with_name("test.csv")
+        if kind == "audiocaps" and test.is_file() and Path(path).name != "test.csv":
+            return ("audiocaps", str(test))
+    return None

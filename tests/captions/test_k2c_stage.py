@@ -69,7 +69,7 @@ def test_stage_captions_real_audioset_label_sets(captioner, audioset_sets, tmp_p
     gone = Record(source="audioset", source_id="gone", tags=["Speech"], status=Status.FAILED)
     stats = CaptionStats()
     with CaptionCache(tmp_path / "c.sqlite") as cache:
-        out = caption_batch(recs + [short, empty, tagged, gone], captioner, CaptionOptions(),
+        out = caption_batch(recs + [short, empty, tagged, gone], captioner, CaptionOptions(keyword_fallback=False),
                             cache=cache, stats=stats)
     assert len(out) == 36
     for r in recs:
@@ -185,6 +185,7 @@ def test_quality_report_figures():
 
 
 def _cli(*args):
+    args = [str(a) for a in args]
     return subprocess.run([sys.executable, "-m", "laion_audio", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=300, env={"PYTHONPATH": str(REPO),
                                                                  "PATH": "/usr/bin:/bin"})
@@ -196,10 +197,13 @@ def test_cli_caption_ledger_and_quality(tiny, audioset_sets, shared_data, tmp_pa
     ledger_dir = tmp_path / "ledger"
     with Ledger(ledger_dir) as ledger:
         ledger.write(audioset_records(labels, segs[:12], as_mids=True))
-    res = _cli("caption", str(ledger_dir), "--model", str(tiny[0]), "--rerank",
-               "--keyword-boost", "2", "--audioset-labels", str(shared_data / "audioset"))
+    args = ("caption", str(ledger_dir), "--model", str(tiny[0]), "--rerank",
+            "--keyword-boost", "2", "--audioset-labels", str(shared_data / "audioset"))
+    refused = _cli(*args)      # the tiny model has no quality report: the gate refuses it
+    assert refused.returncode == 2 and "no quality report" in refused.stderr
+    res = _cli(*args, "--force-caption-model", "--no-keyword-fallback")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "12 in = 12 ok" in res.stdout
+    assert "12 in = 12 ok" in res.stdout and "--force-caption-model" in res.stderr
     with Ledger(ledger_dir, lock=False) as ledger:
         recs = ledger.records()
     assert all(r.status == Status.CAPTIONED and r.caption_provenance["rule"] == "k2c" for r in recs)
@@ -214,8 +218,47 @@ def test_cli_caption_ledger_and_quality(tiny, audioset_sets, shared_data, tmp_pa
 def test_cli_train_captioner(shared_data, tmp_path):
     res = _cli("train-captioner", "--corpus", f"soundbible:{shared_data / 'wavcaps/SoundBible/sb_final.json'}",
                "--out", str(tmp_path / "m"), "--max-steps", "15", "--d-model", "64", "--layers", "1",
-               "--vocab-size", "600", "--batch-size", "16", "--threads", "1")
+               "--vocab-size", "600", "--batch-size", "16", "--threads", "1", "--report-n", "10",
+               "--report-segments", shared_data / "audioset/eval_segments.csv",
+               "--lm-corpus", f"audiocaps:{shared_data / 'audiocaps/dataset/test.csv'}")
     assert res.returncode == 0, res.stderr[-2000:]
-    summary = json.loads(res.stdout)
+    summary = json.loads(res.stdout[:res.stdout.index("\n}\n") + 3])
     assert summary["steps"] == 15 and summary["pairs"] > 1000
-    assert Captioner.load(tmp_path / "m").generate([["bell", "ring"]])[0]
+    assert "-> d_model 64" not in res.stderr and "overridden by options" in res.stderr
+    out = Captioner.load(tmp_path / "m").generate([["bell", "ring"]])
+    assert len(out) == 1 and isinstance(out[0], str)   # 15 steps may still say nothing
+    # the run ends with the gate's report beside the weights: 15 steps is far below the template
+    report = json.loads((tmp_path / "m" / "caption_quality.json").read_text())
+    assert report["n"] == 10 and not report["passes"] and len(report["decodings"]) == 2
+    assert "refused by the quality gate" in res.stdout
+    assert (tmp_path / "m" / "caption_quality.md").is_file()
+
+
+def test_caption_missing_a_keyword_falls_back_to_the_template(captioner, audioset_sets, tmp_path):
+    """LAION's keyword check: a model caption without every keyword is replaced by the template,
+    counted, and the rejected caption kept in provenance; a source text is never replaced."""
+    from laion_audio.captions.quality import keyword_coverage
+
+    labels, segs = audioset_sets
+    recs = audioset_records(labels, segs[:32])
+    tagged = Record(source="freesound", source_id="1", tags=["Zither", "Yodeling", "Cutlery"],
+                    texts=["my recording"], audio_duration=5.0, status=Status.TRANSCODED)
+    stats = CaptionStats()
+    caption_batch(recs + [tagged], captioner, CaptionOptions(), stats=stats)
+    fell = [r for r in recs if r.caption_provenance["rule"] == "template"]
+    kept = [r for r in recs if r.caption_provenance["rule"] == "k2c"]
+    assert fell, "the tiny captioner misses keywords on real label sets"
+    assert stats.keyword_fallback >= len(fell) and stats.k2c == len(kept)
+    for r in fell:
+        p = r.caption_provenance
+        assert p["reason"] == "k2c caption missed keywords" and p["k2c_raw_text"]
+        assert keyword_coverage(r.tags, p["k2c_raw_text"]) < 1.0
+        assert r.texts[0].startswith("The sound") and r.status == Status.CAPTIONED
+    for r in kept:
+        assert keyword_coverage(r.tags, r.caption_provenance["raw_text"]) == 1.0
+    assert tagged.texts == ["my recording"] and tagged.text_augment_t5.startswith("The sounds of")
+    assert tagged.caption_provenance["source_text_kept"]
+    # captioned again: the source text is still recognised as the source's and kept
+    tagged.status = Status.TRANSCODED
+    caption_batch([tagged], captioner, CaptionOptions())
+    assert tagged.texts == ["my recording"]

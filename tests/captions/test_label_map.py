@@ -126,7 +126,8 @@ def test_cli_train_captioner_with_audioset_labels(shared_data, tmp_path):
     res = _cli("train-captioner", "--corpus", f"audiocaps:{shared_data / 'audiocaps/dataset/train.csv'}",
                "--audioset-labels", str(shared_data / "audioset"), "--audioset-share", "0.8",
                "--out", str(tmp_path / "m"), "--max-steps", "5", "--d-model", "32", "--layers", "1",
-               "--vocab-size", "300", "--limit", "200", "--batch-size", "16", "--threads", "1")
+               "--vocab-size", "300", "--limit", "200", "--batch-size", "16", "--threads", "1",
+               "--keep-incomplete-pairs", "--no-report")
     assert res.returncode == 0, res.stderr[-2000:]
     side = json.loads((tmp_path / "m" / SIDECAR).read_text())
     assert side["training"]["steps"] == 5

@@ -1,0 +1,296 @@
+"""The captioner quality gate: a model's report on real AudioSet label sets, saved beside its
+weights, and the check that ``caption``, ``build`` and ``audioset-captions`` run before using it.
+
+The template ("The sounds of A, B and C") names every label and invents nothing, so a model
+must come close to it to earn its place. A report (``caption_quality.json``) holds, per
+decoding setting, on held-out label sets from an AudioSet segments CSV: keyword coverage,
+all-keywords rate, invented-word rate, repetition rate and fluency (perplexity under a trigram
+model of human AudioCaps captions), next to the same figures for the template. A model passes
+for a decoding setting when (``LIMITS``, documented in docs/captions.md):
+
+- keyword coverage >= 0.90 (the template's is 1.0; every caption that still misses a keyword
+  falls back to the template per record, so this bounds how often that happens),
+- all-keywords rate >= 0.70,
+- invented content-word rate <= 0.10,
+- repetition (a content word three times, or a word twice in a row) <= 2 % of captions.
+
+No report, a report for other weights, or a report without the decoding asked for: refused.
+``--force-caption-model`` overrides (and says so on stderr).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+REPORT = "caption_quality.json"
+REPORT_MD = "caption_quality.md"
+#: Decoding settings scored by default: keytotext's plain beam search, and ours with re-rank
+#: and keyword boost 2 (what ``audioset-captions`` uses by default).
+DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0})
+LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
+          "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02}
+
+
+class GateError(Exception):
+    """The model may not be used; the message is the one line the CLI prints."""
+
+
+def repeats(caption: str) -> bool:
+    """A content word three times, or any word twice in a row ("being being")."""
+    from .keywords import content_words, lemma, words
+
+    ws = words(caption)
+    if any(a == b for a, b in zip(ws, ws[1:])):
+        return True
+    counts = Counter(lemma(w) for w in content_words(caption))
+    return any(c >= 3 for c in counts.values())
+
+
+def repo_manifests() -> Path:
+    return Path(__file__).resolve().parents[2] / "manifests"
+
+
+def resolve_labels_dir(given: str | os.PathLike | None) -> Path | None:
+    """``--audioset-labels DIR`` when given, else ``manifests/`` when it ships the class list."""
+    if given:
+        return Path(given)
+    if (repo_manifests() / "class_labels_indices.csv").is_file():
+        return repo_manifests()
+    return None
+
+
+def default_segments(labels_dir: str | None) -> str | None:
+    """eval_segments.csv beside the labels, else ../shared/data/audioset (from cwd or repo)."""
+    cands = []
+    if labels_dir:
+        cands.append(Path(labels_dir) / "eval_segments.csv")
+    cands += [Path("../shared/data/audioset/eval_segments.csv"),
+              Path(__file__).resolve().parents[3] / "shared/data/audioset/eval_segments.csv"]
+    for c in cands:
+        if c.is_file():
+            return str(c)
+    return None
+
+
+def sample_label_sets(segments_csv: str | os.PathLike, labels, n: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """``n`` seeded random rows of a segments CSV as normalised label-name sets."""
+    from .keywords import normalise_keywords, read_segments
+
+    segs = [s for s in read_segments(segments_csv) if s.mids and all(m in labels.names for m in s.mids)]
+    rng = random.Random(seed)
+    pick = rng.sample(segs, min(n, len(segs)))
+    return [normalise_keywords(labels.label_names(s.mids)) for s in pick]
+
+
+def score(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str], lm) -> dict:
+    """The gate's figures for one list of captions."""
+    from .quality import invented_words, keyword_coverage
+    from .keywords import content_words
+
+    cov = [keyword_coverage(k, c) for k, c in zip(keyword_sets, captions)]
+    inv = sum(len(invented_words(k, c)) for k, c in zip(keyword_sets, captions))
+    content = sum(len(content_words(c)) for c in captions)
+    return {"keyword_coverage": round(statistics.fmean(cov), 4),
+            "all_keywords_rate": round(sum(c == 1.0 for c in cov) / len(cov), 4),
+            "invented_word_rate": round(inv / max(content, 1), 4),
+            "repetition_rate": round(sum(map(repeats, captions)) / len(captions), 4),
+            "empty": sum(not c.strip() for c in captions),
+            "perplexity": round(lm.perplexity(captions), 2) if lm else None}
+
+
+def verdict(figures: dict) -> list[str]:
+    """The limits a decoding's figures break (empty: passes)."""
+    broken = []
+    if figures["keyword_coverage"] < LIMITS["min_keyword_coverage"]:
+        broken.append(f"keyword coverage {figures['keyword_coverage']:.3f} < {LIMITS['min_keyword_coverage']}")
+    if figures["all_keywords_rate"] < LIMITS["min_all_keywords_rate"]:
+        broken.append(f"all-keywords rate {figures['all_keywords_rate']:.3f} < {LIMITS['min_all_keywords_rate']}")
+    if figures["invented_word_rate"] > LIMITS["max_invented_word_rate"]:
+        broken.append(f"invented-word rate {figures['invented_word_rate']:.3f} > {LIMITS['max_invented_word_rate']}")
+    if figures["repetition_rate"] > LIMITS["max_repetition_rate"]:
+        broken.append(f"repetition rate {figures['repetition_rate']:.3f} > {LIMITS['max_repetition_rate']}")
+    return broken
+
+
+def _decoding_key(params) -> dict:
+    d = asdict(params) if not isinstance(params, dict) else dict(params)
+    return {k: d[k] for k in ("rerank_by_coverage", "keyword_boost", "num_beams", "length_penalty",
+                              "no_repeat_ngram_size", "max_new_tokens", "early_stopping") if k in d}
+
+
+def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
+                   lm_corpus: tuple[str, str] | None, *, n: int = 300, seed: int = 0,
+                   labels_dir: str | None = None, decodings: Sequence[dict] = DEFAULT_DECODINGS,
+                   input_format: str | None = None) -> dict:
+    """Score ``model`` and the template on ``n`` label sets; the report as a dict."""
+    import time
+
+    from . import templates
+    from .k2c import Captioner, GenerationParams
+    from .keywords import AudioSetLabels
+    from .quality import NgramLM
+    from .train import load_captions
+
+    ldir = resolve_labels_dir(labels_dir)
+    if ldir is None and (Path(segments_csv).parent / "class_labels_indices.csv").is_file():
+        ldir = Path(segments_csv).parent      # AudioSet's CSVs usually sit together
+    if ldir is None:
+        raise GateError("no AudioSet class list: give --audioset-labels DIR")
+    labels = AudioSetLabels.from_dir(ldir)
+    sets = sample_label_sets(segments_csv, labels, n, seed)
+    if not sets:
+        raise GateError(f"{segments_csv}: no label sets")
+    lm_caps = load_captions(*lm_corpus) if lm_corpus else []
+    lm = NgramLM(lm_caps) if lm_caps else None
+    template_caps = [templates.render("sounds_of", ks) for ks in sets]
+    report = {"model_sha256": None, "input_format": None, "segments": Path(segments_csv).name,
+              "n": len(sets), "seed": seed, "lm_corpus": f"{lm_corpus[0]}:{Path(lm_corpus[1]).name}" if lm_corpus else None,
+              "limits": LIMITS, "template": score(sets, template_caps, lm), "decodings": []}
+    if lm_caps:
+        rng = random.Random(seed)
+        refs = rng.sample(lm_caps, min(len(lm_caps), 1000))
+        taken = set(refs)
+        held = [c for c in lm_caps if c not in taken]
+        report["human_perplexity"] = round(NgramLM(held).perplexity(refs), 2) if held else None
+    for dec in decodings:
+        cap = Captioner.load(model, input_format=input_format, device="cpu",
+                             params=GenerationParams(**dec))
+        report["model_sha256"], report["input_format"] = cap.fingerprint, cap.input_format
+        t0 = time.monotonic()
+        captions = cap.generate(sets)
+        secs = time.monotonic() - t0
+        figs = score(sets, captions, lm)
+        broken = verdict(figs)
+        report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
+                                    "seconds": round(secs, 1), "passes": not broken,
+                                    "broken": broken,
+                                    "examples": [{"keywords": list(k), "caption": c}
+                                                 for k, c in list(zip(sets, captions))[:8]]})
+    report["passes"] = any(d["passes"] for d in report["decodings"])
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Captioner quality ({report['n']} label sets from {report['segments']})", "",
+             "| captions | coverage | all keywords | invented-word rate | repetition | perplexity | gate |",
+             "|---|---|---|---|---|---|---|"]
+    t = report["template"]
+    lines.append(f"| template | {t['keyword_coverage']:.3f} | {t['all_keywords_rate']:.3f} | "
+                 f"{t['invented_word_rate']:.3f} | {t['repetition_rate']:.3f} | {t['perplexity']} | - |")
+    for d in report["decodings"]:
+        g = d["generation"]
+        name = f"model, rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
+        lines.append(f"| {name} | {d['keyword_coverage']:.3f} | {d['all_keywords_rate']:.3f} | "
+                     f"{d['invented_word_rate']:.3f} | {d['repetition_rate']:.3f} | {d['perplexity']} | "
+                     f"{'pass' if d['passes'] else 'FAIL: ' + '; '.join(d['broken'])} |")
+    if report.get("human_perplexity"):
+        lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}.")
+    lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
+                 f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
+    for d in report["decodings"][-1:]:
+        lines.append("\nExamples (" + ", ".join(f"{k}={v}" for k, v in d["generation"].items()
+                                                if k in ("rerank_by_coverage", "keyword_boost")) + "):")
+        lines += [f"- {', '.join(e['keywords'])} -> {e['caption']}" for e in d["examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_report(model: str | os.PathLike, segments_csv, lm_corpus, **kw) -> dict:
+    """Evaluate and save ``caption_quality.json`` + ``.md`` in the model folder (atomically)."""
+    from ..storage import Root
+
+    report = evaluate_model(model, segments_csv, lm_corpus, **kw)
+    folder = Path(model)
+    md = markdown(report)
+    old = load_report(folder) if (folder / REPORT).is_file() else None
+    if old and old.get("model_sha256") == report["model_sha256"]:
+        # keep decodings scored earlier that this run did not redo
+        mine = [json.dumps(d["generation"], sort_keys=True) for d in report["decodings"]]
+        report["decodings"] = [d for d in old.get("decodings", [])
+                               if json.dumps(d["generation"], sort_keys=True) not in mine] + report["decodings"]
+        report["passes"] = any(d["passes"] for d in report["decodings"])
+        md = markdown(report)
+    root = Root(folder)
+    root.write_bytes_atomic(str(folder / REPORT), json.dumps(report, indent=1).encode())
+    root.write_bytes_atomic(str(folder / REPORT_MD), md.encode())
+    return {**report, "markdown": md}
+
+
+def load_report(model_dir: str | os.PathLike) -> dict | None:
+    path = Path(model_dir) / REPORT
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def check(captioner, *, force: bool = False, warn=None) -> dict | None:
+    """Refuse (``GateError``) a captioner whose saved report does not pass for its decoding.
+
+    Returns the matching report entry (or None when forced without one)."""
+    import sys
+
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    report = load_report(captioner.name) if Path(captioner.name).is_dir() else None
+    problem, entry = None, None
+    if report is None:
+        problem = (f"captioner {Path(captioner.name).name} has no quality report ({REPORT}); "
+                   "run `laion-audio caption-quality --model DIR --write-report` first")
+    elif report.get("model_sha256") != captioner.fingerprint:
+        problem = (f"the quality report in {Path(captioner.name).name} is for other weights; "
+                   "rerun `laion-audio caption-quality --model DIR --write-report`")
+    else:
+        want = _decoding_key(captioner.params)
+        entry = next((d for d in report.get("decodings", [])
+                      if all(d["generation"].get(k) == v for k, v in want.items())), None)
+        if entry is None:
+            passing = [d["generation"] for d in report.get("decodings", []) if d["passes"]]
+            hint = (" (it passes with rerank={rerank_by_coverage}, keyword boost={keyword_boost})"
+                    .format(**passing[0]) if passing else "")
+            problem = (f"captioner {Path(captioner.name).name} was not scored with this decoding "
+                       f"(rerank={want['rerank_by_coverage']}, keyword boost={want['keyword_boost']}){hint}")
+        elif not entry["passes"]:
+            problem = (f"captioner {Path(captioner.name).name} is worse than the template: "
+                       + "; ".join(entry["broken"]))
+    if problem is None:
+        return entry
+    if force:
+        warn(f"warning: {problem} (used anyway: --force-caption-model)")
+        return entry
+    raise GateError(problem + "; use the template, or --force-caption-model")
+
+
+def recommended_params(model_dir: str | os.PathLike):
+    """The decoding the model's report passed with (boost/rerank preferred: listed last), or
+    None when there is no passing report."""
+    from .k2c import GenerationParams
+
+    report = load_report(model_dir)
+    if not report:
+        return None
+    passing = [d["generation"] for d in report.get("decodings", []) if d.get("passes")]
+    if not passing:
+        return None
+    fields = set(GenerationParams.__dataclass_fields__)
+    return GenerationParams(**{k: v for k, v in passing[-1].items() if k in fields})
+
+
+def check_model_dir(model: str | os.PathLike, params=None, *, force: bool = False, warn=None):
+    """``check`` without loading the weights (build's driver): fingerprint + decoding only."""
+    from types import SimpleNamespace
+
+    from .k2c import GenerationParams, model_fingerprint
+
+    if not Path(model).is_dir():
+        raise GateError(f"caption model {model}: no such folder")
+    params = params or recommended_params(model) or GenerationParams()
+    return check(SimpleNamespace(name=str(model), fingerprint=model_fingerprint(model), params=params),
+                 force=force, warn=warn)

@@ -1,0 +1,289 @@
+"""``laion-audio audioset-captions CSV... --model DIR|template --out FILE.parquet``: caption
+AudioSet segments from their labels alone (no audio), as LAION released its T5 captions.
+
+One row per segment: ``ytid``, ``start``, ``end``, ``label_ids``, ``label_names``, ``text``
+(the model caption, de-biased, or the template where the model missed a keyword),
+``text_template`` ("The sounds of A, B and C"), ``provenance`` (JSON: rule, model and weights
+hash, decoding, raw text, de-bias replacements, fallback reason), ``csv`` and ``row``. The CSVs
+are streamed in chunks; each chunk is written as a part file beside the output, so a killed run
+(even kill -9) resumes where it stopped, and the SQLite cache (default ``FILE.parquet.cache.sqlite``)
+means each distinct label set is generated once, across runs. Labels come from
+``--audioset-labels DIR`` or, when absent, from the class list shipped in ``manifests/``.
+A model must pass the quality gate (its ``caption_quality.json``) unless ``--force-caption-model``.
+``build --audioset-captions FILE.parquet`` joins the rows into a build as ``text_augment_t5``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+#: schema version of the output; part of the run key
+FORMAT = 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("audioset-captions", help="caption AudioSet segment CSVs from their labels "
+                                                 "(T5 keyword-to-caption or template) into Parquet",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", nargs="+", metavar="CSV", help="AudioSet *_segments.csv files")
+    p.add_argument("--model", required=True, metavar="DIR|template",
+                   help="captioner folder (train-captioner output or a keytotext-era T5), or "
+                        "'template' for the paper's template only")
+    p.add_argument("--out", required=True, metavar="FILE.parquet")
+    p.add_argument("--audioset-labels", metavar="DIR",
+                   help="folder with class_labels_indices.csv (+ ontology.json); default: manifests/")
+    p.add_argument("--template", default="sounds_of")
+    p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"])
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the beam covering most keywords (default on)")
+    p.add_argument("--keyword-boost", type=float, default=2.0,
+                   help="soft keyword constraint (default 2.0; 0 = keytotext's plain beam search)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--no-debias", action="store_true")
+    p.add_argument("--no-keyword-fallback", action="store_true",
+                   help="keep model captions that miss keywords (default: the template replaces them)")
+    p.add_argument("--force-caption-model", action="store_true",
+                   help="use a model the quality gate refuses")
+    p.add_argument("--cache", help="caption cache file (default: FILE.parquet.cache.sqlite)")
+    p.add_argument("--chunk-rows", type=int, default=8192, help="segments per part file")
+    p.add_argument("--gen-batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--force", action="store_true", help="rebuild even when FILE.parquet is up to date")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> int:
+    print(f"audioset-captions: {msg}", file=sys.stderr)
+    return 2
+
+
+def _file_id(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("ytid", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+                      ("label_ids", pa.list_(pa.string())), ("label_names", pa.list_(pa.string())),
+                      ("text", pa.string()), ("text_template", pa.string()),
+                      ("provenance", pa.string()), ("csv", pa.string()), ("row", pa.int64())])
+
+
+def _segments(paths, counts: dict):
+    """(csv name, row number, Segment) over all CSVs, streamed; malformed rows counted."""
+    from ..captions.keywords import read_segments
+
+    for path in paths:
+        def bad(n, row, _p=path):
+            counts["malformed_rows"] += 1
+        for n, seg in read_segments(path, on_error=bad, numbered=True):
+            yield path.name, n, seg
+
+
+def run(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..captions import templates
+    from ..captions.gate import GateError, resolve_labels_dir
+    from ..captions.keywords import AudioSetLabels, normalise_keywords
+    from ..captions.stage import CaptionOptions, CaptionStats, k2c_captions
+
+    paths = [Path(p) for p in args.csv]
+    for p in paths:
+        if not p.is_file():
+            return _fail(f"{p}: no such file")
+    out = Path(args.out)
+    if out.suffix != ".parquet":
+        return _fail(f"--out {out}: expected a .parquet file name")
+    if args.chunk_rows < 1:
+        return _fail("--chunk-rows must be at least 1")
+    if args.template not in templates.TEMPLATES:
+        return _fail(f"unknown template {args.template!r}; one of {sorted(templates.TEMPLATES)}")
+    ldir = resolve_labels_dir(args.audioset_labels)
+    if ldir is None:
+        return _fail("no AudioSet class list: give --audioset-labels DIR (manifests/ ships none)")
+    if not (ldir / "class_labels_indices.csv").is_file():
+        return _fail(f"{ldir}: no class_labels_indices.csv")
+    labels = AudioSetLabels.from_dir(ldir)
+    label_files = {n: _file_id(ldir / n) for n in ("class_labels_indices.csv", "ontology.json")
+                   if (ldir / n).is_file()}
+
+    captioner = None
+    if args.model != "template":
+        from ..captions.gate import check_model_dir
+        from ..captions.k2c import Captioner, GenerationParams
+
+        if not Path(args.model).is_dir():
+            return _fail(f"--model {args.model}: not a model folder (or 'template')")
+        params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+                                  max_new_tokens=args.max_new_tokens)
+        try:    # before loading the weights: a refused model costs nothing
+            check_model_dir(args.model, params, force=args.force_caption_model)
+        except GateError as exc:
+            return _fail(str(exc))
+        try:
+            captioner = Captioner.load(args.model, input_format=args.input_format, device=args.device,
+                                       batch_size=args.gen_batch_size, params=params)
+        except (OSError, ValueError) as exc:
+            return _fail(f"--model {args.model}: cannot load: {exc}")
+    opts = CaptionOptions(template=args.template, debias=not args.no_debias,
+                          keyword_fallback=not args.no_keyword_fallback)
+
+    key_blob = {"format": FORMAT, "csv": [[p.name, _file_id(p)] for p in paths],
+                "labels": label_files, "template": args.template, "debias": opts.debias,
+                "keyword_fallback": opts.keyword_fallback, "chunk_rows": args.chunk_rows,
+                "captioner": captioner.cache_identity if captioner else None}
+    run_key = hashlib.sha256(json.dumps(key_blob, sort_keys=True).encode()).hexdigest()
+    if out.is_file() and not args.force:
+        try:
+            meta = pq.read_schema(out).metadata or {}
+        except (OSError, pa.ArrowInvalid):
+            meta = {}
+        if meta.get(b"laion_audio_run_key", b"").decode() == run_key:
+            print(f"audioset-captions: {out.name} is up to date ({pq.ParquetFile(out).metadata.num_rows} "
+                  "rows); --force rebuilds it", file=sys.stderr)
+            return 0
+    parts = out.with_name(f".{out.name}.parts")
+    state = parts / "run.json"
+    if parts.is_dir():
+        old = json.loads(state.read_text()) if state.is_file() else {}
+        if old.get("run_key") != run_key:
+            print(f"audioset-captions: discarding parts of an earlier run with other inputs "
+                  f"({parts.name})", file=sys.stderr)
+            shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *parts.glob(".part-*.tmp")]:
+        stale.unlink(missing_ok=True)       # left by a run killed while writing
+    if not state.is_file():
+        tmp = state.with_name(".run.json.tmp")
+        tmp.write_text(json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
+        os.replace(tmp, state)
+
+    cache = None
+    if captioner is not None:
+        from ..captions.cache import CaptionCache
+
+        cache = CaptionCache(args.cache or out.with_name(out.name + ".cache.sqlite"))
+    counts = {"malformed_rows": 0, "unknown_mids": 0, "no_labels": 0}
+    stats = CaptionStats()
+    done = {"rows": 0, "resumed_rows": 0, "parts_reused": 0}
+    total = sum(1 for p in paths for line in open(p, encoding="utf-8", errors="replace")
+                if line.strip() and not line.startswith("#"))
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="seg", disable=args.no_progress, file=sys.stderr,
+               dynamic_ncols=True, desc="audioset-captions")
+    start = time.monotonic()
+    captions_made = 0
+    schema = _schema()
+
+    def flush(chunk_no: int, chunk: list) -> None:
+        nonlocal captions_made
+        part = parts / f"part-{chunk_no:06d}.parquet"
+        if part.is_file():
+            done["parts_reused"] += 1
+            done["resumed_rows"] += len(chunk)
+            bar.update(len(chunk))
+            return
+        rows, todo = [], []
+        for name, n, seg in chunk:
+            unknown = [m for m in seg.mids if m not in labels.names]
+            if not seg.mids:
+                counts["no_labels"] += 1
+                continue
+            if unknown:
+                counts["unknown_mids"] += 1
+                print(f"audioset-captions: {name} row {n}: unknown MID(s) {', '.join(unknown)}; "
+                      "segment skipped", file=sys.stderr)
+                continue
+            kws = normalise_keywords(labels.label_names(seg.mids))
+            rows.append((name, n, seg, kws))
+            todo.append(kws)
+        results = k2c_captions(todo, captioner, opts, cache, stats) if captioner and todo else {}
+        cols = {f: [] for f in schema.names}
+        for name, n, seg, kws in rows:
+            tmpl = templates.render(args.template, kws)
+            res = results.get(kws)
+            if captioner is None:
+                text, prov = tmpl, {"rule": "template", "template": args.template,
+                                    "reason": "template requested"}
+            elif isinstance(res, str):        # generation error: recorded, template stands in
+                text, prov = tmpl, {"rule": "template", "template": args.template,
+                                    "reason": f"caption generation failed: {res}"}
+            else:
+                text, prov = res
+                prov = {k: v for k, v in prov.items() if k not in ("keywords", "model")}
+            if prov["rule"] == "template":
+                stats.template += 1
+                stats.keyword_fallback += prov.get("reason") == "k2c caption missed keywords"
+            else:
+                stats.k2c += 1
+            for f, v in (("ytid", seg.ytid), ("start", seg.start), ("end", seg.end),
+                         ("label_ids", list(seg.mids)), ("label_names", list(kws)), ("text", text),
+                         ("text_template", tmpl), ("provenance", json.dumps(prov, sort_keys=True)),
+                         ("csv", name), ("row", n)):
+                cols[f].append(v)
+        table = pa.table(cols, schema=schema)
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, part)
+        done["rows"] += len(rows)
+        captions_made += len(rows)
+        bar.update(len(chunk))
+        rate = captions_made / max(time.monotonic() - start, 1e-9)
+        bar.set_postfix_str(f"{rate:.0f} captions/s")
+
+    import csv as _csv
+
+    chunk, chunk_no = [], 0
+    try:
+        for item in _segments(paths, counts):
+            chunk.append(item)
+            if len(chunk) == args.chunk_rows:
+                flush(chunk_no, chunk)
+                chunk, chunk_no = [], chunk_no + 1
+        if chunk:
+            flush(chunk_no, chunk)
+            chunk_no += 1
+    except (UnicodeDecodeError, _csv.Error) as exc:    # finished parts are kept for a rerun
+        bar.close()
+        return _fail(f"unreadable segments CSV ({type(exc).__name__}: {exc})")
+    bar.close()
+    if cache is not None:
+        cache.close()
+
+    part_files = [parts / f"part-{i:06d}.parquet" for i in range(chunk_no)]
+    tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    n_rows = 0
+    meta = {b"laion_audio_run_key": run_key.encode(),
+            b"laion_audio_inputs": json.dumps(key_blob, sort_keys=True).encode()}
+    with pq.ParquetWriter(tmp_out, schema.with_metadata(meta), compression="zstd") as w:
+        for pf in part_files:
+            t = pq.read_table(pf, schema=schema)
+            n_rows += t.num_rows
+            if t.num_rows:
+                w.write_table(t)
+    if n_rows == 0:
+        tmp_out.unlink(missing_ok=True)
+        return _fail("no segments captioned (empty or unreadable CSVs?)")
+    os.replace(tmp_out, out)
+    shutil.rmtree(parts)
+    seconds = time.monotonic() - start
+    summary = {**done, "rows": n_rows, "seconds": round(seconds, 2),
+               "captions_per_s": round(captions_made / seconds, 1) if seconds else None,
+               **counts, "captions": stats.as_dict()}
+    print(json.dumps(summary, indent=1))
+    return 0
