@@ -8,6 +8,17 @@ driver's own peak RSS (``VmHWM`` of that process: Ray workers are not counted). 
 side: driver peak RSS, seconds per record of each stage, work-folder bytes per folder and the
 work folder / shards ratio, then the ratios large/small.
 
+Measured 2026-12-01 on the shared 2-core machine (load average 10-20, so times are noisy),
+``--inline``, 1000 vs 8000 clips:
+
+* full build, this branch over the old ledger: driver peak RSS 355 -> 557 MB (1.57x; the filter's
+  in-driver index and the shard plan hold the corpus), ms/record fused fetch+transcode+fingerprint
+  31 -> 45, filter 6.5 -> 6.5, work folder / shards 2.4-2.5 (audio/ FLACs + shards; raw/ empty);
+* crawl,fetch,transcode,caption on main (stage table + O(batch) ledger): RSS 251 -> 344 MB
+  (1.37x), ms/record flat (crawl 0.2 -> 0.2, fetch+transcode 7.9 -> 7.3, caption 0.25 -> 0.28).
+  Of the fused stage's growth at 8000 clips (+79 MB), +7 MB remain when ``Ledger.write`` is
+  made a no-op: the driver's own part is flat, the rest is the ledger's write path.
+
     python benchmarks/driver_memory.py                       # 1000 vs 8000 clips
     python benchmarks/driver_memory.py --sizes 500,2000 --stages crawl,fetch,transcode,caption
 """

@@ -141,7 +141,7 @@ class Record:
     trim_start: float | None = None     # segment window (AudioSet) in seconds
     trim_end: float | None = None
     # --- fetch ---
-    audio_path: str = ""                # raw audio on local disk
+    audio_path: str = ""                # raw audio on local disk ("" once the keep policy deleted it)
     fetched_bytes: int | None = None
     # --- transcode ---
     flac_path: str = ""

@@ -140,7 +140,7 @@ def run_chain(records: list[Record], *, steps: list[Step]) -> list[Record]:
 # ------------------------------------------------------------------------------ driver side
 def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] | None,
                    *, retry: dict[str, str] | None = None, retry_all: bool = True,
-                   chunk: int = PENDING_CHUNK) -> tuple[int, Iterator[list[Record]]]:
+                   chunk: int | None = None) -> tuple[int, Iterator[list[Record]]]:
     """(count, chunks of Records) of ``sources`` in ``statuses``; with ``retry`` (failed stage
     -> status to retry from) failed records of those stages come back in that status: all of
     them with ``retry_all`` (``--retry-failed``), else only codes in ``RETRIED_BY_ITSELF``.
@@ -149,7 +149,7 @@ def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] |
     objects; the driver goes on writing to the ledger while it reads them); only one chunk at a
     time becomes Record objects.
     TODO(ledger): read the snapshot through the ledger's chunked pending-records iterator."""
-    statuses = list(statuses)
+    statuses, chunk = list(statuses), chunk or PENDING_CHUNK
     t = ledger.select(source=sources, status=statuses + ([Status.FAILED] if retry else []))
     if retry:
         wanted = pc.is_in(t.column("status"), value_set=pa.array(statuses, pa.string()))

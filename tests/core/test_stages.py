@@ -151,3 +151,31 @@ def test_record_fail_and_succeed_setters():
     assert (r.status, r.failure_stage, r.failure_code, r.failure_message) == \
         (Status.FETCHED, "", "", "")
     assert StageStats("x").closes
+
+
+def test_the_driver_holds_a_chunk_of_records_not_the_corpus(tmp_path, monkeypatch):
+    """3,000 pending records, chunks of 200: Record objects alive while a task runs stay
+    bounded by a chunk plus the batches in flight, whatever the ledger's size."""
+    import gc
+
+    monkeypatch.setattr(stages_mod, "PENDING_CHUNK", 200)
+    alive: list[int] = []
+
+    def probe(records, **kw):
+        alive.append(sum(1 for o in gc.get_objects() if type(o) is Record))
+        return [r.succeed(Status.FETCHED) for r in records]
+
+    stage = stages_mod.Stage("probe", probe, reads=(Status.NEW,), writes=(Status.FETCHED,),
+                             batching="records")
+    work = WorkDir(tmp_path, create=True)
+    with Ledger(work.ledger) as ledger:
+        for i in range(0, 3000, 500):
+            ledger.write([Record("s", f"{j:05d}", url=f"u{j}") for j in range(i, i + 500)])
+        gc.collect()
+        stats = {"probe": StageStats("probe")}
+        stages_mod.run_worker_stages([stage], [stages_mod.Step("probe", probe, stage.reads)],
+                                     Executor(inline=True), ledger, work, sources=None,
+                                     batch_size=50, retry_failed=False, stats=stats)
+        assert stats["probe"].succeeded == 3000 and len(alive) == 60
+        assert max(alive) <= 200 + 2 * 50, max(alive)
+        assert ledger.select(status=Status.FETCHED).num_rows == 3000
