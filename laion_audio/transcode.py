@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from .archives import utf8_name
 from .audio import TranscodeOptions, transcode_file
 from .ledger import fail
 from .records import Failure, FailureCode, Record, Status, sample_key
@@ -40,10 +41,10 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
             raise Failure(FailureCode.MISSING_FILE, "record has no audio_path (not fetched?)")
         result = transcode_file(out.audio_path, flac_path_for(out, out_dir), options,
                                 start=out.trim_start, end=out.trim_end)
-    except Failure as failure:
-        return fail(out, STAGE, failure.code, failure.message)
+    except Failure as failure:   # messages may quote a file name that is not UTF-8
+        return fail(out, STAGE, failure.code, utf8_name(failure.message))
     except Exception as exc:  # noqa: BLE001 - a bug must be recorded, never crash the run
-        return fail(out, STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return fail(out, STAGE, FailureCode.INTERNAL, utf8_name(f"{type(exc).__name__}: {exc}"))
     out.flac_path = result.flac_path
     out.audio_sha256 = result.sha256
     out.audio_duration = result.duration
