@@ -4,7 +4,7 @@ the one process is the worker whose memory we measure).
 
     python benchmarks/hostile_corpus.py [--work DIR] [--long-minutes 60] [--bomb-mib 1024]
 
-Prints, per build: exit status, peak RSS (``ru_maxrss`` of the build process), the ledger's
+Prints, per build: exit status, peak RSS (VmHWM of the build process), the ledger's
 status/failure counts; then whether anything was written outside the work folder (HOME and
 TMPDIR point at empty sandbox folders; the input folder is hashed before and after) and the
 expected failure code of each planted case. Exits 1 when an expectation does not hold.
@@ -169,14 +169,28 @@ def tree_digest(root: Path) -> str:
 def run(args: list[str], env: dict) -> tuple[int, float, float, str]:
     """(exit status, peak RSS MB of the child, seconds, output tail)."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-m", "laion_audio", *args], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as peak:
+        proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, peak.name, *args], cwd=REPO,
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
         log.seek(0)
         tail = log.read().decode("utf-8", "replace")[-1500:]
-    return proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - start, tail
+        kb = int(peak.read().strip() or 0)
+    return proc.returncode, kb / 1024, time.perf_counter() - start, tail
+
+
+#: runs ``laion-audio ARGS`` and writes its own peak RSS (VmHWM) to a file at exit: ru_maxrss
+#: of a child would also count this (parent) process, which Linux carries over at exec
+_PEAK_WRAPPER = """
+import atexit, runpy, sys
+out = sys.argv[1]
+def peak():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            open(out, 'w').write(line.split()[1])
+atexit.register(peak)
+sys.argv = ['laion-audio'] + sys.argv[2:]
+runpy.run_module('laion_audio', run_name='__main__')
+"""
 
 
 def ledger_outcomes(work: Path) -> dict[str, str]:

@@ -229,6 +229,9 @@ def clean_record(rec: Record) -> Record:
 
     rec.source_id = utf8_name(rec.source_id)
     rec.url = utf8_name(rec.url)
+    # a path that is not UTF-8 cannot be stored; a source that needs one (local) links it
+    # under a name of its own, others then fail that record's fetch (missing_file), not the run
+    rec.audio_path = utf8_name(rec.audio_path)
     texts = (plain_text(t, MAX_CAPTION_CHARS, collapse=False) for t in rec.texts or [])
     rec.texts = [t for t in texts if t][:MAX_TEXTS]
     tags = (plain_text(t, MAX_TAG_CHARS, collapse=False) for t in rec.tags or [])
@@ -237,6 +240,8 @@ def clean_record(rec: Record) -> Record:
         setattr(rec, name, plain_text(getattr(rec, name), MAX_TEXT_CHARS, collapse=False))
     if rec.original_data:
         rec.original_data = _plain_value(rec.original_data)
+    if rec.caption_provenance:
+        rec.caption_provenance = _plain_value(rec.caption_provenance)
     if rec.failure_message:
         rec.failure_message = plain_text(rec.failure_message, MAX_TEXT_CHARS, collapse=False)
     return rec

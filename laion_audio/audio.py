@@ -288,9 +288,14 @@ def _md5_update(md5: dict, ints: np.ndarray) -> None:
     if bits == 32:
         md5["hash"].update(np.ascontiguousarray(ints, dtype="<i4").tobytes())
         return
-    shifted = np.ascontiguousarray(ints >> (32 - bits), dtype="<i4")
-    width = bits // 8
-    md5["hash"].update(shifted.view(np.uint8).reshape(-1, 4)[:, :width].tobytes())
+    shifted = ints >> (32 - bits)
+    if bits == 16:
+        md5["hash"].update(shifted.astype("<i2").tobytes())
+    elif bits == 8:
+        md5["hash"].update(shifted.astype("i1").tobytes())
+    else:   # 24-bit: the low three bytes of each little-endian int32
+        md5["hash"].update(np.ascontiguousarray(shifted, dtype="<i4").view(np.uint8)
+                           .reshape(-1, 4)[:, :3].tobytes())
 
 
 _WAV_DATA_RE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from .archives import utf8_name
 from .audio import TranscodeOptions, transcode_file
 from .records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
 
@@ -43,12 +44,12 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
             raise Failure(FailureCode.MISSING_FILE, "record has no audio_path (not fetched?)")
         result = transcode_file(out.audio_path, flac_path_for(out, out_dir), options,
                                 start=out.trim_start, end=out.trim_end)
-    except Failure as failure:
-        return out.fail(STAGE, failure.code, failure.message)
+    except Failure as failure:   # messages may quote a file name that is not UTF-8
+        return out.fail(STAGE, failure.code, utf8_name(failure.message))
     except Exception as exc:  # noqa: BLE001 - a bug must be recorded, never crash the run
         if is_out_of_space(exc):   # the machine's fault, not the record's: retried next run
             return out.fail(STAGE, FailureCode.NO_SPACE, f"disk full writing the FLAC: {exc}")
-        return out.fail(STAGE, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return out.fail(STAGE, FailureCode.INTERNAL, utf8_name(f"{type(exc).__name__}: {exc}"))
     out.flac_path = result.flac_path
     out.audio_sha256 = result.sha256
     expected = (out.filter_match or {}).get("expected_audio_sha256")
@@ -56,7 +57,7 @@ def transcode_record(record: Record, out_dir: str | os.PathLike,
         # a rebuild from a published manifest: this URL now serves other audio; it is kept
         # (for inspection) but never sharded as the published sample
         out.audio_duration = result.duration
-        return fail(out, STAGE, FailureCode.AUDIO_CHANGED,
+        return out.fail(STAGE, FailureCode.AUDIO_CHANGED,
                     f"decoded audio sha256 {result.sha256[:16]}... differs from the manifest's "
                     f"{expected[:16]}...")
     out.audio_duration = result.duration

@@ -20,6 +20,12 @@ from laion_audio.records import Failure, FailureCode
 from .conftest import FFMPEG, leftovers, needs_ffmpeg, sine, write_sf
 
 REPO = Path(__file__).resolve().parents[2]
+#: the child's own peak RSS: VmHWM of its address space (ru_maxrss would also count the pytest
+#: process it was forked from, which Linux carries over into the child's maxrss at exec)
+PEAK = ("def peak_kb():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1])\n")
 
 
 def fails(src, tmp_path) -> Failure:
@@ -155,9 +161,9 @@ def test_long_low_rate_clip_streams_in_bounded_memory(tmp_path):
     with sf.SoundFile(str(src), "w", 8000, 1, "PCM_16") as fh:
         for _ in range(30):
             fh.write((rng.standard_normal(8000 * 60) * 0.1).astype(np.float32))
-    code = ("import sys; from laion_audio.audio import transcode_file;"
+    code = (PEAK + "import sys; from laion_audio.audio import transcode_file;"
             "r = transcode_file(sys.argv[1], sys.argv[2]);"
-            "print(r.frames, [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+            "print(r.frames, peak_kb())")
     out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out.flac")],
                          cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
     frames, maxrss_kb = int(out[0]), int(out[1])

@@ -15,6 +15,12 @@ from laion_audio.filters import fpstore
 from laion_audio.filters.fingerprint import band_features, fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
+#: the child's own peak RSS: VmHWM of its address space (ru_maxrss would also count the pytest
+#: process it was forked from, which Linux carries over into the child's maxrss at exec)
+PEAK = ("def peak_kb():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1])\n")
 
 
 def chirps(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -65,9 +71,9 @@ def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
     with sf.SoundFile(str(path), "w", 48000, 1, "PCM_16", format="FLAC") as fh:
         for i in range(20):
             fh.write(chirps(60.0, 48000, seed=i))
-    code = ("import sys; from laion_audio.filters.fpstore import fingerprint_file;"
+    code = (PEAK + "import sys; from laion_audio.filters.fpstore import fingerprint_file;"
             "fp = fingerprint_file(sys.argv[1], keep_bands=False);"
-            "print(fp.n_frames, len(fp.hashes), [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+            "print(fp.n_frames, len(fp.hashes), peak_kb())")
     out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.split()
     n_frames, n_hashes, maxrss_kb = map(int, out)

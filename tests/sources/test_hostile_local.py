@@ -111,3 +111,18 @@ def test_build_with_hostile_local_folder_publishes_no_path_and_clean_text(tmp_pa
     assert len(texts) >= 2          # bark.wav and its Latin-1 copy are one sound: one is a duplicate
     assert all(len(t) <= 2000 and "\u202e" not in t and "\x00" not in t for t in texts)
     assert "café" in texts
+
+
+def test_pack_folder_with_a_non_utf8_name_is_a_typed_failure_not_a_crash(tmp_path, clip):
+    from crawlers import get_source
+
+    pack = tmp_path / "pack"
+    write_audio(pack / "ok.wav", clip)
+    shutil.copy(pack / "ok.wav", _latin1(pack, b"caf\xe9.wav"))
+    source = get_source("sonniss_game_effects")(inputs=[str(pack)], cache_dir=tmp_path / "cache")
+    records = list(source.crawl({}))
+    with Ledger(tmp_path / "ledger") as led:       # every text field is valid UTF-8 now
+        led.upsert(records)
+    fetched = {r.source_id: r for r in source.fetch_many(records, tmp_path / "raw", workers=1)}
+    assert fetched["pack/ok.wav"].status == Status.FETCHED
+    assert fetched["pack/café.wav"].failure_code == "missing_file"
