@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from laion_audio.audio import TranscodeOptions, transcode_file
+from laion_audio.transcode.audio import TranscodeOptions, transcode_file
 from laion_audio.records import Failure, FailureCode
 
 from .conftest import ffmpeg_encode, leftovers, needs_ffmpeg, sine, write_sf

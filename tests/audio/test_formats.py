@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from laion_audio.audio import TranscodeOptions, pcm_sha256_of_file, transcode_file
+from laion_audio.transcode.audio import TranscodeOptions, pcm_sha256_of_file, transcode_file
 
 from .conftest import ffmpeg_encode, needs_ffmpeg, read_flac, sine, write_sf
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from laion_audio.audio import MAX_SAMPLES_PER_BYTE, flac_streaminfo, transcode_file
+from laion_audio.transcode.audio import MAX_SAMPLES_PER_BYTE, flac_streaminfo, transcode_file
 from laion_audio.records import Failure, FailureCode
 
 from .conftest import FFMPEG, leftovers, needs_ffmpeg, sine, write_sf
@@ -161,7 +161,7 @@ def test_long_low_rate_clip_streams_in_bounded_memory(tmp_path):
     with sf.SoundFile(str(src), "w", 8000, 1, "PCM_16") as fh:
         for _ in range(30):
             fh.write((rng.standard_normal(8000 * 60) * 0.1).astype(np.float32))
-    code = (PEAK + "import sys; from laion_audio.audio import transcode_file;"
+    code = (PEAK + "import sys; from laion_audio.transcode.audio import transcode_file;"
             "r = transcode_file(sys.argv[1], sys.argv[2]);"
             "print(r.frames, peak_kb())")
     out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out.flac")],

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from laion_audio.audio import pcm_sha256_of_file as pcm_sha256
+from laion_audio.transcode.audio import pcm_sha256_of_file as pcm_sha256
 from laion_audio.filters.fpstore import FingerprintStore
 from laion_audio.filters.robustness import espeak
 from laion_audio.filters.stage import FilterConfig, filter_ledger

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from laion_audio.audio import pcm_sha256_of_file as pcm_sha256
+from laion_audio.transcode.audio import pcm_sha256_of_file as pcm_sha256
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from laion_audio.audio import pcm_sha256_of_file as pcm_sha256
+from laion_audio.transcode.audio import pcm_sha256_of_file as pcm_sha256
 from laion_audio.filters import robustness
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger

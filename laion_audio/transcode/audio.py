@@ -48,7 +48,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .records import Failure, FailureCode
+from ..records import Failure, FailureCode
 
 try:  # PyAV is a declared dependency; keep the module importable for a clear error if not.
     import av

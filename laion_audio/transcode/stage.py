@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .archives import utf8_name
+from ..archives import utf8_name
 from .audio import TranscodeOptions, transcode_file
-from .records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
+from ..records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
 
 STAGE = "transcode"
 
