@@ -99,9 +99,7 @@ def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
 
 
 def write_json(path: Path, data: Any) -> None:
-    import os
+    """Checkpoints and stats: sorted keys, written atomically (a kill leaves the old file)."""
+    from laion_audio import atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))

@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import quote, unquote_to_bytes
 
+from laion_audio import atomic
 from laion_audio.archives import utf8_name
 
 from laion_audio.errors import UserError
@@ -311,7 +312,7 @@ class LocalSource(Source):
                     os.link(path, tmp)
                 except OSError:
                     shutil.copyfile(path, tmp)
-                os.replace(tmp, link)
+                atomic.publish(tmp, link)
             return link
         return path
 

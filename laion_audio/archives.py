@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
+from . import atomic
 from .records import Failure, FailureCode
 
 MANIFEST = ".laion_audio_extracted.json"
@@ -385,7 +386,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *,
         m.path = str(dest / m.name)
     (tmp / MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_json()},
                                            ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, dest)
+    atomic.publish(tmp, dest)
     return result
 
 
@@ -421,7 +422,7 @@ def extract_one(archive: str | os.PathLike, member: str, dest_dir: str | os.Path
     suffix = PurePosixPath(target).suffix.lower()[:12]
     digest = hashlib.sha1(f"{archive}\x00{target}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
     final = Path(dest_dir) / f"{digest}{suffix}"   # our name; a 255-byte member name stays out
-    os.replace(src, final)
+    atomic.publish(src, final)
     shutil.rmtree(out, ignore_errors=True)
     return final
 

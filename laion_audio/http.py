@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import atomic
 from . import __version__
 from .records import Failure, FailureCode, is_out_of_space
 
@@ -534,7 +535,7 @@ class HttpClient:
                         if e.code == FailureCode.TRUNCATED:
                             raise _Retryable(fail(e.code, f"{url}: {e.message}")) from None
                         raise
-                os.replace(tmp, dest)
+                atomic.publish(tmp, dest)
             except OSError as e:
                 if is_out_of_space(e):
                     raise fail(FailureCode.NO_SPACE, f"{url}: disk full writing {dest.name}") from None

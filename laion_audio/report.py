@@ -14,6 +14,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from . import atomic
 from .ledger import Ledger
 from .records import Status
 
@@ -214,9 +215,7 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     fig_data["disk_bytes"] = WorkDir.of_ledger(ledger_dir).disk_usage()   # the ledger's work folder
     fig_data["rot"] = rot_figures(ledger)
     made = _plots(fig_data, out)
-    tmp = out / ".figures.json.tmp"
-    tmp.write_text(json.dumps(fig_data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, out / "figures.json")
+    atomic.write_text(out / "figures.json", json.dumps(fig_data, indent=2, sort_keys=True))
 
     t = fig_data["total"]
     src_rows = [[n, s["records"], s["kept"], f"{s['hours']:.2f}", s["paper_samples"],
@@ -248,9 +247,7 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
     parts.append(rot_html(fig_data["rot"]))
     parts.append("</body></html>")
     page = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, page)
+    atomic.write_text(page, "\n".join(parts))
     return page
 
 

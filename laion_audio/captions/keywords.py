@@ -20,6 +20,8 @@ from typing import Iterable, Iterator, Sequence
 
 import snowballstemmer
 
+from .. import atomic
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- AudioSet metadata
@@ -84,7 +86,7 @@ def ensure_audioset_metadata(dest: str | os.PathLike, names: Iterable[str] = ("c
         if got != digest:
             tmp.unlink(missing_ok=True)
             raise ChecksumError(f"{url}: sha256 {got} != pinned {digest}")
-        os.replace(tmp, target)
+        atomic.publish(tmp, target)
     return dest
 
 

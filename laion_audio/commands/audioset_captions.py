@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from .. import atomic
+
 #: schema version of the output; part of the run key
 FORMAT = 1
 
@@ -168,9 +170,7 @@ def run(args) -> int:
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *parts.glob(".part-*.tmp")]:
         stale.unlink(missing_ok=True)       # left by a run killed while writing
     if not state.is_file():
-        tmp = state.with_name(".run.json.tmp")
-        tmp.write_text(json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
-        os.replace(tmp, state)
+        atomic.write_text(state, json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
 
     cache = None
     if captioner is not None:
@@ -239,7 +239,7 @@ def run(args) -> int:
         table = pa.table(cols, schema=schema)
         tmp = part.with_name(f".{part.name}.tmp")
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, part)
+        atomic.publish(tmp, part)
         done["rows"] += len(rows)
         captions_made += len(rows)
         bar.update(len(chunk))
@@ -279,7 +279,7 @@ def run(args) -> int:
     if n_rows == 0:
         tmp_out.unlink(missing_ok=True)
         return _fail("no segments captioned (empty or unreadable CSVs?)")
-    os.replace(tmp_out, out)
+    atomic.publish(tmp_out, out)
     shutil.rmtree(parts)
     seconds = time.monotonic() - start
     summary = {**done, "rows": n_rows, "seconds": round(seconds, 2),

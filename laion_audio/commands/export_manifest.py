@@ -21,6 +21,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
+
 COLUMNS = ("source", "source_id", "url", "title", "description", "texts", "text_augment_t5",
            "tags", "license", "author", "duration", "source_duration", "audio_sha256", "split",
            "shard", "caption_provenance", "original_data")
@@ -183,11 +185,11 @@ def export(work: Path, target: Path, shards: Path | None = None) -> dict:
                 fh.close()
             else:
                 pw.close()
-    os.replace(tmp, target)
+    atomic.publish(tmp, target)
     card = target.with_suffix(".md")
     card_tmp = card.with_name(f".{card.name}.tmp")
     card_tmp.write_text(data_card(target.name, stats, info), encoding="utf-8")
-    os.replace(card_tmp, card)
+    atomic.publish(card_tmp, card)
     return {"records": sum(s["records"] for s in stats.values()), "card": str(card)}
 
 

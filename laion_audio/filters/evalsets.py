@@ -30,6 +30,7 @@ from typing import Callable
 import pandas as pd
 import requests
 
+from .. import atomic
 from laion_audio.records import Failure
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,9 @@ def _fetch_one(spec: FileSpec, cache: Path, mirror: str | None, http,
                 archive_checked = bool(spec.archive_md5)   # the archive's checksum vouches for its members
                 _extract_member(tmp / "download", spec.member, tmp / "file")
             else:
-                os.replace(tmp / "download", tmp / "file")
+                atomic.publish(tmp / "download", tmp / "file")
         sha = _verify(tmp / "file", spec, allow_unverified, archive_checked)
-        os.replace(tmp / "file", target)
+        atomic.publish(tmp / "file", target)
     return target, url, sha
 
 
@@ -269,9 +270,7 @@ def fetch(cache_dir: str | os.PathLike | None = None, *, mirror: str | None = No
             log.debug("%s/%s: %s", res.eval_set, res.split, res.path if res.ok else res.message)
             if progress:
                 progress(res)
-    tmp = cache / ".fetched.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, cache / "fetched.json")
+    atomic.write_text(cache / "fetched.json", json.dumps(manifest, indent=2, sort_keys=True))
     return results
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import atomic
 from ..records import Record
 from . import fingerprint as fpmod
 from .fingerprint import Fingerprint, fingerprint
@@ -210,7 +211,7 @@ class FingerprintStore:
                 np.savez(f, hashes=fp.hashes, times=fp.times, n_frames=np.int64(fp.n_frames),
                          strength=fp.strength if fp.strength is not None
                          else np.zeros(len(fp.hashes), np.uint8))
-            os.replace(tmp, dest)
+            atomic.publish(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

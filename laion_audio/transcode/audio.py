@@ -48,6 +48,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .. import atomic
 from ..records import Failure, FailureCode
 
 try:  # PyAV is a declared dependency; keep the module importable for a clear error if not.
@@ -684,7 +685,7 @@ def transcode_file(src_path: str | os.PathLike, dst_path: str | os.PathLike,
                 raise _damaged(src, str(exc2)) from exc2
         finally:
             src.close()
-        os.replace(tmp, dst)
+        atomic.publish(tmp, dst)
         result.flac_path = str(dst)
         return result
     finally:
