@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
+from laion_audio import defaults
 from laion_audio.records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
 
 
@@ -114,8 +115,7 @@ class Source:
 # Helpers for web sources (crawlers/bbc.py, epidemic.py, freesound.py, audiostock.py, ...)
 
 #: Audio file extensions a URL may choose; anything else gets the source's default.
-AUDIO_EXTS = (".mp3", ".wav", ".ogg", ".oga", ".flac", ".m4a", ".aac", ".opus", ".webm", ".aiff",
-              ".aif")
+AUDIO_EXTS = defaults.AUDIO_EXTENSIONS
 MAX_TEXT_CHARS = 2000
 
 

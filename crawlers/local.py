@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import quote, unquote_to_bytes
 
+from laion_audio import defaults
 from laion_audio import atomic
 from laion_audio.archives import utf8_name
 
@@ -52,8 +53,7 @@ from .base import Source
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
-                    ".mp4", ".webm", ".aif", ".aiff", ".aifc", ".wma", ".caf", ".w64"}
+AUDIO_EXTENSIONS = defaults.AUDIO_EXTENSIONS
 _FILE_COLUMNS = ("file_name", "file", "filename", "path", "audio", "audio_filename", "fname")
 _CAPTION_COLUMNS = ("caption", "text", "description") + tuple(f"caption_{i}" for i in range(1, 6))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from laion_audio import defaults
 from crawlers.crawl import write_json
 from laion_audio.ledger import Ledger, StageStats, write_stats, writing
 from laion_audio.records import FailureCode, Status, is_out_of_space
@@ -33,9 +34,9 @@ class BuildConfig:
     out: Path
     sources: dict[str, dict[str, Any]]          # source name -> constructor options
     shards_to: str | None = None                # local path or fsspec URL; default out/shards
-    seed: int = 1234
-    test_fraction: float = 0.1
-    samples_per_shard: int = 512
+    seed: int = defaults.SEED
+    test_fraction: float = defaults.TEST_FRACTION
+    samples_per_shard: int = defaults.SAMPLES_PER_SHARD
     shard_bytes: int | None = None
     workers: int = max(1, os.cpu_count() or 1)
     ray_address: str | None = None

@@ -5,6 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .. import defaults
 from ..errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_UNAVAILABLE, UserError
 from . import _checks
 from ._checks import fraction, parse_bytes, positive_int
@@ -80,10 +81,11 @@ def add_shard_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shards-to", default=None,
                    help="shard root: local folder or fsspec URL such as s3://bucket/prefix "
                         "(default: OUT/shards)")
-    g.add_argument("--seed", type=int, default=1234, help="split and order seed")
-    g.add_argument("--test-fraction", type=fraction, default=0.1,
+    g.add_argument("--seed", type=int, default=defaults.SEED, help="split and order seed")
+    g.add_argument("--test-fraction", type=fraction, default=defaults.TEST_FRACTION,
                    help="share of ids that go to the test split")
-    g.add_argument("--samples-per-shard", type=positive_int, default=512, help="samples per tar")
+    g.add_argument("--samples-per-shard", type=positive_int, default=defaults.SAMPLES_PER_SHARD,
+                   help="samples per tar")
     g.add_argument("--shard-bytes", type=parse_bytes, default=None, metavar="N",
                    help="roll to a new tar before N bytes instead (e.g. 500M, 1G)")
 

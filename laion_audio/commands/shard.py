@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import defaults
 from ..errors import UserError, disk_full
 from . import _checks
 from ._checks import fraction, parse_bytes, positive_int  # noqa: F401 (parse_bytes: old home)
@@ -29,8 +30,8 @@ def register(sub) -> None:
                         "(default: OUT/shards)")
     p.add_argument("ledger_pos", nargs="?", metavar="LEDGER_DIR", help=argparse.SUPPRESS)
     p.add_argument("root_pos", nargs="?", metavar="ROOT", help=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, default=1234, help="split and order seed (default 1234)")
-    p.add_argument("--test-fraction", type=fraction, default=0.1,
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="split and order seed")
+    p.add_argument("--test-fraction", type=fraction, default=defaults.TEST_FRACTION,
                    help="share of ids that go to the test split (default 0.1)")
     p.add_argument("--samples-per-shard", type=positive_int, default=None,
                    help="samples per tar (default 512; with --shard-bytes, an extra cap)")

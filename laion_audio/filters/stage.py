@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import defaults
 from ..ledger import Ledger, StageStats
 from ..records import Record, Status, records_to_table
 from . import evalsets as evalsets_mod
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 ELIGIBLE = (Status.NEW, Status.FETCHED, Status.TRANSCODED, Status.CAPTIONED)
 #: drops that depend on the other records (not on the eval sets): decided again every run
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"}
+AUDIO_EXTS = defaults.LIBSNDFILE_EXTENSIONS
 
 EVAL_ID = "eval_overlap_id"
 EVAL_CONTENT = "eval_overlap_content"

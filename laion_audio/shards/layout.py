@@ -6,11 +6,12 @@ import re
 import tarfile
 from typing import Any
 
+from .. import defaults
 from ..records import Status
 
-DEFAULT_SEED = 1234
-DEFAULT_TEST_FRACTION = 0.1
-DEFAULT_SAMPLES_PER_SHARD = 512    # LAION's make_tar.py default
+DEFAULT_SEED = defaults.SEED
+DEFAULT_TEST_FRACTION = defaults.TEST_FRACTION
+DEFAULT_SAMPLES_PER_SHARD = defaults.SAMPLES_PER_SHARD
 SAMPLE_RATE = 48000                # what CLAP expects; it never resamples
 
 SIZES_NAME = "sizes.json"
