@@ -131,6 +131,153 @@ def bench_crawl(sizes: list[int], repeats: int, tmp: Path, python: str) -> list[
     return results
 
 
+def _bench_records(n: int, source: str, start: int = 0):
+    from laion_audio.records import Record
+    return [Record(source=source, source_id=f"{source}-{i:08d}", url=f"https://example.org/{source}/{i}.wav",
+                   title=f"{source} sound {i}", description=f"a recorded sound, number {i}",
+                   tags=["field recording", "ambience", f"t{i % 97}"], license="CC BY 4.0",
+                   author=f"user{i % 1000}", duration=float(3 + i % 30),
+                   original_data={"id": i, "source": source}) for i in range(start, start + n)]
+
+
+def bench_journal(base_rows: int, files: int, tmp: Path) -> list[dict]:
+    """Median seconds of one 16-record ledger write after ``k`` batches since the last
+    compaction, on a ledger of ``base_rows`` compacted rows (as a fetch over a big corpus)."""
+    from laion_audio.ledger import Ledger
+    from laion_audio.records import Status
+
+    root = tmp / "journal-bench" / "ledger"
+    with Ledger(root) as led:
+        for i in range(0, base_rows, 5000):
+            led.upsert(_bench_records(min(5000, base_rows - i), "bench", i))
+        led.compact()
+        checkpoints = sorted({0, files // 8, files // 4, files // 2, files - 20})
+        out, times, k = [], [], 0
+        while k < files:
+            recs = _bench_records(16, "bench", (k * 16) % base_rows)
+            for r in recs:
+                r.status, r.audio_path = Status.FETCHED, f"raw/bench/{r.source_id}.wav"
+            t0 = time.perf_counter()
+            led.write(recs, tag="fetch")
+            times.append(time.perf_counter() - t0)
+            k += 1
+            for c in checkpoints:
+                if k == c + 20:
+                    out.append({"journal_files_before": c, "write_ms": 1000 * statistics.median(times[-20:])})
+                    print(f"  16-record write after {c:>5} journal batches: "
+                          f"{1000 * statistics.median(times[-20:]):7.1f} ms (median of 20)", flush=True)
+    return out
+
+
+#: the paper's 630K table (crawlers' ``paper_samples``)
+PAPER_SOURCES = {"freesound": 515_581, "epidemic": 75_645, "bbc": 15_973, "audiostock": 10_000,
+                 "free_to_use_sounds": 6_370, "sonniss_game_effects": 5_049,
+                 "paramount_motion": 4_420, "wesoundeffects": 488}
+
+
+def _eval_items(shared: Path):
+    """Eval items from the real manifests in ../shared: AudioSet eval and AudioCaps test
+    (YouTube ids), ESC-50 (Freesound ids)."""
+    import pandas as pd
+
+    frames = []
+    rows = [r for r in csv.reader(open(shared / "audioset" / "eval_segments.csv"), skipinitialspace=True)
+            if r and not r[0].startswith("#")]
+    frames.append(pd.DataFrame({"eval_set": "audioset_eval", "split": "eval", "item_id": [r[0] for r in rows],
+                                "match_id": [r[0] for r in rows], "id_kind": "youtube",
+                                "start": [float(r[1]) for r in rows], "end": [float(r[2]) for r in rows]}))
+    ac = pd.read_csv(shared / "audiocaps" / "dataset" / "test.csv")
+    frames.append(pd.DataFrame({"eval_set": "audiocaps", "split": "test", "item_id": ac["audiocap_id"].astype(str),
+                                "match_id": ac["youtube_id"], "id_kind": "youtube",
+                                "start": ac["start_time"].astype(float), "end": ac["start_time"].astype(float) + 10}))
+    esc = pd.read_csv(shared / "esc50" / "esc50.csv")
+    frames.append(pd.DataFrame({"eval_set": "esc50", "split": "eval", "item_id": esc["filename"],
+                                "match_id": esc["src_file"].astype(str), "id_kind": "freesound",
+                                "start": float("nan"), "end": float("nan")}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def metadata_phase(phase: str, work: Path, args) -> int:
+    """One phase of the metadata run, in its own process (so its peak RSS is its own)."""
+    from laion_audio.ledger import Ledger, writing
+
+    if phase == "others":
+        from laion_audio.records import Record
+        scale_to = (args.other_rows or sum(PAPER_SOURCES.values())) / sum(PAPER_SOURCES.values())
+        with writing(work / "ledger") as led:
+            for source, n in PAPER_SOURCES.items():
+                n = max(1, round(n * scale_to))
+                for start in range(0, n, 5000):
+                    batch = []
+                    for i in range(start, min(n, start + 5000)):
+                        sid = str(i + 1) if source == "freesound" else f"{source}-{i:07d}"   # real-looking ids
+                        batch.append(Record(source=source, source_id=sid, url=f"https://example.org/{source}/{sid}",
+                                            title=f"{source} sound {i}", description=f"a recorded sound, number {i}",
+                                            tags=["field recording", f"t{i % 97}"], license="CC BY 4.0",
+                                            author=f"user{i % 1000}", duration=float(3 + i % 30),
+                                            original_data={"id": sid}))
+                    led.upsert(batch, tag=f"crawl_{source}")
+    elif phase == "idfilter":
+        from laion_audio.filters.id_overlap import find_id_overlaps, primary_matches
+        items = _eval_items(SHARED.parent)
+        led = Ledger(work / "ledger", lock=False)
+        matched = 0
+        cols = ["source", "source_id", "original_data", "trim_start", "trim_end"]
+        for chunk in led.scan(columns=cols, chunk_rows=65536):
+            matched += len(primary_matches(find_id_overlaps(chunk, items)))
+        print(json.dumps({"records_matched": matched, "eval_items": len(items)}))
+    elif phase == "plan":
+        from collections import Counter
+
+        from laion_audio.shards import assign_split
+        led = Ledger(work / "ledger", lock=False)
+        counts: Counter = Counter()
+        for chunk in led.scan(columns=["source", "source_id"], chunk_rows=65536):
+            for src, sid in zip(chunk.column("source").to_pylist(), chunk.column("source_id").to_pylist()):
+                counts[(src, assign_split(src, sid))] += 1
+        shards = {f"{k[0]}/{k[1]}": -(-v // 512) for k, v in sorted(counts.items())}
+        print(json.dumps({"records": sum(counts.values()), "shards_of_512": sum(shards.values())}))
+    return 0
+
+
+def bench_metadata(args, tmp: Path) -> list[dict]:
+    """The 2.5M-record metadata run: AudioSet CSV crawl (CLI), the 630K other records, the id
+    filter over the whole ledger in chunks, and shard planning; per phase: records/s, peak RSS."""
+    work = tmp / "meta"
+    labels = SHARED / "class_labels_indices.csv"
+    csv_path = write_segments_csv(tmp / "segments.csv", args.audioset_rows)
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    phases = [
+        ("crawl audioset (CLI)", args.audioset_rows,
+         [py, "-m", "laion_audio", "build", "--source", "audioset", "--stages", "crawl", "--inline",
+          "--out", str(work), "--audioset-csv", str(csv_path), "--audioset-labels", str(labels)]),
+        ("crawl 630K other records", args.other_rows or sum(PAPER_SOURCES.values()),
+         [py, me, "metadata", "--phase", "others", "--work", str(work)] +
+         (["--other-rows", str(args.other_rows)] if args.other_rows else [])),
+    ]
+    results = []
+    for name, n, cmd in phases:
+        seconds, peak, rc, cpu = run_measured(cmd, cwd=ROOT)
+        if rc:
+            raise SystemExit(f"{name} failed (exit {rc})")
+        results.append({"phase": name, "records": n, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak})
+    csv_path.unlink()
+    from laion_audio.ledger import Ledger
+    total = len(Ledger(work / "ledger", lock=False))
+    for name, phase in (("id filter (eval ids)", "idfilter"), ("shard planning (split, shard count)", "plan")):
+        seconds, peak, rc, cpu = run_measured([py, me, "metadata", "--phase", phase, "--work", str(work)], cwd=ROOT)
+        if rc:
+            raise SystemExit(f"{name} failed (exit {rc})")
+        results.append({"phase": name, "records": total, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak})
+    disk = {p.name: round(du_mb(p), 1) for p in sorted(work.iterdir()) if p.is_dir()}
+    print(f"  metadata run: {total:,} records in the ledger; disk MB per folder: {disk}")
+    for r in results:
+        print(f"  {r['phase']:<36} {r['records']:>10,} records {r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} s CPU)"
+              f" {r['records'] / r['seconds']:9.0f} records/s  peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+    return results + [{"disk_mb": disk, "records": total}]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -139,10 +286,26 @@ def main() -> int:
     c.add_argument("--repeats", type=int, default=1)
     c.add_argument("--python", default=sys.executable, help="interpreter with laion_audio importable")
     c.add_argument("--json", type=Path, default=None)
+    j = sub.add_parser("journal")
+    j.add_argument("--base-rows", type=int, default=100_000)
+    j.add_argument("--files", type=int, default=2000)
+    j.add_argument("--json", type=Path, default=None)
+    m = sub.add_parser("metadata")
+    m.add_argument("--audioset-rows", type=int, default=FULL_UNBALANCED)
+    m.add_argument("--other-rows", type=int, default=None, help="default: the paper's 633,526")
+    m.add_argument("--json", type=Path, default=None)
+    m.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    m.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="laion-scale-") as tmp:
         if args.what == "crawl":
             res = bench_crawl([int(x) for x in args.rows.split(",")], args.repeats, Path(tmp), args.python)
+        elif args.what == "journal":
+            res = bench_journal(args.base_rows, args.files, Path(tmp))
+        elif args.what == "metadata" and args.phase:
+            return metadata_phase(args.phase, args.work, args)
+        elif args.what == "metadata":
+            res = bench_metadata(args, Path(tmp))
         if getattr(args, "json", None):
             args.json.write_text(json.dumps(res, indent=2))
     return 0
