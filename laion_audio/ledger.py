@@ -225,7 +225,13 @@ class Ledger:
             for stale in self.journal_dir.glob(".*.tmp-*"):   # left by a killed writer
                 stale.unlink(missing_ok=True)
         self._group_cache: OrderedDict = OrderedDict()
-        self._load()
+        for attempt in range(5):
+            try:
+                self._load()
+                break
+            except FileNotFoundError:   # a reader raced the writer folding its journal: list again
+                if lock or attempt == 4:
+                    raise
 
     def _take_lock(self, path: Path) -> int:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
