@@ -160,3 +160,31 @@ def test_reader_cannot_write(tmp_path):
     Ledger(tmp_path / "l").close()
     with pytest.raises(LedgerError, match="read-only"):
         Ledger(tmp_path / "l", lock=False).write([rec(1)])
+
+
+def test_crawl_stage_never_materialises_the_ledger(shared_data, tmp_path, monkeypatch):
+    """The AudioSet crawl, its flushes, the compaction and the summary go through the index and
+    chunked scans: a call of ``Ledger.table``/``select``/``records`` (the whole corpus in
+    memory) fails the test. A rerun upserts every row again, all unchanged."""
+    from pipelines import build as build_mod
+    from pipelines.build import BuildConfig, run_build
+
+    rows = [ln for ln in (shared_data / "audioset" / "eval_segments.csv").read_text().splitlines()
+            if ln and not ln.startswith("#")][:1200]
+    csv_path = tmp_path / "segments.csv"
+    csv_path.write_text("# YTID, start_seconds, end_seconds, positive_labels\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(build_mod, "CRAWL_FLUSH_EVERY", 100)
+
+    def refuse(*a, **k):
+        raise AssertionError("the whole ledger was materialised")
+
+    for name in ("table", "select", "records"):
+        monkeypatch.setattr(Ledger, name, refuse)
+    options = {"csv": [str(csv_path)], "labels": str(shared_data / "audioset" / "class_labels_indices.csv")}
+    cfg = BuildConfig(out=tmp_path / "w", sources={"audioset": options}, stages=("crawl",), inline=True)
+    summary = run_build(cfg)
+    assert summary["records"] == 1200 and summary["sources"]["audioset"]["records"] == 1200
+    (tmp_path / "w" / "crawl" / "audioset.json").unlink()     # crawl again from the start
+    summary = run_build(cfg)
+    crawl = summary["stages"][0]
+    assert crawl["unchanged"] == 1200 and crawl["added"] == 0
