@@ -104,6 +104,16 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=SCHEMA)
 
 
+def _conform_columns(table: pa.Table, columns: list[str]) -> pa.Table:
+    """``table`` as ``columns`` of the current schema (missing ones null)."""
+    cols = []
+    for name in columns:
+        f = SCHEMA.field(name)
+        cols.append(table.column(name).cast(f.type) if name in table.column_names
+                    else pa.nulls(len(table), f.type))
+    return pa.Table.from_arrays(cols, schema=pa.schema([SCHEMA.field(c) for c in columns]))
+
+
 def _nulls_for_empty(table: pa.Table) -> pa.Table:
     """Empty optional fields ("", [], "{}") become null, as pandas/DuckDB/polars users expect."""
     cols = []
@@ -430,11 +440,15 @@ class Ledger:
     def _cursor(self, run: _Run, alive: np.ndarray, columns, chunk_rows) -> Iterator[pa.Table]:
         f = run.file()
         _check_version(f.schema_arrow, run.path)
+        wanted = None if columns is None else list(columns)
+        fix = _conform if wanted is None else (lambda t: _conform_columns(t, wanted))
+        if columns is not None:   # an older file may lack a column: read what it has
+            columns = [c for c in columns if c in f.schema_arrow.names]
         if not run.sorted:   # a small legacy journal file: sort it in memory
             t = f.read(columns=columns).filter(pa.array(alive))
             t = t.take(pc.sort_indices(_joined_keys(t)))
             for i in range(0, len(t), chunk_rows):
-                yield _conform(t.slice(i, chunk_rows)) if columns is None else t.slice(i, chunk_rows)
+                yield fix(t.slice(i, chunk_rows))
             return
         offset = 0
         for g in range(f.metadata.num_row_groups):   # a row group at a time: flat memory
@@ -447,8 +461,7 @@ class Ledger:
             if not mask.all():
                 group = group.filter(pa.array(mask))
             for i in range(0, len(group), chunk_rows):
-                t = group.slice(i, chunk_rows)
-                yield _conform(t) if columns is None else t
+                yield fix(group.slice(i, chunk_rows))
 
     def scan(self, *, status: str | Iterable[str] | None = None,
              source: str | Iterable[str] | None = None, columns: Iterable[str] | None = None,

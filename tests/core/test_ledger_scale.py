@@ -188,3 +188,14 @@ def test_crawl_stage_never_materialises_the_ledger(shared_data, tmp_path, monkey
     summary = run_build(cfg)
     crawl = summary["stages"][0]
     assert crawl["unchanged"] == 1200 and crawl["added"] == 0
+
+
+def test_scan_of_an_older_file_without_a_column(tmp_path):
+    folder = tmp_path / "ledger"
+    folder.mkdir()
+    old = records_to_table([rec(i) for i in range(3)]).drop_columns(["text_augment_t5"])
+    pq.write_table(old, folder / "ledger.parquet")
+    with Ledger(folder) as led:
+        chunks = list(led.scan(columns=["source_id", "text_augment_t5"]))
+        assert chunks[0].column("text_augment_t5").null_count == 3
+        assert [r.source_id for r in led.records()] == ["id00000", "id00001", "id00002"]
