@@ -199,3 +199,13 @@ def test_scan_of_an_older_file_without_a_column(tmp_path):
         chunks = list(led.scan(columns=["source_id", "text_augment_t5"]))
         assert chunks[0].column("text_augment_t5").null_count == 3
         assert [r.source_id for r in led.records()] == ["id00000", "id00001", "id00002"]
+
+
+def test_reader_of_a_compacted_ledger_scans_without_building_the_index(tmp_path):
+    with Ledger(tmp_path / "l") as led:
+        led.upsert([rec(i) for i in range(50)])
+        led.compact()
+    reader = Ledger(tmp_path / "l", lock=False)
+    assert sum(len(t) for t in reader.scan(columns=["source_id"])) == 50
+    assert not reader._keys                     # the scan needed no key index
+    assert len(reader) == 50 and reader.get("s", "id00007").title == "t7"
