@@ -314,7 +314,8 @@ def bench_build(sizes: list[int], tmp: Path) -> list[dict]:
         disk = {p.name: round(du_mb(p), 1) for p in sorted(work.iterdir()) if p.is_dir()}
         results.append({"records": per_source * len(BUILD_SOURCES), "seconds": seconds, "cpu_seconds": cpu,
                         "peak_rss_mb": peak, "exit": rc, "disk_mb": disk,
-                        "stages": {s["stage"]: (s["inputs"], s["seconds"]) for s in stages}})
+                        "stages": {s["stage"]: (s["inputs"], s["seconds"]) for s in stages},
+                        "dropped": {k: v for s in stages for k, v in s["failures"].items() if k.startswith("dropped:")}})
         subprocess.run(["rm", "-rf", str(work)], check=True)
     names = list(dict.fromkeys(k for r in results for k in r["stages"]))
     print("  " + f"{'':<28}" + "".join(f"{r['records']:>16,}" for r in results))
@@ -325,6 +326,8 @@ def bench_build(sizes: list[int], tmp: Path) -> list[dict]:
             cells.append(f"{(n_in / sec if sec else 0):>10.0f} rec/s" if n_in else f"{'-':>16}")
         print(f"  {st:<28}" + "".join(cells))
     print(f"  {'wall s (CPU s)':<28}" + "".join(f"{r['seconds']:>8.0f} ({r['cpu_seconds']:>4.0f})" for r in results))
+    print(f"  {'dropped as duplicates':<28}" + "".join(
+        f"{sum(v for k, v in r['dropped'].items() if 'duplicate' in k):>16}" for r in results))
     print(f"  {'driver peak RSS MB':<28}" + "".join(f"{r['peak_rss_mb']:>16.0f}" for r in results))
     for folder in sorted({k for r in results for k in r["disk_mb"]}):
         print(f"  {'disk MB ' + folder:<28}" + "".join(f"{r['disk_mb'].get(folder, 0):>16.1f}" for r in results))
