@@ -16,6 +16,25 @@ distinct replay items (``laion-audio replay --items N``) at each size.
 
 Figures are medians of ``--repeats`` runs on whatever machine runs this; the sizes are printed
 side by side so the ratios, not the absolute numbers, carry the claim.
+
+Measured on the 2-core development machine shared with ~8 other jobs (load average 10-17, so
+wall seconds are inflated 3-7x; CPU seconds are the steadier figure), one run each:
+
+    crawl (CLI)        before (main)                  after
+    50,000 rows        30.0 s, 278 MB                 9.9 s (3.3 s CPU), 248 MB
+    500,000 rows       > 850 s (killed), issue: 282 s 180 s (29.9 s CPU), 386 MB
+    2,041,789 rows     -                              398-929 s wall (131-133 s CPU), 849-854 MB
+    500k / 50k                                        CPU 9.2x, RSS 1.56x (wall 18x, load)
+
+    16-record write on a 100k-row ledger after k journal batches (k = 0, 125, 250, 500, 980):
+    before  224, 120, 428, 1343 ms, -        after  43, 50, 39, 43, 24 ms
+
+    replay build (--inline), 200 / 1,000 records: driver peak RSS 349 / 402-408 MB, work folder
+    (raw 97 + audio 111 + shards 113 MB at 1,000) = 2.8x its shards (raw is kept: issue 9 item 3
+    is not done here); 6 of 1,000 distinct replay items still dropped as duplicates by today's
+    filter (240 clips: 0 matches, was 20; 1,000 clips: 2 pairs, both fragment matches of
+    0.24-0.70 s, the filter's rule to fix, issue 9 item 4); 10k and 100k were not run: fetch runs at ~10-18 records/s per source
+    against the replay on this loaded machine (10k would take over an hour).
 """
 from __future__ import annotations
 
