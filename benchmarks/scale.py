@@ -17,14 +17,19 @@ distinct replay items (``laion-audio replay --items N``) at each size.
 Figures are medians of ``--repeats`` runs on whatever machine runs this; the sizes are printed
 side by side so the ratios, not the absolute numbers, carry the claim.
 
-Measured on the 2-core development machine shared with ~8 other jobs (load average 10-17, so
-wall seconds are inflated 3-7x; CPU seconds are the steadier figure), one run each:
+Measured on the 2-core development machine shared with other jobs (load average 5-17, so wall
+seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
 
-    crawl (CLI)        before (main)                  after
-    50,000 rows        30.0 s, 278 MB                 9.9 s (3.3 s CPU), 248 MB
-    500,000 rows       > 850 s (killed), issue: 282 s 180 s (29.9 s CPU), 386 MB
-    2,041,789 rows     -                              398-929 s wall (131-133 s CPU), 849-854 MB
-    500k / 50k                                        CPU 9.2x, RSS 1.56x (wall 18x, load)
+    crawl (CLI)        before (main)                        after (load ~5)
+    50,000 rows        30.0 s, 278 MB (issue, idle: 7.2 s)  7.0 s (3.4 s CPU), 250 MB
+    500,000 rows       > 850 s (killed; issue: 282 s)       55.2 s (27.6 s CPU), 407 MB
+    2,041,789 rows     -                                    150.5 s (120.4 s CPU), 857 MB
+    500k / 50k         39x (issue)                          7.9x time, 1.63x RSS
+
+    metadata run, 2,675,315 records (CSV above + the paper's 633,526 of the other sources):
+    crawl AudioSet 150.5 s, 857 MB; 630K other records 49.5 s (12,800 records/s), 743 MB;
+    id filter over the ledger in chunks 42.2 s (63,400 records/s), 204 MB; shard planning
+    13.3 s (200,000 records/s), 158 MB; ledger 40.7 MB on disk, journal empty.
 
     16-record write on a 100k-row ledger after k journal batches (k = 0, 125, 250, 500, 980):
     before  224, 120, 428, 1343 ms, -        after  43, 50, 39, 43, 24 ms
