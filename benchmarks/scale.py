@@ -38,8 +38,9 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     (raw 97 + audio 111 + shards 113 MB at 1,000) = 2.8x its shards (raw is kept: issue 9 item 3
     is not done here); 6 of 1,000 distinct replay items still dropped as duplicates by today's
     filter (240 clips: 0 matches, was 20; 1,000 clips: 2 pairs, both fragment matches of
-    0.24-0.70 s, the filter's rule to fix, issue 9 item 4); 10k and 100k were not run: fetch runs at ~10-18 records/s per source
-    against the replay on this loaded machine (10k would take over an hour).
+    0.24-0.70 s, the filter's rule to fix, issue 9 item 4). 10k and 100k were not run: fetch
+    runs at ~10-18 records/s per source against the replay on this shared machine (10k would
+    take well over an hour).
 """
 from __future__ import annotations
 
