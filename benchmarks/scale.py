@@ -20,11 +20,11 @@ side by side so the ratios, not the absolute numbers, carry the claim.
 Measured on the 2-core development machine shared with other jobs (load average 5-17, so wall
 seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
 
-    crawl (CLI)        before (main)                        after (load ~5)
-    50,000 rows        30.0 s, 278 MB (issue, idle: 7.2 s)  7.0 s (3.4 s CPU), 250 MB
-    500,000 rows       > 850 s (killed; issue: 282 s)       55.2 s (27.6 s CPU), 407 MB
-    2,041,789 rows     -                                    150.5 s (120.4 s CPU), 857 MB
-    500k / 50k         39x (issue)                          7.9x time, 1.63x RSS
+    crawl (CLI), load ~5  before (main)                      after
+    50,000 rows           16.0 s (7.4 s CPU), 279 MB         7.0 s (3.4 s CPU), 250 MB
+    500,000 rows          586.3 s (258.1 s CPU), 1,172 MB    55.2 s (27.6 s CPU), 407 MB
+    2,041,789 rows        (quadratic: hours)                 150.5 s (120.4 s CPU), 857 MB
+    500k / 50k            36.7x time, 4.20x RSS              7.9x time, 1.63x RSS
 
     metadata run, 2,675,315 records (CSV above + the paper's 633,526 of the other sources):
     crawl AudioSet 150.5 s, 857 MB; 630K other records 49.5 s (12,800 records/s), 743 MB;
