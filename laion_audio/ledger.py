@@ -105,6 +105,16 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=SCHEMA)
 
 
+def _conform_columns(table: pa.Table, columns: list[str]) -> pa.Table:
+    """``table`` as ``columns`` of the current schema (missing ones null)."""
+    cols = []
+    for name in columns:
+        f = SCHEMA.field(name)
+        cols.append(table.column(name).cast(f.type) if name in table.column_names
+                    else pa.nulls(len(table), f.type))
+    return pa.Table.from_arrays(cols, schema=pa.schema([SCHEMA.field(c) for c in columns]))
+
+
 def _nulls_for_empty(table: pa.Table) -> pa.Table:
     """Empty optional fields ("", [], "{}") become null, as pandas/DuckDB/polars users expect."""
     cols = []
@@ -226,7 +236,13 @@ class Ledger:
             for stale in self.journal_dir.glob(".*.tmp-*"):   # left by a killed writer
                 stale.unlink(missing_ok=True)
         self._group_cache: OrderedDict = OrderedDict()
-        self._load()
+        for attempt in range(5):
+            try:
+                self._load()
+                break
+            except FileNotFoundError:   # a reader raced the writer folding its journal: list again
+                if lock or attempt == 4:
+                    raise
 
     def _take_lock(self, path: Path) -> int:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
@@ -297,21 +313,31 @@ class Ledger:
         for path in paths:
             f = pq.ParquetFile(path)
             _check_version(f.schema_arrow, path)
-            run_id = self._add_run(path, f.metadata.num_rows)
+            self._add_run(path, f.metadata.num_rows)
+            if path.parent == self.journal_dir:
+                self._seq = max(self._seq, int(path.name.split("-", 1)[0]))
+        self._indexed = not paths
+
+    def _ensure_index(self) -> None:
+        """Build the key index (key and status columns of every file) on first need: a reader
+        of a compacted ledger that only scans it never pays for it."""
+        if self._indexed:
+            return
+        for run_id in list(self._order):
+            run = self._runs[run_id]
             offset, last = 0, None
-            for batch in f.iter_batches(batch_size=65536, columns=["source", "source_id", "status"]):
+            for batch in run.file().iter_batches(batch_size=65536, columns=["source", "source_id", "status"]):
                 t = pa.Table.from_batches([batch])
                 keys = _joined_keys(t)
                 if len(t) and (not _strictly_increasing(keys)
                                or (last is not None and keys[0].as_py() <= last)):
-                    self._runs[run_id].sorted = False   # written by an older laion-audio
+                    run.sorted = False   # written by an older laion-audio
                 last = keys[-1].as_py() if len(t) else last
                 self._index(t, run_id, offset)
                 offset += len(t)
-            if f.metadata.num_rows:
+            if run.rows:
                 self._hashes_known = False
-            if path.parent == self.journal_dir:
-                self._seq = max(self._seq, int(path.name.split("-", 1)[0]))
+        self._indexed = True
 
     def _add_run(self, path: Path, rows: int) -> int:
         run_id = self._next_run
@@ -373,6 +399,7 @@ class Ledger:
 
     def _ensure_hashes(self) -> None:
         """Hash the source fields of every current row (once, on the first re-crawl)."""
+        self._ensure_index()
         if self._hashes_known:
             return
         for chunk in self._merge(self._order, columns=("source", "source_id") + SOURCE_FIELDS):
@@ -382,6 +409,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ reading
     def _alive(self, run_id: int) -> np.ndarray:
+        if not self._indexed:
+            if self._order == [run_id] and self._runs[run_id].path == self.base_path:
+                return np.ones(self._runs[run_id].rows, bool)   # a compacted ledger: all current
+            self._ensure_index()
         return self._alive_masks[run_id]
 
     def _merge(self, run_ids: list[int], columns: Iterable[str] | None = None,
@@ -425,11 +456,15 @@ class Ledger:
     def _cursor(self, run: _Run, alive: np.ndarray, columns, chunk_rows) -> Iterator[pa.Table]:
         f = run.file()
         _check_version(f.schema_arrow, run.path)
+        wanted = None if columns is None else list(columns)
+        fix = _conform if wanted is None else (lambda t: _conform_columns(t, wanted))
+        if columns is not None:   # an older file may lack a column: read what it has
+            columns = [c for c in columns if c in f.schema_arrow.names]
         if not run.sorted:   # a small legacy journal file: sort it in memory
             t = f.read(columns=columns).filter(pa.array(alive))
             t = t.take(pc.sort_indices(_joined_keys(t)))
             for i in range(0, len(t), chunk_rows):
-                yield _conform(t.slice(i, chunk_rows)) if columns is None else t.slice(i, chunk_rows)
+                yield fix(t.slice(i, chunk_rows))
             return
         offset = 0
         for g in range(f.metadata.num_row_groups):   # a row group at a time: flat memory
@@ -442,8 +477,7 @@ class Ledger:
             if not mask.all():
                 group = group.filter(pa.array(mask))
             for i in range(0, len(group), chunk_rows):
-                t = group.slice(i, chunk_rows)
-                yield _conform(t) if columns is None else t
+                yield fix(group.slice(i, chunk_rows))
 
     def scan(self, *, status: str | Iterable[str] | None = None,
              source: str | Iterable[str] | None = None, columns: Iterable[str] | None = None,
@@ -456,7 +490,7 @@ class Ledger:
         for col, want in (("status", status), ("source", source)):
             if want is not None:
                 wanted[col] = pa.array([want] if isinstance(want, str) else list(want), pa.string())
-        if "status" in wanted and not self._any_status(wanted["status"].to_pylist()):
+        if "status" in wanted and self._indexed and not self._any_status(wanted["status"].to_pylist()):
             return
         for t in self._merge(self._order, columns=need, chunk_rows=chunk_rows):
             mask = None
@@ -486,11 +520,13 @@ class Ledger:
         return self.select()
 
     def __len__(self) -> int:
+        self._ensure_index()
         return len(self._keys)
 
     def count(self, *, status: str | Iterable[str] | None = None,
               source: str | Iterable[str] | None = None) -> int:
         """How many current rows match, from the index (no file read)."""
+        self._ensure_index()
         n = len(self._keys)
         mask = np.ones(n, bool)
         for names, arr, want in ((self._status_names, self._status, status),
@@ -513,6 +549,7 @@ class Ledger:
 
     def _rows_at(self, slots: np.ndarray) -> pa.Table:
         """The current rows of index positions ``slots`` (in that order), read by location."""
+        self._ensure_index()
         pieces, order = [], []
         runs, rows = self._run[slots], self._row[slots]
         for run_id in np.unique(runs):
@@ -544,6 +581,7 @@ class Ledger:
         return t
 
     def get(self, source: str, source_id: str) -> Record | None:
+        self._ensure_index()
         s = self._keys.get(f"{source}{_SEP}{source_id}")
         if s is None:
             return None
@@ -554,6 +592,7 @@ class Ledger:
             yield records[i:i + batch_size]
 
     def status_counts(self, source: str | Iterable[str] | None = None) -> dict[str, int]:
+        self._ensure_index()
         n = len(self._keys)
         status = self._status[:n]
         if source is not None:
@@ -580,6 +619,7 @@ class Ledger:
 
     def write_table(self, table: pa.Table, tag: str = "update") -> int:
         """:meth:`write` for rows already in Arrow form (the ledger schema)."""
+        self._ensure_index()
         if self._lock_fd is None:
             raise LedgerError(f"{self.root} was opened read-only (lock=False)")
         if not len(table):
@@ -658,6 +698,7 @@ class Ledger:
         captioning. Vanished records that reappear are revived. O(batch): the index says which
         keys exist and whether their source fields changed; only changed rows are read.
         """
+        self._ensure_index()
         result = UpsertResult()
         batch: dict[tuple[str, str], Record] = {}
         for rec in records:   # same id listed twice by a source (Epidemic categories): first wins
@@ -709,6 +750,7 @@ class Ledger:
 
     def mark_vanished(self, source: str, present_ids: Iterable[str]) -> list[str]:
         """Mark records of ``source`` that a full re-crawl did not list (kept, not deleted)."""
+        self._ensure_index()
         present = set(present_ids)
         if source not in self._source_names:
             return []
@@ -735,6 +777,7 @@ class Ledger:
             return
         if self._lock_fd is None:
             raise LedgerError(f"{self.root} was opened read-only (lock=False)")
+        self._ensure_index()
         self._rewrite(list(self._order), self.base_path)
 
 

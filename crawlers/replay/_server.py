@@ -199,7 +199,8 @@ class ReplayApp:
         self.routes.append((method.upper(), re.compile(pattern), handler))
 
     def add_catalogue(self, cls: type[Catalogue]) -> Catalogue:
-        cat = cls(seed=self.seed, size=self.sizes.get(cls.name), shared=self.shared)
+        # sizes["*"]: items per source for every catalogue not named (laion-audio replay --items)
+        cat = cls(seed=self.seed, size=self.sizes.get(cls.name, self.sizes.get("*")), shared=self.shared)
         self.catalogues[cls.name] = cat
         return cat
 
@@ -423,7 +424,7 @@ def serve(port: int = 0, *, seed: int = 0, sizes: dict[str, int] | None = None,
     """Run a replay server on 127.0.0.1 in a background thread; yields ``(app, base_url)``.
 
     ``shared`` is ``../shared/data`` when present (real sample values for catalogues);
-    ``sizes`` overrides items per source; ``faults`` sets the initial fault injection."""
+    ``sizes`` overrides items per source (``"*"``: every source); ``faults`` sets the initial fault injection."""
     app = ReplayApp(seed=seed, sizes=sizes, shared=shared, faults=faults, plugins=plugins)
     httpd = _HTTPServer(("127.0.0.1", port), _Handler)
     httpd.app = app  # type: ignore[attr-defined]

@@ -160,3 +160,52 @@ def test_reader_cannot_write(tmp_path):
     Ledger(tmp_path / "l").close()
     with pytest.raises(LedgerError, match="read-only"):
         Ledger(tmp_path / "l", lock=False).write([rec(1)])
+
+
+def test_crawl_stage_never_materialises_the_ledger(shared_data, tmp_path, monkeypatch):
+    """The AudioSet crawl, its flushes, the compaction and the summary go through the index and
+    chunked scans: a call of ``Ledger.table``/``select``/``records`` (the whole corpus in
+    memory) fails the test. A rerun upserts every row again, all unchanged."""
+    from pipelines import build as build_mod
+    from pipelines.build import BuildConfig, run_build
+
+    rows = [ln for ln in (shared_data / "audioset" / "eval_segments.csv").read_text().splitlines()
+            if ln and not ln.startswith("#")][:1200]
+    csv_path = tmp_path / "segments.csv"
+    csv_path.write_text("# YTID, start_seconds, end_seconds, positive_labels\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(build_mod, "CRAWL_FLUSH_EVERY", 100)
+
+    def refuse(*a, **k):
+        raise AssertionError("the whole ledger was materialised")
+
+    for name in ("table", "select", "records"):
+        monkeypatch.setattr(Ledger, name, refuse)
+    options = {"csv": [str(csv_path)], "labels": str(shared_data / "audioset" / "class_labels_indices.csv")}
+    cfg = BuildConfig(out=tmp_path / "w", sources={"audioset": options}, stages=("crawl",), inline=True)
+    summary = run_build(cfg)
+    assert summary["records"] == 1200 and summary["sources"]["audioset"]["records"] == 1200
+    (tmp_path / "w" / "crawl" / "audioset.json").unlink()     # crawl again from the start
+    summary = run_build(cfg)
+    crawl = summary["stages"][0]
+    assert crawl["unchanged"] == 1200 and crawl["added"] == 0
+
+
+def test_scan_of_an_older_file_without_a_column(tmp_path):
+    folder = tmp_path / "ledger"
+    folder.mkdir()
+    old = records_to_table([rec(i) for i in range(3)]).drop_columns(["text_augment_t5"])
+    pq.write_table(old, folder / "ledger.parquet")
+    with Ledger(folder) as led:
+        chunks = list(led.scan(columns=["source_id", "text_augment_t5"]))
+        assert chunks[0].column("text_augment_t5").null_count == 3
+        assert [r.source_id for r in led.records()] == ["id00000", "id00001", "id00002"]
+
+
+def test_reader_of_a_compacted_ledger_scans_without_building_the_index(tmp_path):
+    with Ledger(tmp_path / "l") as led:
+        led.upsert([rec(i) for i in range(50)])
+        led.compact()
+    reader = Ledger(tmp_path / "l", lock=False)
+    assert sum(len(t) for t in reader.scan(columns=["source_id"])) == 50
+    assert not reader._keys                     # the scan needed no key index
+    assert len(reader) == 50 and reader.get("s", "id00007").title == "t7"

@@ -131,3 +131,35 @@ def test_mutation_is_seeded_and_exact():
             assert item != before[key]
         elif key in before:
             assert item == before[key]
+
+
+def test_replay_items_are_distinct_sounds():
+    """Every replay item is its own sound: the near-duplicate matcher the filter stage uses
+    finds no pair among 240 items (one seeded tone plus noise per item matched many)."""
+    import io
+
+    import soundfile as sf
+
+    from crawlers.replay._audio import make_audio
+    from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex
+    from laion_audio.filters.fingerprint import fingerprint
+
+    fps = []
+    for i in range(240):
+        body, _ = make_audio(f"bbc/{i}/0", "wav", 3.0 + (i % 3), 22050, 1)
+        x, sr = sf.read(io.BytesIO(body), dtype="float32")
+        fps.append(fingerprint(x, sr))
+    assert all(len(fp) > 50 for fp in fps)
+    index = FingerprintIndex()
+    for i, fp in enumerate(fps):
+        index.add(i, fp)
+    index.build()
+    matches, _ = ContentMatcher(index).match(fps, ref_bands=lambda r: fps[r].bands,
+                                             exclude_self=list(range(len(fps))))
+    assert not matches, [(m.query, m.ref, round(m.score, 2)) for m in matches[:5]]
+
+
+def test_replay_items_option_sizes_every_source(tmp_path):
+    with serve(sizes={"*": 7, "bbc": 3}) as (app, _):
+        sizes = {name: len(cat.items) for name, cat in app.catalogues.items()}
+    assert sizes["bbc"] == 3 and all(n == 7 for name, n in sizes.items() if name != "bbc")
