@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import atomic
 from .records import (JSON_FIELDS, KEY, FailureCode, REQUIRED_FIELDS, SCHEMA, SCHEMA_VERSION, Record, Status,
                       records_to_table)
 
@@ -266,7 +267,7 @@ class Ledger:
         if old.is_dir():
             for p in sorted(old.iterdir()):
                 if p.name.endswith(".parquet") and not p.name.startswith("."):
-                    os.replace(p, self.journal_dir / p.name)
+                    atomic.publish(p, self.journal_dir / p.name)
                 else:
                     p.unlink(missing_ok=True)
             old.rmdir()
@@ -637,7 +638,7 @@ class Ledger:
         w = _Writer(tmp, compression=JOURNAL_COMPRESSION)
         w.add(table)
         w.close()
-        os.replace(tmp, path)
+        atomic.publish(tmp, path)
         run_id = self._add_run(path, len(table))
         self._index(table, run_id, 0, _source_hashes(table) if self._hashes_known else None)
         self._fold()
@@ -674,7 +675,7 @@ class Ledger:
             located.append((self._slots(_joined_keys(chunk).to_pylist(), create=False), w.rows))
             w.rows += len(chunk)
         w.close()
-        os.replace(tmp, target)
+        atomic.publish(tmp, target)
         first = self._order.index(run_ids[0]) if run_ids else len(self._order)   # empty ledger
         self._order = self._order[:first] + [new_id] + [r for r in self._order[first:] if r not in run_ids]
         self._next_run += 1
@@ -804,7 +805,7 @@ def sidecar(root: str | os.PathLike, name: str) -> Path:
     path = root.parent / name
     legacy = root / name
     if legacy.exists() and not path.exists():
-        os.replace(legacy, path)
+        atomic.publish(legacy, path)
     return path
 
 
@@ -885,4 +886,4 @@ def write_stats(path: Path, stats: list[StageStats]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps([s.as_dict() for s in stats], indent=2))
-    os.replace(tmp, path)
+    atomic.publish(tmp, path)

@@ -258,13 +258,23 @@ def summarize(ledger: Ledger, stats: list, cfg, work=None) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    t = ledger.select().select(["source", "status", "split", "audio_duration"])
-    has_audio = pc.is_in(t.column("status"), value_set=pa.array(list(KEPT), pa.string()))
-    t = t.append_column("hours", pc.if_else(has_audio, pc.fill_null(t.column("audio_duration"), 0.0),
-                                            0.0))
+    groups: dict[tuple, list] = {}       # (source, status, split) -> [records, seconds of audio]
+    n_rows = 0
+    for t in ledger.scan(columns=["source", "status", "split", "audio_duration"], chunk_rows=65536):
+        n_rows += t.num_rows
+        has_audio = pc.is_in(t.column("status"), value_set=pa.array(list(KEPT), pa.string()))
+        t = t.append_column("hours", pc.if_else(has_audio, pc.fill_null(t.column("audio_duration"),
+                                                                         0.0), 0.0))
+        for r in t.group_by(["source", "status", "split"], use_threads=False).aggregate(
+                [("hours", "sum"), ("hours", "count")]).to_pylist():
+            g = groups.setdefault((r["source"], r["status"], r["split"]), [0, 0.0])
+            g[0] += r["hours_count"]
+            g[1] += r["hours_sum"] or 0.0
     per_source: dict[str, dict] = {}
-    for row in t.group_by(["source", "status", "split"]).aggregate(
-            [("hours", "sum"), ("hours", "count")]).to_pylist():
+    for (source, status, split), (count, seconds) in sorted(
+            groups.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+        row = {"source": source, "status": status, "split": split, "hours_count": count,
+               "hours_sum": seconds}
         s = per_source.setdefault(row["source"], {"records": 0, "audio_ok": 0, "sharded": 0,
                                                   "failed": 0, "dropped": 0, "vanished": 0,
                                                   "hours": 0.0, "train": 0, "test": 0})
@@ -286,7 +296,7 @@ def summarize(ledger: Ledger, stats: list, cfg, work=None) -> dict:
     for s in per_source.values():
         s["hours"] = round(s["hours"], 4)
     disk = work.disk_usage(cfg.shard_root) if work is not None else {}
-    summary = {"out": str(cfg.out), "shards": cfg.shard_root, "records": t.num_rows,
+    summary = {"out": str(cfg.out), "shards": cfg.shard_root, "records": n_rows,
                "by_status": ledger.status_counts(), "failures": ledger.failure_counts(),
                "sources": dict(sorted(per_source.items())), "stages": [s.as_dict() for s in stats],
                "disk_bytes": disk, "eval_filter": getattr(cfg, "eval_filter", ""),
@@ -301,12 +311,12 @@ def caption_warnings(ledger: Ledger) -> dict[str, int]:
     captions that are only a file name ("sound000"); only flagged rows become Python objects."""
     import pyarrow.compute as pc
 
-    t = ledger.select().select(["caption_provenance"])
-    flagged = t.filter(pc.fill_null(pc.match_substring(t.column("caption_provenance"), '"warning"'),
-                                    False))
     counts: Counter = Counter()
-    for value in flagged.column("caption_provenance").to_pylist():
-        counts[json.loads(value).get("warning", "")] += 1
+    for t in ledger.scan(columns=["caption_provenance"], chunk_rows=65536):
+        col = t.column("caption_provenance")
+        flagged = t.filter(pc.fill_null(pc.match_substring(col, '"warning"'), False))
+        for value in flagged.column("caption_provenance").to_pylist():
+            counts[json.loads(value).get("warning", "")] += 1
     return dict(counts)
 
 
@@ -432,12 +442,12 @@ def rot_class(row: dict) -> str:
 def rot_figures(ledger: Ledger) -> dict:
     """Per source: count and percentage of each rot class, how many available records were
     checked against a published hash, and a quota line for sources paused by a daily quota."""
-    t = ledger.table().select(["source", "status", "failure_stage", "failure_code",
-                               "failure_message", "audio_sha256", "filter_match"])
     per: dict[str, Counter] = defaultdict(Counter)
     verified: Counter = Counter()
     quota: dict[str, int | None] = {}
-    for batch in t.to_batches(max_chunksize=65536):
+    for batch in ledger.scan(columns=["source", "status", "failure_stage", "failure_code",
+                                      "failure_message", "audio_sha256", "filter_match"],
+                             chunk_rows=65536):
         for row in batch.to_pylist():
             cls = rot_class(row)
             src = row["source"]

@@ -166,14 +166,14 @@ def test_crawl_stage_never_materialises_the_ledger(shared_data, tmp_path, monkey
     """The AudioSet crawl, its flushes, the compaction and the summary go through the index and
     chunked scans: a call of ``Ledger.table``/``select``/``records`` (the whole corpus in
     memory) fails the test. A rerun upserts every row again, all unchanged."""
-    from pipelines import build as build_mod
+    from crawlers import crawl as crawl_mod
     from pipelines.build import BuildConfig, run_build
 
     rows = [ln for ln in (shared_data / "audioset" / "eval_segments.csv").read_text().splitlines()
             if ln and not ln.startswith("#")][:1200]
     csv_path = tmp_path / "segments.csv"
     csv_path.write_text("# YTID, start_seconds, end_seconds, positive_labels\n" + "\n".join(rows) + "\n")
-    monkeypatch.setattr(build_mod, "CRAWL_FLUSH_EVERY", 100)
+    monkeypatch.setattr(crawl_mod, "CRAWL_FLUSH_EVERY", 100)
 
     def refuse(*a, **k):
         raise AssertionError("the whole ledger was materialised")
