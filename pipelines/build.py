@@ -68,7 +68,11 @@ def source_datasets(cfg: BuildConfig, name: str | None = None) -> list[str]:
     out: dict[str, None] = {}
     for n, options in cfg.sources.items():
         if name is None or n == name:
-            out.update(dict.fromkeys(get_source(n).dataset_names(options)))
+            try:
+                names = get_source(n).dataset_names(options)
+            except KeyError:      # a source not registered here (a test's own): its one name
+                names = [options.get("dataset_name") or n]
+            out.update(dict.fromkeys(names))
     return list(out)
 
 

@@ -160,6 +160,10 @@ def test_gate_refuses_without_a_passing_report(tiny, shared_data, tmp_path):
     res = _cli(*base)
     assert res.returncode == 2 and "worse than the template" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    from laion_audio.ledger import writing
+
+    with writing(tmp_path / "ledger"):    # an (empty) ledger: the gate is what refuses
+        pass
     for cmd in (["caption", tmp_path / "ledger", "--model", model],
                 ["build", "--source", "audioset", "--out", tmp_path / "b", "--caption-model", model,
                  "--stages", "caption", "--inline"]):

@@ -311,7 +311,9 @@ def test_our_manifest_is_read_verbatim_other_lists_are_cleaned(tmp_path):
              "original_data": '{"k": "v"}'}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ours.parquet")
     (rec,) = _crawl([tmp_path / "ours.parquet"])
-    assert rec.texts == texts and rec.tags == ["a &amp; b"] and rec.text_augment_t5 == "[not a list]"
+    # no unescaping or re-captioning; the one text rule of every source (crawlers.base
+    # clean_record) still trims the ends
+    assert rec.texts == [texts[0], "spaced"] and rec.tags == ["a &amp; b"] and rec.text_augment_t5 == "[not a list]"
     assert rec.caption_provenance == {"rule": "r"} and rec.original_data == {"k": "v"}
     f = _csv(tmp_path / "audiostock_all.csv", ["url", "caption"],
              [["https://audiostock.net/audio/5/play", "Rock &amp; roll <b>loud</b>\x07 drums."]])

@@ -180,7 +180,7 @@ def test_local_pack_paths_never_reach_shards_and_a_moved_archive_is_found(tmp_pa
                       stages=("crawl", "fetch", "transcode", "caption", "shard"),
                       sources={"wesoundeffects": {"inputs": [str(archive), str(folder)],
                                                   "cache_dir": str(tmp_path / "cache")}})
-    assert verdict(run_build(cfg)) == 0
+    assert verdict(run_build(cfg))[0] == 0
     assert not _grep_tree(tmp_path / "out" / "shards", [str(home), str(tmp_path)])
     urls = sorted(r.url for r in _ledger(cfg.out).values())
     assert urls == ["Unpacked Pack/Wind/Gust 02.wav", "bundle.zip#Doors/Door Slam 01.wav"]
