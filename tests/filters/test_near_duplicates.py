@@ -297,3 +297,18 @@ def test_real_distinct_set(tmp_path, debian_sounds):
     assert len(recs) >= 200
     assert not false
     assert len(dropped) <= 0.05 * len(recs)
+
+
+def test_near_duplicate_whose_audio_is_gone_keeps_its_verdict(tmp_path, overlapping):
+    """A duplicate dropped earlier whose FLAC was since removed cannot be decided again: it
+    stays dropped (and counted) instead of coming back without audio."""
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.write([overlapping["A"], overlapping["B"]])
+    filter_ledger(ledger, _config(tmp_path))
+    assert ledger.get("freesound", "B").duplicate_of == "freesound/A"
+    Path(overlapping["B"].flac_path).unlink()
+    ledger.write([overlapping["S1"]])
+    report, stats = filter_ledger(ledger, _config(tmp_path))
+    b = ledger.get("freesound", "B")
+    assert (b.status, b.duplicate_of) == (Status.DROPPED, "freesound/A")
+    assert report.dropped == {"duplicate_near": 1} and report.reinstated == 0 and stats.closes
