@@ -13,6 +13,7 @@ a segment, so any near-duplicate match between them is a false positive.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 SR = 48_000
 KINDS = ("chirp", "gated_tone", "filtered_noise", "fm", "harmonic", "rhythm")
@@ -58,12 +59,13 @@ def _gated_tone(n, rng):
 
 
 def _filtered_noise(n, rng):
-    spec = np.fft.rfft(rng.normal(size=n))
-    f = np.fft.rfftfreq(n, 1 / SR)
+    m = scipy.fft.next_fast_len(n, real=True)      # a fast FFT size, then cut to n
+    spec = scipy.fft.rfft(rng.normal(size=m))
+    f = np.fft.rfftfreq(m, 1 / SR)
     lo = rng.uniform(80, 8000)
     hi = lo * rng.uniform(1.2, 4.0)
     spec *= np.exp(-0.5 * ((np.log(f + 1) - np.log((lo + hi) / 2)) / np.log(hi / lo)) ** 2)
-    y = np.fft.irfft(spec, n)
+    y = scipy.fft.irfft(spec, m)[:n]
     t = np.arange(n) / SR
     env = 0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(0.3, 6) * t + rng.uniform(0, 6.3))
     return y * env

@@ -5,6 +5,7 @@ measured in the same run.
     python benchmarks/filters.py fingerprint   # ours vs Chromaprint (fpcalc) on real clips
     python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
     python benchmarks/filters.py neardup       # near-duplicate precision + cost, distinct clips
+    python benchmarks/filters.py stage         # filter_ledger seconds/record, 1k vs 8k FLACs
     python benchmarks/filters.py all
 
 The machine this was written on has 2 cores shared by 7 engineers working at once: absolute
@@ -279,26 +280,29 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
 
 # --------------------------------------------------------------------------- near duplicates
 def _gen_fingerprints(args):
-    """Worker: fingerprints of generated distinct clips ``start .. stop - 1``."""
+    """Worker: (fingerprint, near-duplicate features) of generated distinct clips
+    ``start .. stop - 1`` (features computed here, from the same generated clip, so the
+    driver does not generate it again)."""
     start, stop, seed = args
     sys.path.insert(0, str(REPO / "benchmarks"))
     from distinct_clips import SR, distinct_clip
 
+    from laion_audio.filters.dedup import near_features
     from laion_audio.filters.fingerprint import fingerprint
-    return [fingerprint(distinct_clip(i, seed), SR, keep_bands=False) for i in range(start, stop)]
+    out = []
+    for i in range(start, stop):
+        x = distinct_clip(i, seed)
+        out.append((fingerprint(x, SR, keep_bands=False), near_features(x, SR)))
+    return out
 
 
 def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dict]:
     """Generated clips, all distinct by construction (benchmarks/distinct_clips.py), through
     the filter stage's near-duplicate functions (same index, rule and keep pass): every drop
-    is a false positive. Confirmation features are recomputed from the regenerated clip, as
-    the stage recomputes them from the FLAC. Prints drops and seconds per record by phase
+    is a false positive. Confirmation features are computed with the fingerprint and kept in
+    memory (~22 kB per clip; the stage recomputes them from the FLAC). Prints drops and seconds per record by phase
     (fingerprint / index + lookups + confirmation), per size, and the ratio to the first size."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from distinct_clips import SR, distinct_clip
-
-    from laion_audio.filters.dedup import (FeatureCache, decide_near, near_duplicate_matches,
-                                           near_features)
+    from laion_audio.filters.dedup import FeatureCache, decide_near, near_duplicate_matches
     out = []
     for n in sizes:
         t0 = time.perf_counter()
@@ -306,18 +310,21 @@ def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dic
         jobs = [(s, min(n, s + step), seed) for s in range(0, n, step)]
         if procs > 1:
             with mp.get_context("fork").Pool(procs) as pool:
-                fps = [f for part in pool.map(_gen_fingerprints, jobs) for f in part]
+                got = [f for part in pool.imap(_gen_fingerprints, jobs) for f in part]
         else:
-            fps = [f for job in jobs for f in _gen_fingerprints(job)]
+            got = [f for job in jobs for f in _gen_fingerprints(job)]
+        fps = [g[0] for g in got]
+        feats = [g[1] for g in got]
+        del got
         t_fp = time.perf_counter() - t0
-        features = FeatureCache(lambda i: near_features(distinct_clip(i, seed), SR))
+        features = FeatureCache(feats.__getitem__, max_bytes=1 << 40)
         t1 = time.perf_counter()
         matches, st = near_duplicate_matches(fps, features)
         t_match = time.perf_counter() - t1
         dropped = decide_near(n, matches)
         res = {"clips": n, "dropped": len(dropped), "dropped_share": len(dropped) / n,
                "confirmed_pairs": len(matches), **st, "feature_loads": features.loads,
-               "fingerprint_s_per_record_wall": t_fp / n, "procs": procs,
+               "generate+fingerprint_s_per_record_wall": t_fp / n, "procs": procs,
                "match_s_per_record": t_match / n,
                "worst": [(m.a, m.b, round(m.score, 3), round(m.vote_fraction, 3))
                          for m in sorted(matches, key=lambda m: -m.score)[:5]]}
@@ -328,13 +335,70 @@ def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dic
     return out
 
 
+def _write_flacs(args):
+    """Worker: generated clips ``start .. stop - 1`` as 48 kHz FLAC, with their PCM hashes."""
+    start, stop, seed, folder = args
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import soundfile as sf
+    from distinct_clips import SR, distinct_clip
+
+    from laion_audio.audio import pcm_sha256_of_file
+    from laion_audio.filters.fpstore import FingerprintStore, fingerprint_file
+    store = FingerprintStore(Path(folder) / "fingerprints")
+    out = []
+    for i in range(start, stop):
+        path = Path(folder) / "audio" / f"{i // 1000:03d}" / f"g{i:06d}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            sf.write(path, distinct_clip(i, seed), SR, subtype="PCM_16")
+        sha = pcm_sha256_of_file(path)
+        if sha not in store:          # the build's fingerprint stage (on its workers)
+            store.put(sha, fingerprint_file(str(path), keep_bands=False))
+        out.append((f"g{i:06d}", str(path), sha, sf.info(str(path)).duration))
+    return out
+
+
+def bench_stage(sizes=(1000, 8000), seed: int = 0, procs: int = 2, folder: str | None = None) -> list[dict]:
+    """``filter_ledger`` (the filter stage after the build's fingerprint stage has filled the
+    store) over ledgers of N generated distinct clips as FLAC: seconds per record, the ratio
+    to the first size, and how many were dropped (all are distinct: every drop is false).
+    The FLACs and the store are made first (not timed; ``--folder`` keeps them for reruns)."""
+    from laion_audio.filters.stage import FilterConfig, filter_ledger
+    from laion_audio.ledger import Ledger
+    from laion_audio.records import Record, Status
+
+    root = Path(folder or tempfile.mkdtemp(prefix="filter-stage-"))
+    out = []
+    for n in sizes:
+        jobs = [(s, min(n, s + 250), seed, str(root)) for s in range(0, n, 250)]
+        with mp.get_context("fork").Pool(procs) as pool:
+            rows = [r for part in pool.map(_write_flacs, jobs) for r in part]
+        lroot = Path(tempfile.mkdtemp(prefix=f"ledger-{n}-", dir=root))
+        ledger = Ledger(lroot)
+        ledger.write([Record("local", sid, flac_path=p, audio_sha256=sha, audio_duration=d,
+                             status=Status.CAPTIONED, texts=[sid]) for sid, p, sha, d in rows])
+        t = time.perf_counter()
+        report, _ = filter_ledger(ledger, FilterConfig(evalsets_cache=str(root / "no-evalsets"),
+                                                       fingerprint_dir=str(root / "fingerprints")))
+        secs = time.perf_counter() - t
+        ledger.close()
+        res = {"clips": n, "filter_seconds": round(secs, 2), "s_per_record": secs / n,
+               "dropped": dict(report.dropped)}
+        if out:
+            res["s_per_record_ratio_vs_first"] = round(res["s_per_record"] / out[0]["s_per_record"], 2)
+        out.append(res)
+        print("stage:", json.dumps(res), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "all"])
+    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "stage", "all"])
     ap.add_argument("--rows", type=int, default=2_500_000)
     ap.add_argument("--sizes", default=None, help="index sizes (lookup: 10000,30000,100000; "
                     "neardup: 1000,8000)")
-    ap.add_argument("--procs", type=int, default=1, help="neardup: fingerprinting processes")
+    ap.add_argument("--procs", type=int, default=1, help="neardup/stage: processes preparing clips")
+    ap.add_argument("--folder", default=None, help="stage: keep the FLACs and the store here")
     ap.add_argument("--clip-seconds", type=float, default=5.0)
     ap.add_argument("--max-bucket", type=int, default=5000, help="skip hash buckets larger than this")
     ap.add_argument("--index-model", choices=["varied", "pooled"], default="varied",
@@ -354,6 +418,9 @@ def main() -> None:
                      index_model=args.index_model, budgets=budgets)
     if args.what in ("neardup", "all"):
         bench_neardup(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")), procs=args.procs)
+    if args.what == "stage":
+        bench_stage(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")),
+                    procs=max(1, args.procs), folder=args.folder)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
         table = pa.concat_tables([table, records_to_table(again).cast(table.schema)])
         report.reconsidered = len(again)
     changed: dict[tuple[str, str], Record] = {}
+    near_checked: set[tuple[str, str]] = set()     # took part in this run's near-dup decision
     rows = None
 
     def record(key: tuple[str, str]) -> Record:
@@ -374,6 +375,7 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
         if config.near_duplicates and alive.sum() + n_pub > 1 and alive.any():
             live = np.flatnonzero(alive)
             members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
+            near_checked.update(zip(members["source"], members["source_id"]))
             member_fps = pub_fps + [fps[i] for i in live]
             features = FeatureCache(_near_loader(list(members["flac_path"].fillna(""))))
             near, _ = near_duplicate_matches(member_fps, features, first_query=n_pub,
@@ -389,22 +391,28 @@ def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[F
                     "coverage": round(m.coverage, 3), "matched_id": names[m.a]}, names[m.a])
                 report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
 
-    for rec in changed.values():
-        report.dropped[rec.filter_reason] += 1
     # reconsidered duplicates: an unchanged verdict is not rewritten; a kept one is restored
     write = dict(changed)
+    n_dropped = len(changed)
     for key, (reason, of) in before.items():
         if key in changed:
             if (changed[key].filter_reason, changed[key].duplicate_of) == (reason, of):
                 del write[key]
+        elif reason == DUP_NEAR and key not in near_checked:
+            # not decided this run (its audio is gone, or near duplicates are off): it stays
+            report.dropped[reason] += 1
+            report.by_source_duplicate[(key[0], reason)] += 1
+            n_dropped += 1
         else:
             write[key] = record(key)          # its status before the drop, filter fields cleared
             report.reinstated += 1
+    for rec in changed.values():
+        report.dropped[rec.filter_reason] += 1
     ledger.write(write.values(), tag="filter")
     report.seconds = time.time() - t0
     inputs = report.eligible + report.reconsidered
-    stats = StageStats("filter", inputs=inputs, succeeded=inputs - len(changed),
-                       dropped=len(changed), seconds=report.seconds,
+    stats = StageStats("filter", inputs=inputs, succeeded=inputs - n_dropped,
+                       dropped=n_dropped, seconds=report.seconds,
                        failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
                        extra={"report": report.as_dict()})
     return report, stats

@@ -164,7 +164,7 @@ def test_gate_refuses_without_a_passing_report(tiny, shared_data, tmp_path):
 
     with writing(tmp_path / "ledger"):    # an (empty) ledger: the gate is what refuses
         pass
-    for cmd in (["caption", tmp_path / "ledger", "--model", model],
+    for cmd in (["caption", "--ledger", tmp_path / "ledger", "--model", model],
                 ["build", "--source", "audioset", "--out", tmp_path / "b", "--caption-model", model,
                  "--stages", "caption", "--inline"]):
         r = _cli(*cmd)
