@@ -496,9 +496,7 @@ class ManifestSource(HttpSource):
         if re.fullmatch(r"[0-9a-f]{64}", expected):
             rec.filter_match = {"expected_audio_sha256": expected}
         if source == "freesound" and not ident.isdigit():
-            rec.status, rec.failure_stage = Status.FAILED, "crawl"
-            rec.failure_code = FailureCode.BAD_METADATA
-            rec.failure_message = f"{ident!r} is not a Freesound id"
+            rec.fail("crawl", FailureCode.BAD_METADATA, f"{ident!r} is not a Freesound id")
         return rec
 
     # ----- fetch -----

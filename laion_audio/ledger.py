@@ -734,9 +734,8 @@ class Ledger:
                 merged.caption_provenance = rec.caption_provenance
                 audio_changed = revived or any(f in ("url", "trim_start", "trim_end") for f in diff)
                 if audio_changed:
-                    merged.status = Status.NEW
+                    merged.succeed(Status.NEW)      # fetched again; an old failure no longer holds
                     merged.audio_path = merged.flac_path = merged.audio_sha256 = ""
-                    merged.failure_stage = merged.failure_code = merged.failure_message = ""
                     result.audio_changed.append(rec.key)
                 elif Status.reached(merged.status, Status.TRANSCODED):
                     merged.status = Status.TRANSCODED  # captions are rebuilt, audio kept
@@ -814,15 +813,6 @@ def _norm(value):
     if value is None or value == [] or value == "{}":
         return ""
     return value
-
-
-def fail(record: Record, stage: str, code: str, message: str) -> Record:
-    """Mark one record failed at ``stage`` (message trimmed so a ledger row stays small)."""
-    record.status = Status.FAILED
-    record.failure_stage = stage
-    record.failure_code = code
-    record.failure_message = message[:500]
-    return record
 
 
 @dataclass

@@ -26,7 +26,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..ledger import fail
 from ..records import FailureCode, Record, Status
 from . import templates
 from .cache import CaptionCache, cache_key
@@ -123,7 +122,7 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
             stats.join_missing += 1
         kws = record_keywords(rec, opts.labels)
         if any(_MID.match(k) for k in kws):
-            fail(rec, STAGE, FailureCode.BAD_METADATA, "tags hold AudioSet MIDs with no known name "
+            rec.fail(STAGE, FailureCode.BAD_METADATA, "tags hold AudioSet MIDs with no known name "
                  "(give the AudioSet class list: CaptionOptions.labels / --audioset-labels)")
             stats.failed += 1
             continue
@@ -134,7 +133,7 @@ def caption_batch(records: Sequence[Record], captioner: Captioner | None = None,
                 stats.kept_text += 1
                 _advance(rec)
             else:
-                fail(rec, STAGE, FailureCode.NO_CAPTION, "no tags to caption and no text")
+                rec.fail(STAGE, FailureCode.NO_CAPTION, "no tags to caption and no text")
                 stats.failed += 1
             continue
         if captioner is None or short:
@@ -273,7 +272,7 @@ def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache |
     for rec, kws in todo:
         res = results[kws]
         if isinstance(res, str):
-            fail(rec, STAGE, FailureCode.INTERNAL, f"caption generation failed: {res}")
+            rec.fail(STAGE, FailureCode.INTERNAL, f"caption generation failed: {res}")
             stats.failed += 1
             continue
         text, prov = res

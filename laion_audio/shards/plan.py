@@ -18,7 +18,6 @@ from typing import Any
 
 import soundfile as sf
 
-from ..ledger import fail
 from ..records import FailureCode, Record, sample_key
 from .layout import (_BLOCK, _RECORD, _SAFE_DIR, DEFAULT_SAMPLES_PER_SHARD, DEFAULT_SEED,
                      DEFAULT_TEST_FRACTION, READY_STATUSES, SAMPLE_RATE, STAGE, WRITER_VERSION,
@@ -160,32 +159,32 @@ def _audio_id(record: Record, path: str) -> str:
 def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record | None]:
     """Check one record and build its sample, or return it failed with a typed reason."""
     if not _SAFE_DIR.match(record.source) or ".." in record.source:
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.BAD_METADATA,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.BAD_METADATA,
                           f"source name {record.source!r} cannot be a shard folder name "
                           "(letters, digits, '.', '_', '-'; not starting with '.' or '-')")
     texts = [t for t in record.texts if isinstance(t, str) and t.strip()]
     if not texts:
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.NO_CAPTION,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.NO_CAPTION,
                           "no non-empty caption in texts")
     path = record.flac_path
     if not path:
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.MISSING_FILE,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.MISSING_FILE,
                           "flac_path is empty")
     try:
         st = os.stat(path)
         info = sf.info(path)
     except FileNotFoundError:
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.MISSING_FILE,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.MISSING_FILE,
                           f"FLAC not found: {path}")
     except Exception as exc:  # libsndfile reports unreadable files as generic errors
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.UNDECODABLE,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.UNDECODABLE,
                           f"cannot read {path}: {exc}")
     if info.format != "FLAC" or info.samplerate != SAMPLE_RATE or info.channels != 1:
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.UNDECODABLE,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.UNDECODABLE,
                           f"{path} is {info.format} {info.samplerate} Hz {info.channels} ch; "
                           f"shards hold {SAMPLE_RATE} Hz mono FLAC")
     if info.frames <= 0:
-        return None, fail(dataclasses.replace(record), STAGE, FailureCode.EMPTY_FILE,
+        return None, dataclasses.replace(record).fail(STAGE, FailureCode.EMPTY_FILE,
                           f"{path} holds no samples")
     seconds = info.frames / info.samplerate
     key = sample_key(record.source, record.source_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from laion_audio.ledger import Ledger, LedgerError, StageStats, fail
+from laion_audio.ledger import Ledger, LedgerError, StageStats
 from laion_audio.records import SCHEMA, Record, Status, records_to_table, sample_key, table_to_records
 
 
@@ -76,7 +76,7 @@ def test_journal_last_write_wins_and_compaction_is_stable(tmp_path):
 def test_reader_sees_uncompacted_journal_after_crash(tmp_path):
     led = Ledger(tmp_path)
     led.upsert(make(4))
-    led.write([fail(led.get("s", "id002"), "transcode", "undecodable", "not audio")])
+    led.write([led.get("s", "id002").fail("transcode", "undecodable", "not audio")])
     # simulate kill -9: no compact, no close; a stale temp file from a half-written batch
     (led.journal_dir / ".00000009-transcode.parquet.tmp-123").write_bytes(b"PAR1garbage")
     led.close()
@@ -118,7 +118,7 @@ def test_newer_schema_is_refused(tmp_path):
 def test_stage_stats_close():
     st = StageStats("transcode")
     ok, bad = make(2)
-    bad2 = fail(make(1)[0], "transcode", "too_short", "0.001 s")
+    bad2 = make(1)[0].fail("transcode", "too_short", "0.001 s")
     st.add(ok, ok)
     st.add(bad, bad2)
     assert st.closes and st.succeeded == 1 and st.failed == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 
-from laion_audio.ledger import Ledger, fail
+from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def make_ledger(root: Path) -> None:
                               audio_duration=1.5 * (i + 1)))
     for i in range(3):
         rec = Record(source="audioset", source_id=f"vid{i:08d}_0", license="YouTube", trim_start=0.0, trim_end=10.0)
-        records.append(fail(rec, "fetch", "unavailable", "Private video"))
+        records.append(rec.fail("fetch", "unavailable", "Private video"))
     records.append(Record(source="audioset", source_id="ok000000000_0", license="YouTube",
                           texts=["The sounds of Speech and Music"], status=Status.CAPTIONED, audio_duration=10.0))
     records.append(Record(source="local", source_id="dup.wav", status=Status.DROPPED, filter_reason="eval_overlap"))
@@ -74,7 +74,7 @@ def test_report_draws_site_text_as_plain_text(tmp_path):
                "x" * 500, "ctl\x00\x1b[31m"]
     records = [Record(source="freesound", source_id=str(i), license=lic, texts=["a dog"],
                       status=Status.SHARDED, audio_duration=1.0) for i, lic in enumerate(hostile)]
-    records.append(fail(Record(source="$\\bad{source}$", source_id="z", license="$\\x$"), "fetch",
+    records.append(Record(source="$\\bad{source}$", source_id="z", license="$\\x$").fail("fetch",
                         "$\\oops$", "m"))
     with Ledger(tmp_path / "out" / "ledger") as ledger:
         ledger.write(records)
