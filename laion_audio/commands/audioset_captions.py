@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .. import atomic
+from ..captions.keywords import sha256_file
 
 #: schema version of the output; part of the run key
 FORMAT = 1
@@ -64,14 +65,6 @@ def register(sub) -> None:
 def _fail(msg: str) -> int:
     print(f"audioset-captions: {msg}", file=sys.stderr)
     return 2
-
-
-def _file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _schema():
@@ -120,7 +113,7 @@ def run(args) -> int:
     if not (ldir / "class_labels_indices.csv").is_file():
         return _fail(f"{ldir}: no class_labels_indices.csv")
     labels = AudioSetLabels.from_dir(ldir)
-    label_files = {n: _file_id(ldir / n) for n in ("class_labels_indices.csv", "ontology.json")
+    label_files = {n: sha256_file(ldir / n) for n in ("class_labels_indices.csv", "ontology.json")
                    if (ldir / n).is_file()}
 
     captioner = None
@@ -144,7 +137,7 @@ def run(args) -> int:
     opts = CaptionOptions(template=args.template, debias=not args.no_debias,
                           keyword_fallback=not args.no_keyword_fallback)
 
-    key_blob = {"format": FORMAT, "csv": [[p.name, _file_id(p)] for p in paths],
+    key_blob = {"format": FORMAT, "csv": [[p.name, sha256_file(p)] for p in paths],
                 "labels": label_files, "template": args.template, "debias": opts.debias,
                 "keyword_fallback": opts.keyword_fallback, "chunk_rows": args.chunk_rows,
                 "captioner": captioner.cache_identity if captioner else None}
