@@ -5,7 +5,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from laion_audio import transcode as transcode_mod
+from laion_audio.transcode import stage as transcode_mod
 from laion_audio.ledger import Ledger, StageStats
 from laion_audio.records import FailureCode, Record, Status, sample_key
 from laion_audio.transcode import TranscodeOptions, transcode_batch, transcode_record
