@@ -5,6 +5,7 @@ measured in the same run.
     python benchmarks/filters.py fingerprint   # ours vs Chromaprint (fpcalc) on real clips
     python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
     python benchmarks/filters.py neardup       # near-duplicate precision + cost, distinct clips
+    python benchmarks/filters.py warp          # planted speed/pitch/tempo copies: exact vs + warp pass
     python benchmarks/filters.py all
 
 The machine this was written on has 2 cores shared by 7 engineers working at once: absolute
@@ -330,7 +331,9 @@ def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dic
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "all"])
+    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "warp", "all"])
+    ap.add_argument("--n-eval", type=int, default=100, help="warp: eval clips planted")
+    ap.add_argument("--distractors", type=int, default=2000, help="warp: distractor clips")
     ap.add_argument("--rows", type=int, default=2_500_000)
     ap.add_argument("--sizes", default=None, help="index sizes (lookup: 10000,30000,100000; "
                     "neardup: 1000,8000)")
@@ -354,6 +357,8 @@ def main() -> None:
                      index_model=args.index_model, budgets=budgets)
     if args.what in ("neardup", "all"):
         bench_neardup(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")), procs=args.procs)
+    if args.what in ("warp", "all"):
+        bench_warp(args.n_eval, args.distractors)
 
 
 if __name__ == "__main__":
