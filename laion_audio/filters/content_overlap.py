@@ -463,15 +463,21 @@ WARP_LOG_RANGE = 0.095
 WARP_LOG_STEP = 0.004
 
 
+#: offset tolerance of the warp vote (frames): phase-vocoder edits move peaks by up to a
+#: vocoder hop (~11 ms at 48 kHz/512), more than the exact path's +-1 frame
+WARP_OFFSET_TOL = 2
+
+
 def _best_offset(tq, tr, s):
-    """(votes, offset) of the best offset of ``tr - s * tq`` counting +-1 frame neighbours."""
+    """(votes, offset) of the best offset of ``tr - s * tq`` counting neighbours within
+    +-WARP_OFFSET_TOL frames."""
     off = np.round(tr - s * tq).astype(np.int64)
     u, c = np.unique(off, return_counts=True)
     if not len(u):
         return 0, 0, off
     top = len(u) - 1
     cum = c.copy()
-    for d in (-1, 1):
+    for d in [d for d in range(-WARP_OFFSET_TOL, WARP_OFFSET_TOL + 1) if d]:
         pos = np.minimum(np.searchsorted(u, u + d), top)
         cum += np.where(u[pos] == u + d, c[pos], 0)
     k = int(np.argmax(cum))
@@ -501,7 +507,7 @@ def _hough(tq: np.ndarray, tr: np.ndarray, log_s: np.ndarray) -> tuple[int, floa
             fine = (v, g, o, off)
     v, g, o, off = fine
     mask = np.zeros(len(tq), bool)
-    mask[np.flatnonzero(near)[np.abs(off - o) <= 1]] = True
+    mask[np.flatnonzero(near)[np.abs(off - o) <= WARP_OFFSET_TOL]] = True
     return v, float(np.exp(g)), o, mask
 
 
@@ -550,21 +556,23 @@ class WarpMatcher:
         out = []
         for r in cand_refs:
             sel = refs == r
-            # the time factor from hits whose peaks all stretch with the audio, when there
-            # are enough; a sustained tone (grid picks only) is located at factor 1
+            # two hypotheses, both checked by the confirmation: the time factor from hits
+            # whose peaks all stretch with the audio (when there are enough), and from all
+            # hits (a sustained tone's grid picks do not stretch, so they vote near factor 1,
+            # which is the best estimate a tonal sound allows)
             free = sel & ~grid
-            if free.sum() >= need_all[r]:
-                sel = free
-            votes, s, off, mask = _hough(tq[sel], ix.t1[post[sel]].astype(np.float64), log_s[sel])
-            if votes < need_all[r]:
-                continue
-            sm = semis[sel][mask]
-            med = float(np.median(sm))
-            votes = int(np.sum(np.abs(sm - med) <= 0.6))
-            if votes >= need_all[r]:
-                out.append((int(r), votes, s, med, off))
+            for use in ([free, sel] if free.sum() >= need_all[r] else [sel]):
+                votes, s, off, mask = _hough(tq[use], ix.t1[post[use]].astype(np.float64), log_s[use])
+                if votes < need_all[r]:
+                    continue
+                sm = semis[use][mask]
+                med = float(np.median(sm))
+                votes = int(np.sum(np.abs(sm - med) <= 0.6))
+                if votes >= need_all[r] and not any(
+                        c[0] == r and abs(c[2] - s) < 2e-3 and c[4] == off for c in out):
+                    out.append((int(r), votes, s, med, off))
         out.sort(key=lambda c: -c[1])
-        return out[: self.top]
+        return out[: 2 * self.top]
 
     def match(self, queries: Sequence, query_bands: BandsLookup, ref_bands: BandsLookup
               ) -> tuple[list[WarpMatch], int]:
