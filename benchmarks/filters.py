@@ -329,6 +329,37 @@ def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dic
     return out
 
 
+# --------------------------------------------------------------------------- warps (issue 14)
+def bench_warp(n_eval: int = 100, n_distractors: int = 2000, seed: int = 0) -> dict:
+    """Planted-copy recall per perturbation and per eval clip length (the acceptance corpus
+    plus :data:`robustness.WARPS`), the exact path alone and with the warp pass, and what the
+    warp pass costs next to the exact path in the same run."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import conftest
+
+    from laion_audio.filters import robustness
+
+    files = conftest.find_debian_sounds() + sorted(Path(SHARED, "laion_pairs").glob("*.flac"))
+    corpus = robustness.build_planted_corpus(files, n_eval=n_eval, n_distractors=n_distractors,
+                                             seed=seed, warps=True)
+    out = {}
+    warps = tuple(robustness.WARPS)
+    for name, warp in (("exact", False), ("exact+warp", True)):
+        report, extra = robustness.evaluate(corpus, warp=warp)
+        print(f"--- {name}: per perturbation, then per eval clip length")
+        print("\n".join(report.lines()))
+        out[name] = {"recall_required": report.recall_of(robustness.REQUIRED),
+                     "recall_warps_ge_1.5s": report.recall_of(warps, 1.5),
+                     **{f"{k}_ge_1.5s": report.recall_of((k,), 1.5) for k in warps},
+                     "fp_rate": report.fp_rate, "false_positive_pairs": extra["false_positive_pairs"],
+                     "match_s": round(extra["match_seconds"], 1), "warp_s": round(extra["warp_seconds"], 1),
+                     "warp_candidates": extra["warp_candidates"], "n_queries": extra["n_queries"]}
+        print(name, json.dumps(out[name], indent=1), flush=True)
+    e, w = out["exact"], out["exact+warp"]
+    print(f"warp pass / exact-path match time: {w['warp_s'] / max(e['match_s'], 1e-9):.1f}x")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "warp", "all"])
