@@ -6,6 +6,7 @@ measured in the same run.
     python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
     python benchmarks/filters.py neardup       # near-duplicate precision + cost, distinct clips
     python benchmarks/filters.py stage         # filter_ledger seconds/record, 1k vs 8k FLACs
+    python benchmarks/filters.py warp          # planted speed/pitch/tempo copies: exact vs + warp pass
     python benchmarks/filters.py all
 
 The machine this was written on has 2 cores shared by 7 engineers working at once: absolute
@@ -342,7 +343,7 @@ def _write_flacs(args):
     import soundfile as sf
     from distinct_clips import SR, distinct_clip
 
-    from laion_audio.audio import pcm_sha256_of_file
+    from laion_audio.transcode.audio import pcm_sha256_of_file
     from laion_audio.filters.fpstore import FingerprintStore, fingerprint_file
     store = FingerprintStore(Path(folder) / "fingerprints")
     out = []
@@ -391,9 +392,42 @@ def bench_stage(sizes=(1000, 8000), seed: int = 0, procs: int = 2, folder: str |
     return out
 
 
+# --------------------------------------------------------------------------- warps (issue 14)
+def bench_warp(n_eval: int = 100, n_distractors: int = 2000, seed: int = 0) -> dict:
+    """Planted-copy recall per perturbation and per eval clip length (the acceptance corpus
+    plus :data:`robustness.WARPS`), the exact path alone and with the warp pass, and what the
+    warp pass costs next to the exact path in the same run."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import conftest
+
+    from laion_audio.filters import robustness
+
+    files = conftest.find_debian_sounds() + sorted(Path(SHARED, "laion_pairs").glob("*.flac"))
+    corpus = robustness.build_planted_corpus(files, n_eval=n_eval, n_distractors=n_distractors,
+                                             seed=seed, warps=True)
+    out = {}
+    warps = tuple(robustness.WARPS)
+    for name, warp in (("exact", False), ("exact+warp", True)):
+        report, extra = robustness.evaluate(corpus, warp=warp)
+        print(f"--- {name}: per perturbation, then per eval clip length")
+        print("\n".join(report.lines()))
+        out[name] = {"recall_required": report.recall_of(robustness.REQUIRED),
+                     "recall_warps_ge_1.5s": report.recall_of(warps, 1.5),
+                     **{f"{k}_ge_1.5s": report.recall_of((k,), 1.5) for k in warps},
+                     "fp_rate": report.fp_rate, "false_positive_pairs": extra["false_positive_pairs"],
+                     "match_s": round(extra["match_seconds"], 1), "warp_s": round(extra["warp_seconds"], 1),
+                     "warp_candidates": extra["warp_candidates"], "n_queries": extra["n_queries"]}
+        print(name, json.dumps(out[name], indent=1), flush=True)
+    e, w = out["exact"], out["exact+warp"]
+    print(f"warp pass / exact-path match time: {w['warp_s'] / max(e['match_s'], 1e-9):.1f}x")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "stage", "all"])
+    ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "stage", "warp", "all"])
+    ap.add_argument("--n-eval", type=int, default=100, help="warp: eval clips planted")
+    ap.add_argument("--distractors", type=int, default=2000, help="warp: distractor clips")
     ap.add_argument("--rows", type=int, default=2_500_000)
     ap.add_argument("--sizes", default=None, help="index sizes (lookup: 10000,30000,100000; "
                     "neardup: 1000,8000)")
@@ -421,6 +455,8 @@ def main() -> None:
     if args.what == "stage":
         bench_stage(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")),
                     procs=max(1, args.procs), folder=args.folder)
+    if args.what in ("warp", "all"):
+        bench_warp(args.n_eval, args.distractors)
 
 
 if __name__ == "__main__":

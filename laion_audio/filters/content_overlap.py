@@ -409,3 +409,196 @@ def best_per_query(matches: Iterable[Match]) -> dict[int, Match]:
         if m.query not in best or m.score > best[m.query].score:
             best[m.query] = m
     return best
+
+
+# --------------------------------------------------------------------------- warp path (issue 14)
+@dataclass
+class WarpMatch(Match):
+    time_factor: float = 1.0       # reference duration / query duration
+    semitones: float = 0.0         # reference pitch - query pitch
+
+
+class WarpIndex:
+    """Inverted index of warp-invariant triplet hashes (:func:`fingerprint.warp_hashes`) of the
+    reference side, with each triplet's anchor frame, time span and anchor pitch, so a hit
+    also says by how much the query is warped. Searched by :class:`WarpMatcher`."""
+
+    def __init__(self, max_bucket: int = 2000):
+        self.max_bucket = max_bucket
+        self.keys: list[Hashable] = []
+        self.n_triplets: list[int] = []
+        self._parts: list[tuple[np.ndarray, ...]] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: Hashable, wp) -> int:
+        from .fingerprint import warp_hashes
+
+        ref = len(self.keys)
+        self.keys.append(key)
+        self.n_triplets.append(len(wp))
+        if len(wp):
+            i, k = wp.tri[:, 0], wp.tri[:, 2]
+            self._parts.append((warp_hashes(wp), np.full(len(wp), ref, np.int32), wp.t[i].astype(np.int32),
+                                (wp.t[k] - wp.t[i]).astype(np.int16), wp.lf[i].astype(np.float32),
+                                wp.grid.astype(bool)))
+        return ref
+
+    def build(self) -> "WarpIndex":
+        cols = [np.concatenate([p[c] for p in self._parts]) if self._parts else np.zeros(0)
+                for c in range(6)]
+        order = np.argsort(cols[0], kind="stable")
+        self.hash, self.ref, self.t1, self.span, self.lf1, self.grid = (c[order] for c in cols)
+        self._n_triplets = np.asarray(self.n_triplets, np.int64)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.hash, self.ref, self.t1, self.span, self.lf1, self.grid))
+
+
+#: the searched warp: time factors exp(+-WARP_LOG_RANGE) in steps of WARP_LOG_STEP (0.4 %)
+WARP_LOG_RANGE = 0.095
+WARP_LOG_STEP = 0.004
+
+
+#: offset tolerance of the warp vote (frames): phase-vocoder edits move peaks by up to a
+#: vocoder hop (~11 ms at 48 kHz/512), more than the exact path's +-1 frame
+WARP_OFFSET_TOL = 2
+
+
+def _best_offset(tq, tr, s):
+    """(votes, offset) of the best offset of ``tr - s * tq`` counting neighbours within
+    +-WARP_OFFSET_TOL frames."""
+    off = np.round(tr - s * tq).astype(np.int64)
+    u, c = np.unique(off, return_counts=True)
+    if not len(u):
+        return 0, 0, off
+    top = len(u) - 1
+    cum = c.copy()
+    for d in [d for d in range(-WARP_OFFSET_TOL, WARP_OFFSET_TOL + 1) if d]:
+        pos = np.minimum(np.searchsorted(u, u + d), top)
+        cum += np.where(u[pos] == u + d, c[pos], 0)
+    k = int(np.argmax(cum))
+    return int(cum[k]), int(u[k]), off
+
+
+def _hough(tq: np.ndarray, tr: np.ndarray, log_s: np.ndarray) -> tuple[int, float, int, np.ndarray]:
+    """Best (votes, time factor, offset, inlier mask) of hits ``tr ~ s * tq + offset``: a
+    coarse grid of time factors (a hit votes only near its own span ratio ``log_s``, +-4 %),
+    then a fine one (0.05 %) around the best, where a long clip's offsets line up."""
+    best = (0, 0.0, 0)
+    for g in np.arange(-WARP_LOG_RANGE, WARP_LOG_RANGE + 1e-9, WARP_LOG_STEP):
+        near = np.abs(log_s - g) <= 0.04
+        if near.sum() <= best[0]:
+            continue
+        v, o, _ = _best_offset(tq[near], tr[near], np.exp(g))
+        if v > best[0]:
+            best = (v, g, o)
+    if not best[0]:
+        return 0, 1.0, 0, np.zeros(len(tq), bool)
+    g0 = best[1]
+    near = np.abs(log_s - g0) <= 0.04 + WARP_LOG_STEP
+    fine = (0, g0, best[2], None)
+    for g in np.arange(g0 - WARP_LOG_STEP, g0 + WARP_LOG_STEP + 1e-9, WARP_LOG_STEP / 8):
+        v, o, off = _best_offset(tq[near], tr[near], np.exp(g))
+        if v > fine[0]:
+            fine = (v, g, o, off)
+    v, g, o, off = fine
+    mask = np.zeros(len(tq), bool)
+    mask[np.flatnonzero(near)[np.abs(off - o) <= WARP_OFFSET_TOL]] = True
+    return v, float(np.exp(g)), o, mask
+
+
+class WarpMatcher:
+    """The warp pass: triplet-hash candidates, a Hough vote over (time factor, offset), then
+    the aligned correlation of the query's band features *warped to the estimated factor and
+    pitch* against the reference, at the same threshold as the exact path."""
+
+    def __init__(self, index: WarpIndex, *, min_votes: int = 8, min_fraction: float = 0.02,
+                 min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5):
+        self.index = index
+        self.min_votes = min_votes
+        self.min_fraction = min_fraction
+        self.min_correlation = min_correlation
+        self.min_overlap_seconds = min_overlap_seconds
+        self.top = top
+
+    def candidates(self, wp) -> list[tuple[int, int, float, float, int]]:
+        """(ref, votes, time factor, semitones, offset in 8 ms frames) of one query's best refs."""
+        from .fingerprint import warp_query_hashes
+
+        ix = self.index
+        if not len(wp) or not len(ix.hash):
+            return []
+        qh, qt = warp_query_hashes(wp)
+        lo = np.searchsorted(ix.hash, qh, side="left")
+        cnt = np.searchsorted(ix.hash, qh, side="right") - lo
+        cnt[cnt > ix.max_bucket] = 0
+        if not cnt.sum():
+            return []
+        post = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
+        qtri = np.repeat(qt, cnt)
+        i, k = wp.tri[qtri, 0], wp.tri[qtri, 2]
+        tq = wp.t[i].astype(np.float64)
+        span_q = (wp.t[k] - wp.t[i]).astype(np.float64)
+        log_s = np.log(ix.span[post] / span_q)
+        semis = ix.lf1[post].astype(np.float64) - wp.lf[i]
+        ok = (np.abs(log_s) <= WARP_LOG_RANGE + 0.04) & (np.abs(semis) <= 1.5)
+        grid = wp.grid[qtri] | ix.grid[post]
+        post, tq, log_s, semis, grid = post[ok], tq[ok], log_s[ok], semis[ok], grid[ok]
+        refs = ix.ref[post]
+        counts = np.bincount(refs, minlength=len(ix.keys))
+        need_all = np.maximum(self.min_votes, np.ceil(self.min_fraction * np.minimum(len(wp), ix._n_triplets)))
+        cand_refs = np.flatnonzero(counts >= need_all)
+        cand_refs = cand_refs[np.argsort(-counts[cand_refs], kind="stable")][: 3 * self.top]
+        out = []
+        for r in cand_refs:
+            sel = refs == r
+            # two hypotheses, both checked by the confirmation: the time factor from hits
+            # whose peaks all stretch with the audio (when there are enough), and from all
+            # hits (a sustained tone's grid picks do not stretch, so they vote near factor 1,
+            # which is the best estimate a tonal sound allows)
+            free = sel & ~grid
+            for use in ([free, sel] if free.sum() >= need_all[r] else [sel]):
+                votes, s, off, mask = _hough(tq[use], ix.t1[post[use]].astype(np.float64), log_s[use])
+                if votes < need_all[r]:
+                    continue
+                sm = semis[use][mask]
+                med = float(np.median(sm))
+                votes = int(np.sum(np.abs(sm - med) <= 0.6))
+                if votes >= need_all[r] and not any(
+                        c[0] == r and abs(c[2] - s) < 2e-3 and c[4] == off for c in out):
+                    out.append((int(r), votes, s, med, off))
+        out.sort(key=lambda c: -c[1])
+        return out[: 2 * self.top]
+
+    def match(self, queries: Sequence, query_bands: BandsLookup, ref_bands: BandsLookup
+              ) -> tuple[list[WarpMatch], int]:
+        """Confirmed warped matches (``queries`` are :class:`fingerprint.WarpPrint`) and the
+        number of candidates checked."""
+        from .fingerprint import BAND_DECIMATE, FRAME_SECONDS, correlation_at, warp_bands
+
+        out, n_cands = [], 0
+        for q, wp in enumerate(queries):
+            cands = self.candidates(wp)
+            if not cands:
+                continue
+            qb = query_bands(q)
+            if qb is None:
+                continue
+            n_cands += len(cands)
+            for r, votes, s, semis, off in cands:
+                rb = ref_bands(r)
+                if rb is None:
+                    continue
+                wb = warp_bands(qb, s, semis)
+                base = int(round(off / BAND_DECIMATE))
+                score, n, d = correlation_at(wb, rb, range(base - 2, base + 3))
+                overlap = n * BAND_DECIMATE * FRAME_SECONDS
+                if score >= self.min_correlation and overlap >= self.min_overlap_seconds:
+                    out.append(WarpMatch(q, r, (base if d is None else d) * BAND_DECIMATE, votes,
+                                         score, overlap, time_factor=s, semitones=semis))
+        out.sort(key=lambda m: (m.query, -m.score, m.ref))
+        return out, n_cands

@@ -115,8 +115,11 @@ def _max_filter_rows(x, w):
     return out
 
 
-def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frame, bin, dB above the floor) of local maxima, at most ``per_block`` per block."""
+def _peaks(S: np.ndarray, per_block: int, flag_grid: bool = False, grid: bool = True):
+    """(frame, bin, dB above the floor) of local maxima, at most ``per_block`` per block.
+    ``flag_grid`` (the warp path) adds a 4th array: True for a peak that is only a
+    every-GRID-frames spectral maximum, whose time sits on a fixed grid that does not stretch
+    with the audio. ``grid=False`` leaves those picks out (the warp path's stretchable peaks)."""
     band = np.ascontiguousarray(S[:, F_MIN:F_MAX])
     top = band.max()
     # the 2-D maximum filter, separably: over frequency, then over time (exactly what
@@ -124,9 +127,11 @@ def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray, np.nd
     fmax = _max_filter_rows(band, NEIGH_F)
     mx = _max_filter_rows(np.ascontiguousarray(fmax.T), NEIGH_T).T
     is_peak = (band == mx)
+    is_2d = is_peak.copy() if flag_grid else None
     # sustained tones are one ridge, whose only 2-D maximum is its onset: also take spectral
     # maxima (frequency only) on every GRID-th frame, so a chime keeps landmarks along its decay
-    is_peak[::GRID] |= band[::GRID] == fmax[::GRID]
+    if grid:
+        is_peak[::GRID] |= band[::GRID] == fmax[::GRID]
     # the floor is per block, so a quiet sound inside a loud recording keeps its own peaks
     nblk = -(-len(band) // BLOCK)
     frame_max = band.max(axis=1)
@@ -136,7 +141,8 @@ def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray, np.nd
     floor = np.maximum(block_max - FLOOR_DB, top - GLOBAL_FLOOR_DB)
     t, f = np.nonzero(is_peak & (band > floor[:, None]))
     if len(t) == 0:
-        return t.astype(np.int32), f.astype(np.int32), np.zeros(0, np.float32)
+        out = t.astype(np.int32), f.astype(np.int32), np.zeros(0, np.float32)
+        return (*out, np.zeros(0, bool)) if flag_grid else out
     mag = band[t, f]
     above = mag - floor[t]
     block = t // BLOCK
@@ -147,7 +153,8 @@ def _peaks(S: np.ndarray, per_block: int) -> tuple[np.ndarray, np.ndarray, np.nd
     keep = rank < per_block
     t, f, above = t[keep], f[keep] + F_MIN, above[keep]
     order = np.lexsort((f, t))
-    return t[order].astype(np.int32), f[order].astype(np.int32), above[order]
+    out = t[order].astype(np.int32), f[order].astype(np.int32), above[order]
+    return (*out, ~is_2d[out[0], out[1] - F_MIN]) if flag_grid else out
 
 
 def _pairs(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -315,3 +322,195 @@ def _correlation_at(a, b, ds, min_overlap, range_db):
         if c > best:
             best, best_n, best_k = c, n, k
     return best, best_n, best_k
+
+
+# --------------------------------------------------------------------------- warp-invariant path
+# Issue 14: speed (pitch and time together), pitch shifts and tempo changes move every peak
+# of a copy, so the (f1, df, dt) landmarks above stop matching past ~1-2 %. The warp path
+# hashes peak *triplets* by what those edits leave alone (Panako, Six & Leman 2014): the two
+# frequency *intervals* in semitones (log frequency: a pitch or speed change adds the same
+# number of semitones to every peak) and the *ratio* of the two time gaps (a tempo or speed
+# change multiplies every gap by the same factor). A coarse anchor pitch and a coarse log time
+# span make the hash specific; the query side looks them up across the whole warp range.
+WARP_DT_MAX = 40                # each gap of a triplet: 1..40 frames (320 ms)
+WARP_FAN = 4                    # targets per anchor: C(4, 2) = 6 triplets per peak
+WARP_DF_MAX = 12.0              # each interval within +-12 semitones
+WARP_Q_INTERVAL = 1.0           # interval bin (semitones)
+WARP_Q_RATIO = 8                # time-ratio bins over (0, 1)
+WARP_Q_ANCHOR = 3.0             # anchor pitch bin (semitones)
+WARP_Q_SPAN = np.log(1.12)      # log time-span bin (12 %)
+
+
+@dataclass
+class WarpPrint:
+    """Peaks of one clip on a log-frequency axis and the triplets the warp path hashes
+    (``tri[i]`` = indices of its three peaks, in time order)."""
+
+    t: np.ndarray               # int32 frame of each peak
+    lf: np.ndarray              # float32 semitones above 1 Hz (parabolic-refined bin)
+    tri: np.ndarray             # int32 [n, 3]
+    n_frames: int
+    #: per triplet: one of its peaks is a grid-only pick (a sustained tone's), whose time does
+    #: not stretch with the audio: it votes for the reference, not for the time factor
+    grid: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.tri)
+
+
+def _refined_semitones(S: np.ndarray, t: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Peak frequency in semitones, the bin refined by a parabola through the peak and its
+    neighbours (a 1-bin error is a semitone at 300 Hz: the intervals need better)."""
+    a, b, c = S[t, f - 1], S[t, f], S[t, f + 1]
+    den = a - 2 * b + c
+    delta = np.where(den < 0, 0.5 * (a - c) / np.where(den < 0, den, -1.0), 0.0)
+    hz = (f + np.clip(delta, -0.5, 0.5)) * (SR / N_FFT)
+    return (12.0 * np.log2(hz)).astype(np.float32)
+
+
+def _triplets(t: np.ndarray, lf: np.ndarray) -> np.ndarray:
+    """Each peak with pairs of its next ``WARP_FAN`` later peaks (gaps 1..WARP_DT_MAX frames,
+    intervals within +-WARP_DF_MAX semitones)."""
+    n = len(t)
+    out = []
+    nxt = []
+    for k in range(1, 6 * WARP_FAN):
+        if k >= n:
+            break
+        i = np.arange(n - k)
+        ok = (t[i + k] - t[i] >= 1) & (t[i + k] - t[i] <= WARP_DT_MAX) & \
+            (np.abs(lf[i + k] - lf[i]) <= WARP_DF_MAX)
+        nxt.append(np.where(ok, i + k, -1))
+    if not nxt:
+        return np.zeros((0, 3), np.int32)
+    cand = np.full((n, len(nxt)), -1, np.int64)
+    for k, col in enumerate(nxt):
+        cand[:len(col), k] = col
+    # the first WARP_FAN valid targets per anchor
+    valid = cand >= 0
+    rank = np.cumsum(valid, axis=1) - 1
+    cand = np.where(valid & (rank < WARP_FAN), cand, -1)
+    for a in range(cand.shape[1]):
+        for b in range(a + 1, cand.shape[1]):
+            j, k = cand[:, a], cand[:, b]
+            i = np.arange(n)
+            ok = (j >= 0) & (k >= 0)
+            if not ok.any():
+                continue
+            i, j, k = i[ok], j[ok], k[ok]
+            ok = (t[k] - t[j] >= 1) & (np.abs(lf[k] - lf[j]) <= WARP_DF_MAX)
+            out.append(np.stack([i[ok], j[ok], k[ok]], axis=1))
+    if not out:
+        return np.zeros((0, 3), np.int32)
+    tri = np.concatenate(out).astype(np.int32)
+    return tri[np.lexsort((tri[:, 2], tri[:, 1], tri[:, 0]))]
+
+
+def warp_print(samples: np.ndarray, sr: int) -> WarpPrint:
+    """The warp path's peaks and triplets of one clip (the same peaks as :func:`fingerprint`)."""
+    x = to_mono_16k(samples, sr)
+    if len(x) < MIN_SECONDS * SR or not np.any(x):
+        return WarpPrint(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, 3), np.int32),
+                         len(x) // HOP, np.zeros(0, bool))
+    S = _log_spectrogram(x)
+    return warp_print_from_spectrogram(S)
+
+
+def warp_print_from_spectrogram(S: np.ndarray) -> WarpPrint:
+    # 2-D maxima only (they stretch with the audio), plus the triplets of the exact path's
+    # peak set that involve a grid-only pick (sustained tones, which have no other peaks)
+    t, f, _ = _peaks(S, PEAKS_PER_BLOCK, grid=False)
+    t2, f2, _, g2 = _peaks(S, PEAKS_PER_BLOCK, flag_grid=True)
+    tri, tri2 = _triplets(t, _refined_semitones(S, t, f)), _triplets(t2, _refined_semitones(S, t2, f2))
+    tri2 = tri2[g2[tri2].any(axis=1)] if len(tri2) else tri2
+    t_all, f_all = np.concatenate([t, t2]), np.concatenate([f, f2])
+    tri_all = np.concatenate([tri, tri2 + len(t)]).astype(np.int32)
+    grid = np.concatenate([np.zeros(len(tri), bool), np.ones(len(tri2), bool)])
+    return WarpPrint(t_all, _refined_semitones(S, t_all, f_all), tri_all, len(S), grid)
+
+
+def _warp_components(wp: WarpPrint) -> tuple[np.ndarray, ...]:
+    """Per triplet, unquantized: (interval 1, interval 2, time ratio, anchor pitch, log span),
+    each already divided by its bin width."""
+    i, j, k = wp.tri[:, 0], wp.tri[:, 1], wp.tri[:, 2]
+    lf, t = wp.lf.astype(np.float64), wp.t.astype(np.float64)
+    d1 = (lf[j] - lf[i]) / WARP_Q_INTERVAL
+    d2 = (lf[k] - lf[j]) / WARP_Q_INTERVAL
+    span = t[k] - t[i]
+    r = (t[j] - t[i]) / span * WARP_Q_RATIO
+    a = lf[i] / WARP_Q_ANCHOR
+    sp = np.log(span) / WARP_Q_SPAN
+    return d1, d2, r, a, sp
+
+
+def _pack_warp(d1, d2, r, a, sp) -> np.ndarray:
+    """Bins -> 28-bit hash: interval 1 (5) | interval 2 (5) | ratio (3) | anchor (7) | span (6)."""
+    d1 = np.asarray(d1, np.int64) + 16
+    d2 = np.asarray(d2, np.int64) + 16
+    return ((d1 << 23) | (d2 << 18) | (np.asarray(r, np.int64) << 15)
+            | ((np.asarray(a, np.int64) & 0x7F) << 6) | (np.asarray(sp, np.int64) & 0x3F)).astype(np.uint32)
+
+
+def warp_hashes(wp: WarpPrint) -> np.ndarray:
+    """Index side: one hash per triplet (each component floored to its bin)."""
+    d1, d2, r, a, sp = _warp_components(wp)
+    return _pack_warp(np.floor(d1), np.floor(d2), np.clip(np.floor(r), 0, WARP_Q_RATIO - 1),
+                      np.floor(a), np.floor(sp))
+
+
+#: query-side tolerance per component, in semitones / ratio units / log-span units: the
+#: measurement noise of refined peaks and 8 ms frames, plus, for the anchor pitch and the span,
+#: the whole warp range searched (+-1.1 semitone, +-9 % time)
+WARP_TOL_INTERVAL = 0.3
+WARP_TOL_RATIO = 0.02
+WARP_TOL_FRAMES = 0.75          # peak times are whole 8 ms frames
+WARP_MAX_SEMITONES = 1.1
+WARP_MAX_TIME = 0.09
+
+
+def warp_query_hashes(wp: WarpPrint) -> tuple[np.ndarray, np.ndarray]:
+    """Query side: every hash a warped copy's triplet may have within the searched range,
+    (hashes, triplet index). Each component contributes the bins its tolerance window
+    touches, so a value near a bin edge is looked up on both sides."""
+    d1, d2, r, a, sp = _warp_components(wp)
+    span = np.exp(sp * WARP_Q_SPAN)
+    tol = [np.full(len(d1), WARP_TOL_INTERVAL / WARP_Q_INTERVAL),
+           np.full(len(d1), WARP_TOL_INTERVAL / WARP_Q_INTERVAL),
+           WARP_TOL_RATIO * WARP_Q_RATIO + WARP_Q_RATIO * WARP_TOL_FRAMES / span,
+           np.full(len(d1), (WARP_MAX_SEMITONES + WARP_TOL_INTERVAL) / WARP_Q_ANCHOR),
+           np.log(1 + WARP_MAX_TIME) / WARP_Q_SPAN + np.log1p(WARP_TOL_FRAMES / span) / WARP_Q_SPAN]
+    vals = [d1, d2, r, a, sp]
+    lo = [np.floor(v - w).astype(np.int64) for v, w in zip(vals, tol)]
+    hi = [np.floor(v + w).astype(np.int64) for v, w in zip(vals, tol)]
+    lo[2] = np.clip(lo[2], 0, WARP_Q_RATIO - 1)
+    hi[2] = np.clip(hi[2], 0, WARP_Q_RATIO - 1)
+    idx = np.arange(len(d1), dtype=np.int64)
+    cur = [idx] + [lo[c] for c in range(5)]
+    # expand one component at a time: each triplet repeated once per bin in its window
+    for c in range(5):
+        reps = (hi[c] - lo[c] + 1)[cur[0]]
+        rep_idx = np.repeat(np.arange(len(cur[0])), reps)
+        step = np.arange(len(rep_idx)) - np.repeat(np.cumsum(reps) - reps, reps)
+        cur = [v[rep_idx] for v in cur]
+        cur[c + 1] = cur[c + 1] + step
+    return _pack_warp(*cur[1:]), cur[0].astype(np.int32)
+
+
+def warp_bands(bands: np.ndarray, time_factor: float, semitones: float) -> np.ndarray:
+    """Band features of a query as they would be ``time_factor`` times longer and
+    ``semitones`` higher (to compare with the reference it is a warped copy of): the time
+    axis resampled by linear interpolation, the frequency axis shifted along the log band
+    centres (interpolated, edge bands held)."""
+    b = np.asarray(bands, np.float32)
+    n = len(b)
+    m = max(1, int(round(n * time_factor)))
+    src = np.clip(np.arange(m) / time_factor, 0, n - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = (src - i0)[:, None].astype(np.float32)
+    b = b[i0] * (1 - w) + b[i1] * w
+    if semitones:
+        centres = 12 * np.log2(np.sqrt(_BAND_EDGES[:-1] * _BAND_EDGES[1:]))
+        src_c = centres - semitones
+        b = np.stack([np.interp(src_c, centres, row) for row in b]) if len(b) else b
+    return b.astype(np.float32)

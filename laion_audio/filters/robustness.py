@@ -5,6 +5,14 @@ benchmarks/filters.py, so both measure the same thing. Every perturbation is one
 names: MP3 128 kbit/s (real ffmpeg/LAME round trip), trims up to 2 s per end, a 5 s excerpt
 of a longer clip (and the reverse: the clip inside a longer upload), gain +-6 dB, resampling
 through 16-44.1 kHz, white noise 30 dB under the signal, and all of them at once.
+
+:data:`WARPS` (issue 14) are the re-upload edits that move audio in time or frequency: speed
+(resampling: pitch and time together, soxr), pitch shift without tempo change and tempo change
+without pitch change (both with librosa's phase vocoder, ``librosa.effects``: pitch = time
+stretch then resample back). ffmpeg's ``rubberband`` filter is installed too but measured 20-25
+cents off on downward shifts (tests/filters/test_warp.py measures what we plant). They are planted only when asked
+(``build_planted_corpus(warps=True)``), from their own random stream, so the default corpus of
+the acceptance test is unchanged.
 """
 from __future__ import annotations
 
@@ -90,6 +98,28 @@ def _noise(x, sr, rng, db=-30.0):
     return (x + rng.normal(0, rms * 10 ** (db / 20), len(x))).astype(np.float32)
 
 
+def speed(factor: float) -> Callable:
+    """Play ``factor`` times faster (a turntable/tape speed change: pitch and time together):
+    the clip taken as sampled at ``sr * factor`` and resampled to ``sr`` (soxr)."""
+    return lambda x, sr, rng: soxr.resample(x, sr * factor, sr).astype(np.float32)
+
+
+def pitch_shift(cents: float) -> Callable:
+    """Pitch up ``cents`` without changing the duration (librosa: phase-vocoder stretch, then
+    resampling back)."""
+    import librosa
+
+    return lambda x, sr, rng: librosa.effects.pitch_shift(
+        x, sr=sr, n_steps=cents / 100, res_type="soxr_hq").astype(np.float32)
+
+
+def tempo(factor: float) -> Callable:
+    """``factor`` times faster without changing the pitch (librosa phase vocoder)."""
+    import librosa
+
+    return lambda x, sr, rng: librosa.effects.time_stretch(x, rate=factor).astype(np.float32)
+
+
 def _combined(x, sr, rng):
     y = _trim(x, sr, rng) * np.float32(10 ** (rng.choice([-6, 6]) / 20))
     return _noise(mp3_roundtrip(_resample(y, sr, rng), sr), sr, rng)
@@ -109,6 +139,19 @@ PERTURBATIONS: dict[str, tuple[Callable, float]] = {
     "combined": (_combined, 0.0),
 }
 REQUIRED = ("mp3_128k", "trim", "excerpt_5s", "gain_+6dB", "gain_-6dB", "resample", "noise_-30dB")
+
+#: issue 14: edits that move the audio in time and/or frequency (name -> (function, min seconds))
+WARPS: dict[str, tuple[Callable, float]] = {
+    **{f"speed_{p:+d}%": (speed(1 + p / 100), 0.0) for p in (-6, -3, 3, 6)},
+    **{f"pitch_{c:+d}c": (pitch_shift(c), 0.0) for c in (-100, -50, 50, 100)},
+    **{f"tempo_{p:+d}%": (tempo(1 + p / 100), 0.0) for p in (-5, 5)},
+}
+#: clip-length buckets the reports are split by (the warp target holds for clips >= 1.5 s)
+LENGTH_BUCKETS = ((0.0, 1.5, "<1.5s"), (1.5, 5.0, "1.5-5s"), (5.0, float("inf"), ">=5s"))
+
+
+def length_bucket(seconds: float) -> str:
+    return next(name for lo, hi, name in LENGTH_BUCKETS if lo <= seconds < hi)
 
 
 def embed_in_longer(x: np.ndarray, filler: np.ndarray, sr: int, rng) -> np.ndarray:
@@ -174,6 +217,17 @@ class RecallReport:
     distractors: int = 0
     false_positives: int = 0
     candidates_checked: int = 0
+    #: (perturbation, eval clip length bucket) -> planted / found
+    planted_by_length: dict[tuple[str, str], int] = field(default_factory=dict)
+    found_by_length: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def recall_of(self, names, min_seconds: float = 0.0) -> float:
+        """Recall over perturbations ``names``, counting only eval clips >= ``min_seconds``
+        (a bucket boundary of :data:`LENGTH_BUCKETS`)."""
+        buckets = {b for lo, _, b in LENGTH_BUCKETS if lo >= min_seconds}
+        n = sum(v for (k, b), v in self.planted_by_length.items() if k in names and b in buckets)
+        f = sum(v for (k, b), v in self.found_by_length.items() if k in names and b in buckets)
+        return f / n if n else float("nan")
 
     @property
     def recall(self) -> float:
@@ -190,6 +244,15 @@ class RecallReport:
     def lines(self) -> list[str]:
         out = [f"{k:>20}: {self.found.get(k, 0)}/{v} = {self.found.get(k, 0) / v:.3f}"
                for k, v in sorted(self.planted.items())]
+        buckets = [b for _, _, b in LENGTH_BUCKETS]
+        out.append(f"{'by eval clip length':>20}: " + "  ".join(f"{b:>14}" for b in buckets))
+        for k in sorted(self.planted):
+            cells = []
+            for b in buckets:
+                n = self.planted_by_length.get((k, b), 0)
+                cells.append(f"{self.found_by_length.get((k, b), 0):>5}/{n:<4} " + (
+                    f"{self.found_by_length.get((k, b), 0) / n:.2f}" if n else "   -"))
+            out.append(f"{k:>20}: " + "  ".join(f"{c:>14}" for c in cells))
         out.append(f"{'overall recall':>20}: {sum(self.found.values())}/{sum(self.planted.values())}"
                    f" = {self.recall:.4f}")
         out.append(f"{'false positives':>20}: {self.false_positives}/{self.distractors}"
@@ -222,7 +285,7 @@ class PlantedCorpus:
 
 def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distractors: int = 2000,
                          seed: int = 0, min_eval_seconds: float = 1.0,
-                         max_file_seconds: float = 60.0) -> PlantedCorpus:
+                         max_file_seconds: float = 60.0, warps: bool = False) -> PlantedCorpus:
     """Eval clips from real sounds (files, 10 s excerpts of long ones, espeak speech); planted
     copies of each under every perturbation; >= n_distractors distinct other clips (the other
     real files, excerpts of other long files, other speech, different takes of the eval
@@ -277,6 +340,14 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
                 queries.append((name, i, fn(x, WORK_SR, rng)))
         queries.append(("inside_longer", i, embed_in_longer(x, filler, WORK_SR, rng)))
 
+    if warps:                                  # own stream: the default corpus stays as it was
+        wrng = np.random.default_rng(seed + 14)
+        with ThreadPoolExecutor(4) as pool:
+            for name, (fn, min_s) in WARPS.items():
+                todo = [i for i, (_, x) in enumerate(evals) if len(x) / WORK_SR >= min_s]
+                ys = pool.map(lambda i: fn(evals[i][1], WORK_SR, wrng), todo)
+                queries.extend((name, i, y) for i, y in zip(todo, ys))
+
     distractors: list[tuple[str, np.ndarray]] = [(f"file|{n}", x) for n, x in other_short]
     for n, x in other_long:                    # non-overlapping excerpts of other long files
         step = int(rng.uniform(3, 6) * WORK_SR)
@@ -312,13 +383,16 @@ def shares_waveform(a: np.ndarray, b: np.ndarray, sr: int = WORK_SR, threshold: 
     return e > 0 and float(np.max(np.abs(c))) / e >= threshold
 
 
-def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None) -> tuple[RecallReport, dict]:
+def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
+             warp: bool = False, warp_options: dict | None = None) -> tuple[RecallReport, dict]:
     """Index the eval clips, query every corpus clip, and score the verdicts.
 
     A planted copy counts as found when its best confirmed match is its own eval clip, or an
     eval clip that :func:`shares_waveform` with it (reported as ``found_via_twin``). A
     distractor with any confirmed match is a false positive unless :func:`shares_waveform`
-    shows it really contains that eval clip's audio (reported as ``pool_relations``)."""
+    shows it really contains that eval clip's audio (reported as ``pool_relations``).
+    ``warp``: queries the exact path leaves unmatched go through the warp pass
+    (:class:`content_overlap.WarpMatcher`), as the filter stage does."""
     import time
 
     from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
@@ -336,6 +410,22 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None) -> t
     matches, n_candidates = matcher.match(query_fps, ref_bands=lambda r: eval_fps[r].bands)
     t2 = time.perf_counter()
     best = best_per_query(matches)
+    n_warp = 0
+    if warp:
+        from .content_overlap import WarpIndex, WarpMatcher
+        from .fingerprint import warp_print
+
+        windex = WarpIndex()
+        for i, (_, x) in enumerate(corpus.eval_clips):
+            windex.add(i, warp_print(x, corpus.sr))
+        windex.build()
+        rest = [qi for qi in range(len(corpus.queries)) if qi not in best]
+        wps = [warp_print(corpus.queries[qi][2], corpus.sr) for qi in rest]
+        wmatches, n_warp = WarpMatcher(windex, **(warp_options or {})).match(
+            wps, query_bands=lambda k: query_fps[rest[k]].bands, ref_bands=lambda r: eval_fps[r].bands)
+        for k, m in best_per_query(wmatches).items():
+            best[rest[k]] = m
+    t3 = time.perf_counter()
     report = RecallReport(candidates_checked=n_candidates)
     relations, false_pos, missed, via_twin = [], [], [], []
     twins: dict[tuple[int, int], bool] = {}
@@ -352,8 +442,11 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None) -> t
         m = best.get(qi)
         if ev >= 0:
             report.planted[label] = report.planted.get(label, 0) + 1
+            lb = (label, length_bucket(len(corpus.eval_clips[ev][1]) / corpus.sr))
+            report.planted_by_length[lb] = report.planted_by_length.get(lb, 0) + 1
             if m is not None and (m.ref == ev or same_eval_audio(m.ref, ev)):
                 report.found[label] = report.found.get(label, 0) + 1
+                report.found_by_length[lb] = report.found_by_length.get(lb, 0) + 1
                 if m.ref != ev:
                     via_twin.append((label, corpus.eval_clips[ev][0], corpus.eval_clips[m.ref][0]))
             else:
@@ -372,6 +465,7 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None) -> t
     extra = {"pool_relations": relations, "false_positive_pairs": false_pos, "missed": missed,
              "found_via_twin": via_twin,
              "fingerprint_seconds": t1 - t0, "match_seconds": t2 - t1,
+             "warp_seconds": t3 - t2, "warp_candidates": n_warp,
              "audio_seconds": audio_seconds, "n_queries": len(corpus.queries),
              "hashes_per_second": sum(len(f) for f in query_fps) / max(audio_seconds, 1e-9)}
     return report, extra
