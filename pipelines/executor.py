@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -65,6 +66,12 @@ class Executor:
         return total <= SMALL_JOB_RECORDS
 
     def _start_ray(self) -> None:
+        if not self.ray_address and "ray" not in sys.modules:
+            # our own local cluster: token auth on, said explicitly so Ray does not warn on
+            # every run (a user's own RAY_AUTH_MODE wins). Only before Ray is first imported:
+            # Ray reads its auth mode at import, and a driver whose mode differs from the one
+            # its GCS inherits from the environment cannot connect to it.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
 
         if ray.is_initialized():
@@ -80,9 +87,6 @@ class Executor:
         if self.ray_address:
             ray.init(address=self.ray_address, **kwargs)
         else:
-            # our own local cluster: token auth on, said explicitly so Ray does not warn on
-            # every run (a user's own RAY_AUTH_MODE wins)
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(num_cpus=self.workers, **kwargs)
         self._ray_started = True
 
