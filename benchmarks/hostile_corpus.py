@@ -219,9 +219,11 @@ def main() -> int:
     ok = True
     builds = {
         "local": (["build", "--source", "local", "--input", str(base / "in"), "--out",
-                   str(base / "work_local"), "--inline", "--workers", "1"], expect_local),
+                   str(base / "work_local"), "--inline", "--workers", "1",
+                   "--skip-eval-filter"], expect_local),   # offline: no eval sets to fetch
         "packs": (["build", "--source", "sonniss_game_effects", "--out", str(base / "work_packs"),
-                   "--inline", "--workers", "1", "--pack-cache-dir", str(base / "work_packs" / "packs")]
+                   "--inline", "--workers", "1", "--skip-eval-filter",
+                   "--pack-cache-dir", str(base / "work_packs" / "packs")]
                   + [a for p in ("tree.zip", "latin1.tar", "bomb.tar.gz", "junk.zip")
                      for a in ("--sonniss-game-effects-input", str(base / "packs" / p))],
                   expect_packs),

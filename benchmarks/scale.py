@@ -26,6 +26,10 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     2,041,789 rows        (quadratic: hours)                 150.5 s (120.4 s CPU), 857 MB
     500k / 50k            36.7x time, 4.20x RSS              7.9x time, 1.63x RSS
 
+    crawl (CLI) on the merged main of 2026-12-01 (every source's text through the one cleaning
+    rule, listing checks), idle machine: 50,000 rows 6.0 s, 340 MB; 500,000 rows 46.5 s,
+    500 MB; 2,041,789 rows 217.6 s, 948 MB; 500k / 50k: 7.7x time, 1.47x RSS.
+
     metadata run, 2,675,315 records (CSV above + the paper's 633,526 of the other sources):
     crawl AudioSet 150.5 s, 857 MB; 630K other records 49.5 s (12,800 records/s), 743 MB;
     id filter over the ledger in chunks 42.2 s (63,400 records/s), 204 MB; shard planning
