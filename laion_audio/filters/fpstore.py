@@ -162,6 +162,20 @@ def fingerprint_file(path: str, keep_bands: bool = True) -> Fingerprint | None:
         return None
 
 
+def frame_features_file(path: str, features) -> np.ndarray | None:
+    """Per-frame features of an audio file (``features(samples_16k, 16000)`` -> one row per
+    ``BAND_DECIMATE`` STFT frames, e.g. the near-duplicate bands), from the same bounded read
+    as :func:`fingerprint_file`: whole for short clips, window by window for long ones."""
+    rate, frames, blocks = _mono_16k_blocks(path)
+    if not _is_long(rate, frames):
+        return features(_whole(blocks), fpmod.SR)
+    out = []
+    for core0, f0, x in _windows(blocks):
+        r0 = (core0 - f0) // fpmod.BAND_DECIMATE
+        out.append(features(x, fpmod.SR)[r0:r0 + WINDOW_FRAMES // fpmod.BAND_DECIMATE])
+    return np.concatenate(out) if out else None
+
+
 def band_features_file(path: str) -> np.ndarray:
     """The confirmation features of an audio file (same bounded read as
     :func:`fingerprint_file`)."""

@@ -46,7 +46,7 @@ from . import evalsets as evalsets_mod
 from .content_overlap import ContentMatcher, FingerprintIndex, Match, best_per_query
 from .dedup import (DEFAULT_SOURCE_PRIORITY, QUERY_CHUNK, FeatureCache, decide_near,
                     exact_duplicates, keep_order, near_duplicate_matches, near_features)
-from .fpstore import FingerprintStore, band_features_file, fingerprint_file, read_mono
+from .fpstore import FingerprintStore, band_features_file, fingerprint_file, frame_features_file
 from .id_overlap import find_id_overlaps, primary_matches
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _near_loader(paths: list[str]):
         if not paths[i]:
             return None
         try:
-            return near_features(*read_mono(paths[i]))
+            return frame_features_file(paths[i], near_features)   # bounded read, any length
         except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
             return None
     return load

@@ -79,3 +79,29 @@ def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
     n_frames, n_hashes, maxrss_kb = map(int, out)
     assert n_frames == 1 + (20 * 60 * 16000 - 1024) // 128 and n_hashes > 100_000
     assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
+
+
+@pytest.mark.slow
+def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
+    """The near-duplicate check's features come from the same bounded read: a 20-min clip read
+    whole took over 1.5 GB (an hour: 4.8 GB in the hostile-corpus run); windowed, they equal
+    the whole-clip features of a short clip and stay near 300 MB for the long one."""
+    from laion_audio.filters.dedup import near_features
+
+    short = tmp_path / "short.flac"
+    sf.write(str(short), chirps(30.0, 44100, seed=3), 44100, subtype="PCM_16")
+    x, sr = fpstore.read_mono(str(short))
+    assert np.array_equal(fpstore.frame_features_file(str(short), near_features), near_features(x, sr))
+    path = tmp_path / "twenty.flac"
+    with sf.SoundFile(str(path), "w", 48000, 1, "PCM_16", format="FLAC") as fh:
+        for i in range(20):
+            fh.write(chirps(60.0, 48000, seed=i))
+    code = (PEAK + "import sys; from laion_audio.filters.fpstore import frame_features_file;"
+            "from laion_audio.filters.dedup import near_features;"
+            "f = frame_features_file(sys.argv[1], near_features);"
+            "print(f.shape[0], peak_kb())")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.split()
+    rows, maxrss_kb = map(int, out)
+    assert rows >= (20 * 60 * 16000 - 1024) // 128 // 2 - 1
+    assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
