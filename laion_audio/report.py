@@ -201,6 +201,16 @@ def _last_build(ledger_dir) -> dict:
         return {}
 
 
+def _shown_path(path: str | os.PathLike, page_dir: Path) -> str:
+    """A path as a published page may show it: relative to the page, never an absolute path
+    of the machine that made it (only the folder name when it lies elsewhere)."""
+    target, base = Path(path).resolve(), page_dir.resolve()
+    try:
+        return os.path.relpath(target, base) if target.anchor == base.anchor else target.name
+    except ValueError:
+        return target.name
+
+
 def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = "laion-audio corpus") -> Path:
     """Write ``index.html``, one PNG per figure and ``figures.json`` into ``out_dir``; returns the HTML path."""
     out = Path(out_dir)
@@ -227,7 +237,7 @@ def write_report(ledger_dir: str | os.PathLike, out_dir: str | os.PathLike, titl
         "collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
         f"<p>{t['records']} records; {t['kept']} with audio ({t['hours']:.2f} h); {t['failed']} failed; "
-        f"{t['dropped']} dropped. Ledger: <code>{html.escape(str(Path(ledger_dir).resolve()))}</code>. "
+        f"{t['dropped']} dropped. Ledger: <code>{html.escape(_shown_path(ledger_dir, out))}</code>. "
         "Every number here is recomputed from the ledger (<a href='figures.json'>figures.json</a>).</p>",
         "<h2>Sources</h2>",
         _table(["source", "records", "with audio", "hours", "paper samples", "statuses"], src_rows),

@@ -41,6 +41,7 @@ def test_report_cli_writes_html_pngs_and_figures(tmp_path):
     assert done.returncode == 0, done.stderr
     report = tmp_path / "out" / "report"
     page = (report / "index.html").read_text()
+    assert str(tmp_path) not in page and "<code>../ledger</code>" in page   # no local path published
     figures = json.loads((report / "figures.json").read_text())
     sonniss = figures["sources"]["sonniss_game_effects"]
     assert sonniss["kept"] == 6 and sonniss["paper_samples"] == 5049
