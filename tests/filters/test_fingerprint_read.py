@@ -63,20 +63,31 @@ def test_long_clip_windows_give_the_same_hashes(tmp_path, monkeypatch):
     assert np.array_equal(fpstore.band_features_file(str(path)), whole.bands)
 
 
-@pytest.mark.slow
-def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
-    """20 min at 48 kHz: the whole-clip read and spectrogram took ~1.7 GB (5.2 GB for an hour);
-    the streamed, windowed read stays near 300 MB."""
+def _twenty_minutes(tmp_path: Path) -> Path:
+    """A 20-minute 48 kHz FLAC of chirps, written a minute at a time."""
     path = tmp_path / "twenty.flac"
     with sf.SoundFile(str(path), "w", 48000, 1, "PCM_16", format="FLAC") as fh:
         for i in range(20):
             fh.write(chirps(60.0, 48000, seed=i))
-    code = (PEAK + "import sys; from laion_audio.filters.fpstore import fingerprint_file;"
-            "fp = fingerprint_file(sys.argv[1], keep_bands=False);"
-            "print(fp.n_frames, len(fp.hashes), peak_kb())")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.split()
-    n_frames, n_hashes, maxrss_kb = map(int, out)
+    return path
+
+
+def _in_child(code: str, path: Path) -> list[int]:
+    """Run ``code`` (it prints integers, the last its peak memory) in a fresh interpreter:
+    its VmHWM counts only what it allocated itself."""
+    out = subprocess.run([sys.executable, "-c", PEAK + "import sys;" + code, str(path)],
+                         cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
+    return [int(v) for v in out]
+
+
+@pytest.mark.slow
+def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
+    """20 min at 48 kHz: the whole-clip read and spectrogram took ~1.7 GB (5.2 GB for an hour);
+    the streamed, windowed read stays near 300 MB."""
+    n_frames, n_hashes, maxrss_kb = _in_child(
+        "from laion_audio.filters.fpstore import fingerprint_file;"
+        "fp = fingerprint_file(sys.argv[1], keep_bands=False);"
+        "print(fp.n_frames, len(fp.hashes), peak_kb())", _twenty_minutes(tmp_path))
     assert n_frames == 1 + (20 * 60 * 16000 - 1024) // 128 and n_hashes > 100_000
     assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
 
@@ -92,16 +103,10 @@ def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
     sf.write(str(short), chirps(30.0, 44100, seed=3), 44100, subtype="PCM_16")
     x, sr = fpstore.read_mono(str(short))
     assert np.array_equal(fpstore.frame_features_file(str(short), near_features), near_features(x, sr))
-    path = tmp_path / "twenty.flac"
-    with sf.SoundFile(str(path), "w", 48000, 1, "PCM_16", format="FLAC") as fh:
-        for i in range(20):
-            fh.write(chirps(60.0, 48000, seed=i))
-    code = (PEAK + "import sys; from laion_audio.filters.fpstore import frame_features_file;"
-            "from laion_audio.filters.dedup import near_features;"
-            "f = frame_features_file(sys.argv[1], near_features);"
-            "print(f.shape[0], peak_kb())")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.split()
-    rows, maxrss_kb = map(int, out)
+    rows, maxrss_kb = _in_child(
+        "from laion_audio.filters.fpstore import frame_features_file;"
+        "from laion_audio.filters.dedup import near_features;"
+        "f = frame_features_file(sys.argv[1], near_features);"
+        "print(f.shape[0], peak_kb())", _twenty_minutes(tmp_path))
     assert rows >= (20 * 60 * 16000 - 1024) // 128 // 2 - 1
     assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
