@@ -511,13 +511,14 @@ def quota_line(source: str, left: int, per_day: int | None) -> str:
 
 def rot_lines(rot: dict) -> list[str]:
     """Plain-text table of :func:`rot_figures` (for the build summary)."""
-    lines = [f"  {'link rot':<18}" + "".join(f"{c:>17}" for c in ROT_CLASSES[:5])]
+    width = max([18] + [len(src) + 2 for src in rot])
+    lines = [f"  {'link rot':<{width}}" + "".join(f"{c:>17}" for c in ROT_CLASSES[:5])]
     for src, e in rot.items():
         cells = "".join(f"{e[c]['count']:>8} {e[c]['percent']:>6.1f}%" for c in ROT_CLASSES[:5])
         extra = [f"{c}={e[c]['count']}" for c in ROT_CLASSES[5:] if e[c]["count"]]
         if e["verified"]:
             extra.append(f"hash-verified={e['verified']}")
-        lines.append(f"  {src:<18}{cells}" + (f"  ({', '.join(extra)})" if extra else ""))
+        lines.append(f"  {src:<{width}}{cells}" + (f"  ({', '.join(extra)})" if extra else ""))
     lines += [f"  {e['quota']['line']}" for e in rot.values() if "quota" in e]
     return lines
 

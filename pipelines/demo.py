@@ -43,7 +43,7 @@ def demo_sources(base: str, work: Path) -> dict[str, dict]:
     for name in PACKS:
         sources[name] = {"inputs": [f"{base}/packs/{name}.zip"],
                          "cache_dir": str(work / "cache" / "packs"), **http}
-    sources["audioset"] = {"csv": [f"{base}/audioset/eval_segments.csv"],
+    sources["audioset"] = {"csv": [f"{base}/audioset/balanced_train_segments.csv"],
                            "labels": f"{base}/audioset/class_labels_indices.csv",
                            "youtube_base": f"{base}/youtube/watch?v=",
                            "cache_dir": str(work / "cache" / "audioset"),
