@@ -336,8 +336,9 @@ _NO_SUCCESS_OK = ("filter",)
 
 def run_problems(summary: dict) -> list[str]:
     """One line per reason this run did not do all it was asked to: an unreachable host
-    (records left pending), a crawl that stopped early or listed suspiciously little, a full
-    disk, a stage with inputs and no success. Empty when the run is complete; the command
+    (records left pending), a crawl that stopped early or listed suspiciously little, a daily
+    API quota that ran out (records left pending), a full disk, a stage with inputs and no
+    success. Empty when the run is complete; the command
     exits non-zero otherwise (``commands.build.exit_code``)."""
     from .records import FailureCode
 
@@ -359,6 +360,9 @@ def run_problems(summary: dict) -> list[str]:
             why = f" ({', '.join(f'{k}={v}' for k, v in top)})" if top else ""
             out.append(f"{name}: finished none of its {st['inputs']} records{why}; see "
                        "stats/build.json")
+    for entry in (summary.get("rot") or {}).values():
+        if "quota" in entry:              # records left pending until the quota renews
+            out.append(entry["quota"]["line"])
     full = sum(n for k, n in (summary.get("failures") or {}).items()
                if k.endswith(":" + FailureCode.NO_SPACE))
     if full:
