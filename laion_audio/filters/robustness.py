@@ -26,15 +26,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..transcode.audio import read_mono
+
 WORK_SR = 48_000
 
 
 def load_mono(path: str | Path, sr: int = WORK_SR, max_seconds: float | None = None) -> np.ndarray:
-    info = sf.info(str(path))
-    frames = -1 if max_seconds is None else int(max_seconds * info.samplerate)
-    x, file_sr = sf.read(str(path), dtype="float32", always_2d=True, frames=frames)
-    x = x.mean(axis=1)
-    return soxr.resample(x, file_sr, sr).astype(np.float32) if file_sr != sr else x
+    """The clip (or its first ``max_seconds``) as mono float32 at ``sr``."""
+    return read_mono(path, sr, max_seconds)[0]
 
 
 def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "128k") -> np.ndarray:
@@ -44,9 +43,7 @@ def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "128k") -> np.ndarray:
     proc = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "wav", "-i", "pipe:0",
                            "-c:a", "libmp3lame", "-b:a", bitrate, "-f", "mp3", "pipe:1"],
                           input=wav.getvalue(), capture_output=True, check=True)
-    y, ysr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    y = y.mean(axis=1)
-    return soxr.resample(y, ysr, sr).astype(np.float32) if ysr != sr else y
+    return read_mono(io.BytesIO(proc.stdout), sr)[0]
 
 
 def strip_silence(x: np.ndarray, threshold_db: float = -60.0) -> np.ndarray:
@@ -166,8 +163,7 @@ def espeak(text: str, voice: str = "en", speed: int = 160, pitch: int = 50) -> n
     """Speech from espeak-ng at WORK_SR (a real TTS engine: formants, pauses, prosody)."""
     proc = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
                           capture_output=True, check=True)
-    y, ysr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    return soxr.resample(y.mean(axis=1), ysr, WORK_SR).astype(np.float32)
+    return read_mono(io.BytesIO(proc.stdout), WORK_SR)[0]
 
 
 def texture(kind: str, seconds: float, rng: np.random.Generator, sr: int = WORK_SR) -> np.ndarray:
