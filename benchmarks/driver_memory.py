@@ -90,13 +90,13 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) 
     gen = time.perf_counter() - t0
     cmd = [sys.executable, __file__, "--child", "build", "--source", "local", "--input",
            str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
-           "--evalsets-cache", str(root / "no-evalsets")] + (["--inline"] if inline else [])
+           "--skip-eval-filter"] + (["--inline"] if inline else [])
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not last:
+    if proc.returncode or not last or json.loads(last[-1])["rc"] not in (0, None):
         raise SystemExit(f"build of {size} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(last[-1])
     summary = json.loads((out / "stats" / "summary.json").read_text())
