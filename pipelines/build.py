@@ -256,14 +256,20 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
     out for want of a caption, stats)."""
     stats = StageStats("shard")
     start = time.perf_counter()
-    ready = ledger.records(status=list(statuses), source=sources)
-    waiting = 0
-    if require_text:
-        kept = [r for r in ready if any(t.strip() for t in r.texts)]
-        waiting, ready = len(ready) - len(kept), kept
-    stored = [(r.audio_path, r.flac_path) for r in ready]
+    # one Record per ready record, paths made absolute in place (no second copy of the set);
+    # what each had before, to journal only the records this run changes
+    ready, stored, before = [], [], []
+    for chunk in ledger.iter_records(status=list(statuses), source=sources):
+        for r in chunk:
+            if require_text and not any(t.strip() for t in r.texts):
+                continue
+            stored.append((r.audio_path, r.flac_path))
+            before.append((r.status, r.split, r.shard))
+            r.audio_path, r.flac_path = work.abs(r.audio_path), work.abs(r.flac_path)
+            ready.append(r)
+    waiting = ledger.count(status=list(statuses), source=sources) - len(ready) if require_text else 0
     try:
-        written, report = BY_NAME["shard"].fn([work.resolve(r) for r in ready], shard_root, **options)
+        written, report = BY_NAME["shard"].fn(ready, shard_root, **options)
     except OSError as e:
         if not is_out_of_space(e):
             raise
@@ -271,9 +277,13 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
         stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
         stats.seconds = time.perf_counter() - start
         return [], {}, waiting, stats
+    del ready
     for (audio, flac), rec in zip(stored, written):
         rec.audio_path, rec.flac_path = audio, flac     # the ledger keeps its own path form
-    ledger.write(written, tag="shard")
+    del stored
+    ledger.write([rec for rec, was in zip(written, before)
+                  if rec.status != Status.SHARDED or (rec.status, rec.split, rec.shard) != was],
+                 tag="shard")
     for rec in written:
         stats.add(rec, rec)
     if release_audio:

@@ -3,7 +3,6 @@ sizes.json committed last. ``write_shards`` reads as its steps: plan, retire spl
 longer has, decide which tars to keep, write the rest, commit each split, report."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -312,8 +311,9 @@ def _commit_splits(root: Root, by_split: dict[tuple[str, str], list[PlannedShard
 
 def _records_out(records: list[Record], shards: list[PlannedShard], failed: dict[int, Record],
                  splits: dict[int, str]) -> list[Record]:
-    """Every input record, in input order: sharded (split, shard set) or failed."""
-    shard_of: dict[int, PlannedShard] = {s.index: sh for sh in shards for s in sh.samples}
+    """Every input record, in input order: sharded (split, shard set on the record itself: a
+    corpus-sized set is not copied) or failed."""
+    shard_of: dict[int, str] = {s.index: sh.rel for sh in shards for s in sh.samples}
     out: list[Record] = []
     for i, rec in enumerate(records):
         if i in failed:
@@ -321,9 +321,9 @@ def _records_out(records: list[Record], shards: list[PlannedShard], failed: dict
             bad.split, bad.shard = "", ""
             out.append(bad)
             continue
-        out.append(dataclasses.replace(
-            rec, split=splits[i], shard=shard_of[i].rel, status=Status.SHARDED,
-            failure_stage="", failure_code="", failure_message=""))
+        rec.split, rec.shard, rec.status = splits[i], shard_of[i], Status.SHARDED
+        rec.failure_stage = rec.failure_code = rec.failure_message = ""
+        out.append(rec)
     return out
 
 
