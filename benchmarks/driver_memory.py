@@ -88,7 +88,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) 
         raise SystemExit(f"build of {size} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(last[-1])
     summary = json.loads((out / "stats" / "summary.json").read_text())
-    per_stage, rss_after = {}, {}
+    per_stage, cpu, rss_after = {}, {}, {}
     for st in summary["stages"]:
         name = st["stage"].split(":")[0]
         if st.get("fused"):     # one task ran the fused stages: count its time once, by its tag
@@ -96,6 +96,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) 
                 continue
             name = st["fused"].replace("_", "+")
         per_stage[name] = per_stage.get(name, 0.0) + st["seconds"]
+        cpu[name] = st.get("driver_cpu_seconds") or 0.0     # the group's: once per group
         rss_after[name] = st.get("driver_peak_rss_mb_so_far")
     disk = summary.get("disk_bytes", {})
     shards = disk.get("shards", 0)
@@ -105,6 +106,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) 
     return {"size": size, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
             "driver_peak_rss_mb": result["driver_peak_rss_mb"],
             "ms_per_record": {k: round(1000 * v / size, 2) for k, v in per_stage.items()},
+            "cpu_ms_per_record": {k: round(1000 * v / size, 2) for k, v in cpu.items()},
             "peak_rss_mb_after": rss_after,
             "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
             "work_over_shards": round(work_total / shards, 2) if shards else None,
@@ -124,6 +126,8 @@ def print_table(results: list[dict]) -> None:
     row("driver peak RSS MB", [r["driver_peak_rss_mb"] for r in results])
     for stage in small["ms_per_record"]:
         row(f"ms/record {stage}", [r["ms_per_record"].get(stage) for r in results])
+    for stage in small.get("cpu_ms_per_record", {}):
+        row(f"CPU ms/record {stage}", [r["cpu_ms_per_record"].get(stage) for r in results])
     for stage in small["ms_per_record"]:
         row(f"records/s {stage}", [round(1000 / r["ms_per_record"][stage]) if r["ms_per_record"].get(stage)
                                    else None for r in results], ratio=False)
