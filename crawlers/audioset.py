@@ -207,6 +207,13 @@ class AudioSetSource(Source):
         parser.add_argument("--audioset-limit", type=int, default=None,
                             help="stop after this many segments (a small trial corpus)")
 
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict:
+        return {"csv": [f"{base}/audioset/balanced_train_segments.csv"],
+                "labels": f"{base}/audioset/class_labels_indices.csv",
+                "youtube_base": f"{base}/youtube/watch?v=",
+                "cache_dir": str(work / "cache" / "audioset"), "limit": items}
+
     def __init__(self, csv: str | list[str] | None = None, labels: str | None = None,
                  ontology: str | None = None, youtube_base: str | None = None,
                  caption: str | None = None, sections: str | None = None,

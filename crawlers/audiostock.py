@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -152,6 +153,10 @@ class AudiostockSource(HttpSource):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--audiostock-base", dest="audiostock_base", help=f"default {BASE}")
         parser.add_argument("--audiostock-max-pages", dest="audiostock_max_pages", type=int)
+
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict:
+        return {"base": base}
 
     @property
     def base(self) -> str:

@@ -59,6 +59,12 @@ class Source:
         dests = [a.dest for a in probe._actions]
         return {d: getattr(args, d) for d in dests if getattr(args, d, None) is not None}
 
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict | None:
+        """Constructor options that point this source at the bundled replay server at ``base``
+        (the demo build; ``items``: how many the replay lists). None: not in the demo."""
+        return None
+
     def check(self) -> None:
         """Cheap up-front checks of the options (files exist, CSV columns, credentials), run by
         the commands before any work starts; raise :class:`laion_audio.errors.UserError` with

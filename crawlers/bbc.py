@@ -77,6 +77,10 @@ class BBCSource(HttpSource):
                             choices=("laion", "description"),
                             help="default: laion for the CSV, description for the API")
 
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict:
+        return {"api": base, "media": base}
+
     @property
     def api_base(self) -> str:
         return self.url_option("api", API_BASE, "LAION_AUDIO_BBC_API")

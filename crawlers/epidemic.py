@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlencode
 
@@ -67,6 +68,10 @@ class EpidemicSource(HttpSource):
         parser.add_argument("--epidemic-categories", dest="epidemic_categories",
                             type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
                             help="comma-separated subset of the 43 categories")
+
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict:
+        return {"base": base}
 
     @property
     def base(self) -> str:

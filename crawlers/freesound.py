@@ -99,6 +99,10 @@ class FreesoundSource(HttpSource):
         parser.add_argument("--freesound-max-duration", dest="freesound_max_duration", type=float)
         parser.add_argument("--freesound-min-sample-rate", dest="freesound_min_sample_rate", type=int)
 
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict:
+        return {"api": f"{base}/apiv2"}
+
     @property
     def api_base(self) -> str:
         return self.url_option("api", API_BASE, "LAION_AUDIO_FREESOUND_API")

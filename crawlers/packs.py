@@ -192,6 +192,10 @@ class PackSource(Source):
         _add_once(parser, "--pack-max-total-gb", type=float, default=None,
                   help="largest total extracted size per archive (default 256 GB)")
 
+    @classmethod
+    def demo_options(cls, base: str, work: Path, items: int) -> dict:
+        return {"inputs": [f"{base}/packs/{cls.name}.zip"], "cache_dir": str(work / "cache" / "packs")}
+
     def __init__(self, inputs: list[str] | str | None = None, cache_dir: str | Path | None = None,
                  limits: ArchiveLimits | None = None, http=None, **options):
         super().__init__(**options)

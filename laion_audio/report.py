@@ -32,66 +32,100 @@ def _paper_samples(source: str) -> int | None:
         return None
 
 
-def _histogram(values: list[float], edges: list[float]) -> dict:
-    counts = [0] * (len(edges))
-    for v in values:
-        for i in range(len(edges) - 1, -1, -1):
-            if v >= edges[i]:
-                counts[i] += 1
-                break
+def _histogram(values, edges: list[float], counts: list[int] | None = None) -> dict:
+    """Counts of ``values`` per bin ``[edges[i], edges[i+1])``, the last bin open; values below
+    ``edges[0]`` are not counted. ``counts`` accumulates over chunks."""
+    import numpy as np
+
+    counts = list(counts) if counts is not None else [0] * len(edges)
+    idx = np.searchsorted(np.asarray(edges, dtype=float), np.asarray(values, dtype=float),
+                          side="right") - 1
+    for i, n in enumerate(np.bincount(idx[idx >= 0], minlength=len(edges))):
+        counts[i] += int(n)
     labels = [f"{edges[i]}-{edges[i + 1]}" for i in range(len(edges) - 1)] + [f">={edges[-1]}"]
     return {"edges": edges, "labels": labels, "counts": counts}
 
 
 def compute_figures(ledger: Ledger) -> dict:
-    """All numbers the report shows, as plain JSON-able data."""
+    """All numbers the report shows, as plain JSON-able data: Arrow group-bys over the ledger
+    read in chunks, so memory stays bounded whatever the corpus size."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     cols = ["source", "status", "duration", "audio_duration", "texts", "license", "failure_stage",
             "failure_code", "filter_reason"]
-    rows = ledger.table().select(cols).to_pylist()
-    per_source: dict[str, dict] = defaultdict(lambda: {"records": 0, "kept": 0, "seconds": 0.0,
-                                                       "statuses": Counter()})
-    durations: list[float] = []
-    caption_words: list[int] = []
+    statuses: Counter = Counter()                # (source, status) -> records
+    kept: Counter = Counter()                    # source -> kept records
+    seconds: dict[str, float] = defaultdict(float)
     licences: Counter = Counter()
     failures: Counter = Counter()
     failures_by_source: dict[str, Counter] = defaultdict(Counter)
     dropped: Counter = Counter()
-    for r in rows:
-        s = per_source[r["source"]]
-        s["records"] += 1
-        s["statuses"][r["status"]] += 1
-        if r["status"] == Status.FAILED:
-            key = f"{r['failure_stage'] or '?'}:{r['failure_code'] or '?'}"
-            failures[key] += 1
-            failures_by_source[r["source"]][key] += 1
-            continue
-        if r["status"] == Status.DROPPED:
-            dropped[r["filter_reason"] or "?"] += 1
-            continue
-        if r["status"] == Status.VANISHED:
-            continue
-        licences[r["license"] or "(unknown)"] += 1
-        if r["status"] in KEPT:
-            seconds = r["audio_duration"] if r["audio_duration"] is not None else r["duration"]
-            s["kept"] += 1
-            if seconds:
-                s["seconds"] += float(seconds)
-                durations.append(float(seconds))
-            for text in r["texts"] or []:
-                caption_words.append(len(str(text).split()))
+    durations = _histogram([], DURATION_BINS)
+    words = _histogram([], CAPTION_WORD_BINS)
+    n_rows = 0
+
+    def groups(t: pa.Table, keys: list[str]):
+        return t.group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist()
+
+    for t in ledger.scan(columns=cols, chunk_rows=65536):
+        n_rows += t.num_rows
+        for g in groups(t, ["source", "status"]):
+            statuses[(g["source"], g["status"])] += g["count_all"]
+        failed = t.filter(pc.equal(t.column("status"), Status.FAILED))
+        if failed.num_rows:
+            failed = failed.append_column("key", pc.binary_join_element_wise(
+                pc.fill_null(failed.column("failure_stage"), "?"),
+                pc.fill_null(failed.column("failure_code"), "?"), ":"))
+            for g in groups(failed, ["source", "key"]):
+                failures[g["key"]] += g["count_all"]
+                failures_by_source[g["source"]][g["key"]] += g["count_all"]
+        drop = t.filter(pc.equal(t.column("status"), Status.DROPPED))
+        for g in groups(drop.set_column(drop.schema.get_field_index("filter_reason"),
+                                        "filter_reason", pc.fill_null(drop.column("filter_reason"), "?")),
+                        ["filter_reason"]) if drop.num_rows else []:
+            dropped[g["filter_reason"]] += g["count_all"]
+        live = t.filter(pc.invert(pc.is_in(t.column("status"), value_set=pa.array(
+            [Status.FAILED, Status.DROPPED, Status.VANISHED], pa.string()))))
+        if live.num_rows:
+            lic = pc.if_else(pc.or_kleene(pc.is_null(live.column("license")),
+                                          pc.equal(live.column("license"), "")),
+                             "(unknown)", live.column("license"))
+            for g in groups(pa.table({"license": lic}), ["license"]):
+                licences[g["license"]] += g["count_all"]
+        k = t.filter(pc.is_in(t.column("status"), value_set=pa.array(list(KEPT), pa.string())))
+        if k.num_rows:
+            secs = pc.coalesce(k.column("audio_duration"), k.column("duration"))
+            for g in groups(pa.table({"source": k.column("source")}), ["source"]):
+                kept[g["source"]] += g["count_all"]
+            has = pc.and_kleene(pc.is_valid(secs), pc.not_equal(secs, 0.0))
+            pos = k.filter(pc.fill_null(has, False))
+            if pos.num_rows:
+                psecs = pc.cast(pc.coalesce(pos.column("audio_duration"), pos.column("duration")),
+                                pa.float64())
+                for g in pa.table({"source": pos.column("source"), "s": psecs}).group_by(
+                        "source", use_threads=False).aggregate([("s", "sum")]).to_pylist():
+                    seconds[g["source"]] += g["s_sum"]
+                durations = _histogram(psecs.to_numpy(), DURATION_BINS, durations["counts"])
+            texts = pc.list_flatten(k.column("texts"))
+            if len(texts):
+                n_words = pc.count_substring_regex(pc.cast(texts, pa.string()), r"\S+")
+                words = _histogram(n_words.to_numpy(zero_copy_only=False), CAPTION_WORD_BINS,
+                                   words["counts"])
     sources = {}
-    for name in sorted(per_source):
-        s = per_source[name]
-        sources[name] = {"records": s["records"], "kept": s["kept"], "hours": round(s["seconds"] / 3600, 4),
-                         "paper_samples": _paper_samples(name), "statuses": dict(s["statuses"]),
+    for name in sorted({src for src, _ in statuses}):
+        sources[name] = {"records": sum(n for (src, _), n in statuses.items() if src == name),
+                         "kept": kept[name], "hours": round(seconds[name] / 3600, 4),
+                         "paper_samples": _paper_samples(name),
+                         "statuses": {st: n for (src, st), n in statuses.items() if src == name},
                          "failures": dict(failures_by_source.get(name, {}))}
     return {
-        "total": {"records": len(rows), "kept": sum(s["kept"] for s in sources.values()),
+        "total": {"records": n_rows, "kept": sum(s["kept"] for s in sources.values()),
                   "hours": round(sum(s["hours"] for s in sources.values()), 4),
                   "failed": sum(failures.values()), "dropped": sum(dropped.values())},
         "sources": sources,
-        "duration_histogram": _histogram(durations, DURATION_BINS),
-        "caption_words_histogram": _histogram(caption_words, CAPTION_WORD_BINS),
+        "duration_histogram": durations,
+        "caption_words_histogram": words,
         "licences": dict(licences.most_common()),
         "failures": dict(failures.most_common()),
         "dropped": dict(dropped.most_common()),
@@ -336,8 +370,9 @@ _NO_SUCCESS_OK = ("filter",)
 
 def run_problems(summary: dict) -> list[str]:
     """One line per reason this run did not do all it was asked to: an unreachable host
-    (records left pending), a crawl that stopped early or listed suspiciously little, a full
-    disk, a stage with inputs and no success. Empty when the run is complete; the command
+    (records left pending), a crawl that stopped early or listed suspiciously little, a daily
+    API quota that ran out (records left pending), a full disk, a stage with inputs and no
+    success. Empty when the run is complete; the command
     exits non-zero otherwise (``commands.build.exit_code``)."""
     from .records import FailureCode
 
@@ -359,6 +394,9 @@ def run_problems(summary: dict) -> list[str]:
             why = f" ({', '.join(f'{k}={v}' for k, v in top)})" if top else ""
             out.append(f"{name}: finished none of its {st['inputs']} records{why}; see "
                        "stats/build.json")
+    for entry in (summary.get("rot") or {}).values():
+        if "quota" in entry:              # records left pending until the quota renews
+            out.append(entry["quota"]["line"])
     full = sum(n for k, n in (summary.get("failures") or {}).items()
                if k.endswith(":" + FailureCode.NO_SPACE))
     if full:
@@ -511,13 +549,14 @@ def quota_line(source: str, left: int, per_day: int | None) -> str:
 
 def rot_lines(rot: dict) -> list[str]:
     """Plain-text table of :func:`rot_figures` (for the build summary)."""
-    lines = [f"  {'link rot':<18}" + "".join(f"{c:>17}" for c in ROT_CLASSES[:5])]
+    width = max([18] + [len(src) + 2 for src in rot])
+    lines = [f"  {'link rot':<{width}}" + "".join(f"{c:>17}" for c in ROT_CLASSES[:5])]
     for src, e in rot.items():
         cells = "".join(f"{e[c]['count']:>8} {e[c]['percent']:>6.1f}%" for c in ROT_CLASSES[:5])
         extra = [f"{c}={e[c]['count']}" for c in ROT_CLASSES[5:] if e[c]["count"]]
         if e["verified"]:
             extra.append(f"hash-verified={e['verified']}")
-        lines.append(f"  {src:<18}{cells}" + (f"  ({', '.join(extra)})" if extra else ""))
+        lines.append(f"  {src:<{width}}{cells}" + (f"  ({', '.join(extra)})" if extra else ""))
     lines += [f"  {e['quota']['line']}" for e in rot.values() if "quota" in e]
     return lines
 

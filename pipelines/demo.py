@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-#: items the replay lists per source (small: the demo should take a minute or two)
-DEMO_SIZES = {"bbc": 12, "epidemic": 12, "freesound": 12, "audiostock": 10, "audioset": 8,
+#: the demo's sources, in build order, and the items the replay lists for each (small: the
+#: demo should take a minute or two)
+DEMO_SIZES = {"bbc": 12, "epidemic": 12, "freesound": 12, "audiostock": 10,
               "free_to_use_sounds": 8, "paramount_motion": 8, "sonniss_game_effects": 8,
-              "wesoundeffects": 8}
-PACKS = ("free_to_use_sounds", "paramount_motion", "sonniss_game_effects", "wesoundeffects")
+              "wesoundeffects": 8, "audioset": 8}
 #: our own server on loopback: no need to be polite to it
 REPLAY_RATE = 200.0
 #: a fixed port: record URLs contain it, so a rerun (resume) must see the same URLs
@@ -32,23 +32,13 @@ def shared_data() -> Path | None:
 
 
 def demo_sources(base: str, work: Path) -> dict[str, dict]:
-    """Constructor options of every source, pointed at the replay server at ``base``."""
+    """Constructor options of every demo source, pointed at the replay server at ``base`` (each
+    source says how: ``Source.demo_options``)."""
+    from crawlers import get_source
+
     http = {"rate": REPLAY_RATE, "burst": 20}
-    sources: dict[str, dict] = {
-        "bbc": {"api": base, "media": base, **http},
-        "epidemic": {"base": base, **http},
-        "freesound": {"api": f"{base}/apiv2", **http},
-        "audiostock": {"base": base, **http},
-    }
-    for name in PACKS:
-        sources[name] = {"inputs": [f"{base}/packs/{name}.zip"],
-                         "cache_dir": str(work / "cache" / "packs"), **http}
-    sources["audioset"] = {"csv": [f"{base}/audioset/eval_segments.csv"],
-                           "labels": f"{base}/audioset/class_labels_indices.csv",
-                           "youtube_base": f"{base}/youtube/watch?v=",
-                           "cache_dir": str(work / "cache" / "audioset"),
-                           "limit": DEMO_SIZES["audioset"], **http}
-    return sources
+    return {name: {**get_source(name).demo_options(base, work, items), **http}
+            for name, items in DEMO_SIZES.items()}
 
 
 @contextlib.contextmanager

@@ -6,11 +6,13 @@
   unknown id 404 ("Video unavailable"), as YouTube's own pages say it.
 - ``GET /youtube/media/<id>.webm``: real WebM/Opus made with ffmpeg from a seeded clip as long
   as the video (window end + 2 s), cached per id and revision.
-- ``GET /audioset/eval_segments.csv``, ``/audioset/class_labels_indices.csv``: the catalogue as
-  Google's segments CSV (3 comment lines) and its label table, so the demo needs no other file.
+- ``GET /audioset/balanced_train_segments.csv``, ``/audioset/class_labels_indices.csv``: the
+  catalogue as Google's segments CSV (3 comment lines) and its label table, so the demo needs no
+  other file.
 
-Items are real AudioSet eval rows (windows ending by 40 s, to keep media small): a seeded sample
-of ``eval_segments.csv`` when ``../shared/data`` is given, else the built-in rows below.
+Items are real AudioSet training rows (windows ending by 40 s, to keep media small): a seeded
+sample of ``balanced_train_segments.csv`` when ``../shared/data`` is given, else the built-in
+rows below. Training rows, because a build's eval filter drops every ``eval_segments.csv`` id.
 Set ``item["status"]`` to ``"private"`` or ``"removed"`` (or ``app.settings["youtube"]``) for
 failure tests.
 """
@@ -24,23 +26,26 @@ import subprocess
 from ._audio import make_audio
 from ._server import Catalogue, Reply, ReplayApp, Request
 
-#: Real eval_segments.csv rows and their real label names (class_labels_indices.csv).
+#: Real balanced_train_segments.csv rows and their real label names (class_labels_indices.csv).
+#: Training rows, not eval rows: the demo build's eval filter would drop every eval segment.
 BUILTIN_ROWS = [
-    ("--4gqARaEJE", 0.0, 10.0, ["/m/068hy", "/m/07q6cd_", "/m/0bt9lr", "/m/0jbk"]),
-    ("--BfvyPmVMo", 20.0, 30.0, ["/m/03l9g"]),
-    ("--U7joUcTCo", 0.0, 10.0, ["/m/01b_21"]),
-    ("--i-y1v8Hy8", 0.0, 9.0, ["/m/04rlf", "/m/09x0r", "/t/dd00004", "/t/dd00005"]),
-    ("-0BIyqJj9ZU", 30.0, 40.0, ["/m/07rgt08", "/m/07sq110", "/t/dd00001"]),
-    ("-0CamVQdP_Y", 0.0, 6.0, ["/m/04rlf", "/m/07pbtc8", "/m/09x0r"]),
-    ("-0Gj8-vB1q4", 30.0, 40.0, ["/m/0140xf", "/m/02cjck", "/m/04rlf"]),
+    ("ezmX7g3gflY", 30.0, 40.0, ["/m/013y1f", "/m/03xq_f"]),
+    ("hNtB9IeBxCw", 30.0, 40.0, ["/m/07qh7jl", "/m/0l7xg", "/t/dd00077"]),
+    ("bxDj6JhIjSo", 30.0, 40.0, ["/m/04rlf", "/m/07q4ntr", "/m/07rwj3x", "/m/09x0r"]),
+    ("eYSt2gEcnp8", 30.0, 40.0, ["/m/04rlf", "/m/0b9m1"]),
+    ("mUE-IlUrLr8", 30.0, 40.0, ["/m/02dgv", "/m/07mzm6", "/m/09x0r", "/t/dd00125"]),
+    ("hb3g7R1jgnA", 10.0, 20.0, ["/m/06hps"]),
+    ("7vVUuo4k2X8", 20.0, 30.0, ["/m/015p6", "/m/04rlf", "/m/04s8yn", "/m/07s02z0", "/m/09x0r"]),
 ]
 BUILTIN_LABELS = {
-    "/m/0140xf": "Christmas music", "/m/01b_21": "Cough", "/m/02cjck": "Theme music",
-    "/m/03l9g": "Hammer", "/m/04rlf": "Music", "/m/068hy": "Domestic animals, pets",
-    "/m/07pbtc8": "Walk, footsteps", "/m/07q6cd_": "Squeak", "/m/07rgt08": "Chuckle, chortle",
-    "/m/07sq110": "Belly laugh", "/m/09x0r": "Speech", "/m/0bt9lr": "Dog", "/m/0jbk": "Animal",
-    "/t/dd00001": "Baby laughter", "/t/dd00004": "Female singing", "/t/dd00005": "Child singing",
+    "/m/013y1f": "Organ", "/m/03xq_f": "Electronic organ", "/m/07qh7jl": "Creak",
+    "/m/0l7xg": "Gears", "/t/dd00077": "Mechanisms", "/m/04rlf": "Music", "/m/07q4ntr": "Bellow",
+    "/m/07rwj3x": "Whoop", "/m/09x0r": "Speech", "/m/0b9m1": "Harmonic", "/m/02dgv": "Door",
+    "/m/07mzm6": "Wheeze", "/t/dd00125": "Inside, small room", "/m/06hps": "Rodents, rats, mice",
+    "/m/015p6": "Bird", "/m/04s8yn": "Crow", "/m/07s02z0": "Squeal",
 }
+#: the CSV the replay serves: a training CSV, the AudioSet source's default kind
+SEGMENTS_CSV = "balanced_train_segments.csv"
 MAX_END = 40.0
 
 
@@ -52,9 +57,9 @@ class YouTubeCatalogue(Catalogue):
         self.rows = list(BUILTIN_ROWS)
         self.labels = dict(BUILTIN_LABELS)
         base = self.shared / "audioset" if self.shared else None
-        if base is not None and (base / "eval_segments.csv").is_file():
+        if base is not None and (base / SEGMENTS_CSV).is_file():
             from crawlers.audioset import load_label_names, parse_segments
-            with open(base / "eval_segments.csv", newline="", encoding="utf-8") as fh:
+            with open(base / SEGMENTS_CSV, newline="", encoding="utf-8") as fh:
                 rows = [r for r in parse_segments(fh) if r[2] <= MAX_END]
             self.rng("rows").shuffle(rows)
             self.rows = rows
@@ -149,5 +154,5 @@ def register(app: ReplayApp) -> None:
 
     app.route("GET", r"^/youtube/watch$", watch)
     app.route("GET", r"^/youtube/media/(?P<id>[A-Za-z0-9_-]+)\.webm$", media)
-    app.route("GET", r"^/audioset/eval_segments\.csv$", segments)
+    app.route("GET", r"^/audioset/balanced_train_segments\.csv$", segments)
     app.route("GET", r"^/audioset/class_labels_indices\.csv$", label_table)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..captions.train import CORPUS_KINDS
 
@@ -78,14 +79,13 @@ def _share(text: str) -> float:
 def _label_mapping(folder: str, share: float, pairs_with_labels: int) -> dict:
     """The sidecar's record of the mapping: which label files (by sha256), what share, and how
     many pairs got at least one label."""
-    from pathlib import Path
-
     from ..captions.keywords import sha256_file
 
     folder = Path(folder)
     files = {name: sha256_file(folder / name) for name in ("class_labels_indices.csv", "ontology.json")
              if (folder / name).exists()}
-    return {"audioset_labels": str(folder.resolve()), "files_sha256": files,
+    # the folder's name and its files' hashes, never a path of this machine (the sidecar ships)
+    return {"audioset_labels": folder.resolve().name, "files_sha256": files,
             "audioset_share": share, "pairs_with_labels": pairs_with_labels}
 
 
@@ -116,8 +116,6 @@ def run(args) -> int:
         captions += load_captions(kind, path, limit=args.limit)
     mapper = None
     if args.audioset_labels:
-        from pathlib import Path
-
         from ..captions.label_map import LabelMapper
 
         if not (Path(args.audioset_labels) / "class_labels_indices.csv").is_file():
@@ -129,7 +127,8 @@ def run(args) -> int:
     if not pairs:
         print("train-captioner: the corpora gave no training pairs", file=sys.stderr)
         return 2
-    info: dict = {"corpora": [f"{kind}:{path}" for kind, path in args.corpus], "limit": args.limit,
+    info: dict = {"corpora": [f"{kind}:{Path(path).name}" for kind, path in args.corpus],
+                  "limit": args.limit,
                   "pairs": len(pairs), "label_mapping": None}
     if mapper is not None:
         with_labels = sum(1 for kws, _ in pairs if mapper.mapped_labels(kws))
@@ -173,8 +172,6 @@ def run(args) -> int:
 
 def _default_lm(corpora) -> tuple[str, str] | None:
     """AudioCaps test.csv beside an AudioCaps training corpus (never trained on)."""
-    from pathlib import Path
-
     for kind, path in corpora:
         test = Path(path).with_name("test.csv")
         if kind == "audiocaps" and test.is_file() and Path(path).name != "test.csv":

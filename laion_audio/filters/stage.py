@@ -52,7 +52,6 @@ from .id_overlap import find_id_overlaps, primary_matches
 log = logging.getLogger(__name__)
 
 ELIGIBLE = (Status.NEW, Status.FETCHED, Status.TRANSCODED, Status.CAPTIONED)
-#: drops that depend on the other records (not on the eval sets): decided again every run
 AUDIO_EXTS = defaults.LIBSNDFILE_EXTENSIONS
 
 EVAL_ID = "eval_overlap_id"
@@ -61,6 +60,7 @@ DUP_EXACT = "duplicate_exact"
 DUP_NEAR = "duplicate_near"
 CONTENT_METHOD = "landmark+aligned_band_correlation"
 NEAR_METHOD = "landmark+aligned_band_correlation_100"
+#: drops that depend on the other records (not on the eval sets): decided again every run
 DUPLICATE_REASONS = (DUP_EXACT, DUP_NEAR)
 
 
@@ -235,190 +235,238 @@ def _mark(rec: Record, reason: str, match: dict, duplicate_of: str = "") -> Reco
     return rec
 
 
-def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[FilterReport, StageStats]:
-    """Run all four filters over the ledger's eligible records and write the verdicts back."""
-    config = config or FilterConfig()
-    t0 = time.time()
-    report = FilterReport()
-    table = ledger.select(status=list(ELIGIBLE))
-    report.eligible = len(table)
-    if not len(table):   # nothing new since the last run (e.g. a rerun of a finished build)
-        return report, StageStats("filter", extra={"report": report.as_dict()})
-    # earlier duplicate drops are decided again with the new records (set, not arrival order)
-    before: dict[tuple[str, str], tuple[str, str]] = {}
-    dropped = ledger.select(status=[Status.DROPPED])
-    dropped = dropped.filter(pc.is_in(dropped.column("filter_reason"),
-                                      value_set=pa.array(list(DUPLICATE_REASONS), pa.string())))
-    if len(dropped):
+def _fingerprints(store: FingerprintStore | None, frame: pd.DataFrame) -> list:
+    """Fingerprints of ``frame``'s FLACs, from the store when there is one (None: unreadable)."""
+    if store is None:
+        return [fingerprint_file(p, keep_bands=False) for p in frame["flac_path"]]
+    return [store.get_or_compute(sha or "", p)
+            for sha, p in zip(frame["audio_sha256"], frame["flac_path"])]
+
+
+class _FilterRun:
+    """One filter run's state, so each step reads as one method: the records under decision,
+    the verdicts so far (``changed``), and the earlier duplicate verdicts being reconsidered."""
+
+    COLUMNS = ["source", "source_id", "audio_sha256", "audio_duration", "flac_path", "shard"]
+
+    def __init__(self, ledger: Ledger, config: FilterConfig):
+        self.ledger, self.config = ledger, config
+        self.report = FilterReport()
+        self.table = ledger.select(status=list(ELIGIBLE))
+        self.report.eligible = len(self.table)
+        self.before: dict[tuple[str, str], tuple[str, str]] = {}   # key -> (reason, duplicate_of)
+        self.changed: dict[tuple[str, str], Record] = {}
+        self.near_checked: set[tuple[str, str]] = set()  # took part in this run's near-dup decision
+        self._rows: dict[tuple[str, str], int] | None = None
+
+    def record(self, key: tuple[str, str]) -> Record:
+        if self._rows is None:
+            self._rows = {(r["source"], r["source_id"]): i for i, r in enumerate(
+                self.table.select(["source", "source_id"]).to_pylist())}
+        return Record.from_row(self.table.slice(self._rows[key], 1).to_pylist()[0])
+
+    def undecided(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``df`` no step of this run has dropped yet."""
+        return df[~_keys(df).isin(_changed_keys(self.changed)).to_numpy()]
+
+    def reconsider_duplicates(self) -> None:
+        """Earlier duplicate drops join the eligible records with the status they had before,
+        so duplicates are decided over the set, not in arrival order."""
+        dropped = self.ledger.select(status=[Status.DROPPED])
+        dropped = dropped.filter(pc.is_in(dropped.column("filter_reason"),
+                                          value_set=pa.array(list(DUPLICATE_REASONS), pa.string())))
+        if not len(dropped):
+            return
         again = []
         for row in dropped.to_pylist():
             rec = Record.from_row(row)
-            before[rec.key] = (rec.filter_reason, rec.duplicate_of)
+            self.before[rec.key] = (rec.filter_reason, rec.duplicate_of)
             rec.status = _status_before(row)
             rec.filter_reason, rec.filter_match, rec.duplicate_of = "", {}, ""
             again.append(rec)
-        table = pa.concat_tables([table, records_to_table(again).cast(table.schema)])
-        report.reconsidered = len(again)
-    changed: dict[tuple[str, str], Record] = {}
-    near_checked: set[tuple[str, str]] = set()     # took part in this run's near-dup decision
-    rows = None
+        self.table = pa.concat_tables([self.table, records_to_table(again).cast(self.table.schema)])
+        self.report.reconsidered = len(again)
 
-    def record(key: tuple[str, str]) -> Record:
-        nonlocal rows
-        if rows is None:
-            rows = {(r["source"], r["source_id"]): i for i, r in enumerate(
-                table.select(["source", "source_id"]).to_pylist())}
-        return Record.from_row(table.slice(rows[key], 1).to_pylist()[0])
-
-    # 1. id overlap -----------------------------------------------------------------
-    items = evalsets_mod.load(config.evalsets_cache, roles=config.roles) if config.eval_ids else None
-    if items is not None and not items.empty and len(table):
-        matches = primary_matches(find_id_overlaps(table, items, youtube_window=config.youtube_window))
+    def drop_id_overlaps(self, items: pd.DataFrame | None) -> None:
+        """1. Freesound/YouTube ids found in the fetched eval sets."""
+        if items is None or items.empty or not len(self.table):
+            return
+        matches = primary_matches(find_id_overlaps(self.table, items,
+                                                   youtube_window=self.config.youtube_window))
         for m in matches.itertuples(index=False):
             key = (m.source, m.source_id)
-            changed[key] = _mark(record(key), EVAL_ID, {
+            self.changed[key] = _mark(self.record(key), EVAL_ID, {
                 "eval_set": m.eval_set, "split": m.split, "matched_id": m.item_id,
                 "score": 1.0, "method": m.method, "n_matches": int(m.n_matches)})
-            report.by_source_evalset[(m.source, m.eval_set)] += 1
+            self.report.by_source_evalset[(m.source, m.eval_set)] += 1
 
-    # 2. exact duplicates (decoded PCM hash) -----------------------------------------
-    cols = ["source", "source_id", "audio_sha256", "audio_duration", "flac_path", "shard"]
-    df = _with_abs_paths(table.select(cols).to_pandas(), config)
-    df = df[~_keys(df).isin(_changed_keys(changed)).to_numpy()]
-    published = _with_abs_paths(ledger.select(status=[Status.SHARDED]).select(cols).to_pandas(),
-                                config)
-    published = keep_order(published, config.source_priority).reset_index(drop=True)
-    shas = published["audio_sha256"].fillna("")
-    first_published = published[shas != ""].drop_duplicates("audio_sha256")
-    published_by_sha = dict(zip(first_published["audio_sha256"],
-                                first_published["source"] + "/" + first_published["source_id"]))
-    of_published = df["audio_sha256"].map(published_by_sha)
-    for row in df[of_published.notna().to_numpy()].itertuples(index=False):
-        key = (row.source, row.source_id)
-        changed[key] = _mark(record(key), DUP_EXACT, {"method": "pcm_sha256", "score": 1.0,
-                                                      "audio_sha256": row.audio_sha256},
-                             published_by_sha[row.audio_sha256])
-        report.by_source_duplicate[(row.source, DUP_EXACT)] += 1
-    df = df[of_published.isna().to_numpy()]
-    for d in exact_duplicates(df, config.source_priority).itertuples(index=False):
-        key = (d.source, d.source_id)
-        changed[key] = _mark(record(key), DUP_EXACT, {"method": "pcm_sha256", "score": 1.0,
-                                                      "audio_sha256": d.audio_sha256}, d.duplicate_of)
-        report.by_source_duplicate[(d.source, DUP_EXACT)] += 1
+    def drop_exact_duplicates(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """2. The same decoded-PCM hash as a published record, or as a record kept ahead of it.
+        Returns the records still undecided before this step and the published ones (in keep
+        order), which the content steps start from."""
+        config, report = self.config, self.report
+        df = _with_abs_paths(self.table.select(self.COLUMNS).to_pandas(), config)
+        df = self.undecided(df)
+        published = _with_abs_paths(
+            self.ledger.select(status=[Status.SHARDED]).select(self.COLUMNS).to_pandas(), config)
+        published = keep_order(published, config.source_priority).reset_index(drop=True)
+        shas = published["audio_sha256"].fillna("")
+        first_published = published[shas != ""].drop_duplicates("audio_sha256")
+        published_by_sha = dict(zip(first_published["audio_sha256"],
+                                    first_published["source"] + "/" + first_published["source_id"]))
+        of_published = df["audio_sha256"].map(published_by_sha)
+        for row in df[of_published.notna().to_numpy()].itertuples(index=False):
+            key = (row.source, row.source_id)
+            self.changed[key] = _mark(self.record(key), DUP_EXACT, {
+                "method": "pcm_sha256", "score": 1.0, "audio_sha256": row.audio_sha256},
+                published_by_sha[row.audio_sha256])
+            report.by_source_duplicate[(row.source, DUP_EXACT)] += 1
+        df = df[of_published.isna().to_numpy()]
+        for d in exact_duplicates(df, config.source_priority).itertuples(index=False):
+            key = (d.source, d.source_id)
+            self.changed[key] = _mark(self.record(key), DUP_EXACT, {
+                "method": "pcm_sha256", "score": 1.0, "audio_sha256": d.audio_sha256},
+                d.duplicate_of)
+            report.by_source_duplicate[(d.source, DUP_EXACT)] += 1
+        return df, published
 
-    # 3 + 4. content: fingerprints of the kept records ---------------------------------
-    if config.content and (config.eval_audio or config.near_duplicates):
-        kept = df[~_keys(df).isin(_changed_keys(changed)).to_numpy()]
-        kept = keep_order(kept, config.source_priority).reset_index(drop=True)
+    def fingerprinted(self, df: pd.DataFrame, store: FingerprintStore | None
+                      ) -> tuple[pd.DataFrame, list]:
+        """The kept records in keep order with readable audio, and their fingerprints; the
+        rest are counted as ``no_audio``."""
+        kept = keep_order(self.undecided(df), self.config.source_priority).reset_index(drop=True)
         has_audio = kept["flac_path"].fillna("").map(audio_exists)
-        report.no_audio = int((~has_audio).sum())
+        self.report.no_audio = int((~has_audio).sum())
         kept = kept[has_audio].reset_index(drop=True)
-        store = FingerprintStore(config.fingerprint_dir) if config.fingerprint_dir else None
-        if store is not None:
-            store.remove_partial()            # the ledger lock says no other filter runs
-
-        def fingerprints(frame: pd.DataFrame) -> list:
-            if store is None:
-                return [fingerprint_file(p, keep_bands=False) for p in frame["flac_path"]]
-            return [store.get_or_compute(sha or "", p)
-                    for sha, p in zip(frame["audio_sha256"], frame["flac_path"])]
-
-        fps = fingerprints(kept)
+        fps = _fingerprints(store, kept)
         ok = [i for i, f in enumerate(fps) if f is not None]
-        report.no_audio += len(fps) - len(ok)
-        kept = kept.iloc[ok].reset_index(drop=True)
-        fps = [fps[i] for i in ok]
-        corpus_bands = _bands_loader(list(kept["flac_path"]))
+        self.report.no_audio += len(fps) - len(ok)
+        return kept.iloc[ok].reset_index(drop=True), [fps[i] for i in ok]
+
+    def drop_content_overlaps(self, kept: pd.DataFrame, fps: list,
+                              items: pd.DataFrame | None) -> np.ndarray:
+        """3. Audio that matches a local eval clip. Returns which of ``kept`` are still kept."""
+        config, report = self.config, self.report
         alive = np.ones(len(kept), bool)
+        if not (config.eval_audio and len(kept)):
+            return alive
+        split_of = _split_lookup(items)
+        corpus_bands = _bands_loader(list(kept["flac_path"]))
+        index = _new_index(config)
+        eval_meta = []
+        for name, fname, path in eval_audio_files(config.eval_audio):
+            fp = fingerprint_file(str(path))
+            if fp is None:
+                report.eval_clips_unreadable += 1
+                continue
+            index.add(len(eval_meta), fp)
+            eval_meta.append((name, fname, fp))
+            report.eval_clips[name] = report.eval_clips.get(name, 0) + 1
+        index.build()
+        matcher = ContentMatcher(index, min_votes=config.min_votes,
+                                 min_correlation=config.min_correlation)
+        matches = []
+        for c0 in range(0, len(fps), QUERY_CHUNK):     # bounded lookups, any corpus size
+            part, _ = matcher.match(fps[c0:c0 + QUERY_CHUNK],
+                                    ref_bands=lambda r: eval_meta[r][2].bands,
+                                    query_bands=lambda q, c0=c0: corpus_bands(c0 + q))
+            matches += [Match(c0 + m.query, m.ref, m.offset, m.votes, m.score,
+                              m.overlap_seconds) for m in part]
+        for qi, m in sorted(best_per_query(matches).items()):
+            name, fname, _ = eval_meta[m.ref]
+            row = kept.iloc[qi]
+            key = (row["source"], row["source_id"])
+            self.changed[key] = _mark(self.record(key), EVAL_CONTENT, {
+                "eval_set": name, "split": split_of.get((name, fname), split_of.get(
+                    (name, Path(fname).stem), "unknown")),
+                "matched_id": fname, "score": round(m.score, 4), "method": CONTENT_METHOD,
+                "votes": m.votes, "offset_seconds": round(m.offset * 0.008, 3),
+                "overlap_seconds": round(m.overlap_seconds, 3)})
+            report.by_source_evalset[key[0], name] += 1
+            alive[qi] = False
+        return alive
 
-        if config.eval_audio and len(kept):
-            split_of = _split_lookup(items)
-            index = _new_index(config)
-            eval_meta = []
-            for name, fname, path in eval_audio_files(config.eval_audio):
-                fp = fingerprint_file(str(path))
-                if fp is None:
-                    report.eval_clips_unreadable += 1
-                    continue
-                index.add(len(eval_meta), fp)
-                eval_meta.append((name, fname, fp))
-                report.eval_clips[name] = report.eval_clips.get(name, 0) + 1
-            index.build()
-            matcher = ContentMatcher(index, min_votes=config.min_votes,
-                                     min_correlation=config.min_correlation)
-            matches = []
-            for c0 in range(0, len(fps), QUERY_CHUNK):     # bounded lookups, any corpus size
-                part, _ = matcher.match(fps[c0:c0 + QUERY_CHUNK],
-                                        ref_bands=lambda r: eval_meta[r][2].bands,
-                                        query_bands=lambda q, c0=c0: corpus_bands(c0 + q))
-                matches += [Match(c0 + m.query, m.ref, m.offset, m.votes, m.score,
-                                  m.overlap_seconds) for m in part]
-            for qi, m in sorted(best_per_query(matches).items()):
-                name, fname, _ = eval_meta[m.ref]
-                row = kept.iloc[qi]
-                key = (row["source"], row["source_id"])
-                changed[key] = _mark(record(key), EVAL_CONTENT, {
-                    "eval_set": name, "split": split_of.get((name, fname), split_of.get(
-                        (name, Path(fname).stem), "unknown")),
-                    "matched_id": fname, "score": round(m.score, 4), "method": CONTENT_METHOD,
-                    "votes": m.votes, "offset_seconds": round(m.offset * 0.008, 3),
-                    "overlap_seconds": round(m.overlap_seconds, 3)})
-                report.by_source_evalset[key[0], name] += 1
-                alive[qi] = False
-
-        # published clips join the near-duplicate index (from the store: no decoding) ahead
-        # of the new ones, so a new copy of a sharded clip is the one dropped
+    def drop_near_duplicates(self, kept: pd.DataFrame, fps: list, alive: np.ndarray,
+                             published: pd.DataFrame, store: FingerprintStore | None) -> None:
+        """4. The same recording as a published or earlier-kept record. Published clips join
+        the index (from the store: no decoding) ahead of the new ones, so a new copy of a
+        sharded clip is the one dropped."""
+        config = self.config
         pub = published.iloc[0:0]
         if config.near_duplicates and store is not None and len(published):
             usable = [bool(h) and (h in store or audio_exists(p))
                       for h, p in zip(published["audio_sha256"].fillna(""),
                                       published["flac_path"].fillna(""))]
             pub = published[usable].reset_index(drop=True)
-        pub_fps = fingerprints(pub)          # stored once, then read back on every later run
+        pub_fps = _fingerprints(store, pub)   # stored once, then read back on every later run
         pub = pub[[f is not None for f in pub_fps]].reset_index(drop=True)
         pub_fps = [f for f in pub_fps if f is not None]
         n_pub = len(pub)
-        if config.near_duplicates and alive.sum() + n_pub > 1 and alive.any():
-            live = np.flatnonzero(alive)
-            members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
-            near_checked.update(zip(members["source"], members["source_id"]))
-            member_fps = pub_fps + [fps[i] for i in live]
-            features = FeatureCache(_near_loader(list(members["flac_path"].fillna(""))))
-            near, _ = near_duplicate_matches(member_fps, features, first_query=n_pub,
-                                             lookup_budget=config.lookup_budget,
-                                             min_votes=config.min_votes)
-            names = (members["source"] + "/" + members["source_id"]).tolist()
-            for g, m in sorted(decide_near(len(members), near, n_pub).items()):
-                row = members.iloc[g]
-                key = (row["source"], row["source_id"])
-                changed[key] = _mark(record(key), DUP_NEAR, {
-                    "method": NEAR_METHOD, "score": round(m.score, 4), "votes": m.votes,
-                    "vote_fraction": round(m.vote_fraction, 4),
-                    "coverage": round(m.coverage, 3), "matched_id": names[m.a]}, names[m.a])
-                report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
+        if not (config.near_duplicates and alive.sum() + n_pub > 1 and alive.any()):
+            return
+        live = np.flatnonzero(alive)
+        members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
+        self.near_checked.update(zip(members["source"], members["source_id"]))
+        member_fps = pub_fps + [fps[i] for i in live]
+        features = FeatureCache(_near_loader(list(members["flac_path"].fillna(""))))
+        near, _ = near_duplicate_matches(member_fps, features, first_query=n_pub,
+                                         lookup_budget=config.lookup_budget,
+                                         min_votes=config.min_votes)
+        names = (members["source"] + "/" + members["source_id"]).tolist()
+        for g, m in sorted(decide_near(len(members), near, n_pub).items()):
+            row = members.iloc[g]
+            key = (row["source"], row["source_id"])
+            self.changed[key] = _mark(self.record(key), DUP_NEAR, {
+                "method": NEAR_METHOD, "score": round(m.score, 4), "votes": m.votes,
+                "vote_fraction": round(m.vote_fraction, 4),
+                "coverage": round(m.coverage, 3), "matched_id": names[m.a]}, names[m.a])
+            self.report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
 
-    # reconsidered duplicates: an unchanged verdict is not rewritten; a kept one is restored
-    write = dict(changed)
-    n_dropped = len(changed)
-    for key, (reason, of) in before.items():
-        if key in changed:
-            if (changed[key].filter_reason, changed[key].duplicate_of) == (reason, of):
-                del write[key]
-        elif reason == DUP_NEAR and key not in near_checked:
-            # not decided this run (its audio is gone, or near duplicates are off): it stays
-            report.dropped[reason] += 1
-            report.by_source_duplicate[(key[0], reason)] += 1
-            n_dropped += 1
-        else:
-            write[key] = record(key)          # its status before the drop, filter fields cleared
-            report.reinstated += 1
-    for rec in changed.values():
-        report.dropped[rec.filter_reason] += 1
-    ledger.write(write.values(), tag="filter")
-    report.seconds = time.time() - t0
-    inputs = report.eligible + report.reconsidered
-    stats = StageStats("filter", inputs=inputs, succeeded=inputs - n_dropped,
-                       dropped=n_dropped, seconds=report.seconds,
-                       failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
-                       extra={"report": report.as_dict()})
-    return report, stats
+    def write_verdicts(self, t0: float) -> StageStats:
+        """Write what changed: a reconsidered duplicate whose verdict is unchanged is not
+        rewritten; one that is now kept gets back the status it had before."""
+        report = self.report
+        write = dict(self.changed)
+        n_dropped = len(self.changed)
+        for key, (reason, of) in self.before.items():
+            if key in self.changed:
+                if (self.changed[key].filter_reason, self.changed[key].duplicate_of) == (reason, of):
+                    del write[key]
+            elif reason == DUP_NEAR and key not in self.near_checked:
+                # not decided this run (its audio is gone, or near duplicates are off): it stays
+                report.dropped[reason] += 1
+                report.by_source_duplicate[(key[0], reason)] += 1
+                n_dropped += 1
+            else:
+                write[key] = self.record(key)   # its status before the drop, filter fields cleared
+                report.reinstated += 1
+        for rec in self.changed.values():
+            report.dropped[rec.filter_reason] += 1
+        self.ledger.write(write.values(), tag="filter")
+        report.seconds = time.time() - t0
+        inputs = report.eligible + report.reconsidered
+        return StageStats("filter", inputs=inputs, succeeded=inputs - n_dropped,
+                          dropped=n_dropped, seconds=report.seconds,
+                          failures=Counter({f"dropped:{k}": v for k, v in report.dropped.items()}),
+                          extra={"report": report.as_dict()})
+
+
+def filter_ledger(ledger: Ledger, config: FilterConfig | None = None) -> tuple[FilterReport, StageStats]:
+    """Run all four filters over the ledger's eligible records and write the verdicts back."""
+    config = config or FilterConfig()
+    t0 = time.time()
+    run = _FilterRun(ledger, config)
+    if not run.report.eligible:   # nothing new since the last run (e.g. a rerun of a finished build)
+        return run.report, StageStats("filter", extra={"report": run.report.as_dict()})
+    run.reconsider_duplicates()
+    items = evalsets_mod.load(config.evalsets_cache, roles=config.roles) if config.eval_ids else None
+    run.drop_id_overlaps(items)
+    undecided, published = run.drop_exact_duplicates()
+    if config.content and (config.eval_audio or config.near_duplicates):
+        store = FingerprintStore(config.fingerprint_dir) if config.fingerprint_dir else None
+        if store is not None:
+            store.remove_partial()            # the ledger lock says no other filter runs
+        kept, fps = run.fingerprinted(undecided, store)
+        alive = run.drop_content_overlaps(kept, fps, items)
+        run.drop_near_duplicates(kept, fps, alive, published, store)
+    return run.report, run.write_verdicts(t0)

@@ -133,7 +133,9 @@ def test_cli_train_captioner_with_audioset_labels(shared_data, tmp_path):
     assert side["training"]["steps"] == 5
     mapping = side["pairs"]["label_mapping"]
     assert mapping["audioset_share"] == 0.8
-    assert mapping["audioset_labels"] == str((shared_data / "audioset").resolve())
+    assert mapping["audioset_labels"] == "audioset"              # a name, never a local path
+    assert side["pairs"]["corpora"] == ["audiocaps:train.csv"]
+    assert str(tmp_path) not in json.dumps(side) and str(shared_data.resolve()) not in json.dumps(side)
     assert set(mapping["files_sha256"]) == {"class_labels_indices.csv", "ontology.json"}
     assert 100 < mapping["pairs_with_labels"] <= side["pairs"]["pairs"] == 200
     assert Captioner.load(tmp_path / "m", device="cpu").generate([["Dog", "Bark"]])[0]

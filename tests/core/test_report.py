@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,55 @@ def test_report_draws_site_text_as_plain_text(tmp_path):
     assert (tmp_path / "out" / "report" / "licences.png").read_bytes()[:4] == b"\x89PNG"
     figures = json.loads((tmp_path / "out" / "report" / "figures.json").read_text())
     assert figures["licences"]["$\\undefinedmacro{x}$"] == 1
+
+
+def test_figures_from_chunked_arrow_equal_a_row_by_row_count(tmp_path):
+    """compute_figures reads the ledger in Arrow chunks; every figure equals a plain Python count
+    over the rows, nulls, empty licences, zero durations and odd whitespace included."""
+    import random
+
+    from laion_audio.report import CAPTION_WORD_BINS, DURATION_BINS, KEPT, compute_figures
+
+    rng = random.Random(7)
+    statuses = [Status.NEW, Status.FAILED, Status.DROPPED, Status.VANISHED, Status.TRANSCODED,
+                Status.CAPTIONED, Status.SHARDED]
+    records = []
+    for i in range(3000):
+        rec = Record(source=rng.choice(["bbc", "freesound", "local"]), source_id=f"id{i}",
+                     status=rng.choice(statuses), duration=rng.choice([None, 0.0, rng.uniform(0, 4000)]),
+                     license=rng.choice([None, "", "CC0", "CC-BY"]),
+                     texts=rng.choice([[], ["a b  c", " lead space\t"], ["x " * rng.randint(0, 120)]]))
+        rec.audio_duration = rng.choice([None, rng.uniform(0, 50)])
+        if rec.status == Status.FAILED:
+            rec.failure_stage, rec.failure_code = rng.choice([None, "fetch"]), rng.choice([None, "http_error"])
+        if rec.status == Status.DROPPED:
+            rec.filter_reason = rng.choice([None, "duplicate_exact"])
+        records.append(rec)
+    Ledger(tmp_path / "ledger").write(records)
+    fig = compute_figures(Ledger(tmp_path / "ledger", lock=False))
+
+    def hist(values, edges):
+        counts = [0] * len(edges)
+        for v in values:
+            below = [i for i, e in enumerate(edges) if v >= e]
+            if below:
+                counts[below[-1]] += 1
+        return counts
+
+    failed = [r for r in records if r.status == Status.FAILED]
+    kept = [r for r in records if r.status in KEPT]
+    secs = [r.audio_duration if r.audio_duration is not None else r.duration for r in kept]
+    assert fig["total"]["records"] == len(records)
+    assert fig["total"]["failed"] == len(failed)
+    assert fig["total"]["dropped"] == sum(r.status == Status.DROPPED for r in records)
+    assert fig["total"]["kept"] == len(kept)
+    assert fig["failures"] == dict(Counter(
+        f"{r.failure_stage or '?'}:{r.failure_code or '?'}" for r in failed))
+    live = [r for r in records if r.status not in (Status.FAILED, Status.DROPPED, Status.VANISHED)]
+    assert fig["licences"] == dict(Counter(r.license or "(unknown)" for r in live))
+    assert fig["duration_histogram"]["counts"] == hist([s for s in secs if s], DURATION_BINS)
+    assert fig["caption_words_histogram"]["counts"] == hist(
+        [len(t.split()) for r in kept for t in r.texts], CAPTION_WORD_BINS)
+    for src in ("bbc", "freesound", "local"):
+        mine = [s for r, s in zip(kept, secs) if r.source == src and s]
+        assert abs(fig["sources"][src]["hours"] - round(sum(mine) / 3600, 4)) < 1e-9

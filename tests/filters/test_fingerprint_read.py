@@ -3,25 +3,15 @@ fingerprints of normal clips are exactly those of the whole-clip read, a long cl
 fingerprinted in windows with the same hashes, and peak memory does not grow with the clip."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from _peak import in_child
 
 from laion_audio.filters import fpstore
 from laion_audio.filters.fingerprint import band_features, fingerprint
-
-REPO = Path(__file__).resolve().parents[2]
-#: the child's own peak RSS: VmHWM of its address space (ru_maxrss would also count the pytest
-#: process it was forked from, which Linux carries over into the child's maxrss at exec)
-PEAK = ("def peak_kb():\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmHWM:'):\n"
-        "            return int(line.split()[1])\n")
-
 
 def chirps(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -72,19 +62,11 @@ def _twenty_minutes(tmp_path: Path) -> Path:
     return path
 
 
-def _in_child(code: str, path: Path) -> list[int]:
-    """Run ``code`` (it prints integers, the last its peak memory) in a fresh interpreter:
-    its VmHWM counts only what it allocated itself."""
-    out = subprocess.run([sys.executable, "-c", PEAK + "import sys;" + code, str(path)],
-                         cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
-    return [int(v) for v in out]
-
-
 @pytest.mark.slow
 def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
     """20 min at 48 kHz: the whole-clip read and spectrogram took ~1.7 GB (5.2 GB for an hour);
     the streamed, windowed read stays near 300 MB."""
-    n_frames, n_hashes, maxrss_kb = _in_child(
+    n_frames, n_hashes, maxrss_kb = in_child(
         "from laion_audio.filters.fpstore import fingerprint_file;"
         "fp = fingerprint_file(sys.argv[1], keep_bands=False);"
         "print(fp.n_frames, len(fp.hashes), peak_kb())", _twenty_minutes(tmp_path))
@@ -103,7 +85,7 @@ def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
     sf.write(str(short), chirps(30.0, 44100, seed=3), 44100, subtype="PCM_16")
     x, sr = fpstore.read_mono(str(short))
     assert np.array_equal(fpstore.frame_features_file(str(short), near_features), near_features(x, sr))
-    rows, maxrss_kb = _in_child(
+    rows, maxrss_kb = in_child(
         "from laion_audio.filters.fpstore import frame_features_file;"
         "from laion_audio.filters.dedup import near_features;"
         "f = frame_features_file(sys.argv[1], near_features);"

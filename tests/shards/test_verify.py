@@ -9,6 +9,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from laion_audio.shards import verify, write_shards
@@ -112,3 +113,20 @@ def test_verify_on_a_folder_without_shards(tmp_path):
     assert not verify(tmp_path / "nothing").ok
     (tmp_path / "empty").mkdir()
     assert "no sizes.json" in verify(tmp_path / "empty").problems[0]
+
+
+def test_a_long_sample_is_checked_in_bounded_memory(tmp_path):
+    """20 minutes of 48 kHz silence is a tiny FLAC but 230 MB of float32 decoded whole; verify
+    decodes it in blocks (every frame still decoded, the length still counted)."""
+    import soundfile as sf
+    from _peak import in_child
+
+    path = tmp_path / "long.flac"
+    with sf.SoundFile(str(path), "w", 48000, 1, "PCM_16", format="FLAC") as fh:
+        for _ in range(20):
+            fh.write(np.zeros(48000 * 60, dtype=np.int16))
+    frames, rate, channels, peak_kb = in_child(
+        "from laion_audio.shards.verify import _decode_all;"
+        "print(*_decode_all(open(sys.argv[1], 'rb').read()), peak_kb())", path)
+    assert (frames, rate, channels) == (20 * 60 * 48000, 48000, 1)
+    assert peak_kb < 200 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"

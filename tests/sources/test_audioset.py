@@ -80,7 +80,7 @@ def youtube():
 
 
 def replay_source(base, tmp_path, **kw):
-    return AudioSetSource(csv=[f"{base}/audioset/eval_segments.csv"],
+    return AudioSetSource(csv=[f"{base}/audioset/balanced_train_segments.csv"],
                           labels=f"{base}/audioset/class_labels_indices.csv",
                           youtube_base=f"{base}/youtube/watch?v=", cache_dir=tmp_path, **kw)
 
@@ -97,8 +97,8 @@ def test_fetch_with_ytdlp_from_the_replay_server(youtube, tmp_path):
     app, base = youtube
     source = replay_source(base, tmp_path)
     records = list(source.crawl({}))
-    assert len(records) == 7 and records[1].tags == ["Hammer"]
-    rec = records[1]                               # --BfvyPmVMo, window 20-30 s of a 32 s video
+    assert len(records) == 7 and records[5].tags == ["Rodents, rats, mice"]
+    rec = records[5]                               # hb3g7R1jgnA, window 10-20 s of a 22 s video
     app.reset_counts()
     path = source.fetch(rec, tmp_path / "audio")
     fmt, codec, seconds = media_facts(path)

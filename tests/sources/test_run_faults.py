@@ -252,7 +252,7 @@ def test_offline_video_host_leaves_audioset_records_pending(tmp_path):
     with serve(seed=0, sizes={"youtube": 6}) as (_, meta):
         cfg = BuildConfig(out=tmp_path / "out", inline=True, stages=("crawl", "fetch"),
                           sources={"audioset": {
-                              "csv": [f"{meta}/audioset/eval_segments.csv"],
+                              "csv": [f"{meta}/audioset/balanced_train_segments.csv"],
                               "labels": f"{meta}/audioset/class_labels_indices.csv",
                               "youtube_base": f"http://127.0.0.1:{port}/youtube/watch?v=",
                               "cache_dir": str(tmp_path / "cache"), "limit": 6}})

@@ -27,7 +27,7 @@ STAGES = ("crawl", "fetch", "transcode", "caption", "shard")
 
 
 def audioset_cfg(out: Path, base: str, **kw) -> BuildConfig:
-    opts = {"csv": [f"{base}/audioset/eval_segments.csv"],
+    opts = {"csv": [f"{base}/audioset/balanced_train_segments.csv"],
             "labels": f"{base}/audioset/class_labels_indices.csv",
             "youtube_base": f"{base}/youtube/watch?v=", "cache_dir": str(out / "cache"),
             "caption": "template", "limit": 7}
