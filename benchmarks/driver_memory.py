@@ -37,39 +37,27 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def make_clip(i: int, seed: int = 0) -> tuple[np.ndarray, int]:
-    """Clip ``i``: one of three kinds with parameters drawn from its own seed (distinct)."""
-    rng = np.random.default_rng([seed, i])
-    sr = int(rng.choice([16000, 22050, 32000, 44100, 48000]))
-    n = int(sr * rng.uniform(0.5, 2.0))
-    t = np.arange(n) / sr
-    kind = i % 3
-    if kind == 0:      # chirp between two random frequencies
-        f0, f1 = rng.uniform(80, 4000, 2)
-        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1])))
-    elif kind == 1:    # gated tone with random gate rate and harmonic
-        f = rng.uniform(100, 3000)
-        gate = (np.sin(2 * np.pi * rng.uniform(1, 12) * t) > rng.uniform(-0.5, 0.5)).astype(float)
-        x = gate * (np.sin(2 * np.pi * f * t) + 0.3 * np.sin(2 * np.pi * 2.01 * f * t))
-    else:              # noise through a random band (FFT mask)
-        spec = np.fft.rfft(rng.standard_normal(n))
-        freqs = np.fft.rfftfreq(n, 1 / sr)
-        lo = rng.uniform(50, sr / 4)
-        spec[(freqs < lo) | (freqs > lo * rng.uniform(1.2, 3))] = 0
-        x = np.fft.irfft(spec, n)
-    x = 0.5 * x / (np.max(np.abs(x)) + 1e-9)
-    if rng.random() < 0.3:
-        x = np.stack([x, np.roll(x, int(rng.integers(1, 50)))], axis=1)
-    return x.astype(np.float32), sr
+def make_corpus(folder: Path, n: int, seed: int = 0, pool: Path | None = None) -> None:
+    """``n`` clips distinct by construction (benchmarks/distinct_clips.py: 0.5-3 s, one to three
+    segments of six kinds), 16-bit WAV at 48 kHz, every seventh one stereo. Clip ``i`` is the
+    same at every size, so with ``pool`` each clip is generated once and hard-linked."""
+    from distinct_clips import SR, distinct_clip
 
-
-def make_corpus(folder: Path, n: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        x, sr = make_clip(i)
-        sf.write(folder / f"clip{i:06d}.wav", x, sr, subtype="PCM_16")
+        name = f"clip{i:06d}.wav"
+        src = (pool or folder) / name
+        if not src.exists():
+            src.parent.mkdir(parents=True, exist_ok=True)
+            x = distinct_clip(i, seed=seed)
+            if i % 7 == 3:      # a slightly delayed copy in the right channel
+                x = np.stack([x, np.roll(x, 7 + i % 40)], axis=1)
+            sf.write(src, x, SR, subtype="PCM_16")
+        if pool is not None and not (folder / name).exists():
+            os.link(src, folder / name)
 
 
 def child(argv: list[str]) -> int:
@@ -86,21 +74,21 @@ def child(argv: list[str]) -> int:
 def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) -> dict:
     corpus, out = root / f"in{size}", root / f"out{size}"
     t0 = time.perf_counter()
-    make_corpus(corpus, size)
+    make_corpus(corpus, size, pool=root / "clips")
     gen = time.perf_counter() - t0
     cmd = [sys.executable, __file__, "--child", "build", "--source", "local", "--input",
            str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
-           "--evalsets-cache", str(root / "no-evalsets")] + (["--inline"] if inline else [])
+           "--skip-eval-filter"] + (["--inline"] if inline else [])
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not last:
+    if proc.returncode or not last or json.loads(last[-1])["rc"] not in (0, None):
         raise SystemExit(f"build of {size} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(last[-1])
     summary = json.loads((out / "stats" / "summary.json").read_text())
-    per_stage = {}
+    per_stage, cpu, rss_after = {}, {}, {}
     for st in summary["stages"]:
         name = st["stage"].split(":")[0]
         if st.get("fused"):     # one task ran the fused stages: count its time once, by its tag
@@ -108,15 +96,48 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) 
                 continue
             name = st["fused"].replace("_", "+")
         per_stage[name] = per_stage.get(name, 0.0) + st["seconds"]
+        cpu[name] = st.get("driver_cpu_seconds") or 0.0     # the group's: once per group
+        rss_after[name] = st.get("driver_peak_rss_mb_so_far")
     disk = summary.get("disk_bytes", {})
     shards = disk.get("shards", 0)
     work_total = sum(disk.values())
+    dropped = sum(v for st in summary["stages"] for k, v in st.get("failures", {}).items()
+                  if k.startswith("dropped:duplicate"))
     return {"size": size, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
             "driver_peak_rss_mb": result["driver_peak_rss_mb"],
             "ms_per_record": {k: round(1000 * v / size, 2) for k, v in per_stage.items()},
+            "cpu_ms_per_record": {k: round(1000 * v / size, 2) for k, v in cpu.items()},
+            "peak_rss_mb_after": rss_after,
             "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
             "work_over_shards": round(work_total / shards, 2) if shards else None,
-            "by_status": summary["by_status"]}
+            "dropped_as_duplicates": dropped, "by_status": summary["by_status"]}
+
+
+def print_table(results: list[dict]) -> None:
+    """Sizes side by side; the last column is the largest size over the smallest."""
+    small, large = results[0], results[-1]
+
+    def row(label, values, ratio=True):
+        a, b = values[0], values[-1]
+        tail = f"{b / a:>9.2f}x" if ratio and isinstance(a, (int, float)) and a else ""
+        print(f"  {label:<44}" + "".join(f"{v if v is not None else '-':>12}" for v in values) + tail)
+
+    print(f"  {'records':<44}" + "".join(f"{r['size']:>12,}" for r in results) + f"{'ratio':>10}")
+    row("driver peak RSS MB", [r["driver_peak_rss_mb"] for r in results])
+    for stage in small["ms_per_record"]:
+        row(f"ms/record {stage}", [r["ms_per_record"].get(stage) for r in results])
+    for stage in small.get("cpu_ms_per_record", {}):
+        row(f"CPU ms/record {stage}", [r["cpu_ms_per_record"].get(stage) for r in results])
+    for stage in small["ms_per_record"]:
+        row(f"records/s {stage}", [round(1000 / r["ms_per_record"][stage]) if r["ms_per_record"].get(stage)
+                                   else None for r in results], ratio=False)
+    for stage in small.get("peak_rss_mb_after", {}):
+        row(f"peak RSS MB after {stage}", [r["peak_rss_mb_after"].get(stage) for r in results])
+    row("wall s (build)", [r["wall_s"] for r in results])
+    row("dropped as duplicates", [r["dropped_as_duplicates"] for r in results], ratio=False)
+    row("work folder / shards", [r["work_over_shards"] for r in results], ratio=False)
+    for folder in large["disk_mb"]:
+        row(f"disk MB {folder}/", [r["disk_mb"].get(folder, 0) for r in results], ratio=False)
 
 
 def main() -> int:
@@ -139,16 +160,7 @@ def main() -> int:
             results.append(run(n, root, args.stages, args.workers, args.inline))
             print(json.dumps(results[-1]), flush=True)
     print(f"load average at the end: {os.getloadavg()}  (shared machine: figures are noisy)")
-    small, large = results[0], results[-1]
-    print(f"\n{'':<28}" + "".join(f"{r['size']:>12}" for r in results) + f"{'ratio':>10}")
-    print(f"{'driver peak RSS (MB)':<28}" + "".join(f"{r['driver_peak_rss_mb']:>12}" for r in results)
-          + f"{large['driver_peak_rss_mb'] / small['driver_peak_rss_mb']:>10.2f}")
-    for stage in small["ms_per_record"]:
-        a, b = small["ms_per_record"][stage], large["ms_per_record"].get(stage, 0)
-        print(f"{'ms/record ' + stage:<28}{a:>12}{b:>12}" + (f"{b / a:>10.2f}" if a else ""))
-    print(f"{'work folder / shards':<28}" + "".join(f"{str(r['work_over_shards']):>12}" for r in results))
-    for folder in large["disk_mb"]:
-        print(f"{'MB ' + folder + '/':<28}" + "".join(f"{r['disk_mb'].get(folder, 0):>12}" for r in results))
+    print_table(results)
     return 0
 
 

@@ -61,6 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SHARED = Path(os.environ.get("LAION_AUDIO_SHARED", ROOT.parent / "shared")) / "data" / "audioset"
 FULL_UNBALANCED = 2_041_789
@@ -310,59 +311,22 @@ def bench_metadata(args, tmp: Path) -> list[dict]:
     return results + [{"disk_mb": disk, "records": total}]
 
 
-BUILD_SOURCES = ("bbc", "epidemic", "freesound", "audiostock")
+def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None) -> list[dict]:
+    """Full builds (``build --source local --inline``, every stage, the default keep policy) of
+    N clips distinct by construction (benchmarks/distinct_clips.py), side by side: per-stage
+    records/s, the driver's peak RSS (and after which stage it rose), disk per folder. The
+    clips are generated once and hard-linked into each size's input."""
+    from driver_memory import print_table, run
 
-
-def build_phase(base: str, work: Path) -> int:
-    """A full build of the replay's web sources (in-process stages: --inline)."""
-    from pipelines.build import BuildConfig, run_build
-    from pipelines.demo import demo_sources
-
-    sources = {k: v for k, v in demo_sources(base, work).items() if k in BUILD_SOURCES}
-    summary = run_build(BuildConfig(out=work, sources=sources, inline=True, workers=1))
-    return 0 if summary["accounting_closes"] else 1
-
-
-def bench_build(sizes: list[int], tmp: Path) -> list[dict]:
-    """Builds of N records (N/4 items per source from ``laion-audio replay --items``), side by
-    side: per-stage records/s, the driver's peak RSS, disk per folder."""
+    root = keep or tmp
     results = []
-    me = str(Path(__file__).resolve())
     for n in sizes:
-        per_source = max(1, n // len(BUILD_SOURCES))
-        server = subprocess.Popen([sys.executable, "-m", "laion_audio", "replay", "--items", str(per_source)],
-                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        try:
-            line = server.stdout.readline()
-            base = line.split(" on ", 1)[1].split(" ", 1)[0]
-            work = tmp / f"build-{n}"
-            env = {**os.environ, "FREESOUND_API_KEY": "replay-freesound-key"}
-            seconds, peak, rc, cpu = run_measured([sys.executable, me, "build", "--phase", "run", "--base", base,
-                                                   "--work", str(work)], cwd=ROOT, env=env)
-        finally:
-            server.terminate()
-            server.wait()
-        stages = json.loads((work / "stats" / "build.json").read_text())
-        disk = {p.name: round(du_mb(p), 1) for p in sorted(work.iterdir()) if p.is_dir()}
-        results.append({"records": per_source * len(BUILD_SOURCES), "seconds": seconds, "cpu_seconds": cpu,
-                        "peak_rss_mb": peak, "exit": rc, "disk_mb": disk,
-                        "stages": {s["stage"]: (s["inputs"], s["seconds"]) for s in stages},
-                        "dropped": {k: v for s in stages for k, v in s["failures"].items() if k.startswith("dropped:")}})
-        subprocess.run(["rm", "-rf", str(work)], check=True)
-    names = list(dict.fromkeys(k for r in results for k in r["stages"]))
-    print("  " + f"{'':<28}" + "".join(f"{r['records']:>16,}" for r in results))
-    for st in names:
-        cells = []
-        for r in results:
-            n_in, sec = r["stages"].get(st, (0, 0.0))
-            cells.append(f"{(n_in / sec if sec else 0):>10.0f} rec/s" if n_in else f"{'-':>16}")
-        print(f"  {st:<28}" + "".join(cells))
-    print(f"  {'wall s (CPU s)':<28}" + "".join(f"{r['seconds']:>8.0f} ({r['cpu_seconds']:>4.0f})" for r in results))
-    print(f"  {'dropped as duplicates':<28}" + "".join(
-        f"{sum(v for k, v in r['dropped'].items() if 'duplicate' in k):>16}" for r in results))
-    print(f"  {'driver peak RSS MB':<28}" + "".join(f"{r['peak_rss_mb']:>16.0f}" for r in results))
-    for folder in sorted({k for r in results for k in r["disk_mb"]}):
-        print(f"  {'disk MB ' + folder:<28}" + "".join(f"{r['disk_mb'].get(folder, 0):>16.1f}" for r in results))
+        results.append(run(n, root, "crawl,fetch,transcode,caption,filter,shard", 1, inline=True))
+        print(json.dumps(results[-1]), flush=True)
+        if keep is None:
+            subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}")], check=True)
+    print(f"  load average at the end: {os.getloadavg()}")
+    print_table(results)
     return results
 
 
@@ -385,11 +349,9 @@ def main() -> int:
     m.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     m.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     b = sub.add_parser("build")
-    b.add_argument("--sizes", default="1000,10000")
+    b.add_argument("--sizes", default="1000,8000,10000")
     b.add_argument("--json", type=Path, default=None)
-    b.add_argument("--phase", default=None, help=argparse.SUPPRESS)
-    b.add_argument("--base", default=None, help=argparse.SUPPRESS)
-    b.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    b.add_argument("--keep", type=Path, default=None, help="keep clips and work folders here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="laion-scale-") as tmp:
         if args.what == "crawl":
@@ -398,10 +360,8 @@ def main() -> int:
             res = bench_journal(args.base_rows, args.files, Path(tmp))
         elif args.what == "metadata" and args.phase:
             return metadata_phase(args.phase, args.work, args)
-        elif args.what == "build" and args.phase:
-            return build_phase(args.base, args.work)
         elif args.what == "build":
-            res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp))
+            res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep)
         elif args.what == "metadata":
             res = bench_metadata(args, Path(tmp))
         if getattr(args, "json", None):

@@ -569,6 +569,16 @@ class Ledger:
         t = pa.concat_tables(pieces)
         return t.take(pa.array(np.argsort(np.array(order)), pa.int64()))
 
+    def rows_of(self, sources: list[str], source_ids: list[str]) -> pa.Table:
+        """The current rows of these keys, in that order, read by location (the row groups
+        they sit in, not the whole ledger): a driver snapshots the keys of its pending work and
+        reads full rows a chunk at a time, while it goes on writing."""
+        slots = self._slots([f"{s}{_SEP}{i}" for s, i in zip(sources, source_ids)], create=False)
+        if len(slots) and slots.min() < 0:
+            missing = [(s, i) for s, i, x in zip(sources, source_ids, slots) if x < 0][:3]
+            raise LedgerError(f"not in the ledger: {missing}")
+        return self._rows_at(slots)
+
     def _row_group(self, run_id: int, g: int) -> pa.Table:
         key = (run_id, g)
         if key in self._group_cache:

@@ -45,6 +45,7 @@ class BuildConfig:
     transcode: dict[str, Any] = field(default_factory=dict)   # TranscodeOptions fields
     retry_failed: bool = False
     keep_raw: bool = False                      # keep raw downloads after their FLAC is written
+    keep_audio: bool = False                    # keep audio/ FLACs after their tar is published
     caption_model: str | None = None            # T5 keyword-to-caption folder; None = template
     caption_input_format: str | None = None
     caption_min_duration: float = 2.0           # LAION: no T5 caption below 2 s
@@ -170,11 +171,19 @@ def _refetch_cut_files(ledger: Ledger, work: WorkDir, dataset: str) -> int:
 
 
 # ---------------------------------------------------------------------------- driver stages
-def fill_fingerprints(ledger: Ledger, work: WorkDir, executor: Executor, batch_size: int) -> None:
+def fill_fingerprints(ledger: Ledger, work: WorkDir, executor: Executor, batch_size: int,
+                      shard_root: str | None = None) -> None:
     """The fingerprint stage for audio the fused tasks did not fingerprint (earlier runs,
-    `--stages` without fetch/transcode): only what the store lacks, in byte-sized tasks."""
+    `--stages` without fetch/transcode): only what the store lacks, in byte-sized tasks; a
+    sharded clip whose FLAC was released is read from its tar."""
     from laion_audio.filters.fpstore import FingerprintStore
     from laion_audio.filters.stage import ELIGIBLE
+    from laion_audio.shards.members import audio_in_shards
+
+    def resolved(r):
+        r = work.resolve(r)
+        r.flac_path = audio_in_shards(r.flac_path, shard_root, r.shard, r.source, r.source_id)
+        return r
 
     store = FingerprintStore(str(work.fingerprints))
     store.remove_partial()                    # left by a killed run; no worker is running now
@@ -183,7 +192,7 @@ def fill_fingerprints(ledger: Ledger, work: WorkDir, executor: Executor, batch_s
 
     def batches():
         for recs in chunks:
-            todo = [work.resolve(r) for r in recs
+            todo = [resolved(r) for r in recs
                     if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
             yield from sized_batches(todo, file_size(lambda r: r.flac_path),
                                      max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * batch_size,
@@ -201,31 +210,66 @@ def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Exec
     matching runs in this process over the stored fingerprints."""
     from laion_audio.filters.stage import FilterConfig
 
-    fill_fingerprints(ledger, work, executor, cfg.batch_size)
+    fill_fingerprints(ledger, work, executor, cfg.batch_size, cfg.shard_root)
     report, stats = BY_NAME["filter"].fn(ledger, FilterConfig(
         evalsets_cache=cfg.evalsets_cache, eval_ids=not cfg.skip_eval_filter,
-        eval_audio=dict(cfg.eval_audio),
-        audio_root=str(work.root), fingerprint_dir=str(work.fingerprints)))
+        eval_audio=dict(cfg.eval_audio), audio_root=str(work.root),
+        fingerprint_dir=str(work.fingerprints), shard_root=cfg.shard_root))
     stats.extra["table"] = report.table()
     stats.extra["eval_filter"] = cfg.eval_filter
     return stats
 
 
+def release_sharded_audio(records: list, work: WorkDir, shard_root: str) -> int:
+    """The keep policy for FLACs: once a record is journaled ``sharded``, its ``audio/`` FLAC
+    is deleted when its published local tar holds the member with the same byte count (the
+    writer hashed and fsynced those bytes; its receipt vouches for the tar). Every later reader
+    takes the clip from the tar (:mod:`laion_audio.shards.members`); the ledger keeps the FLAC's
+    path, so a rerun with ``--keep-audio`` or after a restore changes nothing. Remote shard roots
+    keep their FLACs (reading members back would mean downloads). Returns files deleted."""
+    from laion_audio.shards.members import flac_member, locate
+
+    if "://" in shard_root:
+        return 0
+    deleted = 0
+    for rec in records:
+        if rec.status != Status.SHARDED or not work.inside(rec.flac_path, work.audio):
+            continue
+        path = work.abs(rec.flac_path)
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            continue                    # already released
+        where = locate(f"{shard_root}/{rec.shard}", flac_member(rec.source, rec.source_id))
+        if where is not None and where[1] == size:
+            os.unlink(path)
+            deleted += 1
+    return deleted
+
+
 def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, sources=None,
-                 require_text: bool = False, **options) -> tuple[list, dict, int, StageStats]:
+                 require_text: bool = False, release_audio: bool = False,
+                 **options) -> tuple[list, dict, int, StageStats]:
     """The shard stage over a ledger's ready records: paths resolved by the work folder,
-    split/shard written back in the ledger's own path form. Returns (records, report,
-    records left out for want of a caption, stats)."""
+    split/shard written back in the ledger's own path form; with ``release_audio`` the keep
+    policy then deletes FLACs now in published tars. Returns (records, report, records left
+    out for want of a caption, stats)."""
     stats = StageStats("shard")
     start = time.perf_counter()
-    ready = ledger.records(status=list(statuses), source=sources)
-    waiting = 0
-    if require_text:
-        kept = [r for r in ready if any(t.strip() for t in r.texts)]
-        waiting, ready = len(ready) - len(kept), kept
-    stored = [(r.audio_path, r.flac_path) for r in ready]
+    # one Record per ready record, paths made absolute in place (no second copy of the set);
+    # what each had before, to journal only the records this run changes
+    ready, stored, before = [], [], []
+    for chunk in ledger.iter_records(status=list(statuses), source=sources):
+        for r in chunk:
+            if require_text and not any(t.strip() for t in r.texts):
+                continue
+            stored.append((r.audio_path, r.flac_path))
+            before.append((r.status, r.split, r.shard))
+            r.audio_path, r.flac_path = work.abs(r.audio_path), work.abs(r.flac_path)
+            ready.append(r)
+    waiting = ledger.count(status=list(statuses), source=sources) - len(ready) if require_text else 0
     try:
-        written, report = BY_NAME["shard"].fn([work.resolve(r) for r in ready], shard_root, **options)
+        written, report = BY_NAME["shard"].fn(ready, shard_root, **options)
     except OSError as e:
         if not is_out_of_space(e):
             raise
@@ -233,17 +277,36 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
         stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
         stats.seconds = time.perf_counter() - start
         return [], {}, waiting, stats
+    del ready
     for (audio, flac), rec in zip(stored, written):
         rec.audio_path, rec.flac_path = audio, flac     # the ledger keeps its own path form
-    ledger.write(written, tag="shard")
+    del stored
+    ledger.write([rec for rec, was in zip(written, before)
+                  if rec.status != Status.SHARDED or (rec.status, rec.split, rec.shard) != was],
+                 tag="shard")
     for rec in written:
         stats.add(rec, rec)
+    if release_audio:
+        stats.extra["flac_released"] = release_sharded_audio(written, work, shard_root)
     stats.extra["report"] = report
     stats.seconds = time.perf_counter() - start
     return written, report, waiting, stats
 
 
 # ---------------------------------------------------------------------------------- driver
+def _peak_rss_mb() -> float | None:
+    """This process's peak RSS so far (Linux VmHWM), noted after each stage: the stage that
+    raises it is the one whose memory grows (benchmarks/driver_memory.py compares sizes)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
     """Run the chosen stages of the table; returns the summary (also in ``stats/summary.json``)."""
     work = WorkDir(cfg.out, create=True)
@@ -256,6 +319,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         try:
             for group in groups:
                 first = group[0]
+                n_before, cpu_before = len(all_stats), time.process_time()
                 if first.name == "crawl":
                     for name, options in cfg.sources.items():
                         all_stats.append(first.fn(ledger, work, name, options, refresh=refresh))
@@ -268,11 +332,17 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
                         ledger, work, cfg.shard_root, statuses=first.reads, sources=datasets,
                         seed=cfg.seed, test_fraction=cfg.test_fraction,
                         samples_per_shard=cfg.samples_per_shard, shard_bytes=cfg.shard_bytes,
-                        workers=min(cfg.workers, 8))
+                        workers=min(cfg.workers, 8), release_audio=not cfg.keep_audio)
                     all_stats.append(stats)
                 else:
                     all_stats.extend(worker_group(group, cfg, work, ledger, executor))
                 ledger.compact()
+                peak, cpu = _peak_rss_mb(), round(time.process_time() - cpu_before, 3)
+                for st in all_stats[n_before:]:
+                    st.extra["driver_peak_rss_mb_so_far"] = peak
+                    # CPU of this process over the stage group (all the work with --inline):
+                    # steadier than wall seconds on a shared machine
+                    st.extra["driver_cpu_seconds"] = cpu
         finally:
             executor.stop()
         summary = summarize(ledger, all_stats, cfg, work)

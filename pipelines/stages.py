@@ -145,12 +145,15 @@ def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] |
     -> status to retry from) failed records of those stages come back in that status: all of
     them with ``retry_all`` (``--retry-failed``), else only codes in ``RETRIED_BY_ITSELF``.
 
-    The pending rows are one Arrow snapshot taken before any write (columnar, not Python
-    objects; the driver goes on writing to the ledger while it reads them); only one chunk at a
-    time becomes Record objects.
-    TODO(ledger): read the snapshot through the ledger's chunked pending-records iterator."""
+    The snapshot, taken before any write, is the keys of the pending rows (and the columns
+    that choose them), not the rows: the driver goes on writing to the ledger while it reads,
+    and reads each chunk's full rows by key (:meth:`Ledger.rows_of`) only when it gets there, so
+    neither the pending rows nor their Records are held for the whole corpus."""
     statuses, chunk = list(statuses), chunk or PENDING_CHUNK
-    t = ledger.select(source=sources, status=statuses + ([Status.FAILED] if retry else []))
+    cols = ["source", "source_id", "status", "failure_stage", "failure_code"]
+    parts = list(ledger.scan(source=sources, status=statuses + ([Status.FAILED] if retry else []),
+                             columns=cols))
+    t = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in cols})
     if retry:
         wanted = pc.is_in(t.column("status"), value_set=pa.array(statuses, pa.string()))
         retried = pc.and_(pc.equal(t.column("status"), Status.FAILED),
@@ -160,11 +163,13 @@ def pending_chunks(ledger: Ledger, statuses: Iterable[str], sources: list[str] |
             retried = pc.and_(retried, pc.is_in(t.column("failure_code"), value_set=pa.array(
                 sorted(RETRIED_BY_ITSELF), pa.string())))
         t = t.filter(pc.or_(wanted, retried))
-    todo = t
+    todo = t.select(["source", "source_id"])
 
     def chunks() -> Iterator[list[Record]]:
         for off in range(0, todo.num_rows, chunk):
-            recs = [Record.from_row(r) for r in todo.slice(off, chunk).to_pylist()]
+            part = todo.slice(off, chunk)
+            rows = ledger.rows_of(part.column("source").to_pylist(), part.column("source_id").to_pylist())
+            recs = [Record.from_row(r) for r in rows.to_pylist()]
             for r in recs:
                 if r.status == Status.FAILED:
                     r.succeed(retry[r.failure_stage])

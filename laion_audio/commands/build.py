@@ -88,6 +88,9 @@ def add_shard_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples per tar")
     g.add_argument("--shard-bytes", type=parse_bytes, default=None, metavar="N",
                    help="roll to a new tar before N bytes instead (e.g. 500M, 1G)")
+    g.add_argument("--keep-audio", action="store_true",
+                   help="keep each FLAC in OUT/audio (default: deleted once its tar is published "
+                        "in a local shard root; later runs read it from the tar)")
 
 
 def add_source_argument(p: argparse.ArgumentParser, what: str, **kwargs) -> None:
@@ -135,6 +138,7 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        batch_size=args.batch_size, transcode=transcode_options(args),
                        retry_failed=args.retry_failed, stages=tuple(stages),
                        keep_raw=getattr(args, "keep_raw", False),
+                       keep_audio=getattr(args, "keep_audio", False),
                        caption_model=getattr(args, "caption_model", None),
                        caption_input_format=getattr(args, "caption_input_format", None),
                        caption_min_duration=getattr(args, "caption_min_duration", 2.0),

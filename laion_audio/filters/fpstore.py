@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import atomic
 from ..records import Record
+from ..shards.members import audio_exists, open_audio
 from . import fingerprint as fpmod
 from .fingerprint import Fingerprint, fingerprint
 
@@ -51,7 +52,7 @@ def _mono_16k_blocks(path: str):
     import soundfile as sf
     import soxr
 
-    handle = sf.SoundFile(path)
+    handle = sf.SoundFile(open_audio(path))     # a file, or a sharded clip's tar member
     rate = handle.samplerate
     frames = handle.frames if 0 < handle.frames < (1 << 62) else None
 
@@ -242,7 +243,7 @@ def fingerprint_batch(records: Sequence[Record], *, store_dir: str) -> list[Reco
     store = FingerprintStore(store_dir)
     for rec in records:
         sha, path = rec.audio_sha256, rec.flac_path
-        if sha and path and sha not in store and os.path.isfile(path):
+        if sha and path and sha not in store and audio_exists(path):
             fp = fingerprint_file(path, keep_bands=False)
             if fp is not None:
                 store.put(sha, fp)

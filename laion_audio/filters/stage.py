@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import pyarrow.compute as pc
 from .. import defaults
 from ..ledger import Ledger, StageStats
 from ..records import Record, Status, records_to_table
+from ..shards.members import audio_exists, audio_in_shards
 from . import evalsets as evalsets_mod
 from .content_overlap import ContentMatcher, FingerprintIndex, Match, best_per_query
 from .dedup import (DEFAULT_SOURCE_PRIORITY, QUERY_CHUNK, FeatureCache, decide_near,
@@ -81,6 +81,8 @@ class FilterConfig:
     audio_root: str | None = None              # relative flac_path values start here (work folder)
     fingerprint_dir: str | None = None         # a FingerprintStore: reuse across runs, and
     #                                            compare new records with sharded ones
+    shard_root: str | None = None              # local shards (default audio_root/shards): a
+    #                                            sharded clip without its FLAC is read there
 
 
 @dataclass
@@ -194,13 +196,17 @@ def _split_lookup(items: pd.DataFrame) -> dict[tuple[str, str], str]:
     return out
 
 
-def _with_abs_paths(df: pd.DataFrame, audio_root: str | None) -> pd.DataFrame:
-    """The build stores paths relative to its work folder; the work folder resolves them."""
-    if audio_root:
+def _with_abs_paths(df: pd.DataFrame, config: FilterConfig) -> pd.DataFrame:
+    """The build stores paths relative to its work folder; the work folder resolves them. A
+    sharded clip whose FLAC the keep policy deleted is read from its tar (a member path)."""
+    if config.audio_root:
         from ..workdir import WorkDir
 
-        df["flac_path"] = df["flac_path"].fillna("").map(WorkDir(audio_root).abs)
-    return df
+        df["flac_path"] = df["flac_path"].fillna("").map(WorkDir(config.audio_root).abs)
+    shard_root = config.shard_root or (str(Path(config.audio_root) / "shards") if config.audio_root else None)
+    df["flac_path"] = [audio_in_shards(p, shard_root, sh or "", s, i) for p, sh, s, i in zip(
+        df["flac_path"].fillna(""), df["shard"], df["source"], df["source_id"])]
+    return df.drop(columns=["shard"])
 
 
 def _new_index(config: FilterConfig) -> FingerprintIndex:
@@ -240,7 +246,7 @@ class _FilterRun:
     """One filter run's state, so each step reads as one method: the records under decision,
     the verdicts so far (``changed``), and the earlier duplicate verdicts being reconsidered."""
 
-    COLUMNS = ["source", "source_id", "audio_sha256", "audio_duration", "flac_path"]
+    COLUMNS = ["source", "source_id", "audio_sha256", "audio_duration", "flac_path", "shard"]
 
     def __init__(self, ledger: Ledger, config: FilterConfig):
         self.ledger, self.config = ledger, config
@@ -298,11 +304,10 @@ class _FilterRun:
         Returns the records still undecided before this step and the published ones (in keep
         order), which the content steps start from."""
         config, report = self.config, self.report
-        df = _with_abs_paths(self.table.select(self.COLUMNS).to_pandas(), config.audio_root)
+        df = _with_abs_paths(self.table.select(self.COLUMNS).to_pandas(), config)
         df = self.undecided(df)
         published = _with_abs_paths(
-            self.ledger.select(status=[Status.SHARDED]).select(self.COLUMNS).to_pandas(),
-            config.audio_root)
+            self.ledger.select(status=[Status.SHARDED]).select(self.COLUMNS).to_pandas(), config)
         published = keep_order(published, config.source_priority).reset_index(drop=True)
         shas = published["audio_sha256"].fillna("")
         first_published = published[shas != ""].drop_duplicates("audio_sha256")
@@ -329,7 +334,7 @@ class _FilterRun:
         """The kept records in keep order with readable audio, and their fingerprints; the
         rest are counted as ``no_audio``."""
         kept = keep_order(self.undecided(df), self.config.source_priority).reset_index(drop=True)
-        has_audio = kept["flac_path"].fillna("").map(lambda p: bool(p) and os.path.isfile(p))
+        has_audio = kept["flac_path"].fillna("").map(audio_exists)
         self.report.no_audio = int((~has_audio).sum())
         kept = kept[has_audio].reset_index(drop=True)
         fps = _fingerprints(store, kept)
@@ -388,7 +393,7 @@ class _FilterRun:
         config = self.config
         pub = published.iloc[0:0]
         if config.near_duplicates and store is not None and len(published):
-            usable = [bool(h) and (h in store or (bool(p) and os.path.isfile(p)))
+            usable = [bool(h) and (h in store or audio_exists(p))
                       for h, p in zip(published["audio_sha256"].fillna(""),
                                       published["flac_path"].fillna(""))]
             pub = published[usable].reset_index(drop=True)

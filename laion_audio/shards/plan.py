@@ -19,6 +19,7 @@ from typing import Any
 import soundfile as sf
 
 from ..records import FailureCode, Record, sample_key
+from .members import MemberReader, locate
 from .layout import (_BLOCK, _RECORD, _SAFE_DIR, DEFAULT_SAMPLES_PER_SHARD, DEFAULT_SEED,
                      DEFAULT_TEST_FRACTION, READY_STATUSES, SAMPLE_RATE, STAGE, WRITER_VERSION,
                      ShardError)
@@ -103,6 +104,13 @@ class PlannedSample:
     audio_id: str           # what the FLAC holds, independent of where it lies (see _audio_id)
     json_bytes: bytes
     seconds: float
+    #: (tar path, data offset) when the FLAC is read from the record's published tar (its
+    #: ``flac_path`` was deleted by the keep policy); then ``flac_mtime_ns`` is the tar's
+    member: tuple[str, int] | None = None
+
+    def open_flac(self):
+        return MemberReader(self.member[0], self.member[1], self.flac_bytes) if self.member \
+            else open(self.flac_path, "rb")
 
     @property
     def tar_bytes(self) -> int:
@@ -144,19 +152,35 @@ class PlannedShard:
         return h.hexdigest()
 
 
-def _audio_id(record: Record, path: str) -> str:
+def _audio_id(record: Record, opener) -> str:
     """The transcode stage's hash of the FLAC's PCM when the ledger has it (free); otherwise the
     SHA-256 of the file bytes (one extra read, for records that came without it)."""
     if record.audio_sha256:
         return f"pcm:{record.audio_sha256}"
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with opener() as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return f"file:{h.hexdigest()}"
 
 
-def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record | None]:
+def _in_published_tar(record: Record, members_root: str | None) -> tuple[str, int, int, int] | None:
+    """(tar, offset, size, tar mtime) of the record's FLAC in the tar it was sharded into, when
+    its own file is gone (deleted by the build's keep policy once that tar was published)."""
+    if not members_root or not record.shard or os.path.isfile(record.flac_path):
+        return None
+    tar = f"{members_root}/{record.shard}"
+    where = locate(tar, f"{sample_key(record.source, record.source_id)}.flac")
+    if where is None:
+        return None
+    try:
+        return tar, where[0], where[1], os.stat(tar).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _prepare(index: int, record: Record, members_root: str | None = None,
+             ) -> tuple[PlannedSample | None, Record | None]:
     """Check one record and build its sample, or return it failed with a typed reason."""
     if not _SAFE_DIR.match(record.source) or ".." in record.source:
         return None, dataclasses.replace(record).fail(STAGE, FailureCode.BAD_METADATA,
@@ -170,12 +194,20 @@ def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record |
     if not path:
         return None, dataclasses.replace(record).fail(STAGE, FailureCode.MISSING_FILE,
                           "flac_path is empty")
+    member = _in_published_tar(record, members_root)
     try:
-        st = os.stat(path)
-        info = sf.info(path)
+        if member:
+            tar, offset, nbytes, mtime_ns = member
+            with MemberReader(tar, offset, nbytes) as f:
+                info = sf.info(f)
+        else:
+            st = os.stat(path)
+            nbytes, mtime_ns = st.st_size, st.st_mtime_ns
+            info = sf.info(path)
     except FileNotFoundError:
+        where = f" (nor in its tar {record.shard})" if record.shard and members_root else ""
         return None, dataclasses.replace(record).fail(STAGE, FailureCode.MISSING_FILE,
-                          f"FLAC not found: {path}")
+                          f"FLAC not found: {path}{where}")
     except Exception as exc:  # libsndfile reports unreadable files as generic errors
         return None, dataclasses.replace(record).fail(STAGE, FailureCode.UNDECODABLE,
                           f"cannot read {path}: {exc}")
@@ -188,18 +220,21 @@ def _prepare(index: int, record: Record) -> tuple[PlannedSample | None, Record |
                           f"{path} holds no samples")
     seconds = info.frames / info.samplerate
     key = sample_key(record.source, record.source_id)
-    return PlannedSample(index=index, key=key, flac_path=path, flac_bytes=st.st_size,
-                         flac_mtime_ns=st.st_mtime_ns, audio_id=_audio_id(record, path),
-                         json_bytes=sample_json(record, texts, seconds), seconds=seconds), None
+    sample = PlannedSample(index=index, key=key, flac_path=path, flac_bytes=nbytes,
+                           flac_mtime_ns=mtime_ns, audio_id="", member=member[:2] if member else None,
+                           json_bytes=sample_json(record, texts, seconds), seconds=seconds)
+    sample.audio_id = _audio_id(record, sample.open_flac)
+    return sample, None
 
 
 def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
                 test_fraction: float = DEFAULT_TEST_FRACTION,
                 samples_per_shard: int | None = None, shard_bytes: int | None = None,
-                workers: int = 1,
+                workers: int = 1, members_root: str | None = None,
                 ) -> tuple[list[PlannedShard], dict[int, Record], dict[int, str]]:
     """Decide which sample goes into which tar. Returns the shards, the failed records (by input
-    position) and each planned input position's split."""
+    position) and each planned input position's split. With ``members_root`` (a local shard
+    root), a record whose FLAC file is gone is read from its tar there (``record.shard``)."""
     if samples_per_shard is None and shard_bytes is None:
         samples_per_shard = DEFAULT_SAMPLES_PER_SHARD
     if samples_per_shard is not None and samples_per_shard < 1:
@@ -219,7 +254,8 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     failed: dict[int, Record] = {}
     splits: dict[int, str] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:   # file checks (and hashes) are I/O
-        prepared = list(pool.map(_prepare, range(len(records)), records))
+        prepared = list(pool.map(_prepare, range(len(records)), records,
+                                 [members_root] * len(records)))
     for i, (rec, (sample, bad)) in enumerate(zip(records, prepared)):
         if bad is not None:
             failed[i] = bad

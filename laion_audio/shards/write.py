@@ -3,7 +3,6 @@ sizes.json committed last. ``write_shards`` reads as its steps: plan, retire spl
 longer has, decide which tars to keep, write the rest, commit each split, report."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -22,6 +21,7 @@ from ..storage import Root
 from .layout import (_MEMBER_MODE, _SHARD_NAME, _TAR_FORMAT, DEFAULT_SEED, DEFAULT_TEST_FRACTION,
                      INDEX_FORMAT, INDEX_NAME, RECEIPTS_DIR, SAMPLE_RATE, SIZES_NAME,
                      WRITER_VERSION, ShardError, dumps, is_temp_name)
+from .members import extract
 from .plan import PlannedShard, plan_shards
 
 
@@ -64,10 +64,12 @@ def _write_tar(shard: PlannedShard, tmp: Path) -> dict:
         out = _HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w", format=_TAR_FORMAT) as tar:
             for s in shard.samples:
-                with open(s.flac_path, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    if st.st_size != s.flac_bytes or st.st_mtime_ns != s.flac_mtime_ns:
-                        raise ShardError(f"{s.flac_path} changed while sharding; rerun the command")
+                with s.open_flac() as f:
+                    st = os.stat(s.member[0]) if s.member else os.fstat(f.fileno())
+                    if (st.st_mtime_ns != s.flac_mtime_ns
+                            or (not s.member and st.st_size != s.flac_bytes)):
+                        what = s.member[0] if s.member else s.flac_path
+                        raise ShardError(f"{what} changed while sharding; rerun the command")
                     tar.addfile(_tarinfo(f"{s.key}.flac", s.flac_bytes), f)
                 tar.addfile(_tarinfo(f"{s.key}.json", len(s.json_bytes)), io.BytesIO(s.json_bytes))
         raw.flush()
@@ -153,14 +155,17 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
     root = Root(out, storage_options)
     shards, failed, splits = plan_shards(records, seed=seed, test_fraction=test_fraction,
                                          samples_per_shard=samples_per_shard,
-                                         shard_bytes=shard_bytes, workers=workers)
+                                         shard_bytes=shard_bytes, workers=workers,
+                                         members_root=root.path if root.is_local else None)
     by_split: dict[tuple[str, str], list[PlannedShard]] = defaultdict(list)
     for s in shards:
         by_split[(s.dataset, s.split)].append(s)
 
     staging = _fresh_staging(root)
-    retired = _retire_unplanned_splits(root, by_split)
+    retiring = _unplanned_splits(root, by_split)
     todo, stale, entries = _decide_tars(root, by_split)
+    restored = _restore_members(root, todo, stale, retiring)
+    retired = sum(_retire_split(root, d) for d in retiring)
     for path in stale:
         root.remove(path)
     entries.update(_write_tars(root, todo, staging, workers))
@@ -172,6 +177,7 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
                      test_fraction=test_fraction, samples_per_shard=samples_per_shard,
                      shard_bytes=shard_bytes)
     report.update({"shards_written": len(todo), "shards_kept": len(shards) - len(todo),
+                   "flac_restored_from_tars": restored,
                    "stale_removed": sum(p.endswith(".tar") for p in stale),
                    "splits_retired": retired, "wall_seconds": round(time.monotonic() - t0, 3)})
     return ShardRun(_records_out(records, shards, failed, splits), report)
@@ -191,16 +197,38 @@ def _fresh_staging(root: Root) -> Path | None:
     return staging
 
 
-def _retire_unplanned_splits(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]]) -> int:
-    """Splits this writer made earlier that the plan no longer has (e.g. --test-fraction 0 now)
-    are retired, so no sizes.json disagrees with the ledger."""
-    retired = 0
+def _unplanned_splits(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]]) -> list[str]:
+    """Splits this writer made earlier that the plan no longer has (e.g. --test-fraction 0 now):
+    they are retired, so no sizes.json disagrees with the ledger."""
+    out = []
     for ds in sorted({ds for ds, _ in by_split}):
         for split in root.listdir(root.join(ds)):
             d = _split_dir(root, ds, split)
             if (ds, split) not in by_split and _ours(root, d):
-                retired += _retire_split(root, d)
-    return retired
+                out.append(d)
+    return out
+
+
+def _restore_members(root: Root, todo: list[PlannedShard], stale: list[str],
+                     retiring: list[str]) -> int:
+    """Before any tar is rewritten or removed, copy out of it the FLACs that a tar to write
+    reads from it, back to their ``flac_path`` (the build's keep policy deleted them once that
+    tar was published). A run killed after rewriting one tar would otherwise lose a clip the
+    ledger still places in the old tar; restored files stay until the ledger says where each
+    clip is now (the build deletes them again then)."""
+    changing = {f"{_split_dir(root, s.dataset, s.split)}/{s.name}" for s in todo}
+    changing.update(p for p in stale if p.endswith(".tar"))
+    restored = 0
+    for shard in todo:
+        for s in shard.samples:
+            if s.member is None:
+                continue
+            tar = s.member[0]
+            if tar in changing or any(tar.startswith(d + "/") for d in retiring):
+                extract(tar, f"{s.key}.flac", s.flac_path)
+                s.member, s.flac_mtime_ns = None, os.stat(s.flac_path).st_mtime_ns
+                restored += 1
+    return restored
 
 
 def _decide_tars(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]],
@@ -283,8 +311,9 @@ def _commit_splits(root: Root, by_split: dict[tuple[str, str], list[PlannedShard
 
 def _records_out(records: list[Record], shards: list[PlannedShard], failed: dict[int, Record],
                  splits: dict[int, str]) -> list[Record]:
-    """Every input record, in input order: sharded (split, shard set) or failed."""
-    shard_of: dict[int, PlannedShard] = {s.index: sh for sh in shards for s in sh.samples}
+    """Every input record, in input order: sharded (split, shard set on the record itself: a
+    corpus-sized set is not copied) or failed."""
+    shard_of: dict[int, str] = {s.index: sh.rel for sh in shards for s in sh.samples}
     out: list[Record] = []
     for i, rec in enumerate(records):
         if i in failed:
@@ -292,9 +321,9 @@ def _records_out(records: list[Record], shards: list[PlannedShard], failed: dict
             bad.split, bad.shard = "", ""
             out.append(bad)
             continue
-        out.append(dataclasses.replace(
-            rec, split=splits[i], shard=shard_of[i].rel, status=Status.SHARDED,
-            failure_stage="", failure_code="", failure_message=""))
+        rec.split, rec.shard, rec.status = splits[i], shard_of[i], Status.SHARDED
+        rec.failure_stage = rec.failure_code = rec.failure_message = ""
+        out.append(rec)
     return out
 
 

@@ -140,3 +140,15 @@ def test_compacting_an_empty_ledger_writes_an_empty_readable_table(tmp_path):
     with writing(tmp_path / "ledger") as ledger:
         assert len(ledger) == 0
     assert pq.read_table(tmp_path / "ledger").num_rows == 0
+
+
+def test_rows_of_reads_current_rows_by_key_in_the_order_asked(tmp_path):
+    with Ledger(tmp_path / "ledger") as led:
+        led.write([Record("a", f"{i:03d}", url=f"u{i}") for i in range(50)], tag="crawl")
+        led.compact()
+        led.write([Record("a", "007", url="u7", status=Status.FETCHED)], tag="fetch")
+        t = led.rows_of(["a", "a", "a"], ["042", "007", "000"])
+        assert t.column("source_id").to_pylist() == ["042", "007", "000"]
+        assert t.column("status").to_pylist() == [Status.NEW, Status.FETCHED, Status.NEW]
+        with pytest.raises(LedgerError):
+            led.rows_of(["a"], ["999"])

@@ -1,0 +1,149 @@
+"""The FLAC keep policy: a build deletes ``audio/`` FLACs once their tar is published, and every
+later reader (re-sharding, the filter, fingerprints) takes the clip from the tar; shards stay
+byte-identical to a build that kept everything, through reruns, growth and an interrupted
+re-shard."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import laion_audio.shards.write as write_mod
+from laion_audio.filters.fpstore import FingerprintStore, fingerprint_batch
+from laion_audio.ledger import Ledger
+from laion_audio.records import Status
+from laion_audio.shards.members import (audio_exists, audio_in_shards, member_path, open_audio,
+                                        split_member_path)
+from laion_audio.workdir import WorkDir
+from pipelines.build import BuildConfig, run_build
+
+
+def _clip(path, i: int) -> None:
+    """Clip ``i``: a distinct two-tone chord with its own rhythm (no two are near-duplicates)."""
+    rng = np.random.default_rng(i)
+    sr = 22050
+    t = np.arange(int(sr * rng.uniform(0.6, 1.2))) / sr
+    gate = (np.sin(2 * np.pi * rng.uniform(2, 9) * t) > 0).astype(np.float32)
+    x = gate * (np.sin(2 * np.pi * rng.uniform(200, 3000) * t)
+                + 0.5 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t))
+    sf.write(path, (0.3 * x).astype(np.float32), sr)
+
+
+def _inputs(folder, ids) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        _clip(folder / f"clip{i:03d}.wav", i)
+
+
+def _config(src, out, **kw) -> BuildConfig:
+    return BuildConfig(out=out, sources={"local": {"input": str(src)}}, samples_per_shard=3,
+                       batch_size=2, workers=1, inline=True, skip_eval_filter=True, **kw)
+
+
+def _digest(root) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _flacs(out) -> list:
+    return sorted((out / "audio").rglob("*.flac"))
+
+
+def test_default_build_deletes_sharded_flacs_and_equals_a_build_that_keeps_them(tmp_path):
+    src = tmp_path / "in"
+    _inputs(src, range(7))
+    released, kept = tmp_path / "released", tmp_path / "kept"
+    summary = run_build(_config(src, released))
+    run_build(_config(src, kept, keep_audio=True))
+    assert summary["by_status"] == {Status.SHARDED: 7}
+    shard = next(s for s in summary["stages"] if s["stage"] == "shard")
+    assert shard["flac_released"] == 7 and not _flacs(released)
+    assert len(_flacs(kept)) == 7
+    assert _digest(released / "shards") == _digest(kept / "shards")
+    # the ledger still names each FLAC's home: the two ledgers are the same bytes
+    assert (released / "ledger" / "ledger.parquet").read_bytes() == \
+        (kept / "ledger" / "ledger.parquet").read_bytes()
+    # disk per folder in the summary: the work folder is now little more than its shards
+    disk = json.loads((released / "stats" / "summary.json").read_text())["disk_bytes"]
+    assert disk["audio"] == 0 and disk["shards"] > 0
+    assert sum(disk.values()) <= 1.6 * disk["shards"]
+    # a sharded clip is read from its tar: same PCM as the kept FLAC
+    work = WorkDir(released)
+    with Ledger(released / "ledger", lock=False) as led:
+        rec = next(iter(led.records(status=Status.SHARDED)))
+    ref = audio_in_shards(work.abs(rec.flac_path), str(released / "shards"), rec.shard,
+                          rec.source, rec.source_id)
+    assert split_member_path(ref) and audio_exists(ref)
+    a, sr = sf.read(open_audio(ref))
+    b, _ = sf.read(kept / rec.flac_path)
+    assert sr == 48000 and np.array_equal(a, b)
+    # a rerun changes nothing
+    before = _digest(released / "shards")
+    run_build(_config(src, released))
+    assert _digest(released / "shards") == before and not _flacs(released)
+
+
+def test_growing_corpus_reshards_from_the_tars_byte_identical_to_a_fresh_build(tmp_path):
+    """New clips move samples between tars: the moved clips come out of the old tars."""
+    src = tmp_path / "in"
+    _inputs(src, range(6))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    assert not _flacs(out)
+    _inputs(src, range(6, 11))
+    summary = run_build(_config(src, out), refresh=True)     # re-lists the folder
+    shard = next(s for s in summary["stages"] if s["stage"] == "shard")
+    assert shard["report"]["shards_written"] >= 1 and shard["report"]["flac_restored_from_tars"] >= 1
+    fresh = tmp_path / "fresh"
+    run_build(_config(src, fresh, keep_audio=True))
+    assert _digest(out / "shards") == _digest(fresh / "shards")
+    assert not _flacs(out)
+
+
+def test_interrupted_reshard_loses_no_clip(tmp_path, monkeypatch):
+    """A re-shard that dies after publishing its first new tar: the clips the old tars held are
+    back in audio/ before any tar changed, so the rerun finishes with every clip."""
+    src = tmp_path / "in"
+    _inputs(src, range(6))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    _inputs(src, range(6, 11))
+    real, calls = write_mod._write_tar, []
+
+    def dies_after_one(shard, tmp):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(shard)
+        return real(shard, tmp)
+
+    monkeypatch.setattr(write_mod, "_write_tar", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_build(_config(src, out), refresh=True)
+    assert calls and _flacs(out)               # the first new tar is out; moved clips restored
+    monkeypatch.setattr(write_mod, "_write_tar", real)
+    summary = run_build(_config(src, out))
+    assert summary["by_status"] == {Status.SHARDED: 11}
+    fresh = tmp_path / "fresh"
+    run_build(_config(src, fresh, keep_audio=True))
+    assert _digest(out / "shards") == _digest(fresh / "shards")
+    assert not _flacs(out)
+
+
+def test_fingerprints_of_released_clips_come_from_the_tars(tmp_path):
+    src = tmp_path / "in"
+    _inputs(src, range(3))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    work = WorkDir(out)
+    with Ledger(out / "ledger", lock=False) as led:
+        recs = [work.resolve(r) for r in led.records(status=Status.SHARDED)]
+    for r in recs:
+        r.flac_path = audio_in_shards(r.flac_path, str(out / "shards"), r.shard, r.source, r.source_id)
+    store_dir = tmp_path / "store"
+    fingerprint_batch(recs, store_dir=str(store_dir))
+    store = FingerprintStore(str(store_dir))
+    assert all(r.audio_sha256 in store for r in recs)
+    assert not audio_exists(member_path(out / "shards" / recs[0].shard, "absent.flac"))
