@@ -77,17 +77,20 @@ def add_caption_filter_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_shard_arguments(p: argparse.ArgumentParser) -> None:
+    """The shard options, the same in ``build`` (and the build-like commands) and ``shard``."""
     g = p.add_argument_group("shards")
-    g.add_argument("--shards-to", default=None,
-                   help="shard root: local folder or fsspec URL such as s3://bucket/prefix "
+    g.add_argument("--shards-to", default=None, metavar="ROOT",
+                   help="shard root: a folder or an fsspec URL such as s3://bucket/prefix "
                         "(default: OUT/shards)")
     g.add_argument("--seed", type=int, default=defaults.SEED, help="split and order seed")
     g.add_argument("--test-fraction", type=fraction, default=defaults.TEST_FRACTION,
                    help="share of ids that go to the test split")
-    g.add_argument("--samples-per-shard", type=positive_int, default=defaults.SAMPLES_PER_SHARD,
-                   help="samples per tar")
+    g.add_argument("--samples-per-shard", type=positive_int, default=None,
+                   help=f"samples per tar (default {defaults.SAMPLES_PER_SHARD}; with "
+                        "--shard-bytes, an extra cap)")
     g.add_argument("--shard-bytes", type=parse_bytes, default=None, metavar="N",
-                   help="roll to a new tar before N bytes instead (e.g. 500M, 1G)")
+                   help="roll to a new tar before N bytes (e.g. 500M, 1G; a tar is larger only "
+                        "when one sample alone is)")
 
 
 def add_source_argument(p: argparse.ArgumentParser, what: str, **kwargs) -> None:
