@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soundfile as sf
 
-from laion_audio.filters.robustness import load_mono, mp3_roundtrip
+from robustness import load_mono, mp3_roundtrip  # benchmarks/ (tests/filters/conftest.py)
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status

@@ -262,4 +262,4 @@ def test_no_bare_get_outside_the_http_layer():
                 continue
             if re.search(r"\brequests\.get\(", path.read_text(encoding="utf-8")):
                 offenders.append(path.relative_to(repo).as_posix())
-    assert offenders == [], f"requests.get outside laion_audio/http.py: {offenders}"
+    assert offenders == [], f"a bare GET outside laion_audio/http.py: {offenders}"

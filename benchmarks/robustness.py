@@ -1,10 +1,14 @@
 """Planted-copy evaluation of content matching: perturbations, a distractor corpus, recall/FP.
 
-Used by the acceptance test (tests/filters/test_content_acceptance.py) and by
-benchmarks/filters.py, so both measure the same thing. Every perturbation is one the issue
-names: MP3 128 kbit/s (real ffmpeg/LAME round trip), trims up to 2 s per end, a 5 s excerpt
-of a longer clip (and the reverse: the clip inside a longer upload), gain +-6 dB, resampling
-through 16-44.1 kHz, white noise 30 dB under the signal, and all of them at once.
+Measurement code, not part of the package (nothing in laion_audio/ uses it): a helper module,
+not a script, imported as ``import robustness`` with benchmarks/ on the path (as
+``distinct_clips``) by the acceptance test (tests/filters/test_content_acceptance.py, the
+other filter tests) and by benchmarks/filters.py, so both measure the same thing.
+
+Every perturbation is one the issue names: MP3 128 kbit/s (real ffmpeg/LAME round trip), trims
+up to 2 s per end, a 5 s excerpt of a longer clip (and the reverse: the clip inside a longer
+upload), gain +-6 dB, resampling through 16-44.1 kHz, white noise 30 dB under the signal, and
+all of them at once.
 
 :data:`WARPS` (issue 14) are the re-upload edits that move audio in time or frequency: speed
 (resampling: pitch and time together, soxr), pitch shift without tempo change and tempo change
@@ -26,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..transcode.audio import read_mono
+from laion_audio.transcode.audio import read_mono
 
 WORK_SR = 48_000
 
@@ -391,8 +395,8 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
     (:class:`content_overlap.WarpMatcher`), as the filter stage does."""
     import time
 
-    from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
-    from .fingerprint import fingerprint
+    from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex, best_per_query
+    from laion_audio.filters.fingerprint import fingerprint
 
     t0 = time.perf_counter()
     eval_fps = [fingerprint(x, corpus.sr) for _, x in corpus.eval_clips]
@@ -408,8 +412,8 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
     best = best_per_query(matches)
     n_warp = 0
     if warp:
-        from .content_overlap import WarpIndex, WarpMatcher
-        from .fingerprint import warp_print
+        from laion_audio.filters.content_overlap import WarpIndex, WarpMatcher
+        from laion_audio.filters.fingerprint import warp_print
 
         windex = WarpIndex()
         for i, (_, x) in enumerate(corpus.eval_clips):
