@@ -185,10 +185,11 @@ def eval_audio_files(eval_audio: dict[str, str]) -> list[tuple[str, str, Path]]:
     return out
 
 
-def _split_lookup(items: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(eval_set, file name or stem) -> split, from the parsed eval manifests."""
+def _split_lookup(items: pd.DataFrame | None) -> dict[tuple[str, str], str]:
+    """(eval_set, file name or stem) -> split, from the parsed eval manifests (None: not
+    loaded, ``--skip-eval-filter``)."""
     out = {}
-    if items.empty:
+    if items is None or items.empty:
         return out
     for es, item, split in zip(items["eval_set"], items["item_id"].astype(str), items["split"].astype(str)):
         out.setdefault((es, item), split)
