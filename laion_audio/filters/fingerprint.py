@@ -510,7 +510,11 @@ def warp_bands(bands: np.ndarray, time_factor: float, semitones: float) -> np.nd
     w = (src - i0)[:, None].astype(np.float32)
     b = b[i0] * (1 - w) + b[i1] * w
     if semitones:
+        # np.interp along the band axis, the same weights for every frame
         centres = 12 * np.log2(np.sqrt(_BAND_EDGES[:-1] * _BAND_EDGES[1:]))
-        src_c = centres - semitones
-        b = np.stack([np.interp(src_c, centres, row) for row in b]) if len(b) else b
+        src_c = np.clip(centres - semitones, centres[0], centres[-1])
+        j1 = np.clip(np.searchsorted(centres, src_c, side="right"), 1, len(centres) - 1)
+        j0 = j1 - 1
+        wc = ((src_c - centres[j0]) / (centres[j1] - centres[j0])).astype(np.float32)
+        b = b[:, j0] * (1 - wc) + b[:, j1] * wc
     return b.astype(np.float32)
