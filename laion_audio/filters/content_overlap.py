@@ -418,6 +418,13 @@ class WarpMatch(Match):
     semitones: float = 0.0         # reference pitch - query pitch
 
 
+def _empty_warp_print():
+    from .fingerprint import WarpPrint
+
+    return WarpPrint(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, 3), np.int32), 0,
+                     np.zeros(0, bool))
+
+
 class WarpIndex:
     """Inverted index of warp-invariant triplet hashes (:func:`fingerprint.warp_hashes`) of the
     reference side, with each triplet's anchor frame, time span and anchor pitch, so a hit
@@ -750,3 +757,49 @@ class WarpMatcher:
                 out.append(WarpMatch(q, r, (base if d is None else d) * BAND_DECIMATE, votes,
                                      score, overlap, time_factor=s, semitones=semis))
         return out
+
+
+WARP_METHOD = "triplet+warped_band_correlation"
+
+
+def warp_eval_matches(eval_paths: Sequence[str], query_paths: Sequence[str], skip: Iterable[int],
+                      ref_bands: BandsLookup, query_bands: BandsLookup) -> list[WarpMatch]:
+    """The filter stage's warp pass: corpus clips ``query_paths`` the exact path did not match
+    (all but ``skip``) against the eval clips ``eval_paths`` (refs numbered in that order),
+    so a sped-up, pitch-shifted or time-stretched copy of an eval clip is caught. Triplets
+    are read from the audio here (they are not in the fingerprint store); a clip that cannot
+    be decoded is not matched. Matches are numbered like the exact path's (query = position
+    in ``query_paths``)."""
+    from .fpstore import warp_print_file
+
+    index = WarpIndex()
+    for path in eval_paths:
+        wp = warp_print_file(str(path))
+        index.add(len(index), wp if wp is not None else _empty_warp_print())
+    if not len(index):
+        return []
+    index.build()
+    matcher = WarpMatcher(index)
+    skip = set(skip)
+    todo = [q for q in range(len(query_paths)) if q not in skip]
+    out: list[WarpMatch] = []
+    for c0 in range(0, len(todo), WARP_QUERY_CHUNK):        # bounded: one chunk's triplets
+        part = todo[c0:c0 + WARP_QUERY_CHUNK]
+        wps = [warp_print_file(str(query_paths[q])) for q in part]
+        ok = [k for k, wp in enumerate(wps) if wp is not None]
+        found, _ = matcher.match([wps[k] for k in ok], query_bands=lambda k: query_bands(part[ok[k]]),
+                                 ref_bands=ref_bands)
+        for m in found:
+            m.query = part[ok[m.query]]
+            out.append(m)
+    return out
+
+
+def match_fields(m: Match) -> dict:
+    """What a match adds to ``filter_match`` beyond the exact path's fields: for a warped
+    copy, its method and the warp found (reference duration / copy's, reference pitch minus
+    the copy's)."""
+    if isinstance(m, WarpMatch):
+        return {"method": WARP_METHOD, "time_factor": round(m.time_factor, 4),
+                "semitones": round(m.semitones, 2)}
+    return {}
