@@ -473,6 +473,8 @@ WARP_LOG_STEP = 0.004
 #: offset tolerance of the warp vote (frames): phase-vocoder edits move peaks by up to a
 #: vocoder hop (~11 ms at 48 kHz/512), more than the exact path's +-1 frame
 WARP_OFFSET_TOL = 2
+#: pitch shift (semitones) from which the warp confirmation is held to the stricter threshold
+WARP_PITCHED = 0.25
 #: queries looked up together (the hit arrays of a batch stay ~100 MB)
 WARP_QUERY_CHUNK = 256
 #: a hit votes for time factors within this (log) distance of its own span ratio
@@ -645,8 +647,12 @@ class WarpMatcher:
     pitch* against the reference, at the same threshold as the exact path."""
 
     def __init__(self, index: WarpIndex, *, min_votes: int = 8, min_fraction: float = 0.02,
-                 min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5):
+                 min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5,
+                 min_correlation_pitched: float = 0.75):
         self.index = index
+        #: a confirmation at a pitch shift of >= WARP_PITCHED semitones has searched one more
+        #: dimension, and tone patterns align by chance there: it must correlate this much
+        self.min_correlation_pitched = min_correlation_pitched
         self.min_votes = min_votes
         self.min_fraction = min_fraction
         self.min_correlation = min_correlation
@@ -723,10 +729,13 @@ class WarpMatcher:
             out[q] = out[q][: 2 * self.top]
         return out
 
-    def match(self, queries: Sequence, query_bands: BandsLookup, ref_bands: BandsLookup
+    def match(self, queries: Sequence, query_bands: BandsLookup, ref_bands: BandsLookup,
+              query_bands_at: Callable[[int, float], "np.ndarray | None"] | None = None
               ) -> tuple[list[WarpMatch], int]:
         """Confirmed warped matches (``queries`` are :class:`fingerprint.WarpPrint`) and the
-        number of candidates checked."""
+        number of candidates checked. ``query_bands_at(q, semitones)``, when given, is the
+        query's band features measured at a pitch (:func:`fingerprint.pitched_band_features`),
+        used instead of shifting ``query_bands`` across bands."""
         out, n_cands = [], 0
         for c0 in range(0, len(queries), WARP_QUERY_CHUNK):     # bounded hit arrays
             batch = self.candidates_batch(queries[c0:c0 + WARP_QUERY_CHUNK])
@@ -737,23 +746,34 @@ class WarpMatcher:
                 if qb is None:
                     continue
                 n_cands += len(cands)
-                out += self._confirm(q, qb, cands, ref_bands)
+                out += self._confirm(q, qb, cands, ref_bands, query_bands_at)
         out.sort(key=lambda m: (m.query, -m.score, m.ref))
         return out, n_cands
 
-    def _confirm(self, q: int, qb: np.ndarray, cands, ref_bands: BandsLookup) -> list[WarpMatch]:
+    def _confirm(self, q: int, qb: np.ndarray, cands, ref_bands: BandsLookup,
+                 query_bands_at=None) -> list[WarpMatch]:
         from .fingerprint import BAND_DECIMATE, FRAME_SECONDS, correlation_at, warp_bands
 
         out = []
+        pitched: dict[float, np.ndarray | None] = {}
         for r, votes, s, semis, off in cands:
             rb = ref_bands(r)
             if rb is None:
                 continue
-            wb = warp_bands(qb, s, semis)
+            if query_bands_at is not None and abs(semis) >= WARP_PITCHED:
+                key = round(semis, 2)
+                if key not in pitched:
+                    pitched[key] = query_bands_at(q, key)
+                if pitched[key] is None:
+                    continue
+                wb = warp_bands(pitched[key], s, 0.0)
+            else:
+                wb = warp_bands(qb, s, semis)
             base = int(round(off / BAND_DECIMATE))
             score, n, d = correlation_at(wb, rb, range(base - 2, base + 3))
             overlap = n * BAND_DECIMATE * FRAME_SECONDS
-            if score >= self.min_correlation and overlap >= self.min_overlap_seconds:
+            need = self.min_correlation_pitched if abs(semis) >= WARP_PITCHED else self.min_correlation
+            if score >= need and overlap >= self.min_overlap_seconds:
                 out.append(WarpMatch(q, r, (base if d is None else d) * BAND_DECIMATE, votes,
                                      score, overlap, time_factor=s, semitones=semis))
         return out
@@ -788,11 +808,23 @@ def warp_eval_matches(eval_paths: Sequence[str], query_paths: Sequence[str], ski
         wps = [warp_print_file(str(query_paths[q])) for q in part]
         ok = [k for k, wp in enumerate(wps) if wp is not None]
         found, _ = matcher.match([wps[k] for k in ok], query_bands=lambda k: query_bands(part[ok[k]]),
-                                 ref_bands=ref_bands)
+                                 ref_bands=ref_bands,
+                                 query_bands_at=lambda k, st: _pitched_file(query_paths[part[ok[k]]], st))
         for m in found:
             m.query = part[ok[m.query]]
             out.append(m)
     return out
+
+
+def _pitched_file(path: str, semitones: float) -> "np.ndarray | None":
+    """:func:`fingerprint.pitched_band_features` of an audio file (bounded read), or None."""
+    from .fingerprint import pitched_band_features
+    from .fpstore import frame_features_file
+
+    try:
+        return frame_features_file(str(path), lambda x, sr: pitched_band_features(x, sr, semitones))
+    except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
+        return None
 
 
 def match_fields(m: Match) -> dict:

@@ -423,8 +423,11 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
         rest = [qi for qi in range(len(corpus.queries)) if qi not in best]
         wps = [warp_print(corpus.queries[qi][2], corpus.sr) for qi in rest]
         t_wp = time.perf_counter()
+        from .fingerprint import pitched_band_features
+
         wmatches, n_warp = WarpMatcher(windex, **(warp_options or {})).match(
-            wps, query_bands=lambda k: query_fps[rest[k]].bands, ref_bands=lambda r: eval_fps[r].bands)
+            wps, query_bands=lambda k: query_fps[rest[k]].bands, ref_bands=lambda r: eval_fps[r].bands,
+            query_bands_at=lambda k, st: pitched_band_features(corpus.queries[rest[k]][2], corpus.sr, st))
         for k, m in best_per_query(wmatches).items():
             best[rest[k]] = m
     t3 = time.perf_counter()
