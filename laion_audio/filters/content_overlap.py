@@ -485,6 +485,23 @@ _FINE = np.arange(-WARP_LOG_STEP, WARP_LOG_STEP + 1e-9, WARP_LOG_STEP / 8)
 
 
 @numba.njit(cache=True, nogil=True)
+def _peak_cell(hist, touched, n_t, tol):
+    """(votes, cell) of the touched histogram cell with most hits within +-``tol`` cells
+    (ties: the lowest cell); clears the touched cells for the next vote."""
+    best_v, best_cell = 0, np.int64(-1)
+    for u in range(n_t):
+        cell = touched[u]
+        v = 0
+        for d in range(-tol, tol + 1):
+            v += hist[cell + d]
+        if v > best_v or (v == best_v and cell < best_cell):
+            best_v, best_cell = v, cell
+    for u in range(n_t):
+        hist[touched[u]] = 0
+    return best_v, best_cell
+
+
+@numba.njit(cache=True, nogil=True)
 def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
     """Best (votes, log time factor, offset) of the hits ``use`` (indices) with
     ``tr ~ exp(g) * tq + offset``, and the number of inliers written to ``use[:k]`` (in
@@ -519,16 +536,7 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
                     touched[n_t] = cell
                     n_t += 1
                 hist[cell] += 1
-    best_v, best_cell = 0, np.int64(-1)
-    for u in range(n_t):
-        cell = touched[u]
-        v = 0
-        for d in range(-tol, tol + 1):
-            v += hist[cell + d]
-        if v > best_v or (v == best_v and cell < best_cell):
-            best_v, best_cell = v, cell
-    for u in range(n_t):
-        hist[touched[u]] = 0
+    best_v, best_cell = _peak_cell(hist, touched, n_t, tol)
     if best_v == 0:
         return 0, 0.0, np.int64(0), 0
     g0 = coarse[best_cell // width]
@@ -545,16 +553,7 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
                     touched[n_t] = cell
                     n_t += 1
                 hist[cell] += 1
-        bv, bc = 0, np.int64(-1)
-        for u in range(n_t):
-            cell = touched[u]
-            v = 0
-            for d in range(-tol, tol + 1):
-                v += hist[cell + d]
-            if v > bv or (v == bv and cell < bc):
-                bv, bc = v, cell
-        for u in range(n_t):
-            hist[touched[u]] = 0
+        bv, bc = _peak_cell(hist, touched, n_t, tol)
         if bv > fv:
             fv, fg, fo = bv, g, bc + base
     sg = np.exp(fg)
