@@ -411,6 +411,7 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
     t2 = time.perf_counter()
     best = best_per_query(matches)
     n_warp = 0
+    t_wp = t2
     if warp:
         from laion_audio.filters.content_overlap import WarpIndex, WarpMatcher
         from laion_audio.filters.fingerprint import warp_print
@@ -421,8 +422,12 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
         windex.build()
         rest = [qi for qi in range(len(corpus.queries)) if qi not in best]
         wps = [warp_print(corpus.queries[qi][2], corpus.sr) for qi in rest]
+        t_wp = time.perf_counter()
+        from .fingerprint import pitched_band_features
+
         wmatches, n_warp = WarpMatcher(windex, **(warp_options or {})).match(
-            wps, query_bands=lambda k: query_fps[rest[k]].bands, ref_bands=lambda r: eval_fps[r].bands)
+            wps, query_bands=lambda k: query_fps[rest[k]].bands, ref_bands=lambda r: eval_fps[r].bands,
+            query_bands_at=lambda k, st: pitched_band_features(corpus.queries[rest[k]][2], corpus.sr, st))
         for k, m in best_per_query(wmatches).items():
             best[rest[k]] = m
     t3 = time.perf_counter()
@@ -465,7 +470,9 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
     extra = {"pool_relations": relations, "false_positive_pairs": false_pos, "missed": missed,
              "found_via_twin": via_twin,
              "fingerprint_seconds": t1 - t0, "match_seconds": t2 - t1,
-             "warp_seconds": t3 - t2, "warp_candidates": n_warp,
+             "warp_seconds": t3 - t2, "warp_print_seconds": t_wp - t2,
+             "warp_match_seconds": t3 - t_wp, "warp_queries": len(rest) if warp else 0,
+             "warp_candidates": n_warp,
              "audio_seconds": audio_seconds, "n_queries": len(corpus.queries),
              "hashes_per_second": sum(len(f) for f in query_fps) / max(audio_seconds, 1e-9)}
     return report, extra

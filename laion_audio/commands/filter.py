@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--youtube-window", action="store_true",
                    help="YouTube ids match only when the record's window overlaps the eval segment")
     p.add_argument("--no-content", action="store_true", help="skip fingerprinting (id and exact-hash filters only)")
+    p.add_argument("--no-warp", action="store_true",
+                   help="skip the warp pass (sped-up, pitch-shifted, time-stretched copies of eval clips)")
     p.add_argument("--no-near-duplicates", action="store_true", help="skip near-duplicate search inside the corpus")
     p.add_argument("--source-priority", help="comma-separated sources, most preferred first (keep rule)")
     p.add_argument("--lookup-budget", type=int, default=25_000,
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         roles=["eval"] if args.eval_only else None, youtube_window=args.youtube_window,
         source_priority=tuple(args.source_priority.split(",")) if args.source_priority else DEFAULT_SOURCE_PRIORITY,
         content=not args.no_content, near_duplicates=not args.no_near_duplicates,
+        warp=not args.no_warp,
         lookup_budget=args.lookup_budget,
         # a build's ledger stores flac paths relative to its work folder, the ledger's parent
         audio_root=str(work.root),

@@ -496,6 +496,24 @@ def warp_query_hashes(wp: WarpPrint) -> tuple[np.ndarray, np.ndarray]:
     return _pack_warp(*cur[1:]), cur[0].astype(np.int32)
 
 
+def pitched_band_features(samples: np.ndarray, sr: int, semitones: float) -> np.ndarray:
+    """Band features of a clip as if it were ``semitones`` higher, measured on its own
+    spectrum: each band's edges moved down by ``semitones`` (fractional bins, the power
+    cumsum interpolated), so a pitch-shifted copy is compared band for band with its original
+    instead of through an interpolation across ~2-semitone bands, which smears a shift of
+    one semitone (the warp pass's confirmation at the estimated pitch)."""
+    S = _log_spectrogram(to_mono_16k(samples, sr))
+    power = np.power(10.0, S / 10.0, dtype=np.float32)
+    cums = np.concatenate([np.zeros((len(power), 1), np.float32), np.cumsum(power, axis=1)], axis=1)
+    x = np.clip(_BAND_EDGES * 2.0 ** (-semitones / 12.0), 0, power.shape[1] - 1e-6)
+    j = np.floor(x).astype(np.int64)
+    at = cums[:, j] + (x - j).astype(np.float32) * power[:, j]
+    e = np.maximum(at[:, 1:] - at[:, :-1], 0)
+    n = (len(e) // BAND_DECIMATE) * BAND_DECIMATE
+    e = e[:n].reshape(-1, BAND_DECIMATE, e.shape[1]).mean(axis=1) if n else e
+    return (10.0 * np.log10(e + 1e-10)).astype(np.float16)
+
+
 def warp_bands(bands: np.ndarray, time_factor: float, semitones: float) -> np.ndarray:
     """Band features of a query as they would be ``time_factor`` times longer and
     ``semitones`` higher (to compare with the reference it is a warped copy of): the time
@@ -510,7 +528,11 @@ def warp_bands(bands: np.ndarray, time_factor: float, semitones: float) -> np.nd
     w = (src - i0)[:, None].astype(np.float32)
     b = b[i0] * (1 - w) + b[i1] * w
     if semitones:
+        # np.interp along the band axis, the same weights for every frame
         centres = 12 * np.log2(np.sqrt(_BAND_EDGES[:-1] * _BAND_EDGES[1:]))
-        src_c = centres - semitones
-        b = np.stack([np.interp(src_c, centres, row) for row in b]) if len(b) else b
+        src_c = np.clip(centres - semitones, centres[0], centres[-1])
+        j1 = np.clip(np.searchsorted(centres, src_c, side="right"), 1, len(centres) - 1)
+        j0 = j1 - 1
+        wc = ((src_c - centres[j0]) / (centres[j1] - centres[j0])).astype(np.float32)
+        b = b[:, j0] * (1 - wc) + b[:, j1] * wc
     return b.astype(np.float32)

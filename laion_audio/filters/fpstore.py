@@ -156,6 +156,36 @@ def fingerprint_file(path: str, keep_bands: bool = True) -> Fingerprint | None:
         return None
 
 
+def warp_print_file(path: str) -> "fpmod.WarpPrint | None":
+    """The warp path's peaks and triplets of an audio file (issue 14), from the same bounded
+    read as :func:`fingerprint_file`: a long clip window by window, each window keeping the
+    triplets anchored in its core. None (logged) when the file cannot be decoded."""
+    try:
+        rate, frames, blocks = _mono_16k_blocks(path)
+        if not _is_long(rate, frames):
+            return fpmod.warp_print(_whole(blocks), fpmod.SR)
+        ts, lfs, tris, grids, n_peaks, n_frames = [], [], [], [], 0, 0
+        for core0, f0, x in _windows(blocks):
+            wp = fpmod.warp_print(x, fpmod.SR)
+            n_frames = max(n_frames, f0 + wp.n_frames)
+            if not len(wp):
+                continue
+            anchor = wp.t[wp.tri[:, 0]].astype(np.int64) + f0
+            keep = (anchor >= core0) & (anchor < core0 + WINDOW_FRAMES)
+            ts.append(wp.t.astype(np.int64) + f0)
+            lfs.append(wp.lf)
+            tris.append(wp.tri[keep] + n_peaks)
+            grids.append(wp.grid[keep])
+            n_peaks += len(wp.t)
+        cat = (lambda xs, dt, shape=(0,): np.concatenate(xs) if xs else np.zeros(shape, dt))
+        return fpmod.WarpPrint(cat(ts, np.int64).astype(np.int32), cat(lfs, np.float32),
+                               cat(tris, np.int32, (0, 3)).astype(np.int32), n_frames,
+                               cat(grids, bool))
+    except Exception as exc:  # noqa: BLE001 - one unreadable file is counted, not fatal
+        log.warning("cannot decode %s: %s", path, exc)
+        return None
+
+
 def frame_features_file(path: str, features) -> np.ndarray | None:
     """Per-frame features of an audio file (``features(samples_16k, 16000)`` -> one row per
     ``BAND_DECIMATE`` STFT frames, e.g. the near-duplicate bands), from the same bounded read

@@ -43,7 +43,8 @@ from ..ledger import Ledger, StageStats
 from ..records import Record, Status, records_to_table
 from ..shards.members import audio_exists, audio_in_shards
 from . import evalsets as evalsets_mod
-from .content_overlap import ContentMatcher, FingerprintIndex, Match, best_per_query
+from .content_overlap import (ContentMatcher, FingerprintIndex, Match, best_per_query,
+                              match_fields, warp_eval_matches)
 from .dedup import (DEFAULT_SOURCE_PRIORITY, QUERY_CHUNK, FeatureCache, decide_near,
                     exact_duplicates, keep_order, near_duplicate_matches, near_features)
 from .fpstore import FingerprintStore, band_features_file, fingerprint_file, frame_features_file
@@ -73,6 +74,7 @@ class FilterConfig:
     source_priority: Sequence[str] = DEFAULT_SOURCE_PRIORITY
     content: bool = True                       # eval-audio matching when eval_audio is given
     near_duplicates: bool = True
+    warp: bool = True                          # also catch sped-up/pitch-shifted/stretched copies
     min_votes: int = 6
     min_correlation: float = 0.7
     #: postings a lookup may touch (at least; long queries get 1 per 2,000 x their hashes):
@@ -353,7 +355,7 @@ class _FilterRun:
         split_of = _split_lookup(items)
         corpus_bands = _bands_loader(list(kept["flac_path"]))
         index = _new_index(config)
-        eval_meta = []
+        eval_meta, eval_paths = [], []
         for name, fname, path in eval_audio_files(config.eval_audio):
             fp = fingerprint_file(str(path))
             if fp is None:
@@ -361,6 +363,7 @@ class _FilterRun:
                 continue
             index.add(len(eval_meta), fp)
             eval_meta.append((name, fname, fp))
+            eval_paths.append(str(path))
             report.eval_clips[name] = report.eval_clips.get(name, 0) + 1
         index.build()
         matcher = ContentMatcher(index, min_votes=config.min_votes,
@@ -372,6 +375,10 @@ class _FilterRun:
                                     query_bands=lambda q, c0=c0: corpus_bands(c0 + q))
             matches += [Match(c0 + m.query, m.ref, m.offset, m.votes, m.score,
                               m.overlap_seconds) for m in part]
+        if config.warp:                                # issue 14: sped-up/pitched/stretched copies
+            matches += warp_eval_matches(
+                eval_paths, list(kept["flac_path"]), {m.query for m in matches},
+                ref_bands=lambda r: eval_meta[r][2].bands, query_bands=corpus_bands)
         for qi, m in sorted(best_per_query(matches).items()):
             name, fname, _ = eval_meta[m.ref]
             row = kept.iloc[qi]
@@ -381,7 +388,7 @@ class _FilterRun:
                     (name, Path(fname).stem), "unknown")),
                 "matched_id": fname, "score": round(m.score, 4), "method": CONTENT_METHOD,
                 "votes": m.votes, "offset_seconds": round(m.offset * 0.008, 3),
-                "overlap_seconds": round(m.overlap_seconds, 3)})
+                "overlap_seconds": round(m.overlap_seconds, 3), **match_fields(m)})
             report.by_source_evalset[key[0], name] += 1
             alive[qi] = False
         return alive

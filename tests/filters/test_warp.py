@@ -70,3 +70,65 @@ def test_warp_bands_undoes_a_warp():
     warped, _, _ = F.correlation_at(back, a, range(-3, 4))
     plain, _, _ = F.correlation_at(b, a, range(-3, 4))
     assert warped >= 0.8 and plain < 0.7
+
+
+def _numpy_hough(tq, tr, log_s):
+    """The definition the numba kernel replaces: per coarse factor, the offset with most hits
+    within +-TOL frames (np.unique), then a fine grid around the best factor."""
+    from laion_audio.filters import content_overlap as C
+
+    def best_offset(s, near):
+        off = np.rint(tr[near] - s * tq[near]).astype(np.int64)
+        u, c = np.unique(off, return_counts=True)
+        cum = np.array([c[(u >= x - C.WARP_OFFSET_TOL) & (u <= x + C.WARP_OFFSET_TOL)].sum() for x in u])
+        k = int(np.argmax(cum)) if len(u) else 0
+        return (int(cum[k]), int(u[k])) if len(u) else (0, 0)
+
+    best = (0, 0.0, 0)
+    for g in C._COARSE:
+        v, o = best_offset(np.exp(g), np.abs(log_s - g) <= C.WARP_HIT_SPREAD)
+        if v > best[0]:
+            best = (v, g, o)
+    g0 = best[1]
+    near = np.abs(log_s - g0) <= C.WARP_HIT_SPREAD + C.WARP_LOG_STEP
+    fine = (0, g0, 0)
+    for df in C._FINE:
+        v, o = best_offset(np.exp(g0 + df), near)
+        if v > fine[0]:
+            fine = (v, g0 + df, o)
+    return fine
+
+
+def test_hough_kernel_equals_its_definition():
+    """Hits of a true warp (factor 1.04, offset 37) among random ones: the numba
+    Hough finds the same (votes, factor, offset) as the plain numpy vote, and the warp."""
+    from laion_audio.filters import content_overlap as C
+
+    rng = np.random.default_rng(3)
+    for n_true, n_noise in ((40, 0), (60, 400), (8, 200), (0, 50)):
+        tq = rng.uniform(0, 2000, n_true + n_noise)
+        tr = np.concatenate([np.rint(1.04 * tq[:n_true]) + 37,
+                             rng.uniform(-100, 2200, n_noise)])
+        log_s = np.concatenate([np.log(1.04) + rng.normal(0, 0.01, n_true),
+                                rng.uniform(-0.13, 0.13, n_noise)])
+        use = np.arange(len(tq), dtype=np.int64)
+        v, g, o, k = C._hough(tq, tr, log_s, use, C._COARSE, C._FINE,
+                              np.zeros(len(C._COARSE) * 64, np.int32), np.empty(16, np.int64))
+        want = _numpy_hough(tq, tr, log_s)
+        assert (v, o) == (want[0], want[2]) and g == pytest.approx(want[1], abs=1e-12)
+        if n_true >= 40:
+            assert np.exp(g) == pytest.approx(1.04, abs=0.003) and abs(o - 37) <= 2 and v >= n_true
+
+
+def test_pitched_band_features():
+    """At 0 semitones they are the confirmation's band features; for a copy pitched up a
+    semitone, bands measured 1 semitone down on its own spectrum match the original better
+    than the band features shifted across bands (the warp confirmation's reason)."""
+    rng = np.random.default_rng(4)
+    x = _tone(330.0, 2.0) + R.texture("tones", 2.0, rng)[: 2 * SR]
+    assert np.array_equal(F.pitched_band_features(x, SR, 0.0), F.band_features(x, SR))
+    y = R.pitch_shift(100)(x, SR, rng)
+    a = F.band_features(x, SR)
+    measured, _, _ = F.correlation_at(F.pitched_band_features(y, SR, -1.0), a, range(-2, 3))
+    shifted, _, _ = F.correlation_at(F.warp_bands(F.band_features(y, SR), 1.0, -1.0), a, range(-2, 3))
+    assert measured >= 0.8 and measured > shifted
