@@ -18,7 +18,7 @@ character. Two clips are near duplicates when, at one alignment (found by landma
 * and the two are the same *signal*, not two similar sounds (:func:`residual_checks`): after
   one gain, their band energies differ by at most :data:`NEAR_MAX_RESIDUAL_DB` (3 dB RMS;
   an MP3 copy differs by <= 2.7) and their frame-to-frame changes (onsets, flicker,
-  modulation) correlate at >= :data:`NEAR_MIN_DETAIL` (0.4; copies >= 0.48). Two FM tones
+  modulation) correlate at >= :data:`NEAR_MIN_DETAIL` (0.4; copies >= 0.47). Two FM tones
   or harmonic stacks on one pitch path pass the envelope correlation (which removes each
   band's mean, so timbre does not count) but not these.
 
@@ -141,7 +141,7 @@ _NEAR_EDGES = _near_edges()
 class FeatureCache:
     """``load(i)`` memoised up to ``max_bytes`` (least recently used out), held as float32
     (the correlation kernels' type: converting once per load, not twice per pair, was 9%
-    of the matching time at 8k clips). Sized so a corpus of ~6k short clips loads each
+    of the matching time at 8k clips). Sized so a corpus of ~12k short clips loads each
     clip once; beyond that a candidate costs one load."""
 
     def __init__(self, load: Callable[[int], "np.ndarray | None"], max_bytes: int = 512 << 20):
@@ -231,7 +231,7 @@ def confirm_pair(fa: np.ndarray, fb: np.ndarray, offsets: Sequence[int], votes: 
     # +-2 feature frames of the best-correlated one (looped or steady sounds correlate
     # nearly as well a few frames off, where a copy's residual is already several dB)
     residual, detail, d = min(residual_checks(fa, fb, x) + (x,) for x in range(d - 2, d + 3)
-                              if min(len(fa), len(fb) - x) - max(0, -x) >= need)
+                              if covers(x))
     if residual > NEAR_MAX_RESIDUAL_DB or detail < NEAR_MIN_DETAIL:
         return None
     return NearMatch(-1, -1, d * BAND_DECIMATE, votes, fraction, score, n / shorter,
@@ -264,11 +264,11 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
     for s in range(first_query, len(fps), chunk):
         e = min(len(fps), s + chunk)
         t0 = time.perf_counter()
-        cands = index.candidates(fps[s:e], min_votes=min_votes, min_fraction=NEAR_MIN_NOMINATION, top=NEAR_TOP,
-                                 offsets=8, exclude_self=list(range(s, e)))
+        cands = index.candidates(fps[s:e], min_votes=min_votes, min_fraction=NEAR_MIN_NOMINATION,
+                                 top=NEAR_TOP, offsets=8, exclude_self=list(range(s, e)))
         stats["lookup_s"] += time.perf_counter() - t0
         stats["candidates"] += len(cands)
-        pairs: dict[tuple[int, int], list] = {}
+        pairs: dict[tuple[int, int], dict[int, int]] = {}     # pair -> offset -> votes
         for c in cands:
             q, r = s + c.query, c.ref
             a, b, off = (q, r, c.offset) if q < r else (r, q, -c.offset)
