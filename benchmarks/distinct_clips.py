@@ -16,16 +16,35 @@ import numpy as np
 import scipy.fft
 
 SR = 48_000
+#: bump when what a clip number generates changes (benchmark caches are keyed by it).
+#: v2: tonal segments follow curved random pitch paths with richer amplitude contours, and
+#: every clip has a faint noise bed of its own (v1 made pairs of FM tones and harmonic
+#: stacks with near-equal parameters whose straight glides coincided after a time shift:
+#: near-copies, 1.1% of 8,000 clips matched one, see docs/filters.md)
+VERSION = 2
 KINDS = ("chirp", "gated_tone", "filtered_noise", "fm", "harmonic", "rhythm")
 
 
 def _smooth_envelope(n, rng, depth):
-    """A random slow amplitude contour (a few random partials under 12 Hz)."""
+    """A random slow amplitude contour (six random partials under 15 Hz: enough degrees of
+    freedom that two clips' contours do not coincide by chance)."""
     t = np.arange(n) / SR
-    e = sum(np.sin(2 * np.pi * rng.uniform(0.5, 12) * t + rng.uniform(0, 6.3)) * rng.uniform(0, 1)
-            for _ in range(3))
+    e = sum(np.sin(2 * np.pi * rng.uniform(0.5, 15) * t + rng.uniform(0, 6.3)) * rng.uniform(0, 1)
+            for _ in range(6))
     e = e / (np.max(np.abs(e)) + 1e-9)
     return 1 - depth * (0.5 + 0.5 * e)
+
+
+def _pitch_path(n, rng, span):
+    """A random curved pitch path (log-frequency factor over the segment): slope, curvature
+    and a slow wobble. A straight glide is one parameter, and two straight glides of similar
+    slope are the same sound shifted in time (v1 of this generator made such near-copies)."""
+    u = np.arange(n) / n
+    path = span * (rng.uniform(-1, 1) * u + rng.uniform(-1, 1) * u ** 2)
+    for _ in range(2):
+        path += rng.uniform(0, 0.06) * np.sin(2 * np.pi * rng.uniform(0.5, 6) * u * n / SR
+                                              + rng.uniform(0, 6.3))
+    return np.exp(path)
 
 
 def _chirp(n, rng):
@@ -72,25 +91,26 @@ def _filtered_noise(n, rng):
 
 
 def _fm(n, rng):
+    """FM tone whose carrier follows a random curved path and whose modulation index drifts."""
     t = np.arange(n) / SR
     fc, fm, index = rng.uniform(200, 4000), rng.uniform(2, 40), rng.uniform(1, 10)
-    drift = rng.uniform(-0.5, 0.5) * fc * t / t[-1]
-    y = np.sin(2 * np.pi * np.cumsum(fc + drift) / SR + index * np.sin(2 * np.pi * fm * t))
-    return y * _smooth_envelope(n, rng, rng.uniform(0, 0.8))
+    carrier = fc * _pitch_path(n, rng, 0.5)
+    index_t = index * (1 + rng.uniform(-0.5, 0.5) * np.sin(2 * np.pi * rng.uniform(0.3, 3) * t))
+    y = np.sin(2 * np.pi * np.cumsum(carrier) / SR + index_t * np.sin(2 * np.pi * fm * t))
+    return y * _smooth_envelope(n, rng, rng.uniform(0.2, 0.8))
 
 
 def _harmonic(n, rng):
     t = np.arange(n) / SR
     f0 = rng.uniform(60, 800)
     vib = 1 + rng.uniform(0, 0.03) * np.sin(2 * np.pi * rng.uniform(2, 8) * t)
-    glide = (1 + rng.uniform(-0.3, 0.3) * t / t[-1])
-    phase = 2 * np.pi * np.cumsum(f0 * vib * glide) / SR
+    phase = 2 * np.pi * np.cumsum(f0 * vib * _pitch_path(n, rng, 0.3)) / SR
     y = np.zeros(n)
     for h, a in enumerate(rng.uniform(0.1, 1, int(rng.integers(3, 12))), start=1):
         if f0 * h < 7000:
             y += a / h * np.sin(h * phase + rng.uniform(0, 6.3))
     env = np.minimum(1, t / rng.uniform(0.01, 0.3)) * np.exp(-t * rng.uniform(0, 3))
-    return y * env
+    return y * env * _smooth_envelope(n, rng, rng.uniform(0.1, 0.6))
 
 
 def _rhythm(n, rng):
@@ -146,6 +166,9 @@ def distinct_clip(i: int, seed: int = 0, min_seconds: float = 0.5,
     ramp = np.linspace(0, 1, fade)
     y[:fade] *= ramp
     y[n - fade:] *= ramp[::-1]
+    y = y / (np.max(np.abs(y)) + 1e-9)
+    # a faint noise bed of its own (35-50 dB under the peak), as every recording has
+    y += rng.normal(size=n) * 10 ** (-rng.uniform(35, 50) / 20)
     y = y / (np.max(np.abs(y)) + 1e-9) * rng.uniform(0.1, 0.9)
     return y.astype(np.float32)
 

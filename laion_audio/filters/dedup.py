@@ -14,7 +14,13 @@ character. Two clips are near duplicates when, at one alignment (found by landma
   the same coarse band are told apart);
 * and the landmark votes at that alignment are >= :data:`NEAR_MIN_VOTE_FRACTION` (10%) of
   the shorter clip's landmarks, or the correlation is >= :data:`NEAR_STRONG_CORRELATION`
-  (0.93) (noise-like audio keeps its envelope through a lossy codec but not its peaks).
+  (0.93) (noise-like audio keeps its envelope through a lossy codec but not its peaks);
+* and the two are the same *signal*, not two similar sounds (:func:`residual_checks`): after
+  one gain, their band energies differ by at most :data:`NEAR_MAX_RESIDUAL_DB` (3 dB RMS;
+  an MP3 copy differs by <= 2.7) and their frame-to-frame changes (onsets, flicker,
+  modulation) correlate at >= :data:`NEAR_MIN_DETAIL` (0.4; copies >= 0.47). Two FM tones
+  or harmonic stacks on one pitch path pass the envelope correlation (which removes each
+  band's mean, so timbre does not count) but not these.
 
 No chaining: a record is dropped only as the duplicate of a record it matched *directly*
 and that is kept (:func:`decide_near`); A~B and B~C with A and C unrelated never drop C
@@ -36,6 +42,7 @@ arrived (one run, two runs, any order).
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -82,6 +89,22 @@ NEAR_MIN_COVERAGE = 0.8
 NEAR_MIN_CORRELATION = 0.8
 NEAR_STRONG_CORRELATION = 0.93
 NEAR_MIN_VOTE_FRACTION = 0.1
+NEAR_MAX_RESIDUAL_DB = 3.0
+NEAR_MIN_DETAIL = 0.4
+#: cells this far under a clip's loudest cell in the overlap are floored (as in the
+#: envelope correlation): near-silence and codec-removed detail carry no identity
+NEAR_RANGE_DB = 30.0
+#: a reference is nominated for a query when it shares this share of the shorter clip's
+#: landmarks at one offset (copies share >= 6.9%: a trim whose frames fall between the
+#: original's; MP3 >= 15%): chance nominations between similar sounds, which grow with the
+#: corpus, halve against the eval check's 2%
+NEAR_MIN_NOMINATION = 0.04
+#: correlation a pair must reach at one of its voted offsets before the +-2 frame search
+#: (true copies of the recall set: >= 0.51 at their voted offsets, before the search)
+NEAR_SCREEN_CORRELATION = 0.4
+#: voted offsets of a pair that are checked (+-2 feature frames each), best-voted first: a
+#: copy's alignment is its best-voted offset; every offset is a full correlation
+NEAR_OFFSETS = 3
 NEAR_BANDS = 128
 #: queries looked up per index call: the vote kernel's arrays and the candidate list stay
 #: bounded whatever the corpus size
@@ -116,8 +139,10 @@ _NEAR_EDGES = _near_edges()
 
 
 class FeatureCache:
-    """``load(i)`` memoised up to ``max_bytes`` (least recently used out). Sized so a corpus
-    of ~10k short clips loads each clip once; beyond that a candidate costs one load."""
+    """``load(i)`` memoised up to ``max_bytes`` (least recently used out), held as float32
+    (the correlation kernels' type: converting once per load, not twice per pair, was 9%
+    of the matching time at 8k clips). Sized so a corpus of ~12k short clips loads each
+    clip once; beyond that a candidate costs one load."""
 
     def __init__(self, load: Callable[[int], "np.ndarray | None"], max_bytes: int = 512 << 20):
         self.load, self.max_bytes = load, max_bytes
@@ -130,6 +155,8 @@ class FeatureCache:
             self._d.move_to_end(i)
             return self._d[i]
         v = self.load(i)
+        if v is not None:
+            v = np.ascontiguousarray(v, np.float32)
         self.loads += 1
         self._d[i] = v
         self.bytes += 0 if v is None else v.nbytes
@@ -150,6 +177,32 @@ class NearMatch:
     vote_fraction: float
     score: float
     coverage: float
+    residual_db: float = 0.0
+    detail: float = 1.0
+
+
+def residual_checks(fa: np.ndarray, fb: np.ndarray, d: int) -> tuple[float, float]:
+    """(residual dB, detail correlation) of features ``fa``/``fb`` aligned at feature offset
+    ``d`` (frame ``i`` of a against ``i + d`` of b), each floored :data:`NEAR_RANGE_DB` under
+    its loudest cell. Residual: RMS over cells loud in either clip of their dB difference less
+    its median (one gain). Detail: correlation of the frame-to-frame differences, each
+    frame's mean removed (a loudness contour shared by any two sounds cancels)."""
+    i0, i1 = max(0, -d), min(len(fa), len(fb) - d)
+    x = np.asarray(fa[i0:i1], np.float32)
+    y = np.asarray(fb[i0 + d:i1 + d], np.float32)
+    if len(x) < 2:
+        return float("inf"), -1.0
+    fx, fy = x.max() - NEAR_RANGE_DB, y.max() - NEAR_RANGE_DB
+    loud = (x > fx) | (y > fy)
+    x, y = np.maximum(x, fx), np.maximum(y, fy)
+    diff = (x - y)[loud]
+    residual = float(np.sqrt(np.mean((diff - np.median(diff)) ** 2))) if len(diff) else float("inf")
+    dx, dy = np.diff(x, axis=0), np.diff(y, axis=0)
+    dx -= dx.mean(axis=1, keepdims=True)
+    dy -= dy.mean(axis=1, keepdims=True)
+    den = float(np.sqrt(np.sum(dx * dx, dtype=np.float64) * np.sum(dy * dy, dtype=np.float64)))
+    detail = float(np.sum(dx * dy, dtype=np.float64) / den) if den > 0 else -1.0
+    return residual, detail
 
 
 def confirm_pair(fa: np.ndarray, fb: np.ndarray, offsets: Sequence[int], votes: int,
@@ -160,18 +213,29 @@ def confirm_pair(fa: np.ndarray, fb: np.ndarray, offsets: Sequence[int], votes: 
 
     shorter = min(len(fa), len(fb))
     need = max(12, math.ceil(NEAR_MIN_COVERAGE * shorter))
-    near = sorted({round(o / BAND_DECIMATE) + s for o in offsets for s in range(-2, 3)})
-    # only alignments whose overlap can cover enough of the shorter clip
-    near = [d for d in near if min(len(fa), len(fb) - d) - max(0, -d) >= need]
-    if not near:
+    covers = lambda d: min(len(fa), len(fb) - d) - max(0, -d) >= need
+    # only alignments whose overlap can cover enough of the shorter clip; the voted
+    # offsets themselves first: a pair that does not come near the threshold there is not
+    # searched +-2 frames (most candidates are chance; 5x less work for them)
+    voted = [d for d in sorted({round(o / BAND_DECIMATE) for o in offsets}) if covers(d)]
+    if not voted or correlation_at(fa, fb, voted, min_overlap=need)[0] < NEAR_SCREEN_CORRELATION:
         return None
+    near = [d for d in sorted({v + s for v in voted for s in range(-2, 3)}) if covers(d)]
     score, n, d = correlation_at(fa, fb, near, min_overlap=need)
     fraction = votes / max(1, min(hashes_a, hashes_b))
     if d is None or score < NEAR_MIN_CORRELATION:
         return None
     if fraction < NEAR_MIN_VOTE_FRACTION and score < NEAR_STRONG_CORRELATION:
         return None
-    return NearMatch(-1, -1, d * BAND_DECIMATE, votes, fraction, score, n / shorter)
+    # the same signal lines up to the frame: the alignment with the least residual within
+    # +-2 feature frames of the best-correlated one (looped or steady sounds correlate
+    # nearly as well a few frames off, where a copy's residual is already several dB)
+    residual, detail, d = min(residual_checks(fa, fb, x) + (x,) for x in range(d - 2, d + 3)
+                              if covers(x))
+    if residual > NEAR_MAX_RESIDUAL_DB or detail < NEAR_MIN_DETAIL:
+        return None
+    return NearMatch(-1, -1, d * BAND_DECIMATE, votes, fraction, score, n / shorter,
+                     residual, detail)
 
 
 def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray | None"], *,
@@ -195,13 +259,16 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
     hashes = np.array([len(fp) for fp in fps], np.int64)
     seen: set[tuple[int, int]] = set()
     out: list[NearMatch] = []
-    stats = {"candidates": 0, "pairs_checked": 0, "pairs_prefiltered": 0}
+    stats = {"candidates": 0, "pairs_checked": 0, "pairs_prefiltered": 0, "lookup_s": 0.0,
+             "confirm_s": 0.0}
     for s in range(first_query, len(fps), chunk):
         e = min(len(fps), s + chunk)
-        cands = index.candidates(fps[s:e], min_votes=min_votes, min_fraction=0.02, top=NEAR_TOP,
-                                 offsets=8, exclude_self=list(range(s, e)))
+        t0 = time.perf_counter()
+        cands = index.candidates(fps[s:e], min_votes=min_votes, min_fraction=NEAR_MIN_NOMINATION,
+                                 top=NEAR_TOP, offsets=8, exclude_self=list(range(s, e)))
+        stats["lookup_s"] += time.perf_counter() - t0
         stats["candidates"] += len(cands)
-        pairs: dict[tuple[int, int], list] = {}
+        pairs: dict[tuple[int, int], dict[int, int]] = {}     # pair -> offset -> votes
         for c in cands:
             q, r = s + c.query, c.ref
             a, b, off = (q, r, c.offset) if q < r else (r, q, -c.offset)
@@ -213,19 +280,22 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
             if overlap < NEAR_MIN_COVERAGE * shorter - 8:
                 stats["pairs_prefiltered"] += 1
                 continue
-            entry = pairs.setdefault((a, b), [[], 0])
-            entry[0].append(off)
-            entry[1] = max(entry[1], c.votes)
+            entry = pairs.setdefault((a, b), {})
+            entry[off] = max(entry.get(off, 0), c.votes)
+        t0 = time.perf_counter()
         for (a, b) in sorted(pairs):
-            offs, votes = pairs[(a, b)]
+            voted = pairs[(a, b)]
             seen.add((a, b))
             stats["pairs_checked"] += 1
             fa, fb = features(a), features(b)
             if fa is None or fb is None:
                 continue
-            m = confirm_pair(fa, fb, sorted(set(offs)), votes, hashes[a], hashes[b])
+            best = sorted(voted, key=lambda o: (-voted[o], o))[:NEAR_OFFSETS]
+            m = confirm_pair(fa, fb, best, max(voted.values()), hashes[a], hashes[b])
             if m is not None:
-                out.append(NearMatch(a, b, m.offset, m.votes, m.vote_fraction, m.score, m.coverage))
+                out.append(NearMatch(a, b, m.offset, m.votes, m.vote_fraction, m.score, m.coverage,
+                                     m.residual_db, m.detail))
+        stats["confirm_s"] += time.perf_counter() - t0
     out.sort(key=lambda m: (m.a, m.b))
     return out, stats
 

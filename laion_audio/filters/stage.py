@@ -426,7 +426,8 @@ class _FilterRun:
             self.changed[key] = _mark(self.record(key), DUP_NEAR, {
                 "method": NEAR_METHOD, "score": round(m.score, 4), "votes": m.votes,
                 "vote_fraction": round(m.vote_fraction, 4),
-                "coverage": round(m.coverage, 3), "matched_id": names[m.a]}, names[m.a])
+                "coverage": round(m.coverage, 3), "residual_db": round(m.residual_db, 2),
+                "detail": round(m.detail, 3), "matched_id": names[m.a]}, names[m.a])
             self.report.by_source_duplicate[(key[0], DUP_NEAR)] += 1
 
     def write_verdicts(self, t0: float) -> StageStats:
