@@ -480,7 +480,7 @@ def bench_warp(n_eval: int = 100, n_distractors: int = 2000, seed: int = 0) -> d
                      "warp_queries": extra["warp_queries"],
                      "warp_candidates": extra["warp_candidates"], "n_queries": extra["n_queries"]}
         print(name, json.dumps(out[name], indent=1), flush=True)
-    e, w = out["exact"], out["exact+warp"]
+    w = out["exact+warp"]
     # per query, in the same run: the warp pass runs only on the queries the exact path left
     per_exact = (w["fingerprint_s"] + w["match_s"]) / w["n_queries"]
     per_warp = w["warp_s"] / max(w["warp_queries"], 1)

@@ -21,7 +21,7 @@ from typing import Callable, Hashable, Iterable, Sequence
 import numba
 import numpy as np
 
-from .fingerprint import Fingerprint, aligned_correlation
+from .fingerprint import Fingerprint
 
 
 
