@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from laion_audio.filters import robustness as R
+import robustness as R  # benchmarks/ (tests/filters/conftest.py)
 from laion_audio.filters.content_overlap import WARP_METHOD
 from laion_audio.filters.stage import EVAL_CONTENT, FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
