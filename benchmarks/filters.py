@@ -30,6 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))   # helpers shared with the tests: robustness.py, ...
 SHARED = Path(os.environ.get("LAION_AUDIO_SHARED", REPO.parent / "shared")) / "data"
 
 
@@ -128,7 +129,7 @@ def _real_clips(n_max: int = 300, seconds: float = 10.0):
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import find_debian_sounds
 
-    from laion_audio.filters.robustness import active_fraction, load_mono
+    from robustness import active_fraction, load_mono
 
     n = int(seconds * 48_000)
     chunked = []
@@ -170,7 +171,7 @@ def bench_fingerprint() -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import find_debian_sounds
     short = [p for p in find_debian_sounds() if 0.5 <= sf.info(str(p)).duration < 3][:80]
-    from laion_audio.filters.robustness import load_mono
+    from robustness import load_mono
     got_ours = sum(len(fingerprint(load_mono(p), 48_000)) > 0 for p in short)
     got_cp = 0
     for p in short:
@@ -224,7 +225,7 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
     copies (trim + gain) of the originals, looked up in batches of 400, per posting budget."""
     from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex
     from laion_audio.filters.fingerprint import fingerprint
-    from laion_audio.filters.robustness import PERTURBATIONS
+    from robustness import PERTURBATIONS
 
     rng = np.random.default_rng(0)
     clips = _real_clips(n_queries, clip_seconds)
@@ -285,7 +286,6 @@ def _gen_fingerprints(args):
     ``start .. stop - 1`` (features computed here, from the same generated clip, so the
     driver does not generate it again)."""
     start, stop, seed = args
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from distinct_clips import SR, distinct_clip
 
     from laion_audio.filters.dedup import near_features
@@ -339,7 +339,6 @@ def bench_neardup(sizes=(1000, 8000), seed: int = 0, procs: int = 1) -> list[dic
 def _write_flacs(args):
     """Worker: generated clips ``start .. stop - 1`` as 48 kHz FLAC, with their PCM hashes."""
     start, stop, seed, folder = args
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import soundfile as sf
     from distinct_clips import SR, distinct_clip
 
@@ -400,7 +399,7 @@ def bench_warp(n_eval: int = 100, n_distractors: int = 2000, seed: int = 0) -> d
     sys.path.insert(0, str(REPO / "tests"))
     import conftest
 
-    from laion_audio.filters import robustness
+    import robustness
 
     files = conftest.find_debian_sounds() + sorted(Path(SHARED, "laion_pairs").glob("*.flac"))
     corpus = robustness.build_planted_corpus(files, n_eval=n_eval, n_distractors=n_distractors,

@@ -120,8 +120,6 @@ class Source:
 # ---------------------------------------------------------------------------------------------
 # Helpers for web sources (crawlers/bbc.py, epidemic.py, freesound.py, audiostock.py, ...)
 
-#: Audio file extensions a URL may choose; anything else gets the source's default.
-AUDIO_EXTS = defaults.AUDIO_EXTENSIONS
 MAX_TEXT_CHARS = 2000
 
 
@@ -359,8 +357,9 @@ class HttpSource(Source):
         return False
 
     def audio_ext(self, url: str) -> str:
+        """The audio extension the URL names, else the source's default."""
         ext = os.path.splitext(urlsplit(url).path)[1].lower()
-        return ext if ext in AUDIO_EXTS else self.default_ext
+        return ext if ext in defaults.AUDIO_EXTENSIONS else self.default_ext
 
     def dest_path(self, record: Record, dest_dir: Path) -> Path:
         """Our name for the file: ``sample_key + extension``; site names never choose a path."""

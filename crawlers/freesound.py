@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
+from laion_audio import defaults
 from laion_audio.errors import UserError
 from laion_audio.http import host_of, secret_from_env
 from laion_audio.records import Failure, FailureCode, Record, Status, sample_key
 
-from .base import AUDIO_EXTS, HttpSource, clean_text
+from .base import HttpSource, clean_text
 
 API_BASE = "https://freesound.org/apiv2"
 FIELDS = ("id,name,tags,description,username,license,duration,samplerate,channels,type,"
@@ -224,7 +225,7 @@ class FreesoundSource(HttpSource):
 
     def dest_path(self, record: Record, dest_dir: Path) -> Path:
         kind = "." + str(record.original_data.get("type") or "").lower().lstrip(".")
-        if "/download" in urlsplit(record.url).path and kind in AUDIO_EXTS:
+        if "/download" in urlsplit(record.url).path and kind in defaults.AUDIO_EXTENSIONS:
             return Path(dest_dir) / f"{sample_key(record.source, record.source_id)}{kind}"
         return super().dest_path(record, dest_dir)
 

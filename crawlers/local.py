@@ -53,7 +53,6 @@ from .base import Source
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = defaults.AUDIO_EXTENSIONS
 _FILE_COLUMNS = ("file_name", "file", "filename", "path", "audio", "audio_filename", "fname")
 _CAPTION_COLUMNS = ("caption", "text", "description") + tuple(f"caption_{i}" for i in range(1, 6))
 
@@ -254,7 +253,7 @@ class LocalSource(Source):
         used: set[int] = set()
         stems = 0
         files = sorted(p for p in self.root.rglob("*")
-                       if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
+                       if p.suffix.lower() in defaults.AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
         valid = {p.relative_to(self.root).as_posix() for p in files}
         valid = {r for r in valid if utf8_name(r) == r}
         for path in files:

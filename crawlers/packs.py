@@ -24,12 +24,12 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
+from laion_audio import defaults
 from laion_audio.archives import ArchiveLimits, extract_archive, extract_one, printable_name
 from laion_audio.http import redact
 from laion_audio.records import Failure, FailureCode, Record, Status
 
 from .base import Source, clean_text
-from .local import AUDIO_EXTENSIONS
 
 CAPTION_RULE = "pack file name, cleaned"
 CAPTION_RULE_VERSION = 1
@@ -243,7 +243,7 @@ class PackSource(Source):
         return None if "***" in stored else stored
 
     def _audio_wanted(self, name: str) -> bool:
-        return PurePosixPath(name).suffix.lower() in AUDIO_EXTENSIONS
+        return PurePosixPath(name).suffix.lower() in defaults.AUDIO_EXTENSIONS
 
     def _members(self, value: str) -> Iterator[tuple[str, Path | None, dict, Failure | None]]:
         """(relative name, local path, extra original_data, failure) for one input."""

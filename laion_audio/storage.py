@@ -1,8 +1,9 @@
 """Output roots that may be a local folder or object storage (``s3://...``), through fsspec.
 
 Shards are always built in a local file first. :func:`commit_file` then publishes it in one
-step: ``os.replace`` on a local root, a single upload (an S3 PUT is atomic: readers see the old
-object or the whole new one, never a part) on a remote root. So no reader ever sees half a shard.
+step: the atomic rename of :mod:`laion_audio.atomic` on a local root, a single upload (an S3
+PUT is atomic: readers see the old object or the whole new one, never a part) on a remote
+root. So no reader ever sees half a shard.
 
 S3 endpoints and credentials come from the usual places (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``...) or from ``storage_options`` (e.g. ``{"endpoint_url": ...}``), which are

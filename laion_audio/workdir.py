@@ -31,6 +31,10 @@ from .records import Record
 FOLDERS = ("ledger", "crawl", "cache", "raw", "audio", "fingerprints", "shards", "stats")
 
 
+def _folder(name: str) -> property:
+    return property(lambda self: self.root / name, doc=f"``<root>/{name}``")
+
+
 class WorkDir:
     """Paths of one work folder; records' ``audio_path``/``flac_path`` are stored relative to it."""
 
@@ -46,26 +50,12 @@ class WorkDir:
         """The work folder of a ledger folder: its parent, unless the user says otherwise."""
         return cls(paths_relative_to if paths_relative_to else Path(ledger_dir).resolve().parent)
 
-    # --- folders
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger"
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "raw"
-
-    @property
-    def audio(self) -> Path:
-        return self.root / "audio"
-
-    @property
-    def fingerprints(self) -> Path:
-        return self.root / "fingerprints"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats"
+    # --- folders (``work.audio`` is ``work.root / "audio"``, ...)
+    ledger = _folder("ledger")
+    raw = _folder("raw")
+    audio = _folder("audio")
+    fingerprints = _folder("fingerprints")
+    stats = _folder("stats")
 
     def crawl_state(self, source: str) -> Path:
         return self.root / "crawl" / f"{source}.json"

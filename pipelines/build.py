@@ -36,7 +36,7 @@ class BuildConfig:
     shards_to: str | None = None                # local path or fsspec URL; default out/shards
     seed: int = defaults.SEED
     test_fraction: float = defaults.TEST_FRACTION
-    samples_per_shard: int = defaults.SAMPLES_PER_SHARD
+    samples_per_shard: int | None = None        # None: 512, no count cap with shard_bytes
     shard_bytes: int | None = None
     workers: int = max(1, os.cpu_count() or 1)
     ray_address: str | None = None

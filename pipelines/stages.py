@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crawlers.crawl import crawl_source
+from crawlers.crawl import CRAWL_FLUSH_EVERY, crawl_source
 from crawlers.fetch import fetch_batch
 from laion_audio.captions.worker import caption_batch
 from laion_audio.filters.fpstore import fingerprint_batch
@@ -66,7 +66,8 @@ class Stage:
 #: the build, in order (`--stages` selects by name; `fingerprint` runs as part of `filter`)
 STAGES: tuple[Stage, ...] = (
     Stage("crawl", crawl_source, reads=(), writes=(Status.NEW,), batching="pages",
-          where="driver", doc="list a source, 500 records per ledger write, checkpointed"),
+          where="driver",
+          doc=f"list a source, {CRAWL_FLUSH_EVERY:,} records per ledger write, checkpointed"),
     Stage("fetch", fetch_batch, reads=(Status.NEW,), writes=(Status.FETCHED,),
           batching="records", per_record=True, needs_files=True,
           doc="per source: its client, threads and per-host rate limit"),
@@ -80,7 +81,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("caption", caption_batch, reads=(Status.TRANSCODED,), writes=(Status.CAPTIONED,),
           batching="records", min_batch=64, doc="T5 or template; a model batch per task, cached"),
     Stage("filter", filter_ledger, reads=ELIGIBLE, writes=(Status.DROPPED,),
-          batching="ledger", where="driver", doc="id overlap, exact and near duplicates"),
+          batching="ledger", where="driver",
+          doc="eval-set id and content overlap, exact and near duplicates"),
     Stage("shard", write_shards, reads=(Status.CAPTIONED, Status.SHARDED),
           writes=(Status.SHARDED,), batching="ledger", where="driver",
           doc="seeded split/order over the ready set, byte-identical tars"),

@@ -88,11 +88,8 @@ def register(app: ReplayApp) -> None:
         return {k: full[k] for k in fields if k in full}
 
     def search(req: Request) -> Reply:
-        throttled = quota_check(app)
-        if throttled is not None:
-            return throttled
-        if not _authorised(req, "Token", app.settings["freesound_token"]):
-            return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
+        if (refusal := api_refusal(app, req, "Token")) is not None:
+            return refusal
         page = max(1, int(req.query.get("page") or 1))
         size = min(150, max(1, int(req.query.get("page_size") or 15)))
         fields = (req.query.get("fields") or "id,name,tags,username,license").split(",")
@@ -126,11 +123,8 @@ def register(app: ReplayApp) -> None:
         return Reply(200, body, ctype)
 
     def download(req: Request) -> Reply:
-        throttled = quota_check(app)
-        if throttled is not None:
-            return throttled
-        if not _authorised(req, "Bearer", app.settings["freesound_oauth"]):
-            return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
+        if (refusal := api_refusal(app, req, "Bearer")) is not None:
+            return refusal
         item = find(req.match.group("id"))
         if item is None:
             return Reply.json({"detail": "Not found."}, 404)
@@ -211,15 +205,24 @@ def quota_check(app: ReplayApp) -> Reply | None:
         return None
 
 
+def api_refusal(app: ReplayApp, req: Request, scheme: str) -> Reply | None:
+    """Freesound's answer before any work: the 429 of a quota (the request counts), else the
+    401 without the right credentials (``Token`` API key or OAuth2 ``Bearer``); None: go on."""
+    throttled = quota_check(app)
+    if throttled is not None:
+        return throttled
+    token = app.settings["freesound_token" if scheme == "Token" else "freesound_oauth"]
+    if not _authorised(req, scheme, token):
+        return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
+    return None
+
+
 def register_by_id(app: ReplayApp, cat: "FreesoundCatalogue", public) -> None:
     """``GET /apiv2/sounds/<id>/?fields=...`` (Token) and the quota control routes."""
 
     def sound(req: Request) -> Reply:
-        throttled = quota_check(app)
-        if throttled is not None:
-            return throttled
-        if not _authorised(req, "Token", app.settings["freesound_token"]):
-            return Reply.json({"detail": "Authentication credentials were not provided."}, 401)
+        if (refusal := api_refusal(app, req, "Token")) is not None:
+            return refusal
         with app.lock:
             item = cat.items.get(req.match.group("id"))
         if item is None:

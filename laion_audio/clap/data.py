@@ -129,16 +129,11 @@ def captions_of(meta: dict, selection: str | None) -> list[str]:
 
 def decode_audio(data: bytes, sample_rate: int) -> tuple[torch.Tensor, int]:
     """FLAC (or any libsndfile format) bytes -> mono float32 at ``sample_rate``, original rate."""
-    import soundfile as sf
+    from ..transcode.audio import read_mono
 
-    wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    if wave.shape[0] == 0:
+    wave, sr = read_mono(io.BytesIO(data), sample_rate)
+    if len(wave) == 0:
         raise ValueError("no audio frames")
-    wave = wave.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        wave = soxr.resample(wave, sr, sample_rate, quality="HQ").astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(wave)), sr
 
 

@@ -76,21 +76,26 @@ def add_caption_filter_arguments(p: argparse.ArgumentParser) -> None:
                         "report); without it, eval sets missing from the cache are fetched first")
 
 
-def add_shard_arguments(p: argparse.ArgumentParser) -> None:
+def add_shard_arguments(p: argparse.ArgumentParser, *, keep_audio: bool = True) -> None:
+    """The shard options, the same in ``build`` (and the build-like commands) and ``shard``
+    (which never deletes FLACs, so it has no ``--keep-audio``)."""
     g = p.add_argument_group("shards")
-    g.add_argument("--shards-to", default=None,
-                   help="shard root: local folder or fsspec URL such as s3://bucket/prefix "
+    if keep_audio:
+        g.add_argument("--keep-audio", action="store_true",
+                       help="keep each FLAC in OUT/audio (default: deleted once its tar is "
+                            "published in a local shard root; later runs read it from the tar)")
+    g.add_argument("--shards-to", default=None, metavar="ROOT",
+                   help="shard root: a folder or an fsspec URL such as s3://bucket/prefix "
                         "(default: OUT/shards)")
     g.add_argument("--seed", type=int, default=defaults.SEED, help="split and order seed")
     g.add_argument("--test-fraction", type=fraction, default=defaults.TEST_FRACTION,
                    help="share of ids that go to the test split")
-    g.add_argument("--samples-per-shard", type=positive_int, default=defaults.SAMPLES_PER_SHARD,
-                   help="samples per tar")
+    g.add_argument("--samples-per-shard", type=positive_int, default=None,
+                   help=f"samples per tar (default {defaults.SAMPLES_PER_SHARD}; with "
+                        "--shard-bytes, an extra cap)")
     g.add_argument("--shard-bytes", type=parse_bytes, default=None, metavar="N",
-                   help="roll to a new tar before N bytes instead (e.g. 500M, 1G)")
-    g.add_argument("--keep-audio", action="store_true",
-                   help="keep each FLAC in OUT/audio (default: deleted once its tar is published "
-                        "in a local shard root; later runs read it from the tar)")
+                   help="roll to a new tar before N bytes (e.g. 500M, 1G; a tar is larger only "
+                        "when one sample alone is)")
 
 
 def add_source_argument(p: argparse.ArgumentParser, what: str, **kwargs) -> None:

@@ -6,12 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from .. import defaults
 from ..errors import UserError, disk_full
 from . import _checks
-from ._checks import fraction, parse_bytes, positive_int  # noqa: F401 (parse_bytes: old home)
+from ._checks import parse_bytes, positive_int  # noqa: F401 (parse_bytes: old home)
 from ._deprecated import announce, deprecated_positional
-from .build import DEFAULT_OUT
+from .build import DEFAULT_OUT, add_shard_arguments
 
 
 def register(sub) -> None:
@@ -25,27 +24,23 @@ def register(sub) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help="the build's work folder (reads OUT/ledger)")
     p.add_argument("--ledger", default=None, metavar="LEDGER_DIR",
                    help="ledger folder (default: OUT/ledger)")
-    p.add_argument("--shards-to", default=None, metavar="ROOT",
-                   help="shard root: a folder or an fsspec URL such as s3://bucket/prefix "
-                        "(default: OUT/shards)")
     p.add_argument("ledger_pos", nargs="?", metavar="LEDGER_DIR", help=argparse.SUPPRESS)
     p.add_argument("root_pos", nargs="?", metavar="ROOT", help=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, default=defaults.SEED, help="split and order seed")
-    p.add_argument("--test-fraction", type=fraction, default=defaults.TEST_FRACTION,
-                   help="share of ids that go to the test split (default 0.1)")
-    p.add_argument("--samples-per-shard", type=positive_int, default=None,
-                   help="samples per tar (default 512; with --shard-bytes, an extra cap)")
-    p.add_argument("--shard-bytes", type=parse_bytes, default=None, metavar="N",
-                   help="roll to a new tar before N bytes (e.g. 500M, 1G; a tar is larger only "
-                        "when one sample alone is)")
+    add_shard_arguments(p, keep_audio=False)
     p.add_argument("--workers", type=positive_int, default=2, help="tars written at once (threads)")
     p.add_argument("--paths-relative-to", default=None,
                    help="folder that relative flac paths in the ledger start from "
                         "(default: the folder holding LEDGER_DIR, i.e. the build's work folder)")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for OUT, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)")
+    add_storage_option(p)
     p.add_argument("--report", default=None, help="also write the report as JSON to this file")
     p.set_defaults(func=run)
+
+
+def add_storage_option(p: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` for an fsspec shard root (``shard``, ``verify``)."""
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option for the shard root, e.g. "
+                        "endpoint_url=http://127.0.0.1:9000 (repeatable)")
 
 
 def parse_storage_options(pairs: list[str]) -> dict:

@@ -9,6 +9,7 @@ from ..errors import UserError
 from ._checks import positive_int
 from ._deprecated import announce, deprecated_positional
 from .build import DEFAULT_OUT
+from .shard import add_storage_option, parse_storage_options
 
 
 def register(sub) -> None:
@@ -24,8 +25,7 @@ def register(sub) -> None:
                    help="shard root: a folder or an fsspec URL (default: OUT/shards)")
     p.add_argument("root_pos", nargs="?", metavar="ROOT", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=positive_int, default=2, help="tars checked at once (threads)")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for ROOT, e.g. endpoint_url=http://127.0.0.1:9000")
+    add_storage_option(p)
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON here")
     p.set_defaults(func=run)
 
@@ -40,7 +40,6 @@ def validate_verify(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from laion_audio.commands.shard import parse_storage_options
     from laion_audio.shards import verify
 
     validate_verify(args)

@@ -45,17 +45,10 @@ WINDOW_FRAMES = fpmod.BLOCK * fpmod.GRID * 30          # 7,440 frames = 59.5 s
 CONTEXT_FRAMES = 2 * fpmod.BLOCK                       # 124 frames: > pair zone + neighbourhood
 
 
-def read_mono(path: str) -> tuple[np.ndarray, int]:
-    """The whole clip, mono float32, at its own rate (for short clips and tests)."""
-    import soundfile as sf
-
-    x, sr = sf.read(open_audio(path), dtype="float32", always_2d=True)
-    return x.mean(axis=1), sr
-
-
 def _mono_16k_blocks(path: str):
     """(frames at the file's rate, iterator of mono float32 blocks at 16 kHz). Down-mix is the
-    same per-row mean as :func:`read_mono`; the resampler is soxr HQ as in ``to_mono_16k``."""
+    same per-row mean as :func:`laion_audio.transcode.audio.read_mono`; the resampler is soxr
+    HQ as in ``to_mono_16k``."""
     import soundfile as sf
     import soxr
 

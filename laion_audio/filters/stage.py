@@ -52,7 +52,6 @@ from .id_overlap import find_id_overlaps, primary_matches
 log = logging.getLogger(__name__)
 
 ELIGIBLE = (Status.NEW, Status.FETCHED, Status.TRANSCODED, Status.CAPTIONED)
-AUDIO_EXTS = defaults.LIBSNDFILE_EXTENSIONS
 
 EVAL_ID = "eval_overlap_id"
 EVAL_CONTENT = "eval_overlap_content"
@@ -181,15 +180,16 @@ def eval_audio_files(eval_audio: dict[str, str]) -> list[tuple[str, str, Path]]:
         if not root.is_dir():
             raise FileNotFoundError(f"--eval-audio {name}={folder}: not a folder")
         for p in sorted(root.rglob("*")):
-            if p.is_file() and p.suffix.lower() in AUDIO_EXTS:
+            if p.is_file() and p.suffix.lower() in defaults.LIBSNDFILE_EXTENSIONS:
                 out.append((name, p.name, p))
     return out
 
 
-def _split_lookup(items: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(eval_set, file name or stem) -> split, from the parsed eval manifests."""
+def _split_lookup(items: pd.DataFrame | None) -> dict[tuple[str, str], str]:
+    """(eval_set, file name or stem) -> split, from the parsed eval manifests (None: not
+    loaded, ``--skip-eval-filter``)."""
     out = {}
-    if items.empty:
+    if items is None or items.empty:
         return out
     for es, item, split in zip(items["eval_set"], items["item_id"].astype(str), items["split"].astype(str)):
         out.setdefault((es, item), split)

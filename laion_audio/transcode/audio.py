@@ -185,6 +185,23 @@ def pcm_sha256_of_file(path: str | os.PathLike) -> str:
     return pcm_sha256(data)
 
 
+def read_mono(source, rate: int | None = None,
+              max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """A whole file (path or file object) as mono float32 (mean of the channels), resampled
+    to ``rate`` with soxr HQ when given, and the file's own rate. The one in-memory read of
+    short clips (eval clips, tests, the CLAP loader); long inputs go through the streamed
+    readers (:func:`transcode_file`, the fingerprint store's blocks)."""
+    if isinstance(source, os.PathLike):
+        source = str(source)
+    with sf.SoundFile(source) as handle:
+        own = handle.samplerate
+        frames = -1 if max_seconds is None else int(max_seconds * own)
+        x = handle.read(frames, dtype="float32", always_2d=True).mean(axis=1)
+    if rate and rate != own and len(x):
+        x = soxr.resample(x, own, rate, quality="HQ").astype(np.float32)
+    return x, own
+
+
 def temp_path_for(final: Path) -> Path:
     """Deterministic temporary name beside ``final``: a rerun overwrites a stale one."""
     return final.with_name(f".{final.name}.partial")

@@ -48,4 +48,4 @@ def test_no_os_replace_outside_the_helper():
                 continue
             if re.search(r"\bos\.replace\(", path.read_text(encoding="utf-8")):
                 offenders.append(str(path.relative_to(repo)))
-    assert offenders == [], f"os.replace outside laion_audio/atomic.py: {offenders}"
+    assert offenders == [], f"a rename outside laion_audio/atomic.py: {offenders}"

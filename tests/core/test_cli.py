@@ -72,6 +72,18 @@ def test_sizes_accept_units():
     assert p.parse_args(["build", "--audioset-rate-limit", "2M"]).audioset_rate_limit == 2_000_000
 
 
+def test_build_and_shard_share_the_shard_options():
+    """One definition of the shard options: a byte target alone sets no count cap in either
+    command (docs/shard-format.md); the build once kept 512 as a second cap."""
+    from laion_audio import defaults
+
+    p = build_parser()
+    for command in ("build", "shard"):
+        args = p.parse_args([command, "--shard-bytes", "1G"])
+        assert args.samples_per_shard is None and args.shard_bytes == 10**9
+        assert (args.seed, args.test_fraction) == (defaults.SEED, defaults.TEST_FRACTION)
+
+
 def test_source_repeatable_everywhere():
     p = build_parser()
     for cmd in ("build", "refresh", "caption"):

@@ -1,11 +1,17 @@
-"""Fixtures for the filter tests: ../shared/data served over HTTP on 127.0.0.1 as an eval-set mirror."""
+"""Fixtures for the filter tests: ../shared/data served over HTTP on 127.0.0.1 as an eval-set
+mirror; benchmarks/ on the path for the measurement helpers the tests share with the benchmarks
+(``robustness``, ``distinct_clips``)."""
 from __future__ import annotations
 
 import functools
 import http.server
+import sys
 import threading
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from laion_audio.filters import robustness
+import robustness  # benchmarks/ (tests/filters/conftest.py)
 
 pytestmark = pytest.mark.slow
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import soundfile as sf
 
-from laion_audio.filters.robustness import load_mono, mp3_roundtrip
+from robustness import load_mono, mp3_roundtrip  # benchmarks/ (tests/filters/conftest.py)
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 
 
-def test_reupload_of_local_eval_clip_is_dropped(evalsets_cache, debian_sounds, tmp_path):
-    cache, _ = evalsets_cache
+def _corpus(tmp_path, debian_sounds):
+    """A ledger with an MP3 re-upload of an eval clip, an unrelated clip and a record without
+    audio; and the eval clip's folder."""
     clips = [p for p in debian_sounds if 2.0 < sf.info(str(p)).duration < 6.0][:3]
     eval_dir = tmp_path / "esc50_audio"
     eval_dir.mkdir()
@@ -27,6 +28,12 @@ def test_reupload_of_local_eval_clip_is_dropped(evalsets_cache, debian_sounds, t
     ledger.write([Record("bbc", "re1", flac_path=str(corpus / "reupload.flac"), status=Status.CAPTIONED),
                   Record("bbc", "ok1", flac_path=str(corpus / "other.flac"), status=Status.CAPTIONED),
                   Record("bbc", "na", status=Status.CAPTIONED)])
+    return ledger, eval_dir
+
+
+def test_reupload_of_local_eval_clip_is_dropped(evalsets_cache, debian_sounds, tmp_path):
+    cache, _ = evalsets_cache
+    ledger, eval_dir = _corpus(tmp_path, debian_sounds)
     report, stats = filter_ledger(ledger, FilterConfig(evalsets_cache=str(cache),
                                                        eval_audio={"esc50": str(eval_dir)}))
     re1 = ledger.get("bbc", "re1")
@@ -37,3 +44,14 @@ def test_reupload_of_local_eval_clip_is_dropped(evalsets_cache, debian_sounds, t
     assert ledger.get("bbc", "ok1").status == Status.CAPTIONED
     assert report.no_audio == 1 and report.eval_clips == {"esc50": 1}
     assert report.by_source_evalset[("bbc", "esc50")] == 1 and stats.closes
+
+
+def test_content_step_without_the_eval_id_step(debian_sounds, tmp_path):
+    """``--skip-eval-filter --eval-audio``: no eval manifests, so the split is unknown (this
+    once crashed the filter stage)."""
+    ledger, eval_dir = _corpus(tmp_path, debian_sounds)
+    report, _ = filter_ledger(ledger, FilterConfig(eval_ids=False,
+                                                   eval_audio={"esc50": str(eval_dir)}))
+    re1 = ledger.get("bbc", "re1")
+    assert re1.filter_reason == "eval_overlap_content" and re1.filter_match["split"] == "unknown"
+    assert ledger.get("bbc", "ok1").status == Status.CAPTIONED

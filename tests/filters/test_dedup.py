@@ -11,7 +11,7 @@ import soundfile as sf
 
 from laion_audio.transcode.audio import pcm_sha256_of_file as pcm_sha256
 from laion_audio.filters.fpstore import FingerprintStore
-from laion_audio.filters.robustness import espeak
+from robustness import espeak  # benchmarks/ (tests/filters/conftest.py)
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status

@@ -8,7 +8,7 @@ from laion_audio.filters import fingerprint as fp
 
 
 def _real_band(debian_sounds) -> np.ndarray:
-    from laion_audio.filters.robustness import load_mono
+    from robustness import load_mono  # benchmarks/ (tests/filters/conftest.py)
 
     x = load_mono(debian_sounds[len(debian_sounds) // 2], max_seconds=8)
     return np.ascontiguousarray(fp._log_spectrogram(fp.to_mono_16k(x, 48_000))[:, fp.F_MIN:fp.F_MAX])

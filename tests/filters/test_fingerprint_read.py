@@ -11,6 +11,7 @@ import soundfile as sf
 from _peak import in_child
 
 from laion_audio.filters import fpstore
+from laion_audio.transcode.audio import read_mono
 from laion_audio.filters.fingerprint import band_features, fingerprint
 
 def chirps(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -33,17 +34,17 @@ def same(a, b) -> bool:
 def test_streamed_read_gives_the_whole_clip_fingerprint(tmp_path, seconds, rate, channels, subtype):
     path = tmp_path / "a.flac"
     sf.write(str(path), chirps(seconds, rate, channels), rate, subtype=subtype)
-    whole = fingerprint(*fpstore.read_mono(str(path)))
+    whole = fingerprint(*read_mono(str(path)))
     assert same(fpstore.fingerprint_file(str(path)), whole)
     assert np.array_equal(fpstore.band_features_file(str(path)),
-                          band_features(*fpstore.read_mono(str(path))))
+                          band_features(*read_mono(str(path))))
 
 
 def test_long_clip_windows_give_the_same_hashes(tmp_path, monkeypatch):
     """Windows of 59.5 s with aligned peak blocks: a 150 s clip gets the whole-clip hashes."""
     path = tmp_path / "long.flac"
     sf.write(str(path), chirps(150.0, 48000), 48000, subtype="PCM_16")
-    whole = fingerprint(*fpstore.read_mono(str(path)))
+    whole = fingerprint(*read_mono(str(path)))
     monkeypatch.setattr(fpstore, "WHOLE_SECONDS", 10.0)      # force the windowed path
     windowed = fpstore.fingerprint_file(str(path))
     assert windowed.n_frames == whole.n_frames
@@ -83,7 +84,7 @@ def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
 
     short = tmp_path / "short.flac"
     sf.write(str(short), chirps(30.0, 44100, seed=3), 44100, subtype="PCM_16")
-    x, sr = fpstore.read_mono(str(short))
+    x, sr = read_mono(str(short))
     assert np.array_equal(fpstore.frame_features_file(str(short), near_features), near_features(x, sr))
     rows, maxrss_kb = in_child(
         "from laion_audio.filters.fpstore import frame_features_file;"

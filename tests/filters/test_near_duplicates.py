@@ -3,8 +3,6 @@ and real), recall on true copies, no chaining through weak links, and verdicts t
 the set of records, not on the order or the runs they arrived in."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +10,12 @@ import pytest
 import soundfile as sf
 
 from laion_audio.transcode.audio import pcm_sha256_of_file as pcm_sha256
-from laion_audio.filters import robustness
 from laion_audio.filters.stage import FilterConfig, filter_ledger
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from distinct_clips import SR, distinct_clip  # noqa: E402
+import robustness  # benchmarks/ (tests/filters/conftest.py)
+from distinct_clips import SR, distinct_clip
 
 SENTENCES = [
     "the kettle is boiling in the kitchen", "a dog barks twice behind the fence",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from laion_audio.filters import fingerprint as F
-from laion_audio.filters import robustness as R
+import robustness as R  # benchmarks/ (tests/filters/conftest.py)
 
 SR = R.WORK_SR
 

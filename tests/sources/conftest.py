@@ -4,10 +4,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 
 from crawlers.replay import serve
+from laion_audio.http import HttpClient
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def replay_request(method: str, url: str, **kwargs) -> requests.Response:
+    """One request through the HTTP layer's session (its User-Agent) with no retries or checks:
+    these tests look at the replay server's raw answers, faults included. A fresh session per
+    call, as a bare ``requests`` call opens."""
+    client = HttpClient(retries=0)
+    try:
+        return client.session.request(method, url, **{"timeout": 10, **kwargs})
+    finally:
+        client.close()
 
 
 @pytest.fixture

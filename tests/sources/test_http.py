@@ -246,3 +246,20 @@ def test_items_without_a_usable_id_are_skipped(fast):
     src = BBCSource(**fast)
     assert not src.keyed(src.record_from_api({"id": "///", "description": "x"}))
     assert src.keyed(src.record_from_api({"id": "07076051", "description": "x"}))
+
+
+def test_no_bare_get_outside_the_http_layer():
+    """Issue 15: every GET in the repository (tests and benchmarks too) goes through
+    laion_audio/http.py, so politeness, caps and typed failures cannot be skipped by accident."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    offenders = []
+    for folder in ("laion_audio", "crawlers", "pipelines", "tests", "benchmarks", "docs"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            if path.relative_to(repo).as_posix() == "laion_audio/http.py":
+                continue
+            if re.search(r"\brequests\.get\(", path.read_text(encoding="utf-8")):
+                offenders.append(path.relative_to(repo).as_posix())
+    assert offenders == [], f"a bare GET outside laion_audio/http.py: {offenders}"

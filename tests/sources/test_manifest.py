@@ -11,10 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import requests
 
 from crawlers.manifest import PRESETS, ManifestSource, choose_preset, iter_blocks, parse_columns
 from laion_audio.records import Status
+
+from .conftest import replay_request
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -199,7 +200,7 @@ def test_replay_serves_laion_lists_in_the_real_layouts(replay, tmp_path):
                 "freesound_drive.csv": ("laion-freesound-drive", "freesound"),
                 "BBCSoundEffects.csv": ("laion-bbc", "bbc")}
     for name, (preset, source) in expected.items():
-        body = requests.get(f"{base}/laion/{name}", timeout=10)
+        body = replay_request("GET", f"{base}/laion/{name}")
         assert body.status_code == 200
         path = tmp_path / name
         path.write_bytes(body.content)
@@ -211,14 +212,14 @@ def test_replay_serves_laion_lists_in_the_real_layouts(replay, tmp_path):
         assert len(recs) == len(app.catalogue(source).items)
         assert {r.source for r in recs} == {source}
         assert {r.source_id for r in recs} == set(app.catalogue(source).items)
-    truth = requests.post(f"{base}/laion/rot", json={"dead": 0.1, "changed": 0.05, "seed": 2},
-                          timeout=10).json()
+    truth = replay_request("POST", f"{base}/laion/rot",
+                           json={"dead": 0.1, "changed": 0.05, "seed": 2}).json()
     for source, t in truth.items():
         n = t["population"]
         assert len(t["dead"]) == round(0.1 * n) and len(t["changed"]) == round(0.05 * n)
         assert not set(t["dead"]) & set(t["changed"])
     # the release still lists the dead items (a snapshot), the site no longer has them
-    ep = requests.get(f"{base}/laion/Epidemic_all_debiased.csv", timeout=10).text
+    ep = replay_request("GET", f"{base}/laion/Epidemic_all_debiased.csv").text
     dead = truth["epidemic"]["dead"][0]
     assert f",{dead}\n" in ep and dead not in app.catalogue("epidemic").items
 

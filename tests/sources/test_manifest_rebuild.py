@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import requests
 
 from crawlers.replay import serve
 from crawlers.replay.freesound import next_day, set_quota
@@ -27,6 +26,8 @@ from crawlers.replay.laion_lists import rot
 from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Status
 from pipelines.build import BuildConfig, run_build
+
+from .conftest import replay_request
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = ("bbc", "epidemic", "freesound", "audiostock")
@@ -163,7 +164,7 @@ def test_rot_report_counts_dead_and_changed_exactly(published):
 @pytest.mark.slow
 def test_freesound_ids_paced_to_a_daily_quota_resume_next_day(tmp_path):
     with serve(seed=0, sizes={"freesound": 20}) as (app, base):
-        listing = requests.get(f"{base}/laion/freesound_meta.csv", timeout=10)
+        listing = replay_request("GET", f"{base}/laion/freesound_meta.csv")
         ids_file = tmp_path / "freesound_meta.csv"
         ids_file.write_bytes(listing.content)
         set_quota(app, per_minute=3, per_day=8, minute_seconds=1.0)
@@ -207,9 +208,9 @@ def test_build_from_the_replays_laion_lists_with_dead_links(tmp_path):
     with serve(seed=0, sizes={"bbc": 10, "epidemic": 10, "freesound": 10, "audiostock": 10}) as (app, base):
         args = []
         for name in files:
-            (tmp_path / name).write_bytes(requests.get(f"{base}/laion/{name}", timeout=10).content)
+            (tmp_path / name).write_bytes(replay_request("GET", f"{base}/laion/{name}").content)
             args += ["--manifest", str(tmp_path / name)]
-        truth = requests.post(f"{base}/laion/rot", json={"dead": 0.1, "seed": 4}, timeout=10).json()
+        truth = replay_request("POST", f"{base}/laion/rot", json={"dead": 0.1, "seed": 4}).json()
         r = _cli("build", "--source", "manifest", *args, "--manifest-media", base,
                  "--manifest-freesound-api", f"{base}/apiv2", "--manifest-rate", "0",
                  "--out", str(tmp_path / "out"), "--inline", "--samples-per-shard", "4",

@@ -10,6 +10,8 @@ import soundfile as sf
 
 from crawlers.replay import FAULT_KINDS, FaultConfig, discover_plugins, serve
 
+from .conftest import replay_request
+
 MINE = ("bbc", "epidemic", "freesound", "audiostock", "hostile")
 
 
@@ -45,7 +47,7 @@ def test_catalogue_uses_real_bbc_rows(shared_data):
 def test_audio_bodies_are_real_audio_of_the_right_format(replay, path, fmt):
     app, base = replay
     bbc_id = app.catalogue("bbc").listing()[0]["id"]
-    r = requests.get(base + path.format(bbc=bbc_id), timeout=10)
+    r = replay_request("GET", base + path.format(bbc=bbc_id))
     assert r.status_code == 200
     info = sf.info(io.BytesIO(r.content))
     assert info.format == fmt and info.duration > 0.3
@@ -61,8 +63,8 @@ def test_faults_are_deterministic_and_retries_can_succeed():
             out = []
             for genre in ("Doors", "Crowds", "Glass", "Fire"):
                 for _ in range(4):  # the same request, retried
-                    out.append(requests.get(f"{base}/json/search/sfx/?genres={genre}&page=1",
-                                            timeout=10).status_code)
+                    out.append(replay_request(
+                        "GET", f"{base}/json/search/sfx/?genres={genre}&page=1").status_code)
             return out, dict(app.faulted)
 
     first, second = outcomes(), outcomes()
@@ -78,13 +80,13 @@ def test_every_fault_kind_can_be_forced(replay):
     for kind in FAULT_KINDS:
         if kind == "reset":
             with pytest.raises(requests.ConnectionError):
-                requests.get(url, headers={"X-Replay-Fault": kind}, timeout=10)
+                replay_request("GET", url, headers={"X-Replay-Fault": kind})
             continue
         if kind == "truncate":
             with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
-                requests.get(url + "&_fault=truncate", timeout=10).content
+                replay_request("GET", url + "&_fault=truncate").content
             continue
-        r = requests.get(url, headers={"X-Replay-Fault": kind}, timeout=10)
+        r = replay_request("GET", url, headers={"X-Replay-Fault": kind})
         if kind in ("429", "500", "503"):
             assert r.status_code == int(kind)
             if kind != "500":
@@ -98,17 +100,17 @@ def test_every_fault_kind_can_be_forced(replay):
 
 def test_request_counters_and_control_endpoints(replay):
     app, base = replay
-    requests.get(f"{base}/audio/1150592/play", timeout=10)
-    requests.get(f"{base}/audio/1150592/play", timeout=10)
-    requests.get(f"{base}/audio/1150592/play?_fault=503", timeout=10)
+    replay_request("GET", f"{base}/audio/1150592/play")
+    replay_request("GET", f"{base}/audio/1150592/play")
+    replay_request("GET", f"{base}/audio/1150592/play?_fault=503")
     assert app.hits["/audio/1150592/play"] == 3 and app.ok["/audio/1150592/play"] == 2
-    stats = requests.get(f"{base}/_replay/stats", timeout=10).json()
+    stats = replay_request("GET", f"{base}/_replay/stats").json()
     assert stats["ok"]["/audio/1150592/play"] == 2
-    r = requests.post(f"{base}/_replay/faults", json={"rate": 0.2, "kinds": ["429"]}, timeout=10)
+    r = replay_request("POST", f"{base}/_replay/faults", json={"rate": 0.2, "kinds": ["429"]})
     assert r.json()["rate"] == 0.2 and app.faults.kinds == ("429",)
-    assert requests.post(f"{base}/_replay/faults", json={"kinds": ["boom"]}, timeout=10).status_code == 400
-    diff = requests.post(f"{base}/_replay/mutate", json={"source": "epidemic", "add": 0.1,
-                                                         "remove": 0.05, "change": 0.05}, timeout=10).json()
+    assert replay_request("POST", f"{base}/_replay/faults", json={"kinds": ["boom"]}).status_code == 400
+    diff = replay_request("POST", f"{base}/_replay/mutate", json={
+        "source": "epidemic", "add": 0.1, "remove": 0.05, "change": 0.05}).json()
     assert (len(diff["added"]), len(diff["removed"]), len(diff["changed"])) == (4, 2, 2)
 
 

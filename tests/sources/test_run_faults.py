@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from crawlers.replay import serve
 from laion_audio.http import HttpClient
@@ -26,6 +25,8 @@ from laion_audio.ledger import Ledger
 from laion_audio.records import FailureCode, Failure, Status
 from laion_audio.commands.build import exit_code as verdict
 from pipelines.build import BuildConfig, run_build
+
+from .conftest import replay_request
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,7 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def set_faults(base: str, **settings) -> None:
-    r = requests.post(f"{base}/_replay/faults", json=settings, timeout=10)
+    r = replay_request("POST", f"{base}/_replay/faults", json=settings)
     assert r.status_code == 200, r.text
 
 

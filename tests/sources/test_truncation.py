@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import soundfile as sf
 
 from crawlers.replay import serve
@@ -21,6 +20,8 @@ from laion_audio.records import FailureCode, Status
 from laion_audio.shards import verify
 from laion_audio.commands.build import exit_code as verdict
 from pipelines.build import BuildConfig, run_build
+
+from .conftest import replay_request
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 STAGES = ("crawl", "fetch", "transcode", "caption", "shard")
@@ -48,8 +49,8 @@ def window(r) -> float:
 def test_cut_media_never_reaches_a_shard_and_a_rerun_completes(tmp_path):
     out = tmp_path / "out"
     with serve(seed=0, sizes={"youtube": 7}) as (app, base):
-        requests.post(f"{base}/_replay/faults", timeout=10,
-                      json={"rate": 1, "kinds": ["truncate"], "paths": "^/youtube/media/"})
+        replay_request("POST", f"{base}/_replay/faults",
+                       json={"rate": 1, "kinds": ["truncate"], "paths": "^/youtube/media/"})
         first = run_build(audioset_cfg(out, base))
         got = rows(out)
         assert len(got) == 7 and app.faulted["truncate"] >= 14     # each clip tried again
@@ -58,7 +59,7 @@ def test_cut_media_never_reaches_a_shard_and_a_rerun_completes(tmp_path):
         assert verdict(first)[0] == 1
         assert [p for p in (out / "raw" / "audioset").iterdir()] == []  # partial files discarded
 
-        requests.post(f"{base}/_replay/faults", json={"rate": 0}, timeout=10)
+        replay_request("POST", f"{base}/_replay/faults", json={"rate": 0})
         second = run_build(audioset_cfg(out, base, retry_failed=True))
     assert verdict(second)[0] == 0, second["problems"]
     got = rows(out)

@@ -1,10 +1,14 @@
 """Planted-copy evaluation of content matching: perturbations, a distractor corpus, recall/FP.
 
-Used by the acceptance test (tests/filters/test_content_acceptance.py) and by
-benchmarks/filters.py, so both measure the same thing. Every perturbation is one the issue
-names: MP3 128 kbit/s (real ffmpeg/LAME round trip), trims up to 2 s per end, a 5 s excerpt
-of a longer clip (and the reverse: the clip inside a longer upload), gain +-6 dB, resampling
-through 16-44.1 kHz, white noise 30 dB under the signal, and all of them at once.
+Measurement code, not part of the package (nothing in laion_audio/ uses it): a helper module,
+not a script, imported as ``import robustness`` with benchmarks/ on the path (as
+``distinct_clips``) by the acceptance test (tests/filters/test_content_acceptance.py, the
+other filter tests) and by benchmarks/filters.py, so both measure the same thing.
+
+Every perturbation is one the issue names: MP3 128 kbit/s (real ffmpeg/LAME round trip), trims
+up to 2 s per end, a 5 s excerpt of a longer clip (and the reverse: the clip inside a longer
+upload), gain +-6 dB, resampling through 16-44.1 kHz, white noise 30 dB under the signal, and
+all of them at once.
 
 :data:`WARPS` (issue 14) are the re-upload edits that move audio in time or frequency: speed
 (resampling: pitch and time together, soxr), pitch shift without tempo change and tempo change
@@ -26,15 +30,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from laion_audio.transcode.audio import read_mono
+
 WORK_SR = 48_000
 
 
 def load_mono(path: str | Path, sr: int = WORK_SR, max_seconds: float | None = None) -> np.ndarray:
-    info = sf.info(str(path))
-    frames = -1 if max_seconds is None else int(max_seconds * info.samplerate)
-    x, file_sr = sf.read(str(path), dtype="float32", always_2d=True, frames=frames)
-    x = x.mean(axis=1)
-    return soxr.resample(x, file_sr, sr).astype(np.float32) if file_sr != sr else x
+    """The clip (or its first ``max_seconds``) as mono float32 at ``sr``."""
+    return read_mono(path, sr, max_seconds)[0]
 
 
 def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "128k") -> np.ndarray:
@@ -44,9 +47,7 @@ def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "128k") -> np.ndarray:
     proc = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "wav", "-i", "pipe:0",
                            "-c:a", "libmp3lame", "-b:a", bitrate, "-f", "mp3", "pipe:1"],
                           input=wav.getvalue(), capture_output=True, check=True)
-    y, ysr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    y = y.mean(axis=1)
-    return soxr.resample(y, ysr, sr).astype(np.float32) if ysr != sr else y
+    return read_mono(io.BytesIO(proc.stdout), sr)[0]
 
 
 def strip_silence(x: np.ndarray, threshold_db: float = -60.0) -> np.ndarray:
@@ -166,8 +167,7 @@ def espeak(text: str, voice: str = "en", speed: int = 160, pitch: int = 50) -> n
     """Speech from espeak-ng at WORK_SR (a real TTS engine: formants, pauses, prosody)."""
     proc = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
                           capture_output=True, check=True)
-    y, ysr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    return soxr.resample(y.mean(axis=1), ysr, WORK_SR).astype(np.float32)
+    return read_mono(io.BytesIO(proc.stdout), WORK_SR)[0]
 
 
 def texture(kind: str, seconds: float, rng: np.random.Generator, sr: int = WORK_SR) -> np.ndarray:
@@ -395,8 +395,8 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
     (:class:`content_overlap.WarpMatcher`), as the filter stage does."""
     import time
 
-    from .content_overlap import ContentMatcher, FingerprintIndex, best_per_query
-    from .fingerprint import fingerprint
+    from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex, best_per_query
+    from laion_audio.filters.fingerprint import fingerprint
 
     t0 = time.perf_counter()
     eval_fps = [fingerprint(x, corpus.sr) for _, x in corpus.eval_clips]
@@ -412,8 +412,8 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
     best = best_per_query(matches)
     n_warp = 0
     if warp:
-        from .content_overlap import WarpIndex, WarpMatcher
-        from .fingerprint import warp_print
+        from laion_audio.filters.content_overlap import WarpIndex, WarpMatcher
+        from laion_audio.filters.fingerprint import warp_print
 
         windex = WarpIndex()
         for i, (_, x) in enumerate(corpus.eval_clips):
