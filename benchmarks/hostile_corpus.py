@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 import random
 import shutil

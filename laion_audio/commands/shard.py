@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError, disk_full
 from . import _checks
-from ._checks import parse_bytes, positive_int  # noqa: F401 (parse_bytes: old home)
+from ._checks import positive_int
 from ._deprecated import announce, deprecated_positional
 from .build import DEFAULT_OUT, add_shard_arguments
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from laion_audio.commands.shard import parse_bytes
+from laion_audio.commands._checks import parse_bytes
 from laion_audio.ledger import Ledger
 from laion_audio.records import Record, Status
 
