@@ -1,23 +1,14 @@
 """Driver peak RSS, per-stage seconds per record and disk per folder of `build` at two corpus sizes.
 
-Generates N distinct clips per size (seeded: chirps, gated tones, band-filtered noise, 0.5-2 s,
-varied rates and channels), runs ``laion-audio build --source local`` on each in a child
-process (local Ray with ``--workers`` CPUs, so the driver is one process; ``--inline`` runs the
-stages in the driver itself) and reads the
-driver's own peak RSS (``VmHWM`` of that process: Ray workers are not counted). Printed side by
-side: driver peak RSS, seconds per record of each stage, work-folder bytes per folder and the
-work folder / shards ratio, then the ratios large/small.
-
-Measured 2026-12-01 on the shared 2-core machine (load average 10-20, so times are noisy),
-``--inline``, 1000 vs 8000 clips:
-
-* full build, this branch over the old ledger: driver peak RSS 355 -> 557 MB (1.57x; the filter's
-  in-driver index and the shard plan hold the corpus), ms/record fused fetch+transcode+fingerprint
-  31 -> 45, filter 6.5 -> 6.5, work folder / shards 2.4-2.5 (audio/ FLACs + shards; raw/ empty);
-* crawl,fetch,transcode,caption on main (stage table + O(batch) ledger): RSS 251 -> 344 MB
-  (1.37x), ms/record flat (crawl 0.2 -> 0.2, fetch+transcode 7.9 -> 7.3, caption 0.25 -> 0.28).
-  Of the fused stage's growth at 8000 clips (+79 MB), +7 MB remain when ``Ledger.write`` is
-  made a no-op: the driver's own part is flat, the rest is the ledger's write path.
+Generates N clips distinct by construction (benchmarks/distinct_clips.py; clip i is the same at
+every size, so the clips are made once and hard-linked), runs ``laion-audio build --source
+local`` on them in a child process (local Ray with ``--workers`` CPUs, so the driver is one
+process; ``--inline`` runs the stages in the driver itself) and reads the driver's own peak RSS
+(``VmHWM`` of that process: Ray workers are not counted), the peak after each stage and the CPU
+seconds of each stage from the build's summary. Printed side by side: driver peak RSS, wall and
+CPU ms per record of each stage, work-folder bytes per folder and the work folder / shards ratio,
+with the ratio largest/smallest. ``benchmarks/scale.py build`` runs this at 1k/8k/10k; the
+figures are in docs/scale.md.
 
     python benchmarks/driver_memory.py                       # 1000 vs 8000 clips
     python benchmarks/driver_memory.py --sizes 500,2000 --stages crawl,fetch,transcode,caption

@@ -3,7 +3,7 @@
     python benchmarks/scale.py crawl [--rows 50000,500000,2041789]
     python benchmarks/scale.py journal [--files 2000]
     python benchmarks/scale.py metadata [--audioset-rows 2041789 --other-rows 630000]
-    python benchmarks/scale.py build [--sizes 10000]
+    python benchmarks/scale.py build [--sizes 1000,8000,10000] [--keep DIR]
 
 ``crawl`` runs ``laion-audio build --source audioset --stages crawl --inline`` (the CLI, one
 process per size) on AudioSet-format segment CSVs made from the real rows of
@@ -11,8 +11,9 @@ process per size) on AudioSet-format segment CSVs made from the real rows of
 driver's peak RSS, and the ratios against the smallest size. ``journal`` times one 16-record
 ledger write as the number of batches already written grows. ``metadata`` is the 2.5M-record
 run: the AudioSet CSV plus ``--other-rows`` records of the other sources written through the
-ledger, the id filter's lookups and shard planning. ``build`` is a full offline build of
-distinct replay items (``laion-audio replay --items N``) at each size.
+ledger, the id filter's lookups and shard planning. ``build`` is a full build (``--source
+local --inline``, every stage, the default keep policy) of N generated clips distinct by
+construction at each size (benchmarks/driver_memory.py runs each; docs/scale.md has the figures).
 
 Figures are medians of ``--repeats`` runs on whatever machine runs this; the sizes are printed
 side by side so the ratios, not the absolute numbers, carry the claim.
@@ -38,13 +39,7 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     16-record write on a 100k-row ledger after k journal batches (k = 0, 125, 250, 500, 980):
     before  224, 120, 428, 1343 ms, -        after  43, 50, 39, 43, 24 ms
 
-    replay build (--inline), 200 / 1,000 records: driver peak RSS 349 / 402-408 MB, work folder
-    (raw 97 + audio 111 + shards 113 MB at 1,000) = 2.8x its shards (raw is kept: issue 9 item 3
-    is not done here); 6 of 1,000 distinct replay items still dropped as duplicates by today's
-    filter (240 clips: 0 matches, was 20; 1,000 clips: 2 pairs, both fragment matches of
-    0.24-0.70 s, the filter's rule to fix, issue 9 item 4). 10k and 100k were not run: fetch
-    runs at ~10-18 records/s per source against the replay on this shared machine (10k would
-    take well over an hour).
+    full builds (``build``): see docs/scale.md (1,000 / 8,000 / 10,000 generated clips).
 """
 from __future__ import annotations
 

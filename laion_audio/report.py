@@ -441,7 +441,10 @@ def print_summary(summary: dict, stats_lines: bool = True, command: str = "build
     if summary["failures"]:
         print("  failures: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["failures"].items())))
     if summary.get("disk_bytes"):
-        print("  disk: " + ", ".join(f"{k}/ {human_bytes(v)}" for k, v in summary["disk_bytes"].items()))
+        disk = summary["disk_bytes"]
+        ratio = (f" (all {sum(disk.values()) / disk['shards']:.2f}x the shards)"
+                 if disk.get("shards") else "")
+        print("  disk: " + ", ".join(f"{k}/ {human_bytes(v)}" for k, v in disk.items()) + ratio)
     if any(st["stage"] == "shard" for st in summary["stages"]):
         print(f"  shards: {summary['shards']}")
     print("  accounting closes at every stage" if summary["accounting_closes"]

@@ -147,3 +147,23 @@ def test_fingerprints_of_released_clips_come_from_the_tars(tmp_path):
     store = FingerprintStore(str(store_dir))
     assert all(r.audio_sha256 in store for r in recs)
     assert not audio_exists(member_path(out / "shards" / recs[0].shard, "absent.flac"))
+
+
+def test_refresh_with_new_captions_rewrites_tars_from_their_own_members(tmp_path):
+    """A caption table added after the build (new captions and metadata: a refresh sends the
+    records back to captioning) changes every sample's JSON: each tar is rebuilt
+    from the FLACs it holds itself (copied out first), byte-identical to a fresh build."""
+    src = tmp_path / "in"
+    _inputs(src, range(5))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    assert not _flacs(out)
+    (src / "captions.csv").write_text("file_name,caption,recorded_by\n" + "".join(
+        f"clip{i:03d}.wav,a chord pulsing number {i},tester\n" for i in range(5)))
+    summary = run_build(_config(src, out), refresh=True)
+    shard = next(s for s in summary["stages"] if s["stage"] == "shard")
+    assert shard["report"]["flac_restored_from_tars"] == 5 and shard["flac_released"] == 5
+    fresh = tmp_path / "fresh"
+    run_build(_config(src, fresh, keep_audio=True))
+    assert _digest(out / "shards") == _digest(fresh / "shards")
+    assert not _flacs(out)
