@@ -30,10 +30,18 @@ from typing import Sequence
 
 REPORT = "caption_quality.json"
 REPORT_MD = "caption_quality.md"
-#: Decoding settings scored by default: keytotext's plain beam search, and ours with re-rank
-#: and keyword boost 2 (what ``audioset-captions`` uses by default).
+#: Decoding settings scored by default: keytotext's plain beam search, ours with re-rank and
+#: keyword boost 2, and the same under hard lexical constraints (``constrain.py``; listed last,
+#: so it is the one ``recommended_params`` picks when it passes).
 DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
-                     {"rerank_by_coverage": True, "keyword_boost": 2.0})
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0},
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True})
+#: A decoding's name in reports and messages.
+def decoding_name(g: dict) -> str:
+    return (f"rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
+            + (", constrained" if g.get("constrained") else ""))
+
+
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
           "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02}
 
@@ -119,10 +127,22 @@ def verdict(figures: dict) -> list[str]:
     return broken
 
 
+_KEY_FIELDS = ("rerank_by_coverage", "keyword_boost", "constrained", "num_beams", "length_penalty",
+               "no_repeat_ngram_size", "max_new_tokens", "early_stopping")
+
+
 def _decoding_key(params) -> dict:
     d = asdict(params) if not isinstance(params, dict) else dict(params)
-    return {k: d[k] for k in ("rerank_by_coverage", "keyword_boost", "num_beams", "length_penalty",
-                              "no_repeat_ngram_size", "max_new_tokens", "early_stopping") if k in d}
+    return {k: d[k] for k in _KEY_FIELDS if k in d}
+
+
+def _same_decoding(entry: dict, want: dict) -> bool:
+    """Whether a report entry scored the decoding ``want``; a field the entry lacks (reports
+    older than the field) holds its default."""
+    from .k2c import GenerationParams
+
+    defaults = asdict(GenerationParams())
+    return all(entry.get(k, defaults.get(k)) == v for k, v in want.items())
 
 
 def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
@@ -186,7 +206,7 @@ def markdown(report: dict) -> str:
                  f"{t['invented_word_rate']:.3f} | {t['repetition_rate']:.3f} | {t['perplexity']} | - |")
     for d in report["decodings"]:
         g = d["generation"]
-        name = f"model, rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
+        name = f"model, {decoding_name(g)}"
         lines.append(f"| {name} | {d['keyword_coverage']:.3f} | {d['all_keywords_rate']:.3f} | "
                      f"{d['invented_word_rate']:.3f} | {d['repetition_rate']:.3f} | {d['perplexity']} | "
                      f"{'pass' if d['passes'] else 'FAIL: ' + '; '.join(d['broken'])} |")
@@ -195,8 +215,7 @@ def markdown(report: dict) -> str:
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:
-        lines.append("\nExamples (" + ", ".join(f"{k}={v}" for k, v in d["generation"].items()
-                                                if k in ("rerank_by_coverage", "keyword_boost")) + "):")
+        lines.append(f"\nExamples ({decoding_name(d['generation'])}):")
         lines += [f"- {', '.join(e['keywords'])} -> {e['caption']}" for e in d["examples"]]
     return "\n".join(lines) + "\n"
 
@@ -250,13 +269,12 @@ def check(captioner, *, force: bool = False, warn=None) -> dict | None:
     else:
         want = _decoding_key(captioner.params)
         entry = next((d for d in report.get("decodings", [])
-                      if all(d["generation"].get(k) == v for k, v in want.items())), None)
+                      if _same_decoding(d["generation"], want)), None)
         if entry is None:
             passing = [d["generation"] for d in report.get("decodings", []) if d["passes"]]
-            hint = (" (it passes with rerank={rerank_by_coverage}, keyword boost={keyword_boost})"
-                    .format(**passing[0]) if passing else "")
+            hint = f" (it passes with {decoding_name(passing[-1])})" if passing else ""
             problem = (f"captioner {Path(captioner.name).name} was not scored with this decoding "
-                       f"(rerank={want['rerank_by_coverage']}, keyword boost={want['keyword_boost']}){hint}")
+                       f"({decoding_name(want)}){hint}")
         elif not entry["passes"]:
             problem = (f"captioner {Path(captioner.name).name} is worse than the template: "
                        + "; ".join(entry["broken"]))
