@@ -180,10 +180,12 @@ class _Item:
     start_mask: torch.Tensor
     cost: dict                        # lemma -> fewest pieces of a form of it
     rem: dict                         # prefix -> fewest pieces to complete it to a word
+    start_rem: torch.Tensor           # start piece id -> fewest pieces to complete its word
     masks: dict = field(default_factory=dict)
     states: dict = field(default_factory=dict)
     _required_lemmas: frozenset | None = None
     dead_ends: set = field(default_factory=set)   # prefixes where only a forced EOS was left
+    _memo: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, table: TokenTable, keywords) -> "_Item":
@@ -216,8 +218,14 @@ class _Item:
         mask = table._glue_start_mask.clone()
         for _, ids in starts:
             mask[ids] = True
+        rem = table.remaining(words)
+        start_rem = torch.full((table.size,), 99, dtype=torch.int16)   # per start piece id
+        for q, ids in table.glue_starts:
+            start_rem[ids] = table.glue_rem[q]
+        for q, ids in starts:
+            start_rem[ids] = torch.minimum(start_rem[ids], torch.tensor(rem[q], dtype=torch.int16))
         return cls(table, allowed, words, prefix, starts, table._conts(prefix), forms, required,
-                   mask, cost, table.remaining(words))
+                   mask, cost, rem, start_rem)
 
     @property
     def required_lemmas(self) -> frozenset:
@@ -225,19 +233,28 @@ class _Item:
             self._required_lemmas = frozenset(l for alts in self.required for alt in alts for l in alt)
         return self._required_lemmas
 
+    def _progress(self, lemmas: frozenset) -> tuple:
+        """(missing keyword lemmas, tokens still needed) for the lemmas written (memoised)."""
+        got = self._memo.get(lemmas)
+        if got is None:
+            open_ = [alts for alts in self.required if not any(alt <= lemmas for alt in alts)]
+            missing = frozenset(l for alts in open_ for alt in alts for l in alt if l not in lemmas)
+            # per missing keyword, its cheapest alternative's missing words, each spelled in
+            # its fewest pieces plus one token of glue
+            need = sum(min(sum(self.cost.get(l, 4) + 1 for l in alt - lemmas) for alt in alts)
+                       for alts in open_)
+            got = self._memo[lemmas] = (missing, need)
+        return got
+
     def covered(self, lemmas) -> bool:
-        return all(any(alt <= lemmas for alt in alts) for alts in self.required)
+        return not self._progress(frozenset(lemmas))[0]
 
     def missing(self, lemmas) -> frozenset:
         """Keyword lemmas that would help: those of keywords not yet covered."""
-        return frozenset(l for alts in self.required if not any(alt <= lemmas for alt in alts)
-                         for alt in alts for l in alt if l not in lemmas)
+        return self._progress(frozenset(lemmas))[0]
 
     def tokens_needed(self, lemmas) -> int:
-        """Tokens still to write: per missing keyword, its cheapest alternative's missing
-        words, each spelled in its fewest pieces plus one token of glue."""
-        return sum(min(sum(self.cost.get(l, 4) + 1 for l in alt - lemmas) for alt in alts)
-                   for alts in self.required if not any(alt <= lemmas for alt in alts))
+        return self._progress(frozenset(lemmas))[1]
 
     def must_progress(self, state: "_State", left: int) -> bool:
         """The next word must add a missing keyword: too many words without one, or barely
@@ -349,8 +366,10 @@ class LexicalConstraint:
     def _mask(self, item: _Item, state: _State, left: int) -> tuple[torch.Tensor, bool]:
         done = state.completed(item)
         urgent = item.must_progress(done, left)
-        key = (state.partial, state.prev, state.counts, state.lemmas, state.after_punct,
-               state.since, state.forced, urgent, left <= 1, state.open_word)
+        # everything the mask depends on (rows that agree on it share one mask)
+        key = (state.partial, state.prev, state.exhausted(), done.exhausted(), state.after_punct,
+               state.open_word, state.forced, urgent, min(left, 9), done.since >= TAIL_RUN,
+               item.missing(state.lemmas), item.missing(done.lemmas))
         if key in item.masks:
             return item.masks[key]
         t = self.table
@@ -420,9 +439,7 @@ class LexicalConstraint:
                 if q in t.start and not item.viable(q, excl):
                     mask[t.start[q]] = False
         if left <= 8:                             # near the end: only words that can still end
-            for q, ids in t.glue_starts + item.starts:
-                if not item.finishable(q, left - 1):
-                    mask[ids] = False
+            mask &= item.start_rem <= left - 1
         if not done.after_punct:                  # one space or punctuation mark at a time
             if len(t.space_ids) and left > 2:
                 mask[t.space_ids] = True

@@ -12,7 +12,11 @@ for a decoding setting when (``LIMITS``, documented in docs/captions.md):
   falls back to the template per record, so this bounds how often that happens),
 - all-keywords rate >= 0.70,
 - invented content-word rate <= 0.10,
-- repetition (a content word three times, or a word twice in a row) <= 2 % of captions.
+- repetition (a content word three times, or a word twice in a row) <= 2 % of captions,
+- fluency: perplexity at most ``max_perplexity_ratio`` times that of held-out human captions
+  under the same trigram model (when the report has both). Constrained decoding
+  (``constrain.py``) meets the first four by construction, so a model that cannot write must
+  be refused on fluency: a 15-step model under constraints covers every keyword in word salad.
 
 No report, a report for other weights, or a report without the decoding asked for: refused.
 ``--force-caption-model`` overrides (and says so on stderr).
@@ -43,7 +47,8 @@ def decoding_name(g: dict) -> str:
 
 
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
-          "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02}
+          "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02,
+          "max_perplexity_ratio": 4.0}
 
 
 class GateError(Exception):
@@ -113,9 +118,14 @@ def score(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str], lm) ->
             "perplexity": round(lm.perplexity(captions), 2) if lm else None}
 
 
-def verdict(figures: dict) -> list[str]:
-    """The limits a decoding's figures break (empty: passes)."""
+def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
+    """The limits a decoding's figures break (empty: passes). Fluency is judged only when the
+    report measured both the captions' and human captions' perplexity."""
     broken = []
+    ppl = figures.get("perplexity")
+    if ppl and human_perplexity and ppl / human_perplexity > LIMITS["max_perplexity_ratio"]:
+        broken.append(f"perplexity {ppl:.0f} > {LIMITS['max_perplexity_ratio']} x human "
+                      f"{human_perplexity:.1f} (not fluent)")
     if figures["keyword_coverage"] < LIMITS["min_keyword_coverage"]:
         broken.append(f"keyword coverage {figures['keyword_coverage']:.3f} < {LIMITS['min_keyword_coverage']}")
     if figures["all_keywords_rate"] < LIMITS["min_all_keywords_rate"]:
@@ -187,7 +197,7 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         captions = cap.generate(sets)
         secs = time.monotonic() - t0
         figs = score(sets, captions, lm)
-        broken = verdict(figs)
+        broken = verdict(figs, report.get("human_perplexity"))
         report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
                                     "seconds": round(secs, 1), "passes": not broken,
                                     "broken": broken,
