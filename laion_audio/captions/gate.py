@@ -13,8 +13,9 @@ for a decoding setting when (``LIMITS``, documented in docs/captions.md):
 - all-keywords rate >= 0.70,
 - invented content-word rate <= 0.10,
 - repetition (a content word three times, or a word twice in a row) <= 2 % of captions,
-- fluency: perplexity at most ``max_perplexity_ratio`` times that of held-out human captions
-  under the same trigram model (when the report has both). Constrained decoding
+- fluency: function-word perplexity (the glue between content words, ``NgramLM.perplexity``)
+  at most ``max_function_word_perplexity_ratio`` times that of held-out human captions under
+  the same trigram model (when the report has both). Constrained decoding
   (``constrain.py``) meets the first four by construction, so a model that cannot write must
   be refused on fluency: a 15-step model under constraints covers every keyword in word salad.
 
@@ -48,7 +49,7 @@ def decoding_name(g: dict) -> str:
 
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
           "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02,
-          "max_perplexity_ratio": 4.0}
+          "max_function_word_perplexity_ratio": 3.0}
 
 
 class GateError(Exception):
@@ -115,16 +116,19 @@ def score(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str], lm) ->
             "invented_word_rate": round(inv / max(content, 1), 4),
             "repetition_rate": round(sum(map(repeats, captions)) / len(captions), 4),
             "empty": sum(not c.strip() for c in captions),
-            "perplexity": round(lm.perplexity(captions), 2) if lm else None}
+            "perplexity": round(lm.perplexity(captions), 2) if lm else None,
+            "function_word_perplexity": (round(lm.perplexity(captions, function_words=True), 2)
+                                         if lm else None)}
 
 
 def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
     """The limits a decoding's figures break (empty: passes). Fluency is judged only when the
     report measured both the captions' and human captions' perplexity."""
     broken = []
-    ppl = figures.get("perplexity")
-    if ppl and human_perplexity and ppl / human_perplexity > LIMITS["max_perplexity_ratio"]:
-        broken.append(f"perplexity {ppl:.0f} > {LIMITS['max_perplexity_ratio']} x human "
+    ppl = figures.get("function_word_perplexity")
+    limit = LIMITS["max_function_word_perplexity_ratio"]
+    if ppl and human_perplexity and ppl / human_perplexity > limit:
+        broken.append(f"function-word perplexity {ppl:.1f} > {limit} x human "
                       f"{human_perplexity:.1f} (not fluent)")
     if figures["keyword_coverage"] < LIMITS["min_keyword_coverage"]:
         broken.append(f"keyword coverage {figures['keyword_coverage']:.3f} < {LIMITS['min_keyword_coverage']}")
@@ -188,7 +192,10 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         refs = rng.sample(lm_caps, min(len(lm_caps), 1000))
         taken = set(refs)
         held = [c for c in lm_caps if c not in taken]
-        report["human_perplexity"] = round(NgramLM(held).perplexity(refs), 2) if held else None
+        held_lm = NgramLM(held) if held else None
+        report["human_perplexity"] = round(held_lm.perplexity(refs), 2) if held else None
+        report["human_function_word_perplexity"] = (
+            round(held_lm.perplexity(refs, function_words=True), 2) if held else None)
     for dec in decodings:
         cap = Captioner.load(model, input_format=input_format, device="cpu",
                              params=GenerationParams(**dec))
@@ -197,7 +204,7 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         captions = cap.generate(sets)
         secs = time.monotonic() - t0
         figs = score(sets, captions, lm)
-        broken = verdict(figs, report.get("human_perplexity"))
+        broken = verdict(figs, report.get("human_function_word_perplexity"))
         report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
                                     "seconds": round(secs, 1), "passes": not broken,
                                     "broken": broken,
@@ -209,19 +216,23 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
 
 def markdown(report: dict) -> str:
     lines = [f"# Captioner quality ({report['n']} label sets from {report['segments']})", "",
-             "| captions | coverage | all keywords | invented-word rate | repetition | perplexity | gate |",
-             "|---|---|---|---|---|---|---|"]
+             "| captions | coverage | all keywords | invented-word rate | repetition | perplexity "
+             "| function-word perplexity | gate |",
+             "|---|---|---|---|---|---|---|---|"]
     t = report["template"]
     lines.append(f"| template | {t['keyword_coverage']:.3f} | {t['all_keywords_rate']:.3f} | "
-                 f"{t['invented_word_rate']:.3f} | {t['repetition_rate']:.3f} | {t['perplexity']} | - |")
+                 f"{t['invented_word_rate']:.3f} | {t['repetition_rate']:.3f} | {t['perplexity']} | "
+                 f"{t.get('function_word_perplexity')} | - |")
     for d in report["decodings"]:
         g = d["generation"]
         name = f"model, {decoding_name(g)}"
         lines.append(f"| {name} | {d['keyword_coverage']:.3f} | {d['all_keywords_rate']:.3f} | "
                      f"{d['invented_word_rate']:.3f} | {d['repetition_rate']:.3f} | {d['perplexity']} | "
+                     f"{d.get('function_word_perplexity')} | "
                      f"{'pass' if d['passes'] else 'FAIL: ' + '; '.join(d['broken'])} |")
     if report.get("human_perplexity"):
-        lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}.")
+        lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}, "
+                     f"function words {report.get('human_function_word_perplexity')}.")
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:
