@@ -12,7 +12,12 @@ for a decoding setting when (``LIMITS``, documented in docs/captions.md):
   falls back to the template per record, so this bounds how often that happens),
 - all-keywords rate >= 0.70,
 - invented content-word rate <= 0.10,
-- repetition (a content word three times, or a word twice in a row) <= 2 % of captions.
+- repetition (a content word three times, or a word twice in a row) <= 2 % of captions,
+- fluency: function-word perplexity (the glue between content words, ``NgramLM.perplexity``)
+  at most ``max_function_word_perplexity_ratio`` times that of held-out human captions under
+  the same trigram model (when the report has both). Constrained decoding
+  (``constrain.py``) meets the first four by construction, so a model that cannot write must
+  be refused on fluency: a 15-step model under constraints covers every keyword in word salad.
 
 No report, a report for other weights, or a report without the decoding asked for: refused.
 ``--force-caption-model`` overrides (and says so on stderr).
@@ -30,12 +35,21 @@ from typing import Sequence
 
 REPORT = "caption_quality.json"
 REPORT_MD = "caption_quality.md"
-#: Decoding settings scored by default: keytotext's plain beam search, and ours with re-rank
-#: and keyword boost 2 (what ``audioset-captions`` uses by default).
+#: Decoding settings scored by default: keytotext's plain beam search, ours with re-rank and
+#: keyword boost 2, and the same under hard lexical constraints (``constrain.py``; listed last,
+#: so it is the one ``recommended_params`` picks when it passes).
 DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
-                     {"rerank_by_coverage": True, "keyword_boost": 2.0})
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0},
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True})
+#: A decoding's name in reports and messages.
+def decoding_name(g: dict) -> str:
+    return (f"rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
+            + (", constrained" if g.get("constrained") else ""))
+
+
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
-          "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02}
+          "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02,
+          "max_function_word_perplexity_ratio": 3.0}
 
 
 class GateError(Exception):
@@ -102,12 +116,20 @@ def score(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str], lm) ->
             "invented_word_rate": round(inv / max(content, 1), 4),
             "repetition_rate": round(sum(map(repeats, captions)) / len(captions), 4),
             "empty": sum(not c.strip() for c in captions),
-            "perplexity": round(lm.perplexity(captions), 2) if lm else None}
+            "perplexity": round(lm.perplexity(captions), 2) if lm else None,
+            "function_word_perplexity": (round(lm.perplexity(captions, function_words=True), 2)
+                                         if lm else None)}
 
 
-def verdict(figures: dict) -> list[str]:
-    """The limits a decoding's figures break (empty: passes)."""
+def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
+    """The limits a decoding's figures break (empty: passes). Fluency is judged only when the
+    report measured both the captions' and human captions' perplexity."""
     broken = []
+    ppl = figures.get("function_word_perplexity")
+    limit = LIMITS["max_function_word_perplexity_ratio"]
+    if ppl and human_perplexity and ppl / human_perplexity > limit:
+        broken.append(f"function-word perplexity {ppl:.1f} > {limit} x human "
+                      f"{human_perplexity:.1f} (not fluent)")
     if figures["keyword_coverage"] < LIMITS["min_keyword_coverage"]:
         broken.append(f"keyword coverage {figures['keyword_coverage']:.3f} < {LIMITS['min_keyword_coverage']}")
     if figures["all_keywords_rate"] < LIMITS["min_all_keywords_rate"]:
@@ -119,10 +141,22 @@ def verdict(figures: dict) -> list[str]:
     return broken
 
 
+_KEY_FIELDS = ("rerank_by_coverage", "keyword_boost", "constrained", "num_beams", "length_penalty",
+               "no_repeat_ngram_size", "max_new_tokens", "early_stopping")
+
+
 def _decoding_key(params) -> dict:
     d = asdict(params) if not isinstance(params, dict) else dict(params)
-    return {k: d[k] for k in ("rerank_by_coverage", "keyword_boost", "num_beams", "length_penalty",
-                              "no_repeat_ngram_size", "max_new_tokens", "early_stopping") if k in d}
+    return {k: d[k] for k in _KEY_FIELDS if k in d}
+
+
+def _same_decoding(entry: dict, want: dict) -> bool:
+    """Whether a report entry scored the decoding ``want``; a field the entry lacks (reports
+    older than the field) holds its default."""
+    from .k2c import GenerationParams
+
+    defaults = asdict(GenerationParams())
+    return all(entry.get(k, defaults.get(k)) == v for k, v in want.items())
 
 
 def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
@@ -158,7 +192,10 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         refs = rng.sample(lm_caps, min(len(lm_caps), 1000))
         taken = set(refs)
         held = [c for c in lm_caps if c not in taken]
-        report["human_perplexity"] = round(NgramLM(held).perplexity(refs), 2) if held else None
+        held_lm = NgramLM(held) if held else None
+        report["human_perplexity"] = round(held_lm.perplexity(refs), 2) if held else None
+        report["human_function_word_perplexity"] = (
+            round(held_lm.perplexity(refs, function_words=True), 2) if held else None)
     for dec in decodings:
         cap = Captioner.load(model, input_format=input_format, device="cpu",
                              params=GenerationParams(**dec))
@@ -167,7 +204,7 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         captions = cap.generate(sets)
         secs = time.monotonic() - t0
         figs = score(sets, captions, lm)
-        broken = verdict(figs)
+        broken = verdict(figs, report.get("human_function_word_perplexity"))
         report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
                                     "seconds": round(secs, 1), "passes": not broken,
                                     "broken": broken,
@@ -179,24 +216,27 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
 
 def markdown(report: dict) -> str:
     lines = [f"# Captioner quality ({report['n']} label sets from {report['segments']})", "",
-             "| captions | coverage | all keywords | invented-word rate | repetition | perplexity | gate |",
-             "|---|---|---|---|---|---|---|"]
+             "| captions | coverage | all keywords | invented-word rate | repetition | perplexity "
+             "| function-word perplexity | gate |",
+             "|---|---|---|---|---|---|---|---|"]
     t = report["template"]
     lines.append(f"| template | {t['keyword_coverage']:.3f} | {t['all_keywords_rate']:.3f} | "
-                 f"{t['invented_word_rate']:.3f} | {t['repetition_rate']:.3f} | {t['perplexity']} | - |")
+                 f"{t['invented_word_rate']:.3f} | {t['repetition_rate']:.3f} | {t['perplexity']} | "
+                 f"{t.get('function_word_perplexity')} | - |")
     for d in report["decodings"]:
         g = d["generation"]
-        name = f"model, rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
+        name = f"model, {decoding_name(g)}"
         lines.append(f"| {name} | {d['keyword_coverage']:.3f} | {d['all_keywords_rate']:.3f} | "
                      f"{d['invented_word_rate']:.3f} | {d['repetition_rate']:.3f} | {d['perplexity']} | "
+                     f"{d.get('function_word_perplexity')} | "
                      f"{'pass' if d['passes'] else 'FAIL: ' + '; '.join(d['broken'])} |")
     if report.get("human_perplexity"):
-        lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}.")
+        lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}, "
+                     f"function words {report.get('human_function_word_perplexity')}.")
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:
-        lines.append("\nExamples (" + ", ".join(f"{k}={v}" for k, v in d["generation"].items()
-                                                if k in ("rerank_by_coverage", "keyword_boost")) + "):")
+        lines.append(f"\nExamples ({decoding_name(d['generation'])}):")
         lines += [f"- {', '.join(e['keywords'])} -> {e['caption']}" for e in d["examples"]]
     return "\n".join(lines) + "\n"
 
@@ -250,13 +290,12 @@ def check(captioner, *, force: bool = False, warn=None) -> dict | None:
     else:
         want = _decoding_key(captioner.params)
         entry = next((d for d in report.get("decodings", [])
-                      if all(d["generation"].get(k) == v for k, v in want.items())), None)
+                      if _same_decoding(d["generation"], want)), None)
         if entry is None:
             passing = [d["generation"] for d in report.get("decodings", []) if d["passes"]]
-            hint = (" (it passes with rerank={rerank_by_coverage}, keyword boost={keyword_boost})"
-                    .format(**passing[0]) if passing else "")
+            hint = f" (it passes with {decoding_name(passing[-1])})" if passing else ""
             problem = (f"captioner {Path(captioner.name).name} was not scored with this decoding "
-                       f"(rerank={want['rerank_by_coverage']}, keyword boost={want['keyword_boost']}){hint}")
+                       f"({decoding_name(want)}){hint}")
         elif not entry["passes"]:
             problem = (f"captioner {Path(captioner.name).name} is worse than the template: "
                        + "; ".join(entry["broken"]))

@@ -87,6 +87,9 @@ class GenerationParams:
     #: that start any inflection of it gain this much log-probability and end-of-sentence loses
     #: this much per unused keyword. See :class:`KeywordBoost`.
     keyword_boost: float = 0.0
+    #: Hard lexical constraints (:mod:`.constrain`): no end before every keyword is present,
+    #: no content word outside the keywords, no word twice in a row or content word thrice.
+    constrained: bool = False
 
     def generate_kwargs(self) -> dict:
         return {"num_beams": self.num_beams, "length_penalty": self.length_penalty,
@@ -157,8 +160,11 @@ class Captioner:
     @property
     def identity(self) -> dict:
         """What makes two captioners produce the same text: weights, input format, parameters."""
+        generation = asdict(self.params)
+        if not generation["constrained"]:
+            del generation["constrained"]      # keys of caches made before the option stay valid
         return {"model": self.name, "model_sha256": self.fingerprint,
-                "input_format": self.input_format, "generation": asdict(self.params)}
+                "input_format": self.input_format, "generation": generation}
 
     @property
     def cache_identity(self) -> dict:
@@ -196,12 +202,20 @@ class Captioner:
                              max_length=128)
         enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         kwargs = self.params.generate_kwargs()
+        processors = []
         if self.params.keyword_boost:
+            processors.append(KeywordBoost(
+                self._vocab_lemmas(), keyword_sets, self.params.num_beams,
+                self.params.keyword_boost, self.tokenizer.eos_token_id, self.model.device))
+        if self.params.constrained:
+            from .constrain import LexicalConstraint
+
+            processors.append(LexicalConstraint(self._token_table(), keyword_sets,
+                                                self.params.num_beams, self.params.max_new_tokens))
+        if processors:
             from transformers import LogitsProcessorList
 
-            kwargs["logits_processor"] = LogitsProcessorList([KeywordBoost(
-                self._vocab_lemmas(), keyword_sets, self.params.num_beams,
-                self.params.keyword_boost, self.tokenizer.eos_token_id, self.model.device)])
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if hf_generate:
             with torch.inference_mode():
                 result = self.model.generate(**enc, **kwargs)
@@ -233,6 +247,15 @@ class Captioner:
                     table[tid] = lemma(piece[1:])
             self._lemma_table = table
         return self._lemma_table
+
+    def _token_table(self):
+        """What each token spells, for :class:`.constrain.LexicalConstraint` (built once)."""
+        if getattr(self, "_constraint_table", None) is None:
+            from .constrain import TokenTable
+
+            size = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
+            self._constraint_table = TokenTable(self.tokenizer, size)
+        return self._constraint_table
 
     def _clean(self, text: str) -> str:
         text = " ".join(text.split())

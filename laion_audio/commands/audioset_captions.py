@@ -43,10 +43,14 @@ def register(sub) -> None:
                    help="folder with class_labels_indices.csv (+ ontology.json); default: manifests/")
     p.add_argument("--template", default="sounds_of")
     p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"])
-    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep the beam covering most keywords (default on)")
-    p.add_argument("--keyword-boost", type=float, default=2.0,
-                   help="soft keyword constraint (default 2.0; 0 = keytotext's plain beam search)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the beam covering most keywords")
+    p.add_argument("--keyword-boost", type=float, default=None,
+                   help="soft keyword constraint (0 = keytotext's plain beam search)")
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="hard lexical constraints (docs/captions.md). Without --rerank, "
+                        "--keyword-boost or --constrained: the decoding the model's quality report "
+                        "passed with, else rerank + keyword boost 2")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--no-debias", action="store_true")
     p.add_argument("--no-keyword-fallback", action="store_true",
@@ -123,8 +127,7 @@ def run(args) -> int:
 
         if not Path(args.model).is_dir():
             return _fail(f"--model {args.model}: not a model folder (or 'template')")
-        params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
-                                  max_new_tokens=args.max_new_tokens)
+        params = _params(args)
         try:    # before loading the weights: a refused model costs nothing
             check_model_dir(args.model, params, force=args.force_caption_model)
         except GateError as exc:
@@ -280,3 +283,22 @@ def run(args) -> int:
                **counts, "captions": stats.as_dict()}
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _params(args):
+    """The decoding: as asked, else the one the model's report passed with (the gate's choice),
+    else re-rank + keyword boost 2."""
+    from dataclasses import replace
+
+    from ..captions.gate import recommended_params
+    from ..captions.k2c import GenerationParams
+
+    base = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0)
+    if args.rerank is None and args.keyword_boost is None and args.constrained is None:
+        base = recommended_params(args.model) or base
+    else:
+        base = GenerationParams(
+            rerank_by_coverage=True if args.rerank is None else args.rerank,
+            keyword_boost=2.0 if args.keyword_boost is None else args.keyword_boost,
+            constrained=bool(args.constrained))
+    return replace(base, max_new_tokens=args.max_new_tokens)

@@ -44,7 +44,11 @@ def register(sub) -> None:
     p.add_argument("--keyword-boost", type=float, default=None,
                    help="soft keyword constraint strength (0 = off, keytotext behaviour; 2.0 "
                         "took our AudioCaps captioner from 0.69 to 0.85 coverage). Without "
-                        "--rerank/--keyword-boost: the decoding the model's quality report passed with")
+                        "--rerank/--keyword-boost/--constrained: the decoding the model's quality "
+                        "report passed with")
+    p.add_argument("--constrained", action="store_true", default=None,
+                   help="hard lexical constraints: no end before every keyword, no content word "
+                        "outside the keywords, no repeated words (docs/captions.md)")
     # quality gate (issue 13)
     p.add_argument("--force-caption-model", action="store_true",
                    help="use a model its quality report fails (or that has no report)")
@@ -102,9 +106,11 @@ def run(args) -> int:
 
     stage = BY_NAME["caption"]
     params = None     # None: the decoding the model's quality report passed with
-    if args.rerank is not None or args.keyword_boost is not None or args.max_new_tokens != 48:
+    if (args.rerank is not None or args.keyword_boost is not None or args.constrained is not None
+            or args.max_new_tokens != 48):
         params = GenerationParams(rerank_by_coverage=bool(args.rerank),
                                   keyword_boost=args.keyword_boost or 0.0,
+                                  constrained=bool(args.constrained),
                                   max_new_tokens=args.max_new_tokens)
     if args.model:
         from pathlib import Path

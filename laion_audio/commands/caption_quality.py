@@ -24,9 +24,12 @@ def register(sub) -> None:
                    help="with --model: caption corpus whose content words are the keyword sets")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="held-out human captions for the fluency n-gram model")
-    p.add_argument("-n", type=int, default=500, help="keyword sets to evaluate (--write-report: 300)")
+    p.add_argument("-n", type=int, default=None,
+                   help="keyword sets to evaluate (default 500; --write-report: 300, as train-captioner)")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
     p.add_argument("--keyword-boost", type=float, default=0.0, help="soft keyword constraint")
+    p.add_argument("--constrained", action="store_true",
+                   help="hard lexical constraints (keywords required, no invented or repeated words)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-report", action="store_true",
                    help="with --model: gate report on AudioSet label sets, saved beside the model")
@@ -64,11 +67,13 @@ def _write_report(args) -> int:
         print("caption-quality: no segments CSV: give --segments CSV", file=sys.stderr)
         return 2
     decodings = list(DEFAULT_DECODINGS)
-    if args.rerank or args.keyword_boost:
+    if args.rerank or args.keyword_boost or args.constrained:
         asked = {"rerank_by_coverage": bool(args.rerank), "keyword_boost": args.keyword_boost}
+        if args.constrained:
+            asked["constrained"] = True
         decodings = [d for d in decodings if d != asked] + [asked]
     try:
-        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n, seed=args.seed,
+        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n or 300, seed=args.seed,
                                     labels_dir=args.audioset_labels, decodings=decodings,
                                     input_format=args.input_format)
     except GateError as exc:
@@ -93,10 +98,11 @@ def run(args) -> int:
         refs = load_captions(*args.keywords_from)
         rng = random.Random(args.seed)
         rng.shuffle(refs)
-        refs = refs[:args.n]
+        refs = refs[:args.n or 500]
         sets = [rng.sample(k, len(k)) for k in (caption_keywords(c) for c in refs)]
-        captioner = Captioner.load(args.model, params=GenerationParams(rerank_by_coverage=args.rerank,
-                                                                  keyword_boost=args.keyword_boost))
+        captioner = Captioner.load(args.model, params=GenerationParams(
+            rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+            constrained=args.constrained))
         captions = captioner.generate(sets)
         report = quality_report(sets, captions, human_references=refs, lm_corpus=lm)
     else:

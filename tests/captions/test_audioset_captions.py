@@ -188,6 +188,11 @@ def test_gate_limits_and_decoding_match(tiny, tmp_path):
             "repetition_rate": 0.01}
     assert gate.verdict(good) == []
     assert len(gate.verdict({**good, "invented_word_rate": 0.2, "repetition_rate": 0.03})) == 2
+    # fluency: judged against human captions' perplexity when the report has both
+    assert gate.verdict({**good, "function_word_perplexity": 20.0}, 8.1) == []
+    assert gate.verdict({**good, "function_word_perplexity": 50.0}, None) == []
+    [why] = gate.verdict({**good, "function_word_perplexity": 50.0}, 8.1)
+    assert "not fluent" in why
     model = tmp_path / "m"
     model.mkdir()
     entry = {"generation": gate._decoding_key(cap.params), **good, "passes": True, "broken": []}

@@ -1,0 +1,135 @@
+"""Lexically constrained decoding (``laion_audio/captions/constrain.py``): on real AudioSet label
+sets, with the session's tiny trained captioner and with an untrained (random) T5 sharing its
+tokenizer, every caption obeys the constraints: no end before every keyword is present, no
+content word outside the keywords, no word twice in a row, no content word three times."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from laion_audio.captions import gate
+from laion_audio.captions.beam import generate
+from laion_audio.captions.cache import cache_key
+from laion_audio.captions.constrain import LexicalConstraint, TokenTable
+from laion_audio.captions.k2c import Captioner, GenerationParams, format_keywords
+from laion_audio.captions.keywords import AudioSetLabels, normalise_keywords
+from laion_audio.captions.quality import invented_words, keyword_coverage
+
+pytestmark = [pytest.mark.needs_shared]
+
+
+@pytest.fixture(scope="module")
+def label_sets(shared_data):
+    labels = AudioSetLabels.from_dir(shared_data / "audioset")
+    return gate.sample_label_sets(shared_data / "audioset/eval_segments.csv", labels, 48, seed=3)
+
+
+def _figures(sets, captions):
+    return gate.score(sets, captions, None)
+
+
+def test_constraints_hold_on_the_tiny_captioner(captioner, label_sets):
+    free = replace(captioner, params=GenerationParams(rerank_by_coverage=True, keyword_boost=2.0))
+    held = replace(captioner, params=GenerationParams(rerank_by_coverage=True, keyword_boost=2.0,
+                                                      constrained=True))
+    before = _figures(label_sets, free.generate(label_sets))
+    caps = held.generate(label_sets)
+    after = _figures(label_sets, caps)
+    # the tiny model alone invents and repeats; under the constraints it cannot
+    assert before["invented_word_rate"] > 0.15 and before["all_keywords_rate"] < 0.6
+    assert after["repetition_rate"] == 0.0
+    assert after["all_keywords_rate"] >= 0.75 and after["keyword_coverage"] > before["keyword_coverage"] + 0.3
+    for ks, c in zip(label_sets, caps):
+        if keyword_coverage(ks, c) == 1.0:     # ended by EOS: nothing invented
+            assert invented_words(ks, c) == [], (ks, c)
+    assert after["invented_word_rate"] <= 0.03
+    # batching and beam.py's dropping of finished items do not change the result
+    one_by_one = [held.generate([ks])[0] for ks in label_sets[:6]]
+    assert one_by_one == caps[:6]
+
+
+@pytest.fixture(scope="module")
+def random_model(tiny):
+    """An untrained T5 of the tiny model's shape: its preferences are noise, so whatever the
+    captions obey comes from the constraints."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(str(tiny[0]))
+    torch.manual_seed(7)
+    cfg = T5Config(vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=1,
+                   num_decoder_layers=1, num_heads=4, pad_token_id=0, eos_token_id=1,
+                   decoder_start_token_id=0, tie_word_embeddings=True)
+    return T5ForConditionalGeneration(cfg).eval(), tok
+
+
+def test_random_model_obeys_every_constraint(random_model, label_sets):
+    from laion_audio.captions.gate import repeats
+    from laion_audio.captions.keywords import content_words, lemma, words
+
+    model, tok = random_model
+    sets = [list(normalise_keywords(s)) for s in label_sets]
+    table = TokenTable(tok, model.config.vocab_size)
+    enc = tok([format_keywords(s, "laion-audio") for s in sets], return_tensors="pt", padding=True)
+    kwargs = dict(num_beams=4, length_penalty=1.5, no_repeat_ngram_size=3, max_new_tokens=48,
+                  early_stopping=True, do_sample=False, num_return_sequences=1)
+    free = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs)
+    proc = LexicalConstraint(table, sets, 4, 48)
+    held = generate(model, enc["input_ids"], enc["attention_mask"], logits_processor=[proc], **kwargs)
+    free_txt = tok.batch_decode(free, skip_special_tokens=True)
+    assert sum(bool(invented_words(s, c)) for s, c in zip(sets, free_txt)) > len(sets) // 2
+    ended = dead = 0
+    for s, item, row in zip(sets, proc.items, held.tolist()):
+        text = tok.decode(row, skip_special_tokens=True)
+        ws = words(text)
+        assert all(a != b for a, b in zip(ws, ws[1:])), text
+        assert not repeats(text), text
+        eos = row.index(tok.eos_token_id) if tok.eos_token_id in row else None
+        if eos is not None and tuple(row[:eos]) in item.dead_ends:
+            dead += 1                          # no token was allowed: a forced stop
+        elif eos is not None:                  # it ended: every keyword is there, nothing invented
+            ended += 1
+            assert keyword_coverage(s, text) == 1.0, (s, text)
+            assert invented_words(s, text) == [], (s, text)
+        else:                                  # out of tokens: only the unfinished last word
+            assert all(w == ws[-1] for w in invented_words(s, text)), (s, text)
+        allowed = {lemma(w) for k in s for w in content_words(k)}
+        assert all(lemma(w) in allowed for w in content_words(text)[:-1]), (s, text)
+    print(f"random model: {ended} ended, {dead} dead ends of {len(sets)}")
+    assert ended >= len(sets) * 0.5 and dead <= len(sets) * 0.1
+
+
+def test_keyword_alternatives_and_allowed_words(random_model):
+    """Any comma alternative of an AudioSet name satisfies it (all its content words); the
+    words a caption may use are the keywords' lemmas plus stop words."""
+    from laion_audio.captions.keywords import lemma
+
+    model, tok = random_model
+    table = TokenTable(tok, model.config.vocab_size)
+    item = LexicalConstraint(table, [["Male speech, man speaking", "Dog"]], 1, 48).items[0]
+    assert not item.covered({lemma("dog")})
+    assert item.covered({lemma("dog"), lemma("man"), lemma("speaking")})
+    assert item.covered({lemma("dogs"), lemma("male"), lemma("speech")})
+    assert not item.covered({lemma("dog"), lemma("man"), lemma("speech")})
+    assert {"dog", "man", "speech", "male"} <= item.words
+    assert all(lemma(w) in item.allowed_lemmas for w in item.words)
+    assert item.complete_ok("the", "dog", frozenset()) and not item.complete_ok("dog", "dog", frozenset())
+    assert not item.complete_ok("cat", "", frozenset())
+    assert not item.complete_ok("dog", "", frozenset({lemma("dog")}))
+
+
+def test_constrained_is_a_decoding_of_its_own(tiny, captioner):
+    plain = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0)
+    held = replace(plain, constrained=True)
+    a, b = replace(captioner, params=plain), replace(captioner, params=held)
+    # the cache key changes with the constraint; without it, keys made before the option stay
+    assert "constrained" not in a.cache_identity["generation"]
+    assert b.cache_identity["generation"]["constrained"] is True
+    assert cache_key(a.cache_identity, ["Dog"]) != cache_key(b.cache_identity, ["Dog"])
+    # the gate tells the two apart; a report older than the option describes the plain one
+    old_entry = {k: v for k, v in gate._decoding_key(plain).items() if k != "constrained"}
+    assert gate._same_decoding(old_entry, gate._decoding_key(plain))
+    assert not gate._same_decoding(old_entry, gate._decoding_key(held))
+    assert gate.DEFAULT_DECODINGS[-1].get("constrained") is True
+    assert "constrained" in gate.decoding_name(gate._decoding_key(held))
