@@ -281,7 +281,6 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
         rng.shuffle(batches)
         return batches
 
-    val_idx = None
     def val_loss() -> float | None:
         if not val_pairs:
             return None

@@ -123,7 +123,7 @@ def run(args) -> int:
     captioner = None
     if args.model != "template":
         from ..captions.gate import check_model_dir
-        from ..captions.k2c import Captioner, GenerationParams
+        from ..captions.k2c import Captioner
 
         if not Path(args.model).is_dir():
             return _fail(f"--model {args.model}: not a model folder (or 'template')")
