@@ -573,6 +573,7 @@ class Ledger:
         """The current rows of these keys, in that order, read by location (the row groups
         they sit in, not the whole ledger): a driver snapshots the keys of its pending work and
         reads full rows a chunk at a time, while it goes on writing."""
+        self._ensure_index()        # a compacted ledger that was only scanned has none yet
         slots = self._slots([f"{s}{_SEP}{i}" for s, i in zip(sources, source_ids)], create=False)
         if len(slots) and slots.min() < 0:
             missing = [(s, i) for s, i, x in zip(sources, source_ids, slots) if x < 0][:3]

@@ -1,6 +1,7 @@
 """The ledger: upsert semantics, journal replay, compaction, locking, accounting."""
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -152,3 +153,11 @@ def test_rows_of_reads_current_rows_by_key_in_the_order_asked(tmp_path):
         assert t.column("status").to_pylist() == [Status.NEW, Status.FETCHED, Status.NEW]
         with pytest.raises(LedgerError):
             led.rows_of(["a"], ["999"])
+    # a compacted ledger opened afresh and only scanned has no key index yet: rows_of builds it
+    # (a --retry-failed run that sent nothing back to fetch read its pending work this way)
+    with Ledger(tmp_path / "ledger") as led:
+        led.compact()
+    with Ledger(tmp_path / "ledger") as led:
+        keys = pa.concat_tables(list(led.scan(columns=["source", "source_id"])))
+        assert led.rows_of(keys.column("source").to_pylist()[:2],
+                           keys.column("source_id").to_pylist()[:2]).num_rows == 2
