@@ -102,8 +102,10 @@ class ShardRun(NamedTuple):
                            f"{s['bytes'] / 1e6:.1f} MB, {s['seconds'] / 3600:.3f} h")
         t = r["totals"]
         fails = ", ".join(f"{k}={v}" for k, v in sorted(r["failed"].items())) or "none"
+        requeued = f" + {t['requeued']} requeued (clip lost from a damaged tar: the next run " \
+            "fetches it again)" if t.get("requeued") else ""
         out.append(f"  total: {t['inputs']} in = {t['samples']} sharded + {t['failed']} failed "
-                   f"({fails}); {t['shards']} shards ({r['shards_written']} written, "
+                   f"({fails}){requeued}; {t['shards']} shards ({r['shards_written']} written, "
                    f"{r['shards_kept']} already complete, {r['stale_removed']} stale removed); "
                    f"{t['bytes'] / 1e6:.1f} MB, {t['seconds'] / 3600:.3f} h; {r['wall_seconds']:.1f}s")
         return out
@@ -336,12 +338,14 @@ def _report(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]],
                                "bytes": sum(e["bytes"] for e in es),
                                "seconds": round(sum(e["seconds"] for e in es), 3)}
     flat = [v for splits_ in datasets.values() for v in splits_.values()]
+    failures = [r for r in failed.values() if r.status == Status.FAILED]   # the rest: requeued
     return {
         "out": root.url, **settings,
         "datasets": dict(datasets),
         "totals": {"inputs": inputs, "samples": sum(v["samples"] for v in flat),
-                   "failed": len(failed), "shards": sum(v["shards"] for v in flat),
+                   "failed": len(failures), "requeued": len(failed) - len(failures),
+                   "shards": sum(v["shards"] for v in flat),
                    "bytes": sum(v["bytes"] for v in flat),
                    "seconds": round(sum(v["seconds"] for v in flat), 3)},
-        "failed": dict(Counter(r.failure_code for r in failed.values())),
+        "failed": dict(Counter(r.failure_code for r in failures)),
     }
