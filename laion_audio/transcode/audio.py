@@ -202,6 +202,23 @@ def read_mono(source, rate: int | None = None,
     return x, own
 
 
+def mono_blocks(handle, frames_per_block: int, rate: int | None = None):
+    """Mono float32 blocks of an open ``sf.SoundFile`` (the mean of its channels, as
+    :func:`read_mono`), resampled to ``rate`` by a soxr HQ stream when given: the one streamed
+    decode of a whole clip (fingerprints, ``verify``), so memory stays one block however long
+    the clip. A corrupt frame raises from the read."""
+    resampler = (soxr.ResampleStream(handle.samplerate, rate, 1, dtype="float32", quality="HQ")
+                 if rate and rate != handle.samplerate else None)
+    while True:
+        block = handle.read(frames_per_block, dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
+        yield resampler.resample_chunk(mono) if resampler is not None else mono
+    if resampler is not None:
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
 def temp_path_for(final: Path) -> Path:
     """Deterministic temporary name beside ``final``: a rerun overwrites a stale one."""
     return final.with_name(f".{final.name}.partial")
