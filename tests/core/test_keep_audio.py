@@ -52,6 +52,14 @@ def _flacs(out) -> list:
     return sorted((out / "audio").rglob("*.flac"))
 
 
+def _assert_equals_a_fresh_build(src, out, fresh) -> None:
+    """``out``'s shards are byte-identical to a fresh build that kept every FLAC, and ``out``
+    kept none."""
+    run_build(_config(src, fresh, keep_audio=True))
+    assert _digest(out / "shards") == _digest(fresh / "shards")
+    assert not _flacs(out)
+
+
 def test_default_build_deletes_sharded_flacs_and_equals_a_build_that_keeps_them(tmp_path):
     src = tmp_path / "in"
     _inputs(src, range(7))
@@ -97,10 +105,7 @@ def test_growing_corpus_reshards_from_the_tars_byte_identical_to_a_fresh_build(t
     summary = run_build(_config(src, out), refresh=True)     # re-lists the folder
     shard = next(s for s in summary["stages"] if s["stage"] == "shard")
     assert shard["report"]["shards_written"] >= 1 and shard["report"]["flac_restored_from_tars"] >= 1
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
 
 
 def test_interrupted_reshard_loses_no_clip(tmp_path, monkeypatch):
@@ -126,10 +131,7 @@ def test_interrupted_reshard_loses_no_clip(tmp_path, monkeypatch):
     monkeypatch.setattr(write_mod, "_write_tar", real)
     summary = run_build(_config(src, out))
     assert summary["by_status"] == {Status.SHARDED: 11}
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
 
 
 def test_fingerprints_of_released_clips_come_from_the_tars(tmp_path):
@@ -163,10 +165,7 @@ def test_refresh_with_new_captions_rewrites_tars_from_their_own_members(tmp_path
     summary = run_build(_config(src, out), refresh=True)
     shard = next(s for s in summary["stages"] if s["stage"] == "shard")
     assert shard["report"]["flac_restored_from_tars"] == 5 and shard["flac_released"] == 5
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
 
 
 def _all_members_decode(shards) -> int:
@@ -210,7 +209,4 @@ def test_a_tar_cut_short_loses_only_its_cut_clips_and_the_next_run_fetches_them_
     assert _all_members_decode(out / "shards") == 5
     summary = run_build(_config(src, out))
     assert summary["by_status"] == {Status.SHARDED: 7}
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
