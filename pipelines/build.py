@@ -268,13 +268,18 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
             r.audio_path, r.flac_path = work.abs(r.audio_path), work.abs(r.flac_path)
             ready.append(r)
     waiting = ledger.count(status=list(statuses), source=sources) - len(ready) if require_text else 0
+    from laion_audio.shards import ShardError
+
     try:
         written, report = BY_NAME["shard"].fn(ready, shard_root, **options)
-    except OSError as e:
-        if not is_out_of_space(e):
+    except (OSError, ShardError) as e:
+        if isinstance(e, ShardError):   # an input changed or a published tar is damaged
+            stats.extra["shard_error"] = str(e)
+        elif is_out_of_space(e):
+            stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
+        else:
             raise
         # nothing is marked sharded: the records stay captioned and the next run shards them
-        stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
         stats.seconds = time.perf_counter() - start
         return [], {}, waiting, stats
     del ready

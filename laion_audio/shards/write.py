@@ -22,7 +22,7 @@ from .layout import (_MEMBER_MODE, _SHARD_NAME, _TAR_FORMAT, DEFAULT_SEED, DEFAU
                      INDEX_FORMAT, INDEX_NAME, RECEIPTS_DIR, SAMPLE_RATE, SIZES_NAME,
                      WRITER_VERSION, ShardError, dumps, is_temp_name)
 from .members import extract
-from .plan import PlannedShard, plan_shards
+from .plan import PlannedSample, PlannedShard, plan_shards
 
 
 # ---------------------------------------------------------------------------- writing one tar
@@ -58,12 +58,33 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _check_moved_clip(s: PlannedSample, where: str) -> None:
+    """A clip that comes out of a published tar (or was copied out of one) must still be the
+    samples the transcode stage hashed: a damaged member is never copied into a new tar. Costs
+    one decode per moved clip; clips straight from the transcode stage are not re-read."""
+    from ..transcode.audio import pcm_sha256_of_file
+
+    if not s.audio_id.startswith("pcm:"):
+        return                      # a record without the transcode stage's hash
+    try:
+        with s.open_flac() as f:
+            ok = pcm_sha256_of_file(f) == s.audio_id[4:]
+    except Exception:           # libsndfile reports a corrupt stream as a generic error
+        ok = False
+    if not ok:
+        raise ShardError(f"{where}: the clip {s.key}.flac no longer decodes to the samples it was "
+                         f"sharded with (the tar is damaged); delete {where} and rerun: the "
+                         "clips it held are then fetched again")
+
+
 def _write_tar(shard: PlannedShard, tmp: Path) -> dict:
     """Build the tar at ``tmp`` (fsynced) and return its index entry."""
     with open(tmp, "wb") as raw:
         out = _HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w", format=_TAR_FORMAT) as tar:
             for s in shard.samples:
+                if s.member:
+                    _check_moved_clip(s, s.member[0])
                 with s.open_flac() as f:
                     st = os.stat(s.member[0]) if s.member else os.fstat(f.fileno())
                     if (st.st_mtime_ns != s.flac_mtime_ns
@@ -227,6 +248,7 @@ def _restore_members(root: Root, todo: list[PlannedShard], stale: list[str],
                 continue
             tar = s.member[0]
             if tar in changing or any(tar.startswith(d + "/") for d in retiring):
+                _check_moved_clip(s, tar)
                 extract(tar, f"{s.key}.flac", s.flac_path)
                 s.member, s.flac_mtime_ns = None, os.stat(s.flac_path).st_mtime_ns
                 restored += 1

@@ -179,10 +179,16 @@ def pcm_sha256(samples_int32: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples_int32, dtype="<i4").tobytes()).hexdigest()
 
 
-def pcm_sha256_of_file(path: str | os.PathLike) -> str:
-    """The PCM hash of any file libsndfile reads (mono or interleaved), for verification."""
-    data, _ = sf.read(str(path), dtype="int32", always_2d=False)
-    return pcm_sha256(data)
+def pcm_sha256_of_file(source) -> str:
+    """The PCM hash of any file libsndfile reads (a path or a file object; mono or interleaved),
+    for verification; read in blocks, so a long clip costs one block of memory."""
+    h = hashlib.sha256()
+    with sf.SoundFile(str(source) if isinstance(source, os.PathLike) else source) as handle:
+        while True:
+            block = handle.read(BLOCK_FRAMES, dtype="int32", always_2d=False)
+            if not len(block):
+                return h.hexdigest()
+            h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
 
 
 def read_mono(source, rate: int | None = None,

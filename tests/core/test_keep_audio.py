@@ -210,3 +210,36 @@ def test_a_tar_cut_short_loses_only_its_cut_clips_and_the_next_run_fetches_them_
     summary = run_build(_config(src, out))
     assert summary["by_status"] == {Status.SHARDED: 7}
     _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
+
+
+def test_a_damaged_member_is_never_copied_into_a_new_tar(tmp_path):
+    """Bit rot inside a published tar (same size, so the tar itself looks complete): a re-shard
+    that would move the clip checks it against the transcode stage's PCM hash first, stops
+    before any tar changes and names the tar; once the user deletes it, its clips are fetched
+    again and the corpus ends byte-identical to a build that never lost anything."""
+    import tarfile
+
+    src = tmp_path / "in"
+    _inputs(src, range(6))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    tar = sorted((out / "shards").rglob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        flac = next(m for m in tf if m.name.endswith(".flac"))
+    data = bytearray(tar.read_bytes())
+    for k in range(64):
+        data[flac.offset_data + flac.size // 2 + k] ^= 0x5A
+    tar.write_bytes(bytes(data))
+    tars = lambda: {k: v for k, v in _digest(out / "shards").items() if k.endswith(".tar")}  # noqa: E731
+    before = tars()
+    _inputs(src, range(6, 11))
+    summary = run_build(_config(src, out), refresh=True)
+    assert any("damaged" in p and tar.name in p for p in summary["problems"]), summary["problems"]
+    assert tars() == before                             # no tar changed
+    tar.unlink()
+    summary = run_build(_config(src, out))
+    assert any("queued to be fetched again" in p for p in summary["problems"]), summary["problems"]
+    summary = run_build(_config(src, out))
+    assert summary["by_status"] == {Status.SHARDED: 11} and not summary["problems"]
+    assert _all_members_decode(out / "shards") == 11
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
