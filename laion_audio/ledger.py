@@ -886,8 +886,8 @@ class StageStats:
                 + ("" if self.closes else "  ACCOUNTING DOES NOT CLOSE"))
 
 
-def write_stats(path: Path, stats: list[StageStats]) -> None:
+def write_stats(path: Path, stats: list[StageStats], public=None) -> None:
+    """Per-stage accounting as JSON; ``public`` rewrites local paths (``WorkDir.public``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([s.as_dict() for s in stats], indent=2))
-    atomic.publish(tmp, path)
+    text = json.dumps([s.as_dict() for s in stats], indent=2)
+    atomic.write_text(path, public(text) if public else text)

@@ -8,6 +8,7 @@ belong to :class:`laion_audio.workdir.WorkDir`.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -351,7 +352,8 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         finally:
             executor.stop()
         summary = summarize(ledger, all_stats, cfg, work)
-    write_stats(work.stats / "build.json", all_stats)
-    write_json(work.stats / "summary.json", summary)
-    write_json(work.stats / "rot.json", summary["rot"])
+    public = functools.partial(work.public, shard_root=cfg.shard_root)
+    write_stats(work.stats / "build.json", all_stats, public)
+    write_json(work.stats / "summary.json", summary, public)
+    write_json(work.stats / "rot.json", summary["rot"], public)
     return summary
