@@ -101,9 +101,10 @@ class Source:
             except Failure as e:
                 # an unreachable host says nothing about the record: it stays pending (new),
                 # with the reason noted, and the next run tries it again by itself
-                rec.fail("fetch", e.code, e.message)
                 if e.code == FailureCode.HOST_UNREACHABLE:
-                    rec.status = Status.NEW
+                    rec.defer("fetch", e.code, e.message)
+                else:
+                    rec.fail("fetch", e.code, e.message)
             except Exception as e:  # a bug (or a full disk), still one record's failure
                 from laion_audio.http import redact
 

@@ -98,8 +98,10 @@ def crawl_source(ledger: Ledger, work: WorkDir, name: str, options: dict, *,
     return stats
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Checkpoints and stats: sorted keys, written atomically (a kill leaves the old file)."""
+def write_json(path: Path, data: Any, public=None) -> None:
+    """Checkpoints and stats: sorted keys, written atomically (a kill leaves the old file);
+    ``public`` rewrites local paths (``WorkDir.public``) in what is published."""
     from laion_audio import atomic
 
-    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    atomic.write_text(path, public(text) if public else text)

@@ -853,6 +853,9 @@ class StageStats:
         elif after.status == Status.NEW and after.failure_code == FailureCode.QUOTA_DEFERRED:
             self.pending += 1        # an API's daily quota ran out: the next run goes on
             self.extra["deferred_quota"] = self.extra.get("deferred_quota", 0) + 1
+        elif after.status == Status.NEW and after.failure_code == FailureCode.CLIP_LOST:
+            self.pending += 1        # a damaged tar lost the clip: the next run fetches it again
+            self.extra["clips_lost_requeued"] = self.extra.get("clips_lost_requeued", 0) + 1
         elif after.status == Status.FAILED:
             self.failed += 1
             self.failures[after.failure_code] += 1
@@ -883,8 +886,8 @@ class StageStats:
                 + ("" if self.closes else "  ACCOUNTING DOES NOT CLOSE"))
 
 
-def write_stats(path: Path, stats: list[StageStats]) -> None:
+def write_stats(path: Path, stats: list[StageStats], public=None) -> None:
+    """Per-stage accounting as JSON; ``public`` rewrites local paths (``WorkDir.public``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([s.as_dict() for s in stats], indent=2))
-    atomic.publish(tmp, path)
+    text = json.dumps([s.as_dict() for s in stats], indent=2)
+    atomic.write_text(path, public(text) if public else text)

@@ -64,6 +64,7 @@ class FailureCode:
     AUDIO_CHANGED = "audio_changed"    # decoded audio differs from a published manifest's sha256
     QUOTA_DEFERRED = "quota_deferred"  # an API's daily quota ran out; the record stays ``new``
     HOST_UNREACHABLE = "host_unreachable"  # circuit breaker open: the record is left pending
+    CLIP_LOST = "clip_lost"            # a sharded clip gone from audio/ and its (damaged) tar: re-fetched
     # any stage
     NO_SPACE = "no_space"              # disk full (ENOSPC): the next run retries by itself
     # decode / transcode
@@ -89,6 +90,10 @@ class FailureCode:
 #: machine was not (a full disk). ``host_unreachable`` never becomes a failure at all: those
 #: records stay pending (status ``new``) with the reason in their failure columns.
 RETRIED_BY_ITSELF = frozenset({FailureCode.NO_SPACE})
+
+#: Reasons a record is left pending (status ``new``, reason in its failure columns) instead of
+#: failed: nothing is wrong with the record, and the next run takes it up again by itself.
+LEFT_PENDING = frozenset({FailureCode.HOST_UNREACHABLE, FailureCode.QUOTA_DEFERRED, FailureCode.CLIP_LOST})
 
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -177,6 +182,13 @@ class Record:
         """Mark this record failed at ``stage`` (message trimmed so a ledger row stays small)."""
         self.status = Status.FAILED
         self.failure_stage, self.failure_code, self.failure_message = stage, code, message[:500]
+        return self
+
+    def defer(self, stage: str, code: str, message: str) -> "Record":
+        """Leave this record pending (``new``) with the reason noted (one of ``LEFT_PENDING``):
+        the next run fetches it again by itself."""
+        self.fail(stage, code, message)
+        self.status = Status.NEW
         return self
 
     def succeed(self, status: str) -> "Record":

@@ -386,6 +386,11 @@ def run_problems(summary: dict) -> list[str]:
             out.append(f"{name}: crawl stopped early ({st['incomplete']}); rerun to resume")
         if st.get("no_space"):
             out.append(f"{name}: {st['no_space']}; free space and rerun")
+        if st.get("shard_error"):
+            out.append(f"{name}: {st['shard_error']}")
+        if st.get("clips_lost_requeued"):
+            out.append(f"{name}: {st['clips_lost_requeued']} clips were lost with a damaged tar and "
+                       "are queued to be fetched again; rerun the same command")
         if st.get("suspect"):
             out.append(f"{name}: crawl looks incomplete: {st['suspect']}")
         if (st["inputs"] > 0 and st["succeeded"] == 0 and not st.get("pending")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 from .records import Record
@@ -102,6 +103,23 @@ class WorkDir:
         if not path:
             return False
         return Path(self.abs(path)).resolve().is_relative_to(folder.resolve())
+
+    def public(self, text: str, shard_root: str | None = None) -> str:
+        """``text`` (a report's JSON) as we publish it: the work folder becomes ``.`` and a path
+        in it relative to it, a local shard root outside it its last name, so stats name no
+        folder of the user's machine (the terminal still shows the full paths)."""
+        places = [(str(self.root), ".")]
+        given = str(Path(os.path.abspath(self.root)))
+        if given != str(self.root):
+            places.append((given, "."))
+        if shard_root and "://" not in shard_root:
+            sr = Path(shard_root).resolve()
+            if not sr.is_relative_to(self.root):
+                places.insert(0, (str(sr), sr.name))
+        for place, public in places:   # whole path components only (not ``out2`` for ``out``)
+            text = re.sub(re.escape(place) + r"(/|(?![\w.-]))",
+                          lambda m, p=public: ("" if p == "." else p + "/") if m.group(1) else p, text)
+        return text
 
     # --- disk
     def disk_usage(self, shard_root: str | None = None) -> dict[str, int]:

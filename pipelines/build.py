@@ -8,6 +8,7 @@ belong to :class:`laion_audio.workdir.WorkDir`.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -268,13 +269,18 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
             r.audio_path, r.flac_path = work.abs(r.audio_path), work.abs(r.flac_path)
             ready.append(r)
     waiting = ledger.count(status=list(statuses), source=sources) - len(ready) if require_text else 0
+    from laion_audio.shards import ShardError
+
     try:
         written, report = BY_NAME["shard"].fn(ready, shard_root, **options)
-    except OSError as e:
-        if not is_out_of_space(e):
+    except (OSError, ShardError) as e:
+        if isinstance(e, ShardError):   # an input changed or a published tar is damaged
+            stats.extra["shard_error"] = str(e)
+        elif is_out_of_space(e):
+            stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
+        else:
             raise
         # nothing is marked sharded: the records stay captioned and the next run shards them
-        stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
         stats.seconds = time.perf_counter() - start
         return [], {}, waiting, stats
     del ready
@@ -346,7 +352,8 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         finally:
             executor.stop()
         summary = summarize(ledger, all_stats, cfg, work)
-    write_stats(work.stats / "build.json", all_stats)
-    write_json(work.stats / "summary.json", summary)
-    write_json(work.stats / "rot.json", summary["rot"])
+    public = functools.partial(work.public, shard_root=cfg.shard_root)
+    write_stats(work.stats / "build.json", all_stats, public)
+    write_json(work.stats / "summary.json", summary, public)
+    write_json(work.stats / "rot.json", summary["rot"], public)
     return summary

@@ -27,7 +27,7 @@ from laion_audio.captions.worker import caption_batch
 from laion_audio.filters.fpstore import fingerprint_batch
 from laion_audio.filters.stage import ELIGIBLE, filter_ledger
 from laion_audio.ledger import Ledger, StageStats
-from laion_audio.records import RETRIED_BY_ITSELF, FailureCode, Record, Status
+from laion_audio.records import LEFT_PENDING, RETRIED_BY_ITSELF, FailureCode, Record, Status
 from laion_audio.shards import write_shards
 from laion_audio.transcode import transcode_batch
 from laion_audio.workdir import WorkDir
@@ -253,8 +253,7 @@ def _attribute(moving: list[Stage], by_name: dict, stats: dict[str, StageStats],
                after: Record, first_reads=None) -> None:
     """Count one record at each fused stage it entered: ok until the stage it failed at."""
     failed_at = None
-    left_pending = after.status == Status.NEW and after.failure_code in (FailureCode.HOST_UNREACHABLE,
-                                                                        FailureCode.QUOTA_DEFERRED)
+    left_pending = after.status == Status.NEW and after.failure_code in LEFT_PENDING
     if after.status in (Status.FAILED, Status.DROPPED) or left_pending:
         # a failure (or a record left pending by the circuit breaker) is counted, typed, at
         # the stage it happened in; the stages after it never saw the record

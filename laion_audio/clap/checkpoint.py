@@ -111,16 +111,28 @@ def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str 
         "data_truncating": saved.get("data_truncating", "rand_trunc"),
         "data_filling": saved.get("data_filling", "repeatpad"),
     }
-    beside = Path(path).resolve().parent.parent / "tokenizer"  # <run>/checkpoints/x.pt -> <run>/tokenizer
+    run_dir = Path(path).resolve().parent.parent  # <run>/checkpoints/x.pt
+    recorded = settings["tokenizer"]
+    if recorded and not tokenizer_path and not Path(recorded).is_absolute():
+        settings["tokenizer"] = str(run_dir / recorded)  # recorded relative to the run folder
+    beside = run_dir / "tokenizer"
     if (not settings["tokenizer"] or not Path(settings["tokenizer"]).is_dir()) and beside.is_dir():
-        settings["tokenizer"] = str(beside)  # a run folder that was moved or copied
+        settings["tokenizer"] = str(beside)  # an older run folder that was moved or copied
     if not settings["tokenizer"]:
         raise ValueError(f"{path}: no tokenizer recorded; pass a local tokenizer folder")
     tokenizer = create_tokenizer(settings["tokenizer"])
     # a tower trained from a pretrained folder keeps that folder's size: rebuild it from there
     text_path = text_model_path or saved.get("text_model_path")
+    text_config = raw.get("text_config") if isinstance(raw, dict) else None
+    if not text_model_path and text_path and not (Path(text_path).is_absolute() and Path(text_path).is_dir()):
+        # recorded by name only: rebuild the tower from the config the checkpoint carries
+        if text_config is None:
+            raise ValueError(f"{path}: its text tower came from a folder named {Path(text_path).name!r}; "
+                             "pass that folder (--text-model-path)")
+        text_path = None
     model = create_model(settings["amodel"], settings["tmodel"], settings["enable_fusion"],
-                         settings["fusion_type"], text_model_path=text_path, tokenizer=tokenizer)
+                         settings["fusion_type"], text_model_path=text_path, tokenizer=tokenizer,
+                         text_config=text_config if text_path is None else None)
     model.load_state_dict(fix_state_dict(raw), strict=True)
     model.eval()
     return model, tokenizer, settings

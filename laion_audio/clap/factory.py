@@ -49,10 +49,12 @@ def create_audio_branch(audio_cfg: dict, enable_fusion: bool, fusion_type: str,
 def create_model(amodel: str = "HTSAT-tiny", tmodel: str = "roberta", enable_fusion: bool = False,
                  fusion_type: str = "aff_2d", text_model_path: str | Path | None = None,
                  tokenizer: Tokenizer | None = None, joint_embed_shape: int = 512,
-                 mlp_act: str = "relu", spec_augment: bool = True) -> CLAP:
+                 mlp_act: str = "relu", spec_augment: bool = True,
+                 text_config: dict | None = None) -> CLAP:
     """A CLAP whose state-dict names match LAION's. With ``text_model_path`` the text tower is
-    the pretrained model in that folder; otherwise it is built from scratch (sized by the
-    config's ``text_cfg.hf`` overrides, vocabulary from ``tokenizer``)."""
+    the pretrained model in that folder; with ``text_config`` (a checkpoint's saved tower
+    config) it is that architecture; otherwise it is built from scratch (sized by the config's
+    ``text_cfg.hf`` overrides, vocabulary from ``tokenizer``)."""
     if tmodel not in TEXT_TYPES:
         raise ValueError(f"unknown text model {tmodel!r}; expected one of {TEXT_TYPES}")
     cfg = load_model_config(amodel)
@@ -63,9 +65,11 @@ def create_model(amodel: str = "HTSAT-tiny", tmodel: str = "roberta", enable_fus
     text_cfg = dict(cfg.get("text_cfg", {}))
     text_branch = None
     if tmodel in ("roberta", "bert"):
-        vocab = len(tokenizer) if (tokenizer is not None and text_model_path is None) else None
-        pad = tokenizer.hf.pad_token_id if (tokenizer is not None and text_model_path is None) else None
-        text_branch = build_hf_text_branch(tmodel, text_model_path, text_cfg.get("hf"), vocab, pad)
+        sized = text_model_path is not None or text_config is not None
+        vocab = len(tokenizer) if (tokenizer is not None and not sized) else None
+        pad = tokenizer.hf.pad_token_id if (tokenizer is not None and not sized) else None
+        text_branch = build_hf_text_branch(tmodel, text_model_path, text_config or text_cfg.get("hf"),
+                                           vocab, pad)
     elif tokenizer is not None:
         text_cfg["vocab_size"] = len(tokenizer)
     return CLAP(audio_branch, audio_width, tmodel, text_branch=text_branch, text_cfg=text_cfg,

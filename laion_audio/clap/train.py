@@ -135,7 +135,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches
     state = {"name": args.name, "epoch": epoch, "batches_done": batches_done, "step": step,
              "state_dict": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "rng": rng_state(),
-             "args": {k: v for k, v in vars(args).items() if k != "func"}}
+             "args": public_args(args, path.parent.parent)}  # <run>/checkpoints/x.pt
+    text_config = hf_text_config(unwrap(model))
+    if text_config is not None:
+        state["text_config"] = text_config
     state.update(extra or {})
     with atomic.atomic_path(path, fsync=True) as tmp:
         torch.save(state, tmp)
@@ -213,9 +216,17 @@ def read_captions(shard_sets) -> list[str]:
 
 def prepare_tokenizer(args, shard_sets, run_dir: Path, info: DistInfo):
     path = args.tokenizer or args.text_model_path
-    if path:
-        return create_tokenizer(path)
     tok_dir = run_dir / "tokenizer"
+    if path:
+        tokenizer = create_tokenizer(path)
+        if info.is_master and not tok_dir.is_dir():
+            # a copy in the run folder: the run (and its checkpoints) stay usable without the
+            # folder it came from, and nothing published needs to name that folder
+            tokenizer.hf.save_pretrained(str(tok_dir))
+        if info.distributed:
+            dist.barrier()
+        args.tokenizer = str(tok_dir.resolve())
+        return tokenizer
     if info.is_master and not (tok_dir / "tokenizer.json").exists():
         kind = "bert" if args.tmodel == "bert" else "roberta"
         train_tokenizer(read_captions(shard_sets), tok_dir, kind, args.tokenizer_vocab_size)
@@ -224,6 +235,42 @@ def prepare_tokenizer(args, shard_sets, run_dir: Path, info: DistInfo):
         dist.barrier()
     args.tokenizer = str(tok_dir.resolve())
     return create_tokenizer(tok_dir)
+
+
+#: options whose values are places on the user's machine
+LOCAL_PATH_OPTIONS = ("data_root", "logs", "tokenizer", "text_model_path", "pretrained_audio",
+                      "class_label_path", "resume")
+
+
+def public_args(args, run_dir: Path) -> dict:
+    """The run's settings as params.json and checkpoints publish them. A path inside the run
+    folder becomes relative to it; any other local path keeps only its last name (the model
+    folder's name says which model) so nothing published names a folder of the user's machine.
+    URLs keep their place with secrets redacted."""
+    from laion_audio.http import redact
+
+    out = {k: v for k, v in vars(args).items() if k != "func"}
+    root = Path(run_dir).resolve()
+    for key in LOCAL_PATH_OPTIONS:
+        value = out.get(key)
+        if not value or value == "latest":
+            continue
+        value = str(value)
+        if "://" in value:
+            out[key] = redact(value)
+            continue
+        place = Path(value).resolve()
+        out[key] = place.relative_to(root).as_posix() if place.is_relative_to(root) else place.name
+    return out
+
+
+def hf_text_config(model) -> dict | None:
+    """A Hugging Face text tower's config without its local origin, saved in checkpoints so a
+    tower built from a pretrained folder can be rebuilt without that folder."""
+    config = getattr(getattr(model, "text_branch", None), "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
 
 
 def default_name(args) -> str:
@@ -269,8 +316,6 @@ def train(args) -> int:
     run_dir = Path(args.logs) / args.name
     if info.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "params.json").write_text(json.dumps({k: v for k, v in vars(args).items()
-                                                         if k != "func"}, indent=2, default=str))
 
     weights = parse_weights(args.dataset_weights)
     train_sets = find_shards(args.data_root, args.datasets, args.train_splits, weights)
@@ -279,6 +324,8 @@ def train(args) -> int:
                   args.datasets, args.train_splits)
         return 2
     tokenizer = prepare_tokenizer(args, train_sets, run_dir, info)
+    if info.is_master:  # after the tokenizer: params.json names the run's own copy
+        (run_dir / "params.json").write_text(json.dumps(public_args(args, run_dir), indent=2, default=str))
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     model = create_model(args.amodel, args.tmodel, args.enable_fusion, args.fusion_type,

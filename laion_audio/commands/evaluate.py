@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--tmodel", default=None, choices=["roberta", "bert", "transformer"])
     p.add_argument("--enable-fusion", action="store_true", default=None)
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder")
+    p.add_argument("--text-model-path", default=None,
+                   help="local pretrained text model folder (a LAION checkpoint's text tower; ours "
+                        "carry the tower's config and need none)")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--data-root", default=None, help="LAION-layout shards")
     p.add_argument("--datasets", nargs="*", default=None)
@@ -68,9 +71,14 @@ def run(args) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    model, tokenizer, settings = load_trained_model(args.checkpoint, args.amodel, args.tmodel,
-                                                    args.enable_fusion, tokenizer_path=args.tokenizer,
-                                                    trust=args.trust_checkpoint)
+    from laion_audio.errors import UserError
+
+    try:
+        model, tokenizer, settings = load_trained_model(
+            args.checkpoint, args.amodel, args.tmodel, args.enable_fusion, tokenizer_path=args.tokenizer,
+            text_model_path=args.text_model_path, trust=args.trust_checkpoint)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"--checkpoint: {exc}") from None
     model.to(device)
     audio_cfg = AudioConfig.from_dict(load_model_config(settings["amodel"])["audio_cfg"])
     args.data_truncating = "fusion" if settings["enable_fusion"] else "rand_trunc"

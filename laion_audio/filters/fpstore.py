@@ -50,7 +50,8 @@ def _mono_16k_blocks(path: str):
     same per-row mean as :func:`laion_audio.transcode.audio.read_mono`; the resampler is soxr
     HQ as in ``to_mono_16k``."""
     import soundfile as sf
-    import soxr
+
+    from ..transcode.audio import mono_blocks
 
     handle = sf.SoundFile(open_audio(path))     # a file, or a sharded clip's tar member
     rate = handle.samplerate
@@ -58,17 +59,7 @@ def _mono_16k_blocks(path: str):
 
     def blocks():
         try:
-            resampler = (soxr.ResampleStream(rate, fpmod.SR, 1, dtype="float32", quality="HQ")
-                         if rate != fpmod.SR else None)
-            per = max(1024, READ_BLOCK * 8 // max(1, handle.channels))
-            while True:
-                block = handle.read(per, dtype="float32", always_2d=True)
-                if len(block) == 0:
-                    break
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
-                yield resampler.resample_chunk(mono) if resampler else mono
-            if resampler is not None:
-                yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            yield from mono_blocks(handle, max(1024, READ_BLOCK * 8 // max(1, handle.channels)), fpmod.SR)
         finally:
             handle.close()
     return rate, frames, blocks()

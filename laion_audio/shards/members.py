@@ -40,11 +40,24 @@ def flac_member(source: str, source_id: str) -> str:
 @functools.lru_cache(maxsize=64)
 def _members(tar: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
     """member name -> (data offset, size), read from the tar's headers (one per member); cached
-    per tar version (a rewritten tar has a new size or mtime)."""
+    per tar version (a rewritten tar has a new size or mtime). A damaged tar (cut short, a
+    garbled header) still yields every member before the damage whose bytes are all there; a
+    member cut short is not listed, so no reader ever gets part of a clip."""
     out = {}
-    with tarfile.open(tar, mode="r:") as tf:
-        for info in tf:
-            if info.isfile():
+    with open(tar, "rb") as fh:
+        try:
+            tf = tarfile.open(fileobj=fh, mode="r:")
+        except tarfile.TarError:
+            return out
+        members = iter(tf)
+        while True:
+            try:
+                info = next(members)
+            except StopIteration:
+                break
+            except (tarfile.TarError, OSError):
+                break                       # the rest of the tar is unreadable
+            if info.isfile() and info.offset_data + info.size <= size:
                 out[info.name] = (info.offset_data, info.size)
     return out
 

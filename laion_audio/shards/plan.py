@@ -205,9 +205,14 @@ def _prepare(index: int, record: Record, members_root: str | None = None,
             nbytes, mtime_ns = st.st_size, st.st_mtime_ns
             info = sf.info(path)
     except FileNotFoundError:
-        where = f" (nor in its tar {record.shard})" if record.shard and members_root else ""
+        if record.shard and members_root:
+            # released by the keep policy, and its tar no longer holds it whole (cut short,
+            # damaged, deleted): nothing is wrong with the record, so it goes back to be fetched
+            return None, dataclasses.replace(record).defer(STAGE, FailureCode.CLIP_LOST,
+                          f"FLAC gone from the work folder and from its tar {record.shard}; "
+                          "queued to be fetched again")
         return None, dataclasses.replace(record).fail(STAGE, FailureCode.MISSING_FILE,
-                          f"FLAC not found: {path}{where}")
+                          f"FLAC not found: {path}")
     except Exception as exc:  # libsndfile reports unreadable files as generic errors
         return None, dataclasses.replace(record).fail(STAGE, FailureCode.UNDECODABLE,
                           f"cannot read {path}: {exc}")

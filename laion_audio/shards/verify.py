@@ -63,13 +63,11 @@ DECODE_BLOCK = 1 << 20
 
 def _decode_all(flac: bytes) -> tuple[int, int, int]:
     """Decode every frame of a FLAC (a corrupt frame raises) in blocks; (frames, rate, channels)."""
-    frames = 0
+    from ..transcode.audio import mono_blocks
+
     with sf.SoundFile(io.BytesIO(flac)) as f:
-        while True:
-            block = f.read(DECODE_BLOCK, dtype="float32", always_2d=True)
-            if not len(block):
-                return frames, f.samplerate, f.channels
-            frames += len(block)
+        frames = sum(len(block) for block in mono_blocks(f, DECODE_BLOCK))
+        return frames, f.samplerate, f.channels
 
 
 def _check_sample(key: str, members: dict[str, bytes]) -> tuple[float, list[str]]:

@@ -22,7 +22,7 @@ from .layout import (_MEMBER_MODE, _SHARD_NAME, _TAR_FORMAT, DEFAULT_SEED, DEFAU
                      INDEX_FORMAT, INDEX_NAME, RECEIPTS_DIR, SAMPLE_RATE, SIZES_NAME,
                      WRITER_VERSION, ShardError, dumps, is_temp_name)
 from .members import extract
-from .plan import PlannedShard, plan_shards
+from .plan import PlannedSample, PlannedShard, plan_shards
 
 
 # ---------------------------------------------------------------------------- writing one tar
@@ -58,12 +58,33 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _check_moved_clip(s: PlannedSample, where: str) -> None:
+    """A clip that comes out of a published tar (or was copied out of one) must still be the
+    samples the transcode stage hashed: a damaged member is never copied into a new tar. Costs
+    one decode per moved clip; clips straight from the transcode stage are not re-read."""
+    from ..transcode.audio import pcm_sha256_of_file
+
+    if not s.audio_id.startswith("pcm:"):
+        return                      # a record without the transcode stage's hash
+    try:
+        with s.open_flac() as f:
+            ok = pcm_sha256_of_file(f) == s.audio_id[4:]
+    except Exception:           # libsndfile reports a corrupt stream as a generic error
+        ok = False
+    if not ok:
+        raise ShardError(f"{where}: the clip {s.key}.flac no longer decodes to the samples it was "
+                         f"sharded with (the tar is damaged); delete {where} and rerun: the "
+                         "clips it held are then fetched again")
+
+
 def _write_tar(shard: PlannedShard, tmp: Path) -> dict:
     """Build the tar at ``tmp`` (fsynced) and return its index entry."""
     with open(tmp, "wb") as raw:
         out = _HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w", format=_TAR_FORMAT) as tar:
             for s in shard.samples:
+                if s.member:
+                    _check_moved_clip(s, s.member[0])
                 with s.open_flac() as f:
                     st = os.stat(s.member[0]) if s.member else os.fstat(f.fileno())
                     if (st.st_mtime_ns != s.flac_mtime_ns
@@ -102,8 +123,10 @@ class ShardRun(NamedTuple):
                            f"{s['bytes'] / 1e6:.1f} MB, {s['seconds'] / 3600:.3f} h")
         t = r["totals"]
         fails = ", ".join(f"{k}={v}" for k, v in sorted(r["failed"].items())) or "none"
+        requeued = f" + {t['requeued']} requeued (clip lost from a damaged tar: the next run " \
+            "fetches it again)" if t.get("requeued") else ""
         out.append(f"  total: {t['inputs']} in = {t['samples']} sharded + {t['failed']} failed "
-                   f"({fails}); {t['shards']} shards ({r['shards_written']} written, "
+                   f"({fails}){requeued}; {t['shards']} shards ({r['shards_written']} written, "
                    f"{r['shards_kept']} already complete, {r['stale_removed']} stale removed); "
                    f"{t['bytes'] / 1e6:.1f} MB, {t['seconds'] / 3600:.3f} h; {r['wall_seconds']:.1f}s")
         return out
@@ -225,6 +248,7 @@ def _restore_members(root: Root, todo: list[PlannedShard], stale: list[str],
                 continue
             tar = s.member[0]
             if tar in changing or any(tar.startswith(d + "/") for d in retiring):
+                _check_moved_clip(s, tar)
                 extract(tar, f"{s.key}.flac", s.flac_path)
                 s.member, s.flac_mtime_ns = None, os.stat(s.flac_path).st_mtime_ns
                 restored += 1
@@ -336,12 +360,14 @@ def _report(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]],
                                "bytes": sum(e["bytes"] for e in es),
                                "seconds": round(sum(e["seconds"] for e in es), 3)}
     flat = [v for splits_ in datasets.values() for v in splits_.values()]
+    failures = [r for r in failed.values() if r.status == Status.FAILED]   # the rest: requeued
     return {
         "out": root.url, **settings,
         "datasets": dict(datasets),
         "totals": {"inputs": inputs, "samples": sum(v["samples"] for v in flat),
-                   "failed": len(failed), "shards": sum(v["shards"] for v in flat),
+                   "failed": len(failures), "requeued": len(failed) - len(failures),
+                   "shards": sum(v["shards"] for v in flat),
                    "bytes": sum(v["bytes"] for v in flat),
                    "seconds": round(sum(v["seconds"] for v in flat), 3)},
-        "failed": dict(Counter(r.failure_code for r in failed.values())),
+        "failed": dict(Counter(r.failure_code for r in failures)),
     }

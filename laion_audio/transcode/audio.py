@@ -179,10 +179,16 @@ def pcm_sha256(samples_int32: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples_int32, dtype="<i4").tobytes()).hexdigest()
 
 
-def pcm_sha256_of_file(path: str | os.PathLike) -> str:
-    """The PCM hash of any file libsndfile reads (mono or interleaved), for verification."""
-    data, _ = sf.read(str(path), dtype="int32", always_2d=False)
-    return pcm_sha256(data)
+def pcm_sha256_of_file(source) -> str:
+    """The PCM hash of any file libsndfile reads (a path or a file object; mono or interleaved),
+    for verification; read in blocks, so a long clip costs one block of memory."""
+    h = hashlib.sha256()
+    with sf.SoundFile(str(source) if isinstance(source, os.PathLike) else source) as handle:
+        while True:
+            block = handle.read(BLOCK_FRAMES, dtype="int32", always_2d=False)
+            if not len(block):
+                return h.hexdigest()
+            h.update(np.ascontiguousarray(block, dtype="<i4").tobytes())
 
 
 def read_mono(source, rate: int | None = None,
@@ -200,6 +206,23 @@ def read_mono(source, rate: int | None = None,
     if rate and rate != own and len(x):
         x = soxr.resample(x, own, rate, quality="HQ").astype(np.float32)
     return x, own
+
+
+def mono_blocks(handle, frames_per_block: int, rate: int | None = None):
+    """Mono float32 blocks of an open ``sf.SoundFile`` (the mean of its channels, as
+    :func:`read_mono`), resampled to ``rate`` by a soxr HQ stream when given: the one streamed
+    decode of a whole clip (fingerprints, ``verify``), so memory stays one block however long
+    the clip. A corrupt frame raises from the read."""
+    resampler = (soxr.ResampleStream(handle.samplerate, rate, 1, dtype="float32", quality="HQ")
+                 if rate and rate != handle.samplerate else None)
+    while True:
+        block = handle.read(frames_per_block, dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
+        yield resampler.resample_chunk(mono) if resampler is not None else mono
+    if resampler is not None:
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def temp_path_for(final: Path) -> Path:

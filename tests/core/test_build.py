@@ -103,6 +103,12 @@ def test_inline_build_accounts_for_every_file(inline_build, corpus):
             assert info.samplerate == 48000 and info.channels == 1
     tars = sorted((out / "shards").rglob("*.tar"))
     assert tars and (out / "shards" / "local").is_dir()
+    # the published stats name no folder of this machine (the input folder, the work folder)
+    tmp_root = str(out.parent.parent)
+    for name in ("build.json", "summary.json", "rot.json"):
+        text = (out / "stats" / name).read_text()
+        assert tmp_root not in text and str(corpus) not in text, (name, text[:2000])
+    assert '"shards": "shards"' in (out / "stats" / "summary.json").read_text()
 
 
 def test_rerun_is_a_noop(inline_build, corpus):

@@ -52,6 +52,14 @@ def _flacs(out) -> list:
     return sorted((out / "audio").rglob("*.flac"))
 
 
+def _assert_equals_a_fresh_build(src, out, fresh) -> None:
+    """``out``'s shards are byte-identical to a fresh build that kept every FLAC, and ``out``
+    kept none."""
+    run_build(_config(src, fresh, keep_audio=True))
+    assert _digest(out / "shards") == _digest(fresh / "shards")
+    assert not _flacs(out)
+
+
 def test_default_build_deletes_sharded_flacs_and_equals_a_build_that_keeps_them(tmp_path):
     src = tmp_path / "in"
     _inputs(src, range(7))
@@ -97,10 +105,7 @@ def test_growing_corpus_reshards_from_the_tars_byte_identical_to_a_fresh_build(t
     summary = run_build(_config(src, out), refresh=True)     # re-lists the folder
     shard = next(s for s in summary["stages"] if s["stage"] == "shard")
     assert shard["report"]["shards_written"] >= 1 and shard["report"]["flac_restored_from_tars"] >= 1
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
 
 
 def test_interrupted_reshard_loses_no_clip(tmp_path, monkeypatch):
@@ -126,10 +131,7 @@ def test_interrupted_reshard_loses_no_clip(tmp_path, monkeypatch):
     monkeypatch.setattr(write_mod, "_write_tar", real)
     summary = run_build(_config(src, out))
     assert summary["by_status"] == {Status.SHARDED: 11}
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
 
 
 def test_fingerprints_of_released_clips_come_from_the_tars(tmp_path):
@@ -163,7 +165,81 @@ def test_refresh_with_new_captions_rewrites_tars_from_their_own_members(tmp_path
     summary = run_build(_config(src, out), refresh=True)
     shard = next(s for s in summary["stages"] if s["stage"] == "shard")
     assert shard["report"]["flac_restored_from_tars"] == 5 and shard["flac_released"] == 5
-    fresh = tmp_path / "fresh"
-    run_build(_config(src, fresh, keep_audio=True))
-    assert _digest(out / "shards") == _digest(fresh / "shards")
-    assert not _flacs(out)
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
+
+
+def _all_members_decode(shards) -> int:
+    """Every FLAC member of every tar decodes to samples; returns how many there are."""
+    import io
+    import tarfile
+
+    n = 0
+    for tar in sorted(shards.rglob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(".flac"):
+                    data, _ = sf.read(io.BytesIO(tf.extractfile(m).read()))
+                    assert len(data) > 0, (tar, m.name)
+                    n += 1
+    return n
+
+
+def test_a_tar_cut_short_loses_only_its_cut_clips_and_the_next_run_fetches_them_again(tmp_path):
+    """A published tar cut in the middle of its second FLAC (a full disk while copying it, a
+    broken transfer): the clips before the cut are read from it, the cut ones go back to be
+    fetched (counted pending, not failed, never half a clip in a shard), and the next run ends
+    with every clip sharded, byte-identical to a build that never lost anything."""
+    import tarfile
+
+    src = tmp_path / "in"
+    _inputs(src, range(7))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    tar = sorted((out / "shards").rglob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        flacs = [m for m in tf if m.name.endswith(".flac")]
+    assert len(flacs) == 3
+    tar.write_bytes(tar.read_bytes()[: flacs[1].offset_data + flacs[1].size // 2])
+    summary = run_build(_config(src, out))
+    shard = next(s for s in summary["stages"] if s["stage"] == "shard")
+    assert shard["pending"] == 2 and shard["failed"] == 0, shard
+    assert shard["clips_lost_requeued"] == 2 and shard["accounting_closes"]
+    assert shard["report"]["totals"]["requeued"] == 2
+    assert summary["by_status"] == {Status.SHARDED: 5, Status.NEW: 2}
+    assert _all_members_decode(out / "shards") == 5
+    summary = run_build(_config(src, out))
+    assert summary["by_status"] == {Status.SHARDED: 7}
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
+
+
+def test_a_damaged_member_is_never_copied_into_a_new_tar(tmp_path):
+    """Bit rot inside a published tar (same size, so the tar itself looks complete): a re-shard
+    that would move the clip checks it against the transcode stage's PCM hash first, stops
+    before any tar changes and names the tar; once the user deletes it, its clips are fetched
+    again and the corpus ends byte-identical to a build that never lost anything."""
+    import tarfile
+
+    src = tmp_path / "in"
+    _inputs(src, range(6))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    tar = sorted((out / "shards").rglob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        flac = next(m for m in tf if m.name.endswith(".flac"))
+    data = bytearray(tar.read_bytes())
+    for k in range(64):
+        data[flac.offset_data + flac.size // 2 + k] ^= 0x5A
+    tar.write_bytes(bytes(data))
+    tars = lambda: {k: v for k, v in _digest(out / "shards").items() if k.endswith(".tar")}  # noqa: E731
+    before = tars()
+    _inputs(src, range(6, 11))
+    summary = run_build(_config(src, out), refresh=True)
+    assert any("damaged" in p and tar.name in p for p in summary["problems"]), summary["problems"]
+    assert tars() == before                             # no tar changed
+    tar.unlink()
+    summary = run_build(_config(src, out))
+    assert any("queued to be fetched again" in p for p in summary["problems"]), summary["problems"]
+    summary = run_build(_config(src, out))
+    assert summary["by_status"] == {Status.SHARDED: 11} and not summary["problems"]
+    assert _all_members_decode(out / "shards") == 11
+    _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")

@@ -107,3 +107,43 @@ def test_disk_full_is_no_space_and_the_next_run_retries_it(mounts, tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
     recs = _records(out)
     assert len(recs) == 24 and {r.status for r in recs} == {Status.SHARDED}
+
+
+def _tar_digests(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.tar"))}
+
+
+@pytest.mark.slow
+def test_disk_full_while_a_reshard_copies_clips_out_of_their_tars_loses_nothing(mounts, tmp_path):
+    """The keep policy released every FLAC; new clips make a re-shard copy clips back out of the
+    published tars into ``OUT/audio``, which is full. No tar changes, no traceback, a non-zero
+    exit; once there is room the same command finishes with every clip sharded."""
+    inputs = tmp_path / "in"
+    _inputs(inputs, n=8, seconds=1.0)                    # ~96 KB FLACs
+    out = tmp_path / "out"
+    audio = mounts(out / "audio", "2m")
+    first = _build(out, inputs, "--samples-per-shard", "3")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert not list(audio.rglob("*.flac"))               # released: the tars hold them
+    before = _tar_digests(out / "shards")
+    rng = np.random.default_rng(8)
+    for i in range(8, 12):                               # sorts first: every tar's members move
+        data = (rng.standard_normal(48000) * 0.2).clip(-1, 1).astype("float32")
+        sf.write(inputs / f"a-noise {i:02d}.wav", data, 48000, subtype="PCM_16")
+    subprocess.run(["mount", "-o", "remount,size=700k", str(audio)], check=True, timeout=30)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    refresh = [sys.executable, "-m", "laion_audio", "refresh", "--source", "local", "--input", str(inputs),
+               "--out", str(out), "--inline", "--samples-per-shard", "3"]
+    second = subprocess.run(refresh, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert "disk full" in second.stdout + second.stderr
+    assert "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert _tar_digests(out / "shards") == before        # nothing published was touched
+    subprocess.run(["mount", "-o", "remount,size=64m", str(audio)], check=True, timeout=30)
+    third = subprocess.run(refresh, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-2000:]
+    recs = _records(out)
+    assert len(recs) == 12 and {r.status for r in recs} == {Status.SHARDED}
