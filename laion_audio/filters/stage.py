@@ -98,6 +98,7 @@ class FilterReport:
     reinstated: int = 0              # ... of which are now kept (their keeper went, or they lead)
     eval_clips: dict[str, int] = field(default_factory=dict)
     eval_clips_unreadable: int = 0
+    eval_clips_too_short: int = 0    # decoded, but no landmark to match on (e.g. a 0.1 s blip)
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -119,6 +120,10 @@ class FilterReport:
         lines.append(fmt(tot))
         lines.append(f"eligible {self.eligible}; dropped " + ", ".join(
             f"{k}={v}" for k, v in sorted(self.dropped.items())) + f"; no audio for content checks {self.no_audio}")
+        if self.eval_clips or self.eval_clips_unreadable:
+            lines.append(f"eval audio compared: {sum(self.eval_clips.values())} clips"
+                         + f"; {self.eval_clips_unreadable} unreadable (see the warnings)" * bool(self.eval_clips_unreadable)
+                         + f"; {self.eval_clips_too_short} too short to match" * bool(self.eval_clips_too_short))
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -129,7 +134,8 @@ class FilterReport:
                                         for (s, k), n in sorted(self.by_source_duplicate.items())],
                 "no_audio": self.no_audio, "reconsidered": self.reconsidered,
                 "reinstated": self.reinstated, "eval_clips": self.eval_clips,
-                "eval_clips_unreadable": self.eval_clips_unreadable, "seconds": round(self.seconds, 2)}
+                "eval_clips_unreadable": self.eval_clips_unreadable,
+                "eval_clips_too_short": self.eval_clips_too_short, "seconds": round(self.seconds, 2)}
 
 
 def _bands_loader(paths: list[str]):
@@ -361,6 +367,7 @@ class _FilterRun:
             if fp is None:
                 report.eval_clips_unreadable += 1
                 continue
+            report.eval_clips_too_short += not len(fp.hashes)
             index.add(len(eval_meta), fp)
             eval_meta.append((name, fname, fp))
             eval_paths.append(str(path))

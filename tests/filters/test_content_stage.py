@@ -55,3 +55,20 @@ def test_content_step_without_the_eval_id_step(debian_sounds, tmp_path):
     re1 = ledger.get("bbc", "re1")
     assert re1.filter_reason == "eval_overlap_content" and re1.filter_match["split"] == "unknown"
     assert ledger.get("bbc", "ok1").status == Status.CAPTIONED
+
+
+def test_unreadable_and_too_short_eval_clips_are_counted_and_said(debian_sounds, tmp_path):
+    """An eval folder as users have them: junk named .wav, an empty .flac, a WAV cut short, a
+    0.05 s blip. The run goes on, still drops the re-upload, and the table says how many eval
+    clips it could not read or could never match."""
+    ledger, eval_dir = _corpus(tmp_path, debian_sounds)
+    (eval_dir / "junk.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
+    (eval_dir / "empty.flac").write_bytes(b"")
+    sf.write(eval_dir / "blip.wav", np.full(2400, 0.3, np.float32), 48_000)
+    whole = (eval_dir / "1-100038-A-14.wav").read_bytes()
+    (eval_dir / "cut.wav").write_bytes(whole[: len(whole) // 2])     # header promises twice this
+    report, stats = filter_ledger(ledger, FilterConfig(eval_ids=False, eval_audio={"esc50": str(eval_dir)}))
+    assert ledger.get("bbc", "re1").filter_reason == "eval_overlap_content" and stats.closes
+    assert report.eval_clips_unreadable == 2 and report.eval_clips == {"esc50": 3}
+    assert report.eval_clips_too_short == 1
+    assert "3 clips; 2 unreadable (see the warnings); 1 too short to match" in report.table()
