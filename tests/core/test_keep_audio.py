@@ -184,20 +184,26 @@ def _all_members_decode(shards) -> int:
     return n
 
 
+def _built_with_first_tar(tmp_path, n: int):
+    """A default build of ``n`` clips: (inputs, work folder, its first tar, that tar's FLAC
+    members as TarInfo with offsets)."""
+    import tarfile
+
+    src = tmp_path / "in"
+    _inputs(src, range(n))
+    out = tmp_path / "out"
+    run_build(_config(src, out))
+    tar = sorted((out / "shards").rglob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        return src, out, tar, [m for m in tf if m.name.endswith(".flac")]
+
+
 def test_a_tar_cut_short_loses_only_its_cut_clips_and_the_next_run_fetches_them_again(tmp_path):
     """A published tar cut in the middle of its second FLAC (a full disk while copying it, a
     broken transfer): the clips before the cut are read from it, the cut ones go back to be
     fetched (counted pending, not failed, never half a clip in a shard), and the next run ends
     with every clip sharded, byte-identical to a build that never lost anything."""
-    import tarfile
-
-    src = tmp_path / "in"
-    _inputs(src, range(7))
-    out = tmp_path / "out"
-    run_build(_config(src, out))
-    tar = sorted((out / "shards").rglob("*.tar"))[0]
-    with tarfile.open(tar) as tf:
-        flacs = [m for m in tf if m.name.endswith(".flac")]
+    src, out, tar, flacs = _built_with_first_tar(tmp_path, 7)
     assert len(flacs) == 3
     tar.write_bytes(tar.read_bytes()[: flacs[1].offset_data + flacs[1].size // 2])
     summary = run_build(_config(src, out))
@@ -217,15 +223,8 @@ def test_a_damaged_member_is_never_copied_into_a_new_tar(tmp_path):
     that would move the clip checks it against the transcode stage's PCM hash first, stops
     before any tar changes and names the tar; once the user deletes it, its clips are fetched
     again and the corpus ends byte-identical to a build that never lost anything."""
-    import tarfile
-
-    src = tmp_path / "in"
-    _inputs(src, range(6))
-    out = tmp_path / "out"
-    run_build(_config(src, out))
-    tar = sorted((out / "shards").rglob("*.tar"))[0]
-    with tarfile.open(tar) as tf:
-        flac = next(m for m in tf if m.name.endswith(".flac"))
+    src, out, tar, flacs = _built_with_first_tar(tmp_path, 6)
+    flac = flacs[0]
     data = bytearray(tar.read_bytes())
     for k in range(64):
         data[flac.offset_data + flac.size // 2 + k] ^= 0x5A
