@@ -36,15 +36,25 @@ from typing import Sequence
 REPORT = "caption_quality.json"
 REPORT_MD = "caption_quality.md"
 #: Decoding settings scored by default: keytotext's plain beam search, ours with re-rank and
-#: keyword boost 2, and the same under hard lexical constraints (``constrain.py``; listed last,
-#: so it is the one ``recommended_params`` picks when it passes).
+#: keyword boost 2, the same under hard lexical constraints (``constrain.py``), and those with
+#: shallow fusion of the model folder's glue LM (``constrain.GlueFusion``; scored only when the
+#: folder has ``fusion_lm.txt``). Listed last is preferred: ``recommended_params`` picks the
+#: last that passes. Fusion weight 2 and length penalty 1.0 were chosen on label sets of
+#: balanced_train_segments.csv under an AudioCaps *val* LM, not on the gate's own sets or LM.
+FUSED_DECODING = {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True,
+                  "lm_fusion": 2.0, "length_penalty": 1.0}
 DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
                      {"rerank_by_coverage": True, "keyword_boost": 2.0},
-                     {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True})
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True},
+                     FUSED_DECODING)
+
+
 #: A decoding's name in reports and messages.
 def decoding_name(g: dict) -> str:
     return (f"rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
-            + (", constrained" if g.get("constrained") else ""))
+            + (", constrained" if g.get("constrained") else "")
+            + (f", LM fusion {g['lm_fusion']} (length penalty {g.get('length_penalty')})"
+               if g.get("lm_fusion") else ""))
 
 
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
@@ -141,7 +151,7 @@ def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
     return broken
 
 
-_KEY_FIELDS = ("rerank_by_coverage", "keyword_boost", "constrained", "num_beams", "length_penalty",
+_KEY_FIELDS = ("rerank_by_coverage", "keyword_boost", "constrained", "lm_fusion", "num_beams", "length_penalty",
                "no_repeat_ngram_size", "max_new_tokens", "early_stopping")
 
 
@@ -196,7 +206,13 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         report["human_perplexity"] = round(held_lm.perplexity(refs), 2) if held else None
         report["human_function_word_perplexity"] = (
             round(held_lm.perplexity(refs, function_words=True), 2) if held else None)
+    from .k2c import FUSION_LM
+
+    has_fusion = (Path(model) / FUSION_LM).is_file()
+    report["fusion_lm"] = fusion_provenance(model) if has_fusion else None
     for dec in decodings:
+        if dec.get("lm_fusion") and not has_fusion:
+            continue                  # no fusion LM in the folder: nothing to score
         cap = Captioner.load(model, input_format=input_format, device="cpu",
                              params=GenerationParams(**dec))
         report["model_sha256"], report["input_format"] = cap.fingerprint, cap.input_format
@@ -212,6 +228,58 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
                                                  for k, c in list(zip(sets, captions))[:8]]})
     report["passes"] = any(d["passes"] for d in report["decodings"])
     return report
+
+
+def default_fusion_corpora() -> list[tuple[str, str]]:
+    """Clotho's caption CSVs from ../shared/data (from cwd or the repo), when present: human
+    captions of another corpus than AudioCaps, whose test split is the gate's fluency LM."""
+    for root in (Path("../shared/data/clotho"), Path(__file__).resolve().parents[3] / "shared/data/clotho"):
+        csvs = sorted((root / "wavcaps_derived" / "csv_files").glob("*.csv"))
+        if csvs:
+            return [("clotho", str(c)) for c in csvs]
+    return []
+
+
+def attach_fusion_lm(model: str | os.PathLike, corpora, lm_corpus=None) -> dict:
+    """Write ``fusion_lm.txt`` (the corpora's captions, one a line) and ``fusion_lm.json``
+    (their names and sha256) into the model folder, for ``lm_fusion`` decoding.
+
+    Refuses (``GateError``) a corpus that is the gate's fluency corpus ``lm_corpus``: fusing
+    the LM that scores fluency would pass the gate without writing better."""
+    from ..storage import Root
+    from .k2c import FUSION_LM
+    from .keywords import sha256_file
+    from .train import load_captions
+
+    gate_sha = sha256_file(lm_corpus[1]) if lm_corpus else None
+    captions, files = [], {}
+    for kind, path in corpora:
+        sha = sha256_file(path)
+        if sha == gate_sha:
+            raise GateError(f"fusion corpus {Path(path).name} is the quality gate's fluency "
+                            "corpus; use another (e.g. Clotho's captions)")
+        files[f"{kind}:{Path(path).name}"] = sha
+        captions += load_captions(kind, path)
+    if not captions:
+        raise GateError("the fusion corpora hold no captions")
+    folder = Path(model)
+    info = {"corpora": files, "captions": len(captions),
+            "class_lm": "word trigram, content words as one class (constrain.GlueFusion)"}
+    root = Root(folder)
+    root.write_bytes_atomic(str(folder / FUSION_LM), ("\n".join(captions) + "\n").encode())
+    root.write_bytes_atomic(str(folder / FUSION_LM.replace(".txt", ".json")),
+                            json.dumps(info, indent=1).encode())
+    return info
+
+
+def fusion_provenance(model: str | os.PathLike) -> dict | None:
+    from .k2c import FUSION_LM
+
+    path = Path(model) / FUSION_LM.replace(".txt", ".json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def markdown(report: dict) -> str:
@@ -233,6 +301,9 @@ def markdown(report: dict) -> str:
     if report.get("human_perplexity"):
         lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}, "
                      f"function words {report.get('human_function_word_perplexity')}.")
+    if report.get("fusion_lm"):
+        lines.append(f"\nLM fusion corpus: {', '.join(report['fusion_lm']['corpora'])} "
+                     f"({report['fusion_lm']['captions']} captions; not the fluency corpus).")
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:
