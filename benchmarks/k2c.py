@@ -7,9 +7,11 @@
    (``Captioner.generate``: length-sorted batches of ``--batch-size``, laion_audio/captions/beam.py),
    HF ``model.generate`` on the same batches, and keytotext's way, one HF ``generate`` call per
    keyword set (the baseline). Runs alternate; medians, ratios to the baseline and the number of
-   captions identical to the baseline's and to HF-batched's print.
+   captions identical to the baseline's and to HF-batched's print, per ``--decodings`` entry
+   (the constrained and fused decodings run their logits processor in all three ways).
 2. ``--job-rows N``: the ``audioset-captions`` job end to end on the first N rows of the real
-   eval_segments.csv with the model (rerank + keyword boost 2, its default), cold cache and then
+   eval_segments.csv with the model (its default decoding: the last its quality report passed
+   with, else rerank + keyword boost 2), cold cache and then
    a forced rerun on the warm cache, in captions (rows) per second, against keytotext's way on
    the same rows with the same decoding: one HF ``generate`` per segment, no cache
    (``--baseline-rows`` of them; a rate is a rate).
@@ -29,14 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from laion_audio.captions.gate import FUSED_DECODING  # noqa: E402
 from laion_audio.captions.keywords import AudioSetLabels, normalise_keywords, read_segments  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: The decodings ``--decodings`` names (GenerationParams fields).
 DECODINGS = {"boost": {"rerank_by_coverage": True, "keyword_boost": 2.0},
              "constrained": {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True},
-             "fused": {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True,
-                       "lm_fusion": 2.0, "length_penalty": 1.0}}
+             "fused": FUSED_DECODING}
 
 
 def distinct_ratio(path: Path, labels: AudioSetLabels) -> dict:
@@ -76,8 +78,12 @@ def job_throughput(model: str, data: Path, rows: int, baseline_rows: int, labels
                         "cache_hits": summary["captions"]["cache_hits"],
                         "keyword_fallback": summary["captions"]["keyword_fallback"]}
     torch.set_num_threads(1)
-    cap = Captioner.load(model, device="cpu", params=GenerationParams(rerank_by_coverage=True,
-                                                                        keyword_boost=2.0))
+    from laion_audio.captions.gate import recommended_params
+
+    # the job's own decoding: the one the model's report passed with, else rerank + boost 2
+    params = recommended_params(model) or GenerationParams(rerank_by_coverage=True, keyword_boost=2.0)
+    out["decoding"] = {k: v for k, v in params.__dict__.items()}
+    cap = Captioner.load(model, device="cpu", params=params)
     segs = list(read_segments(data / "audioset/eval_segments.csv"))[:min(rows, baseline_rows)]
     sets = [normalise_keywords(labels.label_names(s.mids)) for s in segs]
     t = time.perf_counter()

@@ -369,7 +369,8 @@ class _State:
 
 #: The fusion LM's token for a content word, by ending: "-ing" (mostly verbs: "barking"),
 #: "-s" (plural nouns and verbs: "dogs", "barks"), others (mostly nouns: "dog", "music"), so
-#: it can tell "someone is typing" from "someone is music".
+#: it can tell "someone is typing" from "someone is music". (An "-ed" class too measured worse:
+#: function-word perplexity 1.80x human instead of 1.64x on the development sets.)
 CONTENT = "contentword"
 _CONTENT_ING, _CONTENT_S = "contentwording", "contentwords"
 
@@ -391,7 +392,7 @@ class GlueFusion:
 
     The constraints fix *which* words a caption may hold; a tiny captioner still strings the
     glue badly ("a music a is again are country"). The fusion LM is a trigram model of human
-    captions in which every content word is one class token (``CONTENT``): it knows how glue
+    captions in which every content word is a class token (``_glue_class``): it knows how glue
     and content alternate ("a C is C-ing in the background") without needing to have seen the
     rare label words, whose contexts a word LM would only back off from. Each token's score
     gains ``weight`` x the change in the LM log-probability of the words so far. A word's

@@ -39,10 +39,15 @@ REPORT_MD = "caption_quality.md"
 #: keyword boost 2, the same under hard lexical constraints (``constrain.py``), and those with
 #: shallow fusion of the model folder's glue LM (``constrain.GlueFusion``; scored only when the
 #: folder has ``fusion_lm.txt``). Listed last is preferred: ``recommended_params`` picks the
-#: last that passes. Fusion weight 2 and length penalty 1.0 were chosen on label sets of
-#: balanced_train_segments.csv under an AudioCaps *val* LM, not on the gate's own sets or LM.
+#: last that passes. Fusion weight 2, length penalty 1.0 and 8 beams were chosen on label sets
+#: of balanced_train_segments.csv under an AudioCaps *val* LM, not on the gate's sets or LM.
 FUSED_DECODING = {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True,
-                  "lm_fusion": 2.0, "length_penalty": 1.0}
+                  "lm_fusion": 2.0, "length_penalty": 1.0, "num_beams": 8}
+
+
+def fused(weight: float) -> dict:
+    """The fused decoding's settings at fusion weight ``weight`` (``--lm-fusion W``)."""
+    return {**FUSED_DECODING, "lm_fusion": weight}
 DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
                      {"rerank_by_coverage": True, "keyword_boost": 2.0},
                      {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True},
@@ -53,8 +58,8 @@ DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
 def decoding_name(g: dict) -> str:
     return (f"rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
             + (", constrained" if g.get("constrained") else "")
-            + (f", LM fusion {g['lm_fusion']} (length penalty {g.get('length_penalty')})"
-               if g.get("lm_fusion") else ""))
+            + (f", LM fusion {g['lm_fusion']} (length penalty {g.get('length_penalty')}, "
+               f"{g.get('num_beams')} beams)" if g.get("lm_fusion") else ""))
 
 
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,

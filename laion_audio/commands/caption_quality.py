@@ -32,7 +32,7 @@ def register(sub) -> None:
                    help="hard lexical constraints (keywords required, no invented or repeated words)")
     p.add_argument("--lm-fusion", type=float, default=None, metavar="W",
                    help="with --constrained: shallow fusion of the folder's glue LM at this "
-                        "weight (length penalty 1.0)")
+                        "weight (length penalty 1.0, 8 beams, rerank + boost 2)")
     p.add_argument("--fusion-lm", type=_corpus, action="append", metavar="KIND:PATH",
                    help="with --write-report: first write the glue LM for --lm-fusion "
                         "(fusion_lm.txt) into the model folder from these human captions; never "
@@ -85,7 +85,9 @@ def _write_report(args) -> int:
         if args.constrained or args.lm_fusion:
             asked["constrained"] = True
         if args.lm_fusion:
-            asked.update(lm_fusion=args.lm_fusion, length_penalty=1.0)
+            from ..captions.gate import fused
+
+            asked = fused(args.lm_fusion)
         decodings = [d for d in decodings if d != asked] + [asked]
     try:
         if args.fusion_lm:
@@ -117,10 +119,13 @@ def run(args) -> int:
         rng.shuffle(refs)
         refs = refs[:args.n or 500]
         sets = [rng.sample(k, len(k)) for k in (caption_keywords(c) for c in refs)]
-        fused = {"lm_fusion": args.lm_fusion, "length_penalty": 1.0} if args.lm_fusion else {}
-        captioner = Captioner.load(args.model, params=GenerationParams(
-            rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
-            constrained=bool(args.constrained or args.lm_fusion), **fused))
+        from ..captions.gate import fused
+
+        params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+                                  constrained=args.constrained)
+        if args.lm_fusion:
+            params = GenerationParams(**fused(args.lm_fusion))
+        captioner = Captioner.load(args.model, params=params)
         captions = captioner.generate(sets)
         report = quality_report(sets, captions, human_references=refs, lm_corpus=lm)
     else:
