@@ -412,20 +412,27 @@ class GlueFusion:
     def word(self, h: tuple, w: str) -> float:
         """The log-probability of word ``w`` (or "</s>"; a content word as its class) after
         the words ``h``."""
-        key = (_glue_class(h[0]), _glue_class(h[1]), _glue_class(w))
-        got = self._scores.get(key)
+        raw = (h, w)
+        got = self._scores.get(raw)
         if got is None:
-            got = self._scores[key] = math.log(self.lm.prob(*key))
+            if len(self._scores) > 1_000_000:
+                self._scores.clear()
+            key = (_glue_class(h[0]), _glue_class(h[1]), _glue_class(w))
+            got = self._scores[raw] = math.log(self.lm.prob(*key))
         return got
 
     def ahead(self, item: "_Item", h: tuple, q: str) -> float:
         """The best score of an allowed word that begins with ``q``."""
-        best = -math.inf
-        for w in item.table.glue_prefix.get(q, ()):
-            best = max(best, self.word(h, w))
-        for w in item.prefix.get(q, ()):
-            best = max(best, self.word(h, w))
-        return 0.0 if best == -math.inf else best
+        key = ("ahead", _glue_class(h[0]), _glue_class(h[1]), q)
+        got = item.fused.get(key)
+        if got is None:
+            best = -math.inf
+            for w in item.table.glue_prefix.get(q, ()):
+                best = max(best, self.word(h, w))
+            for w in item.prefix.get(q, ()):
+                best = max(best, self.word(h, w))
+            got = item.fused[key] = 0.0 if best == -math.inf else best
+        return got
 
     def _boundary(self, t: TokenTable) -> torch.Tensor:
         got = self._tables.get(id(t))
@@ -438,16 +445,23 @@ class GlueFusion:
             got = self._tables[id(t)] = m.float()
         return got
 
-    def _glue_starts(self, item: "_Item", h: tuple) -> torch.Tensor:
-        """Look-ahead scores of the stop-word start pieces after ``h`` (shared by all items)."""
-        t = item.table
-        h = (_glue_class(h[0]), _glue_class(h[1]))
-        got = self._glue.get((id(t), h))
+    def _starts(self, item: "_Item", h: tuple) -> torch.Tensor:
+        """Look-ahead scores of the pieces that start a word, after ``h`` (per item)."""
+        key = ("starts", tuple(map(_glue_class, h)))
+        got = item.fused.get(key)
         if got is None:
-            got = torch.zeros(t.size)
-            for q, ids in t.glue_starts:
-                got[ids] = max(self.word(h, w) for w in t.glue_prefix[q])
-            self._glue[(id(t), h)] = got
+            t = item.table
+            glue_key = (id(t), key[1])
+            glue = self._glue.get(glue_key)
+            if glue is None:      # stop-word starts: shared by all items
+                glue = torch.zeros(t.size)
+                for q, ids in t.glue_starts:
+                    glue[ids] = max(self.word(h, w) for w in t.glue_prefix[q])
+                self._glue[glue_key] = glue
+            got = glue.clone()
+            for q, ids in item.starts:
+                got[ids] = self.ahead(item, h, q)
+            item.fused[key] = got
         return got
 
     def bonus(self, item: "_Item", state: _State) -> torch.Tensor:
@@ -465,11 +479,7 @@ class GlueFusion:
             h2 = (h[1], p)
         else:
             end, h2 = 0.0, h
-        vec = end * self._boundary(t)
-        starts = self._glue_starts(item, h2).clone()
-        for q, ids in item.starts:
-            starts[ids] = self.ahead(item, h2, q)
-        vec += starts
+        vec = self._starts(item, h2) + end * self._boundary(t)
         if t.eos_id is not None:
             vec[t.eos_id] += self.word(h2, "</s>")
         for group in (t.glue_cont.get(p, ()), item.conts.get(p, ())):

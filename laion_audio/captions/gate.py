@@ -269,7 +269,7 @@ def attach_fusion_lm(model: str | os.PathLike, corpora, lm_corpus=None) -> dict:
         raise GateError("the fusion corpora hold no captions")
     folder = Path(model)
     info = {"corpora": files, "captions": len(captions),
-            "class_lm": "word trigram, content words as one class (constrain.GlueFusion)"}
+            "class_lm": "word trigram, content words as classes by ending (constrain.GlueFusion)"}
     root = Root(folder)
     root.write_bytes_atomic(str(folder / FUSION_LM), ("\n".join(captions) + "\n").encode())
     root.write_bytes_atomic(str(folder / FUSION_LM.replace(".txt", ".json")),
