@@ -136,12 +136,43 @@ def score(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str], lm) ->
                                          if lm else None)}
 
 
-def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
+#: A fused decoding's function-word perplexity must be at most this share of the same
+#: decoding's with an untrained model of the same shape (``lm_only``): else the glue is the
+#: fusion LM's, not the model's.
+LM_ONLY_MARGIN = 0.9
+
+
+def _lm_only_figures(cap, sets, lm) -> dict:
+    """The fused decoding with the model's weights re-initialised (seeded): what the fusion LM
+    and the constraints write without the model. A 15-step model passed the fluency limit
+    under fusion; this is the baseline a fused model must beat."""
+    import dataclasses
+
+    import torch
+
+    torch.manual_seed(0)
+    fresh = type(cap.model)(cap.model.config).to(cap.model.device).eval()
+    blank = dataclasses.replace(cap, model=fresh)
+    blank._fusion_lm = getattr(cap, "_fusion_lm", None)
+    captions = blank.generate(sets)
+    figs = score(sets, captions, lm)
+    return {"function_word_perplexity": figs["function_word_perplexity"],
+            "keyword_coverage": figs["keyword_coverage"],
+            "examples": [{"keywords": list(k), "caption": c} for k, c in list(zip(sets, captions))[:3]]}
+
+
+def verdict(figures: dict, human_perplexity: float | None = None,
+            lm_only: dict | None = None) -> list[str]:
     """The limits a decoding's figures break (empty: passes). Fluency is judged only when the
-    report measured both the captions' and human captions' perplexity."""
+    report measured both the captions' and human captions' perplexity; a fused decoding must
+    also beat the fusion LM alone (``lm_only``, see ``LM_ONLY_MARGIN``)."""
     broken = []
     ppl = figures.get("function_word_perplexity")
     limit = LIMITS["max_function_word_perplexity_ratio"]
+    base = (lm_only or {}).get("function_word_perplexity")
+    if ppl and base and ppl > LM_ONLY_MARGIN * base:
+        broken.append(f"function-word perplexity {ppl:.1f} > {LM_ONLY_MARGIN} x {base:.1f} of "
+                      "the fusion LM with an untrained model (the glue is the LM's, not the model's)")
     if ppl and human_perplexity and ppl / human_perplexity > limit:
         broken.append(f"function-word perplexity {ppl:.1f} > {limit} x human "
                       f"{human_perplexity:.1f} (not fluent)")
@@ -225,10 +256,11 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         captions = cap.generate(sets)
         secs = time.monotonic() - t0
         figs = score(sets, captions, lm)
-        broken = verdict(figs, report.get("human_function_word_perplexity"))
+        lm_only = _lm_only_figures(cap, sets, lm) if dec.get("lm_fusion") and lm else None
+        broken = verdict(figs, report.get("human_function_word_perplexity"), lm_only)
         report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
                                     "seconds": round(secs, 1), "passes": not broken,
-                                    "broken": broken,
+                                    "broken": broken, **({"lm_only": lm_only} if lm_only else {}),
                                     "examples": [{"keywords": list(k), "caption": c}
                                                  for k, c in list(zip(sets, captions))[:8]]})
     report["passes"] = any(d["passes"] for d in report["decodings"])
@@ -309,6 +341,12 @@ def markdown(report: dict) -> str:
     if report.get("fusion_lm"):
         lines.append(f"\nLM fusion corpus: {', '.join(report['fusion_lm']['corpora'])} "
                      f"({report['fusion_lm']['captions']} captions; not the fluency corpus).")
+    for d in report["decodings"]:
+        if d.get("lm_only"):
+            lines.append(f"The same fused decoding with an untrained model of this shape (the "
+                         f"fusion LM alone): function-word perplexity "
+                         f"{d['lm_only']['function_word_perplexity']}, e.g. "
+                         f"\"{d['lm_only']['examples'][0]['caption']}\".")
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:

@@ -222,3 +222,14 @@ def test_fusion_makes_the_glue_more_human(tiny, captioner, label_sets, shared_da
     # a folder without the LM cannot fuse
     with pytest.raises(FileNotFoundError, match="fusion_lm.txt"):
         Captioner.load(tiny[0], device="cpu", params=replace(held, lm_fusion=2.0)).generate([["Dog"]])
+
+
+def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
+    """Under fusion an untrained model passed the fluency limit (the LM writes the glue), so a
+    fused decoding is judged against the same decoding with an untrained model too."""
+    figs = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
+            "repetition_rate": 0.0, "function_word_perplexity": 20.0}
+    assert gate.verdict(figs, 8.0) == []
+    assert gate.verdict(figs, 8.0, {"function_word_perplexity": 25.0}) == []
+    broken = gate.verdict(figs, 8.0, {"function_word_perplexity": 14.0})
+    assert len(broken) == 1 and "untrained model" in broken[0]
