@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 
-from .train_captioner import _corpus
+from .train_captioner import _corpus, add_fusion_lm
 
 
 def register(sub) -> None:
@@ -33,10 +33,7 @@ def register(sub) -> None:
     p.add_argument("--lm-fusion", type=float, default=None, metavar="W",
                    help="with --constrained: shallow fusion of the folder's glue LM at this "
                         "weight (length penalty 1.0, 8 beams, rerank + boost 2)")
-    p.add_argument("--fusion-lm", type=_corpus, action="append", metavar="KIND:PATH",
-                   help="with --write-report: first write the glue LM for --lm-fusion "
-                        "(fusion_lm.txt) into the model folder from these human captions; never "
-                        "the --lm-corpus (default LM-fusion corpus: Clotho's captions)")
+    add_fusion_lm(p, "with --write-report, before scoring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-report", action="store_true",
                    help="with --model: gate report on AudioSet label sets, saved beside the model")

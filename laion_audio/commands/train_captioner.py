@@ -30,6 +30,13 @@ def _corpus(spec: str) -> tuple[str, str]:
     return kind, path
 
 
+def add_fusion_lm(p, default: str) -> None:
+    """``--fusion-lm`` (train-captioner, caption-quality)."""
+    p.add_argument("--fusion-lm", type=_corpus, action="append", metavar="KIND:PATH",
+                   help="human captions for the glue LM fused into constrained decoding, written "
+                        f"beside the weights as fusion_lm.txt; never the --lm-corpus ({default})")
+
+
 def register(sub) -> None:
     p = sub.add_parser("train-captioner", help="train a keyword-to-caption T5 from caption corpora",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,10 +65,7 @@ def register(sub) -> None:
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="human captions for the report's fluency model (default: AudioCaps "
                         "test.csv beside an audiocaps corpus)")
-    p.add_argument("--fusion-lm", type=_corpus, action="append", metavar="KIND:PATH",
-                   help="human captions for the glue LM fused into constrained decoding "
-                        "(fusion_lm.txt beside the weights; default: Clotho's caption CSVs in "
-                        "../shared/data when found); never the --lm-corpus")
+    add_fusion_lm(p, "default: Clotho's caption CSVs in ../shared/data when found")
     p.add_argument("--no-fusion-lm", action="store_true", help="no glue LM for LM fusion")
     p.add_argument("--no-report", action="store_true", help="skip the quality report")
     p.add_argument("--seed", type=int, default=0)
