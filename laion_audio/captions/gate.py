@@ -445,5 +445,10 @@ def check_model_dir(model: str | os.PathLike, params=None, *, force: bool = Fals
     if not Path(model).is_dir():
         raise GateError(f"caption model {model}: no such folder")
     params = params or recommended_params(model) or GenerationParams()
+    from .k2c import FUSION_LM
+
+    if params.lm_fusion and not (Path(model) / FUSION_LM).is_file():   # even when forced
+        raise GateError(f"LM fusion needs {FUSION_LM} in {Path(model).name}: "
+                        "`laion-audio caption-quality --model DIR --write-report --fusion-lm KIND:PATH`")
     return check(SimpleNamespace(name=str(model), fingerprint=model_fingerprint(model), params=params),
                  force=force, warn=warn)

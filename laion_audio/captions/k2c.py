@@ -93,7 +93,7 @@ class GenerationParams:
     #: Hard lexical constraints (:mod:`.constrain`): no end before every keyword is present,
     #: no content word outside the keywords, no word twice in a row or content word thrice.
     constrained: bool = False
-    #: With ``constrained``: weight of shallow fusion with the word n-gram LM in the model
+    #: With ``constrained``: weight of shallow fusion with the class n-gram LM of the model
     #: folder's ``fusion_lm.txt`` (0 = off; see :class:`.constrain.GlueFusion`).
     lm_fusion: float = 0.0
 
@@ -273,7 +273,8 @@ class Captioner:
         """The LM fused into constrained decoding (None without ``lm_fusion``; built once)."""
         if not self.params.lm_fusion:
             return None
-        if getattr(self, "_fusion_lm", None) is None:
+        cached = getattr(self, "_fusion_lm", None)
+        if cached is None or cached.weight != self.params.lm_fusion:
             from .constrain import GlueFusion, load_fusion_lm
 
             path = Path(self.name) / FUSION_LM

@@ -222,6 +222,8 @@ def test_fusion_makes_the_glue_more_human(tiny, captioner, label_sets, shared_da
     # a folder without the LM cannot fuse
     with pytest.raises(FileNotFoundError, match="fusion_lm.txt"):
         Captioner.load(tiny[0], device="cpu", params=replace(held, lm_fusion=2.0)).generate([["Dog"]])
+    with pytest.raises(gate.GateError, match="fusion_lm.txt"):    # one line before loading
+        gate.check_model_dir(tiny[0], replace(held, lm_fusion=2.0), force=True)
 
 
 def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
