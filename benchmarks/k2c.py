@@ -7,9 +7,11 @@
    (``Captioner.generate``: length-sorted batches of ``--batch-size``, laion_audio/captions/beam.py),
    HF ``model.generate`` on the same batches, and keytotext's way, one HF ``generate`` call per
    keyword set (the baseline). Runs alternate; medians, ratios to the baseline and the number of
-   captions identical to the baseline's and to HF-batched's print.
+   captions identical to the baseline's and to HF-batched's print, per ``--decodings`` entry
+   (the constrained and fused decodings run their logits processor in all three ways).
 2. ``--job-rows N``: the ``audioset-captions`` job end to end on the first N rows of the real
-   eval_segments.csv with the model (rerank + keyword boost 2, its default), cold cache and then
+   eval_segments.csv with the model (its default decoding: the last its quality report passed
+   with, else rerank + keyword boost 2), cold cache and then
    a forced rerun on the warm cache, in captions (rows) per second, against keytotext's way on
    the same rows with the same decoding: one HF ``generate`` per segment, no cache
    (``--baseline-rows`` of them; a rate is a rate).
@@ -29,9 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from laion_audio.captions.gate import FUSED_DECODING  # noqa: E402
 from laion_audio.captions.keywords import AudioSetLabels, normalise_keywords, read_segments  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The decodings ``--decodings`` names (GenerationParams fields).
+DECODINGS = {"boost": {"rerank_by_coverage": True, "keyword_boost": 2.0},
+             "constrained": {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True},
+             "fused": FUSED_DECODING}
 
 
 def distinct_ratio(path: Path, labels: AudioSetLabels) -> dict:
@@ -71,8 +78,12 @@ def job_throughput(model: str, data: Path, rows: int, baseline_rows: int, labels
                         "cache_hits": summary["captions"]["cache_hits"],
                         "keyword_fallback": summary["captions"]["keyword_fallback"]}
     torch.set_num_threads(1)
-    cap = Captioner.load(model, device="cpu", params=GenerationParams(rerank_by_coverage=True,
-                                                                        keyword_boost=2.0))
+    from laion_audio.captions.gate import recommended_params
+
+    # the job's own decoding: the one the model's report passed with, else rerank + boost 2
+    params = recommended_params(model) or GenerationParams(rerank_by_coverage=True, keyword_boost=2.0)
+    out["decoding"] = {k: v for k, v in params.__dict__.items()}
+    cap = Captioner.load(model, device="cpu", params=params)
     segs = list(read_segments(data / "audioset/eval_segments.csv"))[:min(rows, baseline_rows)]
     sets = [normalise_keywords(labels.label_names(s.mids)) for s in segs]
     t = time.perf_counter()
@@ -97,6 +108,9 @@ def main() -> int:
                     help="also time the audioset-captions job on this many eval rows (needs --model)")
     ap.add_argument("--baseline-rows", type=int, default=200)
     ap.add_argument("--job-only", action="store_true", help="only the --job-rows measurement")
+    ap.add_argument("--decodings", nargs="+", default=["boost"], choices=sorted(DECODINGS),
+                    help="decodings to time (boost: rerank + keyword boost 2; constrained: with "
+                         "lexical constraints; fused: with LM fusion too, needs fusion_lm.txt)")
     args = ap.parse_args()
     data = Path(args.data)
     labels = AudioSetLabels.from_dir(data / "audioset")
@@ -107,16 +121,17 @@ def main() -> int:
     if args.model and not args.job_only:
         import torch
 
-        from laion_audio.captions.k2c import Captioner
+        from laion_audio.captions.k2c import Captioner, GenerationParams
 
-        cap = Captioner.load(args.model, device="cpu", batch_size=args.batch_size)
         segs = list(read_segments(data / "audioset/balanced_train_segments.csv"))
         sets = [labels.label_names(s.mids) for s in random.Random(0).sample(segs, args.n)]
-        ways = {"ours_batched": cap.generate,
-                "hf_batched": lambda ks: cap.generate(ks, hf_generate=True),
-                "hf_one_per_call": cap.generate_one_per_call}
         report["generation"] = []
-        for threads in args.threads:
+        for threads, decoding in [(t, d) for d in args.decodings for t in args.threads]:
+            cap = Captioner.load(args.model, device="cpu", batch_size=args.batch_size,
+                                 params=GenerationParams(**DECODINGS[decoding]))
+            ways = {"ours_batched": cap.generate,
+                    "hf_batched": lambda ks: cap.generate(ks, hf_generate=True),
+                    "hf_one_per_call": cap.generate_one_per_call}
             torch.set_num_threads(threads)
             for way in ways.values():
                 way(sets[:4])                     # warm-up (lazy init, allocator)
@@ -131,12 +146,12 @@ def main() -> int:
             base = med["hf_one_per_call"]
             report["generation"].append({
                 "model": args.model, "keyword_sets": args.n, "batch_size": args.batch_size,
-                "threads": threads,
+                "threads": threads, "decoding": decoding,
                 "seconds": {name: [round(x, 3) for x in ts] for name, ts in times.items()},
                 "median_s": {name: round(m, 3) for name, m in med.items()},
                 "speedup_vs_one_per_call": {name: round(base / m, 2) for name, m in med.items()},
                 "ours_vs_hf_batched": round(med["hf_batched"] / med["ours_batched"], 2),
-                "captions_per_s_ours": round(args.n / med["ours_batched"], 1),
+                "captions_per_s": {name: round(args.n / m, 2) for name, m in med.items()},
                 "identical_ours_vs_hf_batched": sum(
                     a == b for a, b in zip(captions["ours_batched"], captions["hf_batched"])),
                 "identical_ours_vs_one_per_call": sum(

@@ -18,6 +18,9 @@ for a decoding setting when (``LIMITS``, documented in docs/captions.md):
   the same trigram model (when the report has both). Constrained decoding
   (``constrain.py``) meets the first four by construction, so a model that cannot write must
   be refused on fluency: a 15-step model under constraints covers every keyword in word salad.
+- a fused decoding (LM fusion, ``constrain.GlueFusion``) must also beat the same decoding with
+  an untrained model of its shape (``lm_only``): under fusion the LM writes the glue, and an
+  untrained model reached 1.5-1.8x human function-word perplexity.
 
 No report, a report for other weights, or a report without the decoding asked for: refused.
 ``--force-caption-model`` overrides (and says so on stderr).
@@ -36,15 +39,30 @@ from typing import Sequence
 REPORT = "caption_quality.json"
 REPORT_MD = "caption_quality.md"
 #: Decoding settings scored by default: keytotext's plain beam search, ours with re-rank and
-#: keyword boost 2, and the same under hard lexical constraints (``constrain.py``; listed last,
-#: so it is the one ``recommended_params`` picks when it passes).
+#: keyword boost 2, the same under hard lexical constraints (``constrain.py``), and those with
+#: shallow fusion of the model folder's glue LM (``constrain.GlueFusion``; scored only when the
+#: folder has ``fusion_lm.txt``). Listed last is preferred: ``recommended_params`` picks the
+#: last that passes. Fusion weight 2, length penalty 1.0 and 8 beams were chosen on label sets
+#: of balanced_train_segments.csv under an AudioCaps *val* LM, not on the gate's sets or LM.
+FUSED_DECODING = {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True,
+                  "lm_fusion": 2.0, "length_penalty": 1.0, "num_beams": 8}
+
+
+def fused(weight: float) -> dict:
+    """The fused decoding's settings at fusion weight ``weight`` (``--lm-fusion W``)."""
+    return {**FUSED_DECODING, "lm_fusion": weight}
 DEFAULT_DECODINGS = ({"rerank_by_coverage": False, "keyword_boost": 0.0},
                      {"rerank_by_coverage": True, "keyword_boost": 2.0},
-                     {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True})
+                     {"rerank_by_coverage": True, "keyword_boost": 2.0, "constrained": True},
+                     FUSED_DECODING)
+
+
 #: A decoding's name in reports and messages.
 def decoding_name(g: dict) -> str:
     return (f"rerank={g.get('rerank_by_coverage')}, boost={g.get('keyword_boost')}"
-            + (", constrained" if g.get("constrained") else ""))
+            + (", constrained" if g.get("constrained") else "")
+            + (f", LM fusion {g['lm_fusion']} (length penalty {g.get('length_penalty')}, "
+               f"{g.get('num_beams')} beams)" if g.get("lm_fusion") else ""))
 
 
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
@@ -121,12 +139,43 @@ def score(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str], lm) ->
                                          if lm else None)}
 
 
-def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
+#: A fused decoding's function-word perplexity must be at most this share of the same
+#: decoding's with an untrained model of the same shape (``lm_only``): else the glue is the
+#: fusion LM's, not the model's.
+LM_ONLY_MARGIN = 0.9
+
+
+def _lm_only_figures(cap, sets, lm) -> dict:
+    """The fused decoding with the model's weights re-initialised (seeded): what the fusion LM
+    and the constraints write without the model. A 15-step model passed the fluency limit
+    under fusion; this is the baseline a fused model must beat."""
+    import dataclasses
+
+    import torch
+
+    torch.manual_seed(0)
+    fresh = type(cap.model)(cap.model.config).to(cap.model.device).eval()
+    blank = dataclasses.replace(cap, model=fresh)
+    blank._fusion_lm = getattr(cap, "_fusion_lm", None)
+    captions = blank.generate(sets)
+    figs = score(sets, captions, lm)
+    return {"function_word_perplexity": figs["function_word_perplexity"],
+            "keyword_coverage": figs["keyword_coverage"],
+            "examples": [{"keywords": list(k), "caption": c} for k, c in list(zip(sets, captions))[:3]]}
+
+
+def verdict(figures: dict, human_perplexity: float | None = None,
+            lm_only: dict | None = None) -> list[str]:
     """The limits a decoding's figures break (empty: passes). Fluency is judged only when the
-    report measured both the captions' and human captions' perplexity."""
+    report measured both the captions' and human captions' perplexity; a fused decoding must
+    also beat the fusion LM alone (``lm_only``, see ``LM_ONLY_MARGIN``)."""
     broken = []
     ppl = figures.get("function_word_perplexity")
     limit = LIMITS["max_function_word_perplexity_ratio"]
+    base = (lm_only or {}).get("function_word_perplexity")
+    if ppl and base and ppl > LM_ONLY_MARGIN * base:
+        broken.append(f"function-word perplexity {ppl:.1f} > {LM_ONLY_MARGIN} x {base:.1f} of "
+                      "the fusion LM with an untrained model (the glue is the LM's, not the model's)")
     if ppl and human_perplexity and ppl / human_perplexity > limit:
         broken.append(f"function-word perplexity {ppl:.1f} > {limit} x human "
                       f"{human_perplexity:.1f} (not fluent)")
@@ -141,7 +190,7 @@ def verdict(figures: dict, human_perplexity: float | None = None) -> list[str]:
     return broken
 
 
-_KEY_FIELDS = ("rerank_by_coverage", "keyword_boost", "constrained", "num_beams", "length_penalty",
+_KEY_FIELDS = ("rerank_by_coverage", "keyword_boost", "constrained", "lm_fusion", "num_beams", "length_penalty",
                "no_repeat_ngram_size", "max_new_tokens", "early_stopping")
 
 
@@ -196,7 +245,13 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         report["human_perplexity"] = round(held_lm.perplexity(refs), 2) if held else None
         report["human_function_word_perplexity"] = (
             round(held_lm.perplexity(refs, function_words=True), 2) if held else None)
+    from .k2c import FUSION_LM
+
+    has_fusion = (Path(model) / FUSION_LM).is_file()
+    report["fusion_lm"] = fusion_provenance(model) if has_fusion else None
     for dec in decodings:
+        if dec.get("lm_fusion") and not has_fusion:
+            continue                  # no fusion LM in the folder: nothing to score
         cap = Captioner.load(model, input_format=input_format, device="cpu",
                              params=GenerationParams(**dec))
         report["model_sha256"], report["input_format"] = cap.fingerprint, cap.input_format
@@ -204,14 +259,67 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
         captions = cap.generate(sets)
         secs = time.monotonic() - t0
         figs = score(sets, captions, lm)
-        broken = verdict(figs, report.get("human_function_word_perplexity"))
+        lm_only = _lm_only_figures(cap, sets, lm) if dec.get("lm_fusion") and lm else None
+        broken = verdict(figs, report.get("human_function_word_perplexity"), lm_only)
         report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
                                     "seconds": round(secs, 1), "passes": not broken,
-                                    "broken": broken,
+                                    "broken": broken, **({"lm_only": lm_only} if lm_only else {}),
                                     "examples": [{"keywords": list(k), "caption": c}
                                                  for k, c in list(zip(sets, captions))[:8]]})
     report["passes"] = any(d["passes"] for d in report["decodings"])
     return report
+
+
+def default_fusion_corpora() -> list[tuple[str, str]]:
+    """Clotho's caption CSVs from ../shared/data (from cwd or the repo), when present: human
+    captions of another corpus than AudioCaps, whose test split is the gate's fluency LM."""
+    for root in (Path("../shared/data/clotho"), Path(__file__).resolve().parents[3] / "shared/data/clotho"):
+        csvs = sorted((root / "wavcaps_derived" / "csv_files").glob("*.csv"))
+        if csvs:
+            return [("clotho", str(c)) for c in csvs]
+    return []
+
+
+def attach_fusion_lm(model: str | os.PathLike, corpora, lm_corpus=None) -> dict:
+    """Write ``fusion_lm.txt`` (the corpora's captions, one a line) and ``fusion_lm.json``
+    (their names and sha256) into the model folder, for ``lm_fusion`` decoding.
+
+    Refuses (``GateError``) a corpus that is the gate's fluency corpus ``lm_corpus``: fusing
+    the LM that scores fluency would pass the gate without writing better."""
+    from ..storage import Root
+    from .k2c import FUSION_LM
+    from .keywords import sha256_file
+    from .train import load_captions
+
+    gate_sha = sha256_file(lm_corpus[1]) if lm_corpus else None
+    captions, files = [], {}
+    for kind, path in corpora:
+        sha = sha256_file(path)
+        if sha == gate_sha:
+            raise GateError(f"fusion corpus {Path(path).name} is the quality gate's fluency "
+                            "corpus; use another (e.g. Clotho's captions)")
+        files[f"{kind}:{Path(path).name}"] = sha
+        captions += load_captions(kind, path)
+    if not captions:
+        raise GateError("the fusion corpora hold no captions")
+    folder = Path(model)
+    info = {"corpora": files, "captions": len(captions),
+            "class_lm": "word trigram, content words as classes by ending (constrain.GlueFusion)"}
+    root = Root(folder)
+    root.write_bytes_atomic(str(folder / FUSION_LM), ("\n".join(captions) + "\n").encode())
+    root.write_bytes_atomic(str(folder / FUSION_LM.replace(".txt", ".json")),
+                            json.dumps(info, indent=1).encode())
+    return info
+
+
+def fusion_provenance(model: str | os.PathLike) -> dict | None:
+    from .k2c import FUSION_LM
+
+    path = Path(model) / FUSION_LM.replace(".txt", ".json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def markdown(report: dict) -> str:
@@ -233,6 +341,15 @@ def markdown(report: dict) -> str:
     if report.get("human_perplexity"):
         lines.append(f"\nHuman AudioCaps captions: perplexity {report['human_perplexity']}, "
                      f"function words {report.get('human_function_word_perplexity')}.")
+    if report.get("fusion_lm"):
+        lines.append(f"\nLM fusion corpus: {', '.join(report['fusion_lm']['corpora'])} "
+                     f"({report['fusion_lm']['captions']} captions; not the fluency corpus).")
+    for d in report["decodings"]:
+        if d.get("lm_only"):
+            lines.append(f"The same fused decoding with an untrained model of this shape (the "
+                         f"fusion LM alone): function-word perplexity "
+                         f"{d['lm_only']['function_word_perplexity']}, e.g. "
+                         f"\"{d['lm_only']['examples'][0]['caption']}\".")
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:
@@ -331,5 +448,10 @@ def check_model_dir(model: str | os.PathLike, params=None, *, force: bool = Fals
     if not Path(model).is_dir():
         raise GateError(f"caption model {model}: no such folder")
     params = params or recommended_params(model) or GenerationParams()
+    from .k2c import FUSION_LM
+
+    if params.lm_fusion and not (Path(model) / FUSION_LM).is_file():   # even when forced
+        raise GateError(f"LM fusion needs {FUSION_LM} in {Path(model).name}: "
+                        "`laion-audio caption-quality --model DIR --write-report --fusion-lm KIND:PATH`")
     return check(SimpleNamespace(name=str(model), fingerprint=model_fingerprint(model), params=params),
                  force=force, warn=warn)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 #: Written by train-captioner next to the weights; tells the loader the input format.
 SIDECAR = "laion_audio_k2c.json"
 
+#: Human captions (one a line) for the LM fused into constrained decoding (``lm_fusion``).
+FUSION_LM = "fusion_lm.txt"
+
 INPUT_FORMATS = ("common_gen", "k2t", "laion-audio")
 
 
@@ -90,6 +93,13 @@ class GenerationParams:
     #: Hard lexical constraints (:mod:`.constrain`): no end before every keyword is present,
     #: no content word outside the keywords, no word twice in a row or content word thrice.
     constrained: bool = False
+    #: With ``constrained``: weight of shallow fusion with the class n-gram LM of the model
+    #: folder's ``fusion_lm.txt`` (0 = off; see :class:`.constrain.GlueFusion`).
+    lm_fusion: float = 0.0
+
+    def __post_init__(self):
+        if self.lm_fusion and not self.constrained:
+            raise ValueError("lm_fusion works inside constrained decoding (constrained=True)")
 
     def generate_kwargs(self) -> dict:
         return {"num_beams": self.num_beams, "length_penalty": self.length_penalty,
@@ -161,8 +171,9 @@ class Captioner:
     def identity(self) -> dict:
         """What makes two captioners produce the same text: weights, input format, parameters."""
         generation = asdict(self.params)
-        if not generation["constrained"]:
-            del generation["constrained"]      # keys of caches made before the option stay valid
+        for opt in ("constrained", "lm_fusion"):
+            if not generation[opt]:
+                del generation[opt]            # keys of caches made before the option stay valid
         return {"model": self.name, "model_sha256": self.fingerprint,
                 "input_format": self.input_format, "generation": generation}
 
@@ -211,7 +222,8 @@ class Captioner:
             from .constrain import LexicalConstraint
 
             processors.append(LexicalConstraint(self._token_table(), keyword_sets,
-                                                self.params.num_beams, self.params.max_new_tokens))
+                                                self.params.num_beams, self.params.max_new_tokens,
+                                                fusion=self._fusion()))
         if processors:
             from transformers import LogitsProcessorList
 
@@ -256,6 +268,21 @@ class Captioner:
             size = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
             self._constraint_table = TokenTable(self.tokenizer, size)
         return self._constraint_table
+
+    def _fusion(self):
+        """The LM fused into constrained decoding (None without ``lm_fusion``; built once)."""
+        if not self.params.lm_fusion:
+            return None
+        cached = getattr(self, "_fusion_lm", None)
+        if cached is None or cached.weight != self.params.lm_fusion:
+            from .constrain import GlueFusion, load_fusion_lm
+
+            path = Path(self.name) / FUSION_LM
+            if not path.is_file():
+                raise FileNotFoundError(f"lm_fusion needs {FUSION_LM} in the model folder "
+                                        f"{Path(self.name).name} (train-captioner --fusion-lm)")
+            self._fusion_lm = GlueFusion(load_fusion_lm(path), self.params.lm_fusion)
+        return self._fusion_lm
 
     def _clean(self, text: str) -> str:
         text = " ".join(text.split())

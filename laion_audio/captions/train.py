@@ -36,12 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CORPUS_KINDS = ("audiocaps", "bbc", "soundbible", "ledger", "text")
+CORPUS_KINDS = ("audiocaps", "bbc", "clotho", "soundbible", "ledger", "text")
 
 
 def load_captions(kind: str, path: str | os.PathLike, limit: int | None = None) -> list[str]:
     """Human captions from a corpus file: AudioCaps csv (``caption``), BBC Sound Effects csv
-    (``description``), WavCaps SoundBible json (``data[].caption``), a laion-audio ledger folder
+    (``description``), Clotho csv (``caption_1`` .. ``caption_5``), WavCaps SoundBible json
+    (``data[].caption``), a laion-audio ledger folder
     (``texts`` of records not captioned by a model or template), or a text file (one a line)."""
     path = Path(path)
     out: list[str] = []
@@ -52,6 +53,13 @@ def load_captions(kind: str, path: str | os.PathLike, limit: int | None = None) 
             if column not in (reader.fieldnames or []):
                 raise ValueError(f"{path}: no {column!r} column (have {reader.fieldnames})")
             out = [row[column] for row in reader]
+    elif kind == "clotho":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = [c for c in reader.fieldnames or [] if c.startswith("caption_")]
+            if not cols:
+                raise ValueError(f"{path}: no caption_1..caption_5 columns (have {reader.fieldnames})")
+            out = [row[c] for row in reader for c in cols]
     elif kind == "soundbible":
         out = [d.get("caption", "") for d in json.loads(path.read_text(encoding="utf-8"))["data"]]
     elif kind == "ledger":

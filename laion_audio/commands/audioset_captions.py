@@ -51,6 +51,10 @@ def register(sub) -> None:
                    help="hard lexical constraints (docs/captions.md). Without --rerank, "
                         "--keyword-boost or --constrained: the decoding the model's quality report "
                         "passed with, else rerank + keyword boost 2")
+    p.add_argument("--lm-fusion", type=float, default=None, metavar="W",
+                   help="shallow fusion of the model folder's glue LM (fusion_lm.txt) at this "
+                        "weight, in the quality report's fused decoding (constrained, rerank + "
+                        "boost 2, length penalty 1.0, 8 beams; docs/captions.md)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--no-debias", action="store_true")
     p.add_argument("--no-keyword-fallback", action="store_true",
@@ -294,11 +298,16 @@ def _params(args):
     from ..captions.k2c import GenerationParams
 
     base = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0)
-    if args.rerank is None and args.keyword_boost is None and args.constrained is None:
+    if (args.rerank is None and args.keyword_boost is None and args.constrained is None
+            and args.lm_fusion is None):
         base = recommended_params(args.model) or base
     else:
+        from ..captions.gate import fused
+
         base = GenerationParams(
             rerank_by_coverage=True if args.rerank is None else args.rerank,
             keyword_boost=2.0 if args.keyword_boost is None else args.keyword_boost,
             constrained=bool(args.constrained))
+        if args.lm_fusion:        # the gate's fused decoding at this weight
+            base = GenerationParams(**fused(args.lm_fusion))
     return replace(base, max_new_tokens=args.max_new_tokens)

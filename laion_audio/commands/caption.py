@@ -49,6 +49,10 @@ def register(sub) -> None:
     p.add_argument("--constrained", action="store_true", default=None,
                    help="hard lexical constraints: no end before every keyword, no content word "
                         "outside the keywords, no repeated words (docs/captions.md)")
+    p.add_argument("--lm-fusion", type=float, default=None, metavar="W",
+                   help="shallow fusion of the model folder's glue LM (fusion_lm.txt) at this "
+                        "weight, in the quality report's fused decoding (constrained, rerank + "
+                        "boost 2, length penalty 1.0, 8 beams; docs/captions.md)")
     # quality gate (issue 13)
     p.add_argument("--force-caption-model", action="store_true",
                    help="use a model its quality report fails (or that has no report)")
@@ -107,11 +111,15 @@ def run(args) -> int:
     stage = BY_NAME["caption"]
     params = None     # None: the decoding the model's quality report passed with
     if (args.rerank is not None or args.keyword_boost is not None or args.constrained is not None
-            or args.max_new_tokens != 48):
+            or args.lm_fusion is not None or args.max_new_tokens != 48):
+        from ..captions.gate import fused
+
         params = GenerationParams(rerank_by_coverage=bool(args.rerank),
                                   keyword_boost=args.keyword_boost or 0.0,
                                   constrained=bool(args.constrained),
                                   max_new_tokens=args.max_new_tokens)
+        if args.lm_fusion:        # the gate's fused decoding at this weight
+            params = GenerationParams(**{**fused(args.lm_fusion), "max_new_tokens": args.max_new_tokens})
     if args.model:
         from pathlib import Path
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 
-from .train_captioner import _corpus
+from .train_captioner import _corpus, add_fusion_lm
 
 
 def register(sub) -> None:
@@ -30,6 +30,10 @@ def register(sub) -> None:
     p.add_argument("--keyword-boost", type=float, default=0.0, help="soft keyword constraint")
     p.add_argument("--constrained", action="store_true",
                    help="hard lexical constraints (keywords required, no invented or repeated words)")
+    p.add_argument("--lm-fusion", type=float, default=None, metavar="W",
+                   help="with --constrained: shallow fusion of the folder's glue LM at this "
+                        "weight (length penalty 1.0, 8 beams, rerank + boost 2)")
+    add_fusion_lm(p, "with --write-report, before scoring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-report", action="store_true",
                    help="with --model: gate report on AudioSet label sets, saved beside the model")
@@ -45,6 +49,11 @@ def validate_caption_quality(args) -> None:
 
     if getattr(args, "write_report", False) and not args.model:
         raise _checks.UserError("--write-report needs --model")
+    if getattr(args, "fusion_lm", None) and not getattr(args, "write_report", False):
+        raise _checks.UserError("--fusion-lm needs --write-report")
+    for spec in getattr(args, "fusion_lm", None) or ():
+        if not __import__("os").path.exists(spec[1]):
+            raise _checks.UserError(f"--fusion-lm {spec[1]} does not exist")
     if args.model:
         if not args.keywords_from and not getattr(args, "write_report", False):
             raise _checks.UserError("--model needs --keywords-from KIND:PATH")
@@ -60,19 +69,26 @@ def validate_caption_quality(args) -> None:
 def _write_report(args) -> int:
     import sys
 
-    from ..captions.gate import DEFAULT_DECODINGS, GateError, default_segments, write_model_report
+    from ..captions.gate import (DEFAULT_DECODINGS, GateError, attach_fusion_lm, default_segments,
+                                 write_model_report)
 
     segments = args.segments or default_segments(args.audioset_labels)
     if not segments:
         print("caption-quality: no segments CSV: give --segments CSV", file=sys.stderr)
         return 2
     decodings = list(DEFAULT_DECODINGS)
-    if args.rerank or args.keyword_boost or args.constrained:
+    if args.rerank or args.keyword_boost or args.constrained or args.lm_fusion:
         asked = {"rerank_by_coverage": bool(args.rerank), "keyword_boost": args.keyword_boost}
-        if args.constrained:
+        if args.constrained or args.lm_fusion:
             asked["constrained"] = True
+        if args.lm_fusion:
+            from ..captions.gate import fused
+
+            asked = fused(args.lm_fusion)
         decodings = [d for d in decodings if d != asked] + [asked]
     try:
+        if args.fusion_lm:
+            attach_fusion_lm(args.model, args.fusion_lm, args.lm_corpus)
         report = write_model_report(args.model, segments, args.lm_corpus, n=args.n or 300, seed=args.seed,
                                     labels_dir=args.audioset_labels, decodings=decodings,
                                     input_format=args.input_format)
@@ -100,9 +116,13 @@ def run(args) -> int:
         rng.shuffle(refs)
         refs = refs[:args.n or 500]
         sets = [rng.sample(k, len(k)) for k in (caption_keywords(c) for c in refs)]
-        captioner = Captioner.load(args.model, params=GenerationParams(
-            rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
-            constrained=args.constrained))
+        from ..captions.gate import fused
+
+        params = GenerationParams(rerank_by_coverage=args.rerank, keyword_boost=args.keyword_boost,
+                                  constrained=args.constrained)
+        if args.lm_fusion:
+            params = GenerationParams(**fused(args.lm_fusion))
+        captioner = Captioner.load(args.model, params=params)
         captions = captioner.generate(sets)
         report = quality_report(sets, captions, human_references=refs, lm_corpus=lm)
     else:

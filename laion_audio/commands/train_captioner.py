@@ -30,6 +30,13 @@ def _corpus(spec: str) -> tuple[str, str]:
     return kind, path
 
 
+def add_fusion_lm(p, default: str) -> None:
+    """``--fusion-lm`` (train-captioner, caption-quality)."""
+    p.add_argument("--fusion-lm", type=_corpus, action="append", metavar="KIND:PATH",
+                   help="human captions for the glue LM fused into constrained decoding, written "
+                        f"beside the weights as fusion_lm.txt; never the --lm-corpus ({default})")
+
+
 def register(sub) -> None:
     p = sub.add_parser("train-captioner", help="train a keyword-to-caption T5 from caption corpora",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +65,8 @@ def register(sub) -> None:
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="human captions for the report's fluency model (default: AudioCaps "
                         "test.csv beside an audiocaps corpus)")
+    add_fusion_lm(p, "default: Clotho's caption CSVs in ../shared/data when found")
+    p.add_argument("--no-fusion-lm", action="store_true", help="no glue LM for LM fusion")
     p.add_argument("--no-report", action="store_true", help="skip the quality report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audioset-labels", metavar="DIR_OR_CSV",
@@ -94,9 +103,9 @@ def validate_train_captioner(args) -> None:
 
     from . import _checks
 
-    for kind, path in args.corpus:
+    for kind, path in args.corpus + (args.fusion_lm or []):
         if not os.path.exists(path):
-            raise _checks.UserError(f"--corpus {kind}:{path}: {path} does not exist")
+            raise _checks.UserError(f"--corpus/--fusion-lm {kind}:{path}: {path} does not exist")
     if args.pretrained:
         _checks.caption_model(args.pretrained, "--pretrained")
     if args.audioset_labels:
@@ -154,12 +163,20 @@ def run(args) -> int:
     summary = train_captioner(train, args.out, cfg, val_pairs=val[:1000], pairs_info=info)
     summary.pop("loss_curve")
     print(json.dumps(summary, indent=1))
+    from ..captions.gate import (GateError, attach_fusion_lm, default_fusion_corpora,
+                                 default_segments, write_model_report)
+
+    lm = args.lm_corpus or _default_lm(args.corpus)
+    fusion = [] if args.no_fusion_lm else (args.fusion_lm or default_fusion_corpora())
+    if fusion:
+        try:
+            attach_fusion_lm(args.out, fusion, lm)
+        except GateError as exc:
+            print(f"train-captioner: {exc}", file=sys.stderr)
+            return 2
     if args.no_report:
         return 0
-    from ..captions.gate import default_segments, write_model_report
-
     segments = args.report_segments or default_segments(args.audioset_labels)
-    lm = args.lm_corpus or _default_lm(args.corpus)
     if not segments or not lm:
         print("train-captioner: no quality report (give --report-segments CSV and --lm-corpus "
               "KIND:PATH); the quality gate will refuse this model", file=sys.stderr)

@@ -133,3 +133,105 @@ def test_constrained_is_a_decoding_of_its_own(tiny, captioner):
     assert not gate._same_decoding(old_entry, gate._decoding_key(held))
     assert gate.DEFAULT_DECODINGS[-1].get("constrained") is True
     assert "constrained" in gate.decoding_name(gate._decoding_key(held))
+
+
+# -- shallow fusion of a glue LM (GlueFusion) ------------------------------------------------
+
+def _clotho_lm(shared_data):
+    from laion_audio.captions.constrain import _glue_class
+    from laion_audio.captions.keywords import words
+    from laion_audio.captions.quality import NgramLM
+    from laion_audio.captions.train import load_captions
+
+    caps = load_captions("clotho", shared_data / "clotho/wavcaps_derived/csv_files/train.csv")
+    assert len(caps) > 15_000                  # five captions a row
+    return caps, NgramLM(" ".join(map(_glue_class, words(c))) for c in caps)
+
+
+def test_fused_scores_add_up_to_the_lm_score(random_model, label_sets, shared_data):
+    """The per-token bonuses (look-ahead on a word's first piece, corrected at its end) sum to
+    exactly weight x the class LM's log-probability of the finished caption, and the fused
+    search still obeys every constraint."""
+    import math
+
+    from laion_audio.captions.constrain import GlueFusion
+    from laion_audio.captions.keywords import words
+
+    model, tok = random_model
+    _, lm = _clotho_lm(shared_data)
+    sets = [list(normalise_keywords(s)) for s in label_sets[:16]]
+    table = TokenTable(tok, model.config.vocab_size)
+    enc = tok([format_keywords(s, "laion-audio") for s in sets], return_tensors="pt", padding=True)
+    fusion = GlueFusion(lm, 1.5)
+    proc = LexicalConstraint(table, sets, 4, 48, fusion=fusion)
+    out = generate(model, enc["input_ids"], enc["attention_mask"], logits_processor=[proc],
+                   num_beams=4, length_penalty=1.0, no_repeat_ngram_size=3, max_new_tokens=48,
+                   early_stopping=True, do_sample=False, num_return_sequences=1)
+    checked = 0
+    for s, searched, row in zip(sets, proc.items, out.tolist()):
+        if tok.eos_token_id not in row or tuple(row[:row.index(tok.eos_token_id)]) in searched.dead_ends:
+            continue                       # out of tokens, or a forced stop (see above)
+        row = row[:row.index(tok.eos_token_id) + 1]
+        item = LexicalConstraint(table, [s], 1, 48, fusion=fusion).items[0]
+        total = 0.0
+        for k in range(1, len(row)):
+            state = proc._state(item, tuple(row[:k]))
+            total += float(fusion.bonus(item, state)[row[k]])
+        text = tok.decode(row, skip_special_tokens=True)
+        ws = ["<s>", "<s>"] + words(text) + ["</s>"]
+        exact = sum(fusion.word((ws[i - 2], ws[i - 1]), ws[i]) for i in range(2, len(ws)))
+        assert math.isclose(total, 1.5 * exact, rel_tol=1e-4, abs_tol=1e-3), (text, total, exact)
+        assert keyword_coverage(s, text) == 1.0 and invented_words(s, text) == [], (s, text)
+        checked += 1
+    assert checked >= 10
+
+
+def test_fusion_makes_the_glue_more_human(tiny, captioner, label_sets, shared_data, tmp_path):
+    """On the tiny captioner, fusing a Clotho glue LM lowers the function-word perplexity under
+    an AudioCaps (test.csv) LM - another corpus than the fused one - and keeps every keyword."""
+    import shutil
+
+    from laion_audio.captions.quality import NgramLM
+    from laion_audio.captions.train import load_captions
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny[0], folder)
+    clotho = shared_data / "clotho/wavcaps_derived/csv_files/train.csv"
+    gate_corpus = ("audiocaps", str(shared_data / "audiocaps/dataset/test.csv"))
+    with pytest.raises(gate.GateError, match="fluency corpus"):
+        gate.attach_fusion_lm(folder, [gate_corpus], gate_corpus)
+    info = gate.attach_fusion_lm(folder, [("clotho", str(clotho))], gate_corpus)
+    assert list(info["corpora"]) == ["clotho:train.csv"] and info["captions"] > 15_000
+    assert (folder / "fusion_lm.txt").is_file() and gate.fusion_provenance(folder) == info
+    held = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0, constrained=True,
+                            length_penalty=1.0)
+    plain = Captioner.load(folder, device="cpu", params=held)
+    fused = Captioner.load(folder, device="cpu", params=replace(held, lm_fusion=2.0))
+    a, b = plain.generate(label_sets), fused.generate(label_sets)
+    lm = NgramLM(load_captions(*gate_corpus))
+    fa, fb = gate.score(label_sets, a, lm), gate.score(label_sets, b, lm)
+    print("function-word perplexity", fa["function_word_perplexity"], "->", fb["function_word_perplexity"])
+    assert fb["function_word_perplexity"] < 0.85 * fa["function_word_perplexity"]
+    assert fb["all_keywords_rate"] >= fa["all_keywords_rate"] - 0.05 and fb["repetition_rate"] == 0.0
+    # a decoding of its own: in the cache key and the gate; fusion needs the constraints
+    assert "lm_fusion" not in plain.cache_identity["generation"]
+    assert fused.cache_identity["generation"]["lm_fusion"] == 2.0
+    assert "LM fusion" in gate.decoding_name(gate._decoding_key(fused.params))
+    with pytest.raises(ValueError):
+        GenerationParams(lm_fusion=2.0)
+    # a folder without the LM cannot fuse
+    with pytest.raises(FileNotFoundError, match="fusion_lm.txt"):
+        Captioner.load(tiny[0], device="cpu", params=replace(held, lm_fusion=2.0)).generate([["Dog"]])
+    with pytest.raises(gate.GateError, match="fusion_lm.txt"):    # one line before loading
+        gate.check_model_dir(tiny[0], replace(held, lm_fusion=2.0), force=True)
+
+
+def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
+    """Under fusion an untrained model passed the fluency limit (the LM writes the glue), so a
+    fused decoding is judged against the same decoding with an untrained model too."""
+    figs = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
+            "repetition_rate": 0.0, "function_word_perplexity": 20.0}
+    assert gate.verdict(figs, 8.0) == []
+    assert gate.verdict(figs, 8.0, {"function_word_perplexity": 25.0}) == []
+    broken = gate.verdict(figs, 8.0, {"function_word_perplexity": 14.0})
+    assert len(broken) == 1 and "untrained model" in broken[0]
