@@ -144,15 +144,23 @@ def _bands_loader(paths: list[str]):
     return load
 
 
-def _near_loader(paths: list[str]):
-    """Near-duplicate confirmation features of member ``i``, from its FLAC (None: unreadable)."""
+def _near_loader(paths: list[str], shas: list[str], store: FingerprintStore | None):
+    """Near-duplicate confirmation features of member ``i``: from the store (written by the
+    workers with the fingerprint), else from its FLAC, then stored (None: unreadable)."""
     def load(i: int):
+        if store is not None:
+            got = store.get_near(shas[i])
+            if got is not None:
+                return got
         if not paths[i]:
             return None
         try:
-            return frame_features_file(paths[i], near_features)   # bounded read, any length
+            got = frame_features_file(paths[i], near_features)   # bounded read, any length
         except Exception:  # noqa: BLE001 - unreadable now: no confirmation, no match
             return None
+        if store is not None and shas[i] and got is not None:
+            store.put_near(shas[i], got)
+        return got
     return load
 
 
@@ -241,7 +249,7 @@ def _fingerprints(store: FingerprintStore | None, frame: pd.DataFrame) -> list:
     """Fingerprints of ``frame``'s FLACs, from the store when there is one (None: unreadable)."""
     if store is None:
         return [fingerprint_file(p, keep_bands=False) for p in frame["flac_path"]]
-    return [store.get_or_compute(sha or "", p)
+    return [store.get_or_compute(sha or "", p, strength=False)
             for sha, p in zip(frame["audio_sha256"], frame["flac_path"])]
 
 
@@ -415,7 +423,8 @@ class _FilterRun:
         members = pd.concat([pub, kept.iloc[live]], ignore_index=True)
         self.near_checked.update(zip(members["source"], members["source_id"]))
         member_fps = pub_fps + [fps[i] for i in live]
-        features = FeatureCache(_near_loader(list(members["flac_path"].fillna(""))))
+        features = FeatureCache(_near_loader(list(members["flac_path"].fillna("")),
+                                             list(members["audio_sha256"].fillna("")), store))
         near, _ = near_duplicate_matches(member_fps, features, first_query=n_pub,
                                          lookup_budget=config.lookup_budget,
                                          min_votes=config.min_votes)
