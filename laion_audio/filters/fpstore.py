@@ -202,10 +202,13 @@ def fingerprint_and_near_file(path: str) -> tuple[Fingerprint | None, np.ndarray
         if _is_long(rate, frames):
             return _windowed(blocks, keep_bands=False), frame_features_file(path, near_features)
         x = _whole(blocks)
-        if len(x) < fpmod.MIN_SECONDS * fpmod.SR or not np.any(x):
-            return fingerprint(x, fpmod.SR, keep_bands=False), None
         S = fpmod._log_spectrogram(x)
-        return fpmod.fingerprint_spectrogram(S, keep_bands=False), near_features_spectrogram(S)
+        # a clip too short or silent for landmarks still gets (unused) features, so the store
+        # says it is done and a rerun does not decode it again
+        fp = (fingerprint(x, fpmod.SR, keep_bands=False)
+              if len(x) < fpmod.MIN_SECONDS * fpmod.SR or not np.any(x)
+              else fpmod.fingerprint_spectrogram(S, keep_bands=False))
+        return fp, near_features_spectrogram(S)
     except Exception as exc:  # noqa: BLE001 - one unreadable file is counted, not fatal
         log.warning("cannot decode %s: %s", path, exc)
         return None, None
