@@ -156,9 +156,9 @@ _NEAR_EDGES = _near_edges()
 
 
 #: the near-duplicate feature cache's budget: fixed, so the filter's memory does not grow
-#: with the corpus (~400 clips of 1.75 s as float32). A miss is one read from the
-#: fingerprint store (~0.1 ms), not a decode: the budget only saves those reads.
-FEATURE_CACHE_BYTES = 16 << 20
+#: with the corpus (~200 clips of 1.75 s as float32). A miss is one read from the
+#: fingerprint store (~0.05 ms), not a decode: the budget only saves those reads.
+FEATURE_CACHE_BYTES = 8 << 20
 
 
 class FeatureCache:

@@ -245,11 +245,20 @@ def _mark(rec: Record, reason: str, match: dict, duplicate_of: str = "") -> Reco
     return rec
 
 
+def _compact(fp):
+    """``fp`` as the filter holds it for the whole run: anchor times as uint16 when they fit
+    (clips under 524 s: 6 bytes a landmark instead of 8; the index and the lookups widen
+    them), no band features."""
+    if fp is not None and len(fp.times) and 0 <= int(fp.times.min()) and int(fp.times.max()) < 1 << 16:
+        fp.times = fp.times.astype(np.uint16)
+    return fp
+
+
 def _fingerprints(store: FingerprintStore | None, frame: pd.DataFrame) -> list:
     """Fingerprints of ``frame``'s FLACs, from the store when there is one (None: unreadable)."""
     if store is None:
-        return [fingerprint_file(p, keep_bands=False) for p in frame["flac_path"]]
-    return [store.get_or_compute(sha or "", p, strength=False)
+        return [_compact(fingerprint_file(p, keep_bands=False)) for p in frame["flac_path"]]
+    return [_compact(store.get_or_compute(sha or "", p, strength=False))
             for sha, p in zip(frame["audio_sha256"], frame["flac_path"])]
 
 
