@@ -62,10 +62,17 @@ def child(argv: list[str]) -> int:
     return 0
 
 
-def run(size: int, root: Path, stages: str, workers: int, inline: bool = False) -> dict:
+def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
+        clips: Path | None = None) -> dict:
+    """One build of ``size`` clips under ``root``; ``clips`` is the pool the clips are made in
+    once (default ``root/clips``; a folder under /work/wt/cache/ makes reruns cheap). A work
+    folder left by an earlier run is removed first: a build on it would do nothing."""
+    from distinct_clips import VERSION
+
     corpus, out = root / f"in{size}", root / f"out{size}"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
     t0 = time.perf_counter()
-    make_corpus(corpus, size, pool=root / "clips")
+    make_corpus(corpus, size, pool=(clips / f"v{VERSION}") if clips else root / "clips")
     gen = time.perf_counter() - t0
     cmd = [sys.executable, __file__, "--child", "build", "--source", "local", "--input",
            str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
@@ -142,13 +149,14 @@ def main() -> int:
                     help="no Ray: the driver also does the work (its RSS then includes decoding), "
                          "immune to other people's Ray on a shared machine")
     ap.add_argument("--keep", help="keep the work folders here")
+    ap.add_argument("--clips", type=Path, default=None, help="generate the clips once into this pool")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="driver-mem-") as tmp:
         root = Path(args.keep or tmp)
         results = []
         for n in sizes:
-            results.append(run(n, root, args.stages, args.workers, args.inline))
+            results.append(run(n, root, args.stages, args.workers, args.inline, args.clips))
             print(json.dumps(results[-1]), flush=True)
     print(f"load average at the end: {os.getloadavg()}  (shared machine: figures are noisy)")
     print_table(results)

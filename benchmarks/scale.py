@@ -306,17 +306,20 @@ def bench_metadata(args, tmp: Path) -> list[dict]:
     return results + [{"disk_mb": disk, "records": total}]
 
 
-def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None) -> list[dict]:
+def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None,
+                clips: Path | None = None) -> list[dict]:
     """Full builds (``build --source local --inline``, every stage, the default keep policy) of
     N clips distinct by construction (benchmarks/distinct_clips.py), side by side: per-stage
     records/s, the driver's peak RSS (and after which stage it rose), disk per folder. The
-    clips are generated once and hard-linked into each size's input."""
+    clips are generated once (into ``clips`` when given, kept for the next run) and hard-linked
+    into each size's input."""
     from driver_memory import print_table, run
 
     root = keep or tmp
     results = []
     for n in sizes:
-        results.append(run(n, root, "crawl,fetch,transcode,caption,filter,shard", 1, inline=True))
+        results.append(run(n, root, "crawl,fetch,transcode,caption,filter,shard", 1, inline=True,
+                           clips=clips))
         print(json.dumps(results[-1]), flush=True)
         if keep is None:
             subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}")], check=True)
@@ -347,6 +350,8 @@ def main() -> int:
     b.add_argument("--sizes", default="1000,8000,10000")
     b.add_argument("--json", type=Path, default=None)
     b.add_argument("--keep", type=Path, default=None, help="keep clips and work folders here")
+    b.add_argument("--clips", type=Path, default=None,
+                   help="generate the clips once into this folder (e.g. /work/wt/cache/clips)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="laion-scale-") as tmp:
         if args.what == "crawl":
@@ -356,7 +361,7 @@ def main() -> int:
         elif args.what == "metadata" and args.phase:
             return metadata_phase(args.phase, args.work, args)
         elif args.what == "build":
-            res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep)
+            res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep, args.clips)
         elif args.what == "metadata":
             res = bench_metadata(args, Path(tmp))
         if getattr(args, "json", None):

@@ -194,7 +194,8 @@ def fill_fingerprints(ledger: Ledger, work: WorkDir, executor: Executor, batch_s
     def batches():
         for recs in chunks:
             todo = [resolved(r) for r in recs
-                    if r.flac_path and r.audio_sha256 and r.audio_sha256 not in store]
+                    if r.flac_path and r.audio_sha256
+                    and not (r.audio_sha256 in store and store.has_near(r.audio_sha256))]
             yield from sized_batches(todo, file_size(lambda r: r.flac_path),
                                      max_count=TRANSCODE_BATCH_RECORDS_PER_UNIT * batch_size,
                                      target_bytes=TRANSCODE_BATCH_BYTES,

@@ -94,6 +94,15 @@ NEAR_MIN_DETAIL = 0.4
 #: cells this far under a clip's loudest cell in the overlap are floored (as in the
 #: envelope correlation): near-silence and codec-removed detail carry no identity
 NEAR_RANGE_DB = 30.0
+#: in the residual, a cell within NEAR_PRESENT_DB of either clip's loudest cell is compared
+#: down to NEAR_RESIDUAL_RANGE_DB under each clip's loudest (the other cells at the 30 dB
+#: floors): content one clip has and the other lacks then counts as the level it has, not as
+#: its height over the other's floor (a noise layer 22-30 dB down in only one of two low
+#: sweeps, clips 811/3125 of generator v2, counted ~1 dB: residual 2.98, now 4.31). Codec
+#: copies keep what is within 24 dB (MP3 128k: <= 2.76 with this, 2.69 without; 36 dB
+#: everywhere took MP3 copies to 3.31, 25 dB to 2.83)
+NEAR_PRESENT_DB = 24.0
+NEAR_RESIDUAL_RANGE_DB = 45.0
 #: a reference is nominated for a query when it shares this share of the shorter clip's
 #: landmarks at one offset (copies share >= 6.9%: a trim whose frames fall between the
 #: original's; MP3 >= 15%): chance nominations between similar sounds, which grow with the
@@ -107,8 +116,9 @@ NEAR_SCREEN_CORRELATION = 0.4
 NEAR_OFFSETS = 3
 NEAR_BANDS = 128
 #: queries looked up per index call: the vote kernel's arrays and the candidate list stay
-#: bounded whatever the corpus size
-QUERY_CHUNK = 2000
+#: bounded whatever the corpus size (~20 MB of lookup arrays for 500 clips of ~500
+#: landmarks; at 2,000 they were ~70 MB, and a 1,000-clip corpus never filled a chunk)
+QUERY_CHUNK = 500
 #: references nominated per query: a popular sound has many copies in a corpus, and the
 #: kept one must not be crowded out of the list by the others (the eval check's 5 is too few)
 NEAR_TOP = 16
@@ -119,7 +129,14 @@ def near_features(samples: np.ndarray, sr: int) -> np.ndarray:
     near-duplicate confirmation features (same STFT as the fingerprint)."""
     from . import fingerprint as fp
 
-    S = fp._log_spectrogram(fp.to_mono_16k(samples, sr))
+    return near_features_spectrogram(fp._log_spectrogram(fp.to_mono_16k(samples, sr)))
+
+
+def near_features_spectrogram(S: np.ndarray) -> np.ndarray:
+    """:func:`near_features` from the clip's log spectrogram (computed once with its
+    fingerprint in the build's workers, :func:`fpstore.fingerprint_and_near_file`)."""
+    from . import fingerprint as fp
+
     power = np.power(10.0, S[:, fp.F_MIN:fp.F_MAX] / 10.0, dtype=np.float32)
     cums = np.concatenate([np.zeros((len(power), 1), np.float32), np.cumsum(power, axis=1)], axis=1)
     e = _NEAR_EDGES - fp.F_MIN
@@ -138,13 +155,19 @@ def _near_edges() -> np.ndarray:
 _NEAR_EDGES = _near_edges()
 
 
+#: the near-duplicate feature cache's budget: fixed, so the filter's memory does not grow
+#: with the corpus (~200 clips of 1.75 s as float32). A miss is one read from the
+#: fingerprint store (~0.05 ms), not a decode: the budget only saves those reads.
+FEATURE_CACHE_BYTES = 8 << 20
+
+
 class FeatureCache:
     """``load(i)`` memoised up to ``max_bytes`` (least recently used out), held as float32
     (the correlation kernels' type: converting once per load, not twice per pair, was 9%
-    of the matching time at 8k clips). Sized so a corpus of ~12k short clips loads each
-    clip once; beyond that a candidate costs one load."""
+    of the matching time at 8k clips)."""
 
-    def __init__(self, load: Callable[[int], "np.ndarray | None"], max_bytes: int = 512 << 20):
+    def __init__(self, load: Callable[[int], "np.ndarray | None"],
+                 max_bytes: int = FEATURE_CACHE_BYTES):
         self.load, self.max_bytes = load, max_bytes
         self._d: OrderedDict[int, np.ndarray | None] = OrderedDict()
         self.bytes = 0
@@ -185,17 +208,23 @@ def residual_checks(fa: np.ndarray, fb: np.ndarray, d: int) -> tuple[float, floa
     """(residual dB, detail correlation) of features ``fa``/``fb`` aligned at feature offset
     ``d`` (frame ``i`` of a against ``i + d`` of b), each floored :data:`NEAR_RANGE_DB` under
     its loudest cell. Residual: RMS over cells loud in either clip of their dB difference less
-    its median (one gain). Detail: correlation of the frame-to-frame differences, each
+    its median (one gain), cells within :data:`NEAR_PRESENT_DB` of the top in either clip
+    compared with floors :data:`NEAR_RESIDUAL_RANGE_DB` deep. Detail: correlation of the frame-to-frame differences, each
     frame's mean removed (a loudness contour shared by any two sounds cancels)."""
     i0, i1 = max(0, -d), min(len(fa), len(fb) - d)
     x = np.asarray(fa[i0:i1], np.float32)
     y = np.asarray(fb[i0 + d:i1 + d], np.float32)
     if len(x) < 2:
         return float("inf"), -1.0
-    fx, fy = x.max() - NEAR_RANGE_DB, y.max() - NEAR_RANGE_DB
+    mx, my = x.max(), y.max()
+    fx, fy = mx - NEAR_RANGE_DB, my - NEAR_RANGE_DB
     loud = (x > fx) | (y > fy)
+    # a cell clearly present in either clip is compared down to a deeper floor: content that
+    # one clip has and the other lacks differs by what it is, not by its height over a floor
+    strong = (x > mx - NEAR_PRESENT_DB) | (y > my - NEAR_PRESENT_DB)
+    deep = np.maximum(x, mx - NEAR_RESIDUAL_RANGE_DB) - np.maximum(y, my - NEAR_RESIDUAL_RANGE_DB)
     x, y = np.maximum(x, fx), np.maximum(y, fy)
-    diff = (x - y)[loud]
+    diff = np.where(strong, deep, x - y)[loud]
     residual = float(np.sqrt(np.mean((diff - np.median(diff)) ** 2))) if len(diff) else float("inf")
     dx, dy = np.diff(x, axis=0), np.diff(y, axis=0)
     dx -= dx.mean(axis=1, keepdims=True)

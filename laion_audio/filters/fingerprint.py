@@ -218,7 +218,13 @@ def fingerprint(samples: np.ndarray, sr: int, *, keep_bands: bool = True) -> Fin
     x = to_mono_16k(samples, sr)
     if len(x) < MIN_SECONDS * SR or not np.any(x):
         return Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), len(x) // HOP, None)
-    S = _log_spectrogram(x)
+    return fingerprint_spectrogram(_log_spectrogram(x), keep_bands=keep_bands)
+
+
+def fingerprint_spectrogram(S: np.ndarray, *, keep_bands: bool = True) -> Fingerprint:
+    """:func:`fingerprint` from the clip's :func:`_log_spectrogram` (of at least
+    ``MIN_SECONDS`` of audio), so a caller that needs other features of the same STFT
+    computes it once."""
     # one density for every clip: pairs only match when both sides picked the same peaks
     t, f, above = _peaks(S, PEAKS_PER_BLOCK)
     h, ta, a, b = _pairs(t, f, FAN_OUT)

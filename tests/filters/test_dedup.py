@@ -144,3 +144,30 @@ def test_damaged_store_entries_are_recomputed(tmp_path, debian_sounds):
             for r in ledger.records()} == verdicts
     fresh = FingerprintStore(store)
     assert all(fresh.get(p.stem) is not None for p in entries)
+
+
+def test_counting_sort_index_matches_a_stable_argsort():
+    """The index's in-place counting sort places the postings exactly where a stable argsort
+    of the concatenated (hash, ref, time) put them, across two builds (adds after a build)."""
+    from laion_audio.filters.content_overlap import FingerprintIndex
+    from laion_audio.filters.fingerprint import Fingerprint
+
+    rng = np.random.default_rng(5)
+    fps = [Fingerprint(rng.integers(0, 1 << 22, n).astype(np.uint32),
+                       rng.integers(0, 5000, n).astype(np.int32), 5000)
+           for n in rng.integers(0, 400, 60)]
+    index = FingerprintIndex()
+    for j, fp in enumerate(fps[:25]):
+        index.add(j, fp)
+    index.build()
+    for j, fp in enumerate(fps[25:]):
+        index.add(25 + j, fp)
+    index.build()
+    h = np.concatenate([fp.hashes for fp in fps])
+    r = np.concatenate([np.full(len(fp), j, np.int32) for j, fp in enumerate(fps)])
+    t = np.concatenate([fp.times for fp in fps])
+    order = np.argsort(h, kind="stable")
+    assert np.array_equal(index.ref, r[order]) and np.array_equal(index.time, t[order])
+    lo, cnt = index._buckets(h[order])
+    assert np.array_equal(lo, np.searchsorted(h[order], h[order], side="left"))
+    assert np.array_equal(cnt, np.searchsorted(h[order], h[order], side="right") - lo)

@@ -93,3 +93,29 @@ def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
         "print(f.shape[0], peak_kb())", _twenty_minutes(tmp_path))
     assert rows >= (20 * 60 * 16000 - 1024) // 128 // 2 - 1
     assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
+
+
+@pytest.mark.parametrize("seconds", [0.1, 2.5])
+def test_workers_store_the_near_features_the_filter_would_compute(tmp_path, monkeypatch, seconds):
+    """The fingerprint stage stores each clip's near-duplicate features from the same decode
+    and STFT as its fingerprint: exactly what the filter computed from the FLAC, so the
+    filter reads them instead of decoding again. A clip too short for landmarks gets an
+    entry too (a rerun finds it done and decodes nothing)."""
+    from laion_audio.filters.dedup import near_features
+    from laion_audio.records import Record
+
+    path = tmp_path / "a.flac"
+    sf.write(str(path), chirps(seconds, 48000), 48000, subtype="PCM_16")
+    rec = Record(source="local", source_id="a", url="", audio_sha256="ab" * 32, flac_path=str(path))
+    fpstore.fingerprint_batch([rec], store_dir=str(tmp_path / "fp"))
+    store = fpstore.FingerprintStore(tmp_path / "fp")
+    assert rec.audio_sha256 in store and store.has_near(rec.audio_sha256)
+    assert np.array_equal(store.get_near(rec.audio_sha256),
+                          fpstore.frame_features_file(str(path), near_features))
+    got, want = store.get(rec.audio_sha256), fpstore.fingerprint_file(str(path), keep_bands=False)
+    assert got.n_frames == want.n_frames and np.array_equal(got.hashes, want.hashes)
+    assert np.array_equal(got.times, want.times)
+    def decode(path):
+        raise AssertionError("decoded again")
+    monkeypatch.setattr(fpstore, "fingerprint_and_near_file", decode)
+    fpstore.fingerprint_batch([rec], store_dir=str(tmp_path / "fp"))     # done: no decode
