@@ -477,8 +477,13 @@ WARP_OFFSET_TOL = 2
 WARP_PITCHED = 0.25
 #: queries looked up together (the hit arrays of a batch stay ~100 MB)
 WARP_QUERY_CHUNK = 256
-#: a hit votes for time factors within this (log) distance of its own span ratio
+#: a hit votes for time factors within this (log) distance of its own span ratio ...
 WARP_HIT_SPREAD = 0.04
+#: ... widened by this many frames of its two spans (peak times are whole frames, a vocoder
+#: moves them by up to a hop): a short span's ratio says little (a 10-frame span stretched
+#: 5 % stays 10 frames), and a fixed spread made such hits pull the estimate of a tempo
+#: change to the spread's edge (1.042 for 1.05)
+WARP_HIT_SPREAD_FRAMES = 1.5
 #: the Hough grids: coarse over the searched range, then fine (1/8 step) around the best
 _COARSE = np.arange(-WARP_LOG_RANGE, WARP_LOG_RANGE + 1e-9, WARP_LOG_STEP)
 _FINE = np.arange(-WARP_LOG_STEP, WARP_LOG_STEP + 1e-9, WARP_LOG_STEP / 8)
@@ -502,11 +507,12 @@ def _peak_cell(hist, touched, n_t, tol):
 
 
 @numba.njit(cache=True, nogil=True)
-def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
+def _hough(tq, tr, log_s, spread, use, coarse, fine, hist, touched):
     """Best (votes, log time factor, offset) of the hits ``use`` (indices) with
     ``tr ~ exp(g) * tq + offset``, and the number of inliers written to ``use[:k]`` (in
-    place). A coarse grid of factors (a hit votes only within WARP_HIT_SPREAD of its own span
-    ratio ``log_s``), then a fine one around the best, where a long clip's offsets line up.
+    place). A coarse grid of factors (a hit votes only within ``spread[h]`` of its own span
+    ratio ``log_s[h]``), then a fine one around the best, where a long clip's offsets line up,
+    then a line fitted through the inliers.
     An offset's votes are the hits within +-WARP_OFFSET_TOL frames of it; ties go to the
     lower factor, then the lower offset. Votes are counted in ``hist`` (zero on entry and on
     return; one row of offsets per coarse factor), so each hit costs a few increments."""
@@ -524,13 +530,13 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
     width = np.int64(np.ceil(o_max)) - base + tol + 2
     if width * n_g > len(hist):              # a very long pair: a histogram of its own
         hist = np.zeros(width * n_g, np.int32)
-    if len(touched) < 24 * len(use):         # a hit votes for <= 21 coarse factors
-        touched = np.empty(24 * len(use), np.int64)
+    if len(touched) < (n_g + 1) * len(use):   # a hit votes for <= n_g coarse factors
+        touched = np.empty((n_g + 1) * len(use), np.int64)
     es = np.exp(coarse)
     n_t = 0
     for h in use:
         for gi in range(n_g):
-            if abs(log_s[h] - coarse[gi]) <= WARP_HIT_SPREAD:
+            if abs(log_s[h] - coarse[gi]) <= spread[h]:
                 cell = gi * width + np.int64(np.rint(tr[h] - es[gi] * tq[h])) - base
                 if hist[cell] == 0:
                     touched[n_t] = cell
@@ -547,7 +553,7 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
         sg = np.exp(g)
         n_t = 0
         for h in use:
-            if abs(log_s[h] - g0) <= WARP_HIT_SPREAD + WARP_LOG_STEP:
+            if abs(log_s[h] - g0) <= spread[h] + WARP_LOG_STEP:
                 cell = np.int64(np.rint(tr[h] - sg * tq[h])) - base
                 if hist[cell] == 0:
                     touched[n_t] = cell
@@ -559,15 +565,32 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
     sg = np.exp(fg)
     k = 0
     for h in use:
-        if abs(log_s[h] - g0) <= WARP_HIT_SPREAD + WARP_LOG_STEP and \
+        if abs(log_s[h] - g0) <= spread[h] + WARP_LOG_STEP and \
                 abs(np.int64(np.rint(tr[h] - sg * tq[h])) - fo) <= tol:
             use[k] = h
             k += 1
+    # the grid's ties: every factor whose drift over the clip fits the +-tol window votes the
+    # same (+-0.003 on a 10 s clip, lowest first); a least-squares line through the inliers
+    # is the factor itself (kept when it stays in the fine window)
+    if k >= 3:
+        mq, mr = 0.0, 0.0
+        for u in range(k):
+            mq += tq[use[u]]
+            mr += tr[use[u]]
+        mq, mr = mq / k, mr / k
+        sqq, sqr = 0.0, 0.0
+        for u in range(k):
+            dq = tq[use[u]] - mq
+            sqq += dq * dq
+            sqr += dq * (tr[use[u]] - mr)
+        if sqq > 0 and sqr > 0 and abs(np.log(sqr / sqq) - fg) <= WARP_LOG_STEP:
+            fg = np.log(sqr / sqq)
+            fo = np.int64(np.rint(mr - (sqr / sqq) * mq))
     return fv, fg, fo, k
 
 
 @numba.njit(cache=True, nogil=True)
-def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis):
+def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis, spread_frames):
     """The postings of each query hash (``lo[k] : lo[k] + cnt[k]``) whose time factor (span
     ratio) and pitch shift (anchor difference) are in the searched range: (posting, query
     triplet, log time factor, semitones), without materialising the rejected ones."""
@@ -584,14 +607,14 @@ def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis):
         for p in range(lo[k], lo[k] + cnt[k]):
             x = np.log(span_r[p] / span_q[t])
             y = np.float64(lf_r[p]) - lf_q[t]
-            if abs(x) <= max_log_s and abs(y) <= max_semis:
+            if abs(x) <= max_log_s + spread_frames / min(span_r[p], span_q[t]) and abs(y) <= max_semis:
                 post[m], tri[m], ls[m], sm[m] = p, t, x, y
                 m += 1
     return post[:m], tri[:m], ls[:m], sm[:m]
 
 
 @numba.njit(cache=True, nogil=True)
-def _warp_votes(starts, need, tq, tr, log_s, semis, grid, coarse, fine):
+def _warp_votes(starts, need, tq, tr, log_s, spread, semis, grid, coarse, fine):
     """Per (query, ref) pair (hits ``starts[p]:starts[p + 1]``): up to two warp hypotheses,
     (pair, votes, time factor, semitones, offset). The time factor is voted once from the hits
     whose peaks all stretch with the audio (when there are enough) and once from all hits (a
@@ -619,7 +642,7 @@ def _warp_votes(starts, need, tq, tr, log_s, semis, grid, coarse, fine):
                 use = free.copy()
             else:
                 use = every.copy()
-            votes, g, off, k = _hough(tq, tr, log_s, use, coarse, fine, hist, touched)
+            votes, g, off, k = _hough(tq, tr, log_s, spread, use, coarse, fine, hist, touched)
             if votes < need[p]:
                 continue
             sm = semis[use[:k]]
@@ -696,7 +719,7 @@ class WarpMatcher:
         if not int(cnt.sum()):
             return out
         post, qtri, log_s, semis = _warp_hits(lo, cnt, qtri, span_q, lf_i, ix.span, ix.lf1,
-                                              WARP_LOG_RANGE + WARP_HIT_SPREAD, 1.5)
+                                              WARP_LOG_RANGE + WARP_HIT_SPREAD, 1.5, WARP_HIT_SPREAD_FRAMES)
         grid = grid_q[qtri] | ix.grid[post]
         # group the hits by (query, ref); a pair is counted when it reaches its vote threshold
         n_refs = len(ix.keys)
@@ -719,7 +742,9 @@ class WarpMatcher:
         bounds = np.concatenate([[0], np.cumsum(counts[sel])]).astype(np.int64)
         tq = t_i[qtri[hits]]
         tr = ix.t1[post[hits]].astype(np.float64)
-        res = _warp_votes(bounds, need[sel].astype(np.int64), tq, tr, log_s[hits], semis[hits],
+        span_h = np.minimum(span_q[qtri[hits]], ix.span[post[hits]].astype(np.float64))
+        spread = WARP_HIT_SPREAD + WARP_HIT_SPREAD_FRAMES / np.maximum(span_h, 1.0)
+        res = _warp_votes(bounds, need[sel].astype(np.int64), tq, tr, log_s[hits], spread, semis[hits],
                           grid[hits], _COARSE, _FINE)
         for p, v, s, m, o in zip(*res):
             out[int(pq[sel[p]])].append((int(pr[sel[p]]), int(v), float(s), float(m), int(o)))
