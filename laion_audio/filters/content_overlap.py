@@ -484,9 +484,10 @@ WARP_HIT_SPREAD = 0.04
 #: 5 % stays 10 frames), and a fixed spread made such hits pull the estimate of a tempo
 #: change to the spread's edge (1.042 for 1.05)
 WARP_HIT_SPREAD_FRAMES = 1.5
-#: the Hough grids: coarse over the searched range, then fine (1/8 step) around the best
+#: the Hough grids: coarse over the searched range, then fine (1/4 step: the line fitted through
+#: the inliers does the rest) around the best
 _COARSE = np.arange(-WARP_LOG_RANGE, WARP_LOG_RANGE + 1e-9, WARP_LOG_STEP)
-_FINE = np.arange(-WARP_LOG_STEP, WARP_LOG_STEP + 1e-9, WARP_LOG_STEP / 8)
+_FINE = np.arange(-WARP_LOG_STEP, WARP_LOG_STEP + 1e-9, WARP_LOG_STEP / 4)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -613,6 +614,49 @@ def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis, 
     return post[:m], tri[:m], ls[:m], sm[:m]
 
 
+#: the pre-vote's cells: offsets (at each hit's own span ratio) of 48 frames, pitch shifts
+#: of 0.3 semitone; a pair's score is its best 3 x 3 block of cells
+_PRE_OFFSET = 48.0
+_PRE_SEMIS = 0.3
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_prescore(order, starts, counts, tq, tr, log_s, semis):
+    """Per pair (hits ``order[starts[p]:starts[p] + counts[p]]``), a cheap count of the hits
+    that agree on a warp: the most hits in one 3 x 3 block of (offset, pitch shift) cells.
+    Chance hits spread over the whole range of both, a copy's hits pile up in one block; it
+    ranks the pairs worth the Hough vote."""
+    n_s = int(np.ceil(1.5 / _PRE_SEMIS)) * 2 + 3
+    out = np.zeros(len(starts), np.int64)
+    hist = np.zeros(0, np.int32)
+    for p in range(len(starts)):
+        a, b = starts[p], starts[p] + counts[p]
+        ob = np.empty(b - a, np.int64)
+        sb = np.empty(b - a, np.int64)
+        for u in range(a, b):
+            h = order[u]
+            g = min(max(log_s[h], -WARP_LOG_RANGE), WARP_LOG_RANGE)
+            ob[u - a] = np.int64(np.floor((tr[h] - np.exp(g) * tq[h]) / _PRE_OFFSET))
+            sb[u - a] = np.int64(np.floor(semis[h] / _PRE_SEMIS)) + n_s // 2
+        o0 = ob.min() - 1
+        width = ob.max() - o0 + 2
+        if len(hist) < width * n_s:
+            hist = np.zeros(width * n_s, np.int32)
+        for u in range(b - a):
+            hist[(ob[u] - o0) * n_s + min(max(sb[u], 1), n_s - 2)] += 1
+        best = 0
+        for u in range(b - a):
+            c = (ob[u] - o0) * n_s + min(max(sb[u], 1), n_s - 2)
+            v = 0
+            for dd in (-n_s, 0, n_s):
+                v += hist[c + dd - 1] + hist[c + dd] + hist[c + dd + 1]
+            best = max(best, v)
+        for u in range(b - a):
+            hist[(ob[u] - o0) * n_s + min(max(sb[u], 1), n_s - 2)] = 0
+        out[p] = best
+    return out
+
+
 @numba.njit(cache=True, nogil=True)
 def _warp_votes(starts, need, tq, tr, log_s, spread, semis, grid, coarse, fine):
     """Per (query, ref) pair (hits ``starts[p]:starts[p + 1]``): up to two warp hypotheses,
@@ -731,13 +775,16 @@ class WarpMatcher:
         qlen = np.array([len(wp) for wp in wps], np.int64)
         need = np.maximum(self.min_votes, np.ceil(self.min_fraction * np.minimum(qlen[pq], ix._n_triplets[pr])))
         sel = np.flatnonzero(counts >= need)
-        # per query its 3 x top most-hit refs (ties: lower ref first)
-        sel = sel[np.lexsort((pr[sel], -counts[sel], pq[sel]))]
-        first = np.searchsorted(pq[sel], pq[sel], side="left")
-        sel = sel[np.arange(len(sel)) - first < 3 * self.top]
         if not len(sel):
             return out
-        sel = sel[np.lexsort((-counts[sel], pq[sel]))]      # stable: count order within a query
+        # per query its 3 x top refs by consistent hits (ties: lower ref first): raw hit counts
+        # favour long references (a 24 s music clip draws thousands of chance hits from a
+        # noisy query's wide lookup), which pushed a short true reference out of the top 15
+        score = _pair_prescore(order, starts[sel], counts[sel], t_i[qtri], ix.t1[post].astype(np.float64),
+                               log_s, semis)
+        sel = sel[np.lexsort((pr[sel], -score, pq[sel]))]
+        first = np.searchsorted(pq[sel], pq[sel], side="left")
+        sel = sel[np.arange(len(sel)) - first < 3 * self.top]
         hits = np.concatenate([order[starts[p]:starts[p] + counts[p]] for p in sel])
         bounds = np.concatenate([[0], np.cumsum(counts[sel])]).astype(np.int64)
         tq = t_i[qtri[hits]]
