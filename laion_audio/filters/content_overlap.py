@@ -707,6 +707,22 @@ def _warp_votes(starts, need, tq, tr, log_s, spread, semis, grid, coarse, fine):
     return out_p[:n_out], out_v[:n_out], out_s[:n_out], out_m[:n_out], out_o[:n_out]
 
 
+#: how far (in frames over the overlap) an estimated time factor may be off a family's and still
+#: count as it: short clips' factors are 1-2 % off (a few frames over ~2 s)
+WARP_FAMILY_FRAMES = 5.0
+
+
+def _one_edit(time_factor: float, semitones: float, overlap_frames: int) -> bool:
+    """Whether a warp estimate is one of the edits re-uploads make: a speed change (pitch
+    follows time: -12 log2 of the factor), a pitch shift (time unchanged) or a tempo change
+    (pitch unchanged), within the estimate's precision. A same sentence spoken by another
+    voice, faster and lower, matched a distractor at 0.76 as a "1.058, +0.95 semitone" warp."""
+    g = np.log(time_factor)
+    tol_g = max(0.01, WARP_FAMILY_FRAMES / max(overlap_frames, 1))
+    speed = abs(semitones + 12 / np.log(2) * g) <= 0.3 + 12 / np.log(2) * tol_g
+    return bool(speed or abs(g) <= tol_g or abs(semitones) < WARP_PITCHED)
+
+
 class WarpMatcher:
     """The warp pass: triplet-hash candidates, a Hough vote over (time factor, offset), then
     the aligned correlation of the query's band features *warped to the estimated factor and
@@ -714,8 +730,11 @@ class WarpMatcher:
 
     def __init__(self, index: WarpIndex, *, min_votes: int = 8, min_fraction: float = 0.02,
                  min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5,
-                 min_correlation_pitched: float = 0.75):
+                 min_correlation_pitched: float = 0.75, min_correlation_combined: float = 0.8):
         self.index = index
+        #: a warp that is none of one speed change, one pitch shift or one tempo change (both
+        #: time and pitch moved independently) has searched two dimensions: this much
+        self.min_correlation_combined = min_correlation_combined
         #: a confirmation at a pitch shift of >= WARP_PITCHED semitones has searched one more
         #: dimension, and tone patterns align by chance there: it must correlate this much
         self.min_correlation_pitched = min_correlation_pitched
@@ -844,6 +863,8 @@ class WarpMatcher:
             score, n, d = correlation_at(wb, rb, range(base - 2, base + 3))
             overlap = n * BAND_DECIMATE * FRAME_SECONDS
             need = self.min_correlation_pitched if abs(semis) >= WARP_PITCHED else self.min_correlation
+            if not _one_edit(s, semis, n * BAND_DECIMATE):
+                need = max(need, self.min_correlation_combined)
             if score >= need and overlap >= self.min_overlap_seconds:
                 out.append(WarpMatch(q, r, (base if d is None else d) * BAND_DECIMATE, votes,
                                      score, overlap, time_factor=s, semitones=semis))

@@ -159,3 +159,35 @@ def test_pitched_band_features():
     measured, _, _ = F.correlation_at(F.pitched_band_features(y, SR, -1.0), a, range(-2, 3))
     shifted, _, _ = F.correlation_at(F.warp_bands(F.band_features(y, SR), 1.0, -1.0), a, range(-2, 3))
     assert measured >= 0.8 and measured > shifted
+
+
+def test_prescore_ranks_consistent_hits_over_many_chance_hits():
+    """The pre-vote that picks which pairs get the Hough: 150 hits of one warp (one offset,
+    one pitch shift) outrank 1,500 hits spread over the offsets and pitch shifts of a long
+    reference, which raw hit counts ranked first."""
+    from laion_audio.filters import content_overlap as C
+
+    rng = np.random.default_rng(6)
+    n_true, n_chance = 150, 1500
+    tq = np.concatenate([rng.uniform(0, 300, n_true), rng.uniform(0, 300, n_chance)])
+    tr = np.concatenate([np.rint(1.05 * tq[:n_true]) + 20, rng.uniform(0, 3000, n_chance)])
+    log_s = np.concatenate([np.log(1.05) + rng.normal(0, 0.02, n_true), rng.uniform(-0.13, 0.13, n_chance)])
+    semis = np.concatenate([np.full(n_true, -1.0) + rng.normal(0, 0.1, n_true), rng.uniform(-1.5, 1.5, n_chance)])
+    order = np.arange(n_true + n_chance, dtype=np.int64)
+    score = C._pair_prescore(order, np.array([0, n_true]), np.array([n_true, n_chance]), tq, tr, log_s, semis)
+    assert score[0] >= 0.9 * n_true and score[1] < score[0]
+
+
+def test_one_edit_families():
+    """Speed (pitch follows time), pitch (time unchanged) and tempo (pitch unchanged) are one
+    edit, within a short clip's estimate error; time and pitch moved independently are not
+    (held to the stricter confirmation)."""
+    from laion_audio.filters import content_overlap as C
+
+    long_, short = 1250, 200                       # overlap in frames: 10 s, 1.6 s
+    assert C._one_edit(1.06, -12 * np.log2(1.06), long_)           # speed +6 %
+    assert C._one_edit(0.94, 1.05, long_)                          # speed -6 %, estimate noise
+    assert C._one_edit(1.0, -1.0, long_) and C._one_edit(1.002, 0.5, long_)   # pitch
+    assert C._one_edit(1.05, 0.02, long_) and C._one_edit(0.952, -0.1, long_)  # tempo
+    assert C._one_edit(0.985, 1.0, short) and not C._one_edit(0.985, 1.0, long_)
+    assert not C._one_edit(1.058, 0.95, long_) and not C._one_edit(0.95, -0.8, long_)
