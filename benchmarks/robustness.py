@@ -423,7 +423,7 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
         rest = [qi for qi in range(len(corpus.queries)) if qi not in best]
         wps = [warp_print(corpus.queries[qi][2], corpus.sr) for qi in rest]
         t_wp = time.perf_counter()
-        from .fingerprint import pitched_band_features
+        from laion_audio.filters.fingerprint import pitched_band_features
 
         wmatches, n_warp = WarpMatcher(windex, **(warp_options or {})).match(
             wps, query_bands=lambda k: query_fps[rest[k]].bands, ref_bands=lambda r: eval_fps[r].bands,

@@ -553,9 +553,15 @@ WARP_OFFSET_TOL = 2
 WARP_PITCHED = 0.25
 #: queries looked up together (the hit arrays of a batch stay ~100 MB)
 WARP_QUERY_CHUNK = 256
-#: a hit votes for time factors within this (log) distance of its own span ratio
+#: a hit votes for time factors within this (log) distance of its own span ratio ...
 WARP_HIT_SPREAD = 0.04
-#: the Hough grids: coarse over the searched range, then fine (1/8 step) around the best
+#: ... widened by this many frames of its two spans (peak times are whole frames, a vocoder
+#: moves them by up to a hop): a short span's ratio says little (a 10-frame span stretched
+#: 5 % stays 10 frames), and a fixed spread made such hits pull the estimate of a tempo
+#: change to the spread's edge (1.042 for 1.05)
+WARP_HIT_SPREAD_FRAMES = 1.5
+#: the Hough grids: coarse over the searched range, then fine (1/8 step; a 1/4 step lost a
+#: -100 cent copy to a chance peak) around the best, then the line fitted through the inliers
 _COARSE = np.arange(-WARP_LOG_RANGE, WARP_LOG_RANGE + 1e-9, WARP_LOG_STEP)
 _FINE = np.arange(-WARP_LOG_STEP, WARP_LOG_STEP + 1e-9, WARP_LOG_STEP / 8)
 
@@ -578,11 +584,12 @@ def _peak_cell(hist, touched, n_t, tol):
 
 
 @numba.njit(cache=True, nogil=True)
-def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
+def _hough(tq, tr, log_s, spread, use, coarse, fine, hist, touched):
     """Best (votes, log time factor, offset) of the hits ``use`` (indices) with
     ``tr ~ exp(g) * tq + offset``, and the number of inliers written to ``use[:k]`` (in
-    place). A coarse grid of factors (a hit votes only within WARP_HIT_SPREAD of its own span
-    ratio ``log_s``), then a fine one around the best, where a long clip's offsets line up.
+    place). A coarse grid of factors (a hit votes only within ``spread[h]`` of its own span
+    ratio ``log_s[h]``), then a fine one around the best, where a long clip's offsets line up,
+    then a line fitted through the inliers.
     An offset's votes are the hits within +-WARP_OFFSET_TOL frames of it; ties go to the
     lower factor, then the lower offset. Votes are counted in ``hist`` (zero on entry and on
     return; one row of offsets per coarse factor), so each hit costs a few increments."""
@@ -600,13 +607,13 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
     width = np.int64(np.ceil(o_max)) - base + tol + 2
     if width * n_g > len(hist):              # a very long pair: a histogram of its own
         hist = np.zeros(width * n_g, np.int32)
-    if len(touched) < 24 * len(use):         # a hit votes for <= 21 coarse factors
-        touched = np.empty(24 * len(use), np.int64)
+    if len(touched) < (n_g + 1) * len(use):   # a hit votes for <= n_g coarse factors
+        touched = np.empty((n_g + 1) * len(use), np.int64)
     es = np.exp(coarse)
     n_t = 0
     for h in use:
         for gi in range(n_g):
-            if abs(log_s[h] - coarse[gi]) <= WARP_HIT_SPREAD:
+            if abs(log_s[h] - coarse[gi]) <= spread[h]:
                 cell = gi * width + np.int64(np.rint(tr[h] - es[gi] * tq[h])) - base
                 if hist[cell] == 0:
                     touched[n_t] = cell
@@ -623,7 +630,7 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
         sg = np.exp(g)
         n_t = 0
         for h in use:
-            if abs(log_s[h] - g0) <= WARP_HIT_SPREAD + WARP_LOG_STEP:
+            if abs(log_s[h] - g0) <= spread[h] + WARP_LOG_STEP:
                 cell = np.int64(np.rint(tr[h] - sg * tq[h])) - base
                 if hist[cell] == 0:
                     touched[n_t] = cell
@@ -635,15 +642,32 @@ def _hough(tq, tr, log_s, use, coarse, fine, hist, touched):
     sg = np.exp(fg)
     k = 0
     for h in use:
-        if abs(log_s[h] - g0) <= WARP_HIT_SPREAD + WARP_LOG_STEP and \
+        if abs(log_s[h] - g0) <= spread[h] + WARP_LOG_STEP and \
                 abs(np.int64(np.rint(tr[h] - sg * tq[h])) - fo) <= tol:
             use[k] = h
             k += 1
+    # the grid's ties: every factor whose drift over the clip fits the +-tol window votes the
+    # same (+-0.003 on a 10 s clip, lowest first); a least-squares line through the inliers
+    # is the factor itself (kept when it stays in the fine window)
+    if k >= 3:
+        mq, mr = 0.0, 0.0
+        for u in range(k):
+            mq += tq[use[u]]
+            mr += tr[use[u]]
+        mq, mr = mq / k, mr / k
+        sqq, sqr = 0.0, 0.0
+        for u in range(k):
+            dq = tq[use[u]] - mq
+            sqq += dq * dq
+            sqr += dq * (tr[use[u]] - mr)
+        if sqq > 0 and sqr > 0 and abs(np.log(sqr / sqq) - fg) <= WARP_LOG_STEP:
+            fg = np.log(sqr / sqq)
+            fo = np.int64(np.rint(mr - (sqr / sqq) * mq))
     return fv, fg, fo, k
 
 
 @numba.njit(cache=True, nogil=True)
-def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis):
+def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis, spread_frames):
     """The postings of each query hash (``lo[k] : lo[k] + cnt[k]``) whose time factor (span
     ratio) and pitch shift (anchor difference) are in the searched range: (posting, query
     triplet, log time factor, semitones), without materialising the rejected ones."""
@@ -660,14 +684,57 @@ def _warp_hits(lo, cnt, qtri, span_q, lf_q, span_r, lf_r, max_log_s, max_semis):
         for p in range(lo[k], lo[k] + cnt[k]):
             x = np.log(span_r[p] / span_q[t])
             y = np.float64(lf_r[p]) - lf_q[t]
-            if abs(x) <= max_log_s and abs(y) <= max_semis:
+            if abs(x) <= max_log_s + spread_frames / min(span_r[p], span_q[t]) and abs(y) <= max_semis:
                 post[m], tri[m], ls[m], sm[m] = p, t, x, y
                 m += 1
     return post[:m], tri[:m], ls[:m], sm[:m]
 
 
+#: the pre-vote's cells: offsets (at each hit's own span ratio) of 48 frames, pitch shifts
+#: of 0.3 semitone; a pair's score is its best 3 x 3 block of cells
+_PRE_OFFSET = 48.0
+_PRE_SEMIS = 0.3
+
+
 @numba.njit(cache=True, nogil=True)
-def _warp_votes(starts, need, tq, tr, log_s, semis, grid, coarse, fine):
+def _pair_prescore(order, starts, counts, tq, tr, log_s, semis):
+    """Per pair (hits ``order[starts[p]:starts[p] + counts[p]]``), a cheap count of the hits
+    that agree on a warp: the most hits in one 3 x 3 block of (offset, pitch shift) cells.
+    Chance hits spread over the whole range of both, a copy's hits pile up in one block; it
+    ranks the pairs worth the Hough vote."""
+    n_s = int(np.ceil(1.5 / _PRE_SEMIS)) * 2 + 3
+    out = np.zeros(len(starts), np.int64)
+    hist = np.zeros(0, np.int32)
+    for p in range(len(starts)):
+        a, b = starts[p], starts[p] + counts[p]
+        ob = np.empty(b - a, np.int64)
+        sb = np.empty(b - a, np.int64)
+        for u in range(a, b):
+            h = order[u]
+            g = min(max(log_s[h], -WARP_LOG_RANGE), WARP_LOG_RANGE)
+            ob[u - a] = np.int64(np.floor((tr[h] - np.exp(g) * tq[h]) / _PRE_OFFSET))
+            sb[u - a] = np.int64(np.floor(semis[h] / _PRE_SEMIS)) + n_s // 2
+        o0 = ob.min() - 1
+        width = ob.max() - o0 + 2
+        if len(hist) < width * n_s:
+            hist = np.zeros(width * n_s, np.int32)
+        for u in range(b - a):
+            hist[(ob[u] - o0) * n_s + min(max(sb[u], 1), n_s - 2)] += 1
+        best = 0
+        for u in range(b - a):
+            c = (ob[u] - o0) * n_s + min(max(sb[u], 1), n_s - 2)
+            v = 0
+            for dd in (-n_s, 0, n_s):
+                v += hist[c + dd - 1] + hist[c + dd] + hist[c + dd + 1]
+            best = max(best, v)
+        for u in range(b - a):
+            hist[(ob[u] - o0) * n_s + min(max(sb[u], 1), n_s - 2)] = 0
+        out[p] = best
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _warp_votes(starts, need, tq, tr, log_s, spread, semis, grid, coarse, fine):
     """Per (query, ref) pair (hits ``starts[p]:starts[p + 1]``): up to two warp hypotheses,
     (pair, votes, time factor, semitones, offset). The time factor is voted once from the hits
     whose peaks all stretch with the audio (when there are enough) and once from all hits (a
@@ -695,7 +762,7 @@ def _warp_votes(starts, need, tq, tr, log_s, semis, grid, coarse, fine):
                 use = free.copy()
             else:
                 use = every.copy()
-            votes, g, off, k = _hough(tq, tr, log_s, use, coarse, fine, hist, touched)
+            votes, g, off, k = _hough(tq, tr, log_s, spread, use, coarse, fine, hist, touched)
             if votes < need[p]:
                 continue
             sm = semis[use[:k]]
@@ -716,6 +783,22 @@ def _warp_votes(starts, need, tq, tr, log_s, semis, grid, coarse, fine):
     return out_p[:n_out], out_v[:n_out], out_s[:n_out], out_m[:n_out], out_o[:n_out]
 
 
+#: how far (in frames over the overlap) an estimated time factor may be off a family's and still
+#: count as it: short clips' factors are 1-2 % off (a few frames over ~2 s)
+WARP_FAMILY_FRAMES = 5.0
+
+
+def _one_edit(time_factor: float, semitones: float, overlap_frames: int) -> bool:
+    """Whether a warp estimate is one of the edits re-uploads make: a speed change (pitch
+    follows time: -12 log2 of the factor), a pitch shift (time unchanged) or a tempo change
+    (pitch unchanged), within the estimate's precision. A same sentence spoken by another
+    voice, faster and lower, matched a distractor at 0.76 as a "1.058, +0.95 semitone" warp."""
+    g = np.log(time_factor)
+    tol_g = max(0.01, WARP_FAMILY_FRAMES / max(overlap_frames, 1))
+    speed = abs(semitones + 12 / np.log(2) * g) <= 0.3 + 12 / np.log(2) * tol_g
+    return bool(speed or abs(g) <= tol_g or abs(semitones) < WARP_PITCHED)
+
+
 class WarpMatcher:
     """The warp pass: triplet-hash candidates, a Hough vote over (time factor, offset), then
     the aligned correlation of the query's band features *warped to the estimated factor and
@@ -723,8 +806,11 @@ class WarpMatcher:
 
     def __init__(self, index: WarpIndex, *, min_votes: int = 8, min_fraction: float = 0.02,
                  min_correlation: float = 0.7, min_overlap_seconds: float = 0.2, top: int = 5,
-                 min_correlation_pitched: float = 0.75):
+                 min_correlation_pitched: float = 0.75, min_correlation_combined: float = 0.8):
         self.index = index
+        #: a warp that is none of one speed change, one pitch shift or one tempo change (both
+        #: time and pitch moved independently) has searched two dimensions: this much
+        self.min_correlation_combined = min_correlation_combined
         #: a confirmation at a pitch shift of >= WARP_PITCHED semitones has searched one more
         #: dimension, and tone patterns align by chance there: it must correlate this much
         self.min_correlation_pitched = min_correlation_pitched
@@ -772,7 +858,7 @@ class WarpMatcher:
         if not int(cnt.sum()):
             return out
         post, qtri, log_s, semis = _warp_hits(lo, cnt, qtri, span_q, lf_i, ix.span, ix.lf1,
-                                              WARP_LOG_RANGE + WARP_HIT_SPREAD, 1.5)
+                                              WARP_LOG_RANGE + WARP_HIT_SPREAD, 1.5, WARP_HIT_SPREAD_FRAMES)
         grid = grid_q[qtri] | ix.grid[post]
         # group the hits by (query, ref); a pair is counted when it reaches its vote threshold
         n_refs = len(ix.keys)
@@ -784,18 +870,23 @@ class WarpMatcher:
         qlen = np.array([len(wp) for wp in wps], np.int64)
         need = np.maximum(self.min_votes, np.ceil(self.min_fraction * np.minimum(qlen[pq], ix._n_triplets[pr])))
         sel = np.flatnonzero(counts >= need)
-        # per query its 3 x top most-hit refs (ties: lower ref first)
-        sel = sel[np.lexsort((pr[sel], -counts[sel], pq[sel]))]
-        first = np.searchsorted(pq[sel], pq[sel], side="left")
-        sel = sel[np.arange(len(sel)) - first < 3 * self.top]
         if not len(sel):
             return out
-        sel = sel[np.lexsort((-counts[sel], pq[sel]))]      # stable: count order within a query
+        # per query its 3 x top refs by consistent hits (ties: lower ref first): raw hit counts
+        # favour long references (a 24 s music clip draws thousands of chance hits from a
+        # noisy query's wide lookup), which pushed a short true reference out of the top 15
+        score = _pair_prescore(order, starts[sel], counts[sel], t_i[qtri], ix.t1[post].astype(np.float64),
+                               log_s, semis)
+        sel = sel[np.lexsort((pr[sel], -score, pq[sel]))]
+        first = np.searchsorted(pq[sel], pq[sel], side="left")
+        sel = sel[np.arange(len(sel)) - first < 3 * self.top]
         hits = np.concatenate([order[starts[p]:starts[p] + counts[p]] for p in sel])
         bounds = np.concatenate([[0], np.cumsum(counts[sel])]).astype(np.int64)
         tq = t_i[qtri[hits]]
         tr = ix.t1[post[hits]].astype(np.float64)
-        res = _warp_votes(bounds, need[sel].astype(np.int64), tq, tr, log_s[hits], semis[hits],
+        span_h = np.minimum(span_q[qtri[hits]], ix.span[post[hits]].astype(np.float64))
+        spread = WARP_HIT_SPREAD + WARP_HIT_SPREAD_FRAMES / np.maximum(span_h, 1.0)
+        res = _warp_votes(bounds, need[sel].astype(np.int64), tq, tr, log_s[hits], spread, semis[hits],
                           grid[hits], _COARSE, _FINE)
         for p, v, s, m, o in zip(*res):
             out[int(pq[sel[p]])].append((int(pr[sel[p]]), int(v), float(s), float(m), int(o)))
@@ -848,6 +939,8 @@ class WarpMatcher:
             score, n, d = correlation_at(wb, rb, range(base - 2, base + 3))
             overlap = n * BAND_DECIMATE * FRAME_SECONDS
             need = self.min_correlation_pitched if abs(semis) >= WARP_PITCHED else self.min_correlation
+            if not _one_edit(s, semis, n * BAND_DECIMATE):
+                need = max(need, self.min_correlation_combined)
             if score >= need and overlap >= self.min_overlap_seconds:
                 out.append(WarpMatch(q, r, (base if d is None else d) * BAND_DECIMATE, votes,
                                      score, overlap, time_factor=s, semitones=semis))

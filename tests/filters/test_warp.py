@@ -72,9 +72,10 @@ def test_warp_bands_undoes_a_warp():
     assert warped >= 0.8 and plain < 0.7
 
 
-def _numpy_hough(tq, tr, log_s):
+def _numpy_hough(tq, tr, log_s, spread):
     """The definition the numba kernel replaces: per coarse factor, the offset with most hits
-    within +-TOL frames (np.unique), then a fine grid around the best factor."""
+    within +-TOL frames (np.unique), then a fine grid around the best factor, then a line
+    fitted through its inliers."""
     from laion_audio.filters import content_overlap as C
 
     def best_offset(s, near):
@@ -86,17 +87,23 @@ def _numpy_hough(tq, tr, log_s):
 
     best = (0, 0.0, 0)
     for g in C._COARSE:
-        v, o = best_offset(np.exp(g), np.abs(log_s - g) <= C.WARP_HIT_SPREAD)
+        v, o = best_offset(np.exp(g), np.abs(log_s - g) <= spread)
         if v > best[0]:
             best = (v, g, o)
     g0 = best[1]
-    near = np.abs(log_s - g0) <= C.WARP_HIT_SPREAD + C.WARP_LOG_STEP
+    near = np.abs(log_s - g0) <= spread + C.WARP_LOG_STEP
     fine = (0, g0, 0)
     for df in C._FINE:
         v, o = best_offset(np.exp(g0 + df), near)
         if v > fine[0]:
             fine = (v, g0 + df, o)
-    return fine
+    v, g, o = fine
+    inl = near & (np.abs(np.rint(tr - np.exp(g) * tq).astype(np.int64) - o) <= C.WARP_OFFSET_TOL)
+    if inl.sum() >= 3:
+        slope, icpt = np.polyfit(tq[inl], tr[inl], 1)
+        if slope > 0 and abs(np.log(slope) - g) <= C.WARP_LOG_STEP:
+            g, o = np.log(slope), int(np.rint(icpt))
+    return v, g, o
 
 
 def test_hough_kernel_equals_its_definition():
@@ -111,13 +118,33 @@ def test_hough_kernel_equals_its_definition():
                              rng.uniform(-100, 2200, n_noise)])
         log_s = np.concatenate([np.log(1.04) + rng.normal(0, 0.01, n_true),
                                 rng.uniform(-0.13, 0.13, n_noise)])
+        spread = C.WARP_HIT_SPREAD + C.WARP_HIT_SPREAD_FRAMES / rng.integers(2, 80, len(tq))
         use = np.arange(len(tq), dtype=np.int64)
-        v, g, o, k = C._hough(tq, tr, log_s, use, C._COARSE, C._FINE,
+        v, g, o, k = C._hough(tq, tr, log_s, spread, use, C._COARSE, C._FINE,
                               np.zeros(len(C._COARSE) * 64, np.int32), np.empty(16, np.int64))
-        want = _numpy_hough(tq, tr, log_s)
-        assert (v, o) == (want[0], want[2]) and g == pytest.approx(want[1], abs=1e-12)
+        want = _numpy_hough(tq, tr, log_s, spread)
+        assert (v, o) == (want[0], want[2]) and g == pytest.approx(want[1], abs=1e-9)
         if n_true >= 40:
             assert np.exp(g) == pytest.approx(1.04, abs=0.003) and abs(o - 37) <= 2 and v >= n_true
+
+
+def test_hough_unbiased_by_whole_frame_spans():
+    """A tempo change of 5 % seen through triplet spans of whole frames: a short span's ratio
+    is 1 or far off (10 frames stretched 5 % stay 10). The estimate is the true factor, not
+    the edge of a fixed spread around those ratios (it was 1.042 for 1.05)."""
+    from laion_audio.filters import content_overlap as C
+
+    rng = np.random.default_rng(5)
+    for factor in (1.05, 1 / 1.05):
+        tq = np.sort(rng.uniform(0, 1200, 600))
+        tr = np.rint(factor * tq) + 3
+        span_q = rng.integers(2, 80, len(tq)).astype(np.float64)
+        span_r = np.maximum(np.rint(factor * span_q + rng.uniform(-0.6, 0.6, len(tq))), 1)
+        log_s = np.log(span_r / span_q)
+        spread = C.WARP_HIT_SPREAD + C.WARP_HIT_SPREAD_FRAMES / np.minimum(span_q, span_r)
+        v, g, o, k = C._hough(tq, tr, log_s, spread, np.arange(len(tq), dtype=np.int64), C._COARSE,
+                              C._FINE, np.zeros(len(C._COARSE) * 64, np.int32), np.empty(16, np.int64))
+        assert np.exp(g) == pytest.approx(factor, abs=0.002) and v >= 0.9 * len(tq)
 
 
 def test_pitched_band_features():
@@ -132,3 +159,35 @@ def test_pitched_band_features():
     measured, _, _ = F.correlation_at(F.pitched_band_features(y, SR, -1.0), a, range(-2, 3))
     shifted, _, _ = F.correlation_at(F.warp_bands(F.band_features(y, SR), 1.0, -1.0), a, range(-2, 3))
     assert measured >= 0.8 and measured > shifted
+
+
+def test_prescore_ranks_consistent_hits_over_many_chance_hits():
+    """The pre-vote that picks which pairs get the Hough: 150 hits of one warp (one offset,
+    one pitch shift) outrank 1,500 hits spread over the offsets and pitch shifts of a long
+    reference, which raw hit counts ranked first."""
+    from laion_audio.filters import content_overlap as C
+
+    rng = np.random.default_rng(6)
+    n_true, n_chance = 150, 1500
+    tq = np.concatenate([rng.uniform(0, 300, n_true), rng.uniform(0, 300, n_chance)])
+    tr = np.concatenate([np.rint(1.05 * tq[:n_true]) + 20, rng.uniform(0, 3000, n_chance)])
+    log_s = np.concatenate([np.log(1.05) + rng.normal(0, 0.02, n_true), rng.uniform(-0.13, 0.13, n_chance)])
+    semis = np.concatenate([np.full(n_true, -1.0) + rng.normal(0, 0.1, n_true), rng.uniform(-1.5, 1.5, n_chance)])
+    order = np.arange(n_true + n_chance, dtype=np.int64)
+    score = C._pair_prescore(order, np.array([0, n_true]), np.array([n_true, n_chance]), tq, tr, log_s, semis)
+    assert score[0] >= 0.9 * n_true and score[1] < score[0]
+
+
+def test_one_edit_families():
+    """Speed (pitch follows time), pitch (time unchanged) and tempo (pitch unchanged) are one
+    edit, within a short clip's estimate error; time and pitch moved independently are not
+    (held to the stricter confirmation)."""
+    from laion_audio.filters import content_overlap as C
+
+    long_, short = 1250, 200                       # overlap in frames: 10 s, 1.6 s
+    assert C._one_edit(1.06, -12 * np.log2(1.06), long_)           # speed +6 %
+    assert C._one_edit(0.94, 1.05, long_)                          # speed -6 %, estimate noise
+    assert C._one_edit(1.0, -1.0, long_) and C._one_edit(1.002, 0.5, long_)   # pitch
+    assert C._one_edit(1.05, 0.02, long_) and C._one_edit(0.952, -0.1, long_)  # tempo
+    assert C._one_edit(0.985, 1.0, short) and not C._one_edit(0.985, 1.0, long_)
+    assert not C._one_edit(1.058, 0.95, long_) and not C._one_edit(0.95, -0.8, long_)
