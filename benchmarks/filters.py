@@ -270,7 +270,7 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
             confirmed = len({m.query for m in res[0] if m.query == m.ref})
             out.append({"index_clips": size, "index_model": index_model, "clip_seconds": clip_seconds,
                         "budget": [min_budget, per_hash], "max_bucket": max_bucket,
-                        "index_landmarks": int(len(idx.hash)), "index_gb": round(idx.nbytes / 1e9, 3),
+                        "index_landmarks": idx.n_postings, "index_gb": round(idx.nbytes / 1e9, 3),
                         "build_s": round(t_build, 1), "lookups_per_s_per_core": round(len(pert) / t),
                         "candidate_recall": found / len(pert),
                         "lookup+confirm_per_s": round(len(pert) / t_m),
