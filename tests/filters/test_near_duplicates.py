@@ -233,6 +233,14 @@ def test_generated_distinct_clips_are_rarely_dropped(tmp_path):
     assert not dropped
 
 
+def _window_sums(x: np.ndarray, width: int) -> np.ndarray:
+    """``np.convolve(x, np.ones(width), mode="full")`` by a running sum: O(n + width), where
+    the direct convolution of two 10 s clips at 8 kHz took ~100 s."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    k = np.arange(len(x) + width - 1)
+    return c[np.minimum(k + 1, len(x))] - c[np.maximum(k - width + 1, 0)]
+
+
 def same_audio(a: np.ndarray, b: np.ndarray, threshold: float = 0.3) -> bool:
     """Independent ground truth for "these clips hold the same audio": the waveform
     cross-correlation at 8 kHz, at every lag, normalised by both clips' energy inside the
@@ -244,8 +252,8 @@ def same_audio(a: np.ndarray, b: np.ndarray, threshold: float = 0.3) -> bool:
     a = soxr.resample(a, SR, 8000).astype(np.float64)
     b = soxr.resample(b, SR, 8000).astype(np.float64)
     c = scipy.signal.fftconvolve(b, a[::-1], mode="full")
-    ea = np.convolve(a ** 2, np.ones(len(b)), mode="full")[::-1]
-    eb = np.convolve(b ** 2, np.ones(len(a)), mode="full")
+    ea = _window_sums(a ** 2, len(b))[::-1]
+    eb = _window_sums(b ** 2, len(a))
     ok = (ea >= 0.5 * np.dot(a, a)) | (eb >= 0.5 * np.dot(b, b))
     r = np.where(ok, np.abs(c) / np.sqrt(ea * eb + 1e-12), 0.0)
     return float(r.max()) >= threshold
