@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from laion_audio import defaults
-from laion_audio.records import Failure, FailureCode, Record, Status, is_out_of_space, sample_key
+from laion_audio.records import LEFT_PENDING, Failure, FailureCode, Record, Status, is_out_of_space, sample_key
 
 
 class Source:
@@ -99,9 +99,9 @@ class Source:
                 rec.audio_path = str(self.fetch(rec, Path(dest_dir)))
                 rec.succeed(Status.FETCHED)
             except Failure as e:
-                # an unreachable host says nothing about the record: it stays pending (new),
-                # with the reason noted, and the next run tries it again by itself
-                if e.code == FailureCode.HOST_UNREACHABLE:
+                # an unreachable host or a spent daily quota says nothing about the record: it
+                # stays pending (new), with the reason noted, and the next run tries it again
+                if e.code in LEFT_PENDING:
                     rec.defer("fetch", e.code, e.message)
                 else:
                     rec.fail("fetch", e.code, e.message)

@@ -544,17 +544,6 @@ class ManifestSource(HttpSource):
                 resolve_by_id(delegate, record, self.pacer())
         return delegate.fetch(record, dest_dir)
 
-    def fetch_many(self, records: list[Record], dest_dir: Path, workers: int = 4) -> list[Record]:
-        """As :meth:`Source.fetch_many`; a record the daily quota did not reach stays ``new``
-        (``failure_code`` says why, for the report), never ``failed``."""
-        from .freesound import QUOTA_DEFERRED
-
-        out = super().fetch_many(records, dest_dir, workers)
-        for rec in out:
-            if rec.status == Status.FAILED and rec.failure_code == QUOTA_DEFERRED:
-                rec.status = Status.NEW
-        return out
-
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         for k in ("_delegates", "_pacer", "_bbc_source"):

@@ -144,3 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(created, ignore_errors=True)   # we made it; a config error leaves none
         print(f"laion-audio {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+
+
+if __name__ == "__main__":      # python -m laion_audio.cli, as python -m laion_audio
+    sys.exit(main())

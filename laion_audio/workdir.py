@@ -14,7 +14,8 @@ Layout::
     crawl/<source>.json     crawl checkpoints (paging state)
     raw/<source>/           fetched audio as the site served it (deleted once its FLAC is
                             written and hashed, unless --keep-raw)
-    audio/<source>/         48 kHz mono FLAC
+    audio/<source>/         48 kHz mono FLAC (deleted once its tar is published, unless
+                            --keep-audio; audio/RELEASED_TO names that shard root)
     fingerprints/           fingerprint store (filters)
     shards/                 WebDataset shards (unless --shards-to elsewhere)
     stats/                  build.json (per-stage accounting), summary.json
@@ -69,6 +70,31 @@ class WorkDir:
         """The caption cache: one per work folder, shared by `build` and `caption` (beside
         the ledger, not in it: the ledger folder holds only the ledger's own files)."""
         return self.root / "caption_cache.sqlite"
+
+    # --- where the keep policy released FLACs to
+    @property
+    def _released_note(self) -> Path:
+        return self.audio / "RELEASED_TO"
+
+    def released_root(self) -> str | None:
+        """The local shard root whose tars hold the FLACs the keep policy deleted from
+        ``audio/`` (stored relative to the work folder when inside it, so a moved work folder
+        still finds its own shards). Work folders from before this note: ``shards/`` if any."""
+        try:
+            root = self._released_note.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return str(self.root / "shards") if (self.root / "shards").is_dir() else None
+        return self.abs(root) if root else None
+
+    def note_released(self, shard_root: str) -> None:
+        from . import atomic
+
+        self.audio.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self._released_note, self.rel(shard_root) + "\n", fsync=True)
+
+    def forget_released(self) -> None:
+        """Every released FLAC is back in ``audio/``: no shard root is needed to read them."""
+        self._released_note.unlink(missing_ok=True)
 
     # --- path convention
     def rel(self, path: str) -> str:

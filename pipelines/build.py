@@ -212,11 +212,12 @@ def filter_stage(cfg: BuildConfig, work: WorkDir, ledger: Ledger, executor: Exec
     matching runs in this process over the stored fingerprints."""
     from laion_audio.filters.stage import FilterConfig
 
-    fill_fingerprints(ledger, work, executor, cfg.batch_size, cfg.shard_root)
+    released = work.released_root()        # released clips are read where they were published
+    fill_fingerprints(ledger, work, executor, cfg.batch_size, released)
     report, stats = BY_NAME["filter"].fn(ledger, FilterConfig(
         evalsets_cache=cfg.evalsets_cache, eval_ids=not cfg.skip_eval_filter,
         eval_audio=dict(cfg.eval_audio), audio_root=str(work.root),
-        fingerprint_dir=str(work.fingerprints), shard_root=cfg.shard_root))
+        fingerprint_dir=str(work.fingerprints), shard_root=released))
     stats.extra["table"] = report.table()
     stats.extra["eval_filter"] = cfg.eval_filter
     return stats
@@ -244,9 +245,53 @@ def release_sharded_audio(records: list, work: WorkDir, shard_root: str) -> int:
             continue                    # already released
         where = locate(f"{shard_root}/{rec.shard}", flac_member(rec.source, rec.source_id))
         if where is not None and where[1] == size:
+            if not deleted:
+                work.note_released(shard_root)   # before the first delete: readers find them
             os.unlink(path)
             deleted += 1
     return deleted
+
+
+def restore_released_audio(ledger: Ledger, work: WorkDir, shard_root: str) -> tuple[int, int]:
+    """Before shards are written to another root than the one the keep policy released FLACs
+    into (``shard --shards-to s3://...`` after a local build, a new ``--shards-to``), copy those
+    FLACs back into ``audio/`` from their tars, each checked against the samples the transcode
+    stage hashed: the new root's plan then reads ordinary files, and the old shards may go.
+    A clip its tar no longer holds intact is left for the shard stage to requeue. Returns
+    (restored, lost)."""
+    from laion_audio.shards.members import extract, flac_member, locate
+    from laion_audio.transcode.audio import pcm_sha256_of_file
+
+    released = work.released_root()
+    if not released or not os.path.isdir(released) or (
+            "://" not in shard_root and os.path.realpath(released) == os.path.realpath(shard_root)):
+        return 0, 0
+    restored = lost = 0
+    for chunk in ledger.iter_records(status=[Status.SHARDED]):
+        for rec in chunk:
+            path = work.abs(rec.flac_path)
+            if not rec.shard or not work.inside(rec.flac_path, work.audio) or os.path.isfile(path):
+                continue
+            tar, member = f"{released}/{rec.shard}", flac_member(rec.source, rec.source_id)
+            try:
+                if locate(tar, member) is None:
+                    raise FileNotFoundError(member)
+                extract(tar, member, path)
+                with open(path, "rb") as f:
+                    intact = not rec.audio_sha256 or pcm_sha256_of_file(f) == rec.audio_sha256
+            except Exception:           # a cut or damaged tar: libsndfile's generic errors too
+                intact = False
+            if intact:
+                restored += 1
+            else:
+                lost += 1
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+    if not lost:
+        work.forget_released()
+    return restored, lost
 
 
 def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, sources=None,
@@ -258,6 +303,9 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
     out for want of a caption, stats)."""
     stats = StageStats("shard")
     start = time.perf_counter()
+    restored, lost = restore_released_audio(ledger, work, shard_root)
+    if restored or lost:
+        stats.extra["flac_restored"] = restored
     # one Record per ready record, paths made absolute in place (no second copy of the set);
     # what each had before, to journal only the records this run changes
     ready, stored, before = [], [], []

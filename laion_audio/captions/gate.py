@@ -85,16 +85,17 @@ def repeats(caption: str) -> bool:
     return any(c >= 3 for c in counts.values())
 
 
-def repo_manifests() -> Path:
-    return Path(__file__).resolve().parents[2] / "manifests"
+#: AudioSet's class list and ontology as shipped (``manifests/audioset``, reached through the
+#: package's ``laion_audio/manifests`` link so an installed copy finds it too)
+SHIPPED_LABELS_DIR = Path(__file__).resolve().parents[1] / "manifests" / "audioset"
 
 
 def resolve_labels_dir(given: str | os.PathLike | None) -> Path | None:
-    """``--audioset-labels DIR`` when given, else ``manifests/`` when it ships the class list."""
+    """``--audioset-labels DIR`` when given, else the shipped class list (offline)."""
     if given:
         return Path(given)
-    if (repo_manifests() / "class_labels_indices.csv").is_file():
-        return repo_manifests()
+    if (SHIPPED_LABELS_DIR / "class_labels_indices.csv").is_file():
+        return SHIPPED_LABELS_DIR
     return None
 
 

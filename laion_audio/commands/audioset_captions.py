@@ -40,7 +40,7 @@ def register(sub) -> None:
                         "'template' for the paper's template only")
     p.add_argument("--out", required=True, metavar="FILE.parquet")
     p.add_argument("--audioset-labels", metavar="DIR",
-                   help="folder with class_labels_indices.csv (+ ontology.json); default: manifests/")
+                   help="folder with class_labels_indices.csv (+ ontology.json); default: the copy shipped in manifests/audioset)")
     p.add_argument("--template", default="sounds_of")
     p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"])
     p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
@@ -117,7 +117,7 @@ def run(args) -> int:
         return _fail(f"unknown template {args.template!r}; one of {sorted(templates.TEMPLATES)}")
     ldir = resolve_labels_dir(args.audioset_labels)
     if ldir is None:
-        return _fail("no AudioSet class list: give --audioset-labels DIR (manifests/ ships none)")
+        return _fail("no AudioSet class list: give --audioset-labels DIR (this installation lacks manifests/audioset)")
     if not (ldir / "class_labels_indices.csv").is_file():
         return _fail(f"{ldir}: no class_labels_indices.csv")
     labels = AudioSetLabels.from_dir(ldir)

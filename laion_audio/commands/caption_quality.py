@@ -38,8 +38,8 @@ def register(sub) -> None:
     p.add_argument("--write-report", action="store_true",
                    help="with --model: gate report on AudioSet label sets, saved beside the model")
     p.add_argument("--segments", metavar="CSV", help="AudioSet segments CSV for --write-report")
-    p.add_argument("--audioset-labels", metavar="DIR", help="class list (default: manifests/ or "
-                                                            "beside --segments)")
+    p.add_argument("--audioset-labels", metavar="DIR", help="class list (default: the copy "
+                                                            "shipped in manifests/audioset)")
     p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"])
     p.set_defaults(func=run)
 

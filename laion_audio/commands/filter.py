@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from . import _checks
@@ -52,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from laion_audio.filters.stage import FilterConfig
     from laion_audio.ledger import sidecar, writing
     from laion_audio.workdir import WorkDir
+    from crawlers.crawl import write_json
     from pipelines.stages import BY_NAME
 
     eval_audio = validate_filter(args)
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         lookup_budget=args.lookup_budget,
         # a build's ledger stores flac paths relative to its work folder, the ledger's parent
         audio_root=str(work.root),
+        shard_root=work.released_root(),     # clips the keep policy released: read from tars
         fingerprint_dir=None if args.fingerprint_dir == "none" else
         (args.fingerprint_dir or str(work.fingerprints)))
     with writing(args.ledger) as ledger:
@@ -72,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
     print(report.table())
     print(stats.line())
     out = Path(args.report) if args.report else sidecar(args.ledger, "filter_report.json")
-    out.write_text(json.dumps(report.as_dict(), indent=2))
+    write_json(out, report.as_dict(), work.public)   # published: no folder of this machine
     return 0

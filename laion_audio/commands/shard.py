@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -68,8 +67,10 @@ def validate_shard(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from laion_audio.ledger import LedgerError, writing
+    from laion_audio.records import Status
     from laion_audio.shards import READY_STATUSES, ShardError, ShardRun
     from laion_audio.workdir import WorkDir
+    from crawlers.crawl import write_json
     from pipelines.build import shard_ledger
 
     validate_shard(args)
@@ -96,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if waiting:
         print(f"  {waiting} transcoded records have no caption yet and were left out")
+    if stats.extra.get("flac_restored"):
+        print(f"  {stats.extra['flac_restored']} FLACs released to the previous shard root were "
+              "copied back into the work folder first")
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=1, sort_keys=True))
+        # published: no folder of this machine in it (the terminal above shows the full paths)
+        write_json(Path(args.report), report, lambda text: work.public(text, args.shards_to))
+    if records and not any(r.status == Status.SHARDED for r in records):
+        print(f"shard: no record was sharded ({len(records)} ready; see the lines above)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -48,5 +47,12 @@ def run(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report.as_dict(), indent=1, sort_keys=True))
+        # published: a local shard root becomes its last name (the terminal shows the full path)
+        from crawlers.crawl import write_json
+        from laion_audio.workdir import WorkDir
+
+        root = args.shards_to
+        public = None if "://" in root else WorkDir(Path(root).resolve().parent).public
+        write_json(Path(args.json_out), report.as_dict(),
+                   public and (lambda text: public(text, root)))
     return 0 if report.ok else 1

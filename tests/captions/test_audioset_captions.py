@@ -92,9 +92,6 @@ def test_bad_rows_are_counted_and_mistakes_are_one_line(shared_data, tmp_path):
     binary.write_bytes(csv_path.read_bytes()[:400] + b"\xff\xfe\x00garbage, 1, 2, \"x\"\n")
     bad = _cli("audioset-captions", binary, "--model", "template", "--out", out, *labels, "--no-progress")
     assert bad.returncode == 2 and "unreadable segments CSV" in bad.stderr and "Traceback" not in bad.stderr
-    if not (REPO / "manifests/class_labels_indices.csv").is_file():
-        bad = _cli("audioset-captions", csv_path, "--model", "template", "--out", out, "--no-progress")
-        assert bad.returncode == 2 and "--audioset-labels" in bad.stderr
 
 
 @pytest.mark.slow

@@ -37,6 +37,25 @@ def test_audioset_crawl_offline_without_labels_option(tmp_path, caplog):
     assert not (tmp_path / "cache").exists()      # nothing was downloaded
 
 
+def test_audioset_captions_offline_without_labels_option(tmp_path):
+    """The caption job's one-line form (README): the class list shipped in manifests/audioset,
+    the same table the crawl uses."""
+    import pyarrow.parquet as pq
+
+    from laion_audio.captions.gate import SHIPPED_LABELS_DIR as CAPTION_LABELS
+
+    assert CAPTION_LABELS.resolve() == SHIPPED_LABELS_DIR.resolve()
+    csv = tmp_path / "segments.csv"
+    csv.write_text(ROWS)
+    out = tmp_path / "captions.parquet"
+    res = subprocess.run([sys.executable, "-m", "laion_audio.cli", "audioset-captions", str(csv),
+                          "--model", "template", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert pq.read_table(out).column("text").to_pylist() == [
+        "The sounds of Domestic animals, pets, Squeak, Dog and Animal", "The sound of Hammer"]
+
+
 def test_audioset_labels_is_a_folder_or_the_csv(tmp_path):
     folder = AudioSetSource(labels=str(SHIPPED_LABELS_DIR), cache_dir=tmp_path)
     csv = AudioSetSource(labels=str(SHIPPED_LABELS_DIR / "class_labels_indices.csv"), cache_dir=tmp_path)

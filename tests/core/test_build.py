@@ -244,3 +244,58 @@ def test_two_node_ray_cluster_gives_the_same_shards(inline_build, corpus, tmp_pa
             _stop_node(node)
         shutil.rmtree(tmp_ray, ignore_errors=True)
     assert all(n.poll() is not None for n in nodes)
+
+
+def test_reports_written_by_the_standalone_commands_name_no_folder_of_this_machine(
+        inline_build, corpus, tmp_path):
+    """``shard --report``, ``filter --report`` and ``verify --json`` are published beside the
+    shards: like the build's stats, they name the work folder ``.`` and a shard root by its name."""
+    import json
+
+    from laion_audio.cli import main
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    evalset = tmp_path / "eval-clips"
+    evalset.mkdir()
+    shutil.copy(next(p for p in sorted(corpus.rglob("*.ogg"))), evalset / "clip.ogg")
+    shards_elsewhere = tmp_path / "published"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    assert main(["filter", "--out", str(out), "--eval-audio", f"mine={evalset}",
+                 "--evalsets-cache", str(tmp_path / "no-cache"),
+                 "--report", str(reports / "filter.json")]) == 0
+    assert main(["shard", "--out", str(out), "--shards-to", str(shards_elsewhere),
+                 "--report", str(reports / "shard.json")]) == 0
+    assert main(["verify", "--shards-to", str(shards_elsewhere),
+                 "--json", str(reports / "verify.json")]) == 0
+    for name in ("filter.json", "shard.json", "verify.json"):
+        text = (reports / name).read_text()
+        json.loads(text)
+        assert str(tmp_path) not in text and str(corpus) not in text, (name, text[:1500])
+    verified = json.loads((reports / "verify.json").read_text())
+    assert verified["out"] == "published" and verified["ok"]
+    # the keep policy had released every FLAC into out/shards: they were copied back (each
+    # checked) and the new root holds every sharded clip, not a requeue of the whole corpus
+    sharded = [r for r in Ledger(out / "ledger").records() if r.status == Status.SHARDED]
+    assert sharded and verified["totals"]["samples"] == len(sharded)
+    assert all((out / r.flac_path).is_file() for r in sharded)
+    assert not (out / "audio" / "RELEASED_TO").exists()
+
+
+def test_shard_to_a_new_root_when_the_old_tars_are_gone_requeues_and_exits_1(
+        inline_build, tmp_path, capsys):
+    """Released FLACs whose tars were deleted cannot be re-sharded: the records go back to be
+    fetched (nothing is marked failed) and the command does not claim success."""
+    from laion_audio.cli import main
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    shutil.rmtree(out / "shards")
+    assert (out / "audio" / "RELEASED_TO").read_text().strip() == "shards"
+    assert main(["shard", "--out", str(out), "--shards-to", str(tmp_path / "elsewhere")]) == 1
+    assert "no record was sharded" in capsys.readouterr().err
+    recs = Ledger(out / "ledger").records()
+    assert not any(r.status in (Status.SHARDED, Status.FAILED) and r.failure_stage == "shard"
+                   for r in recs)
+    assert sum(r.status == Status.NEW and r.failure_code == "clip_lost" for r in recs) >= 10

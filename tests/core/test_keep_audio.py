@@ -76,7 +76,7 @@ def test_default_build_deletes_sharded_flacs_and_equals_a_build_that_keeps_them(
         (kept / "ledger" / "ledger.parquet").read_bytes()
     # disk per folder in the summary: the work folder is now little more than its shards
     disk = json.loads((released / "stats" / "summary.json").read_text())["disk_bytes"]
-    assert disk["audio"] == 0 and disk["shards"] > 0
+    assert disk["audio"] < 512 and disk["shards"] > 0      # only the RELEASED_TO note
     assert sum(disk.values()) <= 1.6 * disk["shards"]
     # a sharded clip is read from its tar: same PCM as the kept FLAC
     work = WorkDir(released)
