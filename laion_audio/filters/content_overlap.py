@@ -149,10 +149,7 @@ class FingerprintIndex:
         """(first posting, posting count) of each query hash: a direct table when hashes are
         small integers (landmarks are 22 bits), else a binary search."""
         if self._bucket_start is not None:
-            top = len(self._bucket_start) - 1
-            q = qh.astype(np.int64)
-            lo = self._bucket_start[np.minimum(q, top)].astype(np.int64)
-            return lo, self._bucket_start[np.minimum(q + 1, top)].astype(np.int64) - lo
+            return _bucket_spans(qh, self._bucket_start)
         lo = np.searchsorted(self.hash, qh, side="left")
         return lo, np.searchsorted(self.hash, qh, side="right") - lo
 
@@ -245,49 +242,94 @@ def _scatter(h, r, t, fill, ref, time):
         fill[h[k]] = j + 1
 
 
-_EMPTY = np.int64(-1)
 _BIN_SHIFT = 5           # prefilter offset bins of 32 frames (a peak's evidence spans +-3)
-_FOLD = 8                # ... folded modulo 8 per ref, so the counter is dense and small
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_FOLD_BITS = 3           # ... folded modulo 8 per ref, so the counter is dense and small
+_FOLD = 1 << _FOLD_BITS
+#: a ref whose voted offsets span more frames than this (hours-long clips) is counted by a
+#: sort instead of a dense histogram, which would not fit in cache
+_MAX_WIDTH = 1 << 20
+#: queries' posting counts up to this are ranked by a histogram (the bucket cap keeps them
+#: small), larger ones by a sort
+_SELECT_HIST = 1 << 16
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_spans(qh, start):
+    """(first posting, posting count) of each query hash from the bucket table."""
+    top = len(start) - 1
+    lo = np.empty(len(qh), np.int64)
+    cnt = np.empty(len(qh), np.int64)
+    for k in range(len(qh)):
+        h = np.int64(qh[k])
+        a = start[min(h, top)]
+        lo[k] = a
+        cnt[k] = start[min(h + 1, top)] - a
+    return lo, cnt
 
 
 @numba.njit(cache=True, nogil=True)
 def _keep_rarest(cnt, qn, budget):
     """Per query (hashes grouped by query, ``qn`` each): keep its rarest hashes, ties in
-    order, while their postings fit in ``budget[q]``."""
+    order, while their postings fit in ``budget[q]``: the prefix of a stable sort by count
+    that fits, found by a histogram of the counts (a threshold count, and how many hashes at
+    that count still fit, first in order) instead of a sort per query."""
     keep = np.zeros(len(cnt), np.bool_)
+    top = 0
+    for k in range(len(cnt)):
+        top = max(top, cnt[k])
+    by_hist = top < _SELECT_HIST
+    hist = np.zeros(top + 1 if by_hist else 1, np.int64)
     k0 = 0
     for q in range(len(qn)):
         k1 = k0 + qn[q]
-        order = np.argsort(cnt[k0:k1], kind="mergesort")
-        used = 0
-        for i in order:
-            used += cnt[k0 + i]
-            if used > budget[q]:
-                break
-            keep[k0 + i] = True
+        if not by_hist:
+            order = np.argsort(cnt[k0:k1], kind="mergesort")
+            used = 0
+            for i in order:
+                used += cnt[k0 + i]
+                if used > budget[q]:
+                    break
+                keep[k0 + i] = True
+            k0 = k1
+            continue
+        for k in range(k0, k1):
+            hist[cnt[k]] += 1
+        used, left, c = 0, k1 - k0, 0
+        cut, fit = top + 1, 0         # counts below ``cut`` all fit; ``fit`` of those at it
+        while left > 0:
+            n_c = hist[c]
+            if n_c:
+                if used + c * n_c > budget[q]:
+                    cut, fit = c, ((budget[q] - used) // c if c > 0 else 0)
+                    break
+                used += c * n_c
+                left -= n_c
+            c += 1
+        for k in range(k0, k1):
+            x = cnt[k]
+            if x < cut:
+                keep[k] = True
+            elif x == cut and fit > 0:
+                keep[k] = True
+                fit -= 1
+            hist[x] = 0
         k0 = k1
     return keep
 
 
 @numba.njit(cache=True, nogil=True)
-def _slot(keys, key, mask):
-    """Open-addressing slot of ``key`` (its own, or the empty one where it would go)."""
-    h = (np.uint64(key) * _HASH_MUL) >> np.uint64(32)
-    i = np.int64(h & np.uint64(mask))
-    while keys[i] != _EMPTY and keys[i] != key:
-        i = (i + 1) & mask
-    return i
+def _count_near(u, c, j, target):
+    """Hits at offset ``target`` among the distinct sorted offsets ``u`` (counts ``c``) near
+    position ``j`` (within 2: targets are at most 2 frames from ``u[j]``)."""
+    for i in range(max(j - 2, 0), min(j + 3, len(u))):
+        if u[i] == target:
+            return c[i]
+    return 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_at(keys, vals, key, mask):
-    i = _slot(keys, key, mask)
-    return vals[i] if keys[i] == key else 0
-
-
-@numba.njit(cache=True, nogil=True)
-def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction):
+def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
+                max_width=_MAX_WIDTH):
     """(query, ref, offset, votes) of every offset peak that passes the vote threshold.
 
     Query hashes arrive grouped by query; query hash ``k`` hits postings
@@ -297,12 +339,16 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         ceil(min_fraction * min(query hashes, ref hashes)))``) has all its votes, and its
         neighbours' counts, within ``o +-3``, i.e. in the bins of its postings +-1; so a posting
         whose three bins (folding only adds) hold fewer than ``need`` hits cannot count for,
-        or next to, any kept peak and is dropped. Noise refs mostly go here, cheaply.
-    (2) the survivors are counted per exact (ref, offset) in an open-addressing hash table;
-    (3) an offset's votes are its count plus its +-1 neighbours' (one-frame tolerance), and it
-        is kept when it reaches ``need`` and is a local maximum along the offset axis (ties go
-        to the lower offset: strictly above the offset below, at least the offset above; an
-        offset with no hits of its own is no neighbour). Linear in postings, no sort.
+        or next to, any kept peak and is dropped. Noise refs mostly go here, cheaply; the
+        check runs branch-free over every posting, then exactly on the few that pass.
+    (2) the survivors are grouped by ref (a counting sort over the refs they touch), and a ref
+        with fewer than ``need`` of them is dropped whole;
+    (3) each remaining ref's offsets are counted in a dense histogram over their span (in
+        cache; a sort when the span exceeds ``max_width``): an offset's votes are its count plus
+        its +-1 neighbours' (one-frame tolerance), and it is kept when it reaches ``need`` and
+        is a local maximum along the offset axis (ties go to the lower offset: strictly above
+        the offset below, at least the offset above; an offset with no hits of its own is no
+        neighbour). Linear in postings; no hash table, no sort of the postings.
     """
     max_load = 0
     k0 = 0
@@ -313,17 +359,23 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             k1 += 1
         max_load = max(max_load, load)
         k0 = k1
-    size = 16
-    while size < 2 * max_load:
-        size *= 2
-    mask = size - 1
-    keys = np.full(size, _EMPTY, np.int64)
-    vals = np.zeros(size, np.int32)
-    used = np.empty(max_load, np.int64)
-    bins = np.empty(max_load, np.int64)      # each posting's prefilter counter, pass 1 -> 2, 3
+    mv = np.int64(np.ceil(min_votes))
+    need_ref = np.empty(n_refs, np.int64)      # the ref's side of ``need``
+    for r in range(n_refs):
+        need_ref[r] = np.int64(np.ceil(max(min_votes, np.ceil(min_fraction * n_hashes[r]))))
+    fm = np.int32(_FOLD - 1)
+    bins = np.empty(max_load, np.int32)        # each posting's prefilter counter
+    offs = np.empty(max_load, np.int32)        # ... and its offset
+    s_ref = np.empty(max_load, np.int32)       # survivors of (1): ref, offset
+    s_off = np.empty(max_load, np.int32)
+    g_off = np.empty(max_load, np.int32)       # ... grouped by ref
     # saturating uint8 counters: the table stays in L2 (800 kB at 100k refs). The prefilter
-    # only rejects below min(need, 255); the exact count in step (2) decides the rest
+    # only rejects below min(need, 255); the exact count in step (3) decides the rest
     per_bin = np.zeros(n_refs * _FOLD, np.uint8)
+    ref_n = np.zeros(n_refs, np.int32)         # survivors per ref, then (2)'s fill pointer
+    ref_end = np.zeros(n_refs, np.int32)
+    touched = np.empty(min(n_refs, max_load), np.int32)
+    hist = np.zeros(4096, np.int32)
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
@@ -336,72 +388,127 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         k1 = k0
         while k1 < len(cnt) and qi[k1] == q:
             k1 += 1
+        need_q = np.int64(np.ceil(max(min_votes, np.ceil(min_fraction * qn[q]))))
         n_post = 0
         for k in range(k0, k1):
+            t0 = np.int32(qt[k])
             for p in range(lo[k], lo[k] + cnt[k]):
-                off = np.int64(time[p]) - qt[k]
-                j = np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))
+                off = time[p] - t0
+                j = ref[p] * _FOLD + ((off >> _BIN_SHIFT) & fm)
                 bins[n_post] = j
+                offs[n_post] = off
                 n_post += 1
                 if per_bin[j] < 255:
                     per_bin[j] += 1
-        n_used = 0
-        n_post = 0
-        for k in range(k0, k1):
-            for p in range(lo[k], lo[k] + cnt[k]):
-                j = bins[n_post]
-                n_post += 1
-                base = j & ~np.int64(_FOLD - 1)
-                b = j & (_FOLD - 1)
-                near = (np.int64(per_bin[base + ((b - 1) & (_FOLD - 1))])
-                        + np.int64(per_bin[j])
-                        + np.int64(per_bin[base + ((b + 1) & (_FOLD - 1))]))
-                if near < min_votes:
-                    continue
-                r = base // _FOLD
-                if r == ex[q]:
-                    continue
-                need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
-                if near < min(need, 255):
-                    continue
-                off = np.int64(time[p]) - qt[k]
-                key = (np.int64(r) << 32) | (off + (1 << 31))
-                i = _slot(keys, key, mask)
-                if keys[i] != key:
-                    keys[i] = key
-                    used[n_used] = i
-                    n_used += 1
-                vals[i] += 1
-        for u in range(n_used):
-            i = used[u]
-            key = keys[i]
-            r = key >> 32
-            c_lo = _count_at(keys, vals, key - 1, mask)
-            c_hi = _count_at(keys, vals, key + 1, mask)
-            v = vals[i] + c_lo + c_hi
-            need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
-            if v < need:
+        # (1) branch-free: keep every posting whose three bins reach min_votes ...
+        n_s = 0
+        for i in range(n_post):
+            j = bins[i]
+            base = j & ~fm
+            b = j & fm
+            near = (np.int64(per_bin[base + ((b - 1) & fm)]) + np.int64(per_bin[j])
+                    + np.int64(per_bin[base + ((b + 1) & fm)]))
+            s_ref[n_s] = base >> _FOLD_BITS
+            s_off[n_s] = offs[i]
+            n_s += near >= mv
+        # ... then those that reach their pair's own threshold, counted per ref
+        n_t = 0
+        m = 0
+        for i in range(n_s):
+            r = s_ref[i]
+            if r == ex[q]:
                 continue
-            if c_lo > 0 and v <= c_lo + vals[i] + _count_at(keys, vals, key - 2, mask):
+            need = min(need_q, need_ref[r])
+            j = r * _FOLD + ((s_off[i] >> _BIN_SHIFT) & fm)
+            b = j & fm
+            base = j - b
+            near = (np.int64(per_bin[base + ((b - 1) & fm)]) + np.int64(per_bin[j])
+                    + np.int64(per_bin[base + ((b + 1) & fm)]))
+            if near < min(need, 255):
                 continue
-            if c_hi > 0 and v < c_hi + vals[i] + _count_at(keys, vals, key + 2, mask):
-                continue
-            if n_out == cap:
-                cap *= 2
-                out_q = np.concatenate((out_q, np.empty(cap - n_out, np.int64)))
-                out_r = np.concatenate((out_r, np.empty(cap - n_out, np.int64)))
-                out_o = np.concatenate((out_o, np.empty(cap - n_out, np.int64)))
-                out_v = np.concatenate((out_v, np.empty(cap - n_out, np.int64)))
-            out_q[n_out] = q
-            out_r[n_out] = r
-            out_o[n_out] = (key & 0xFFFFFFFF) - (1 << 31)
-            out_v[n_out] = v
-            n_out += 1
-        for u in range(n_used):
-            keys[used[u]] = _EMPTY
-            vals[used[u]] = 0
+            if ref_n[r] == 0:
+                touched[n_t] = r
+                n_t += 1
+            ref_n[r] += 1
+            s_ref[m] = r
+            s_off[m] = s_off[i]
+            m += 1
         for i in range(n_post):
             per_bin[bins[i]] = 0
+        # (2) group the survivors by ref
+        pos = 0
+        for t in range(n_t):
+            r = touched[t]
+            ref_end[r] = pos
+            pos += ref_n[r]
+        for i in range(m):
+            r = s_ref[i]
+            g_off[ref_end[r]] = s_off[i]
+            ref_end[r] += 1
+        # (3) per ref: votes per offset, peaks
+        for t in range(n_t):
+            r = touched[t]
+            b = ref_end[r]
+            a = b - ref_n[r]
+            ref_n[r] = 0
+            need = min(need_q, need_ref[r])
+            if b - a < need:
+                continue
+            omin = g_off[a]
+            omax = omin
+            for i in range(a + 1, b):
+                omin = min(omin, g_off[i])
+                omax = max(omax, g_off[i])
+            width = np.int64(omax) - omin + 5
+            if n_out + (b - a) > cap:
+                cap = max(2 * cap, n_out + (b - a))
+                out_q = np.concatenate((out_q[:n_out], np.empty(cap - n_out, np.int64)))
+                out_r = np.concatenate((out_r[:n_out], np.empty(cap - n_out, np.int64)))
+                out_o = np.concatenate((out_o[:n_out], np.empty(cap - n_out, np.int64)))
+                out_v = np.concatenate((out_v[:n_out], np.empty(cap - n_out, np.int64)))
+            if width > max_width:
+                u = np.unique(g_off[a:b])
+                c = np.zeros(len(u), np.int64)
+                for i in range(a, b):
+                    c[np.searchsorted(u, g_off[i])] += 1
+                for j in range(len(u)):
+                    o = np.int64(u[j])
+                    c_lo = _count_near(u, c, j, o - 1)
+                    c_hi = _count_near(u, c, j, o + 1)
+                    v = c[j] + c_lo + c_hi
+                    if v < need:
+                        continue
+                    if c_lo > 0 and v <= c_lo + c[j] + _count_near(u, c, j, o - 2):
+                        continue
+                    if c_hi > 0 and v < c_hi + c[j] + _count_near(u, c, j, o + 2):
+                        continue
+                    out_q[n_out], out_r[n_out], out_o[n_out], out_v[n_out] = q, r, o, v
+                    n_out += 1
+                continue
+            if width > len(hist):
+                hist = np.zeros(max(width, 2 * len(hist)), np.int32)
+            base = omin - 2
+            for i in range(a, b):
+                hist[g_off[i] - base] += 1
+            for i in range(a, b):
+                x = g_off[i] - base
+                c0 = hist[x]
+                if c0 < 0:            # this offset's votes are already decided
+                    continue
+                hist[x] = -c0
+                c_lo = abs(hist[x - 1])
+                c_hi = abs(hist[x + 1])
+                v = c0 + c_lo + c_hi
+                if v < need:
+                    continue
+                if c_lo > 0 and v <= c_lo + c0 + abs(hist[x - 2]):
+                    continue
+                if c_hi > 0 and v < c_hi + c0 + abs(hist[x + 2]):
+                    continue
+                out_q[n_out], out_r[n_out], out_o[n_out], out_v[n_out] = q, r, g_off[i], v
+                n_out += 1
+            for i in range(a, b):
+                hist[g_off[i] - base] = 0
         k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
