@@ -169,43 +169,24 @@ class FingerprintIndex:
             return []
         qn = np.array([len(q) for q in queries], np.int64)
         qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
-        qt = np.concatenate([q.times for q in queries]).astype(np.int64)
-        qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
+        qt = np.concatenate([q.times for q in queries]).astype(np.int32)
         lo, cnt = self._buckets(qh)
-        cnt[cnt > self.max_bucket] = 0
         # per-query posting budget: every hash carries the same evidence for the true
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
         budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        keep = _keep_rarest(cnt, qn, budget)
-        qn = np.bincount(qi[keep], minlength=len(queries)).astype(np.int64)
-        lo, cnt, qt, qi = lo[keep], cnt[keep], qt[keep], qi[keep]
+        lo, cnt, qt, qi, qn = _select(lo, cnt, qt, qn, budget, self.max_bucket)
         if not int(cnt.sum()):
             return []
         ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
             np.asarray(exclude_self, np.int64)
+        # per query: its ``top`` refs, each with its best ``offsets`` offsets (looped material
+        # votes for several offsets a period apart; the check picks the right one)
         uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, qn, ex, self.ref, self.time,
                                         self._n_hashes_arr, len(self.keys),
-                                        float(min_votes), float(min_fraction))
-        if not len(uq):
-            return []
-        # per (query, ref): its best ``offsets`` offsets (looped material votes for several
-        # offsets a period apart; the check picks the right one); per query: its ``top`` refs
-        order = np.lexsort((uo, -votes, ur, uq))
-        uq, ur, uo, votes = uq[order], ur[order], uo[order], votes[order]
-        pair = np.concatenate([[0], np.cumsum((uq[1:] != uq[:-1]) | (ur[1:] != ur[:-1]))])
-        pair_start = np.searchsorted(pair, pair, side="left")
-        keep = (np.arange(len(pair)) - pair_start) < offsets
-        first = (np.arange(len(pair)) - pair_start) == 0
-        # rank refs inside each query by their best vote
-        fq, fr, fv = uq[first], ur[first], votes[first]
-        o2 = np.lexsort((fr, -fv, fq))
-        rank = np.empty(len(fq), np.int64)
-        fq_sorted = fq[o2]
-        rank[o2] = np.arange(len(fq)) - np.searchsorted(fq_sorted, fq_sorted, side="left")
-        keep &= rank[pair] < top
-        return [Candidate(int(a), int(b), int(c), int(d))
-                for a, b, c, d in zip(uq[keep], ur[keep], uo[keep], votes[keep])]
+                                        float(min_votes), float(min_fraction), top, offsets)
+        return [Candidate(a, b, c, d) for a, b, c, d in
+                zip(uq.tolist(), ur.tolist(), uo.tolist(), votes.tolist())]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -318,6 +299,32 @@ def _keep_rarest(cnt, qn, budget):
 
 
 @numba.njit(cache=True, nogil=True)
+def _select(lo, cnt, qt, qn, budget, max_bucket):
+    """The query hashes each query keeps (buckets over ``max_bucket`` count as empty, then
+    :func:`_keep_rarest`), compacted: (lo, cnt, qt, query of each, kept hashes per query)."""
+    cnt = np.where(cnt > max_bucket, 0, cnt)
+    keep = _keep_rarest(cnt, qn, budget)
+    n = 0
+    for k in range(len(keep)):
+        n += keep[k]
+    lo2 = np.empty(n, np.int64)
+    cnt2 = np.empty(n, np.int64)
+    qt2 = np.empty(n, np.int64)
+    qi2 = np.empty(n, np.int64)
+    qn2 = np.zeros(len(qn), np.int64)
+    m = 0
+    k0 = 0
+    for q in range(len(qn)):
+        for k in range(k0, k0 + qn[q]):
+            if keep[k]:
+                lo2[m], cnt2[m], qt2[m], qi2[m] = lo[k], cnt[k], qt[k], q
+                qn2[q] += 1
+                m += 1
+        k0 += qn[q]
+    return lo2, cnt2, qt2, qi2, qn2
+
+
+@numba.njit(cache=True, nogil=True)
 def _count_near(u, c, j, target):
     """Hits at offset ``target`` among the distinct sorted offsets ``u`` (counts ``c``) near
     position ``j`` (within 2: targets are at most 2 frames from ``u[j]``)."""
@@ -329,8 +336,10 @@ def _count_near(u, c, j, target):
 
 @numba.njit(cache=True, nogil=True)
 def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
-                max_width=_MAX_WIDTH):
-    """(query, ref, offset, votes) of every offset peak that passes the vote threshold.
+                top, offsets, max_width=_MAX_WIDTH):
+    """(query, ref, offset, votes) of the offset peaks that pass the vote threshold: per
+    query its ``top`` refs by best votes (ties: lower ref), each with its ``offsets`` best
+    peaks (ties: lower offset), sorted by (query, ref, -votes, offset).
 
     Query hashes arrive grouped by query; query hash ``k`` hits postings
     ``lo[k] : lo[k] + cnt[k]``. Per query:
@@ -360,14 +369,15 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         max_load = max(max_load, load)
         k0 = k1
     mv = np.int64(np.ceil(min_votes))
-    need_ref = np.empty(n_refs, np.int64)      # the ref's side of ``need``
+    need_ref = np.empty(n_refs, np.int32)      # the ref's side of ``need``
     for r in range(n_refs):
-        need_ref[r] = np.int64(np.ceil(max(min_votes, np.ceil(min_fraction * n_hashes[r]))))
+        need_ref[r] = min(2 ** 31 - 1, np.ceil(max(min_votes, np.ceil(min_fraction * n_hashes[r]))))
     fm = np.int32(_FOLD - 1)
     bins = np.empty(max_load, np.int32)        # each posting's prefilter counter
     offs = np.empty(max_load, np.int32)        # ... and its offset
     s_ref = np.empty(max_load, np.int32)       # survivors of (1): ref, offset
     s_off = np.empty(max_load, np.int32)
+    s_near = np.empty(max_load, np.int32)      # ... and its prefilter count
     g_off = np.empty(max_load, np.int32)       # ... grouped by ref
     # saturating uint8 counters: the table stays in L2 (800 kB at 100k refs). The prefilter
     # only rejects below min(need, 255); the exact count in step (3) decides the rest
@@ -376,6 +386,14 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     ref_end = np.zeros(n_refs, np.int32)
     touched = np.empty(min(n_refs, max_load), np.int32)
     hist = np.zeros(4096, np.int32)
+    pk_o = np.empty(max_load, np.int64)        # one ref's peaks: offset, votes
+    pk_v = np.empty(max_load, np.int64)
+    sq_o = np.empty(max_load, np.int64)        # one query's: each ref's best ``offsets``
+    sq_v = np.empty(max_load, np.int64)
+    sr_ref = np.empty(max_load, np.int64)      # ... per ref: ref, first, count, best votes
+    sr_first = np.empty(max_load, np.int64)
+    sr_n = np.empty(max_load, np.int64)
+    sr_key = np.empty(max_load, np.int64)
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
@@ -410,6 +428,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                     + np.int64(per_bin[base + ((b + 1) & fm)]))
             s_ref[n_s] = base >> _FOLD_BITS
             s_off[n_s] = offs[i]
+            s_near[n_s] = near
             n_s += near >= mv
         # ... then those that reach their pair's own threshold, counted per ref
         n_t = 0
@@ -418,13 +437,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             r = s_ref[i]
             if r == ex[q]:
                 continue
-            need = min(need_q, need_ref[r])
-            j = r * _FOLD + ((s_off[i] >> _BIN_SHIFT) & fm)
-            b = j & fm
-            base = j - b
-            near = (np.int64(per_bin[base + ((b - 1) & fm)]) + np.int64(per_bin[j])
-                    + np.int64(per_bin[base + ((b + 1) & fm)]))
-            if near < min(need, 255):
+            if s_near[i] < min(need_q, need_ref[r], 255):
                 continue
             if ref_n[r] == 0:
                 touched[n_t] = r
@@ -445,7 +458,9 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             r = s_ref[i]
             g_off[ref_end[r]] = s_off[i]
             ref_end[r] += 1
-        # (3) per ref: votes per offset, peaks
+        # (3) per ref: votes per offset, peaks; its best ``offsets`` peaks
+        n_sq = 0
+        n_sr = 0
         for t in range(n_t):
             r = touched[t]
             b = ref_end[r]
@@ -460,12 +475,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                 omin = min(omin, g_off[i])
                 omax = max(omax, g_off[i])
             width = np.int64(omax) - omin + 5
-            if n_out + (b - a) > cap:
-                cap = max(2 * cap, n_out + (b - a))
-                out_q = np.concatenate((out_q[:n_out], np.empty(cap - n_out, np.int64)))
-                out_r = np.concatenate((out_r[:n_out], np.empty(cap - n_out, np.int64)))
-                out_o = np.concatenate((out_o[:n_out], np.empty(cap - n_out, np.int64)))
-                out_v = np.concatenate((out_v[:n_out], np.empty(cap - n_out, np.int64)))
+            n_pk = 0
             if width > max_width:
                 u = np.unique(g_off[a:b])
                 c = np.zeros(len(u), np.int64)
@@ -482,33 +492,69 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                         continue
                     if c_hi > 0 and v < c_hi + c[j] + _count_near(u, c, j, o + 2):
                         continue
-                    out_q[n_out], out_r[n_out], out_o[n_out], out_v[n_out] = q, r, o, v
-                    n_out += 1
+                    pk_o[n_pk], pk_v[n_pk] = o, v
+                    n_pk += 1
+            else:
+                if width > len(hist):
+                    hist = np.zeros(max(width, 2 * len(hist)), np.int32)
+                base = omin - 2
+                for i in range(a, b):
+                    hist[g_off[i] - base] += 1
+                for i in range(a, b):
+                    x = g_off[i] - base
+                    c0 = hist[x]
+                    if c0 < 0:            # this offset's votes are already decided
+                        continue
+                    hist[x] = -c0
+                    c_lo = abs(hist[x - 1])
+                    c_hi = abs(hist[x + 1])
+                    v = c0 + c_lo + c_hi
+                    if v < need:
+                        continue
+                    if c_lo > 0 and v <= c_lo + c0 + abs(hist[x - 2]):
+                        continue
+                    if c_hi > 0 and v < c_hi + c0 + abs(hist[x + 2]):
+                        continue
+                    pk_o[n_pk], pk_v[n_pk] = g_off[i], v
+                    n_pk += 1
+                for i in range(a, b):
+                    hist[g_off[i] - base] = 0
+            if not n_pk:
                 continue
-            if width > len(hist):
-                hist = np.zeros(max(width, 2 * len(hist)), np.int32)
-            base = omin - 2
-            for i in range(a, b):
-                hist[g_off[i] - base] += 1
-            for i in range(a, b):
-                x = g_off[i] - base
-                c0 = hist[x]
-                if c0 < 0:            # this offset's votes are already decided
-                    continue
-                hist[x] = -c0
-                c_lo = abs(hist[x - 1])
-                c_hi = abs(hist[x + 1])
-                v = c0 + c_lo + c_hi
-                if v < need:
-                    continue
-                if c_lo > 0 and v <= c_lo + c0 + abs(hist[x - 2]):
-                    continue
-                if c_hi > 0 and v < c_hi + c0 + abs(hist[x + 2]):
-                    continue
-                out_q[n_out], out_r[n_out], out_o[n_out], out_v[n_out] = q, r, g_off[i], v
-                n_out += 1
-            for i in range(a, b):
-                hist[g_off[i] - base] = 0
+            # best first (most votes, then lower offset): insertion sort, peaks are few
+            for i in range(1, n_pk):
+                o, v = pk_o[i], pk_v[i]
+                j = i - 1
+                while j >= 0 and (pk_v[j] < v or (pk_v[j] == v and pk_o[j] > o)):
+                    pk_o[j + 1], pk_v[j + 1] = pk_o[j], pk_v[j]
+                    j -= 1
+                pk_o[j + 1], pk_v[j + 1] = o, v
+            n_keep = min(n_pk, offsets)
+            sr_ref[n_sr], sr_first[n_sr], sr_n[n_sr] = r, n_sq, n_keep
+            sr_key[n_sr] = -pk_v[0] * (np.int64(1) << 32) + r   # rank: most votes, lower ref
+            n_sr += 1
+            for i in range(n_keep):
+                sq_o[n_sq], sq_v[n_sq] = pk_o[i], pk_v[i]
+                n_sq += 1
+        # the query's ``top`` refs, out in ref order
+        if n_sr:
+            best = np.sort(np.argsort(sr_key[:n_sr])[:top]) if n_sr > top else np.arange(n_sr)
+            chosen = sr_ref[:n_sr][best]
+            order = best[np.argsort(chosen)]
+            total = 0
+            for e in order:
+                total += sr_n[e]
+            if n_out + total > cap:
+                cap = max(2 * cap, n_out + total)
+                out_q = np.concatenate((out_q[:n_out], np.empty(cap - n_out, np.int64)))
+                out_r = np.concatenate((out_r[:n_out], np.empty(cap - n_out, np.int64)))
+                out_o = np.concatenate((out_o[:n_out], np.empty(cap - n_out, np.int64)))
+                out_v = np.concatenate((out_v[:n_out], np.empty(cap - n_out, np.int64)))
+            for e in order:
+                for i in range(sr_first[e], sr_first[e] + sr_n[e]):
+                    out_q[n_out], out_r[n_out] = q, sr_ref[e]
+                    out_o[n_out], out_v[n_out] = sq_o[i], sq_v[i]
+                    n_out += 1
         k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
