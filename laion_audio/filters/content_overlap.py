@@ -370,21 +370,22 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         k0 = k1
     mv = np.int64(np.ceil(min_votes))
     need_ref = np.empty(n_refs, np.int32)      # the ref's side of ``need``
+    need8 = np.empty(n_refs, np.uint8)         # ... capped like the prefilter's counters
     for r in range(n_refs):
         need_ref[r] = min(2 ** 31 - 1, np.ceil(max(min_votes, np.ceil(min_fraction * n_hashes[r]))))
+        need8[r] = min(need_ref[r], 255)
     fm = np.int32(_FOLD - 1)
     bins = np.empty(max_load, np.int32)        # each posting's prefilter counter
     offs = np.empty(max_load, np.int32)        # ... and its offset
     s_ref = np.empty(max_load, np.int32)       # survivors of (1): ref, offset
     s_off = np.empty(max_load, np.int32)
-    s_near = np.empty(max_load, np.int32)      # ... and its prefilter count
     g_off = np.empty(max_load, np.int32)       # ... grouped by ref
     # saturating uint8 counters: the table stays in L2 (800 kB at 100k refs). The prefilter
     # only rejects below min(need, 255); the exact count in step (3) decides the rest
     per_bin = np.zeros(n_refs * _FOLD, np.uint8)
     ref_n = np.zeros(n_refs, np.int32)         # survivors per ref, then (2)'s fill pointer
     ref_end = np.zeros(n_refs, np.int32)
-    touched = np.empty(min(n_refs, max_load), np.int32)
+    touched = np.empty(max_load + 1, np.int32)
     hist = np.zeros(4096, np.int32)
     pk_o = np.empty(max_load, np.int64)        # one ref's peaks: offset, votes
     pk_v = np.empty(max_load, np.int64)
@@ -418,7 +419,9 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                 n_post += 1
                 if per_bin[j] < 255:
                     per_bin[j] += 1
-        # (1) branch-free: keep every posting whose three bins reach min_votes ...
+        # (1) branch-free: keep every posting whose three bins reach its pair's threshold
+        xr = ex[q]
+        nq = min(need_q, 255)
         n_s = 0
         for i in range(n_post):
             j = bins[i]
@@ -426,26 +429,18 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             b = j & fm
             near = (np.int64(per_bin[base + ((b - 1) & fm)]) + np.int64(per_bin[j])
                     + np.int64(per_bin[base + ((b + 1) & fm)]))
-            s_ref[n_s] = base >> _FOLD_BITS
+            r = base >> _FOLD_BITS
+            s_ref[n_s] = r
             s_off[n_s] = offs[i]
-            s_near[n_s] = near
-            n_s += near >= mv
-        # ... then those that reach their pair's own threshold, counted per ref
+            n_s += (near >= mv) & (near >= min(nq, np.int64(need8[r]))) & (r != xr)
+        # ... counted per ref (``touched``: each ref once, in order of first survivor)
         n_t = 0
-        m = 0
         for i in range(n_s):
             r = s_ref[i]
-            if r == ex[q]:
-                continue
-            if s_near[i] < min(need_q, need_ref[r], 255):
-                continue
-            if ref_n[r] == 0:
-                touched[n_t] = r
-                n_t += 1
+            touched[n_t] = r
+            n_t += ref_n[r] == 0
             ref_n[r] += 1
-            s_ref[m] = r
-            s_off[m] = s_off[i]
-            m += 1
+        m = n_s
         for i in range(n_post):
             per_bin[bins[i]] = 0
         # (2) group the survivors by ref
