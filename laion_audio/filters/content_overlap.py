@@ -184,7 +184,8 @@ class FingerprintIndex:
         # votes for several offsets a period apart; the check picks the right one)
         uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, qn, ex, self.ref, self.time,
                                         self._n_hashes_arr, len(self.keys),
-                                        float(min_votes), float(min_fraction), top, offsets)
+                                        float(min_votes), float(min_fraction), top, offsets,
+                                        _MAX_WIDTH)
         return [Candidate(a, b, c, d) for a, b, c, d in
                 zip(uq.tolist(), ur.tolist(), uo.tolist(), votes.tolist())]
 
