@@ -175,14 +175,15 @@ class FingerprintIndex:
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
         budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        lo, cnt, qt, qi, qn = _select(lo, cnt, qt, qn, budget, self.max_bucket)
+        cnt, kept = _select(cnt, qn, budget, self.max_bucket)
         if not int(cnt.sum()):
             return []
         ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
             np.asarray(exclude_self, np.int64)
         # per query: its ``top`` refs, each with its best ``offsets`` offsets (looped material
         # votes for several offsets a period apart; the check picks the right one)
-        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, qn, ex, self.ref, self.time,
+        qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
+        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, kept, ex, self.ref, self.time,
                                         self._n_hashes_arr, len(self.keys),
                                         float(min_votes), float(min_fraction), top, offsets,
                                         _MAX_WIDTH)
@@ -300,29 +301,20 @@ def _keep_rarest(cnt, qn, budget):
 
 
 @numba.njit(cache=True, nogil=True)
-def _select(lo, cnt, qt, qn, budget, max_bucket):
+def _select(cnt, qn, budget, max_bucket):
     """The query hashes each query keeps (buckets over ``max_bucket`` count as empty, then
-    :func:`_keep_rarest`), compacted: (lo, cnt, qt, query of each, kept hashes per query)."""
-    cnt = np.where(cnt > max_bucket, 0, cnt)
-    keep = _keep_rarest(cnt, qn, budget)
-    n = 0
-    for k in range(len(keep)):
-        n += keep[k]
-    lo2 = np.empty(n, np.int64)
-    cnt2 = np.empty(n, np.int64)
-    qt2 = np.empty(n, np.int64)
-    qi2 = np.empty(n, np.int64)
-    qn2 = np.zeros(len(qn), np.int64)
-    m = 0
+    :func:`_keep_rarest`): their posting counts, 0 for the others (no compacted copies), and
+    the number each query keeps."""
+    out = np.where(cnt > max_bucket, 0, cnt)
+    keep = _keep_rarest(out, qn, budget)
+    kept = np.zeros(len(qn), np.int64)
     k0 = 0
     for q in range(len(qn)):
         for k in range(k0, k0 + qn[q]):
-            if keep[k]:
-                lo2[m], cnt2[m], qt2[m], qi2[m] = lo[k], cnt[k], qt[k], q
-                qn2[q] += 1
-                m += 1
+            kept[q] += keep[k]
+            out[k] *= keep[k]
         k0 += qn[q]
-    return lo2, cnt2, qt2, qi2, qn2
+    return out, kept
 
 
 @numba.njit(cache=True, nogil=True)
