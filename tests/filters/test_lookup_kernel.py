@@ -107,17 +107,21 @@ def _tuples(cands):
     return [(c.query, c.ref, c.offset, c.votes) for c in cands]
 
 
-@pytest.mark.parametrize("max_width", [co._MAX_WIDTH, 16])
-def test_candidates_equal_their_definition(monkeypatch, max_width):
+@pytest.mark.parametrize("max_width,wide", [(co._MAX_WIDTH, False), (16, False), (co._MAX_WIDTH, True)])
+def test_candidates_equal_their_definition(monkeypatch, max_width, wide):
     """Every candidate the kernels give, and no other, in the same order, under a budget that
-    thins most queries, with the dense offset histogram and (``max_width`` 16) the sorted
-    fallback for wide offset spans."""
+    thins most queries, with the dense offset histogram, (``max_width`` 16) the sorted
+    fallback for wide offset spans, and (``wide``) hashes over 2^24 (binary-searched buckets)."""
     monkeypatch.setattr(co, "_MAX_WIDTH", max_width)
     refs, queries = _corpus()
+    if wide:
+        for fp in {id(f): f for f in refs + queries}.values():     # the long ref is a query too
+            fp.hashes = fp.hashes + np.uint32(1 << 25)
     index = co.FingerprintIndex(max_bucket=60, postings_per_hash=3, min_budget=400)
     for i, fp in enumerate(refs):
         index.add(i, fp)
     index.build()
+    assert (index.hash is not None) == wide
     cases = [dict(), dict(min_votes=4, top=2, offsets=1), dict(min_votes=3, min_fraction=0.05, top=50,
                                                                offsets=50),
              dict(min_votes=4, exclude_self=[int(q % len(refs)) for q in range(len(queries))])]
