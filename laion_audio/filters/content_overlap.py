@@ -318,6 +318,12 @@ def _select(cnt, qn, budget, max_bucket):
 
 
 @numba.njit(cache=True, nogil=True)
+def _need(min_votes, min_fraction, n):
+    """``max(min_votes, ceil(min_fraction * n))`` as the least integer vote count that passes."""
+    return np.int64(np.ceil(max(min_votes, np.ceil(min_fraction * n))))
+
+
+@numba.njit(cache=True, nogil=True)
 def _count_near(u, c, j, target):
     """Hits at offset ``target`` among the distinct sorted offsets ``u`` (counts ``c``) near
     position ``j`` (within 2: targets are at most 2 frames from ``u[j]``)."""
@@ -362,11 +368,11 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         max_load = max(max_load, load)
         k0 = k1
     mv = np.int64(np.ceil(min_votes))
-    need_ref = np.empty(n_refs, np.int32)      # the ref's side of ``need``
-    need8 = np.empty(n_refs, np.uint8)         # ... capped like the prefilter's counters
+    # the ref's side of ``need``, capped like the prefilter's counters (a small table: at 100k
+    # refs the kernel's random-access tables must share the L2 cache)
+    need8 = np.empty(n_refs, np.uint8)
     for r in range(n_refs):
-        need_ref[r] = min(2 ** 31 - 1, np.ceil(max(min_votes, np.ceil(min_fraction * n_hashes[r]))))
-        need8[r] = min(need_ref[r], 255)
+        need8[r] = min(255, _need(min_votes, min_fraction, n_hashes[r]))
     fm = np.int32(_FOLD - 1)
     bins = np.empty(max_load, np.int32)        # each posting's prefilter counter
     offs = np.empty(max_load, np.int32)        # ... and its offset
@@ -377,7 +383,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     # only rejects below min(need, 255); the exact count in step (3) decides the rest
     per_bin = np.zeros(n_refs * _FOLD, np.uint8)
     ref_n = np.zeros(n_refs, np.int32)         # survivors per ref, then (2)'s fill pointer
-    ref_end = np.zeros(n_refs, np.int32)
+    t_n = np.empty(max_load + 1, np.int32)     # survivors per touched ref
     touched = np.empty(max_load + 1, np.int32)
     hist = np.zeros(4096, np.int32)
     pk_o = np.empty(max_load, np.int64)        # one ref's peaks: offset, votes
@@ -400,7 +406,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         k1 = k0
         while k1 < len(cnt) and qi[k1] == q:
             k1 += 1
-        need_q = np.int64(np.ceil(max(min_votes, np.ceil(min_fraction * qn[q]))))
+        need_q = _need(min_votes, min_fraction, qn[q])
         n_post = 0
         for k in range(k0, k1):
             t0 = np.int32(qt[k])
@@ -440,21 +446,23 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         pos = 0
         for t in range(n_t):
             r = touched[t]
-            ref_end[r] = pos
-            pos += ref_n[r]
+            t_n[t] = ref_n[r]
+            ref_n[r] = pos
+            pos += t_n[t]
         for i in range(m):
             r = s_ref[i]
-            g_off[ref_end[r]] = s_off[i]
-            ref_end[r] += 1
+            g_off[ref_n[r]] = s_off[i]
+            ref_n[r] += 1
         # (3) per ref: votes per offset, peaks; its best ``offsets`` peaks
         n_sq = 0
         n_sr = 0
         for t in range(n_t):
             r = touched[t]
-            b = ref_end[r]
-            a = b - ref_n[r]
+            b = ref_n[r]
+            a = b - t_n[t]
             ref_n[r] = 0
-            need = min(need_q, need_ref[r])
+            need = min(need_q, np.int64(need8[r]) if need8[r] < 255 else
+                       _need(min_votes, min_fraction, n_hashes[r]))
             if b - a < need:
                 continue
             omin = g_off[a]
