@@ -375,9 +375,8 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         need8[r] = min(255, _need(min_votes, min_fraction, n_hashes[r]))
     fm = np.int32(_FOLD - 1)
     bins = np.empty(max_load, np.int32)        # each posting's prefilter counter
-    offs = np.empty(max_load, np.int32)        # ... and its offset
-    s_ref = np.empty(max_load, np.int32)       # survivors of (1): ref, offset
-    s_off = np.empty(max_load, np.int32)
+    offs = np.empty(max_load, np.int32)        # ... and its offset (survivors' compacted in place)
+    s_ref = np.empty(max_load, np.int32)       # survivors of (1): ref
     g_off = np.empty(max_load, np.int32)       # ... grouped by ref
     # saturating uint8 counters: the table stays in L2 (800 kB at 100k refs). The prefilter
     # only rejects below min(need, 255); the exact count in step (3) decides the rest
@@ -430,7 +429,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                     + np.int64(per_bin[base + ((b + 1) & fm)]))
             r = base >> _FOLD_BITS
             s_ref[n_s] = r
-            s_off[n_s] = offs[i]
+            offs[n_s] = offs[i]
             n_s += (near >= mv) & (near >= min(nq, np.int64(need8[r]))) & (r != xr)
         # ... counted per ref (``touched``: each ref once, in order of first survivor)
         n_t = 0
@@ -451,7 +450,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             pos += t_n[t]
         for i in range(m):
             r = s_ref[i]
-            g_off[ref_n[r]] = s_off[i]
+            g_off[ref_n[r]] = offs[i]
             ref_n[r] += 1
         # (3) per ref: votes per offset, peaks; its best ``offsets`` peaks
         n_sq = 0
