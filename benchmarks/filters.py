@@ -4,6 +4,7 @@ measured in the same run.
     python benchmarks/filters.py id            # id filter over 2.5 M synthetic ledger rows
     python benchmarks/filters.py fingerprint   # ours vs Chromaprint (fpcalc) on real clips
     python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
+    python benchmarks/filters.py lookup --sizes 100000 --against main   # ... beside main's lookup
     python benchmarks/filters.py neardup       # near-duplicate precision + cost, distinct clips
     python benchmarks/filters.py stage         # filter_ledger seconds/record, 1k vs 8k FLACs
     python benchmarks/filters.py warp          # planted speed/pitch/tempo copies: exact vs + warp pass
