@@ -2,11 +2,11 @@
 
 The index is two int32 arrays grouped by hash (clip, anchor time), placed by a counting sort,
 plus a table of bucket starts indexed by hash value, so finding a query hash's postings is two
-gathers. Votes
-over (clip, time offset) pairs are counted by one numba kernel, :func:`_vote_peaks`, linear in
-postings (dense prefilter counters, then the survivors grouped by clip and counted in a dense
-offset histogram; no hash table, no sort), for a batch of queries at once. A reference that shares at least ``min_votes`` hashes at one offset (+-1 frame) is a
-*candidate*; :class:`ContentMatcher` confirms it with
+gathers. Votes over (clip, time offset) pairs are counted by one numba kernel,
+:func:`_vote_peaks`, linear in postings (dense prefilter counters, then the survivors grouped
+by clip and counted in a dense offset histogram; no hash table, no sort), for a batch of
+queries at once. A reference that shares at least ``min_votes`` hashes at one offset (+-1
+frame) is a *candidate*; :class:`ContentMatcher` confirms it with
 :func:`fingerprint.aligned_correlation` on band envelopes, the only thing that decides.
 
 Over-full buckets (a hash that half the corpus contains, e.g. a steady hum) carry no
