@@ -4,6 +4,7 @@ measured in the same run.
     python benchmarks/filters.py id            # id filter over 2.5 M synthetic ledger rows
     python benchmarks/filters.py fingerprint   # ours vs Chromaprint (fpcalc) on real clips
     python benchmarks/filters.py lookup        # lookups/s against 10k..100k-clip indexes
+    python benchmarks/filters.py lookup --sizes 100000 --against main   # ... beside main's lookup
     python benchmarks/filters.py neardup       # near-duplicate precision + cost, distinct clips
     python benchmarks/filters.py stage         # filter_ledger seconds/record, 1k vs 8k FLACs
     python benchmarks/filters.py warp          # planted speed/pitch/tempo copies: exact vs + warp pass
@@ -215,14 +216,35 @@ def _varied_fingerprints(orig, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.
     return np.concatenate(hs), np.concatenate(rs), np.concatenate(ts), ns
 
 
+def _content_overlap_at(rev: str):
+    """``laion_audio/filters/content_overlap.py`` as committed at ``rev``, imported as a module
+    of its own (to time an older lookup against today's in the same process)."""
+    import importlib.util
+
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:laion_audio/filters/content_overlap.py"],
+                         capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="lookup-baseline-")) / "content_overlap_baseline.py"
+    path.write_text(src.replace("from .", "from laion_audio.filters."))
+    spec = importlib.util.spec_from_file_location("content_overlap_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod              # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_queries: int = 400,
                  max_bucket: int = 5000, index_model: str = "varied",
-                 budgets=((30_000, 15),)) -> list[dict]:
+                 budgets=((30_000, 15),), against: str | None = None) -> list[dict]:
     """Index = real fingerprints of the originals + synthetic clips (``index_model``:
     "varied" = re-voiced real fingerprints, see :func:`_varied_fingerprints`; "pooled" = each
     synthetic clip draws its hashes from the pooled originals, i.e. a corpus made of the same
     few recordings over and over, the worst case for bucket loads). Queries = real perturbed
-    copies (trim + gain) of the originals, looked up in batches of 400, per posting budget."""
+    copies (trim + gain) of the originals, looked up in batches of 400, per posting budget.
+
+    ``against`` (a git revision): the lookup of that revision's ``content_overlap.py`` runs on
+    the same index, alternating with today's (5 runs each), and the candidates must be the same.
+    Lookups/s are by the wall clock and per CPU second of the process (the machine is shared:
+    the wall clock also counts the time other processes had the core)."""
     from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex
     from laion_audio.filters.fingerprint import fingerprint
     from robustness import PERTURBATIONS
@@ -254,16 +276,35 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
         idx.build()
         t_build = time.perf_counter() - t_build
         idx.candidates(pert[:8])                       # numba compile / cache load
+        base = None
+        if against:
+            base = _content_overlap_at(against).FingerprintIndex()
+            base.__dict__.update(idx.__dict__)         # the same arrays, the old code
+            base.candidates(pert[:8])
         for min_budget, per_hash in budgets:
             idx.min_budget, idx.postings_per_hash = min_budget, per_hash
+            if base is not None:
+                base.min_budget, base.postings_per_hash = min_budget, per_hash
 
-            def lookup():
-                found = 0
+            def lookup(ix):
+                found, got = 0, []
                 for s in range(0, len(pert), 400):
-                    cands = idx.candidates(pert[s:s + 400])
+                    cands = ix.candidates(pert[s:s + 400])
                     found += len({(c.query, c.ref) for c in cands if c.query + s == c.ref})
-                return found
-            t, found = _median_time(lookup, repeat=5)
+                    got += [(c.query + s, c.ref, c.offset, c.votes) for c in cands]
+                return found, got
+            runs = {"new": ([], [])} if base is None else {"new": ([], []), "base": ([], [])}
+            for _ in range(5):                         # alternated: the same machine state
+                for name in runs:
+                    w, c = time.perf_counter(), time.process_time()
+                    out_name = lookup(idx if name == "new" else base)
+                    runs[name][0].append(time.perf_counter() - w)
+                    runs[name][1].append(time.process_time() - c)
+                    if name == "new":
+                        found, got = out_name
+                    else:
+                        base_found, base_got = out_name
+            t = statistics.median(runs["new"][0])
             matcher = ContentMatcher(idx)
             t_m, res = _median_time(lambda: matcher.match(pert, ref_bands=lambda r: orig[r].bands
                                                            if r < len(orig) else None), repeat=1)
@@ -272,9 +313,24 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
                         "budget": [min_budget, per_hash], "max_bucket": max_bucket,
                         "index_landmarks": idx.n_postings, "index_gb": round(idx.nbytes / 1e9, 3),
                         "build_s": round(t_build, 1), "lookups_per_s_per_core": round(len(pert) / t),
+                        "lookups_per_cpu_s": round(len(pert) / statistics.median(runs["new"][1])),
                         "candidate_recall": found / len(pert),
                         "lookup+confirm_per_s": round(len(pert) / t_m),
-                        "confirmed_recall": confirmed / len(pert)})
+                        "confirmed_recall": confirmed / len(pert),
+                        "load_1min": round(os.getloadavg()[0], 1)})
+            if base is not None:
+                tb, cb = statistics.median(runs["base"][0]), statistics.median(runs["base"][1])
+                out[-1].update({"against": against, "against_lookups_per_s_per_core": round(len(pert) / tb),
+                                "against_lookups_per_cpu_s": round(len(pert) / cb),
+                                "against_candidate_recall": base_found / len(pert),
+                                "speedup_wall": round(tb / t, 2),
+                                "speedup_cpu": round(cb / statistics.median(runs["new"][1]), 2),
+                                "same_candidates": got == base_got})
+                print(f"lookup {size} clips, budget {min_budget}: {out[-1]['lookups_per_s_per_core']}/s "
+                      f"(cpu {out[-1]['lookups_per_cpu_s']}/s) vs {against} "
+                      f"{out[-1]['against_lookups_per_s_per_core']}/s (cpu {out[-1]['against_lookups_per_cpu_s']}/s):"
+                      f" {out[-1]['speedup_wall']}x wall, {out[-1]['speedup_cpu']}x cpu, "
+                      f"same candidates: {out[-1]['same_candidates']}", flush=True)
             print("lookup:", json.dumps(out[-1]), flush=True)
         del idx
     return out
@@ -512,6 +568,8 @@ def main() -> None:
                     help="how the synthetic index clips get their hashes (see bench_lookup)")
     ap.add_argument("--budgets", default="25000:12",
                     help="comma list of min_budget:postings_per_hash to measure")
+    ap.add_argument("--against", default=None, help="lookup: also time this git revision's "
+                    "content_overlap.py on the same index, alternating (e.g. main)")
     args = ap.parse_args()
     print("note: 2 CPU cores shared by 7 engineers while measured; read the ratios")
     if args.what in ("id", "all"):
@@ -522,7 +580,7 @@ def main() -> None:
         sizes = tuple(int(s) for s in (args.sizes or "10000,30000,100000").split(","))
         budgets = tuple(tuple(int(v) for v in b.split(":")) for b in args.budgets.split(","))
         bench_lookup(sizes, args.clip_seconds, max_bucket=args.max_bucket,
-                     index_model=args.index_model, budgets=budgets)
+                     index_model=args.index_model, budgets=budgets, against=args.against)
     if args.what in ("neardup", "all"):
         bench_neardup(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")), procs=args.procs,
                       cache=args.cache, queries=args.queries)

@@ -2,11 +2,11 @@
 
 The index is two int32 arrays grouped by hash (clip, anchor time), placed by a counting sort,
 plus a table of bucket starts indexed by hash value, so finding a query hash's postings is two
-gathers. Votes
-over (clip, time offset) pairs are counted by one numba kernel, :func:`_vote_peaks`, linear in
-postings (dense prefilter counters, then a hash table; no sort), for a batch of queries at
-once. A reference that shares at least ``min_votes`` hashes at one offset (+-1 frame) is a
-*candidate*; :class:`ContentMatcher` confirms it with
+gathers. Votes over (clip, time offset) pairs are counted by one numba kernel,
+:func:`_vote_peaks`, linear in postings (dense prefilter counters, then the survivors grouped
+by clip and counted in a dense offset histogram; no hash table, no sort), for a batch of
+queries at once. A reference that shares at least ``min_votes`` hashes at one offset (+-1
+frame) is a *candidate*; :class:`ContentMatcher` confirms it with
 :func:`fingerprint.aligned_correlation` on band envelopes, the only thing that decides.
 
 Over-full buckets (a hash that half the corpus contains, e.g. a steady hum) carry no
@@ -149,10 +149,7 @@ class FingerprintIndex:
         """(first posting, posting count) of each query hash: a direct table when hashes are
         small integers (landmarks are 22 bits), else a binary search."""
         if self._bucket_start is not None:
-            top = len(self._bucket_start) - 1
-            q = qh.astype(np.int64)
-            lo = self._bucket_start[np.minimum(q, top)].astype(np.int64)
-            return lo, self._bucket_start[np.minimum(q + 1, top)].astype(np.int64) - lo
+            return _bucket_spans(qh, self._bucket_start)
         lo = np.searchsorted(self.hash, qh, side="left")
         return lo, np.searchsorted(self.hash, qh, side="right") - lo
 
@@ -172,43 +169,26 @@ class FingerprintIndex:
             return []
         qn = np.array([len(q) for q in queries], np.int64)
         qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
-        qt = np.concatenate([q.times for q in queries]).astype(np.int64)
-        qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
+        qt = np.concatenate([q.times for q in queries]).astype(np.int32)
         lo, cnt = self._buckets(qh)
-        cnt[cnt > self.max_bucket] = 0
         # per-query posting budget: every hash carries the same evidence for the true
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
         budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        keep = _keep_rarest(cnt, qn, budget)
-        qn = np.bincount(qi[keep], minlength=len(queries)).astype(np.int64)
-        lo, cnt, qt, qi = lo[keep], cnt[keep], qt[keep], qi[keep]
+        cnt, kept = _select(cnt, qn, budget, self.max_bucket)
         if not int(cnt.sum()):
             return []
         ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
             np.asarray(exclude_self, np.int64)
-        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, qn, ex, self.ref, self.time,
+        # per query: its ``top`` refs, each with its best ``offsets`` offsets (looped material
+        # votes for several offsets a period apart; the check picks the right one)
+        qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
+        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, kept, ex, self.ref, self.time,
                                         self._n_hashes_arr, len(self.keys),
-                                        float(min_votes), float(min_fraction))
-        if not len(uq):
-            return []
-        # per (query, ref): its best ``offsets`` offsets (looped material votes for several
-        # offsets a period apart; the check picks the right one); per query: its ``top`` refs
-        order = np.lexsort((uo, -votes, ur, uq))
-        uq, ur, uo, votes = uq[order], ur[order], uo[order], votes[order]
-        pair = np.concatenate([[0], np.cumsum((uq[1:] != uq[:-1]) | (ur[1:] != ur[:-1]))])
-        pair_start = np.searchsorted(pair, pair, side="left")
-        keep = (np.arange(len(pair)) - pair_start) < offsets
-        first = (np.arange(len(pair)) - pair_start) == 0
-        # rank refs inside each query by their best vote
-        fq, fr, fv = uq[first], ur[first], votes[first]
-        o2 = np.lexsort((fr, -fv, fq))
-        rank = np.empty(len(fq), np.int64)
-        fq_sorted = fq[o2]
-        rank[o2] = np.arange(len(fq)) - np.searchsorted(fq_sorted, fq_sorted, side="left")
-        keep &= rank[pair] < top
-        return [Candidate(int(a), int(b), int(c), int(d))
-                for a, b, c, d in zip(uq[keep], ur[keep], uo[keep], votes[keep])]
+                                        float(min_votes), float(min_fraction), top, offsets,
+                                        _MAX_WIDTH)
+        return [Candidate(a, b, c, d) for a, b, c, d in
+                zip(uq.tolist(), ur.tolist(), uo.tolist(), votes.tolist())]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -245,50 +225,120 @@ def _scatter(h, r, t, fill, ref, time):
         fill[h[k]] = j + 1
 
 
-_EMPTY = np.int64(-1)
 _BIN_SHIFT = 5           # prefilter offset bins of 32 frames (a peak's evidence spans +-3)
-_FOLD = 8                # ... folded modulo 8 per ref, so the counter is dense and small
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_FOLD_BITS = 3           # ... folded modulo 8 per ref, so the counter is dense and small
+_FOLD = 1 << _FOLD_BITS
+#: a ref whose voted offsets span more frames than this (hours-long clips) is counted by a
+#: sort instead of a dense histogram, which would not fit in cache
+_MAX_WIDTH = 1 << 20
+#: queries' posting counts up to this are ranked by a histogram (the bucket cap keeps them
+#: small), larger ones by a sort
+_SELECT_HIST = 1 << 16
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_spans(qh, start):
+    """(first posting, posting count) of each query hash from the bucket table."""
+    top = len(start) - 1
+    lo = np.empty(len(qh), np.int64)
+    cnt = np.empty(len(qh), np.int64)
+    for k in range(len(qh)):
+        h = np.int64(qh[k])
+        a = start[min(h, top)]
+        lo[k] = a
+        cnt[k] = start[min(h + 1, top)] - a
+    return lo, cnt
 
 
 @numba.njit(cache=True, nogil=True)
 def _keep_rarest(cnt, qn, budget):
     """Per query (hashes grouped by query, ``qn`` each): keep its rarest hashes, ties in
-    order, while their postings fit in ``budget[q]``."""
+    order, while their postings fit in ``budget[q]``: the prefix of a stable sort by count
+    that fits, found by a histogram of the counts (a threshold count, and how many hashes at
+    that count still fit, first in order) instead of a sort per query."""
     keep = np.zeros(len(cnt), np.bool_)
+    top = 0
+    for k in range(len(cnt)):
+        top = max(top, cnt[k])
+    by_hist = top < _SELECT_HIST
+    hist = np.zeros(top + 1 if by_hist else 1, np.int64)
     k0 = 0
     for q in range(len(qn)):
         k1 = k0 + qn[q]
-        order = np.argsort(cnt[k0:k1], kind="mergesort")
-        used = 0
-        for i in order:
-            used += cnt[k0 + i]
-            if used > budget[q]:
-                break
-            keep[k0 + i] = True
+        if not by_hist:
+            order = np.argsort(cnt[k0:k1], kind="mergesort")
+            used = 0
+            for i in order:
+                used += cnt[k0 + i]
+                if used > budget[q]:
+                    break
+                keep[k0 + i] = True
+            k0 = k1
+            continue
+        for k in range(k0, k1):
+            hist[cnt[k]] += 1
+        used, left, c = 0, k1 - k0, 0
+        cut, fit = top + 1, 0         # counts below ``cut`` all fit; ``fit`` of those at it
+        while left > 0:
+            n_c = hist[c]
+            if n_c:
+                if used + c * n_c > budget[q]:
+                    cut, fit = c, ((budget[q] - used) // c if c > 0 else 0)
+                    break
+                used += c * n_c
+                left -= n_c
+            c += 1
+        for k in range(k0, k1):
+            x = cnt[k]
+            if x < cut:
+                keep[k] = True
+            elif x == cut and fit > 0:
+                keep[k] = True
+                fit -= 1
+            hist[x] = 0
         k0 = k1
     return keep
 
 
 @numba.njit(cache=True, nogil=True)
-def _slot(keys, key, mask):
-    """Open-addressing slot of ``key`` (its own, or the empty one where it would go)."""
-    h = (np.uint64(key) * _HASH_MUL) >> np.uint64(32)
-    i = np.int64(h & np.uint64(mask))
-    while keys[i] != _EMPTY and keys[i] != key:
-        i = (i + 1) & mask
-    return i
+def _select(cnt, qn, budget, max_bucket):
+    """The query hashes each query keeps (buckets over ``max_bucket`` count as empty, then
+    :func:`_keep_rarest`): their posting counts, 0 for the others (no compacted copies), and
+    the number each query keeps."""
+    out = np.where(cnt > max_bucket, 0, cnt)
+    keep = _keep_rarest(out, qn, budget)
+    kept = np.zeros(len(qn), np.int64)
+    k0 = 0
+    for q in range(len(qn)):
+        for k in range(k0, k0 + qn[q]):
+            kept[q] += keep[k]
+            out[k] *= keep[k]
+        k0 += qn[q]
+    return out, kept
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_at(keys, vals, key, mask):
-    i = _slot(keys, key, mask)
-    return vals[i] if keys[i] == key else 0
+def _need(min_votes, min_fraction, n):
+    """``max(min_votes, ceil(min_fraction * n))`` as the least integer vote count that passes."""
+    return np.int64(np.ceil(max(min_votes, np.ceil(min_fraction * n))))
 
 
 @numba.njit(cache=True, nogil=True)
-def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction):
-    """(query, ref, offset, votes) of every offset peak that passes the vote threshold.
+def _count_near(u, c, j, target):
+    """Hits at offset ``target`` among the distinct sorted offsets ``u`` (counts ``c``) near
+    position ``j`` (within 2: targets are at most 2 frames from ``u[j]``)."""
+    for i in range(max(j - 2, 0), min(j + 3, len(u))):
+        if u[i] == target:
+            return c[i]
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
+                top, offsets, max_width=_MAX_WIDTH):
+    """(query, ref, offset, votes) of the offset peaks that pass the vote threshold: per
+    query its ``top`` refs by best votes (ties: lower ref), each with its ``offsets`` best
+    peaks (ties: lower offset), sorted by (query, ref, -votes, offset).
 
     Query hashes arrive grouped by query; query hash ``k`` hits postings
     ``lo[k] : lo[k] + cnt[k]``. Per query:
@@ -297,12 +347,16 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         ceil(min_fraction * min(query hashes, ref hashes)))``) has all its votes, and its
         neighbours' counts, within ``o +-3``, i.e. in the bins of its postings +-1; so a posting
         whose three bins (folding only adds) hold fewer than ``need`` hits cannot count for,
-        or next to, any kept peak and is dropped. Noise refs mostly go here, cheaply.
-    (2) the survivors are counted per exact (ref, offset) in an open-addressing hash table;
-    (3) an offset's votes are its count plus its +-1 neighbours' (one-frame tolerance), and it
-        is kept when it reaches ``need`` and is a local maximum along the offset axis (ties go
-        to the lower offset: strictly above the offset below, at least the offset above; an
-        offset with no hits of its own is no neighbour). Linear in postings, no sort.
+        or next to, any kept peak and is dropped. Noise refs mostly go here, cheaply; the
+        check runs branch-free over every posting, then exactly on the few that pass.
+    (2) the survivors are grouped by ref (a counting sort over the refs they touch), and a ref
+        with fewer than ``need`` of them is dropped whole;
+    (3) each remaining ref's offsets are counted in a dense histogram over their span (in
+        cache; a sort when the span exceeds ``max_width``): an offset's votes are its count plus
+        its +-1 neighbours' (one-frame tolerance), and it is kept when it reaches ``need`` and
+        is a local maximum along the offset axis (ties go to the lower offset: strictly above
+        the offset below, at least the offset above; an offset with no hits of its own is no
+        neighbour). Linear in postings; no hash table, no sort of the postings.
     """
     max_load = 0
     k0 = 0
@@ -313,17 +367,32 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
             k1 += 1
         max_load = max(max_load, load)
         k0 = k1
-    size = 16
-    while size < 2 * max_load:
-        size *= 2
-    mask = size - 1
-    keys = np.full(size, _EMPTY, np.int64)
-    vals = np.zeros(size, np.int32)
-    used = np.empty(max_load, np.int64)
-    bins = np.empty(max_load, np.int64)      # each posting's prefilter counter, pass 1 -> 2, 3
+    mv = np.int64(np.ceil(min_votes))
+    # the ref's side of ``need``, capped like the prefilter's counters (a small table: at 100k
+    # refs the kernel's random-access tables must share the L2 cache)
+    need8 = np.empty(n_refs, np.uint8)
+    for r in range(n_refs):
+        need8[r] = min(255, _need(min_votes, min_fraction, n_hashes[r]))
+    fm = np.int32(_FOLD - 1)
+    bins = np.empty(max_load, np.int32)        # each posting's prefilter counter
+    offs = np.empty(max_load, np.int32)        # ... and its offset (survivors' compacted in place)
+    s_ref = np.empty(max_load, np.int32)       # survivors of (1): ref
+    g_off = np.empty(max_load, np.int32)       # ... grouped by ref
     # saturating uint8 counters: the table stays in L2 (800 kB at 100k refs). The prefilter
-    # only rejects below min(need, 255); the exact count in step (2) decides the rest
+    # only rejects below min(need, 255); the exact count in step (3) decides the rest
     per_bin = np.zeros(n_refs * _FOLD, np.uint8)
+    ref_n = np.zeros(n_refs, np.int32)         # survivors per ref, then (2)'s fill pointer
+    t_n = np.empty(max_load + 1, np.int32)     # survivors per touched ref
+    touched = np.empty(max_load + 1, np.int32)
+    hist = np.zeros(4096, np.int32)
+    pk_o = np.empty(max_load, np.int64)        # one ref's peaks: offset, votes
+    pk_v = np.empty(max_load, np.int64)
+    sq_o = np.empty(max_load, np.int64)        # one query's: each ref's best ``offsets``
+    sq_v = np.empty(max_load, np.int64)
+    sr_ref = np.empty(max_load, np.int64)      # ... per ref: ref, first, count, best votes
+    sr_first = np.empty(max_load, np.int64)
+    sr_n = np.empty(max_load, np.int64)
+    sr_key = np.empty(max_load, np.int64)
     cap = 1024
     out_q = np.empty(cap, np.int64)
     out_r = np.empty(cap, np.int64)
@@ -336,72 +405,151 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
         k1 = k0
         while k1 < len(cnt) and qi[k1] == q:
             k1 += 1
+        need_q = _need(min_votes, min_fraction, qn[q])
         n_post = 0
         for k in range(k0, k1):
+            t0 = np.int32(qt[k])
             for p in range(lo[k], lo[k] + cnt[k]):
-                off = np.int64(time[p]) - qt[k]
-                j = np.int64(ref[p]) * _FOLD + ((off >> _BIN_SHIFT) & (_FOLD - 1))
+                off = time[p] - t0
+                j = ref[p] * _FOLD + ((off >> _BIN_SHIFT) & fm)
                 bins[n_post] = j
+                offs[n_post] = off
                 n_post += 1
                 if per_bin[j] < 255:
                     per_bin[j] += 1
-        n_used = 0
-        n_post = 0
-        for k in range(k0, k1):
-            for p in range(lo[k], lo[k] + cnt[k]):
-                j = bins[n_post]
-                n_post += 1
-                base = j & ~np.int64(_FOLD - 1)
-                b = j & (_FOLD - 1)
-                near = (np.int64(per_bin[base + ((b - 1) & (_FOLD - 1))])
-                        + np.int64(per_bin[j])
-                        + np.int64(per_bin[base + ((b + 1) & (_FOLD - 1))]))
-                if near < min_votes:
-                    continue
-                r = base // _FOLD
-                if r == ex[q]:
-                    continue
-                need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
-                if near < min(need, 255):
-                    continue
-                off = np.int64(time[p]) - qt[k]
-                key = (np.int64(r) << 32) | (off + (1 << 31))
-                i = _slot(keys, key, mask)
-                if keys[i] != key:
-                    keys[i] = key
-                    used[n_used] = i
-                    n_used += 1
-                vals[i] += 1
-        for u in range(n_used):
-            i = used[u]
-            key = keys[i]
-            r = key >> 32
-            c_lo = _count_at(keys, vals, key - 1, mask)
-            c_hi = _count_at(keys, vals, key + 1, mask)
-            v = vals[i] + c_lo + c_hi
-            need = max(min_votes, np.ceil(min_fraction * min(qn[q], n_hashes[r])))
-            if v < need:
-                continue
-            if c_lo > 0 and v <= c_lo + vals[i] + _count_at(keys, vals, key - 2, mask):
-                continue
-            if c_hi > 0 and v < c_hi + vals[i] + _count_at(keys, vals, key + 2, mask):
-                continue
-            if n_out == cap:
-                cap *= 2
-                out_q = np.concatenate((out_q, np.empty(cap - n_out, np.int64)))
-                out_r = np.concatenate((out_r, np.empty(cap - n_out, np.int64)))
-                out_o = np.concatenate((out_o, np.empty(cap - n_out, np.int64)))
-                out_v = np.concatenate((out_v, np.empty(cap - n_out, np.int64)))
-            out_q[n_out] = q
-            out_r[n_out] = r
-            out_o[n_out] = (key & 0xFFFFFFFF) - (1 << 31)
-            out_v[n_out] = v
-            n_out += 1
-        for u in range(n_used):
-            keys[used[u]] = _EMPTY
-            vals[used[u]] = 0
+        # (1) branch-free: keep every posting whose three bins reach its pair's threshold
+        xr = ex[q]
+        nq = min(need_q, 255)
+        n_s = 0
+        for i in range(n_post):
+            j = bins[i]
+            base = j & ~fm
+            b = j & fm
+            near = (np.int64(per_bin[base + ((b - 1) & fm)]) + np.int64(per_bin[j])
+                    + np.int64(per_bin[base + ((b + 1) & fm)]))
+            r = base >> _FOLD_BITS
+            s_ref[n_s] = r
+            offs[n_s] = offs[i]
+            n_s += (near >= mv) & (near >= min(nq, np.int64(need8[r]))) & (r != xr)
+        # ... counted per ref (``touched``: each ref once, in order of first survivor)
+        n_t = 0
+        for i in range(n_s):
+            r = s_ref[i]
+            touched[n_t] = r
+            n_t += ref_n[r] == 0
+            ref_n[r] += 1
+        m = n_s
         for i in range(n_post):
             per_bin[bins[i]] = 0
+        # (2) group the survivors by ref
+        pos = 0
+        for t in range(n_t):
+            r = touched[t]
+            t_n[t] = ref_n[r]
+            ref_n[r] = pos
+            pos += t_n[t]
+        for i in range(m):
+            r = s_ref[i]
+            g_off[ref_n[r]] = offs[i]
+            ref_n[r] += 1
+        # (3) per ref: votes per offset, peaks; its best ``offsets`` peaks
+        n_sq = 0
+        n_sr = 0
+        for t in range(n_t):
+            r = touched[t]
+            b = ref_n[r]
+            a = b - t_n[t]
+            ref_n[r] = 0
+            need = min(need_q, np.int64(need8[r]) if need8[r] < 255 else
+                       _need(min_votes, min_fraction, n_hashes[r]))
+            if b - a < need:
+                continue
+            omin = g_off[a]
+            omax = omin
+            for i in range(a + 1, b):
+                omin = min(omin, g_off[i])
+                omax = max(omax, g_off[i])
+            width = np.int64(omax) - omin + 5
+            n_pk = 0
+            if width > max_width:
+                u = np.unique(g_off[a:b])
+                c = np.zeros(len(u), np.int64)
+                for i in range(a, b):
+                    c[np.searchsorted(u, g_off[i])] += 1
+                for j in range(len(u)):
+                    o = np.int64(u[j])
+                    c_lo = _count_near(u, c, j, o - 1)
+                    c_hi = _count_near(u, c, j, o + 1)
+                    v = c[j] + c_lo + c_hi
+                    if v < need:
+                        continue
+                    if c_lo > 0 and v <= c_lo + c[j] + _count_near(u, c, j, o - 2):
+                        continue
+                    if c_hi > 0 and v < c_hi + c[j] + _count_near(u, c, j, o + 2):
+                        continue
+                    pk_o[n_pk], pk_v[n_pk] = o, v
+                    n_pk += 1
+            else:
+                if width > len(hist):
+                    hist = np.zeros(max(width, 2 * len(hist)), np.int32)
+                base = omin - 2
+                for i in range(a, b):
+                    hist[g_off[i] - base] += 1
+                for i in range(a, b):
+                    x = g_off[i] - base
+                    c0 = hist[x]
+                    if c0 < 0:            # this offset's votes are already decided
+                        continue
+                    hist[x] = -c0
+                    c_lo = abs(hist[x - 1])
+                    c_hi = abs(hist[x + 1])
+                    v = c0 + c_lo + c_hi
+                    if v < need:
+                        continue
+                    if c_lo > 0 and v <= c_lo + c0 + abs(hist[x - 2]):
+                        continue
+                    if c_hi > 0 and v < c_hi + c0 + abs(hist[x + 2]):
+                        continue
+                    pk_o[n_pk], pk_v[n_pk] = g_off[i], v
+                    n_pk += 1
+                for i in range(a, b):
+                    hist[g_off[i] - base] = 0
+            if not n_pk:
+                continue
+            # best first (most votes, then lower offset): insertion sort, peaks are few
+            for i in range(1, n_pk):
+                o, v = pk_o[i], pk_v[i]
+                j = i - 1
+                while j >= 0 and (pk_v[j] < v or (pk_v[j] == v and pk_o[j] > o)):
+                    pk_o[j + 1], pk_v[j + 1] = pk_o[j], pk_v[j]
+                    j -= 1
+                pk_o[j + 1], pk_v[j + 1] = o, v
+            n_keep = min(n_pk, offsets)
+            sr_ref[n_sr], sr_first[n_sr], sr_n[n_sr] = r, n_sq, n_keep
+            sr_key[n_sr] = -pk_v[0] * (np.int64(1) << 32) + r   # rank: most votes, lower ref
+            n_sr += 1
+            for i in range(n_keep):
+                sq_o[n_sq], sq_v[n_sq] = pk_o[i], pk_v[i]
+                n_sq += 1
+        # the query's ``top`` refs, out in ref order
+        if n_sr:
+            best = np.sort(np.argsort(sr_key[:n_sr])[:top]) if n_sr > top else np.arange(n_sr)
+            chosen = sr_ref[:n_sr][best]
+            order = best[np.argsort(chosen)]
+            total = 0
+            for e in order:
+                total += sr_n[e]
+            if n_out + total > cap:
+                cap = max(2 * cap, n_out + total)
+                out_q = np.concatenate((out_q[:n_out], np.empty(cap - n_out, np.int64)))
+                out_r = np.concatenate((out_r[:n_out], np.empty(cap - n_out, np.int64)))
+                out_o = np.concatenate((out_o[:n_out], np.empty(cap - n_out, np.int64)))
+                out_v = np.concatenate((out_v[:n_out], np.empty(cap - n_out, np.int64)))
+            for e in order:
+                for i in range(sr_first[e], sr_first[e] + sr_n[e]):
+                    out_q[n_out], out_r[n_out] = q, sr_ref[e]
+                    out_o[n_out], out_v[n_out] = sq_o[i], sq_v[i]
+                    n_out += 1
         k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 

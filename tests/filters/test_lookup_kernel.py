@@ -1,0 +1,155 @@
+"""The exact path's lookup kernels (``FingerprintIndex.candidates``: bucket spans, rarest-hash
+selection, offset voting, per-query top refs) give the candidates of their plain definition."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from laion_audio.filters import content_overlap as co
+from laion_audio.filters.fingerprint import Fingerprint
+
+
+def _reference(index: co.FingerprintIndex, queries, *, min_votes=6, min_fraction=0.02, top=5,
+               offsets=4, exclude_self=None) -> list[tuple[int, int, int, int]]:
+    """The definition, per query, in plain Python: buckets found by binary search in the hash
+    column, buckets over ``max_bucket`` count as empty, the rarest hashes kept (stable sort by
+    posting count) while their postings fit the budget; votes per (ref, offset); an offset's
+    votes are its count plus its +-1 neighbours', kept when >= need and a local maximum (above
+    the offset below, at least the offset above, counting only neighbours with hits); per ref
+    its best ``offsets`` (most votes, lower offset), per query its ``top`` refs (best votes,
+    lower ref), out by (ref, -votes, offset)."""
+    hashes = index._old_hashes()
+    out = []
+    for q, fp in enumerate(queries):
+        lo = np.searchsorted(hashes, fp.hashes, side="left")
+        cnt = np.searchsorted(hashes, fp.hashes, side="right") - lo
+        cnt[cnt > index.max_bucket] = 0
+        budget = max(index.postings_per_hash * len(fp), index.min_budget)
+        order = np.argsort(cnt, kind="stable")
+        kept = order[np.cumsum(cnt[order]) <= budget]
+        votes: Counter = Counter()
+        for k in kept:
+            for p in range(lo[k], lo[k] + cnt[k]):
+                votes[(int(index.ref[p]), int(index.time[p]) - int(fp.times[k]))] += 1
+        peaks: dict[int, list[tuple[int, int]]] = {}
+        for (r, o), c in votes.items():
+            if exclude_self is not None and r == exclude_self[q]:
+                continue
+            need = max(min_votes, np.ceil(min_fraction * min(len(kept), index.n_hashes[r])))
+            c_lo, c_hi = votes.get((r, o - 1), 0), votes.get((r, o + 1), 0)
+            v = c + c_lo + c_hi
+            if v < need:
+                continue
+            if c_lo > 0 and v <= c_lo + c + votes.get((r, o - 2), 0):
+                continue
+            if c_hi > 0 and v < c_hi + c + votes.get((r, o + 2), 0):
+                continue
+            peaks.setdefault(r, []).append((-v, o))
+        best = sorted(peaks, key=lambda r: (min(peaks[r])[0], r))[:top]
+        for r in sorted(best):
+            out += [(q, r, o, -nv) for nv, o in sorted(peaks[r])[:offsets]]
+    return out
+
+
+def _corpus(seed: int = 3):
+    """Clips over a small, skewed hash vocabulary (popular hashes over the bucket cap), some
+    looped (a pattern repeated every 40-90 frames: combs of offsets), one hours long; queries
+    are excerpts with jittered times (votes split over neighbouring offsets, ties), mixtures of two
+    clips, and noise."""
+    rng = np.random.default_rng(seed)
+    vocab = 2500
+
+    def draw(n):
+        return np.minimum(rng.zipf(1.3, n) - 1 + rng.integers(0, 40, n) * (rng.random(n) < 0.5), vocab - 1)
+
+    refs = []
+    for i in range(70):
+        n = int(rng.integers(40, 400))
+        if i % 7 == 0:                        # looped
+            pat_h, pat_t = draw(25), rng.integers(0, 30, 25)
+            period = int(rng.integers(40, 90))
+            reps = n // 25 + 1
+            h = np.tile(pat_h, reps)[:n]
+            t = (np.tile(pat_t, reps) + np.repeat(np.arange(reps) * period, 25))[:n]
+        else:
+            h, t = draw(n), np.sort(rng.integers(0, 3000, n))
+        refs.append(Fingerprint(h.astype(np.uint32), t.astype(np.int32), int(t.max()) + 1))
+    h = draw(300)
+    t = np.sort(rng.integers(0, 2_000_000, 300))      # ~4.4 h: offsets span > the dense histogram
+    refs.append(Fingerprint(h.astype(np.uint32), t.astype(np.int32), int(t.max()) + 1))
+    queries = []
+    for j in range(60):
+        src = refs[int(rng.integers(0, len(refs)))]
+        a = int(rng.integers(0, max(1, len(src) - 30)))
+        b = min(len(src), a + int(rng.integers(30, 200)))
+        h, t = src.hashes[a:b], src.times[a:b] - src.times[a] + int(rng.integers(0, 50))
+        if j % 3 == 0:
+            t = t + rng.integers(-1, 2, len(t))
+        elif j % 3 == 1:                      # two offsets tie: the lower one is the peak
+            t = t + rng.integers(0, 2, len(t))
+        if j % 5 == 0:
+            other = refs[int(rng.integers(0, len(refs)))]
+            h = np.concatenate([h, other.hashes[:60]])
+            t = np.concatenate([t, other.times[:60]])
+        if j % 11 == 0:
+            h = draw(150)
+            t = np.sort(rng.integers(0, 2000, 150))
+        t = np.maximum(t, 0)
+        queries.append(Fingerprint(h.astype(np.uint32), t.astype(np.int32), int(t.max()) + 1))
+    queries.append(Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), 0))
+    queries.append(refs[-1])
+    return refs, queries
+
+
+def _tuples(cands):
+    return [(c.query, c.ref, c.offset, c.votes) for c in cands]
+
+
+@pytest.mark.parametrize("max_width,wide", [(co._MAX_WIDTH, False), (16, False), (co._MAX_WIDTH, True)])
+def test_candidates_equal_their_definition(monkeypatch, max_width, wide):
+    """Every candidate the kernels give, and no other, in the same order, under a budget that
+    thins most queries, with the dense offset histogram, (``max_width`` 16) the sorted
+    fallback for wide offset spans, and (``wide``) hashes over 2^24 (binary-searched buckets)."""
+    monkeypatch.setattr(co, "_MAX_WIDTH", max_width)
+    refs, queries = _corpus()
+    if wide:
+        for fp in {id(f): f for f in refs + queries}.values():     # the long ref is a query too
+            fp.hashes = fp.hashes + np.uint32(1 << 25)
+    index = co.FingerprintIndex(max_bucket=60, postings_per_hash=3, min_budget=400)
+    for i, fp in enumerate(refs):
+        index.add(i, fp)
+    index.build()
+    assert (index.hash is not None) == wide
+    cases = [dict(), dict(min_votes=4, top=2, offsets=1), dict(min_votes=3, min_fraction=0.05, top=50,
+                                                               offsets=50),
+             dict(min_votes=4, exclude_self=[int(q % len(refs)) for q in range(len(queries))])]
+    total = 0
+    for kw in cases:
+        got = _tuples(index.candidates(queries, **kw))
+        assert got == _reference(index, queries, **kw), kw
+        total += len(got)
+    assert total > 300                       # the cases nominate plenty (combs included)
+    index.min_budget = 10**9                 # nothing thinned
+    assert _tuples(index.candidates(queries)) == _reference(index, queries)
+
+
+def test_keep_rarest_is_a_stable_sort_prefix():
+    """The histogram selection keeps exactly the prefix of a stable sort by count that fits the
+    budget (ties in order), including budgets of 0 and below and counts past the histogram."""
+    rng = np.random.default_rng(9)
+    qn = rng.integers(0, 300, 80)
+    cnt = np.where(rng.random(qn.sum()) < 0.3, rng.integers(0, 4, qn.sum()), rng.integers(0, 200, qn.sum()))
+    budget = rng.integers(-5, 20_000, len(qn))
+    budget[:3] = (0, -1, 10**9)
+    for c in (cnt, np.where(rng.random(len(cnt)) < 0.01, co._SELECT_HIST + 7, cnt)):
+        keep = co._keep_rarest(c, qn, budget)
+        k0 = 0
+        for q, n in enumerate(qn):
+            part = c[k0:k0 + n]
+            order = np.argsort(part, kind="stable")
+            want = np.zeros(n, bool)
+            want[order[np.cumsum(part[order]) <= budget[q]]] = True
+            assert np.array_equal(keep[k0:k0 + n], want), q
+            k0 += n
