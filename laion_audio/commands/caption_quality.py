@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="held-out human captions for the fluency n-gram model")
     p.add_argument("-n", type=int, default=None,
-                   help="keyword sets to evaluate (default 500; --write-report: 300, as train-captioner)")
+                   help="keyword sets to evaluate (default 500; --write-report: 300 label sets and 300 "
+                        "reference clips, as train-captioner)")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
     p.add_argument("--keyword-boost", type=float, default=0.0, help="soft keyword constraint")
     p.add_argument("--constrained", action="store_true",
@@ -100,7 +101,8 @@ def _write_report(args) -> int:
     try:
         if args.fusion_lm:
             attach_fusion_lm(args.model, args.fusion_lm, args.lm_corpus)
-        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n or 300, seed=args.seed,
+        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n or 300,
+                                    ref_n=args.n or 300, seed=args.seed,
                                     labels_dir=args.audioset_labels, decodings=decodings,
                                     input_format=args.input_format, references=args.references)
     except GateError as exc:

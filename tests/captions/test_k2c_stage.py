@@ -240,6 +240,11 @@ def test_cli_train_captioner(shared_data, tmp_path):
     print("15 steps, fused:", fused["function_word_perplexity"], fused["broken"], fused["examples"][:3])
     assert not report["passes"]
     assert "refused by the quality gate" in res.stdout
+    # reference scores on AudioCaps test clips (the LM corpus): a 15-step model below the
+    # template, judged against the fusion LM alone on them
+    assert report["references"]["n"] == 10 and "Reference quality" in res.stdout
+    assert any("template" in b and "CIDEr-D" in b for b in fused["broken"])
+    assert "cider_d" in fused["lm_only"]["references"]
     assert (tmp_path / "m" / "caption_quality.md").is_file()
 
 
