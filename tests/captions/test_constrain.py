@@ -258,3 +258,27 @@ def test_reference_quality_limits():
     assert "untrained model" in why and "CIDEr-D" in why
     # no template reference figures: only the LM-alone comparison is made
     assert gate.verdict(weak, 8.0, {**alone, "references": {"cider_d": 0.1}}) == []
+
+
+def test_free_first_constrains_only_what_the_model_got_wrong(captioner, label_sets):
+    """``free_first``: the unconstrained caption where it names every keyword and invents
+    nothing, the constrained one elsewhere; a decoding of its own (cache key, gate)."""
+    base = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0, constrained=True)
+    sets = list(label_sets) + [("Dog", "Bark"), ("Speech",), ("Water",)]
+    free = replace(captioner, params=replace(base, constrained=False)).generate(sets)
+    held = replace(captioner, params=base).generate(sets)
+    both_cap = replace(captioner, params=replace(base, free_first=True))
+    both = both_cap.generate(sets)
+    kept = 0
+    for ks, f, h, b in zip(sets, free, held, both):
+        if keyword_coverage(ks, f) == 1.0 and not invented_words(ks, f):
+            assert b == f, (ks, f, b)
+            kept += 1
+        else:
+            assert b == h, (ks, h, b)
+    assert 0 < kept < len(sets)
+    assert both_cap.cache_identity["generation"]["free_first"] is True
+    assert "free_first" not in replace(captioner, params=base).cache_identity["generation"]
+    assert "free first" in gate.decoding_name(gate._decoding_key(both_cap.params))
+    with pytest.raises(ValueError):
+        GenerationParams(free_first=True)
