@@ -5,7 +5,9 @@ captions already in a ledger (``--ledger``). Prints a JSON report.
 ``--model DIR --write-report`` scores the model against the template on real AudioSet label sets
 (``--segments``, default eval_segments.csv) and saves ``caption_quality.json`` + ``.md`` in the
 model folder: the report the quality gate of ``caption``, ``build`` and ``audioset-captions``
-reads (e.g. for a keytotext-era checkpoint, which comes without one)."""
+reads (e.g. for a keytotext-era checkpoint, which comes without one). With an AudioCaps corpus
+(``--references``, or ``--lm-corpus audiocaps:...``) it also scores captions against human
+references of the same clips."""
 from __future__ import annotations
 
 import json
@@ -25,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="held-out human captions for the fluency n-gram model")
     p.add_argument("-n", type=int, default=None,
-                   help="keyword sets to evaluate (default 500; --write-report: 300, as train-captioner)")
+                   help="keyword sets to evaluate (default 500; --write-report: 300 label sets and 300 "
+                        "reference clips, as train-captioner)")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
     p.add_argument("--keyword-boost", type=float, default=0.0, help="soft keyword constraint")
     p.add_argument("--constrained", action="store_true",
@@ -40,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--segments", metavar="CSV", help="AudioSet segments CSV for --write-report")
     p.add_argument("--audioset-labels", metavar="DIR", help="class list (default: the copy "
                                                             "shipped in manifests/audioset)")
+    p.add_argument("--references", metavar="CSV",
+                   help="with --write-report: AudioCaps CSV (several captions per clip) for the "
+                        "reference scores (BLEU-4, METEOR, CIDEr-D); default: --lm-corpus when "
+                        "it is audiocaps")
     p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"])
     p.set_defaults(func=run)
 
@@ -60,6 +67,11 @@ def validate_caption_quality(args) -> None:
         _checks.caption_model(args.model, "--model")
     else:
         _checks.ledger_folder(args.ledger, "--ledger")
+    refs = getattr(args, "references", None)
+    if refs and not getattr(args, "write_report", False):
+        raise _checks.UserError("--references needs --write-report")
+    if refs and not __import__("os").path.isfile(refs):
+        raise _checks.UserError(f"--references {refs} does not exist")
     for opt in ("keywords_from", "lm_corpus"):
         spec = getattr(args, opt)
         if spec and not __import__("os").path.exists(spec[1]):
@@ -89,9 +101,10 @@ def _write_report(args) -> int:
     try:
         if args.fusion_lm:
             attach_fusion_lm(args.model, args.fusion_lm, args.lm_corpus)
-        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n or 300, seed=args.seed,
+        report = write_model_report(args.model, segments, args.lm_corpus, n=args.n or 300,
+                                    ref_n=args.n or 300, seed=args.seed,
                                     labels_dir=args.audioset_labels, decodings=decodings,
-                                    input_format=args.input_format)
+                                    input_format=args.input_format, references=args.references)
     except GateError as exc:
         print(f"caption-quality: {exc}", file=sys.stderr)
         return 2

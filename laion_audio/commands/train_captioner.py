@@ -61,7 +61,7 @@ def register(sub) -> None:
                    help="AudioSet segments CSV whose label sets score the model at the end "
                         "(default: eval_segments.csv next to --audioset-labels or in "
                         "../shared/data/audioset)")
-    p.add_argument("--report-n", type=int, default=300, help="label sets in the quality report")
+    p.add_argument("--report-n", type=int, default=300, help="label sets (and AudioCaps clips for the reference scores) in the quality report")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="human captions for the report's fluency model (default: AudioCaps "
                         "test.csv beside an audiocaps corpus)")
@@ -181,7 +181,8 @@ def run(args) -> int:
         print("train-captioner: no quality report (give --report-segments CSV and --lm-corpus "
               "KIND:PATH); the quality gate will refuse this model", file=sys.stderr)
         return 0
-    report = write_model_report(args.out, segments, lm, n=args.report_n, seed=args.seed,
+    report = write_model_report(args.out, segments, lm, n=args.report_n, ref_n=args.report_n,
+                                seed=args.seed,
                                 labels_dir=args.audioset_labels)
     print(report["markdown"])
     return 0

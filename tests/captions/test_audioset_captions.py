@@ -150,8 +150,12 @@ def test_gate_refuses_without_a_passing_report(tiny, shared_data, tmp_path):
     # a real report: the tiny model is far below the template
     report = gate.write_model_report(model, shared_data / "audioset/eval_segments.csv",
                                      ("audiocaps", str(shared_data / "audiocaps/dataset/test.csv")),
-                                     n=20, labels_dir=str(shared_data / "audioset"))
+                                     n=20, labels_dir=str(shared_data / "audioset"), ref_n=20)
     assert not report["passes"] and report["template"]["keyword_coverage"] == 1.0
+    # reference scores (the LM corpus is AudioCaps): a human caption beats the template
+    refs = report["references"]
+    assert refs["n"] == 20 and refs["human"]["cider_d"] > refs["template"]["cider_d"] > 0
+    assert all("cider_d" in d["references"] for d in report["decodings"])
     assert (model / gate.REPORT_MD).read_text().startswith("# Captioner quality")
     assert model_fingerprint(model) == model_fingerprint(tiny[0])   # the report is not hashed
     res = _cli(*base)

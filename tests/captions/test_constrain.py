@@ -235,3 +235,50 @@ def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
     assert gate.verdict(figs, 8.0, {"function_word_perplexity": 25.0}) == []
     broken = gate.verdict(figs, 8.0, {"function_word_perplexity": 14.0})
     assert len(broken) == 1 and "untrained model" in broken[0]
+
+
+def test_reference_quality_limits():
+    """With reference scores (CIDEr-D against human captions of the same clips) a decoding must
+    beat the template by ``MIN_OVER_TEMPLATE`` and a fused one the LM alone by
+    ``MIN_OVER_LM_ONLY``; the LM-alone perplexity rule is then not used (comma lists of
+    keywords fool a word trigram, references do not)."""
+    tmpl = {"cider_d": 0.4}
+    good = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
+            "repetition_rate": 0.0, "function_word_perplexity": 20.0,
+            "references": {"cider_d": 0.4 * gate.MIN_OVER_TEMPLATE + 0.01}}
+    alone = {"function_word_perplexity": 14.0,
+             "references": {"cider_d": good["references"]["cider_d"] / gate.MIN_OVER_LM_ONLY - 0.01}}
+    assert gate.verdict(good, 8.0, alone, tmpl) == []
+    assert gate.verdict(good, 8.0, None, tmpl) == []
+    weak = {**good, "references": {"cider_d": 0.4 * gate.MIN_OVER_TEMPLATE - 0.01}}
+    [why] = gate.verdict(weak, 8.0, None, tmpl)
+    assert "template" in why
+    close = {**alone, "references": {"cider_d": good["references"]["cider_d"] / gate.MIN_OVER_LM_ONLY + 0.01}}
+    [why] = gate.verdict(good, 8.0, close, tmpl)
+    assert "untrained model" in why and "CIDEr-D" in why
+    # no template reference figures: only the LM-alone comparison is made
+    assert gate.verdict(weak, 8.0, {**alone, "references": {"cider_d": 0.1}}) == []
+
+
+def test_free_first_constrains_only_what_the_model_got_wrong(captioner, label_sets):
+    """``free_first``: the unconstrained caption where it names every keyword and invents
+    nothing, the constrained one elsewhere; a decoding of its own (cache key, gate)."""
+    base = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0, constrained=True)
+    sets = list(label_sets) + [("Dog", "Bark"), ("Speech",), ("Water",)]
+    free = replace(captioner, params=replace(base, constrained=False)).generate(sets)
+    held = replace(captioner, params=base).generate(sets)
+    both_cap = replace(captioner, params=replace(base, free_first=True))
+    both = both_cap.generate(sets)
+    kept = 0
+    for ks, f, h, b in zip(sets, free, held, both):
+        if keyword_coverage(ks, f) == 1.0 and not invented_words(ks, f):
+            assert b == f, (ks, f, b)
+            kept += 1
+        else:
+            assert b == h, (ks, h, b)
+    assert 0 < kept < len(sets)
+    assert both_cap.cache_identity["generation"]["free_first"] is True
+    assert "free_first" not in replace(captioner, params=base).cache_identity["generation"]
+    assert "free first" in gate.decoding_name(gate._decoding_key(both_cap.params))
+    with pytest.raises(ValueError):
+        GenerationParams(free_first=True)

@@ -229,17 +229,24 @@ def test_cli_train_captioner(shared_data, tmp_path):
     assert len(out) == 1 and isinstance(out[0], str)   # 15 steps may still say nothing
     # the run ends with the gate's report beside the weights: 15 steps is far below the template
     report = json.loads((tmp_path / "m" / "caption_quality.json").read_text())
-    assert report["n"] == 10 and len(report["decodings"]) == 4
+    assert report["n"] == 10 and len(report["decodings"]) == 5
     # constrained decoding meets the word limits by construction; 15 steps fails on fluency
-    held = report["decodings"][-2]
-    assert held["generation"]["constrained"] and any("not fluent" in b for b in held["broken"])
-    # the folder got the default fusion LM (Clotho's captions), scored as the last decoding
-    fused = report["decodings"][-1]
+    held = report["decodings"][-3]
+    assert held["generation"]["constrained"] and not held["generation"]["lm_fusion"]
+    assert any("not fluent" in b for b in held["broken"])
+    # the folder got the default fusion LM (Clotho's captions), scored fused, then free first
+    fused, free_first = report["decodings"][-2:]
     assert fused["generation"]["lm_fusion"] == 2.0 and (tmp_path / "m" / "fusion_lm.txt").is_file()
+    assert free_first["generation"]["free_first"] and not fused["generation"]["free_first"]
     assert sorted(report["fusion_lm"]["corpora"]) == ["clotho:test.csv", "clotho:train.csv", "clotho:val.csv"]
     print("15 steps, fused:", fused["function_word_perplexity"], fused["broken"], fused["examples"][:3])
     assert not report["passes"]
     assert "refused by the quality gate" in res.stdout
+    # reference scores on AudioCaps test clips (the LM corpus): a 15-step model below the
+    # template, judged against the fusion LM alone on them
+    assert report["references"]["n"] == 10 and "Reference quality" in res.stdout
+    assert any("template" in b and "CIDEr-D" in b for b in fused["broken"])
+    assert "cider_d" in fused["lm_only"]["references"]
     assert (tmp_path / "m" / "caption_quality.md").is_file()
 
 
