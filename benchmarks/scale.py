@@ -37,6 +37,10 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     rule, listing checks), idle machine: 50,000 rows 6.0 s, 340 MB; 500,000 rows 46.5 s,
     500 MB; 2,041,789 rows 217.6 s, 948 MB; 500k / 50k: 7.7x time, 1.47x RSS.
 
+    crawl (CLI), branch scale4 at 1508e17 (the text rule's ASCII fast path), 2026-12-01 16:03,
+    load ~2, the machine ~1.8x slower than in the morning: 50,000 rows 6.1 s, 291 MB; 500,000
+    rows 69.1 s, 459 MB; 2,041,789 rows 257.1 s, 902 MB; 500k / 50k: 11.3x time, 1.58x RSS.
+
     metadata run, 2,675,315 records (CSV above + the paper's 633,526 of the other sources):
     crawl AudioSet 150.5 s, 857 MB; 630K other records 49.5 s (12,800 records/s), 743 MB;
     id filter over the ledger in chunks 42.2 s (63,400 records/s), 204 MB; shard planning
