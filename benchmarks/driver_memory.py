@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,18 +63,9 @@ def child(argv: list[str]) -> int:
     return 0
 
 
-def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
-        clips: Path | None = None) -> dict:
-    """One build of ``size`` clips under ``root``; ``clips`` is the pool the clips are made in
-    once (default ``root/clips``; a folder under /work/wt/cache/ makes reruns cheap). A work
-    folder left by an earlier run is removed first: a build on it would do nothing."""
-    from distinct_clips import VERSION
-
-    corpus, out = root / f"in{size}", root / f"out{size}"
-    subprocess.run(["rm", "-rf", str(out)], check=True)
-    t0 = time.perf_counter()
-    make_corpus(corpus, size, pool=(clips / f"v{VERSION}") if clips else root / "clips")
-    gen = time.perf_counter() - t0
+def _build(corpus: Path, out: Path, stages: str, workers: int, inline: bool) -> tuple[float, dict, dict]:
+    """One ``laion-audio build --source local`` in a child process: (wall seconds, the child's
+    last JSON line, the build's summary)."""
     cmd = [sys.executable, __file__, "--child", "build", "--source", "local", "--input",
            str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
            "--skip-eval-filter"] + (["--inline"] if inline else [])
@@ -83,9 +75,42 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
     wall = time.perf_counter() - t0
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not last or json.loads(last[-1])["rc"] not in (0, None):
-        raise SystemExit(f"build of {size} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    result = json.loads(last[-1])
-    summary = json.loads((out / "stats" / "summary.json").read_text())
+        raise SystemExit(f"build of {corpus} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, json.loads(last[-1]), json.loads((out / "stats" / "summary.json").read_text())
+
+
+def crawl_cpu_seconds(corpus: Path, root: Path, repeats: int) -> list[float]:
+    """CPU seconds of ``repeats`` crawl-only builds of ``corpus``, each a fresh process and
+    work folder. The crawl of 1,000 clips is ~0.15 s of CPU: one sample of it moves by up to
+    2x with the load of a shared machine, so the in-build figure alone cannot carry a 1.3x
+    claim (docs/scale.md, "The crawl's figure")."""
+    cpu = []
+    for r in range(repeats):
+        out = root / f"crawl-{corpus.name}-{r}"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        _, _, summary = _build(corpus, out, "crawl", 1, True)
+        cpu.append(sum(st.get("driver_cpu_seconds") or 0.0 for st in summary["stages"]))
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    return cpu
+
+
+def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
+        clips: Path | None = None, crawl_repeats: int = 0) -> dict:
+    """One build of ``size`` clips under ``root``; ``clips`` is the pool the clips are made in
+    once (default ``root/clips``; a folder under /work/wt/cache/ makes reruns cheap). A work
+    folder left by an earlier run is removed first: a build on it would do nothing. With
+    ``crawl_repeats``, the crawl is also measured as the median of that many crawl-only
+    builds, less the same median on 10 of the clips (the stage's fixed start-up: first
+    imports, the ledger's first write), so its per-record figure is the marginal cost."""
+    from distinct_clips import VERSION
+
+    corpus, out = root / f"in{size}", root / f"out{size}"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    pool = (clips / f"v{VERSION}") if clips else root / "clips"
+    t0 = time.perf_counter()
+    make_corpus(corpus, size, pool=pool)
+    gen = time.perf_counter() - t0
+    wall, result, summary = _build(corpus, out, stages, workers, inline)
     per_stage, cpu, rss_after = {}, {}, {}
     for st in summary["stages"]:
         name = st["stage"].split(":")[0]
@@ -101,7 +126,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
     work_total = sum(disk.values())
     dropped = sum(v for st in summary["stages"] for k, v in st.get("failures", {}).items()
                   if k.startswith("dropped:duplicate"))
-    return {"size": size, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
+    out_row = {"size": size, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
             "driver_peak_rss_mb": result["driver_peak_rss_mb"],
             "ms_per_record": {k: round(1000 * v / size, 2) for k, v in per_stage.items()},
             "cpu_ms_per_record": {k: round(1000 * v / size, 2) for k, v in cpu.items()},
@@ -109,6 +134,20 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
             "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
             "work_over_shards": round(work_total / shards, 2) if shards else None,
             "dropped_as_duplicates": dropped, "by_status": summary["by_status"]}
+    if crawl_repeats:
+        tiny = root / "in10"
+        make_corpus(tiny, 10, pool=pool)
+        fixed = crawl_cpu_seconds(tiny, root, crawl_repeats)
+        total = crawl_cpu_seconds(corpus, root, crawl_repeats)
+        med, med_fixed = statistics.median(total), statistics.median(fixed)
+        out_row["crawl_repeated"] = {
+            "repeats": crawl_repeats, "cpu_s": [round(c, 3) for c in total],
+            "fixed_cpu_s_at_10": [round(c, 3) for c in fixed],
+            "cpu_ms_per_record": round(1000 * med / size, 3),
+            "net_cpu_ms_per_record": round(1000 * (med - med_fixed) / (size - 10), 3),
+            # the least-disturbed sample (timeit's rule: noise only ever adds time)
+            "net_cpu_ms_per_record_min": round(1000 * (min(total) - min(fixed)) / (size - 10), 3)}
+    return out_row
 
 
 def print_table(results: list[dict]) -> None:
@@ -126,6 +165,12 @@ def print_table(results: list[dict]) -> None:
         row(f"ms/record {stage}", [r["ms_per_record"].get(stage) for r in results])
     for stage in small.get("cpu_ms_per_record", {}):
         row(f"CPU ms/record {stage}", [r["cpu_ms_per_record"].get(stage) for r in results])
+    if all("crawl_repeated" in r for r in results):
+        k = small["crawl_repeated"]["repeats"]
+        row(f"CPU ms/record crawl, median of {k} crawl-only", [r["crawl_repeated"]["cpu_ms_per_record"] for r in results])
+        row("  ... less start-up (median at 10 clips)", [r["crawl_repeated"]["net_cpu_ms_per_record"] for r in results])
+        row("  ... least of the samples, less start-up", [r["crawl_repeated"]["net_cpu_ms_per_record_min"]
+                                                          for r in results])
     for stage in small["ms_per_record"]:
         row(f"records/s {stage}", [round(1000 / r["ms_per_record"][stage]) if r["ms_per_record"].get(stage)
                                    else None for r in results], ratio=False)
@@ -150,13 +195,15 @@ def main() -> int:
                          "immune to other people's Ray on a shared machine")
     ap.add_argument("--keep", help="keep the work folders here")
     ap.add_argument("--clips", type=Path, default=None, help="generate the clips once into this pool")
+    ap.add_argument("--crawl-repeats", type=int, default=0,
+                    help="also measure the crawl as the median of this many crawl-only builds")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="driver-mem-") as tmp:
         root = Path(args.keep or tmp)
         results = []
         for n in sizes:
-            results.append(run(n, root, args.stages, args.workers, args.inline, args.clips))
+            results.append(run(n, root, args.stages, args.workers, args.inline, args.clips, args.crawl_repeats))
             print(json.dumps(results[-1]), flush=True)
     print(f"load average at the end: {os.getloadavg()}  (shared machine: figures are noisy)")
     print_table(results)

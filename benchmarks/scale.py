@@ -3,7 +3,8 @@
     python benchmarks/scale.py crawl [--rows 50000,500000,2041789]
     python benchmarks/scale.py journal [--files 2000]
     python benchmarks/scale.py metadata [--audioset-rows 2041789 --other-rows 630000]
-    python benchmarks/scale.py build [--sizes 1000,8000,10000] [--keep DIR]
+    python benchmarks/scale.py build [--sizes 1000,8000,10000] [--keep DIR] [--crawl-repeats 5]
+    python benchmarks/scale.py table --results DIR [--sizes 10000,100000 --audioset-rows 2041789]
 
 ``crawl`` runs ``laion-audio build --source audioset --stages crawl --inline`` (the CLI, one
 process per size) on AudioSet-format segment CSVs made from the real rows of
@@ -13,7 +14,12 @@ ledger write as the number of batches already written grows. ``metadata`` is the
 run: the AudioSet CSV plus ``--other-rows`` records of the other sources written through the
 ledger, the id filter's lookups and shard planning. ``build`` is a full build (``--source
 local --inline``, every stage, the default keep policy) of N generated clips distinct by
-construction at each size (benchmarks/driver_memory.py runs each; docs/scale.md has the figures).
+construction at each size (benchmarks/driver_memory.py runs each; docs/scale.md has the figures);
+its crawl is also measured as the median of ``--crawl-repeats`` crawl-only builds net of the
+stage's start-up. ``table`` prints the issue's table: builds at ``--sizes`` and the metadata
+run side by side (records/s per stage, driver peak RSS, disk per folder); each piece is saved
+in ``--results`` when measured, and a rerun measures only the missing ones (so the pieces can
+take the shared lock one at a time).
 
 Figures are medians of ``--repeats`` runs on whatever machine runs this; the sizes are printed
 side by side so the ratios, not the absolute numbers, carry the claim.
@@ -30,6 +36,10 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     crawl (CLI) on the merged main of 2026-12-01 (every source's text through the one cleaning
     rule, listing checks), idle machine: 50,000 rows 6.0 s, 340 MB; 500,000 rows 46.5 s,
     500 MB; 2,041,789 rows 217.6 s, 948 MB; 500k / 50k: 7.7x time, 1.47x RSS.
+
+    crawl (CLI), branch scale4 at 1508e17 (the text rule's ASCII fast path), 2026-12-01 16:03,
+    load ~2, the machine ~1.8x slower than in the morning: 50,000 rows 6.1 s, 291 MB; 500,000
+    rows 69.1 s, 459 MB; 2,041,789 rows 257.1 s, 902 MB; 500k / 50k: 11.3x time, 1.58x RSS.
 
     metadata run, 2,675,315 records (CSV above + the paper's 633,526 of the other sources):
     crawl AudioSet 150.5 s, 857 MB; 630K other records 49.5 s (12,800 records/s), 743 MB;
@@ -303,24 +313,147 @@ def bench_metadata(args, tmp: Path) -> list[dict]:
     for r in results:
         print(f"  {r['phase']:<36} {r['records']:>10,} records {r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} s CPU)"
               f" {r['records'] / r['seconds']:9.0f} records/s  peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
-    return results + [{"disk_mb": disk, "records": total}]
+    out = results + [{"disk_mb": disk, "records": total, "measured": _when()}]
+    if getattr(args, "results", None):
+        _save(args.results / f"metadata-{args.audioset_rows}.json", out)
+    return out
+
+
+def _when() -> dict:
+    """When (UTC) and under what load a piece was measured (the table prints it)."""
+    return {"utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": round(os.getloadavg()[0], 1)}
+
+
+def _save(path: Path, data) -> None:
+    from laion_audio import atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(data, indent=2))
+
+
+# ------------------------------------------------------------------------------ the table
+#: (row label, stage name in a build's figures, phase name in the metadata run)
+_RATE_ROWS = [("crawl", "crawl", "crawl audioset (CLI)"),
+              ("crawl, the other sources' records", None, "crawl 630K other records"),
+              ("fetch+transcode+fingerprint", "fetch+transcode+fingerprint", None),
+              ("caption", "caption", None),
+              ("filter (near-dup + content)", "filter", None),
+              ("id filter (eval ids)", None, "id filter (eval ids)"),
+              ("shard (write tars)", "shard", None),
+              ("shard planning (split, shard count)", None, "shard planning (split, shard count)")]
+
+
+def table_columns(sizes: list[int], audioset_rows: int | None, results: Path) -> list[tuple[str, object]]:
+    """(heading, figures or None) per column, read from ``results``."""
+    cols = []
+    for n in sizes:
+        f = results / f"build-{n}.json"
+        cols.append((f"build {n:,}", json.loads(f.read_text()) if f.exists() else None))
+    if audioset_rows:
+        f = results / f"metadata-{audioset_rows}.json"
+        data = json.loads(f.read_text()) if f.exists() else None
+        heading = f"metadata {data[-1]['records'] / 1e6:.2f}M" if data else f"metadata {audioset_rows:,}+"
+        cols.append((heading, data))
+    return cols
+
+
+def print_scale_table(cols: list[tuple[str, object]]) -> None:
+    """Sizes side by side: records/s of each stage (wall, and per CPU second), the driver's
+    peak RSS, disk MB per folder, and when and under what load each column was measured."""
+    def cell(v, fmt="{:,.0f}"):
+        return "-" if v is None else (fmt.format(v) if isinstance(v, (int, float)) else str(v))
+
+    width = 22
+    print(f"  {'':<46}" + "".join(f"{h:>{width}}" for h, _ in cols))
+
+    def row(label, values, fmt="{:,.0f}"):
+        print(f"  {label:<46}" + "".join(f"{cell(v, fmt):>{width}}" for v in values))
+
+    def build_or_meta(data, build_fn, meta_fn):
+        if data is None:
+            return "not measured"
+        return build_fn(data) if isinstance(data, dict) else meta_fn(data)
+
+    def phase(data, name):
+        return next((p for p in data if p.get("phase") == name), None)
+
+    row("records", [build_or_meta(d, lambda b: b["size"], lambda m: m[-1]["records"]) for _, d in cols])
+    for label, stage, ph in _RATE_ROWS:
+        def wall(b, stage=stage):
+            ms = b["ms_per_record"].get(stage) if stage else None
+            return 1000 / ms if ms else None
+
+        def cpu(b, stage=stage):
+            ms = b.get("cpu_ms_per_record", {}).get(stage) if stage else None
+            return 1000 / ms if ms else None
+
+        def mwall(m, ph=ph):
+            p = phase(m, ph) if ph else None
+            return p["records"] / p["seconds"] if p else None
+
+        def mcpu(m, ph=ph):
+            p = phase(m, ph) if ph else None
+            return p["records"] / p["cpu_seconds"] if p and p["cpu_seconds"] else None
+        row(f"records/s {label}", [build_or_meta(d, wall, mwall) for _, d in cols])
+        row("  ... per CPU second", [build_or_meta(d, cpu, mcpu) for _, d in cols])
+    row("driver peak RSS MB (largest process)",
+        [build_or_meta(d, lambda b: b["driver_peak_rss_mb"], lambda m: max(p["peak_rss_mb"] for p in m if "phase" in p))
+         for _, d in cols], "{:,.1f}")
+    folders = sorted({f for _, d in cols if d is not None
+                      for f in (d["disk_mb"] if isinstance(d, dict) else d[-1]["disk_mb"])})
+    for folder in folders:
+        row(f"disk MB {folder}/", [build_or_meta(d, lambda b: b["disk_mb"].get(folder, 0),
+                                                 lambda m: m[-1]["disk_mb"].get(folder, 0)) for _, d in cols],
+            "{:,.1f}")
+    row("work folder / shards", [build_or_meta(d, lambda b: b.get("work_over_shards"), lambda m: None)
+                                 for _, d in cols], "{:.2f}")
+    when = [build_or_meta(d, lambda b: b.get("measured") or {}, lambda m: m[-1].get("measured") or {})
+            for _, d in cols]
+    row("measured at (UTC)", [w.get("utc") if isinstance(w, dict) else w for w in when], "{}")
+    row("  ... load average (1 min) at its end", [w.get("load") if isinstance(w, dict) else w for w in when],
+        "{:.1f}")
+
+
+def bench_table(args, tmp: Path) -> list:
+    """The issue's table: full builds at ``--sizes`` and the 2.5M-record metadata run, each
+    measured once and saved in ``--results`` as soon as it is done, so a rerun measures only
+    what is missing (each piece is one uninterrupted run: a resumed build would mix two
+    processes' figures) and the pieces can take the shared lock one at a time."""
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else []
+    if not args.no_run:
+        for n in sizes:
+            if not (args.results / f"build-{n}.json").exists():
+                bench_build([n], tmp, clips=args.clips, crawl_repeats=args.crawl_repeats,
+                            results_dir=args.results)
+        if args.audioset_rows and not (args.results / f"metadata-{args.audioset_rows}.json").exists():
+            bench_metadata(args, tmp)
+    cols = table_columns(sizes, args.audioset_rows, args.results)
+    print_scale_table(cols)
+    return [{"column": h, "figures": d} for h, d in cols]
 
 
 def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None,
-                clips: Path | None = None) -> list[dict]:
+                clips: Path | None = None, crawl_repeats: int = 5,
+                results_dir: Path | None = None) -> list[dict]:
     """Full builds (``build --source local --inline``, every stage, the default keep policy) of
     N clips distinct by construction (benchmarks/distinct_clips.py), side by side: per-stage
     records/s, the driver's peak RSS (and after which stage it rose), disk per folder. The
     clips are generated once (into ``clips`` when given, kept for the next run) and hard-linked
-    into each size's input."""
+    into each size's input. The crawl is also measured as the median of ``crawl_repeats``
+    crawl-only builds net of its start-up (one sample is too short to read: docs/scale.md).
+    With ``results_dir`` each size's figures are saved there as ``build-N.json`` (``table``
+    reads them)."""
     from driver_memory import print_table, run
 
     root = keep or tmp
     results = []
     for n in sizes:
         results.append(run(n, root, "crawl,fetch,transcode,caption,filter,shard", 1, inline=True,
-                           clips=clips))
+                           clips=clips, crawl_repeats=crawl_repeats))
+        results[-1]["measured"] = _when()
         print(json.dumps(results[-1]), flush=True)
+        if results_dir:
+            _save(results_dir / f"build-{n}.json", results[-1])
         if keep is None:
             subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}")], check=True)
     print(f"  load average at the end: {os.getloadavg()}")
@@ -352,6 +485,21 @@ def main() -> int:
     b.add_argument("--keep", type=Path, default=None, help="keep clips and work folders here")
     b.add_argument("--clips", type=Path, default=None,
                    help="generate the clips once into this folder (e.g. /work/wt/cache/clips)")
+    b.add_argument("--crawl-repeats", type=int, default=5,
+                   help="also measure the crawl as the median of this many crawl-only builds")
+    b.add_argument("--results", type=Path, default=None, help="save each size's figures here (for table)")
+    m.add_argument("--results", type=Path, default=None, help="save the figures here (for table)")
+    t = sub.add_parser("table", help="builds at --sizes and the metadata run, side by side")
+    t.add_argument("--sizes", default="10000,100000")
+    t.add_argument("--audioset-rows", type=int, default=FULL_UNBALANCED,
+                   help="the metadata run's AudioSet CSV rows (0: no metadata column)")
+    t.add_argument("--other-rows", type=int, default=None, help="default: the paper's 633,526")
+    t.add_argument("--results", type=Path, required=True,
+                   help="folder of measured pieces: missing ones are measured and saved here")
+    t.add_argument("--no-run", action="store_true", help="only print what --results holds")
+    t.add_argument("--clips", type=Path, default=None, help="clip pool (as for build)")
+    t.add_argument("--crawl-repeats", type=int, default=5)
+    t.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="laion-scale-") as tmp:
         if args.what == "crawl":
@@ -361,7 +509,10 @@ def main() -> int:
         elif args.what == "metadata" and args.phase:
             return metadata_phase(args.phase, args.work, args)
         elif args.what == "build":
-            res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep, args.clips)
+            res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep, args.clips,
+                              args.crawl_repeats, args.results)
+        elif args.what == "table":
+            res = bench_table(args, Path(tmp))
         elif args.what == "metadata":
             res = bench_metadata(args, Path(tmp))
         if getattr(args, "json", None):

@@ -196,10 +196,14 @@ def plain_text(text: Any, max_chars: int = MAX_TEXT_CHARS, collapse: bool = True
     exactly, double spaces included)."""
     if text is None:
         return ""
-    from laion_audio.archives import utf8_name
+    text = str(text)
+    if not (text.isascii() and text.isprintable()):
+        # printable ASCII (most text) is valid UTF-8, NFC and free of junk already: this is
+        # the crawl's hottest path (2M AudioSet rows), so it is skipped for it
+        from laion_audio.archives import utf8_name
 
-    text = unicodedata.normalize("NFC", utf8_name(str(text)))
-    text = _JUNK_RUN.sub(" ", text)     # a run of escapes/controls/breaks and its spaces: one space
+        text = unicodedata.normalize("NFC", utf8_name(text))
+        text = _JUNK_RUN.sub(" ", text)     # a run of escapes/controls/breaks and its spaces: one space
     if collapse:
         text = " ".join(text.split())
     else:
@@ -211,6 +215,8 @@ def _plain_value(value: Any, depth: int = 0) -> Any:
     """original_data values: strings lose controls/escapes (line breaks kept) and are bounded;
     containers are walked a few levels deep."""
     if isinstance(value, str):
+        if value.isascii() and value.isprintable():     # nothing to remove (see plain_text)
+            return value[:MAX_ORIGINAL_CHARS]
         from laion_audio.archives import utf8_name
 
         text = _ANSI.sub(" ", utf8_name(value))

@@ -252,8 +252,11 @@ class LocalSource(Source):
                 by_key.setdefault(key, entry)
         used: set[int] = set()
         stems = 0
-        files = sorted(p for p in self.root.rglob("*")
-                       if p.suffix.lower() in defaults.AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink())
+        # keyed by the parts tuple: Path's own ordering, without Path.__lt__ (a Python-level
+        # comparison that made the sort ~15% of the crawl at 64k files, growing as n log n)
+        files = sorted((p for p in self.root.rglob("*")
+                        if p.suffix.lower() in defaults.AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink()),
+                       key=lambda p: p.parts)
         valid = {p.relative_to(self.root).as_posix() for p in files}
         valid = {r for r in valid if utf8_name(r) == r}
         for path in files:
