@@ -274,7 +274,7 @@ class PackSource(Source):
             yield r.name, None, dict(extra), Failure(r.code, r.message)
 
     def _folder_members(self, root: Path):
-        for path in sorted(root.rglob("*")):
+        for path in sorted(root.rglob("*"), key=lambda p: p.parts):   # Path order, without Path.__lt__
             rel = path.relative_to(root).as_posix()
             if path.is_symlink():
                 if self._audio_wanted(rel):
