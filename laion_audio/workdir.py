@@ -96,6 +96,24 @@ class WorkDir:
         """Every released FLAC is back in ``audio/``: no shard root is needed to read them."""
         self._released_note.unlink(missing_ok=True)
 
+    def remove_partial_files(self) -> int:
+        """Delete the temporary files a killed run left in ``raw/`` and ``audio/`` (a download,
+        a transcode or a restored FLAC cut by kill -9; see :mod:`laion_audio.atomic`). Only
+        while no other run writes this work folder: the caller holds the ledger's lock."""
+        from .atomic import is_temp
+
+        removed = 0
+        for folder in (self.raw, self.audio):
+            for dirpath, _dirs, names in os.walk(folder):
+                for name in names:
+                    if is_temp(name):
+                        try:
+                            os.unlink(os.path.join(dirpath, name))
+                            removed += 1
+                        except FileNotFoundError:
+                            pass
+        return removed
+
     # --- path convention
     def rel(self, path: str) -> str:
         """Stored form: relative to the work folder when inside it, else absolute."""

@@ -263,6 +263,7 @@ def restore_released_audio(ledger: Ledger, work: WorkDir, shard_root: str) -> tu
     from laion_audio.transcode.audio import pcm_sha256_of_file
 
     released = work.released_root()
+    work.remove_partial_files()            # a restore cut by kill -9 (the caller holds the lock)
     if not released or not os.path.isdir(released) or (
             "://" not in shard_root and os.path.realpath(released) == os.path.realpath(shard_root)):
         return 0, 0
@@ -368,6 +369,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
     all_stats: list[StageStats] = []
     groups = fuse(selected(cfg.stages))
     with writing(work.ledger) as ledger:   # compacted on the way out, even after an error
+        work.remove_partial_files()        # this run holds the lock: no other writer is running
         executor = Executor(workers=cfg.workers, ray_address=cfg.ray_address, inline=cfg.inline)
         if any(g[0].where == "workers" or g[0].name == "filter" for g in groups):
             executor.start()

@@ -299,3 +299,27 @@ def test_shard_to_a_new_root_when_the_old_tars_are_gone_requeues_and_exits_1(
     assert not any(r.status in (Status.SHARDED, Status.FAILED) and r.failure_stage == "shard"
                    for r in recs)
     assert sum(r.status == Status.NEW and r.failure_code == "clip_lost" for r in recs) >= 10
+
+
+def test_re_root_resumes_from_the_state_a_killed_restore_leaves(inline_build, tmp_path):
+    """What a kill -9 during the restore before a re-root leaves: some FLACs copied back, one
+    half-written temp file, the RELEASED_TO note still there (it goes only when every clip is
+    back). The next ``shard`` finishes the restore and writes every sharded clip."""
+    from laion_audio import atomic
+    from laion_audio.cli import main
+    from laion_audio.shards.members import extract, flac_member
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    sharded = [r for r in Ledger(out / "ledger", lock=False).records() if r.status == Status.SHARDED]
+    for r in sharded[:3]:
+        extract(out / "shards" / r.shard, flac_member(r.source, r.source_id), out / r.flac_path)
+    half = atomic.temp_name(out / sharded[3].flac_path)
+    half.write_bytes((out / sharded[0].flac_path).read_bytes()[:100])
+    assert (out / "audio" / "RELEASED_TO").exists()
+    assert main(["shard", "--out", str(out), "--shards-to", str(tmp_path / "new")]) == 0
+    assert main(["verify", "--shards-to", str(tmp_path / "new")]) == 0
+    again = [r for r in Ledger(out / "ledger", lock=False).records() if r.status == Status.SHARDED]
+    assert len(again) == len(sharded) and not (out / "audio" / "RELEASED_TO").exists()
+    assert all((out / r.flac_path).is_file() for r in again)
+    assert not half.exists()                   # the killed copy's temp file is swept
