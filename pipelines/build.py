@@ -263,7 +263,6 @@ def restore_released_audio(ledger: Ledger, work: WorkDir, shard_root: str) -> tu
     from laion_audio.transcode.audio import pcm_sha256_of_file
 
     released = work.released_root()
-    work.remove_partial_files()            # a restore cut by kill -9 (the caller holds the lock)
     if not released or not os.path.isdir(released) or (
             "://" not in shard_root and os.path.realpath(released) == os.path.realpath(shard_root)):
         return 0, 0

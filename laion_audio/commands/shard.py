@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     work = WorkDir.of_ledger(ledger_dir, args.paths_relative_to)
     try:
         with writing(ledger_dir) as ledger:
+            work.remove_partial_files()    # left by a killed run (a restore, a transcode)
             # the build's shard entry, over every ready record that has a caption
             records, report, waiting, stats = shard_ledger(
                 ledger, work, args.shards_to, statuses=READY_STATUSES, require_text=True,

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         from laion_audio.workdir import WorkDir
 
         root = args.shards_to
-        public = None if "://" in root else WorkDir(Path(root).resolve().parent).public
-        write_json(Path(args.json_out), report.as_dict(),
-                   public and (lambda text: public(text, root)))
+        public = None
+        if "://" not in root:
+            public = lambda text: WorkDir(Path(root).resolve().parent).public(text, root)  # noqa: E731
+        write_json(Path(args.json_out), report.as_dict(), public)
     return 0 if report.ok else 1
