@@ -68,6 +68,26 @@ def existing_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def writable_file(path: str | os.PathLike | None, what: str) -> None:
+    """An output file the command can write: not a folder, and its nearest existing folder
+    takes a new file (probed, so read-only mounts and /proc are caught before any work)."""
+    if not path:
+        return
+    p = Path(path).expanduser().absolute()
+    if p.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    folder = p.parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
 def ledger_folder(path: str | os.PathLike, what: str = "LEDGER_DIR") -> Path:
     """An existing ledger (as written by build): commands that read one never create one."""
     from ..ledger import journal_dir

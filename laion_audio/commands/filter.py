@@ -42,6 +42,7 @@ def validate_filter(args: argparse.Namespace) -> dict[str, str]:
     pairs = _checks.name_dir_pairs(args.eval_audio)
     if args.lookup_budget < 1:
         raise _checks.UserError(f"--lookup-budget must be at least 1, got {args.lookup_budget}")
+    _checks.writable_file(args.report, "--report")
     announce()
     return pairs
 

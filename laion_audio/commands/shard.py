@@ -62,6 +62,7 @@ def validate_shard(args: argparse.Namespace) -> None:
     parse_storage_options(args.storage_option)
     if args.paths_relative_to:
         _checks.existing_folder(args.paths_relative_to, "--paths-relative-to")
+    _checks.writable_file(args.report, "--report")
     announce()
 
 

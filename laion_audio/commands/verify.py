@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from . import _checks
 from ._checks import positive_int
 from ._deprecated import announce, deprecated_positional
 from .build import DEFAULT_OUT
@@ -35,6 +36,7 @@ def validate_verify(args: argparse.Namespace) -> None:
     if "://" not in args.shards_to and not Path(args.shards_to).is_dir():
         raise UserError(f"no shards at {args.shards_to} (not a folder); pass --shards-to ROOT "
                         "or the build's --out")
+    _checks.writable_file(args.json_out, "--json")
     announce()
 
 

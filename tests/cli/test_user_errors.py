@@ -84,6 +84,12 @@ CASES = [
     ("report-no-ledger", lambda t: ["report"], 2, "no ledger"),
     ("evalsets-only-unknown", lambda t: ["evalsets", "fetch", "--only", "nosuch", "--evalsets-cache",
                                          str(t / "cache")], 2, "nosuch"),
+    ("shard-report-is-a-folder", lambda t: ["shard", "--ledger", _ledger(t), "--report", str(t)], 2,
+     "is a folder"),
+    ("filter-report-unwritable", lambda t: ["filter", "--ledger", _ledger(t), "--report",
+                                            "/proc/no/such/report.json"], 2, "cannot write"),
+    ("verify-json-unwritable", lambda t: ["verify", "--shards-to", str(t), "--json", "/proc/v.json"], 2,
+     "cannot write"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
