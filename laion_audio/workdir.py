@@ -80,11 +80,14 @@ class WorkDir:
         """The local shard root whose tars hold the FLACs the keep policy deleted from
         ``audio/`` (stored relative to the work folder when inside it, so a moved work folder
         still finds its own shards). Work folders from before this note: ``shards/`` if any."""
+        default = str(self.root / "shards") if (self.root / "shards").is_dir() else None
         try:
             root = self._released_note.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            return str(self.root / "shards") if (self.root / "shards").is_dir() else None
-        return self.abs(root) if root else None
+            return default
+        except (UnicodeDecodeError, OSError):     # a damaged note: every clip read is checked
+            return default
+        return self.abs(root) if root else default
 
     def note_released(self, shard_root: str) -> None:
         from . import atomic

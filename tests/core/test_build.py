@@ -3,6 +3,7 @@ cluster, and kill -9 + rerun. Shards and ledgers are compared byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -299,6 +300,60 @@ def test_shard_to_a_new_root_when_the_old_tars_are_gone_requeues_and_exits_1(
     assert not any(r.status in (Status.SHARDED, Status.FAILED) and r.failure_stage == "shard"
                    for r in recs)
     assert sum(r.status == Status.NEW and r.failure_code == "clip_lost" for r in recs) >= 10
+
+
+def test_re_root_refuses_tars_that_are_not_the_released_clips(inline_build, tmp_path, capsys):
+    """``audio/RELEASED_TO`` naming a folder whose tars have our member names but other audio
+    (shards of another build, a hand-edited note): no clip is restored from them, because each
+    restored FLAC must have the samples the transcode hashed; the records go back to be
+    fetched and nothing wrong reaches the new root."""
+    import tarfile
+
+    from laion_audio.cli import main
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    tars = sorted(p.relative_to(out / "shards") for p in (out / "shards").rglob("*.tar"))
+    members = {}
+    for t in tars:
+        with tarfile.open(out / "shards" / t) as tf:
+            members[t] = [(m, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
+    flacs = [data for t in tars for m, data in members[t] if m.name.endswith(".flac")]
+    assert len(flacs) >= 10 and len(set(flacs)) == len(flacs)
+    rotated = iter(flacs[1:] + flacs[:1])          # every FLAC is another clip's
+    for t in tars:
+        (decoy / t).parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(decoy / t, "w") as tf:
+            for m, data in members[t]:
+                data = next(rotated) if m.name.endswith(".flac") else data
+                m.size = len(data)
+                tf.addfile(m, io.BytesIO(data))
+    shutil.rmtree(out / "shards")
+    (out / "audio" / "RELEASED_TO").write_text(str(decoy) + "\n")
+    sharded = [r for r in Ledger(out / "ledger", lock=False).records() if r.status == Status.SHARDED]
+    assert main(["shard", "--out", str(out), "--shards-to", str(tmp_path / "new")]) == 1
+    assert "no record was sharded" in capsys.readouterr().err
+    recs = Ledger(out / "ledger", lock=False).records()
+    assert sum(r.status == Status.NEW and r.failure_code == "clip_lost" for r in recs) == len(sharded)
+    assert not list((tmp_path / "new").rglob("*.tar"))
+    assert not any((out / r.flac_path).exists() for r in sharded)
+
+
+def test_a_damaged_released_note_falls_back_to_the_work_folders_shards(inline_build, tmp_path):
+    """``audio/RELEASED_TO`` that is not UTF-8 (a damaged file) reads as the default root,
+    ``shards/``, and the re-root restores every clip from there (each checked)."""
+    from laion_audio.cli import main
+    from laion_audio.workdir import WorkDir
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    (out / "audio" / "RELEASED_TO").write_bytes(b"\xff\xfe\x00shards\n")
+    assert WorkDir(out).released_root() == str(out / "shards")
+    assert main(["shard", "--out", str(out), "--shards-to", str(tmp_path / "new")]) == 0
+    assert main(["verify", "--shards-to", str(tmp_path / "new")]) == 0
+    assert not (out / "audio" / "RELEASED_TO").exists()
 
 
 def test_re_root_resumes_from_the_state_a_killed_restore_leaves(inline_build, tmp_path):
