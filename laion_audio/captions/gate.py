@@ -20,8 +20,7 @@ for a decoding setting when (``LIMITS``, documented in docs/captions.md):
   be refused on fluency: a 15-step model under constraints covers every keyword in word salad.
 - reference quality (``refscore``: CIDEr-D against the other human captions of AudioCaps
   clips, keywords taken from one caption; measured when the report has an AudioCaps corpus):
-  at least the template's plus ``min_cider_d_share_of_human_gap`` of the distance from the
-  template to a human caption on the same clips, and for a fused decoding at
+  at least ``min_cider_d_over_template`` times the template's, and for a fused decoding at
   least ``min_cider_d_over_lm_only`` times that of the same decoding with an untrained model
   of its shape (``lm_only``): under fusion the LM writes the glue, and an untrained model
   reached 1.5-1.8x human function-word perplexity by listing keywords between commas, which
@@ -77,22 +76,22 @@ def decoding_name(g: dict) -> str:
             + (", free first" if g.get("free_first") else ""))
 
 
-#: Reference-quality limits (``refscore``), chosen on 200 AudioCaps *val* clips
-#: (docs/captions.md). A model must close a quarter of the gap between the template and a human
-#: caption (the source caption of each clip, scored against the clip's other captions) *on the
-#: same clips*: how far a human caption is ahead of the template depends on the reference corpus
-#: (2.87-3.18x on AudioCaps val, 1.93-2.16x on test, whose captions are 23% longer), so a fixed
-#: ratio to the template (1.5x, this rule's value on val) measured the corpus as much as the model.
-#: Fused, a decoding must also at least double what the LM writes alone (an untrained model).
-MIN_SHARE_OF_HUMAN_GAP = 0.25
+#: Reference-quality limits (CIDEr-D ratios, ``refscore``), chosen on 200 AudioCaps *val* clips
+#: (docs/captions.md), never on the test split the report scores with. There a human caption
+#: scored 2.87x the template and an untrained model with the fusion LM 0.69x: a model must
+#: close a quarter of the template-to-human gap (1 + 0.25 x 1.87 = 1.47, rounded) and, fused,
+#: at least double what the LM writes alone. A bar that follows each corpus's human caption
+#: (a quarter of the gap on the report's own clips) was tried and withdrawn: on AudioCaps test
+#: it passed a 5-minute model whose AudioSet captions read "Waterfall is being waterfall"
+#: (docs/captions.md, "The reference rule").
+MIN_OVER_TEMPLATE = 1.5
 MIN_OVER_LM_ONLY = 2.0
 #: clips scored against their other human captions (AudioCaps test has ~975 with 5 captions)
 REF_N = 300
 LIMITS = {"min_keyword_coverage": 0.90, "min_all_keywords_rate": 0.70,
           "max_invented_word_rate": 0.10, "max_repetition_rate": 0.02,
           "max_function_word_perplexity_ratio": 3.0,
-          "min_cider_d_share_of_human_gap": MIN_SHARE_OF_HUMAN_GAP,
-          "min_cider_d_over_lm_only": MIN_OVER_LM_ONLY}
+          "min_cider_d_over_template": MIN_OVER_TEMPLATE, "min_cider_d_over_lm_only": MIN_OVER_LM_ONLY}
 
 
 class GateError(Exception):
@@ -208,41 +207,23 @@ def _ref_scores(captions, refs) -> dict:
     return figs
 
 
-def reference_limit(template_references: dict | None, human_references: dict | None) -> float | None:
-    """The CIDEr-D a decoding needs: the template's plus ``MIN_SHARE_OF_HUMAN_GAP`` of the
-    human caption's lead over it on the same clips (without a human figure, or where a human
-    caption does not lead: the template's own)."""
-    tmpl = (template_references or {}).get("cider_d")
-    if tmpl is None:
-        return None
-    human = (human_references or {}).get("cider_d")
-    lead = max(0.0, human - tmpl) if human is not None else 0.0
-    return tmpl + MIN_SHARE_OF_HUMAN_GAP * lead
-
-
 def verdict(figures: dict, human_perplexity: float | None = None,
-            lm_only: dict | None = None, template_references: dict | None = None,
-            human_references: dict | None = None) -> list[str]:
+            lm_only: dict | None = None, template_references: dict | None = None) -> list[str]:
     """The limits a decoding's figures break (empty: passes). Fluency is judged only when the
     report measured both the captions' and human captions' perplexity; reference quality only
-    when it measured the decoding's and the template's (``references``; the human caption's
-    too sets the bar, ``reference_limit``). A fused decoding must also beat the fusion LM alone
-    (``lm_only``): on reference quality when both have it, else on function-word perplexity
-    (``LM_ONLY_MARGIN``)."""
+    when it measured the decoding's and the template's (``references``). A fused decoding must
+    also beat the fusion LM alone (``lm_only``): on reference quality when both have it, else
+    on function-word perplexity (``LM_ONLY_MARGIN``)."""
     broken = []
     ppl = figures.get("function_word_perplexity")
     limit = LIMITS["max_function_word_perplexity_ratio"]
     base = (lm_only or {}).get("function_word_perplexity")
     mine = (figures.get("references") or {}).get("cider_d")
     tmpl = (template_references or {}).get("cider_d")
-    need = reference_limit(template_references, human_references)
     alone = ((lm_only or {}).get("references") or {}).get("cider_d")
-    if mine is not None and need is not None and mine < need:
-        human = (human_references or {}).get("cider_d")
-        broken.append(f"reference CIDEr-D {mine:.3f} < {need:.3f} = template {tmpl:.3f} + "
-                      f"{MIN_SHARE_OF_HUMAN_GAP} x its gap to a human caption"
-                      + (f" ({human:.3f})" if human is not None else "")
-                      + " (not enough better than the template)")
+    if mine is not None and tmpl is not None and mine < MIN_OVER_TEMPLATE * tmpl:
+        broken.append(f"reference CIDEr-D {mine:.3f} < {MIN_OVER_TEMPLATE} x template {tmpl:.3f} "
+                      "(not better than the template)")
     if mine is not None and alone is not None:
         if mine < MIN_OVER_LM_ONLY * alone:
             broken.append(f"reference CIDEr-D {mine:.3f} < {MIN_OVER_LM_ONLY} x {alone:.3f} of the "
@@ -358,8 +339,7 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
             figs["references"] = reference_figures(cap, ref_sets)
         lm_only = _lm_only_figures(cap, sets, lm, ref_sets) if dec.get("lm_fusion") and lm else None
         broken = verdict(figs, report.get("human_function_word_perplexity"), lm_only,
-                         (report.get("references") or {}).get("template"),
-                         (report.get("references") or {}).get("human"))
+                         (report.get("references") or {}).get("template"))
         report["decodings"].append({"generation": _decoding_key(cap.params), **figs,
                                     "seconds": round(secs, 1), "passes": not broken,
                                     "broken": broken, **({"lm_only": lm_only} if lm_only else {}),
@@ -464,9 +444,6 @@ def markdown(report: dict) -> str:
                              d["lm_only"]["references"]))
         lines += [f"| {name} | {r['bleu4']:.3f} | {r['meteor']:.3f} | {r['cider_d']:.3f} | "
                   f"{r['cider_d'] / tc:.2f} |" for name, r in rows]
-        need = reference_limit(refs["template"], refs.get("human"))
-        lines.append(f"\nA decoding needs CIDEr-D >= {need:.3f} (the template's + "
-                     f"{MIN_SHARE_OF_HUMAN_GAP} x a human caption's lead over it).")
     lines.append(f"\nLimits: {json.dumps(report['limits'])}. Verdict: "
                  f"{'usable' if report['passes'] else 'refused by the quality gate'}.")
     for d in report["decodings"][-1:]:
@@ -521,7 +498,7 @@ def rejudge(report: dict) -> dict:
     for d in report.get("decodings") or []:
         if isinstance(d, dict) and all(isinstance(d.get(k), (int, float)) for k in _JUDGED):
             d["broken"] = verdict(d, report.get("human_function_word_perplexity"), d.get("lm_only"),
-                                  refs.get("template"), refs.get("human"))
+                                  refs.get("template"))
             d["passes"] = not d["broken"]
     report["limits"] = LIMITS
     report["passes"] = any(isinstance(d, dict) and d.get("passes")

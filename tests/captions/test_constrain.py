@@ -240,32 +240,22 @@ def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
 
 def test_reference_quality_limits():
     """With reference scores (CIDEr-D against human captions of the same clips) a decoding must
-    close ``MIN_SHARE_OF_HUMAN_GAP`` of the template's gap to a human caption, and a fused one
-    beat the LM alone by ``MIN_OVER_LM_ONLY``; the LM-alone perplexity rule is then not used
-    (comma lists of keywords fool a word trigram, references do not)."""
-    tmpl, human = {"cider_d": 0.4}, {"cider_d": 1.2}
-    need = 0.4 + gate.MIN_SHARE_OF_HUMAN_GAP * 0.8
-    assert gate.reference_limit(tmpl, human) == pytest.approx(need)
+    beat the template by ``MIN_OVER_TEMPLATE`` and a fused one the LM alone by
+    ``MIN_OVER_LM_ONLY``; the LM-alone perplexity rule is then not used (comma lists of
+    keywords fool a word trigram, references do not)."""
+    tmpl = {"cider_d": 0.4}
     good = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
             "repetition_rate": 0.0, "function_word_perplexity": 20.0,
-            "references": {"cider_d": need + 0.01}}
+            "references": {"cider_d": 0.4 * gate.MIN_OVER_TEMPLATE + 0.01}}
     alone = {"function_word_perplexity": 14.0,
              "references": {"cider_d": good["references"]["cider_d"] / gate.MIN_OVER_LM_ONLY - 0.01}}
-    assert gate.verdict(good, 8.0, alone, tmpl, human) == []
-    assert gate.verdict(good, 8.0, None, tmpl, human) == []
-    weak = {**good, "references": {"cider_d": need - 0.01}}
-    [why] = gate.verdict(weak, 8.0, None, tmpl, human)
-    assert "template" in why and "human" in why
-    # the same captions against a corpus where people write more like the template (a human
-    # caption only 2x it): the bar is lower, the weak decoding passes
-    assert gate.verdict(weak, 8.0, None, tmpl, {"cider_d": 0.8}) == []
-    # without a human figure (or a corpus where people do not beat the template) the bar is
-    # the template itself
-    assert gate.verdict({**good, "references": {"cider_d": 0.41}}, 8.0, None, tmpl) == []
-    [why] = gate.verdict({**good, "references": {"cider_d": 0.39}}, 8.0, None, tmpl, {"cider_d": 0.3})
+    assert gate.verdict(good, 8.0, alone, tmpl) == []
+    assert gate.verdict(good, 8.0, None, tmpl) == []
+    weak = {**good, "references": {"cider_d": 0.4 * gate.MIN_OVER_TEMPLATE - 0.01}}
+    [why] = gate.verdict(weak, 8.0, None, tmpl)
     assert "template" in why
     close = {**alone, "references": {"cider_d": good["references"]["cider_d"] / gate.MIN_OVER_LM_ONLY + 0.01}}
-    [why] = gate.verdict(good, 8.0, close, tmpl, human)
+    [why] = gate.verdict(good, 8.0, close, tmpl)
     assert "untrained model" in why and "CIDEr-D" in why
     # no template reference figures: only the LM-alone comparison is made
     assert gate.verdict(weak, 8.0, {**alone, "references": {"cider_d": 0.1}}) == []
@@ -274,7 +264,7 @@ def test_reference_quality_limits():
 def test_a_saved_report_is_judged_by_the_limits_in_force(tmp_path):
     """``passes``/``broken`` in a saved report are derived: loading re-applies today's limits
     to its figures (a report written under older limits, or a hand-edited verdict, does not
-    decide), and an entry without figures keeps its saved verdict."""
+    decide), and an entry without figures keeps its saved verdict. (0.5 < 1.5 x 0.4 fails.)"""
     figs = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
             "repetition_rate": 0.0, "references": {"cider_d": 0.5}}
     report = {"references": {"template": {"cider_d": 0.4}, "human": {"cider_d": 1.2}},
