@@ -567,8 +567,18 @@ def check_model_dir(model: str | os.PathLike, params=None, *, force: bool = Fals
     params = params or recommended_params(model) or GenerationParams()
     from .k2c import FUSION_LM
 
-    if params.lm_fusion and not (Path(model) / FUSION_LM).is_file():   # even when forced
-        raise GateError(f"LM fusion needs {FUSION_LM} in {Path(model).name}: "
-                        "`laion-audio caption-quality --model DIR --write-report --fusion-lm KIND:PATH`")
+    if params.lm_fusion:                                              # even when forced
+        fusion = Path(model) / FUSION_LM
+        if not fusion.is_file():
+            raise GateError(f"LM fusion needs {FUSION_LM} in {Path(model).name}: "
+                            "`laion-audio caption-quality --model DIR --write-report --fusion-lm KIND:PATH`")
+        try:                  # a damaged file would fail every caption over to the template
+            usable = any(line.strip() for line in fusion.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError):
+            usable = False
+        if not usable:
+            raise GateError(f"{FUSION_LM} in {Path(model).name} is not a list of captions (empty or "
+                            "not UTF-8): re-attach it with `laion-audio caption-quality --model DIR "
+                            "--write-report --fusion-lm KIND:PATH`")
     return check(SimpleNamespace(name=str(model), fingerprint=model_fingerprint(model), params=params),
                  force=force, warn=warn)

@@ -227,6 +227,23 @@ def test_fusion_makes_the_glue_more_human(tiny, captioner, label_sets, shared_da
         gate.check_model_dir(tiny[0], replace(held, lm_fusion=2.0), force=True)
 
 
+def test_a_damaged_fusion_lm_is_one_line_before_any_caption(tiny, tmp_path):
+    """A ``fusion_lm.txt`` that is not UTF-8, or empty, would fail every caption over to the
+    template one by one; the gate says so once, before loading, even when forced."""
+    import shutil
+
+    held = GenerationParams(keyword_boost=2.0, rerank_by_coverage=True, constrained=True,
+                            lm_fusion=2.0)
+    for damage in (bytes(range(128, 256)) * 20, b"", b"\n \n"):
+        folder = tmp_path / f"m{len(damage)}"
+        shutil.copytree(tiny[0], folder)
+        (folder / "fusion_lm.txt").write_bytes(damage)
+        with pytest.raises(gate.GateError, match="not a list of captions"):
+            gate.check_model_dir(folder, held, force=True)
+    (folder / "fusion_lm.txt").write_text("a dog barks\n", encoding="utf-8")
+    gate.check_model_dir(folder, held, force=True, warn=lambda msg: None)   # forced: passes
+
+
 def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
     """Under fusion an untrained model passed the fluency limit (the LM writes the glue), so a
     fused decoding is judged against the same decoding with an untrained model too."""
