@@ -324,12 +324,30 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
     copies of each under every perturbation; >= n_distractors distinct other clips (the other
     real files, excerpts of other long files, other speech, different takes of the eval
     sentences, synthetic textures). Files with identical decoded audio count once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = np.random.default_rng(seed)
-    audio, seen = [], set()
-    for p in sorted(sound_files):
+    n_speech = max(1, n_eval // 10)
+    # the speech and the decodes draw nothing from rng: made up front in threads (espeak-ng
+    # runs in its own process; libsndfile and soxr release the GIL), used in the old order
+    speech_args = ([(SENTENCES[k], VOICES[k % 3]) for k in range(n_speech)]
+                   + [("this is unrelated material before and after the clip", "en-gb-scotland", 150)]
+                   + [(SENTENCES[k], VOICES[3 + k % 5], 130 + 7 * k, 30 + k) for k in range(n_speech)]
+                   + [(SENTENCES[k], v) for k in range(n_speech, len(SENTENCES)) for v in VOICES[:4]])
+
+    def decoded(p):
         try:
-            x = strip_silence(load_mono(p, max_seconds=max_file_seconds))
+            return strip_silence(load_mono(p, max_seconds=max_file_seconds))
         except Exception:  # noqa: BLE001 - an unreadable file is simply not used
+            return None
+
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        speech = dict(zip(speech_args, pool.map(lambda a: espeak(*a), speech_args)))
+        files = sorted(sound_files)
+        xs = list(pool.map(decoded, files))
+    audio, seen = [], set()
+    for p, x in zip(files, xs):
+        if x is None:
             continue
         digest = hash(np.round(x[:: max(1, len(x) // 4096)], 3).tobytes())
         if len(x) < 0.3 * WORK_SR or digest in seen or np.max(np.abs(x)) < 1e-3:
@@ -342,7 +360,6 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
     short = [a for a in audio if len(a[1]) < 25 * WORK_SR]
     eval_long, other_long = long_[: len(long_) // 2], long_[len(long_) // 2:]
     eligible = [a for a in short if len(a[1]) >= min_eval_seconds * WORK_SR]
-    n_speech = max(1, n_eval // 10)
     n_long = min(len(eval_long) * 2, n_eval // 4)
     n_files = n_eval - n_speech - n_long
     eval_files, other_short = eligible[:n_files], [a for a in short if a not in eligible[:n_files]]
@@ -357,11 +374,10 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
                 break
         evals.append((f"{name}@{s / WORK_SR:.1f}s", x[s:s + 10 * WORK_SR]))
     for k in range(n_speech):
-        evals.append((f"espeak:{k}", espeak(SENTENCES[k], VOICES[k % 3])))
+        evals.append((f"espeak:{k}", speech[(SENTENCES[k], VOICES[k % 3])]))
 
     queries: list[tuple[str, int, np.ndarray]] = []
-    filler = espeak("this is unrelated material before and after the clip", "en-gb-scotland", 150)
-    from concurrent.futures import ThreadPoolExecutor
+    filler = speech[("this is unrelated material before and after the clip", "en-gb-scotland", 150)]
 
     with ThreadPoolExecutor(4) as pool:       # ffmpeg runs in its own process: threads overlap it
         mp3 = list(pool.map(lambda e: mp3_roundtrip(e[1], WORK_SR), evals))
@@ -388,10 +404,10 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
         for s in range(0, len(x) - step, step + WORK_SR):
             distractors.append((f"excerpt|{n}@{s / WORK_SR:.0f}s", x[s:s + step]))
     for k in range(n_speech):                  # other takes of the eval sentences
-        distractors.append(("speech_other_take", espeak(SENTENCES[k], VOICES[3 + k % 5], 130 + 7 * k, 30 + k)))
+        distractors.append(("speech_other_take", speech[(SENTENCES[k], VOICES[3 + k % 5], 130 + 7 * k, 30 + k)]))
     for k in range(n_speech, len(SENTENCES)):
         for v in VOICES[:4]:
-            distractors.append(("speech", espeak(SENTENCES[k], v)))
+            distractors.append(("speech", speech[(SENTENCES[k], v)]))
     n_real = len(distractors)
     kinds = TEXTURES
     plans = []
