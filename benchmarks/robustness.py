@@ -173,39 +173,72 @@ def espeak(text: str, voice: str = "en", speed: int = 160, pitch: int = 50) -> n
 
 def texture(kind: str, seconds: float, rng: np.random.Generator, sr: int = WORK_SR) -> np.ndarray:
     """Synthetic sound textures (each call a different take)."""
+    return texture_plan(kind, seconds, rng, sr)()
+
+
+def texture_plan(kind: str, seconds: float, rng: np.random.Generator,
+                 sr: int = WORK_SR) -> Callable[[], np.ndarray]:
+    """:func:`texture` in two steps: every random draw now (in the order :func:`texture`
+    always made them, so a seed gives the same clips), the arithmetic in the returned
+    function, which needs no generator and so can run in a thread pool (numpy's FFTs,
+    convolutions and ufuncs release the GIL)."""
     n = max(1, int(seconds * 10)) * (sr // 10)    # whole 100 ms steps: fast FFT sizes
-    t = np.arange(n) / sr
     if kind == "noise_band":
         lo = rng.uniform(100, 4000)
-        spec = np.fft.rfft(rng.normal(size=n))
-        f = np.fft.rfftfreq(n, 1 / sr)
-        spec *= (f > lo) & (f < lo * rng.uniform(1.5, 4))
-        y = np.fft.irfft(spec, n)
-        y *= 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.2, 3) * t + rng.uniform(0, 6))
+        white = rng.normal(size=n)
+        hi, rate, phase = lo * rng.uniform(1.5, 4), rng.uniform(0.2, 3), rng.uniform(0, 6)
+
+        def render():
+            t = np.arange(n) / sr
+            spec = np.fft.rfft(white)
+            f = np.fft.rfftfreq(n, 1 / sr)
+            spec *= (f > lo) & (f < hi)
+            y = np.fft.irfft(spec, n)
+            y *= 0.5 + 0.5 * np.sin(2 * np.pi * rate * t + phase)
+            return y
     elif kind == "tones":
-        y = np.zeros(n)
         step = int(rng.uniform(0.08, 0.4) * sr)
-        for s in range(0, n, step):
-            f0 = rng.uniform(150, 3000)
-            seg = np.arange(min(step, n - s)) / sr
-            y[s:s + len(seg)] = np.sin(2 * np.pi * f0 * seg) * np.exp(-seg * rng.uniform(2, 20))
+        notes = [(s, rng.uniform(150, 3000), rng.uniform(2, 20)) for s in range(0, n, step)]
+
+        def render():
+            y = np.zeros(n)
+            for s, f0, decay in notes:
+                seg = np.arange(min(step, n - s)) / sr
+                y[s:s + len(seg)] = np.sin(2 * np.pi * f0 * seg) * np.exp(-seg * decay)
+            return y
     elif kind == "chirps":
         f0, f1 = rng.uniform(200, 4000, 2)
         period = rng.uniform(0.2, 1.0)
-        ph = (t % period) / period
-        y = np.sin(2 * np.pi * np.cumsum(f0 + (f1 - f0) * ph) / sr) * (1 - ph)
+
+        def render():
+            t = np.arange(n) / sr
+            ph = (t % period) / period
+            return np.sin(2 * np.pi * np.cumsum(f0 + (f1 - f0) * ph) / sr) * (1 - ph)
     elif kind == "rain":
-        y = np.zeros(n)
         idx = rng.integers(0, n, int(seconds * rng.uniform(20, 200)))
-        y[idx] = rng.normal(size=len(idx))
+        drops = rng.normal(size=len(idx))
         k = np.exp(-np.arange(int(0.01 * sr)) / (0.002 * sr)) * rng.normal(size=int(0.01 * sr))
-        y = np.convolve(y, k, mode="same") + 0.05 * rng.normal(size=n)
+        bed = rng.normal(size=n)
+
+        def render():
+            y = np.zeros(n)
+            y[idx] = drops
+            return np.convolve(y, k, mode="same") + 0.05 * bed
     else:  # "hum": harmonic drone with wobble
         f0 = rng.uniform(50, 400)
-        y = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in range(1, 6))
-        y = y * (0.7 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.1, 2) * t))
-    y = y / (np.max(np.abs(y)) + 1e-9) * rng.uniform(0.1, 0.9)
-    return y.astype(np.float32)
+        phases = [rng.uniform(0, 6) for _ in range(1, 6)]
+        wobble = rng.uniform(0.1, 2)
+
+        def render():
+            t = np.arange(n) / sr
+            y = sum(np.sin(2 * np.pi * f0 * h * t + p) / h for h, p in zip(range(1, 6), phases))
+            return y * (0.7 + 0.3 * np.sin(2 * np.pi * wobble * t))
+    level = rng.uniform(0.1, 0.9)
+
+    def scaled() -> np.ndarray:
+        y = render()
+        return (y / (np.max(np.abs(y)) + 1e-9) * level).astype(np.float32)
+    return scaled
 
 
 TEXTURES = ("noise_band", "tones", "chirps", "rain", "hum")
@@ -291,12 +324,30 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
     copies of each under every perturbation; >= n_distractors distinct other clips (the other
     real files, excerpts of other long files, other speech, different takes of the eval
     sentences, synthetic textures). Files with identical decoded audio count once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = np.random.default_rng(seed)
-    audio, seen = [], set()
-    for p in sorted(sound_files):
+    n_speech = max(1, n_eval // 10)
+    # the speech and the decodes draw nothing from rng: made up front in threads (espeak-ng
+    # runs in its own process; libsndfile and soxr release the GIL), used in the old order
+    speech_args = ([(SENTENCES[k], VOICES[k % 3]) for k in range(n_speech)]
+                   + [("this is unrelated material before and after the clip", "en-gb-scotland", 150)]
+                   + [(SENTENCES[k], VOICES[3 + k % 5], 130 + 7 * k, 30 + k) for k in range(n_speech)]
+                   + [(SENTENCES[k], v) for k in range(n_speech, len(SENTENCES)) for v in VOICES[:4]])
+
+    def decoded(p):
         try:
-            x = strip_silence(load_mono(p, max_seconds=max_file_seconds))
+            return strip_silence(load_mono(p, max_seconds=max_file_seconds))
         except Exception:  # noqa: BLE001 - an unreadable file is simply not used
+            return None
+
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        speech = dict(zip(speech_args, pool.map(lambda a: espeak(*a), speech_args)))
+        files = sorted(sound_files)
+        xs = list(pool.map(decoded, files))
+    audio, seen = [], set()
+    for p, x in zip(files, xs):
+        if x is None:
             continue
         digest = hash(np.round(x[:: max(1, len(x) // 4096)], 3).tobytes())
         if len(x) < 0.3 * WORK_SR or digest in seen or np.max(np.abs(x)) < 1e-3:
@@ -309,7 +360,6 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
     short = [a for a in audio if len(a[1]) < 25 * WORK_SR]
     eval_long, other_long = long_[: len(long_) // 2], long_[len(long_) // 2:]
     eligible = [a for a in short if len(a[1]) >= min_eval_seconds * WORK_SR]
-    n_speech = max(1, n_eval // 10)
     n_long = min(len(eval_long) * 2, n_eval // 4)
     n_files = n_eval - n_speech - n_long
     eval_files, other_short = eligible[:n_files], [a for a in short if a not in eligible[:n_files]]
@@ -324,11 +374,10 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
                 break
         evals.append((f"{name}@{s / WORK_SR:.1f}s", x[s:s + 10 * WORK_SR]))
     for k in range(n_speech):
-        evals.append((f"espeak:{k}", espeak(SENTENCES[k], VOICES[k % 3])))
+        evals.append((f"espeak:{k}", speech[(SENTENCES[k], VOICES[k % 3])]))
 
     queries: list[tuple[str, int, np.ndarray]] = []
-    filler = espeak("this is unrelated material before and after the clip", "en-gb-scotland", 150)
-    from concurrent.futures import ThreadPoolExecutor
+    filler = speech[("this is unrelated material before and after the clip", "en-gb-scotland", 150)]
 
     with ThreadPoolExecutor(4) as pool:       # ffmpeg runs in its own process: threads overlap it
         mp3 = list(pool.map(lambda e: mp3_roundtrip(e[1], WORK_SR), evals))
@@ -355,17 +404,18 @@ def build_planted_corpus(sound_files: list[Path], *, n_eval: int = 100, n_distra
         for s in range(0, len(x) - step, step + WORK_SR):
             distractors.append((f"excerpt|{n}@{s / WORK_SR:.0f}s", x[s:s + step]))
     for k in range(n_speech):                  # other takes of the eval sentences
-        distractors.append(("speech_other_take", espeak(SENTENCES[k], VOICES[3 + k % 5], 130 + 7 * k, 30 + k)))
+        distractors.append(("speech_other_take", speech[(SENTENCES[k], VOICES[3 + k % 5], 130 + 7 * k, 30 + k)]))
     for k in range(n_speech, len(SENTENCES)):
         for v in VOICES[:4]:
-            distractors.append(("speech", espeak(SENTENCES[k], v)))
+            distractors.append(("speech", speech[(SENTENCES[k], v)]))
     n_real = len(distractors)
     kinds = TEXTURES
-    k = 0
-    while len(distractors) < n_distractors:
-        kind = kinds[k % len(kinds)]
-        distractors.append((f"texture_{kind}", texture(kind, float(rng.uniform(0.5, 8)), rng)))
-        k += 1
+    plans = []
+    while len(distractors) + len(plans) < n_distractors:
+        kind = kinds[len(plans) % len(kinds)]
+        plans.append((f"texture_{kind}", texture_plan(kind, float(rng.uniform(0.5, 8)), rng)))
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:   # the same clips, 2x faster
+        distractors.extend(zip([name for name, _ in plans], pool.map(lambda p: p[1](), plans)))
     queries.extend((f"distractor:{kind}", -1, x) for kind, x in distractors)
     return PlantedCorpus(evals, queries, n_real_distractors=n_real)
 

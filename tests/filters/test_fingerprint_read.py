@@ -63,20 +63,26 @@ def _twenty_minutes(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def twenty_minutes(tmp_path_factory) -> Path:
+    """:func:`_twenty_minutes`, written once for the two tests that only read it."""
+    return _twenty_minutes(tmp_path_factory.mktemp("twenty"))
+
+
 @pytest.mark.slow
-def test_fingerprint_memory_does_not_grow_with_the_clip(tmp_path):
+def test_fingerprint_memory_does_not_grow_with_the_clip(twenty_minutes):
     """20 min at 48 kHz: the whole-clip read and spectrogram took ~1.7 GB (5.2 GB for an hour);
     the streamed, windowed read stays near 300 MB."""
     n_frames, n_hashes, maxrss_kb = in_child(
         "from laion_audio.filters.fpstore import fingerprint_file;"
         "fp = fingerprint_file(sys.argv[1], keep_bands=False);"
-        "print(fp.n_frames, len(fp.hashes), peak_kb())", _twenty_minutes(tmp_path))
+        "print(fp.n_frames, len(fp.hashes), peak_kb())", twenty_minutes)
     assert n_frames == 1 + (20 * 60 * 16000 - 1024) // 128 and n_hashes > 100_000
     assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
 
 
 @pytest.mark.slow
-def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
+def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path, twenty_minutes):
     """The near-duplicate check's features come from the same bounded read: a 20-min clip read
     whole took over 1.5 GB (an hour: 4.8 GB in the hostile-corpus run); windowed, they equal
     the whole-clip features of a short clip and stay near 300 MB for the long one."""
@@ -90,7 +96,7 @@ def test_near_duplicate_features_are_read_in_bounded_memory(tmp_path):
         "from laion_audio.filters.fpstore import frame_features_file;"
         "from laion_audio.filters.dedup import near_features;"
         "f = frame_features_file(sys.argv[1], near_features);"
-        "print(f.shape[0], peak_kb())", _twenty_minutes(tmp_path))
+        "print(f.shape[0], peak_kb())", twenty_minutes)
     assert rows >= (20 * 60 * 16000 - 1024) // 128 // 2 - 1
     assert maxrss_kb < 600 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MB"
 

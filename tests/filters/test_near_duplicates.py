@@ -3,6 +3,7 @@ and real), recall on true copies, no chaining through weak links, and verdicts t
 the set of records, not on the order or the runs they arrived in."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ SENTENCES = [
 ]
 
 
-def _rec(source, sid, path, **kw) -> Record:
+def _rec(source, sid, path, sha: str | None = None, **kw) -> Record:
     info = sf.info(str(path))
-    return Record(source, sid, flac_path=str(path), audio_sha256=pcm_sha256(path),
+    return Record(source, sid, flac_path=str(path), audio_sha256=sha or pcm_sha256(path),
                   audio_duration=info.duration, status=Status.CAPTIONED, texts=[sid], **kw)
 
 
@@ -219,8 +220,11 @@ def test_generated_distinct_clips_are_rarely_dropped(tmp_path):
     docs/filters.md. Before them: 1 of 600 here, and 1.1% of 8,000.)"""
     d = tmp_path / "audio"
     d.mkdir()
-    recs = [_rec("local", f"g{i:04d}", _write(d / f"g{i}.flac", distinct_clip(i, seed=7)))
-            for i in range(600)]
+    # each clip is a pure function of (seed, i): generated and written in threads, in order
+    with ThreadPoolExecutor(4) as pool:
+        recs = list(pool.map(lambda i: _rec("local", f"g{i:04d}", _write(d / f"g{i}.flac",
+                                                                          distinct_clip(i, seed=7))),
+                             range(600)))
     ledger = Ledger(tmp_path / "ledger")
     ledger.write(recs)
     report, _ = filter_ledger(ledger, _config(tmp_path))
@@ -274,7 +278,7 @@ def _real_distinct_set(debian_sounds, out: Path) -> list[Record]:
             path.unlink()
             continue
         seen.add(sha)
-        recs.append(_rec("local", f"{p.parent.name}/{p.name}", path))
+        recs.append(_rec("local", f"{p.parent.name}/{p.name}", path, sha))
     for i, s in enumerate(SENTENCES):
         voice, speed = ("en", "en-us", "en-gb")[i % 3], 140 + 5 * (i % 6)
         recs.append(_rec("local", f"espeak/{i:02d}", _write(out / f"s{i}.wav",
