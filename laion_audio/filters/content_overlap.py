@@ -225,7 +225,7 @@ def _scatter(h, r, t, fill, ref, time):
         fill[h[k]] = j + 1
 
 
-_BIN_SHIFT = 5           # prefilter offset bins of 32 frames (a peak's evidence spans +-3)
+_BIN_SHIFT = 4           # prefilter offset bins of 16 frames (a peak's evidence spans +-3)
 _FOLD_BITS = 3           # ... folded modulo 8 per ref, so the counter is dense and small
 _FOLD = 1 << _FOLD_BITS
 #: a ref whose voted offsets span more frames than this (hours-long clips) is counted by a
@@ -342,16 +342,16 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
 
     Query hashes arrive grouped by query; query hash ``k`` hits postings
     ``lo[k] : lo[k] + cnt[k]``. Per query:
-    (1) hits are counted per (ref, 32-frame offset bin, folded modulo 8) in a dense counter.
+    (1) hits are counted per (ref, 16-frame offset bin, folded modulo 8) in a dense counter.
         A peak at offset ``o`` with votes ``>= need`` (``need = max(min_votes,
         ceil(min_fraction * min(query hashes, ref hashes)))``) has all its votes, and its
         neighbours' counts, at ``o +-2``: a posting at offset ``x`` that counts for, or next
         to, a kept peak has ``need`` hits within ``x +-3``. That window lies in the posting's
-        own bin unless ``x`` is within 3 frames of the bin's edge (6 of 32 positions: then also
+        own bin unless ``x`` is within 3 frames of the bin's edge (6 of 16 positions: then also
         the bin on that side); a posting whose window's bins (folding only adds) hold
         fewer than ``need`` hits is dropped. Noise refs mostly go here, cheaply; the check
-        runs branch-free over every posting, then exactly on the few that pass (a third fewer
-        than with the bin and both its neighbours: 2.3 M of 9.6 M postings at 100k refs).
+        runs branch-free over every posting, then exactly on the few that pass (2.2 M of 9.6 M
+        postings at 100k refs; 3.2 M when 32-frame bins and both their neighbours were read).
     (2) the survivors are grouped by ref (a counting sort over the refs they touch), and a ref
         with fewer than ``need`` of them is dropped whole;
     (3) each remaining ref's offsets are counted in a dense histogram over their span (in
