@@ -244,7 +244,10 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
     ``against`` (a git revision): the lookup of that revision's ``content_overlap.py`` runs on
     the same index, alternating with today's (5 runs each), and the candidates must be the same.
     Lookups/s are by the wall clock and per CPU second of the process (the machine is shared:
-    the wall clock also counts the time other processes had the core)."""
+    the wall clock also counts the time other processes had the core, and its speed varied 2x
+    over 2026-12-01), so the ratio to ``against`` in the same run is the figure to quote. At
+    100k the cost is the ~25k postings each query touches (the default budget); a smaller
+    budget loses copies at once (docs/filters.md, Benchmarks)."""
     from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex
     from laion_audio.filters.fingerprint import fingerprint
     from robustness import PERTURBATIONS

@@ -153,3 +153,26 @@ def test_keep_rarest_is_a_stable_sort_prefix():
             want[order[np.cumsum(part[order]) <= budget[q]]] = True
             assert np.array_equal(keep[k0:k0 + n], want), q
             k0 += n
+
+
+def test_peaks_at_the_threshold_across_prefilter_bin_edges():
+    """A peak whose votes just reach ``need``, split over its +-1 frames (and a neighbour at +2),
+    at every position of the prefilter's offset bins (negative offsets too): the prefilter
+    keeps all its hits, reading the next bin only where a hit's +-3 window crosses into it."""
+    patterns = ([-1, -1, 0, 0, 1, 1], [-1, 0, 0, 0, 1, 1], [-1, -1, 0, 0, 1, 1, 2], [0, 0, 0, 0, 0, 1])
+    index = co.FingerprintIndex()
+    queries, want, h = [], [], 0
+    width = 1 << co._BIN_SHIFT
+    for o in range(-3 * width, 3 * width):
+        for pat in patterns:
+            ref_t = 500 + 20 * np.arange(len(pat))
+            hashes = np.arange(h, h + len(pat), dtype=np.uint32)
+            h += len(pat)
+            r = index.add(len(index), Fingerprint(hashes, ref_t.astype(np.int32), int(ref_t[-1]) + 1))
+            q_t = ref_t - o - np.array(pat)
+            queries.append(Fingerprint(hashes, q_t.astype(np.int32), int(q_t.max()) + 1))
+            want.append((len(queries) - 1, r, o))
+    index.build()
+    got = _tuples(index.candidates(queries, min_votes=6, min_fraction=0.0, offsets=1))
+    assert got == _reference(index, queries, min_votes=6, min_fraction=0.0, offsets=1)
+    assert [(q, r, o) for q, r, o, _ in got] == want
