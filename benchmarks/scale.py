@@ -405,6 +405,10 @@ def print_scale_table(cols: list[tuple[str, object]]) -> None:
         row(f"disk MB {folder}/", [build_or_meta(d, lambda b: b["disk_mb"].get(folder, 0),
                                                  lambda m: m[-1]["disk_mb"].get(folder, 0)) for _, d in cols],
             "{:,.1f}")
+    row("input clips' format", [build_or_meta(d, lambda b: b.get("clip_format", "wav").upper(), lambda m: None)
+                                for _, d in cols], "{}")
+    row("distinct clips dropped as duplicates", [build_or_meta(d, lambda b: b.get("dropped_as_duplicates"),
+                                                               lambda m: None) for _, d in cols])
     row("work folder / shards", [build_or_meta(d, lambda b: b.get("work_over_shards"), lambda m: None)
                                  for _, d in cols], "{:.2f}")
     when = [build_or_meta(d, lambda b: b.get("measured") or {}, lambda m: m[-1].get("measured") or {})
@@ -424,7 +428,7 @@ def bench_table(args, tmp: Path) -> list:
         for n in sizes:
             if not (args.results / f"build-{n}.json").exists():
                 bench_build([n], tmp, clips=args.clips, crawl_repeats=args.crawl_repeats,
-                            results_dir=args.results)
+                            results_dir=args.results, clip_format=args.clip_format)
         if args.audioset_rows and not (args.results / f"metadata-{args.audioset_rows}.json").exists():
             bench_metadata(args, tmp)
     cols = table_columns(sizes, args.audioset_rows, args.results)
@@ -434,7 +438,7 @@ def bench_table(args, tmp: Path) -> list:
 
 def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None,
                 clips: Path | None = None, crawl_repeats: int = 5,
-                results_dir: Path | None = None) -> list[dict]:
+                results_dir: Path | None = None, clip_format: str = "wav") -> list[dict]:
     """Full builds (``build --source local --inline``, every stage, the default keep policy) of
     N clips distinct by construction (benchmarks/distinct_clips.py), side by side: per-stage
     records/s, the driver's peak RSS (and after which stage it rose), disk per folder. The
@@ -442,20 +446,21 @@ def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None,
     into each size's input. The crawl is also measured as the median of ``crawl_repeats``
     crawl-only builds net of its start-up (one sample is too short to read: docs/scale.md).
     With ``results_dir`` each size's figures are saved there as ``build-N.json`` (``table``
-    reads them)."""
+    reads them). ``clip_format`` is the pool's format (WAV or FLAC: the same samples)."""
     from driver_memory import print_table, run
 
     root = keep or tmp
     results = []
     for n in sizes:
         results.append(run(n, root, "crawl,fetch,transcode,caption,filter,shard", 1, inline=True,
-                           clips=clips, crawl_repeats=crawl_repeats))
+                           clips=clips, crawl_repeats=crawl_repeats, clip_format=clip_format))
         results[-1]["measured"] = _when()
         print(json.dumps(results[-1]), flush=True)
         if results_dir:
             _save(results_dir / f"build-{n}.json", results[-1])
         if keep is None:
-            subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}")], check=True)
+            subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}-{clip_format}")],
+                           check=True)
     print(f"  load average at the end: {os.getloadavg()}")
     print_table(results)
     return results
@@ -488,6 +493,8 @@ def main() -> int:
     b.add_argument("--crawl-repeats", type=int, default=5,
                    help="also measure the crawl as the median of this many crawl-only builds")
     b.add_argument("--results", type=Path, default=None, help="save each size's figures here (for table)")
+    b.add_argument("--clip-format", choices=("wav", "flac"), default="wav",
+                   help="the pool's format (16-bit PCM either way; FLAC is ~60%% of the bytes)")
     m.add_argument("--results", type=Path, default=None, help="save the figures here (for table)")
     t = sub.add_parser("table", help="builds at --sizes and the metadata run, side by side")
     t.add_argument("--sizes", default="10000,100000")
@@ -499,6 +506,7 @@ def main() -> int:
     t.add_argument("--no-run", action="store_true", help="only print what --results holds")
     t.add_argument("--clips", type=Path, default=None, help="clip pool (as for build)")
     t.add_argument("--crawl-repeats", type=int, default=5)
+    t.add_argument("--clip-format", choices=("wav", "flac"), default="wav", help="the pool's format (as for build)")
     t.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="laion-scale-") as tmp:
@@ -510,7 +518,7 @@ def main() -> int:
             return metadata_phase(args.phase, args.work, args)
         elif args.what == "build":
             res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep, args.clips,
-                              args.crawl_repeats, args.results)
+                              args.crawl_repeats, args.results, args.clip_format)
         elif args.what == "table":
             res = bench_table(args, Path(tmp))
         elif args.what == "metadata":
