@@ -164,9 +164,11 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
     make_corpus(corpus, size, pool=pool, fmt=clip_format)
     gen = time.perf_counter() - t0
     wall, result, summary = _build(corpus, out, stages, workers, inline)
-    per_stage, cpu, rss_after = {}, {}, {}
+    per_stage, cpu, rss_after, near = {}, {}, {}, {}
     for st in summary["stages"]:
         name = st["stage"].split(":")[0]
+        if name == "filter":    # where the filter's time goes (its near-duplicate search)
+            near = (st.get("report") or {}).get("near_duplicates") or {}
         if st.get("fused"):     # one task ran the fused stages: count its time once, by its tag
             if name != "transcode":
                 continue
@@ -187,7 +189,10 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
             "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
             "work_over_shards": round(work_total / shards, 2) if shards else None,
             "dropped_as_duplicates": dropped, "by_status": summary["by_status"],
-            "clip_format": clip_format}
+            "clip_format": clip_format,
+            # per record: ms of each part, and counts
+            "near_duplicates": {(k[:-2] + "_ms" if k.endswith("_s") else k): round(
+                (1000 if k.endswith("_s") else 1) * v / size, 3) for k, v in near.items()}}
     if crawl_repeats:
         tiny = root / f"in10-{clip_format}"
         make_corpus(tiny, 10, pool=pool, fmt=clip_format)

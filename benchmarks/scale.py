@@ -396,6 +396,14 @@ def print_scale_table(cols: list[tuple[str, object]]) -> None:
             return p["records"] / p["cpu_seconds"] if p and p["cpu_seconds"] else None
         row(f"records/s {label}", [build_or_meta(d, wall, mwall) for _, d in cols])
         row("  ... per CPU second", [build_or_meta(d, cpu, mcpu) for _, d in cols])
+    near = [("index build", "index_ms"), ("lookups", "lookup_ms"), ("pair confirmation", "confirm_ms")]
+    for label, key in near:
+        row(f"  filter: near-dup {label}, ms/record",
+            [build_or_meta(d, lambda b, key=key: (b.get("near_duplicates") or {}).get(key), lambda m: None)
+             for _, d in cols], "{:.3f}")
+    row("  filter: candidate pairs checked per record",
+        [build_or_meta(d, lambda b: (b.get("near_duplicates") or {}).get("pairs_checked"), lambda m: None)
+         for _, d in cols], "{:.2f}")
     row("driver peak RSS MB (largest process)",
         [build_or_meta(d, lambda b: b["driver_peak_rss_mb"], lambda m: max(p["peak_rss_mb"] for p in m if "phase" in p))
          for _, d in cols], "{:,.1f}")
