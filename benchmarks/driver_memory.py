@@ -10,8 +10,14 @@ CPU ms per record of each stage, work-folder bytes per folder and the work folde
 with the ratio largest/smallest. ``benchmarks/scale.py build`` runs this at 1k/8k/10k; the
 figures are in docs/scale.md.
 
+The pool is 16-bit WAV by default; ``--clip-format flac`` keeps the same samples in ~64% of
+the bytes (what lets a large pool sit beside its build), and ``--fill-pool START:STOP`` only
+writes the missing clips of a range, resumably (run it in pieces or processes, ``--part K/M``).
+
     python benchmarks/driver_memory.py                       # 1000 vs 8000 clips
     python benchmarks/driver_memory.py --sizes 500,2000 --stages crawl,fetch,transcode,caption
+    python benchmarks/driver_memory.py --clips /work/wt/cache/clips --clip-format flac \
+        --fill-pool 10000:100000 --part 0/2                  # half of the clips 10k..100k
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-#: pool formats: the same 16-bit samples either way; FLAC is ~60% of WAV's bytes, which is what
+#: pool formats: the same 16-bit samples either way; FLAC is ~64% of WAV's bytes, which is what
 #: lets a 100k-clip pool sit beside its build on this machine's disk
 FORMATS = ("wav", "flac")
 
@@ -255,7 +261,7 @@ def main() -> int:
     ap.add_argument("--keep", help="keep the work folders here")
     ap.add_argument("--clips", type=Path, default=None, help="generate the clips once into this pool")
     ap.add_argument("--clip-format", choices=FORMATS, default="wav",
-                    help="the pool's file format (16-bit PCM either way; FLAC is ~60%% of the bytes)")
+                    help="the pool's file format (16-bit PCM either way; FLAC is ~64%% of the bytes)")
     ap.add_argument("--fill-pool", metavar="START:STOP", default=None,
                     help="only write clips START..STOP-1 missing from the --clips pool (resumable, "
                          "no build); with --part K/M this process writes those with i %% M == K")

@@ -50,6 +50,16 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     before  224, 120, 428, 1343 ms, -        after  43, 50, 39, 43, 24 ms
 
     full builds (``build``): see docs/scale.md (1,000 / 8,000 / 10,000 generated clips).
+
+    ``table --sizes 10000,40000 --clip-format flac`` (FLAC clip pool, both builds in one run
+    through the lock 18:47-19:13, load 6-8 then 1-4; 100k not measured: its peak disk, ~37 GB,
+    is more than the 14-26 GB this shared disk had free), CPU ms per record 10k / 40k:
+    crawl (median of 5, net) 0.149 / 0.131; fetch+transcode+fingerprint 16.11 / 15.40;
+    caption 0.28 / 0.19; filter 1.63 / 1.33; shard 1.13 / 6.71 (the keep policy's member-list
+    cache thrashing past 64 tars, fixed in 3192d43); driver peak RSS 428.4 / 738.9 MB (the
+    filter's index, +10.4 MB per 1,000 clips); work folder / shards 1.25 / 1.25; distinct clips
+    dropped 0 / 1; build wall 303 / 1,110 s. Metadata run (2.68M records, 16:17): crawl 7,164
+    records/s, id filter 81,999/s, shard planning 182,351/s, peak 903.6 MB.
 """
 from __future__ import annotations
 
@@ -502,7 +512,7 @@ def main() -> int:
                    help="also measure the crawl as the median of this many crawl-only builds")
     b.add_argument("--results", type=Path, default=None, help="save each size's figures here (for table)")
     b.add_argument("--clip-format", choices=("wav", "flac"), default="wav",
-                   help="the pool's format (16-bit PCM either way; FLAC is ~60%% of the bytes)")
+                   help="the pool's format (16-bit PCM either way; FLAC is ~64%% of the bytes)")
     m.add_argument("--results", type=Path, default=None, help="save the figures here (for table)")
     t = sub.add_parser("table", help="builds at --sizes and the metadata run, side by side")
     t.add_argument("--sizes", default="10000,100000")
