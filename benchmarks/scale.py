@@ -56,9 +56,10 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     is more than the 14-26 GB this shared disk had free), CPU ms per record 10k / 40k:
     crawl (median of 5, net) 0.149 / 0.131; fetch+transcode+fingerprint 16.11 / 15.40;
     caption 0.28 / 0.19; filter 1.63 / 1.33; shard 1.13 / 6.71 (the keep policy's member-list
-    cache thrashing past 64 tars, fixed in 3192d43); driver peak RSS 428.4 / 738.9 MB (the
-    filter's index, +10.4 MB per 1,000 clips); work folder / shards 1.25 / 1.25; distinct clips
-    dropped 0 / 1; build wall 303 / 1,110 s. Metadata run (2.68M records, 16:17): crawl 7,164
+    cache thrashing past 64 tars, fixed in 3192d43; rerun at 40k after it, 19:28-19:42, load ~1:
+    fetch+transcode+fingerprint 14.46, filter 1.73, shard 1.04, wall 722 s); driver peak RSS
+    428.4 / 738.2 MB (the filter's index, +10.4 MB per 1,000 clips); work folder / shards 1.25 /
+    1.25; distinct clips dropped 0 / 1; build wall 303 / 1,110 s. Metadata run (2.68M records, 16:17): crawl 7,164
     records/s, id filter 81,999/s, shard planning 182,351/s, peak 903.6 MB.
 """
 from __future__ import annotations
