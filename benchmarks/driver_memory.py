@@ -10,12 +10,19 @@ CPU ms per record of each stage, work-folder bytes per folder and the work folde
 with the ratio largest/smallest. ``benchmarks/scale.py build`` runs this at 1k/8k/10k; the
 figures are in docs/scale.md.
 
+The pool is 16-bit WAV by default; ``--clip-format flac`` keeps the same samples in ~64% of
+the bytes (what lets a large pool sit beside its build), and ``--fill-pool START:STOP`` only
+writes the missing clips of a range, resumably (run it in pieces or processes, ``--part K/M``).
+
     python benchmarks/driver_memory.py                       # 1000 vs 8000 clips
     python benchmarks/driver_memory.py --sizes 500,2000 --stages crawl,fetch,transcode,caption
+    python benchmarks/driver_memory.py --clips /work/wt/cache/clips --clip-format flac \
+        --fill-pool 10000:100000 --part 0/2                  # half of the clips 10k..100k
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -32,22 +39,75 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def make_corpus(folder: Path, n: int, seed: int = 0, pool: Path | None = None) -> None:
-    """``n`` clips distinct by construction (benchmarks/distinct_clips.py: 0.5-3 s, one to three
-    segments of six kinds), 16-bit WAV at 48 kHz, every seventh one stereo. Clip ``i`` is the
-    same at every size, so with ``pool`` each clip is generated once and hard-linked."""
+#: pool formats: the same 16-bit samples either way; FLAC is ~64% of WAV's bytes, which is what
+#: lets a 100k-clip pool sit beside its build on this machine's disk
+FORMATS = ("wav", "flac")
+
+
+def pool_folder(clips: Path, fmt: str = "wav") -> Path:
+    """The pool of one clip version and format under ``clips`` (WAV keeps its old name)."""
+    from distinct_clips import VERSION
+
+    return clips / (f"v{VERSION}" if fmt == "wav" else f"v{VERSION}-{fmt}")
+
+
+def clip_name(i: int, fmt: str = "wav") -> str:
+    return f"clip{i:06d}.{fmt}"
+
+
+def write_clip(dest: Path, i: int, seed: int = 0, wav: Path | None = None) -> None:
+    """Clip ``i`` as 16-bit PCM at 48 kHz, every seventh one stereo, in ``dest``'s format,
+    written atomically (a killed generation leaves no half file). With ``wav``, the samples
+    are read from that WAV file (the pool's earlier format) instead of being generated."""
     from distinct_clips import SR, distinct_clip
 
+    from laion_audio import atomic
+
+    if wav is not None:
+        x, sr = sf.read(wav, dtype="int16")     # int16 in, int16 out: the same samples
+        assert sr == SR, (wav, sr)
+    else:
+        x = distinct_clip(i, seed=seed)
+        if i % 7 == 3:      # a slightly delayed copy in the right channel
+            x = np.stack([x, np.roll(x, 7 + i % 40)], axis=1)
+        if dest.suffix != ".wav":   # libsndfile rounds floats to 16 bits differently per format
+            buf = io.BytesIO()      # (FLAC: off by one in half the samples): WAV's rounding
+            sf.write(buf, x, SR, subtype="PCM_16", format="WAV")
+            buf.seek(0)
+            x, _ = sf.read(buf, dtype="int16")
+    with atomic.atomic_path(dest) as tmp:
+        sf.write(tmp, x, SR, subtype="PCM_16", format=dest.suffix[1:].upper())
+
+
+def fill_pool(pool: Path, start: int, stop: int, *, part: int = 0, parts: int = 1, seed: int = 0,
+              from_wav: Path | None = None) -> int:
+    """Write clips ``start..stop-1`` (those with ``i % parts == part``) missing from ``pool``,
+    taking the samples from ``from_wav``'s WAV of the same clip when it has one; resumable
+    (clips already there are skipped). Returns clips written."""
+    fmt = pool.name.rsplit("-", 1)[1] if "-" in pool.name else "wav"
+    pool.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for i in range(start, stop):
+        if i % parts != part or (pool / clip_name(i, fmt)).exists():
+            continue
+        wav = from_wav / clip_name(i) if from_wav else None
+        write_clip(pool / clip_name(i, fmt), i, seed, wav if wav and wav.exists() else None)
+        written += 1
+    return written
+
+
+def make_corpus(folder: Path, n: int, seed: int = 0, pool: Path | None = None,
+                fmt: str = "wav") -> None:
+    """``n`` clips distinct by construction (benchmarks/distinct_clips.py: 0.5-3 s, one to three
+    segments of six kinds), 16-bit PCM at 48 kHz in ``fmt`` (WAV or FLAC), every seventh one
+    stereo. Clip ``i`` is the same at every size, so with ``pool`` each clip is generated once
+    and hard-linked."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        name = f"clip{i:06d}.wav"
+        name = clip_name(i, fmt)
         src = (pool or folder) / name
         if not src.exists():
-            src.parent.mkdir(parents=True, exist_ok=True)
-            x = distinct_clip(i, seed=seed)
-            if i % 7 == 3:      # a slightly delayed copy in the right channel
-                x = np.stack([x, np.roll(x, 7 + i % 40)], axis=1)
-            sf.write(src, x, SR, subtype="PCM_16")
+            write_clip(src, i, seed)
         if pool is not None and not (folder / name).exists():
             os.link(src, folder / name)
 
@@ -95,25 +155,26 @@ def crawl_cpu_seconds(corpus: Path, root: Path, repeats: int) -> list[float]:
 
 
 def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
-        clips: Path | None = None, crawl_repeats: int = 0) -> dict:
+        clips: Path | None = None, crawl_repeats: int = 0, clip_format: str = "wav") -> dict:
     """One build of ``size`` clips under ``root``; ``clips`` is the pool the clips are made in
     once (default ``root/clips``; a folder under /work/wt/cache/ makes reruns cheap). A work
     folder left by an earlier run is removed first: a build on it would do nothing. With
     ``crawl_repeats``, the crawl is also measured as the median of that many crawl-only
     builds, less the same median on 10 of the clips (the stage's fixed start-up: first
-    imports, the ledger's first write), so its per-record figure is the marginal cost."""
-    from distinct_clips import VERSION
-
-    corpus, out = root / f"in{size}", root / f"out{size}"
+    imports, the ledger's first write), so its per-record figure is the marginal cost.
+    ``clip_format`` is the pool's file format (the fetch+transcode figure decodes it)."""
+    corpus, out = root / f"in{size}-{clip_format}", root / f"out{size}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    pool = (clips / f"v{VERSION}") if clips else root / "clips"
+    pool = pool_folder(clips, clip_format) if clips else root / f"clips-{clip_format}"
     t0 = time.perf_counter()
-    make_corpus(corpus, size, pool=pool)
+    make_corpus(corpus, size, pool=pool, fmt=clip_format)
     gen = time.perf_counter() - t0
     wall, result, summary = _build(corpus, out, stages, workers, inline)
-    per_stage, cpu, rss_after = {}, {}, {}
+    per_stage, cpu, rss_after, near = {}, {}, {}, {}
     for st in summary["stages"]:
         name = st["stage"].split(":")[0]
+        if name == "filter":    # where the filter's time goes (its near-duplicate search)
+            near = (st.get("report") or {}).get("near_duplicates") or {}
         if st.get("fused"):     # one task ran the fused stages: count its time once, by its tag
             if name != "transcode":
                 continue
@@ -133,10 +194,14 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
             "peak_rss_mb_after": rss_after,
             "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
             "work_over_shards": round(work_total / shards, 2) if shards else None,
-            "dropped_as_duplicates": dropped, "by_status": summary["by_status"]}
+            "dropped_as_duplicates": dropped, "by_status": summary["by_status"],
+            "clip_format": clip_format,
+            # per record: ms of each part, and counts
+            "near_duplicates": {(k[:-2] + "_ms" if k.endswith("_s") else k): round(
+                (1000 if k.endswith("_s") else 1) * v / size, 3) for k, v in near.items()}}
     if crawl_repeats:
-        tiny = root / "in10"
-        make_corpus(tiny, 10, pool=pool)
+        tiny = root / f"in10-{clip_format}"
+        make_corpus(tiny, 10, pool=pool, fmt=clip_format)
         fixed = crawl_cpu_seconds(tiny, root, crawl_repeats)
         total = crawl_cpu_seconds(corpus, root, crawl_repeats)
         med, med_fixed = statistics.median(total), statistics.median(fixed)
@@ -195,15 +260,34 @@ def main() -> int:
                          "immune to other people's Ray on a shared machine")
     ap.add_argument("--keep", help="keep the work folders here")
     ap.add_argument("--clips", type=Path, default=None, help="generate the clips once into this pool")
+    ap.add_argument("--clip-format", choices=FORMATS, default="wav",
+                    help="the pool's file format (16-bit PCM either way; FLAC is ~64%% of the bytes)")
+    ap.add_argument("--fill-pool", metavar="START:STOP", default=None,
+                    help="only write clips START..STOP-1 missing from the --clips pool (resumable, "
+                         "no build); with --part K/M this process writes those with i %% M == K")
+    ap.add_argument("--part", default="0/1")
+    ap.add_argument("--from-wav", action="store_true",
+                    help="with --fill-pool: take each clip's samples from the WAV pool when it has it")
     ap.add_argument("--crawl-repeats", type=int, default=0,
                     help="also measure the crawl as the median of this many crawl-only builds")
     args = ap.parse_args()
+    if args.fill_pool:
+        if args.clips is None:
+            ap.error("--fill-pool needs --clips")
+        start, stop = (int(x) for x in args.fill_pool.split(":"))
+        part, parts = (int(x) for x in args.part.split("/"))
+        pool = pool_folder(args.clips, args.clip_format)
+        n = fill_pool(pool, start, stop, part=part, parts=parts,
+                      from_wav=pool_folder(args.clips) if args.from_wav else None)
+        print(f"{n} clips written into {pool}")
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="driver-mem-") as tmp:
         root = Path(args.keep or tmp)
         results = []
         for n in sizes:
-            results.append(run(n, root, args.stages, args.workers, args.inline, args.clips, args.crawl_repeats))
+            results.append(run(n, root, args.stages, args.workers, args.inline, args.clips, args.crawl_repeats,
+                               args.clip_format))
             print(json.dumps(results[-1]), flush=True)
     print(f"load average at the end: {os.getloadavg()}  (shared machine: figures are noisy)")
     print_table(results)

@@ -50,6 +50,17 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     before  224, 120, 428, 1343 ms, -        after  43, 50, 39, 43, 24 ms
 
     full builds (``build``): see docs/scale.md (1,000 / 8,000 / 10,000 generated clips).
+
+    ``table --sizes 10000,40000 --clip-format flac`` (FLAC clip pool, both builds in one run
+    through the lock 18:47-19:13, load 6-8 then 1-4; 100k not measured: its peak disk, ~37 GB,
+    is more than the 14-26 GB this shared disk had free), CPU ms per record 10k / 40k:
+    crawl (median of 5, net) 0.149 / 0.131; fetch+transcode+fingerprint 16.11 / 15.40;
+    caption 0.28 / 0.19; filter 1.63 / 1.33; shard 1.13 / 6.71 (the keep policy's member-list
+    cache thrashing past 64 tars, fixed in 3192d43; rerun at 40k after it, 19:28-19:42, load ~1:
+    fetch+transcode+fingerprint 14.46, filter 1.73, shard 1.04, wall 722 s); driver peak RSS
+    428.4 / 738.2 MB (the filter's index, +10.4 MB per 1,000 clips); work folder / shards 1.25 /
+    1.25; distinct clips dropped 0 / 1; build wall 303 / 1,110 s. Metadata run (2.68M records, 16:17): crawl 7,164
+    records/s, id filter 81,999/s, shard planning 182,351/s, peak 903.6 MB.
 """
 from __future__ import annotations
 
@@ -396,6 +407,14 @@ def print_scale_table(cols: list[tuple[str, object]]) -> None:
             return p["records"] / p["cpu_seconds"] if p and p["cpu_seconds"] else None
         row(f"records/s {label}", [build_or_meta(d, wall, mwall) for _, d in cols])
         row("  ... per CPU second", [build_or_meta(d, cpu, mcpu) for _, d in cols])
+    near = [("index build", "index_ms"), ("lookups", "lookup_ms"), ("pair confirmation", "confirm_ms")]
+    for label, key in near:
+        row(f"  filter: near-dup {label}, ms/record",
+            [build_or_meta(d, lambda b, key=key: (b.get("near_duplicates") or {}).get(key), lambda m: None)
+             for _, d in cols], "{:.3f}")
+    row("  filter: candidate pairs checked per record",
+        [build_or_meta(d, lambda b: (b.get("near_duplicates") or {}).get("pairs_checked"), lambda m: None)
+         for _, d in cols], "{:.2f}")
     row("driver peak RSS MB (largest process)",
         [build_or_meta(d, lambda b: b["driver_peak_rss_mb"], lambda m: max(p["peak_rss_mb"] for p in m if "phase" in p))
          for _, d in cols], "{:,.1f}")
@@ -405,6 +424,10 @@ def print_scale_table(cols: list[tuple[str, object]]) -> None:
         row(f"disk MB {folder}/", [build_or_meta(d, lambda b: b["disk_mb"].get(folder, 0),
                                                  lambda m: m[-1]["disk_mb"].get(folder, 0)) for _, d in cols],
             "{:,.1f}")
+    row("input clips' format", [build_or_meta(d, lambda b: b.get("clip_format", "wav").upper(), lambda m: None)
+                                for _, d in cols], "{}")
+    row("distinct clips dropped as duplicates", [build_or_meta(d, lambda b: b.get("dropped_as_duplicates"),
+                                                               lambda m: None) for _, d in cols])
     row("work folder / shards", [build_or_meta(d, lambda b: b.get("work_over_shards"), lambda m: None)
                                  for _, d in cols], "{:.2f}")
     when = [build_or_meta(d, lambda b: b.get("measured") or {}, lambda m: m[-1].get("measured") or {})
@@ -424,7 +447,7 @@ def bench_table(args, tmp: Path) -> list:
         for n in sizes:
             if not (args.results / f"build-{n}.json").exists():
                 bench_build([n], tmp, clips=args.clips, crawl_repeats=args.crawl_repeats,
-                            results_dir=args.results)
+                            results_dir=args.results, clip_format=args.clip_format)
         if args.audioset_rows and not (args.results / f"metadata-{args.audioset_rows}.json").exists():
             bench_metadata(args, tmp)
     cols = table_columns(sizes, args.audioset_rows, args.results)
@@ -434,7 +457,7 @@ def bench_table(args, tmp: Path) -> list:
 
 def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None,
                 clips: Path | None = None, crawl_repeats: int = 5,
-                results_dir: Path | None = None) -> list[dict]:
+                results_dir: Path | None = None, clip_format: str = "wav") -> list[dict]:
     """Full builds (``build --source local --inline``, every stage, the default keep policy) of
     N clips distinct by construction (benchmarks/distinct_clips.py), side by side: per-stage
     records/s, the driver's peak RSS (and after which stage it rose), disk per folder. The
@@ -442,20 +465,21 @@ def bench_build(sizes: list[int], tmp: Path, keep: Path | None = None,
     into each size's input. The crawl is also measured as the median of ``crawl_repeats``
     crawl-only builds net of its start-up (one sample is too short to read: docs/scale.md).
     With ``results_dir`` each size's figures are saved there as ``build-N.json`` (``table``
-    reads them)."""
+    reads them). ``clip_format`` is the pool's format (WAV or FLAC: the same samples)."""
     from driver_memory import print_table, run
 
     root = keep or tmp
     results = []
     for n in sizes:
         results.append(run(n, root, "crawl,fetch,transcode,caption,filter,shard", 1, inline=True,
-                           clips=clips, crawl_repeats=crawl_repeats))
+                           clips=clips, crawl_repeats=crawl_repeats, clip_format=clip_format))
         results[-1]["measured"] = _when()
         print(json.dumps(results[-1]), flush=True)
         if results_dir:
             _save(results_dir / f"build-{n}.json", results[-1])
         if keep is None:
-            subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}")], check=True)
+            subprocess.run(["rm", "-rf", str(root / f"out{n}"), str(root / f"in{n}-{clip_format}")],
+                           check=True)
     print(f"  load average at the end: {os.getloadavg()}")
     print_table(results)
     return results
@@ -488,6 +512,8 @@ def main() -> int:
     b.add_argument("--crawl-repeats", type=int, default=5,
                    help="also measure the crawl as the median of this many crawl-only builds")
     b.add_argument("--results", type=Path, default=None, help="save each size's figures here (for table)")
+    b.add_argument("--clip-format", choices=("wav", "flac"), default="wav",
+                   help="the pool's format (16-bit PCM either way; FLAC is ~64%% of the bytes)")
     m.add_argument("--results", type=Path, default=None, help="save the figures here (for table)")
     t = sub.add_parser("table", help="builds at --sizes and the metadata run, side by side")
     t.add_argument("--sizes", default="10000,100000")
@@ -499,6 +525,7 @@ def main() -> int:
     t.add_argument("--no-run", action="store_true", help="only print what --results holds")
     t.add_argument("--clips", type=Path, default=None, help="clip pool (as for build)")
     t.add_argument("--crawl-repeats", type=int, default=5)
+    t.add_argument("--clip-format", choices=("wav", "flac"), default="wav", help="the pool's format (as for build)")
     t.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="laion-scale-") as tmp:
@@ -510,7 +537,7 @@ def main() -> int:
             return metadata_phase(args.phase, args.work, args)
         elif args.what == "build":
             res = bench_build([int(x) for x in args.sizes.split(",")], Path(tmp), args.keep, args.clips,
-                              args.crawl_repeats, args.results)
+                              args.crawl_repeats, args.results, args.clip_format)
         elif args.what == "table":
             res = bench_table(args, Path(tmp))
         elif args.what == "metadata":

@@ -280,6 +280,7 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
     checked, feature loads)."""
     from .content_overlap import FingerprintIndex
 
+    t0 = time.perf_counter()
     index = FingerprintIndex(min_budget=lookup_budget, postings_per_hash=max(1, lookup_budget // 2000))
     for j, fp in enumerate(fps):
         index.add(j, fp)
@@ -288,8 +289,9 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
     hashes = np.array([len(fp) for fp in fps], np.int64)
     seen: set[tuple[int, int]] = set()
     out: list[NearMatch] = []
-    stats = {"candidates": 0, "pairs_checked": 0, "pairs_prefiltered": 0, "lookup_s": 0.0,
-             "confirm_s": 0.0}
+    stats = {"candidates": 0, "pairs_checked": 0, "pairs_prefiltered": 0,
+             "index_s": time.perf_counter() - t0, "lookup_s": 0.0, "confirm_s": 0.0,
+             "queries": max(0, len(fps) - first_query)}
     for s in range(first_query, len(fps), chunk):
         e = min(len(fps), s + chunk)
         t0 = time.perf_counter()

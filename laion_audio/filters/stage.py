@@ -104,6 +104,9 @@ class FilterReport:
     eval_clips_unreadable: int = 0
     eval_clips_too_short: int = 0    # decoded, but no landmark to match on (e.g. a 0.1 s blip)
     seconds: float = 0.0
+    #: the near-duplicate search's counters (queries, candidates, pairs checked, index/lookup/
+    #: confirmation seconds): which part of the filter's time grows with the corpus
+    near_duplicates: dict = field(default_factory=dict)
 
     def table(self) -> str:
         """The leak/duplicate table (LAION's ICASSP.md layout: source rows x eval-set columns)."""
@@ -139,7 +142,8 @@ class FilterReport:
                 "no_audio": self.no_audio, "reconsidered": self.reconsidered,
                 "reinstated": self.reinstated, "eval_clips": self.eval_clips,
                 "eval_clips_unreadable": self.eval_clips_unreadable,
-                "eval_clips_too_short": self.eval_clips_too_short, "seconds": round(self.seconds, 2)}
+                "eval_clips_too_short": self.eval_clips_too_short, "seconds": round(self.seconds, 2),
+                "near_duplicates": self.near_duplicates}
 
 
 def _bands_loader(paths: list[str]):
@@ -452,9 +456,11 @@ class _FilterRun:
         member_fps = pub_fps + [fps[i] for i in live]
         features = FeatureCache(_near_loader(list(members["flac_path"].fillna("")),
                                              list(members["audio_sha256"].fillna("")), store))
-        near, _ = near_duplicate_matches(member_fps, features, first_query=n_pub,
-                                         lookup_budget=config.lookup_budget,
-                                         min_votes=config.min_votes)
+        near, counters = near_duplicate_matches(member_fps, features, first_query=n_pub,
+                                                lookup_budget=config.lookup_budget,
+                                                min_votes=config.min_votes)
+        self.report.near_duplicates = {k: round(v, 3) if isinstance(v, float) else v
+                                       for k, v in counters.items()}
         names = (members["source"] + "/" + members["source_id"]).tolist()
         for g, m in sorted(decide_near(len(members), near, n_pub).items()):
             row = members.iloc[g]
