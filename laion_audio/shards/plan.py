@@ -258,9 +258,15 @@ def plan_shards(records: list[Record], *, seed: int = DEFAULT_SEED,
     groups: dict[tuple[str, str], list[PlannedSample]] = defaultdict(list)
     failed: dict[int, Record] = {}
     splits: dict[int, str] = {}
+    # checked tar by tar: a released clip is looked up in its tar's member list, a cache of 64
+    # tars, and the input (ledger) order interleaves the tars, so past 64 tars nearly every
+    # lookup re-read a tar's headers (as the keep policy's release did: docs/scale.md)
+    order = sorted(range(len(records)), key=lambda i: records[i].shard or "")
+    prepared: list = [None] * len(records)
     with ThreadPoolExecutor(max(1, workers)) as pool:   # file checks (and hashes) are I/O
-        prepared = list(pool.map(_prepare, range(len(records)), records,
-                                 [members_root] * len(records)))
+        for i, result in zip(order, pool.map(_prepare, order, [records[i] for i in order],
+                                             [members_root] * len(order))):
+            prepared[i] = result
     for i, (rec, (sample, bad)) in enumerate(zip(records, prepared)):
         if bad is not None:
             failed[i] = bad

@@ -280,3 +280,47 @@ def test_release_reads_each_tars_member_list_once_however_many_tars(tmp_path):
     assert release_sharded_audio(shuffled, work, str(shard_root)) == n_tars * per_tar
     assert members_mod._members.cache_info().misses == n_tars
     assert not list((tmp_path / "out" / "audio" / "local").iterdir())
+
+
+def test_planning_reads_each_tars_member_list_once_however_many_tars(tmp_path):
+    """Re-planning released clips (every shard run re-plans the sharded records, so a refresh
+    of a built corpus does) with more tars than the member-list cache holds, records in an
+    order that interleaves the tars: each tar's headers are read once, and the plan is the
+    same as in tar order."""
+    import io
+    import tarfile
+
+    import numpy as np
+    import soundfile as sf
+
+    from laion_audio.records import Record
+    from laion_audio.shards import members as members_mod
+    from laion_audio.shards.plan import plan_shards
+
+    root = tmp_path / "shards"
+    n_tars, per_tar = 70, 2
+    records = []
+    for t in range(n_tars):
+        tar = root / "local" / "train" / f"{t:06d}.tar"
+        tar.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for j in range(per_tar):
+                rec = Record(source="local", source_id=f"c{t}-{j}", status=Status.SHARDED,
+                             shard=f"local/train/{t:06d}.tar", texts=[f"clip {t} {j}"],
+                             flac_path=str(tmp_path / "audio" / f"c{t}-{j}.flac"))   # released
+                buf = io.BytesIO()
+                sf.write(buf, np.full(480, (t * per_tar + j + 1) / 1000, "float32"), 48_000,
+                         format="FLAC", subtype="PCM_16")
+                info = tarfile.TarInfo(members_mod.flac_member(rec.source, rec.source_id))
+                info.size = len(buf.getvalue())
+                tf.addfile(info, io.BytesIO(buf.getvalue()))
+                records.append(rec)
+    interleaved = records[0::per_tar] + records[1::per_tar]     # round robin over the tars
+    members_mod._members.cache_clear()
+    shards, failed, _ = plan_shards(interleaved, members_root=str(root), samples_per_shard=1000)
+    assert not failed and sum(len(s.samples) for s in shards) == n_tars * per_tar
+    assert all(s.member is not None for sh in shards for s in sh.samples)   # read from the tars
+    assert members_mod._members.cache_info().misses == n_tars
+    in_order, _, _ = plan_shards(records, members_root=str(root), samples_per_shard=1000)
+    assert ([(s.key, s.audio_id) for sh in shards for s in sh.samples]
+            == [(s.key, s.audio_id) for sh in in_order for s in sh.samples])
