@@ -244,20 +244,16 @@ def test_a_damaged_member_is_never_copied_into_a_new_tar(tmp_path):
     _assert_equals_a_fresh_build(src, out, tmp_path / "fresh")
 
 
-def test_release_reads_each_tars_member_list_once_however_many_tars(tmp_path):
-    """More tars than the member-list cache holds (64), records in the writer's shuffled
-    order: the release visits them tar by tar, so each tar's headers are read once (in that
-    order every lookup was a miss: 6x the shard stage's CPU per record at 40,000 clips)."""
+def _interleaved_tars(shard_root, n_tars: int, per_tar: int, payload, flac_path):
+    """``n_tars`` tars of ``per_tar`` sharded records each (member bytes ``payload(t, j)``, the
+    record's FLAC at ``flac_path(t, j)``): (records in tar order, the same interleaved round
+    robin over the tars, as the writer's shuffle and the ledger's order visit them)."""
     import io
     import tarfile
 
     from laion_audio.records import Record
-    from laion_audio.shards import members as members_mod
-    from pipelines.build import release_sharded_audio
+    from laion_audio.shards.members import flac_member
 
-    work = WorkDir(tmp_path / "out", create=True)
-    shard_root = tmp_path / "out" / "shards"
-    n_tars, per_tar = 70, 2
     records = []
     for t in range(n_tars):
         tar = shard_root / "local" / "train" / f"{t:06d}.tar"
@@ -265,17 +261,33 @@ def test_release_reads_each_tars_member_list_once_however_many_tars(tmp_path):
         with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as tf:
             for j in range(per_tar):
                 rec = Record(source="local", source_id=f"c{t}-{j}", status=Status.SHARDED,
-                             shard=f"local/train/{t:06d}.tar",
-                             flac_path=f"audio/local/c{t}-{j}.flac")
-                data = f"flac bytes of {t}-{j}".encode()
-                info = tarfile.TarInfo(members_mod.flac_member(rec.source, rec.source_id))
+                             shard=f"local/train/{t:06d}.tar", texts=[f"clip {t} {j}"],
+                             flac_path=flac_path(t, j))
+                data = payload(t, j)
+                info = tarfile.TarInfo(flac_member(rec.source, rec.source_id))
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
-                path = tmp_path / "out" / rec.flac_path
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
                 records.append(rec)
-    shuffled = records[0::per_tar] + records[1::per_tar]     # round robin over the tars
+    return records, [r for j in range(per_tar) for r in records[j::per_tar]]
+
+
+def test_release_reads_each_tars_member_list_once_however_many_tars(tmp_path):
+    """More tars than the member-list cache holds (64), records in the writer's shuffled
+    order: the release visits them tar by tar, so each tar's headers are read once (in that
+    order every lookup was a miss: 6x the shard stage's CPU per record at 40,000 clips)."""
+    from laion_audio.shards import members as members_mod
+    from pipelines.build import release_sharded_audio
+
+    work = WorkDir(tmp_path / "out", create=True)
+    shard_root = tmp_path / "out" / "shards"
+    n_tars, per_tar = 70, 2
+    records, shuffled = _interleaved_tars(shard_root, n_tars, per_tar,
+                                          lambda t, j: f"flac bytes of {t}-{j}".encode(),
+                                          lambda t, j: f"audio/local/c{t}-{j}.flac")
+    for rec in records:
+        path = tmp_path / "out" / rec.flac_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"flac bytes of {rec.source_id[1:]}".encode())
     members_mod._members.cache_clear()
     assert release_sharded_audio(shuffled, work, str(shard_root)) == n_tars * per_tar
     assert members_mod._members.cache_info().misses == n_tars
@@ -288,34 +300,20 @@ def test_planning_reads_each_tars_member_list_once_however_many_tars(tmp_path):
     order that interleaves the tars: each tar's headers are read once, and the plan is the
     same as in tar order."""
     import io
-    import tarfile
 
-    import numpy as np
-    import soundfile as sf
-
-    from laion_audio.records import Record
     from laion_audio.shards import members as members_mod
     from laion_audio.shards.plan import plan_shards
 
+    def flac(t, j):
+        buf = io.BytesIO()
+        sf.write(buf, np.full(480, (t * 2 + j + 1) / 1000, "float32"), 48_000,
+                 format="FLAC", subtype="PCM_16")
+        return buf.getvalue()
+
     root = tmp_path / "shards"
     n_tars, per_tar = 70, 2
-    records = []
-    for t in range(n_tars):
-        tar = root / "local" / "train" / f"{t:06d}.tar"
-        tar.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for j in range(per_tar):
-                rec = Record(source="local", source_id=f"c{t}-{j}", status=Status.SHARDED,
-                             shard=f"local/train/{t:06d}.tar", texts=[f"clip {t} {j}"],
-                             flac_path=str(tmp_path / "audio" / f"c{t}-{j}.flac"))   # released
-                buf = io.BytesIO()
-                sf.write(buf, np.full(480, (t * per_tar + j + 1) / 1000, "float32"), 48_000,
-                         format="FLAC", subtype="PCM_16")
-                info = tarfile.TarInfo(members_mod.flac_member(rec.source, rec.source_id))
-                info.size = len(buf.getvalue())
-                tf.addfile(info, io.BytesIO(buf.getvalue()))
-                records.append(rec)
-    interleaved = records[0::per_tar] + records[1::per_tar]     # round robin over the tars
+    records, interleaved = _interleaved_tars(root, n_tars, per_tar, flac,
+                                             lambda t, j: str(tmp_path / "audio" / f"c{t}-{j}.flac"))
     members_mod._members.cache_clear()
     shards, failed, _ = plan_shards(interleaved, members_root=str(root), samples_per_shard=1000)
     assert not failed and sum(len(s.samples) for s in shards) == n_tars * per_tar
