@@ -85,8 +85,8 @@ class WorkDir:
             root = self._released_note.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return default
-        except (UnicodeDecodeError, OSError):     # a damaged note: every clip read is checked
-            return default
+        except (UnicodeDecodeError, OSError):     # a damaged note: the default root (the restore
+            return default                        # checks each clip it copies back; readers do not)
         return self.abs(root) if root else default
 
     def note_released(self, shard_root: str) -> None:
