@@ -209,10 +209,12 @@ class Captioner:
         return out
 
     def _generate_free_first(self, keyword_sets, hf_generate: bool) -> list[str]:
-        """``free_first``: the unconstrained caption where it names every keyword and invents
-        nothing, else the constrained one."""
+        """``free_first``: the unconstrained caption where it names every keyword, invents
+        nothing and puts no word where human captions never do (``grammar``), else the
+        constrained one."""
         import dataclasses
 
+        from .grammar import misplaced_words
         from .quality import invented_words, keyword_coverage
 
         caches = ("_fusion_lm", "_constraint_table", "_lemma_table")   # built once, shared
@@ -226,7 +228,7 @@ class Captioner:
         free_cap = variant(constrained=False, lm_fusion=0.0, free_first=False)
         free = free_cap.generate(keyword_sets, hf_generate=hf_generate)
         redo = [i for i, (ks, c) in enumerate(zip(keyword_sets, free))
-                if keyword_coverage(ks, c) < 1.0 or invented_words(ks, c)]
+                if keyword_coverage(ks, c) < 1.0 or invented_words(ks, c) or misplaced_words(c)]
         held = variant(free_first=False)
         held._lemma_table = getattr(free_cap, "_lemma_table", None)
         redone = held.generate([keyword_sets[i] for i in redo], hf_generate=hf_generate) if redo else []

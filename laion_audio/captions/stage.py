@@ -40,6 +40,11 @@ _MID = re.compile(r"^/[mgt]/[0-9a-z_]+$")
 _PASS_THROUGH = {Status.FAILED, Status.DROPPED, Status.VANISHED}
 
 
+#: provenance ``reason`` of a model caption replaced by the template
+MISSED_KEYWORDS = "k2c caption missed keywords"
+MISPLACED_WORDS = "k2c caption put a word where human captions never do"
+
+
 @dataclass
 class CaptionOptions:
     min_duration: float | None = 2.0   # LAION: no K2C caption for clips shorter than 2 s
@@ -47,7 +52,8 @@ class CaptionOptions:
     debias: bool = True
     replace_text_sources: tuple[str, ...] = ("audioset",)
     labels: AudioSetLabels | None = None
-    #: a model caption missing any keyword is replaced by the template (LAION's keyword check)
+    #: a model caption missing any keyword (LAION's keyword check) or putting a word where human
+    #: captions never do (``grammar``: "Waterfall is being waterfall") is replaced by the template
     keyword_fallback: bool = True
     #: captions made by ``laion-audio audioset-captions``, joined into AudioSet records
     audioset_captions: "AudioSetCaptionTable | None" = None
@@ -68,6 +74,7 @@ class CaptionStats:
     cache_hits: int = 0
     generated: int = 0
     keyword_fallback: int = 0       # model captions replaced by the template (missed keywords)
+    grammar_fallback: int = 0       # ... (a word where human captions never put one)
     joined: int = 0                 # AudioSet records captioned from an audioset-captions file
     join_missing: int = 0           # AudioSet records the file has no row for
     debias_replacements: int = 0
@@ -215,8 +222,10 @@ def k2c_captions(keyword_sets, captioner: Captioner, opts: CaptionOptions,
 
     Each distinct set is looked up in the cache, the rest generated in one batched call and
     cached; the text is de-biased. With ``opts.keyword_fallback`` a caption that misses any
-    keyword is replaced by the template (LAION's keyword check), recorded in provenance
-    (``rule: template``, ``reason``, the rejected ``k2c_raw_text``) and counted."""
+    keyword (LAION's keyword check) or misplaces a word (``grammar``) is replaced by the
+    template, recorded in provenance (``rule: template``, ``reason``, the rejected
+    ``k2c_raw_text``) and counted."""
+    from .grammar import misplaced_words
     from .quality import keyword_coverage
 
     identity = captioner.identity
@@ -250,10 +259,16 @@ def k2c_captions(keyword_sets, captioner: Captioner, opts: CaptionOptions,
                         {"rule": "template", "template": opts.template, "keywords": list(kws),
                          "reason": "model returned an empty caption"})
             continue
-        if opts.keyword_fallback and keyword_coverage(kws, text) < 1.0:
+        reason = None
+        if opts.keyword_fallback:
+            if keyword_coverage(kws, text) < 1.0:
+                reason = MISSED_KEYWORDS
+            elif misplaced_words(text):
+                reason = MISPLACED_WORDS
+        if reason:
             out[kws] = (templates.render(opts.template, kws),
                         {"rule": "template", "template": opts.template, "keywords": list(kws),
-                         "reason": "k2c caption missed keywords", "k2c_raw_text": text,
+                         "reason": reason, "k2c_raw_text": text,
                          **{k: v for k, v in identity.items() if k != "model"}})
             continue
         prov = {"rule": "k2c", **identity, "keywords": list(kws), "raw_text": text}
@@ -286,8 +301,8 @@ def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache |
                 rec.texts = [text]
             rec.caption_provenance = prov
             stats.template += 1
-            if prov["reason"] == "k2c caption missed keywords":
-                stats.keyword_fallback += 1
+            stats.keyword_fallback += prov["reason"] == MISSED_KEYWORDS
+            stats.grammar_fallback += prov["reason"] == MISPLACED_WORDS
             _advance(rec)
             continue
         stats.debias_replacements += len(prov.get("debias_replacements", []))

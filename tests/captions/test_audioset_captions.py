@@ -186,7 +186,7 @@ def test_gate_limits_and_decoding_match(tiny, tmp_path):
     cap = Captioner.load(tiny[0], device="cpu", params=GenerationParams(keyword_boost=2.0,
                                                                         rerank_by_coverage=True))
     good = {"keyword_coverage": 0.95, "all_keywords_rate": 0.8, "invented_word_rate": 0.05,
-            "repetition_rate": 0.01}
+            "repetition_rate": 0.01, "misplaced_word_rate": 0.02}
     assert gate.verdict(good) == []
     assert len(gate.verdict({**good, "invented_word_rate": 0.2, "repetition_rate": 0.03})) == 2
     # fluency: judged against human captions' perplexity when the report has both

@@ -17,6 +17,7 @@ from laion_audio.captions.constrain import LexicalConstraint, TokenTable
 from laion_audio.captions.k2c import Captioner, GenerationParams, format_keywords
 from laion_audio.captions.keywords import AudioSetLabels, normalise_keywords
 from laion_audio.captions.quality import invented_words, keyword_coverage
+from laion_audio.captions.grammar import misplaced_words
 
 pytestmark = [pytest.mark.needs_shared]
 
@@ -248,7 +249,7 @@ def test_a_fused_decoding_must_beat_the_fusion_lm_alone():
     """Under fusion an untrained model passed the fluency limit (the LM writes the glue), so a
     fused decoding is judged against the same decoding with an untrained model too."""
     figs = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
-            "repetition_rate": 0.0, "function_word_perplexity": 20.0}
+            "repetition_rate": 0.0, "misplaced_word_rate": 0.0, "function_word_perplexity": 20.0}
     assert gate.verdict(figs, 8.0) == []
     assert gate.verdict(figs, 8.0, {"function_word_perplexity": 25.0}) == []
     broken = gate.verdict(figs, 8.0, {"function_word_perplexity": 14.0})
@@ -262,7 +263,7 @@ def test_reference_quality_limits():
     keywords fool a word trigram, references do not)."""
     tmpl = {"cider_d": 0.4}
     good = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
-            "repetition_rate": 0.0, "function_word_perplexity": 20.0,
+            "repetition_rate": 0.0, "misplaced_word_rate": 0.0, "function_word_perplexity": 20.0,
             "references": {"cider_d": 0.4 * gate.MIN_OVER_TEMPLATE + 0.01}}
     alone = {"function_word_perplexity": 14.0,
              "references": {"cider_d": good["references"]["cider_d"] / gate.MIN_OVER_LM_ONLY - 0.01}}
@@ -281,9 +282,10 @@ def test_reference_quality_limits():
 def test_a_saved_report_is_judged_by_the_limits_in_force(tmp_path):
     """``passes``/``broken`` in a saved report are derived: loading re-applies today's limits
     to its figures (a report written under older limits, or a hand-edited verdict, does not
-    decide), and an entry without figures keeps its saved verdict. (0.5 < 1.5 x 0.4 fails.)"""
+    decide), and an entry without figures is refused: it cannot be judged. (0.5 < 1.5 x 0.4
+    fails.)"""
     figs = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
-            "repetition_rate": 0.0, "references": {"cider_d": 0.5}}
+            "repetition_rate": 0.0, "misplaced_word_rate": 0.0, "references": {"cider_d": 0.5}}
     report = {"references": {"template": {"cider_d": 0.4}, "human": {"cider_d": 1.2}},
               "passes": True, "limits": {"min_cider_d_over_template": 1.0},
               "decodings": [{"generation": {"keyword_boost": 2.0}, **figs, "passes": True, "broken": []},
@@ -292,17 +294,22 @@ def test_a_saved_report_is_judged_by_the_limits_in_force(tmp_path):
     loaded = gate.load_report(tmp_path)
     assert loaded["limits"] == gate.LIMITS
     assert not loaded["decodings"][0]["passes"] and "template" in loaded["decodings"][0]["broken"][0]
-    assert loaded["decodings"][1]["passes"] and loaded["passes"]      # no figures: kept
+    assert not loaded["decodings"][1]["passes"] and not loaded["passes"]   # no figures
+    assert "no figures" in loaded["decodings"][1]["broken"][0]
     report["decodings"][0]["references"]["cider_d"] = 0.7
     (tmp_path / gate.REPORT).write_text(json.dumps(report))
     assert gate.load_report(tmp_path)["decodings"][0]["passes"]
+    del report["decodings"][0]["misplaced_word_rate"]          # written before the check
+    (tmp_path / gate.REPORT).write_text(json.dumps(report))
+    assert "predates" in gate.load_report(tmp_path)["decodings"][0]["broken"][0]
     (tmp_path / gate.REPORT).write_text("[1, 2]")                     # not a report
     assert gate.load_report(tmp_path) is None
 
 
 def test_free_first_constrains_only_what_the_model_got_wrong(captioner, label_sets):
-    """``free_first``: the unconstrained caption where it names every keyword and invents
-    nothing, the constrained one elsewhere; a decoding of its own (cache key, gate)."""
+    """``free_first``: the unconstrained caption where it names every keyword, invents
+    nothing and misplaces no word, the constrained one elsewhere; a decoding of its own
+    (cache key, gate)."""
     base = GenerationParams(rerank_by_coverage=True, keyword_boost=2.0, constrained=True)
     sets = list(label_sets) + [("Dog", "Bark"), ("Speech",), ("Water",)]
     free = replace(captioner, params=replace(base, constrained=False)).generate(sets)
@@ -311,7 +318,7 @@ def test_free_first_constrains_only_what_the_model_got_wrong(captioner, label_se
     both = both_cap.generate(sets)
     kept = 0
     for ks, f, h, b in zip(sets, free, held, both):
-        if keyword_coverage(ks, f) == 1.0 and not invented_words(ks, f):
+        if keyword_coverage(ks, f) == 1.0 and not invented_words(ks, f) and not misplaced_words(f):
             assert b == f, (ks, f, b)
             kept += 1
         else:
