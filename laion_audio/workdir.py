@@ -85,8 +85,10 @@ class WorkDir:
             root = self._released_note.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return default
-        except (UnicodeDecodeError, OSError):     # a damaged note: the default root (the restore
-            return default                        # checks each clip it copies back; readers do not)
+        except (UnicodeDecodeError, OSError):
+            # a damaged note: the default root (the restore and the fingerprint readers check
+            # each member's PCM hash, so a wrong root costs clips, never wrong audio)
+            return default
         return self.abs(root) if root else default
 
     def note_released(self, shard_root: str) -> None:

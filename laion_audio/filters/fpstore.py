@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import atomic
 from ..records import Record
-from ..shards.members import audio_exists, open_audio
+from ..shards.members import audio_exists, open_audio, released_clip_intact
 from . import fingerprint as fpmod
 from .fingerprint import Fingerprint, fingerprint
 
@@ -327,6 +327,9 @@ class FingerprintStore:
         fp = self.get(sha, strength)
         if fp is not None:
             return fp
+        if not released_clip_intact(audio_path, sha):
+            log.warning("%s does not hold the samples hashed %s: not fingerprinted", audio_path, sha[:12])
+            return None
         fp = fingerprint_file(audio_path, keep_bands=False)
         if fp is not None and sha:
             self.put(sha, fp)
@@ -343,6 +346,10 @@ def fingerprint_batch(records: Sequence[Record], *, store_dir: str) -> list[Reco
     for rec in records:
         sha, path = rec.audio_sha256, rec.flac_path
         if not (sha and path) or (sha in store and store.has_near(sha)) or not audio_exists(path):
+            continue
+        if not released_clip_intact(path, sha):
+            log.warning("%s does not hold the samples of %s/%s (sha256 %s): not fingerprinted",
+                        path, rec.source, rec.source_id, sha[:12])
             continue
         fp, near = fingerprint_and_near_file(path)
         if near is not None and not store.has_near(sha):

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from .. import defaults
 from ..ledger import Ledger, StageStats
 from ..records import Record, Status, records_to_table
-from ..shards.members import audio_exists, audio_in_shards
+from ..shards.members import audio_exists, audio_in_shards, released_clip_intact
 from . import evalsets as evalsets_mod
 from .content_overlap import (ContentMatcher, FingerprintIndex, Match, best_per_query,
                               match_fields, warp_eval_matches)
@@ -98,6 +98,9 @@ class FilterReport:
     by_source_evalset: Counter = field(default_factory=Counter)       # (source, eval_set) -> n
     by_source_duplicate: Counter = field(default_factory=Counter)     # (source, kind) -> n
     no_audio: int = 0
+    #: sharded clips left out of the near-duplicate index: no stored fingerprint, and their
+    #: released tar member unreadable or not the samples the transcode hashed
+    published_unread: int = 0
     reconsidered: int = 0            # earlier duplicate drops decided again with the new records
     reinstated: int = 0              # ... of which are now kept (their keeper went, or they lead)
     eval_clips: dict[str, int] = field(default_factory=dict)
@@ -126,7 +129,9 @@ class FilterReport:
         lines += [fmt(r) for r in rows]
         lines.append(fmt(tot))
         lines.append(f"eligible {self.eligible}; dropped " + ", ".join(
-            f"{k}={v}" for k, v in sorted(self.dropped.items())) + f"; no audio for content checks {self.no_audio}")
+            f"{k}={v}" for k, v in sorted(self.dropped.items())) + f"; no audio for content checks {self.no_audio}"
+            + f"; sharded clips not compared (unreadable or not the clip hashed) {self.published_unread}"
+            * bool(self.published_unread))
         if self.eval_clips or self.eval_clips_unreadable:
             lines.append(f"eval audio compared: {sum(self.eval_clips.values())} clips"
                          + f"; {self.eval_clips_unreadable} unreadable (see the warnings)" * bool(self.eval_clips_unreadable)
@@ -139,7 +144,8 @@ class FilterReport:
                                       for (s, e), n in sorted(self.by_source_evalset.items())],
                 "by_source_duplicate": [{"source": s, "kind": k, "n": n}
                                         for (s, k), n in sorted(self.by_source_duplicate.items())],
-                "no_audio": self.no_audio, "reconsidered": self.reconsidered,
+                "no_audio": self.no_audio, "published_unread": self.published_unread,
+                "reconsidered": self.reconsidered,
                 "reinstated": self.reinstated, "eval_clips": self.eval_clips,
                 "eval_clips_unreadable": self.eval_clips_unreadable,
                 "eval_clips_too_short": self.eval_clips_too_short, "seconds": round(self.seconds, 2),
@@ -166,7 +172,7 @@ def _near_loader(paths: list[str], shas: list[str], store: FingerprintStore | No
             got = store.get_near(shas[i])
             if got is not None:
                 return got
-        if not paths[i]:
+        if not paths[i] or not released_clip_intact(paths[i], shas[i]):
             return None
         try:
             got = frame_features_file(paths[i], near_features)   # bounded read, any length
@@ -445,6 +451,8 @@ class _FilterRun:
                                       published["flac_path"].fillna(""))]
             pub = published[usable].reset_index(drop=True)
         pub_fps = _fingerprints(store, pub)   # stored once, then read back on every later run
+        if config.near_duplicates and store is not None:
+            self.report.published_unread = len(published) - sum(f is not None for f in pub_fps)
         pub = pub[[f is not None for f in pub_fps]].reset_index(drop=True)
         pub_fps = [f for f in pub_fps if f is not None]
         n_pub = len(pub)

@@ -129,6 +129,24 @@ def audio_exists(path: str) -> bool:
     return locate(*parts) is not None if parts else os.path.isfile(path)
 
 
+@functools.lru_cache(maxsize=4096)
+def released_clip_intact(path: str, pcm_sha256: str) -> bool:
+    """Whether ``path``, when it is a member path, holds the samples the transcode hashed
+    (``pcm_sha256``); an ordinary file is taken as it is. The tar a released clip is read
+    from is found through ``audio/RELEASED_TO``, a note anyone can edit, and a tar there may be
+    another corpus's with the same member names: a reader that fingerprints such a member would
+    file other audio under this record's hash. Checked once per process and clip."""
+    if not split_member_path(path) or not pcm_sha256:
+        return True
+    from ..transcode.audio import pcm_sha256_of_file
+
+    try:
+        with open_audio(path) as f:
+            return pcm_sha256_of_file(f) == pcm_sha256
+    except Exception:  # noqa: BLE001 - a cut or damaged member is not intact either
+        return False
+
+
 def audio_in_shards(path: str, shard_root: str | None, shard: str, source: str,
                     source_id: str) -> str:
     """``path`` when that file exists, else the member path of the record's FLAC in its local

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -302,18 +303,11 @@ def test_shard_to_a_new_root_when_the_old_tars_are_gone_requeues_and_exits_1(
     assert sum(r.status == Status.NEW and r.failure_code == "clip_lost" for r in recs) >= 10
 
 
-def test_re_root_refuses_tars_that_are_not_the_released_clips(inline_build, tmp_path, capsys):
-    """``audio/RELEASED_TO`` naming a folder whose tars have our member names but other audio
-    (shards of another build, a hand-edited note): no clip is restored from them, because each
-    restored FLAC must have the samples the transcode hashed; the records go back to be
-    fetched and nothing wrong reaches the new root."""
+def _swap_in_decoy_tars(out: Path, decoy: Path) -> None:
+    """Replace the work folder's shards with tars of the same member names whose FLACs are
+    each another clip's, and point ``audio/RELEASED_TO`` at them."""
     import tarfile
 
-    from laion_audio.cli import main
-
-    out = tmp_path / "work"
-    shutil.copytree(inline_build[0], out)
-    decoy = tmp_path / "decoy"
     decoy.mkdir()
     tars = sorted(p.relative_to(out / "shards") for p in (out / "shards").rglob("*.tar"))
     members = {}
@@ -332,6 +326,52 @@ def test_re_root_refuses_tars_that_are_not_the_released_clips(inline_build, tmp_
                 tf.addfile(m, io.BytesIO(data))
     shutil.rmtree(out / "shards")
     (out / "audio" / "RELEASED_TO").write_text(str(decoy) + "\n")
+
+
+def test_readers_of_released_clips_refuse_tars_that_are_not_the_released_clips(
+        inline_build, corpus, tmp_path):
+    """The build's fingerprint fill and the filter read released clips from the tars
+    ``audio/RELEASED_TO`` names. With decoy tars there and no fingerprint store, no
+    fingerprint of other audio is filed under a sharded record's hash: those clips are left
+    out of the near-duplicate index, and the filter counts them."""
+    from laion_audio.filters.fpstore import FingerprintStore
+    from laion_audio.shards.members import extract, flac_member
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    with Ledger(out / "ledger") as led:
+        sharded = [r for r in led.records() if r.status == Status.SHARDED]
+        fresh, published = sharded[0], sharded[1:]
+        # one clip back before the filter (its FLAC from the real tar): the filter compares
+        # it with every published clip
+        extract(out / "shards" / fresh.shard, flac_member(fresh.source, fresh.source_id),
+                out / fresh.flac_path)
+        fresh.status, fresh.shard = Status.CAPTIONED, ""
+        led.write([fresh], tag="test")
+    _swap_in_decoy_tars(out, tmp_path / "decoy")
+    shutil.rmtree(out / "fingerprints")
+    assert published and not any((out / r.flac_path).exists() for r in published)
+    summary = run_build(_config(corpus, out, inline=True, stages=("filter",)))
+    store = FingerprintStore(str(out / "fingerprints"))
+    assert fresh.audio_sha256 in store          # the clip on disk is fingerprinted
+    assert not any(r.audio_sha256 in store or store.has_near(r.audio_sha256) for r in published)
+    [table] = [s["table"] for s in summary["stages"] if s["stage"] == "filter"]
+    assert f"sharded clips not compared (unreadable or not the clip hashed) {len(published)}" in table
+    after = Ledger(out / "ledger", lock=False).records()
+    assert sum(r.status == Status.SHARDED for r in after) == len(published)   # still published
+
+
+def test_re_root_refuses_tars_that_are_not_the_released_clips(inline_build, tmp_path, capsys):
+    """``audio/RELEASED_TO`` naming a folder whose tars have our member names but other audio
+    (shards of another build, a hand-edited note): no clip is restored from them, because each
+    restored FLAC must have the samples the transcode hashed; the records go back to be
+    fetched and nothing wrong reaches the new root."""
+
+    from laion_audio.cli import main
+
+    out = tmp_path / "work"
+    shutil.copytree(inline_build[0], out)
+    _swap_in_decoy_tars(out, tmp_path / "decoy")
     sharded = [r for r in Ledger(out / "ledger", lock=False).records() if r.status == Status.SHARDED]
     assert main(["shard", "--out", str(out), "--shards-to", str(tmp_path / "new")]) == 1
     assert "no record was sharded" in capsys.readouterr().err
