@@ -4,6 +4,8 @@
   A keyword with comma-separated alternatives (AudioSet's "Vehicle horn, car horn, honking")
   counts when any alternative has all its content words in the caption.
 - **invented content words**: caption content words whose lemma is in no keyword.
+- **misplaced words**: a word after is/are/being that human captions never put there
+  (``grammar``: "Waterfall is being waterfall").
 - **fluency**: per-token perplexity under a trigram model (interpolated absolute discounting)
   of held-out human captions, for the generated captions and for human references the model
   never saw; the ratio generated/human is the figure (1.0 = as fluent as people).
@@ -116,6 +118,8 @@ def quality_report(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str
 
     ``lm_corpus``: human captions for the fluency model (held out from the captioner's
     training); ``human_references``: other human captions scored the same way for comparison."""
+    from .grammar import misplaced_rate, misplaced_words
+
     if len(keyword_sets) != len(captions):
         raise ValueError("keyword_sets and captions must be the same length")
     cov = [keyword_coverage(k, c) for k, c in zip(keyword_sets, captions)]
@@ -129,6 +133,8 @@ def quality_report(keyword_sets: Sequence[Sequence[str]], captions: Sequence[str
         "invented_content_words_per_caption": round(sum(map(len, inv)) / max(len(inv), 1), 3),
         "invented_content_word_rate": round(sum(map(len, inv)) / max(n_content, 1), 4),
         "most_invented": Counter(w for ws in inv for w in ws).most_common(10),
+        "misplaced_word_rate": round(misplaced_rate(captions), 4),
+        "most_misplaced": Counter(w for c in captions for w in misplaced_words(c)).most_common(10),
         "empty_captions": sum(not c.strip() for c in captions),
         "length_words": _lengths(captions),
         "debias_replacements": replacements,

@@ -80,6 +80,10 @@ def test_gate_refuses_misplaced_words_and_reports_that_predate_the_check():
     figs = gate.score([("Waterfall",), ("Dog", "Bark")],
                       ["Waterfall is being waterfall", "A dog is barking"], None)
     assert figs["misplaced_word_rate"] == 0.5 and figs["keyword_coverage"] == 1.0
+    from laion_audio.captions.quality import quality_report       # caption-quality's figures
+
+    q = quality_report([("Waterfall",), ("Dog", "Bark")], ["Waterfall is being waterfall", "A dog is barking"])
+    assert q["misplaced_word_rate"] == 0.5 and q["most_misplaced"] == [("waterfall", 1)]
 
 
 @pytest.mark.needs_shared
