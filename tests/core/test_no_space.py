@@ -147,3 +147,37 @@ def test_disk_full_while_a_reshard_copies_clips_out_of_their_tars_loses_nothing(
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-2000:]
     recs = _records(out)
     assert len(recs) == 12 and {r.status for r in recs} == {Status.SHARDED}
+
+
+def test_disk_full_while_the_filter_fingerprints_in_threads(mounts, tmp_path):
+    """``filter`` fingerprints clips the store lacks in up to 4 threads; the store on a full
+    tmpfs: exit 3 with the one disk-full line, no partial entry left, and the same command
+    finishes once there is room."""
+    inputs = tmp_path / "in"
+    _inputs(inputs)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    built = _build(out, inputs, "--stages", "crawl,fetch,transcode,caption")   # the last --stages wins
+    assert built.returncode == 0, built.stderr[-2000:]
+    store = out / "fingerprints"
+    subprocess.run(["rm", "-rf", str(store)], check=True)
+    mounts(store, "40k")                       # room for a few entries, not for 24
+
+    def filter_run():
+        return subprocess.run([sys.executable, "-m", "laion_audio", "filter", "--ledger", str(out / "ledger")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    def partial():
+        return [p for p in store.rglob("*") if p.is_file() and (".tmp" in p.name or p.name.endswith(".part"))]
+
+    first = filter_run()
+    assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
+    assert first.stderr.strip().splitlines() == [
+        "laion-audio filter: error: disk full: free some space (or choose another --out) and rerun "
+        "the same command; finished work is kept"]
+    assert not partial()
+    assert {r.status for r in _records(out)} == {Status.CAPTIONED}        # nothing decided
+    subprocess.run(["mount", "-o", "remount,size=8m", str(store)], check=True, timeout=30)
+    second = filter_run()
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "24 in = 24 ok" in second.stdout and not partial()
