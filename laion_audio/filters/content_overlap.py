@@ -17,7 +17,7 @@ min_budget)`` postings keeps only its rarest hashes (an adaptive stop-list).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import numba
 import numpy as np
@@ -26,8 +26,8 @@ from .fingerprint import Fingerprint
 
 
 
-@dataclass
-class Candidate:
+class Candidate(NamedTuple):
+    """A tuple: a batch makes thousands, and a dataclass's ``__init__`` was ~4 % of a lookup."""
     query: int                 # position of the query in the batch
     ref: int                   # reference position in the index
     offset: int                # reference frame - query frame (8 ms frames)
@@ -170,25 +170,26 @@ class FingerprintIndex:
         qn = np.array([len(q) for q in queries], np.int64)
         qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
         qt = np.concatenate([q.times for q in queries]).astype(np.int32)
-        lo, cnt = self._buckets(qh)
         # per-query posting budget: every hash carries the same evidence for the true
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
         budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        cnt, kept = _select(cnt, qn, budget, self.max_bucket)
+        if self._bucket_start is not None:
+            lo, cnt, kept = _spans_select(qh, self._bucket_start, qn, budget, self.max_bucket)
+        else:
+            lo, cnt = self._buckets(qh)
+            cnt, kept = _select(cnt, qn, budget, self.max_bucket)
         if not int(cnt.sum()):
             return []
         ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
             np.asarray(exclude_self, np.int64)
         # per query: its ``top`` refs, each with its best ``offsets`` offsets (looped material
         # votes for several offsets a period apart; the check picks the right one)
-        qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
-        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, kept, ex, self.ref, self.time,
+        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qn, kept, ex, self.ref, self.time,
                                         self._n_hashes_arr, len(self.keys),
                                         float(min_votes), float(min_fraction), top, offsets,
                                         _MAX_WIDTH)
-        return [Candidate(a, b, c, d) for a, b, c, d in
-                zip(uq.tolist(), ur.tolist(), uo.tolist(), votes.tolist())]
+        return list(map(Candidate._make, zip(uq.tolist(), ur.tolist(), uo.tolist(), votes.tolist())))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -301,6 +302,14 @@ def _keep_rarest(cnt, qn, budget):
 
 
 @numba.njit(cache=True, nogil=True)
+def _spans_select(qh, start, qn, budget, max_bucket):
+    """:func:`_bucket_spans` and :func:`_select` in one call (no temporaries between them)."""
+    lo, cnt = _bucket_spans(qh, start)
+    out, kept = _select(cnt, qn, budget, max_bucket)
+    return lo, out, kept
+
+
+@numba.njit(cache=True, nogil=True)
 def _select(cnt, qn, budget, max_bucket):
     """The query hashes each query keeps (buckets over ``max_bucket`` count as empty, then
     :func:`_keep_rarest`): their posting counts, 0 for the others (no compacted copies), and
@@ -311,8 +320,8 @@ def _select(cnt, qn, budget, max_bucket):
     k0 = 0
     for q in range(len(qn)):
         for k in range(k0, k0 + qn[q]):
-            kept[q] += keep[k]
             out[k] *= keep[k]
+            kept[q] += out[k] > 0
         k0 += qn[q]
     return out, kept
 
@@ -334,13 +343,14 @@ def _count_near(u, c, j, target):
 
 
 @numba.njit(cache=True, nogil=True)
-def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
+def _vote_peaks(lo, cnt, qt, q_n, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
                 top, offsets, max_width=_MAX_WIDTH):
     """(query, ref, offset, votes) of the offset peaks that pass the vote threshold: per
     query its ``top`` refs by best votes (ties: lower ref), each with its ``offsets`` best
     peaks (ties: lower offset), sorted by (query, ref, -votes, offset).
 
-    Query hashes arrive grouped by query; query hash ``k`` hits postings
+    Query hashes arrive grouped by query (``q_n[q]`` each; ``qn[q]`` of them kept and with
+    postings, the query's side of ``need``); query hash ``k`` hits postings
     ``lo[k] : lo[k] + cnt[k]``. Per query:
     (1) hits are counted per (ref, 16-frame offset bin, folded modulo 8) in a dense counter.
         A peak at offset ``o`` with votes ``>= need`` (``need = max(min_votes,
@@ -363,13 +373,12 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     """
     max_load = 0
     k0 = 0
-    while k0 < len(cnt):
-        k1, load = k0, 0
-        while k1 < len(cnt) and qi[k1] == qi[k0]:
-            load += cnt[k1]
-            k1 += 1
+    for q in range(len(q_n)):
+        load = 0
+        for k in range(k0, k0 + q_n[q]):
+            load += cnt[k]
         max_load = max(max_load, load)
-        k0 = k1
+        k0 += q_n[q]
     mv = np.int64(np.ceil(min_votes))
     # the ref's side of ``need``, capped like the prefilter's counters (a small table: at 100k
     # refs the kernel's random-access tables must share the L2 cache)
@@ -403,12 +412,10 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     out_o = np.empty(cap, np.int64)
     out_v = np.empty(cap, np.int64)
     n_out = 0
-    k0 = 0
-    while k0 < len(cnt):
-        q = qi[k0]
-        k1 = k0
-        while k1 < len(cnt) and qi[k1] == q:
-            k1 += 1
+    k1 = 0
+    for q in range(len(q_n)):
+        k0 = k1
+        k1 = k0 + q_n[q]
         need_q = _need(min_votes, min_fraction, qn[q])
         n_post = 0
         for k in range(k0, k1):
@@ -555,7 +562,6 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                     out_q[n_out], out_r[n_out] = q, sr_ref[e]
                     out_o[n_out], out_v[n_out] = sq_o[i], sq_v[i]
                     n_out += 1
-        k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
 
