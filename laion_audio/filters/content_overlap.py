@@ -21,6 +21,10 @@ from typing import Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .fingerprint import Fingerprint
 
@@ -232,9 +236,29 @@ _FOLD = 1 << _FOLD_BITS
 #: a ref whose voted offsets span more frames than this (hours-long clips) is counted by a
 #: sort instead of a dense histogram, which would not fit in cache
 _MAX_WIDTH = 1 << 20
+#: buckets are prefetched this many hashes ahead: a bucket's first postings are a random
+#: access into the index (two arrays), and the first pass waited on them (~10 % of it)
+_PREFETCH = 8
 #: queries' posting counts up to this are ranked by a histogram (the bucket cap keeps them
 #: small), larger ones by a sort
 _SELECT_HIST = 1 << 16
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """``llvm.prefetch`` of ``arr[idx]`` (read, all cache levels): never faults, so ``idx``
+    may run past the end."""
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
 
 
 @numba.njit(cache=True, nogil=True)
@@ -397,6 +421,7 @@ def _vote_peaks(lo, cnt, qt, q_n, qn, ex, ref, time, n_hashes, n_refs, min_votes
     ref_n = np.zeros(n_refs, np.int32)         # survivors per ref, then (2)'s fill pointer
     t_n = np.empty(max_load + 1, np.int32)     # survivors per touched ref
     touched = np.empty(max_load + 1, np.int32)
+    nz = np.empty(max(q_n.max(), 1) if len(q_n) else 1, np.int64)
     hist = np.zeros(4096, np.int32)
     pk_o = np.empty(max_load, np.int64)        # one ref's peaks: offset, votes
     pk_v = np.empty(max_load, np.int64)
@@ -418,7 +443,18 @@ def _vote_peaks(lo, cnt, qt, q_n, qn, ex, ref, time, n_hashes, n_refs, min_votes
         k1 = k0 + q_n[q]
         need_q = _need(min_votes, min_fraction, qn[q])
         n_post = 0
+        n_nz = 0                  # the query's hashes with postings, to prefetch ahead
         for k in range(k0, k1):
+            nz[n_nz] = k
+            n_nz += cnt[k] > 0
+        for a in range(n_nz):
+            if a + _PREFETCH < n_nz:
+                kk = nz[a + _PREFETCH]
+                _prefetch(ref, lo[kk])
+                _prefetch(time, lo[kk])
+                _prefetch(ref, lo[kk] + 16)
+                _prefetch(time, lo[kk] + 16)
+            k = nz[a]
             t0 = np.int32(qt[k])
             for p in range(lo[k], lo[k] + cnt[k]):
                 off = time[p] - t0
