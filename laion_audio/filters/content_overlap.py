@@ -162,8 +162,9 @@ class FingerprintIndex:
                    exclude_self: Sequence[int] | None = None) -> list[Candidate]:
         """Offset-voted candidates for a batch of query fingerprints.
 
-        ``min_fraction`` scales the vote threshold with the shorter clip's hash count (the
-        hashes the query kept under its budget), so a long noisy query does not nominate by
+        ``min_fraction`` scales the vote threshold with the shorter clip's hash count (for the
+        query, the hashes it kept under its budget that have postings: one in no clip, or in a
+        bucket over ``max_bucket``, cannot vote), so a long noisy query does not nominate by
         chance. ``exclude_self[i]`` is a ref to skip for query ``i`` (the query itself when the
         index holds the corpus).
         """
@@ -336,7 +337,7 @@ def _spans_select(qh, start, qn, budget, max_bucket):
 def _select(cnt, qn, budget, max_bucket):
     """The query hashes each query keeps (buckets over ``max_bucket`` count as empty, then
     :func:`_keep_rarest`): their posting counts, 0 for the others (no compacted copies), and
-    the number each query keeps."""
+    the number each query keeps that have postings (the others cannot vote)."""
     out = np.where(cnt > max_bucket, 0, cnt)
     keep = _keep_rarest(out, qn, budget)
     kept = np.zeros(len(qn), np.int64)
@@ -377,7 +378,7 @@ def _vote_peaks(lo, cnt, qt, q_n, qn, ex, ref, time, n_hashes, n_refs, min_votes
     ``lo[k] : lo[k] + cnt[k]``. Per query:
     (1) hits are counted per (ref, 16-frame offset bin, folded modulo 8) in a dense counter.
         A peak at offset ``o`` with votes ``>= need`` (``need = max(min_votes,
-        ceil(min_fraction * min(query hashes, ref hashes)))``) has all its votes, and its
+        ceil(min_fraction * min(query voting hashes, ref hashes)))``) has all its votes, and its
         neighbours' counts, at ``o +-2``: a posting at offset ``x`` that counts for, or next
         to, a kept peak has ``need`` hits within ``x +-3``. That window lies in the posting's
         own bin unless ``x`` is within 3 frames of the bin's edge (6 of 16 positions: then also
