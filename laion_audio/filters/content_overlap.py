@@ -21,6 +21,10 @@ from typing import Callable, Hashable, Iterable, Sequence
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .fingerprint import Fingerprint
 
@@ -158,8 +162,9 @@ class FingerprintIndex:
                    exclude_self: Sequence[int] | None = None) -> list[Candidate]:
         """Offset-voted candidates for a batch of query fingerprints.
 
-        ``min_fraction`` scales the vote threshold with the shorter clip's hash count (the
-        hashes the query kept under its budget), so a long noisy query does not nominate by
+        ``min_fraction`` scales the vote threshold with the shorter clip's hash count (for the
+        query, the hashes it kept under its budget that have postings: one in no clip, or in a
+        bucket over ``max_bucket``, cannot vote), so a long noisy query does not nominate by
         chance. ``exclude_self[i]`` is a ref to skip for query ``i`` (the query itself when the
         index holds the corpus).
         """
@@ -170,20 +175,22 @@ class FingerprintIndex:
         qn = np.array([len(q) for q in queries], np.int64)
         qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
         qt = np.concatenate([q.times for q in queries]).astype(np.int32)
-        lo, cnt = self._buckets(qh)
         # per-query posting budget: every hash carries the same evidence for the true
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
         budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        cnt, kept = _select(cnt, qn, budget, self.max_bucket)
+        if self._bucket_start is not None:
+            lo, cnt, kept = _spans_select(qh, self._bucket_start, qn, budget, self.max_bucket)
+        else:
+            lo, cnt = self._buckets(qh)
+            cnt, kept = _select(cnt, qn, budget, self.max_bucket)
         if not int(cnt.sum()):
             return []
         ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
             np.asarray(exclude_self, np.int64)
         # per query: its ``top`` refs, each with its best ``offsets`` offsets (looped material
         # votes for several offsets a period apart; the check picks the right one)
-        qi = np.repeat(np.arange(len(queries), dtype=np.int64), qn)
-        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qi, kept, ex, self.ref, self.time,
+        uq, ur, uo, votes = _vote_peaks(lo, cnt, qt, qn, kept, ex, self.ref, self.time,
                                         self._n_hashes_arr, len(self.keys),
                                         float(min_votes), float(min_fraction), top, offsets,
                                         _MAX_WIDTH)
@@ -231,9 +238,29 @@ _FOLD = 1 << _FOLD_BITS
 #: a ref whose voted offsets span more frames than this (hours-long clips) is counted by a
 #: sort instead of a dense histogram, which would not fit in cache
 _MAX_WIDTH = 1 << 20
+#: buckets are prefetched this many hashes ahead: a bucket's first postings are a random
+#: access into the index (two arrays), and the first pass waited on them (~10 % of it)
+_PREFETCH = 8
 #: queries' posting counts up to this are ranked by a histogram (the bucket cap keeps them
 #: small), larger ones by a sort
 _SELECT_HIST = 1 << 16
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """``llvm.prefetch`` of ``arr[idx]`` (read, all cache levels): never faults, so ``idx``
+    may run past the end."""
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
 
 
 @numba.njit(cache=True, nogil=True)
@@ -288,31 +315,37 @@ def _keep_rarest(cnt, qn, budget):
                 used += c * n_c
                 left -= n_c
             c += 1
-        for k in range(k0, k1):
+        for k in range(k0, k1):         # branch-free: counts arrive in no order
             x = cnt[k]
-            if x < cut:
-                keep[k] = True
-            elif x == cut and fit > 0:
-                keep[k] = True
-                fit -= 1
+            at_cut = (x == cut) & (fit > 0)
+            keep[k] = (x < cut) | at_cut
+            fit -= at_cut
             hist[x] = 0
         k0 = k1
     return keep
 
 
 @numba.njit(cache=True, nogil=True)
+def _spans_select(qh, start, qn, budget, max_bucket):
+    """:func:`_bucket_spans` and :func:`_select` in one call (no temporaries between them)."""
+    lo, cnt = _bucket_spans(qh, start)
+    out, kept = _select(cnt, qn, budget, max_bucket)
+    return lo, out, kept
+
+
+@numba.njit(cache=True, nogil=True)
 def _select(cnt, qn, budget, max_bucket):
     """The query hashes each query keeps (buckets over ``max_bucket`` count as empty, then
     :func:`_keep_rarest`): their posting counts, 0 for the others (no compacted copies), and
-    the number each query keeps."""
+    the number each query keeps that have postings (the others cannot vote)."""
     out = np.where(cnt > max_bucket, 0, cnt)
     keep = _keep_rarest(out, qn, budget)
     kept = np.zeros(len(qn), np.int64)
     k0 = 0
     for q in range(len(qn)):
         for k in range(k0, k0 + qn[q]):
-            kept[q] += keep[k]
             out[k] *= keep[k]
+            kept[q] += out[k] > 0
         k0 += qn[q]
     return out, kept
 
@@ -334,17 +367,18 @@ def _count_near(u, c, j, target):
 
 
 @numba.njit(cache=True, nogil=True)
-def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
+def _vote_peaks(lo, cnt, qt, q_n, qn, ex, ref, time, n_hashes, n_refs, min_votes, min_fraction,
                 top, offsets, max_width=_MAX_WIDTH):
     """(query, ref, offset, votes) of the offset peaks that pass the vote threshold: per
     query its ``top`` refs by best votes (ties: lower ref), each with its ``offsets`` best
     peaks (ties: lower offset), sorted by (query, ref, -votes, offset).
 
-    Query hashes arrive grouped by query; query hash ``k`` hits postings
+    Query hashes arrive grouped by query (``q_n[q]`` each; ``qn[q]`` of them kept and with
+    postings, the query's side of ``need``); query hash ``k`` hits postings
     ``lo[k] : lo[k] + cnt[k]``. Per query:
     (1) hits are counted per (ref, 16-frame offset bin, folded modulo 8) in a dense counter.
         A peak at offset ``o`` with votes ``>= need`` (``need = max(min_votes,
-        ceil(min_fraction * min(query hashes, ref hashes)))``) has all its votes, and its
+        ceil(min_fraction * min(query voting hashes, ref hashes)))``) has all its votes, and its
         neighbours' counts, at ``o +-2``: a posting at offset ``x`` that counts for, or next
         to, a kept peak has ``need`` hits within ``x +-3``. That window lies in the posting's
         own bin unless ``x`` is within 3 frames of the bin's edge (6 of 16 positions: then also
@@ -363,13 +397,12 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     """
     max_load = 0
     k0 = 0
-    while k0 < len(cnt):
-        k1, load = k0, 0
-        while k1 < len(cnt) and qi[k1] == qi[k0]:
-            load += cnt[k1]
-            k1 += 1
+    for q in range(len(q_n)):
+        load = 0
+        for k in range(k0, k0 + q_n[q]):
+            load += cnt[k]
         max_load = max(max_load, load)
-        k0 = k1
+        k0 += q_n[q]
     mv = np.int64(np.ceil(min_votes))
     # the ref's side of ``need``, capped like the prefilter's counters (a small table: at 100k
     # refs the kernel's random-access tables must share the L2 cache)
@@ -388,6 +421,7 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     ref_n = np.zeros(n_refs, np.int32)         # survivors per ref, then (2)'s fill pointer
     t_n = np.empty(max_load + 1, np.int32)     # survivors per touched ref
     touched = np.empty(max_load + 1, np.int32)
+    nz = np.empty(max(q_n.max(), 1) if len(q_n) else 1, np.int64)
     hist = np.zeros(4096, np.int32)
     pk_o = np.empty(max_load, np.int64)        # one ref's peaks: offset, votes
     pk_v = np.empty(max_load, np.int64)
@@ -403,15 +437,24 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
     out_o = np.empty(cap, np.int64)
     out_v = np.empty(cap, np.int64)
     n_out = 0
-    k0 = 0
-    while k0 < len(cnt):
-        q = qi[k0]
-        k1 = k0
-        while k1 < len(cnt) and qi[k1] == q:
-            k1 += 1
+    k1 = 0
+    for q in range(len(q_n)):
+        k0 = k1
+        k1 = k0 + q_n[q]
         need_q = _need(min_votes, min_fraction, qn[q])
         n_post = 0
+        n_nz = 0                  # the query's hashes with postings, to prefetch ahead
         for k in range(k0, k1):
+            nz[n_nz] = k
+            n_nz += cnt[k] > 0
+        for a in range(n_nz):
+            if a + _PREFETCH < n_nz:
+                kk = nz[a + _PREFETCH]
+                _prefetch(ref, lo[kk])
+                _prefetch(time, lo[kk])
+                _prefetch(ref, lo[kk] + 16)
+                _prefetch(time, lo[kk] + 16)
+            k = nz[a]
             t0 = np.int32(qt[k])
             for p in range(lo[k], lo[k] + cnt[k]):
                 off = time[p] - t0
@@ -500,7 +543,13 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                 base = omin - 2
                 for i in range(a, b):
                     hist[g_off[i] - base] += 1
+                # most refs here have no offset with ``need`` votes: find that out branch-free
+                # before the peak scan, whose branches mispredict
+                best = 0
                 for i in range(a, b):
+                    x = g_off[i] - base
+                    best = max(best, hist[x - 1] + hist[x] + hist[x + 1])
+                for i in range(a if best >= need else b, b):
                     x = g_off[i] - base
                     c0 = hist[x]
                     if c0 < 0:            # this offset's votes are already decided
@@ -555,7 +604,6 @@ def _vote_peaks(lo, cnt, qt, qi, qn, ex, ref, time, n_hashes, n_refs, min_votes,
                     out_q[n_out], out_r[n_out] = q, sr_ref[e]
                     out_o[n_out], out_v[n_out] = sq_o[i], sq_v[i]
                     n_out += 1
-        k0 = k1
     return out_q[:n_out], out_r[:n_out], out_o[:n_out], out_v[:n_out]
 
 

@@ -17,7 +17,8 @@ def _reference(index: co.FingerprintIndex, queries, *, min_votes=6, min_fraction
     column, buckets over ``max_bucket`` count as empty, the rarest hashes kept (stable sort by
     posting count) while their postings fit the budget; votes per (ref, offset); an offset's
     votes are its count plus its +-1 neighbours', kept when >= need and a local maximum (above
-    the offset below, at least the offset above, counting only neighbours with hits); per ref
+    the offset below, at least the offset above, counting only neighbours with hits), the need
+    scaled by the kept hashes that have postings (the others cannot vote); per ref
     its best ``offsets`` (most votes, lower offset), per query its ``top`` refs (best votes,
     lower ref), out by (ref, -votes, offset)."""
     hashes = index._old_hashes()
@@ -29,6 +30,7 @@ def _reference(index: co.FingerprintIndex, queries, *, min_votes=6, min_fraction
         budget = max(index.postings_per_hash * len(fp), index.min_budget)
         order = np.argsort(cnt, kind="stable")
         kept = order[np.cumsum(cnt[order]) <= budget]
+        n_voting = int((cnt[kept] > 0).sum())       # kept hashes that have postings
         votes: Counter = Counter()
         for k in kept:
             for p in range(lo[k], lo[k] + cnt[k]):
@@ -37,7 +39,7 @@ def _reference(index: co.FingerprintIndex, queries, *, min_votes=6, min_fraction
         for (r, o), c in votes.items():
             if exclude_self is not None and r == exclude_self[q]:
                 continue
-            need = max(min_votes, np.ceil(min_fraction * min(len(kept), index.n_hashes[r])))
+            need = max(min_votes, np.ceil(min_fraction * min(n_voting, index.n_hashes[r])))
             c_lo, c_hi = votes.get((r, o - 1), 0), votes.get((r, o + 1), 0)
             v = c + c_lo + c_hi
             if v < need:
