@@ -424,6 +424,12 @@ def print_scale_table(cols: list[tuple[str, object]]) -> None:
         row(f"disk MB {folder}/", [build_or_meta(d, lambda b: b["disk_mb"].get(folder, 0),
                                                  lambda m: m[-1]["disk_mb"].get(folder, 0)) for _, d in cols],
             "{:,.1f}")
+    row("disk MB work folder at its peak (du every 5 s)",
+        [build_or_meta(d, lambda b: b.get("disk_peak_mb"), lambda m: None) for _, d in cols], "{:,.1f}")
+    row("  ... audio/ + shards/ then", [build_or_meta(
+        d, lambda b: "{:,.0f} + {:,.0f}".format(*((b.get("disk_peak") or {}).get("folders_mb", {}).get(f, 0)
+                                                  for f in ("audio", "shards")))
+        if b.get("disk_peak") else None, lambda m: None) for _, d in cols], "{}")
     row("input clips' format", [build_or_meta(d, lambda b: b.get("clip_format", "wav").upper(), lambda m: None)
                                 for _, d in cols], "{}")
     row("distinct clips dropped as duplicates", [build_or_meta(d, lambda b: b.get("dropped_as_duplicates"),
