@@ -351,12 +351,17 @@ def test_flacs_are_released_tar_by_tar_so_no_clip_is_held_twice_for_long(tmp_pat
         twice.append(_held_twice(out, 16))
         return real(shard, tmp)
 
+    from laion_audio.shards import members as members_mod
+
     monkeypatch.setattr(write_mod, "_write_tar", observed)
+    members_mod._members.cache_clear()
     summary = run_build(_config(src, out, samples_per_shard=2))
     assert summary["by_status"] == {Status.SHARDED: 16} and not _flacs(out)
     assert len(twice) >= 7, twice                         # enough tars for the bound to matter
     # one writer thread: it may start a tar while the one before waits for its release
     assert max(twice) <= 2, twice
+    # each tar's member list read once, by its own release (3192d43's order kept)
+    assert members_mod._members.cache_info().misses == len(twice)
     _assert_equals_a_fresh_build(src, out, tmp_path / "fresh", samples_per_shard=2)
 
 
