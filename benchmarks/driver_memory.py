@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -130,13 +131,43 @@ def _build(corpus: Path, out: Path, stages: str, workers: int, inline: bool) -> 
            str(corpus), "--out", str(out), "--workers", str(workers), "--stages", stages,
            "--skip-eval-filter"] + (["--inline"] if inline else [])
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    stop, peak = threading.Event(), {}
+    sampler = threading.Thread(target=_sample_disk, args=(out, stop, peak), daemon=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    sampler.start()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    finally:
+        stop.set()
+        sampler.join()
     wall = time.perf_counter() - t0
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not last or json.loads(last[-1])["rc"] not in (0, None):
         raise SystemExit(f"build of {corpus} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, json.loads(last[-1]), json.loads((out / "stats" / "summary.json").read_text())
+    return wall, {**json.loads(last[-1]), "disk_peak": peak}, \
+        json.loads((out / "stats" / "summary.json").read_text())
+
+
+def _sample_disk(out: Path, stop: threading.Event, peak: dict, every: float = 5.0) -> None:
+    """The work folder's peak bytes during the build, sampled with ``du`` every ``every``
+    seconds (in this process, not the build's: its CPU figures stay its own). The summary's
+    disk figures are the end state; the peak is where the keep policy's timing shows (the
+    input clips are hard links into the pool, counted nowhere)."""
+    t0 = time.perf_counter()
+    samples = 0
+    while not stop.wait(every):
+        folders = sorted(p for p in out.glob("*") if p.is_dir()) if out.is_dir() else []
+        if not folders:
+            continue
+        du = subprocess.run(["du", "-s", "-B1", *map(str, folders)], capture_output=True, text=True)
+        sizes = {Path(path).name: int(n) for n, path in
+                 (line.split("\t", 1) for line in du.stdout.splitlines())}
+        samples += 1
+        total = sum(sizes.values())
+        if total > peak.get("mb", 0) * 1e6:
+            peak.update(mb=round(total / 1e6, 1), at_s=round(time.perf_counter() - t0, 1),
+                        folders_mb={k: round(v / 1e6, 1) for k, v in sizes.items()})
+        peak["samples"], peak["every_s"] = samples, every
 
 
 def crawl_cpu_seconds(corpus: Path, root: Path, repeats: int) -> list[float]:
@@ -189,6 +220,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
                   if k.startswith("dropped:duplicate"))
     out_row = {"size": size, "generate_s": round(gen, 1), "wall_s": round(wall, 1),
             "driver_peak_rss_mb": result["driver_peak_rss_mb"],
+            "disk_peak_mb": result.get("disk_peak", {}).get("mb"), "disk_peak": result.get("disk_peak"),
             "ms_per_record": {k: round(1000 * v / size, 2) for k, v in per_stage.items()},
             "cpu_ms_per_record": {k: round(1000 * v / size, 2) for k, v in cpu.items()},
             "peak_rss_mb_after": rss_after,
@@ -244,6 +276,7 @@ def print_table(results: list[dict]) -> None:
     row("wall s (build)", [r["wall_s"] for r in results])
     row("dropped as duplicates", [r["dropped_as_duplicates"] for r in results], ratio=False)
     row("work folder / shards", [r["work_over_shards"] for r in results], ratio=False)
+    row("work folder MB at its peak (du every 5 s)", [r.get("disk_peak_mb") for r in results])
     for folder in large["disk_mb"]:
         row(f"disk MB {folder}/", [r["disk_mb"].get(folder, 0) for r in results], ratio=False)
 

@@ -61,6 +61,13 @@ seconds vary 2-7x; CPU seconds are the steadier figure), one run each:
     428.4 / 738.2 MB (the filter's index, +10.4 MB per 1,000 clips); work folder / shards 1.25 /
     1.25; distinct clips dropped 0 / 1; build wall 303 / 1,110 s. Metadata run (2.68M records, 16:17): crawl 7,164
     records/s, id filter 81,999/s, shard planning 182,351/s, peak 903.6 MB.
+
+    ``table --sizes 10000,40000,100000 --clip-format flac --crawl-repeats 3`` (the 100k build
+    alone, branch scale6 at b671610: FLACs released tar by tar; 22:02-22:37 in one lock hold,
+    load median 1.5): CPU ms per record crawl (median of 3, net) 0.133, fetch+transcode+
+    fingerprint 14.04, caption 0.24, filter 2.27, shard 1.43; driver peak 1,364.8 MB; work
+    folder at its peak (du every 5 s) 14,260.7 MB; 10 of 100,000 distinct clips dropped;
+    build wall 2,056 s.
 """
 from __future__ import annotations
 
@@ -424,6 +431,12 @@ def print_scale_table(cols: list[tuple[str, object]]) -> None:
         row(f"disk MB {folder}/", [build_or_meta(d, lambda b: b["disk_mb"].get(folder, 0),
                                                  lambda m: m[-1]["disk_mb"].get(folder, 0)) for _, d in cols],
             "{:,.1f}")
+    row("disk MB work folder at its peak (du every 5 s)",
+        [build_or_meta(d, lambda b: b.get("disk_peak_mb"), lambda m: None) for _, d in cols], "{:,.1f}")
+    row("  ... audio/ + shards/ then", [build_or_meta(
+        d, lambda b: "{:,.0f} + {:,.0f}".format(*((b.get("disk_peak") or {}).get("folders_mb", {}).get(f, 0)
+                                                  for f in ("audio", "shards")))
+        if b.get("disk_peak") else None, lambda m: None) for _, d in cols], "{}")
     row("input clips' format", [build_or_meta(d, lambda b: b.get("clip_format", "wav").upper(), lambda m: None)
                                 for _, d in cols], "{}")
     row("distinct clips dropped as duplicates", [build_or_meta(d, lambda b: b.get("dropped_as_duplicates"),

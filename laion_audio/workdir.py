@@ -92,10 +92,18 @@ class WorkDir:
         return self.abs(root) if root else default
 
     def note_released(self, shard_root: str) -> None:
+        """Written once: the release runs tar by tar, and a note already there is not
+        rewritten (and fsynced) for each tar."""
         from . import atomic
 
+        text = self.rel(shard_root) + "\n"
+        try:
+            if self._released_note.read_text(encoding="utf-8") == text:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
         self.audio.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(self._released_note, self.rel(shard_root) + "\n", fsync=True)
+        atomic.write_text(self._released_note, text, fsync=True)
 
     def forget_released(self) -> None:
         """Every released FLAC is back in ``audio/``: no shard root is needed to read them."""

@@ -8,6 +8,7 @@ belong to :class:`laion_audio.workdir.WorkDir`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -229,7 +230,9 @@ def release_sharded_audio(records: list, work: WorkDir, shard_root: str) -> int:
     writer hashed and fsynced those bytes; its receipt vouches for the tar). Every later reader
     takes the clip from the tar (:mod:`laion_audio.shards.members`); the ledger keeps the FLAC's
     path, so a rerun with ``--keep-audio`` or after a restore changes nothing. Remote shard roots
-    keep their FLACs (reading members back would mean downloads). Returns files deleted.
+    keep their FLACs (reading members back would mean downloads). Returns files deleted. The
+    build calls it for each tar as soon as that tar is published (``shard_ledger``), and once
+    more at the end for the tars a rerun kept.
 
     Records are visited tar by tar: each tar's member list is then read once. In the writer's
     order (shuffled across tars) the member-list cache (64 tars) thrashed once a build had more
@@ -324,6 +327,27 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
     waiting = ledger.count(status=list(statuses), source=sources) - len(ready) if require_text else 0
     from laion_audio.shards import ShardError
 
+    released = 0
+
+    def publish(positions: list[int]) -> None:
+        """A tar and its receipt are out: journal its records, then release their FLACs (so
+        ``audio/`` shrinks as ``shards/`` grows, instead of both holding the corpus at the end
+        of the stage). Journaled first: a clip is deleted only once the ledger names its tar."""
+        nonlocal released
+        recs = []
+        for i in positions:
+            rec = ready[i]
+            if rec.status != Status.SHARDED or (rec.status, rec.split, rec.shard) != before[i]:
+                before[i] = (rec.status, rec.split, rec.shard)   # not journaled again below
+                recs.append(dataclasses.replace(rec, audio_path=stored[i][0],
+                                                flac_path=stored[i][1]))
+        ledger.write(recs, tag="shard")
+        released += release_sharded_audio(
+            [dataclasses.replace(ready[i], flac_path=stored[i][1]) for i in positions],
+            work, shard_root)
+
+    if release_audio and "://" not in shard_root:
+        options["on_published"] = publish
     try:
         written, report = BY_NAME["shard"].fn(ready, shard_root, **options)
     except (OSError, ShardError) as e:
@@ -333,7 +357,10 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
             stats.extra["no_space"] = f"disk full while writing shards: {e.strerror or e}"
         else:
             raise
-        # nothing is marked sharded: the records stay captioned and the next run shards them
+        # the records of tars not yet published stay captioned and the next run shards them
+        # (with the same plan: those of published tars are journaled sharded, and kept)
+        if released:
+            stats.extra["flac_released"] = released
         stats.seconds = time.perf_counter() - start
         return [], {}, waiting, stats
     del ready
@@ -345,8 +372,8 @@ def shard_ledger(ledger: Ledger, work: WorkDir, shard_root: str, *, statuses, so
                  tag="shard")
     for rec in written:
         stats.add(rec, rec)
-    if release_audio:
-        stats.extra["flac_released"] = release_sharded_audio(written, work, shard_root)
+    if release_audio:     # the tars this run kept as they were: their FLACs, if still here
+        stats.extra["flac_released"] = released + release_sharded_audio(written, work, shard_root)
     stats.extra["report"] = report
     stats.seconds = time.perf_counter() - start
     return written, report, waiting, stats

@@ -11,10 +11,10 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from ..records import Record, Status
 from ..storage import Root
@@ -167,12 +167,18 @@ def _retire_split(root: Root, d: str) -> int:
 def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int = DEFAULT_SEED,
                  test_fraction: float = DEFAULT_TEST_FRACTION,
                  samples_per_shard: int | None = None, shard_bytes: int | None = None,
-                 workers: int = 1, storage_options: dict | None = None) -> ShardRun:
+                 workers: int = 1, storage_options: dict | None = None,
+                 on_published: Callable[[list[int]], None] | None = None) -> ShardRun:
     """Write ready records into LAION-layout shards under ``out`` (a folder or ``s3://...``).
 
     Every dataset/split present in ``records`` is (re)written as a whole; tars that already hold
     exactly what the plan asks for are kept. Returns the records with ``split``, ``shard`` and
-    ``status=sharded`` (or failed, with a typed reason) and a report."""
+    ``status=sharded`` (or failed, with a typed reason) and a report.
+
+    ``on_published(positions)`` is called in this thread after each tar written by this run
+    and its receipt are published, with the input positions of its records, already marked
+    sharded in place: the build journals them and releases their FLACs tar by tar, so its work
+    folder never holds a clip twice for more than a few tars (docs/scale.md)."""
     t0 = time.monotonic()
     records = list(records)
     root = Root(out, storage_options)
@@ -191,7 +197,13 @@ def write_shards(records: Iterable[Record], out: str | os.PathLike, *, seed: int
     retired = sum(_retire_split(root, d) for d in retiring)
     for path in stale:
         root.remove(path)
-    entries.update(_write_tars(root, todo, staging, workers))
+    published = None
+    if on_published is not None:
+        def published(shard: PlannedShard) -> None:
+            for s in shard.samples:
+                _mark_sharded(records[s.index], shard.split, shard.rel)
+            on_published([s.index for s in shard.samples])
+    entries.update(_write_tars(root, todo, staging, workers, published))
     _commit_splits(root, by_split, entries, seed, test_fraction)
     if staging is not None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -293,9 +305,11 @@ def _decide_tars(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]]
     return todo, stale, entries
 
 
-def _write_tars(root: Root, todo: list[PlannedShard], staging: Path | None,
-                workers: int) -> dict[str, dict]:
-    """Write each tar to a temporary file, publish it, then its receipt; returns index entries."""
+def _write_tars(root: Root, todo: list[PlannedShard], staging: Path | None, workers: int,
+                published: Callable[[PlannedShard], None] | None = None) -> dict[str, dict]:
+    """Write each tar to a temporary file, publish it, then its receipt; returns index entries.
+    ``published(shard)`` runs here, in plan order, once a tar and its receipt are out; at most
+    ``2 * workers`` tars are written ahead of it, which bounds the clips held twice."""
     def write_one(shard: PlannedShard) -> dict:
         d = _split_dir(root, shard.dataset, shard.split)
         receipt_path = f"{d}/{RECEIPTS_DIR}/{shard.name}.json"
@@ -312,8 +326,24 @@ def _write_tars(root: Root, todo: list[PlannedShard], staging: Path | None,
 
     if not todo:
         return {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return {shard.rel: entry for shard, entry in zip(todo, pool.map(write_one, todo))}
+    workers = max(1, workers)
+    entries: dict[str, dict] = {}
+    ahead: deque = deque()
+
+    def finish_oldest() -> None:
+        shard, future = ahead.popleft()
+        entries[shard.rel] = future.result()
+        if published is not None:
+            published(shard)
+
+    with ThreadPoolExecutor(workers) as pool:
+        for shard in todo:
+            if len(ahead) >= 2 * workers:
+                finish_oldest()
+            ahead.append((shard, pool.submit(write_one, shard)))
+        while ahead:
+            finish_oldest()
+    return entries
 
 
 def _commit_splits(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]],
@@ -345,10 +375,14 @@ def _records_out(records: list[Record], shards: list[PlannedShard], failed: dict
             bad.split, bad.shard = "", ""
             out.append(bad)
             continue
-        rec.split, rec.shard, rec.status = splits[i], shard_of[i], Status.SHARDED
-        rec.failure_stage = rec.failure_code = rec.failure_message = ""
-        out.append(rec)
+        out.append(_mark_sharded(rec, splits[i], shard_of[i]))
     return out
+
+
+def _mark_sharded(rec: Record, split: str, shard: str) -> Record:
+    rec.split, rec.shard, rec.status = split, shard, Status.SHARDED
+    rec.failure_stage = rec.failure_code = rec.failure_message = ""
+    return rec
 
 
 def _report(root: Root, by_split: dict[tuple[str, str], list[PlannedShard]],
