@@ -201,7 +201,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
     make_corpus(corpus, size, pool=pool, fmt=clip_format)
     gen = time.perf_counter() - t0
     wall, result, summary = _build(corpus, out, stages, workers, inline)
-    per_stage, cpu, rss_after, near = {}, {}, {}, {}
+    per_stage, cpu, cpu_sys, rss_after, near = {}, {}, {}, {}, {}
     for st in summary["stages"]:
         name = st["stage"].split(":")[0]
         if name == "filter":    # where the filter's time goes (its near-duplicate search)
@@ -212,6 +212,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
             name = st["fused"].replace("_", "+")
         per_stage[name] = per_stage.get(name, 0.0) + st["seconds"]
         cpu[name] = st.get("driver_cpu_seconds") or 0.0     # the group's: once per group
+        cpu_sys[name] = st.get("driver_cpu_system_seconds") or 0.0
         rss_after[name] = st.get("driver_peak_rss_mb_so_far")
     disk = summary.get("disk_bytes", {})
     shards = disk.get("shards", 0)
@@ -223,6 +224,7 @@ def run(size: int, root: Path, stages: str, workers: int, inline: bool = False,
             "disk_peak_mb": result.get("disk_peak", {}).get("mb"), "disk_peak": result.get("disk_peak"),
             "ms_per_record": {k: round(1000 * v / size, 2) for k, v in per_stage.items()},
             "cpu_ms_per_record": {k: round(1000 * v / size, 2) for k, v in cpu.items()},
+            "cpu_system_ms_per_record": {k: round(1000 * v / size, 2) for k, v in cpu_sys.items()},
             "peak_rss_mb_after": rss_after,
             "disk_mb": {k: round(v / 1e6, 2) for k, v in disk.items()},
             "work_over_shards": round(work_total / shards, 2) if shards else None,
@@ -262,6 +264,8 @@ def print_table(results: list[dict]) -> None:
         row(f"ms/record {stage}", [r["ms_per_record"].get(stage) for r in results])
     for stage in small.get("cpu_ms_per_record", {}):
         row(f"CPU ms/record {stage}", [r["cpu_ms_per_record"].get(stage) for r in results])
+        row("  ... of which in the kernel", [r.get("cpu_system_ms_per_record", {}).get(stage)
+                                           for r in results])
     if all("crawl_repeated" in r for r in results):
         k = small["crawl_repeated"]["repeats"]
         row(f"CPU ms/record crawl, median of {k} crawl-only", [r["crawl_repeated"]["cpu_ms_per_record"] for r in results])

@@ -406,7 +406,7 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         try:
             for group in groups:
                 first = group[0]
-                n_before, cpu_before = len(all_stats), time.process_time()
+                n_before, cpu_before, sys_before = len(all_stats), time.process_time(), os.times().system
                 if first.name == "crawl":
                     for name, options in cfg.sources.items():
                         all_stats.append(first.fn(ledger, work, name, options, refresh=refresh))
@@ -425,11 +425,15 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
                     all_stats.extend(worker_group(group, cfg, work, ledger, executor))
                 ledger.compact()
                 peak, cpu = _peak_rss_mb(), round(time.process_time() - cpu_before, 3)
+                cpu_system = round(os.times().system - sys_before, 3)
                 for st in all_stats[n_before:]:
                     st.extra["driver_peak_rss_mb_so_far"] = peak
                     # CPU of this process over the stage group (all the work with --inline):
                     # steadier than wall seconds on a shared machine
                     st.extra["driver_cpu_seconds"] = cpu
+                    # of which in the kernel (reads that miss the page cache, writes, fsyncs):
+                    # what grows when a corpus outgrows the machine's cache (docs/scale.md)
+                    st.extra["driver_cpu_system_seconds"] = cpu_system
         finally:
             executor.stop()
         summary = summarize(ledger, all_stats, cfg, work)
