@@ -406,7 +406,8 @@ def run_build(cfg: BuildConfig, *, refresh: bool = False) -> dict:
         try:
             for group in groups:
                 first = group[0]
-                n_before, cpu_before, sys_before = len(all_stats), time.process_time(), os.times().system
+                n_before = len(all_stats)
+                cpu_before, sys_before = time.process_time(), os.times().system
                 if first.name == "crawl":
                     for name, options in cfg.sources.items():
                         all_stats.append(first.fn(ledger, work, name, options, refresh=refresh))

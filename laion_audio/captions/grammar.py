@@ -14,7 +14,7 @@ AudioCaps captions put in that slot: "is barking", "are heard", "is present", "b
 The slot words ship in ``manifests/captions/predicate_words.txt`` (built from AudioCaps train
 by :func:`build_predicate_words`; regenerate with ``python -m laion_audio.captions.grammar
 TRAIN_CSV``), so the check needs no corpus at run time. Held-out human captions (AudioCaps val
-and test) break it in 0.2% of captions ("A roaring of wind is continues outside").
+and test) break it in 0.4% of captions ("A roaring of wind is continues outside").
 """
 from __future__ import annotations
 

@@ -79,6 +79,12 @@ class CaptionStats:
     join_missing: int = 0           # AudioSet records the file has no row for
     debias_replacements: int = 0
 
+    def template_used(self, reason: str | None) -> None:
+        """Count a template caption, and the fallback that chose it (``reason``)."""
+        self.template += 1
+        self.keyword_fallback += reason == MISSED_KEYWORDS
+        self.grammar_fallback += reason == MISPLACED_WORDS
+
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "distinct_keyword_sets"}
         d["distinct_keyword_sets"] = len(self.distinct_keyword_sets)
@@ -300,9 +306,7 @@ def _k2c(todo, captioner: Captioner, opts: CaptionOptions, cache: CaptionCache |
             else:
                 rec.texts = [text]
             rec.caption_provenance = prov
-            stats.template += 1
-            stats.keyword_fallback += prov["reason"] == MISSED_KEYWORDS
-            stats.grammar_fallback += prov["reason"] == MISPLACED_WORDS
+            stats.template_used(prov["reason"])
             _advance(rec)
             continue
         stats.debias_replacements += len(prov.get("debias_replacements", []))

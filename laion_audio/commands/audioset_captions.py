@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--no-debias", action="store_true")
     p.add_argument("--no-keyword-fallback", action="store_true",
-                   help="keep model captions that miss keywords or put a word where human captions never do (default: the template replaces them)")
+                   help="keep model captions that miss keywords or put a word where human "
+                        "captions never do (default: the template replaces them)")
     p.add_argument("--force-caption-model", action="store_true",
                    help="use a model the quality gate refuses")
     p.add_argument("--cache", help="caption cache file (default: FILE.parquet.cache.sqlite)")
@@ -102,8 +103,7 @@ def run(args) -> int:
     from ..captions import templates
     from ..captions.gate import GateError, resolve_labels_dir
     from ..captions.keywords import AudioSetLabels, normalise_keywords
-    from ..captions.stage import (MISPLACED_WORDS, MISSED_KEYWORDS, CaptionOptions, CaptionStats,
-                                  k2c_captions)
+    from ..captions.stage import CaptionOptions, CaptionStats, k2c_captions
 
     paths = [Path(p) for p in args.csv]
     for p in paths:
@@ -228,9 +228,7 @@ def run(args) -> int:
                 text, prov = res
                 prov = {k: v for k, v in prov.items() if k not in ("keywords", "model")}
             if prov["rule"] == "template":
-                stats.template += 1
-                stats.keyword_fallback += prov.get("reason") == MISSED_KEYWORDS
-                stats.grammar_fallback += prov.get("reason") == MISPLACED_WORDS
+                stats.template_used(prov.get("reason"))
             else:
                 stats.k2c += 1
             for f, v in (("ytid", seg.ytid), ("start", seg.start), ("end", seg.end),

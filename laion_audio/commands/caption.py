@@ -57,7 +57,8 @@ def register(sub) -> None:
     p.add_argument("--force-caption-model", action="store_true",
                    help="use a model its quality report fails (or that has no report)")
     p.add_argument("--no-keyword-fallback", action="store_true",
-                   help="keep model captions that miss keywords or put a word where human captions never do (default: the template replaces them)")
+                   help="keep model captions that miss keywords or put a word where human "
+                        "captions never do (default: the template replaces them)")
     p.add_argument("--max-new-tokens", type=_checks.positive_int, default=48)
     p.add_argument("--batch-size", type=_checks.positive_int, default=256,
                    help="records per ledger write")
