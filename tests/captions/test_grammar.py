@@ -61,8 +61,9 @@ def test_the_shipped_list_is_built_from_audiocaps_train_and_humans_rarely_break_
             caps = [r["caption"] for r in csv.DictReader(f)]
         rate = grammar.misplaced_rate(caps)
         assert rate <= 0.01 < gate.LIMITS["max_misplaced_word_rate"], (split, rate)
-    # a mistyped path or a file that is no AudioCaps CSV: one line, exit 2
-    for bad in (tmp_path / "nope.csv", shared_data / "audioset/ontology.json"):
+    # a mistyped path, a file that is no AudioCaps CSV, or one that is not UTF-8: one line, exit 2
+    (tmp_path / "latin1.csv").write_bytes(b"caption\nA caf\xe9 is busy\n")
+    for bad in (tmp_path / "nope.csv", shared_data / "audioset/ontology.json", tmp_path / "latin1.csv"):
         res = subprocess.run([sys.executable, "-m", "laion_audio.captions.grammar", str(bad)],
                              capture_output=True, text=True, cwd=REPO, timeout=60)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
