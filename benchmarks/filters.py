@@ -216,6 +216,20 @@ def _varied_fingerprints(orig, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.
     return np.concatenate(hs), np.concatenate(rs), np.concatenate(ts), ns
 
 
+def _postings_touched(ix, queries) -> int:
+    """Postings a batch's lookups read (after the budget), from the index's own selection."""
+    from laion_audio.filters import content_overlap as co
+
+    qn = np.array([len(q) for q in queries], np.int64)
+    qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32)
+    qt = np.concatenate([q.times for q in queries]).astype(np.int32)
+    if getattr(ix, "_landmark_counts", None) is not None:
+        qh, qt, qn = ix._query_keys(qh, qt, qn)
+    lo, cnt = ix._buckets(qh)
+    cnt, _ = co._select(cnt, qn, np.maximum(ix.postings_per_hash * qn, ix.min_budget), ix.max_bucket)
+    return int(cnt.sum())
+
+
 def _content_overlap_at(rev: str):
     """``laion_audio/filters/content_overlap.py`` as committed at ``rev``, imported as a module
     of its own (to time an older lookup against today's in the same process)."""
@@ -234,60 +248,72 @@ def _content_overlap_at(rev: str):
 
 def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_queries: int = 400,
                  max_bucket: int = 5000, index_model: str = "varied",
-                 budgets=((30_000, 15),), against: str | None = None) -> list[dict]:
+                 budgets=((30_000, 15),), against: str | None = None, popular: int | None = None,
+                 repeats: int = 15, perturbation: str = "trim") -> list[dict]:
     """Index = real fingerprints of the originals + synthetic clips (``index_model``:
     "varied" = re-voiced real fingerprints, see :func:`_varied_fingerprints`; "pooled" = each
     synthetic clip draws its hashes from the pooled originals, i.e. a corpus made of the same
     few recordings over and over, the worst case for bucket loads). Queries = real perturbed
-    copies (trim + gain) of the originals, looked up in batches of 400, per posting budget.
+    copies (trim + gain; or ``perturbation``: any of ``robustness.PERTURBATIONS``, or
+    "inside_longer", the clip between pieces of two other originals) of the originals, looked
+    up in batches of 400, per posting budget.
 
-    ``against`` (a git revision): the lookup of that revision's ``content_overlap.py`` runs on
-    the same index, alternating with today's (5 runs each), and the candidates must be the same.
-    Lookups/s are by the wall clock and per CPU second of the process (the machine is shared:
-    the wall clock also counts the time other processes had the core, and its speed varied 2x
-    over 2026-12-01), so the ratio to ``against`` in the same run is the figure to quote. At
-    100k the cost is the ~25k postings each query touches (the default budget); a smaller
-    budget loses copies at once (docs/filters.md, Benchmarks)."""
+    ``popular``: buckets over this many postings are re-keyed by a companion landmark (the
+    product's ``FingerprintIndex.for_budget``; None: plain landmark buckets).
+
+    ``against`` (a git revision): that revision's ``content_overlap.py`` indexes the same clips
+    with its own defaults (its class's budget; no re-keying, unless it has it and ``popular``
+    is given) and its lookup runs alternating with today's (``repeats`` runs each: this
+    machine's speed for memory-bound code flips ~1.5-2.8x within seconds, so the median of many
+    short runs is the figure); the output says whether the candidates are the same. Lookups/s
+    are by the wall clock and per CPU second of the process, so the ratio to ``against`` in
+    the same run is the figure to quote (docs/filters.md, Benchmarks)."""
     from laion_audio.filters.content_overlap import ContentMatcher, FingerprintIndex
     from laion_audio.filters.fingerprint import fingerprint
-    from robustness import PERTURBATIONS
+    from robustness import PERTURBATIONS, embed_in_longer
 
     rng = np.random.default_rng(0)
     clips = _real_clips(n_queries, clip_seconds)
     orig = [fingerprint(x, 48_000) for _, x in clips]
     pert = []
-    for _, x in clips:
-        y = PERTURBATIONS["trim"][0](x, 48_000, rng) * np.float32(0.6)
+    for i, (_, x) in enumerate(clips):
+        if perturbation == "trim":        # the figure's history: trimmed, -4.4 dB
+            y = PERTURBATIONS["trim"][0](x, 48_000, rng) * np.float32(0.6)
+        elif perturbation == "inside_longer":
+            filler = np.concatenate([clips[(i + 1) % len(clips)][1], clips[(i + 2) % len(clips)][1]])
+            y = embed_in_longer(x, filler, 48_000, rng)
+        else:
+            y = PERTURBATIONS[perturbation][0](x, 48_000, rng)
         pert.append(fingerprint(y, 48_000))
     pool_h = np.concatenate([f.hashes for f in orig])
     per_clip = int(np.median([len(f) for f in orig]))
     out = []
     for size in sizes:
-        idx = FingerprintIndex(max_bucket=max_bucket)
-        for i, f in enumerate(orig):
-            idx.add(i, f)
         n_syn = size - len(orig)
         if index_model == "pooled":
             total = n_syn * per_clip
-            idx.add_raw(rng.choice(pool_h, total), np.repeat(np.arange(n_syn, dtype=np.int32), per_clip),
-                        rng.integers(0, int(clip_seconds / 0.008), total, dtype=np.int32),
-                        [f"syn{i}" for i in range(n_syn)], [per_clip] * n_syn)
+            syn = (rng.choice(pool_h, total), np.repeat(np.arange(n_syn, dtype=np.int32), per_clip),
+                   rng.integers(0, int(clip_seconds / 0.008), total, dtype=np.int32), [per_clip] * n_syn)
         else:
-            h, r, t, ns = _varied_fingerprints(orig, n_syn, rng)
-            idx.add_raw(h, r, t, [f"syn{i}" for i in range(n_syn)], ns)
-        t_build = time.perf_counter()
-        idx.build()
-        t_build = time.perf_counter() - t_build
-        idx.candidates(pert[:8])                       # numba compile / cache load
+            syn = _varied_fingerprints(orig, n_syn, rng)
+
+        def make(cls, **kw):
+            ix = cls(max_bucket=max_bucket, **kw)
+            for i, f in enumerate(orig):
+                ix.add(i, f)
+            ix.add_raw(*syn[:3], [f"syn{i}" for i in range(n_syn)], syn[3])
+            t0 = time.perf_counter()
+            ix.build()
+            ix.candidates(pert[:8])                    # numba compile / cache load
+            return ix, time.perf_counter() - t0
+        idx, t_build = make(FingerprintIndex, popular=popular)
         base = None
         if against:
-            base = _content_overlap_at(against).FingerprintIndex()
-            base.__dict__.update(idx.__dict__)         # the same arrays, the old code
-            base.candidates(pert[:8])
+            old = _content_overlap_at(against).FingerprintIndex
+            kw = {"popular": popular} if "popular" in old.__init__.__code__.co_varnames else {}
+            base, _ = make(old, **kw)
         for min_budget, per_hash in budgets:
             idx.min_budget, idx.postings_per_hash = min_budget, per_hash
-            if base is not None:
-                base.min_budget, base.postings_per_hash = min_budget, per_hash
 
             def lookup(ix):
                 found, got = 0, []
@@ -297,7 +323,7 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
                     got += [(c.query + s, c.ref, c.offset, c.votes) for c in cands]
                 return found, got
             runs = {"new": ([], [])} if base is None else {"new": ([], []), "base": ([], [])}
-            for _ in range(5):                         # alternated: the same machine state
+            for _ in range(repeats):                   # alternated: the same machine state
                 for name in runs:
                     w, c = time.perf_counter(), time.process_time()
                     out_name = lookup(idx if name == "new" else base)
@@ -313,7 +339,9 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
                                                            if r < len(orig) else None), repeat=1)
             confirmed = len({m.query for m in res[0] if m.query == m.ref})
             out.append({"index_clips": size, "index_model": index_model, "clip_seconds": clip_seconds,
-                        "budget": [min_budget, per_hash], "max_bucket": max_bucket,
+                        "budget": [min_budget, per_hash], "max_bucket": max_bucket, "popular": popular,
+                        "perturbation": perturbation,
+                        "postings_per_batch": _postings_touched(idx, pert),
                         "index_landmarks": idx.n_postings, "index_gb": round(idx.nbytes / 1e9, 3),
                         "build_s": round(t_build, 1), "lookups_per_s_per_core": round(len(pert) / t),
                         "lookups_per_cpu_s": round(len(pert) / statistics.median(runs["new"][1])),
@@ -323,17 +351,20 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
                         "load_1min": round(os.getloadavg()[0], 1)})
             if base is not None:
                 tb, cb = statistics.median(runs["base"][0]), statistics.median(runs["base"][1])
-                out[-1].update({"against": against, "against_lookups_per_s_per_core": round(len(pert) / tb),
+                out[-1].update({"against": against, "against_budget": [base.min_budget, base.postings_per_hash],
+                                "against_postings_per_batch": _postings_touched(base, pert),
+                                "against_lookups_per_s_per_core": round(len(pert) / tb),
                                 "against_lookups_per_cpu_s": round(len(pert) / cb),
                                 "against_candidate_recall": base_found / len(pert),
                                 "speedup_wall": round(tb / t, 2),
                                 "speedup_cpu": round(cb / statistics.median(runs["new"][1]), 2),
                                 "same_candidates": got == base_got})
-                print(f"lookup {size} clips, budget {min_budget}: {out[-1]['lookups_per_s_per_core']}/s "
-                      f"(cpu {out[-1]['lookups_per_cpu_s']}/s) vs {against} "
-                      f"{out[-1]['against_lookups_per_s_per_core']}/s (cpu {out[-1]['against_lookups_per_cpu_s']}/s):"
-                      f" {out[-1]['speedup_wall']}x wall, {out[-1]['speedup_cpu']}x cpu, "
-                      f"same candidates: {out[-1]['same_candidates']}", flush=True)
+                print(f"lookup {size} clips, budget {min_budget}, popular {popular}: "
+                      f"{out[-1]['lookups_per_s_per_core']}/s (cpu {out[-1]['lookups_per_cpu_s']}/s), recall "
+                      f"{out[-1]['candidate_recall']} vs {against} (budget {base.min_budget}) "
+                      f"{out[-1]['against_lookups_per_s_per_core']}/s (cpu {out[-1]['against_lookups_per_cpu_s']}/s),"
+                      f" recall {out[-1]['against_candidate_recall']}: {out[-1]['speedup_wall']}x wall, "
+                      f"{out[-1]['speedup_cpu']}x cpu, same candidates: {out[-1]['same_candidates']}", flush=True)
             print("lookup:", json.dumps(out[-1]), flush=True)
         del idx
     return out
@@ -552,6 +583,9 @@ def bench_warp(n_eval: int = 100, n_distractors: int = 2000, seed: int = 0) -> d
 
 
 def main() -> None:
+    from laion_audio.defaults import LOOKUP_BUDGET
+    from laion_audio.filters.content_overlap import POPULAR_BUCKET
+
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["id", "fingerprint", "lookup", "neardup", "stage", "warp", "all"])
     ap.add_argument("--n-eval", type=int, default=100, help="warp: eval clips planted")
@@ -569,8 +603,13 @@ def main() -> None:
     ap.add_argument("--max-bucket", type=int, default=5000, help="skip hash buckets larger than this")
     ap.add_argument("--index-model", choices=["varied", "pooled"], default="varied",
                     help="how the synthetic index clips get their hashes (see bench_lookup)")
-    ap.add_argument("--budgets", default="25000:12",
-                    help="comma list of min_budget:postings_per_hash to measure")
+    ap.add_argument("--budgets", default=f"{LOOKUP_BUDGET}:{max(1, LOOKUP_BUDGET // 2000)}",
+                    help="comma list of min_budget:postings_per_hash to measure (default: the product's)")
+    ap.add_argument("--popular", type=int, default=POPULAR_BUCKET,
+                    help="lookup: re-key buckets over this many postings (-1: never)")
+    ap.add_argument("--repeats", type=int, default=15, help="lookup: alternated runs per code")
+    ap.add_argument("--perturbation", default="trim", help="lookup: how the queries differ from "
+                    "the originals (trim, inside_longer, or a robustness.PERTURBATIONS name)")
     ap.add_argument("--against", default=None, help="lookup: also time this git revision's "
                     "content_overlap.py on the same index, alternating (e.g. main)")
     args = ap.parse_args()
@@ -583,7 +622,9 @@ def main() -> None:
         sizes = tuple(int(s) for s in (args.sizes or "10000,30000,100000").split(","))
         budgets = tuple(tuple(int(v) for v in b.split(":")) for b in args.budgets.split(","))
         bench_lookup(sizes, args.clip_seconds, max_bucket=args.max_bucket,
-                     index_model=args.index_model, budgets=budgets, against=args.against)
+                     index_model=args.index_model, budgets=budgets, against=args.against,
+                     popular=None if args.popular < 0 else args.popular, repeats=args.repeats,
+                     perturbation=args.perturbation)
     if args.what in ("neardup", "all"):
         bench_neardup(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")), procs=args.procs,
                       cache=args.cache, queries=args.queries)

@@ -7,6 +7,10 @@ SEED = 1234
 TEST_FRACTION = 0.1
 #: samples per tar (LAION's make_tar.py default)
 SAMPLES_PER_SHARD = 512
+#: postings one content lookup may touch (``filter --lookup-budget``): with popular landmark
+#: buckets re-keyed, 12,000 find as many of the 100k benchmark's copies as 25,000 did without
+#: (docs/filters.md, Benchmarks)
+LOOKUP_BUDGET = 12_000
 
 #: file extensions the transcoder reads (libsndfile, else PyAV/ffmpeg)
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a",

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from . import _checks
+from ..defaults import LOOKUP_BUDGET
 from .caption import add_work_arguments, resolve_ledger
 from ._deprecated import announce
 
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
                    help="skip the warp pass (sped-up, pitch-shifted, time-stretched copies of eval clips)")
     p.add_argument("--no-near-duplicates", action="store_true", help="skip near-duplicate search inside the corpus")
     p.add_argument("--source-priority", help="comma-separated sources, most preferred first (keep rule)")
-    p.add_argument("--lookup-budget", type=int, default=25_000,
+    p.add_argument("--lookup-budget", type=int, default=LOOKUP_BUDGET,
                    help="postings one content lookup may touch: lower is faster on large "
                         "indexes, higher finds more short copies (see docs/filters.md)")
     p.add_argument("--fingerprint-dir",

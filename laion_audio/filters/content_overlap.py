@@ -13,6 +13,13 @@ Over-full buckets (a hash that half the corpus contains, e.g. a steady hum) carr
 evidence and cost the most; buckets above ``max_bucket`` postings are skipped at query time,
 and a query whose hashes would touch more than ``max(postings_per_hash * n_hashes,
 min_budget)`` postings keeps only its rarest hashes (an adaptive stop-list).
+
+Popular buckets are made selective instead of dropped (``popular``, :func:`_rekey`): a
+landmark whose bucket holds more than ``popular`` postings is indexed, and looked up, under
+the key of (landmark, the nearest other landmark from the same anchor peak): three peaks
+instead of two, so a tonal or periodic sound whose landmarks all sit in popular buckets still
+votes, with a few postings per hash instead of thousands. Stored fingerprints do not change;
+only the index's keys do.
 """
 from __future__ import annotations
 
@@ -26,8 +33,11 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..defaults import LOOKUP_BUDGET
 from .fingerprint import Fingerprint
 
+#: a landmark bucket over this many postings is re-keyed by a companion landmark
+POPULAR_BUCKET = 300
 
 
 @dataclass
@@ -56,10 +66,14 @@ class FingerprintIndex:
     bucket_start[h + 1]`` (8 bytes per posting, no sort permutation, no concatenated copy of
     the input: at 8,000 clips the argsort build peaked at ~2.5x the final index)."""
 
-    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 12, min_budget: int = 25_000):
+    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 12, min_budget: int = 25_000,
+                 popular: int | None = None):
         self.max_bucket = max_bucket
         self.postings_per_hash = postings_per_hash
         self.min_budget = min_budget     # below this many postings a query is never thinned
+        #: buckets over this many postings are re-keyed by a companion landmark (None: never)
+        self.popular = popular
+        self._landmark_counts: np.ndarray | None = None   # postings per landmark, when re-keyed
         self._parts: list[tuple[np.ndarray, "int | np.ndarray", np.ndarray]] = []
         self.n_hashes: list[int] = []
         self.keys: list[Hashable] = []
@@ -68,6 +82,14 @@ class FingerprintIndex:
         self.ref = np.zeros(0, np.int32)
         self.time = np.zeros(0, np.int32)
         self._bucket_start: np.ndarray | None = None
+
+    @classmethod
+    def for_budget(cls, lookup_budget: int = LOOKUP_BUDGET) -> "FingerprintIndex":
+        """The index the filter stage and the near-duplicate check use: ``lookup_budget``
+        postings per query (long queries: one per hash per 2,000 of it, the ratio the
+        benchmark measured) and popular buckets re-keyed."""
+        return cls(min_budget=lookup_budget, postings_per_hash=max(1, lookup_budget // 2000),
+                   popular=POPULAR_BUCKET)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -108,8 +130,14 @@ class FingerprintIndex:
         if self._parts:
             parts = self._parts
             if self.n_postings:      # earlier postings first: the order of insertion
+                if self._landmark_counts is not None:
+                    raise RuntimeError("an index with re-keyed popular buckets is built once: "
+                                       "add every clip before build()")
                 parts = [(self._old_hashes(), self.ref, self.time)] + parts
             top = max((int(p[0].max()) for p in parts if len(p[0])), default=-1)
+            if self.popular is not None and 0 <= top < 1 << 22:    # landmark hashes
+                parts = self._rekey_parts(parts)
+                top = max((int(p[0].max()) for p in parts if len(p[0])), default=-1)
             if top < 1 << 24:
                 self._build_counting(parts, top)
             else:
@@ -124,6 +152,31 @@ class FingerprintIndex:
         self._n_hashes_arr = np.asarray(self.n_hashes, np.int64)
         self._built = True
         return self
+
+    def _rekey_parts(self, parts):
+        """Count postings per landmark, then give each landmark of a popular bucket its
+        companion key (and drop it where its anchor has no other landmark)."""
+        counts = np.zeros((1 << 22) + 1, np.int64)
+        for h, _, _ in parts:
+            _count(h, counts)
+        counts = counts[1:].astype(np.int32)
+        self._landmark_counts = counts
+        out = []
+        for h, r, t in parts:
+            refs = np.full(len(h), r, np.int32) if np.isscalar(r) else r
+            key = _rekey(h, refs, t, counts, self.popular)
+            ok = key >= 0
+            out.append((key[ok].astype(np.uint32), r if np.isscalar(r) else refs[ok], t[ok]))
+        return out
+
+    def _query_keys(self, qh: np.ndarray, qt: np.ndarray, qn: np.ndarray):
+        """Queries' (keys, times, counts) as this index files them (:func:`_rekey`), in one
+        call for the batch (each query is a clip of its own)."""
+        query = np.repeat(np.arange(len(qn), dtype=np.int32), qn)
+        key = _rekey(qh, query, qt, self._landmark_counts, self.popular)
+        ok = key >= 0
+        return (key[ok].astype(np.uint32), qt[ok],
+                np.bincount(query[ok], minlength=len(qn)).astype(np.int64))
 
     def _build_counting(self, parts, top: int) -> None:
         """Counting sort by hash, stable in insertion order (the same postings, in the same
@@ -175,6 +228,8 @@ class FingerprintIndex:
         qn = np.array([len(q) for q in queries], np.int64)
         qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
         qt = np.concatenate([q.times for q in queries]).astype(np.int32)
+        if self._landmark_counts is not None:     # the keys this index files them under
+            qh, qt, qn = self._query_keys(qh, qt, qn)
         # per-query posting budget: every hash carries the same evidence for the true
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
         # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
@@ -203,6 +258,88 @@ def _count(h, counts):
     """``counts[v + 1] += 1`` for every hash ``v`` (one clip: no table-sized temporary)."""
     for k in range(len(h)):
         counts[h[k] + 1] += 1
+
+
+#: companion keys live above the 22-bit landmarks, below the counting sort's 2^24 limit
+_KEY_BASE = 1 << 22
+_KEY_SPAN = 3 << 22
+
+
+@numba.njit(cache=True, nogil=True)
+def _rekey(h, r, t, counts, popular):
+    """Each landmark's index key: itself, or where its bucket holds more than ``popular``
+    postings, a key of (landmark, companion) in ``[2^22, 2^24)``; -1 where its anchor has no
+    other landmark. The companion is the anchor's landmark with the shortest (dt, df) other
+    than itself (for that one, the next): anchors are (clip, time, anchor bin), so the query
+    and the index pick the same companion wherever the same peaks survived. ``r`` names each
+    landmark's clip (grouped by a stable sort unless already in order); inside a clip the
+    landmarks are grouped by a counting sort on time, then sorted by (bin, dt, df) per frame."""
+    n = len(h)
+    key = np.empty(n, np.int64)
+    n_pop = 0
+    for k in range(n):
+        key[k] = h[k]
+        n_pop += counts[h[k]] > popular
+    if n_pop == 0:
+        return key
+    srt = np.empty(n, np.int64)                   # (anchor bin, dt, df) inside a frame
+    for k in range(n):
+        x = np.int64(h[k])
+        srt[k] = (((x >> 13) & 0x1FF) << 13) | ((x & 0x3F) << 7) | ((x >> 6) & 0x7F)
+    ordered = True
+    for k in range(1, n):
+        if r[k] < r[k - 1]:
+            ordered = False
+            break
+    order = np.arange(n) if ordered else np.argsort(r, kind="mergesort")
+    sub = np.empty(n, np.int64)
+    a = 0
+    while a < n:                                  # one clip at a time
+        b = a
+        t_lo, t_hi = t[order[a]], t[order[a]]
+        while b < n and r[order[b]] == r[order[a]]:
+            t_lo = min(t_lo, t[order[b]])
+            t_hi = max(t_hi, t[order[b]])
+            b += 1
+        start = np.zeros(t_hi - t_lo + 2, np.int64)
+        for i in range(a, b):
+            start[t[order[i]] - t_lo + 1] += 1
+        for i in range(1, len(start)):
+            start[i] += start[i - 1]
+        for i in range(a, b):
+            k = order[i]
+            j = t[k] - t_lo
+            sub[a + start[j]] = k
+            start[j] += 1
+        g0 = a                                    # start[j] is now the end of frame j
+        for j in range(len(start) - 1):
+            g_end = a + start[j]
+            for i in range(g0 + 1, g_end):        # insertion sort: a frame holds few
+                k = sub[i]
+                m = i - 1
+                while m >= g0 and srt[sub[m]] > srt[k]:
+                    sub[m + 1] = sub[m]
+                    m -= 1
+                sub[m + 1] = k
+            while g0 < g_end:                     # anchors: same frame and bin
+                g1 = g0 + 1
+                while g1 < g_end and (srt[sub[g1]] >> 13) == (srt[sub[g0]] >> 13):
+                    g1 += 1
+                for i in range(g0, g1):
+                    k = sub[i]
+                    if counts[h[k]] <= popular:
+                        continue
+                    if g1 - g0 < 2:
+                        key[k] = -1
+                        continue
+                    c = sub[g0 + 1] if i == g0 else sub[g0]
+                    cx = np.int64(h[c])
+                    mix = (np.int64(h[k]) * 0x9E3779B1 + ((cx >> 6) & 0x7F) * 131
+                           + (cx & 0x3F) * 0x85EBCA77) & 0xFFFFFFFF
+                    key[k] = _KEY_BASE + mix % _KEY_SPAN
+                g0 = g1
+        a = b
+    return key
 
 
 @numba.njit(cache=True, nogil=True)

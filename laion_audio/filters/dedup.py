@@ -50,6 +50,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..defaults import LOOKUP_BUDGET
+
 DEFAULT_SOURCE_PRIORITY = ("freesound", "bbc", "soundbible", "epidemic", "audiostock",
                            "free_to_use_sounds", "sonniss", "we_sound_effects", "paramount",
                            "local", "audioset")
@@ -268,7 +270,7 @@ def confirm_pair(fa: np.ndarray, fb: np.ndarray, offsets: Sequence[int], votes: 
 
 
 def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray | None"], *,
-                           first_query: int = 0, lookup_budget: int = 25_000,
+                           first_query: int = 0, lookup_budget: int = LOOKUP_BUDGET,
                            min_votes: int = 6, chunk: int = QUERY_CHUNK) -> tuple[list[NearMatch], dict]:
     """Confirmed near-duplicate pairs among ``fps`` (members in canonical keep order; those
     before ``first_query`` are references only: published clips, checked when they were new).
@@ -281,7 +283,7 @@ def near_duplicate_matches(fps: Sequence, features: Callable[[int], "np.ndarray 
     from .content_overlap import FingerprintIndex
 
     t0 = time.perf_counter()
-    index = FingerprintIndex(min_budget=lookup_budget, postings_per_hash=max(1, lookup_budget // 2000))
+    index = FingerprintIndex.for_budget(lookup_budget)
     for j, fp in enumerate(fps):
         index.add(j, fp)
     index.build()

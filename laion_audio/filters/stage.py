@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import defaults
+from ..defaults import LOOKUP_BUDGET
 from ..ledger import Ledger, StageStats
 from ..records import Record, Status, records_to_table
 from ..shards.members import audio_exists, audio_in_shards, released_clip_intact
@@ -83,7 +84,7 @@ class FilterConfig:
     min_correlation: float = 0.7
     #: postings a lookup may touch (at least; long queries get 1 per 2,000 x their hashes):
     #: the speed/recall knob of large indexes (benchmarks/filters.py lookup --budgets)
-    lookup_budget: int = 25_000
+    lookup_budget: int = LOOKUP_BUDGET
     audio_root: str | None = None              # relative flac_path values start here (work folder)
     fingerprint_dir: str | None = None         # a FingerprintStore: reuse across runs, and
     #                                            compare new records with sharded ones
@@ -241,10 +242,9 @@ def _with_abs_paths(df: pd.DataFrame, config: FilterConfig) -> pd.DataFrame:
 
 
 def _new_index(config: FilterConfig) -> FingerprintIndex:
-    """An index whose lookups keep to ``config.lookup_budget`` postings (long queries: one
-    posting per 2,000 of budget per hash, the ratio the benchmark measured)."""
-    return FingerprintIndex(min_budget=config.lookup_budget,
-                            postings_per_hash=max(1, config.lookup_budget // 2000))
+    """An index whose lookups keep to ``config.lookup_budget`` postings
+    (:meth:`FingerprintIndex.for_budget`)."""
+    return FingerprintIndex.for_budget(config.lookup_budget)
 
 
 def _keys(df: pd.DataFrame) -> pd.Series:

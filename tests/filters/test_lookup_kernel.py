@@ -178,3 +178,101 @@ def test_peaks_at_the_threshold_across_prefilter_bin_edges():
     got = _tuples(index.candidates(queries, min_votes=6, min_fraction=0.0, offsets=1))
     assert got == _reference(index, queries, min_votes=6, min_fraction=0.0, offsets=1)
     assert [(q, r, o) for q, r, o, _ in got] == want
+
+
+def _rekey_reference(h, r, t, counts, popular):
+    """:func:`co._rekey` in plain Python: anchors are (clip, time, anchor bin); a landmark in a
+    bucket over ``popular`` is filed under (itself, its anchor's landmark with the least
+    (dt, df) other than itself), or dropped (-1) when alone at its anchor."""
+    from laion_audio.filters.fingerprint import unpack_landmarks
+
+    f1, df, dt = unpack_landmarks(h)
+    groups: dict = {}
+    for k in range(len(h)):
+        groups.setdefault((int(r[k]), int(t[k]), int(f1[k])), []).append(k)
+    key = np.asarray(h).astype(np.int64).copy()
+    for members in groups.values():
+        members = sorted(members, key=lambda k: (dt[k], df[k]))
+        for i, k in enumerate(members):
+            if counts[h[k]] <= popular:
+                continue
+            if len(members) < 2:
+                key[k] = -1
+                continue
+            c = members[1] if i == 0 else members[0]
+            mix = (int(h[k]) * 0x9E3779B1 + (int(df[c]) + 64) * 131 + int(dt[c]) * 0x85EBCA77) & 0xFFFFFFFF
+            key[k] = co._KEY_BASE + mix % co._KEY_SPAN
+    return key
+
+
+def _landmark_corpus(seed: int = 4, n_clips: int = 50):
+    """Clips of real-shaped landmarks (anchors with 1-6 targets, a small pool of anchor bins so
+    many buckets are popular), queries that are excerpts of them with some targets lost."""
+    from laion_audio.filters.fingerprint import pack_landmarks
+
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(n_clips):
+        hs, ts = [], []
+        for t in np.sort(rng.choice(4000, int(rng.integers(20, 120)), replace=False)):
+            f1 = int(rng.integers(4, 12))
+            k = int(rng.integers(1, 7))
+            hs.append(pack_landmarks(np.full(k, f1), rng.integers(2, 10, k), rng.integers(1, 8, k)))
+            ts.append(np.full(k, t, np.int32))
+        h, t = np.concatenate(hs), np.concatenate(ts)
+        perm = rng.permutation(len(h))           # _pairs emits by target distance, not anchor
+        clips.append(Fingerprint(h[perm].astype(np.uint32), t[perm], int(t.max()) + 1))
+    queries = []
+    for j in range(40):
+        src = clips[int(rng.integers(0, n_clips))]
+        keep = (src.times >= 500) & (src.times < 3000) & (rng.random(len(src)) < 0.8)
+        queries.append(Fingerprint(src.hashes[keep], src.times[keep] - 400, 2600))
+    return clips, queries
+
+
+def test_rekey_is_its_definition():
+    """The companion keys of the numba re-keying equal the plain definition, for clips in
+    order, clips interleaved (a stable sort by clip first) and a batch of queries."""
+    clips, queries = _landmark_corpus()
+    h = np.concatenate([c.hashes for c in clips])
+    t = np.concatenate([c.times for c in clips])
+    r = np.concatenate([np.full(len(c), i, np.int32) for i, c in enumerate(clips)])
+    counts = np.bincount(h, minlength=1 << 22).astype(np.int32)
+    mixed = 0
+    for popular in (0, 24, 10**6):
+        want = _rekey_reference(h, r, t, counts, popular)
+        assert np.array_equal(co._rekey(h, r, t, counts, popular), want)
+        perm = np.random.default_rng(1).permutation(len(h))
+        assert np.array_equal(co._rekey(h[perm], r[perm], t[perm], counts, popular), want[perm])
+        mixed += (want >= co._KEY_BASE).sum() > 100 and (want == -1).sum() > 10 and \
+            ((want >= 0) & (want < co._KEY_BASE)).sum() > 100
+    assert mixed                             # some threshold re-keys some, drops some, keeps some
+
+
+def test_candidates_with_popular_buckets_rekeyed_equal_their_definition():
+    """With popular buckets re-keyed, the candidates are those of the plain definition run on
+    the re-keyed postings and queries; a rebuild after more adds is refused (the popularity
+    the keys were chosen by would change)."""
+    clips, queries = _landmark_corpus()
+    index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
+    for i, fp in enumerate(clips):
+        index.add(i, fp)
+    index.build()
+    counts = index._landmark_counts
+    assert counts is not None and (counts > 24).sum() > 5
+    rekeyed = []
+    for q in queries:
+        k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, 24)
+        rekeyed.append(Fingerprint(k[k >= 0].astype(np.uint32), q.times[k >= 0], q.n_frames))
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300)
+    for i, fp in enumerate(clips):
+        k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, 24)
+        plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
+        plain.n_hashes[i] = len(fp)              # the vote threshold counts the clip's landmarks
+    plain.build()
+    got = _tuples(index.candidates(queries, min_votes=4))
+    assert got == _reference(plain, rekeyed, min_votes=4)
+    assert len({(q, r) for q, r, _, _ in got}) >= 20
+    index.add(len(clips), clips[0])
+    with pytest.raises(RuntimeError, match="built once"):
+        index.build()
