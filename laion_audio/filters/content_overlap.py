@@ -155,10 +155,13 @@ class FingerprintIndex:
 
     def _rekey_parts(self, parts):
         """Count postings per landmark, then give each landmark of a popular bucket its
-        companion key (and drop it where its anchor has no other landmark)."""
+        companion key (and drop it where its anchor has no other landmark). An index with no
+        popular bucket keeps its landmarks as they are (and may grow and be rebuilt)."""
         counts = np.zeros((1 << 22) + 1, np.int64)
         for h, _, _ in parts:
             _count(h, counts)
+        if counts.max() <= self.popular:
+            return parts
         counts = counts[1:].astype(np.int32)
         self._landmark_counts = counts
         out = []

@@ -276,3 +276,30 @@ def test_candidates_with_popular_buckets_rekeyed_equal_their_definition():
     index.add(len(clips), clips[0])
     with pytest.raises(RuntimeError, match="built once"):
         index.build()
+
+
+def test_an_index_without_popular_buckets_keeps_its_landmarks_and_can_grow():
+    """Below the threshold nothing is re-keyed (a small eval index: the lookup is exactly the
+    plain one), and adding clips after a build works; once a rebuild makes a bucket popular,
+    the whole index is re-keyed from its landmarks."""
+    clips, queries = _landmark_corpus()
+    index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=10**6)
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300)
+    for i, fp in enumerate(clips[:30]):
+        index.add(i, fp)
+        plain.add(i, fp)
+    index.build()
+    plain.build()
+    assert index._landmark_counts is None
+    assert _tuples(index.candidates(queries, min_votes=4)) == _tuples(plain.candidates(queries, min_votes=4))
+    index.popular = 24
+    for i, fp in enumerate(clips[30:]):
+        index.add(30 + i, fp)
+    index.build()
+    assert index._landmark_counts is not None
+    rebuilt = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
+    for i, fp in enumerate(clips):
+        rebuilt.add(i, fp)
+    rebuilt.build()
+    assert np.array_equal(index.ref, rebuilt.ref) and np.array_equal(index.time, rebuilt.time)
+    assert _tuples(index.candidates(queries, min_votes=4)) == _tuples(rebuilt.candidates(queries, min_votes=4))
