@@ -223,7 +223,7 @@ def _postings_touched(ix, queries) -> int:
     qn = np.array([len(q) for q in queries], np.int64)
     qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32)
     qt = np.concatenate([q.times for q in queries]).astype(np.int32)
-    if getattr(ix, "_landmark_counts", None) is not None:
+    if getattr(ix, "_popular_bits", None) is not None:
         qh, qt, qn = ix._query_keys(qh, qt, qn)
     lo, cnt = ix._buckets(qh)
     cnt, _ = co._select(cnt, qn, np.maximum(ix.postings_per_hash * qn, ix.min_budget), ix.max_bucket)

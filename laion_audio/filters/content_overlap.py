@@ -73,7 +73,9 @@ class FingerprintIndex:
         self.min_budget = min_budget     # below this many postings a query is never thinned
         #: buckets over this many postings are re-keyed by a companion landmark (None: never)
         self.popular = popular
-        self._landmark_counts: np.ndarray | None = None   # postings per landmark, when re-keyed
+        #: one bit per landmark: its bucket is popular (set only when something was re-keyed;
+        #: 512 kB, so the re-keying's random reads stay in cache)
+        self._popular_bits: np.ndarray | None = None
         self._parts: list[tuple[np.ndarray, "int | np.ndarray", np.ndarray]] = []
         self.n_hashes: list[int] = []
         self.keys: list[Hashable] = []
@@ -130,7 +132,7 @@ class FingerprintIndex:
         if self._parts:
             parts = self._parts
             if self.n_postings:      # earlier postings first: the order of insertion
-                if self._landmark_counts is not None:
+                if self._popular_bits is not None:
                     raise RuntimeError("an index with re-keyed popular buckets is built once: "
                                        "add every clip before build()")
                 parts = [(self._old_hashes(), self.ref, self.time)] + parts
@@ -162,12 +164,11 @@ class FingerprintIndex:
             _count(h, counts)
         if counts.max() <= self.popular:
             return parts
-        counts = counts[1:].astype(np.int32)
-        self._landmark_counts = counts
+        self._popular_bits = bits = _popular_bits(counts[1:], self.popular)
         out = []
         for h, r, t in parts:
             refs = np.full(len(h), r, np.int32) if np.isscalar(r) else r
-            key = _rekey(h, refs, t, counts, self.popular)
+            key = _rekey(h, refs, t, bits)
             ok = key >= 0
             out.append((key[ok].astype(np.uint32), r if np.isscalar(r) else refs[ok], t[ok]))
         return out
@@ -176,7 +177,7 @@ class FingerprintIndex:
         """Queries' (keys, times, counts) as this index files them (:func:`_rekey`), in one
         call for the batch (each query is a clip of its own)."""
         query = np.repeat(np.arange(len(qn), dtype=np.int32), qn)
-        key = _rekey(qh, query, qt, self._landmark_counts, self.popular)
+        key = _rekey(qh, query, qt, self._popular_bits)
         ok = key >= 0
         return (key[ok].astype(np.uint32), qt[ok],
                 np.bincount(query[ok], minlength=len(qn)).astype(np.int64))
@@ -231,7 +232,7 @@ class FingerprintIndex:
         qn = np.array([len(q) for q in queries], np.int64)
         qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
         qt = np.concatenate([q.times for q in queries]).astype(np.int32)
-        if self._landmark_counts is not None:     # the keys this index files them under
+        if self._popular_bits is not None:        # the keys this index files them under
             qh, qt, qn = self._query_keys(qh, qt, qn)
         # per-query posting budget: every hash carries the same evidence for the true
         # reference, but popular ones cost the most, so keep the rarest hashes whose postings
@@ -268,21 +269,30 @@ _KEY_BASE = 1 << 22
 _KEY_SPAN = 3 << 22
 
 
+def _popular_bits(counts: np.ndarray, popular: int) -> np.ndarray:
+    """Bit ``h`` (little-endian within bytes) set where landmark ``h`` has over ``popular``
+    postings."""
+    return np.packbits(counts > popular, bitorder="little")
+
+
 @numba.njit(cache=True, nogil=True)
-def _rekey(h, r, t, counts, popular):
-    """Each landmark's index key: itself, or where its bucket holds more than ``popular``
-    postings, a key of (landmark, companion) in ``[2^22, 2^24)``; -1 where its anchor has no
+def _rekey(h, r, t, bits):
+    """Each landmark's index key: itself, or where its bucket is popular (``bits``, see
+    :func:`_popular_bits`), a key of (landmark, companion) in ``[2^22, 2^24)``; -1 where its anchor has no
     other landmark. The companion is the anchor's landmark with the shortest (dt, df) other
     than itself (for that one, the next): anchors are (clip, time, anchor bin), so the query
     and the index pick the same companion wherever the same peaks survived. ``r`` names each
     landmark's clip (grouped by a stable sort unless already in order); inside a clip the
-    landmarks are grouped by a counting sort on time, then sorted by (bin, dt, df) per frame."""
+    landmarks are grouped by a counting sort on time, then each frame's anchors keep their
+    least and second least (dt, df) in one pass (a frame can hold ~200 landmarks)."""
     n = len(h)
     key = np.empty(n, np.int64)
+    pop = np.empty(n, np.bool_)
     n_pop = 0
     for k in range(n):
         key[k] = h[k]
-        n_pop += counts[h[k]] > popular
+        pop[k] = (bits[h[k] >> 3] >> (h[k] & 7)) & 1
+        n_pop += pop[k]
     if n_pop == 0:
         return key
     srt = np.empty(n, np.int64)                   # (anchor bin, dt, df) inside a frame
@@ -296,6 +306,10 @@ def _rekey(h, r, t, counts, popular):
             break
     order = np.arange(n) if ordered else np.argsort(r, kind="mergesort")
     sub = np.empty(n, np.int64)
+    size = np.zeros(512, np.int64)                # per anchor bin, within one frame
+    best1 = np.empty(512, np.int64)
+    best2 = np.empty(512, np.int64)
+    bins = np.empty(512, np.int64)
     a = 0
     while a < n:                                  # one clip at a time
         b = a
@@ -317,30 +331,36 @@ def _rekey(h, r, t, counts, popular):
         g0 = a                                    # start[j] is now the end of frame j
         for j in range(len(start) - 1):
             g_end = a + start[j]
-            for i in range(g0 + 1, g_end):        # insertion sort: a frame holds few
+            n_f = 0                               # the frame's anchors, by anchor bin: size,
+            for i in range(g0, g_end):            # least and second least (dt, df), first
+                k = sub[i]                        # in order among equals
+                f = srt[k] >> 13
+                if size[f] == 0:
+                    bins[n_f] = f
+                    n_f += 1
+                    best1[f] = k
+                elif srt[k] < srt[best1[f]]:
+                    best2[f] = best1[f]
+                    best1[f] = k
+                elif size[f] == 1 or srt[k] < srt[best2[f]]:
+                    best2[f] = k
+                size[f] += 1
+            for i in range(g0, g_end):
                 k = sub[i]
-                m = i - 1
-                while m >= g0 and srt[sub[m]] > srt[k]:
-                    sub[m + 1] = sub[m]
-                    m -= 1
-                sub[m + 1] = k
-            while g0 < g_end:                     # anchors: same frame and bin
-                g1 = g0 + 1
-                while g1 < g_end and (srt[sub[g1]] >> 13) == (srt[sub[g0]] >> 13):
-                    g1 += 1
-                for i in range(g0, g1):
-                    k = sub[i]
-                    if counts[h[k]] <= popular:
-                        continue
-                    if g1 - g0 < 2:
-                        key[k] = -1
-                        continue
-                    c = sub[g0 + 1] if i == g0 else sub[g0]
-                    cx = np.int64(h[c])
-                    mix = (np.int64(h[k]) * 0x9E3779B1 + ((cx >> 6) & 0x7F) * 131
-                           + (cx & 0x3F) * 0x85EBCA77) & 0xFFFFFFFF
-                    key[k] = _KEY_BASE + mix % _KEY_SPAN
-                g0 = g1
+                if not pop[k]:
+                    continue
+                f = srt[k] >> 13
+                if size[f] < 2:
+                    key[k] = -1
+                    continue
+                c = best2[f] if k == best1[f] else best1[f]
+                cx = np.int64(h[c])
+                mix = (np.int64(h[k]) * 0x9E3779B1 + ((cx >> 6) & 0x7F) * 131
+                       + (cx & 0x3F) * 0x85EBCA77) & 0xFFFFFFFF
+                key[k] = _KEY_BASE + mix % _KEY_SPAN
+            for i in range(n_f):
+                size[bins[i]] = 0
+            g0 = g_end
         a = b
     return key
 

@@ -241,9 +241,10 @@ def test_rekey_is_its_definition():
     mixed = 0
     for popular in (0, 24, 10**6):
         want = _rekey_reference(h, r, t, counts, popular)
-        assert np.array_equal(co._rekey(h, r, t, counts, popular), want)
+        bits = co._popular_bits(counts, popular)
+        assert np.array_equal(co._rekey(h, r, t, bits), want)
         perm = np.random.default_rng(1).permutation(len(h))
-        assert np.array_equal(co._rekey(h[perm], r[perm], t[perm], counts, popular), want[perm])
+        assert np.array_equal(co._rekey(h[perm], r[perm], t[perm], bits), want[perm])
         mixed += (want >= co._KEY_BASE).sum() > 100 and (want == -1).sum() > 10 and \
             ((want >= 0) & (want < co._KEY_BASE)).sum() > 100
     assert mixed                             # some threshold re-keys some, drops some, keeps some
@@ -258,8 +259,9 @@ def test_candidates_with_popular_buckets_rekeyed_equal_their_definition():
     for i, fp in enumerate(clips):
         index.add(i, fp)
     index.build()
-    counts = index._landmark_counts
-    assert counts is not None and (counts > 24).sum() > 5
+    assert index._popular_bits is not None
+    counts = np.bincount(np.concatenate([c.hashes for c in clips]), minlength=1 << 22)
+    assert (counts > 24).sum() > 5
     rekeyed = []
     for q in queries:
         k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, 24)
@@ -290,13 +292,13 @@ def test_an_index_without_popular_buckets_keeps_its_landmarks_and_can_grow():
         plain.add(i, fp)
     index.build()
     plain.build()
-    assert index._landmark_counts is None
+    assert index._popular_bits is None
     assert _tuples(index.candidates(queries, min_votes=4)) == _tuples(plain.candidates(queries, min_votes=4))
     index.popular = 24
     for i, fp in enumerate(clips[30:]):
         index.add(30 + i, fp)
     index.build()
-    assert index._landmark_counts is not None
+    assert index._popular_bits is not None
     rebuilt = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
     for i, fp in enumerate(clips):
         rebuilt.add(i, fp)
