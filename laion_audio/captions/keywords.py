@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -141,16 +142,23 @@ class AudioSetLabels:
 def read_segments(path: str | os.PathLike, *, on_error=None, numbered: bool = False) -> Iterator:
     """Rows of an AudioSet ``*_segments.csv`` (3 "#" comment lines, ", " separators,
     quoted comma-joined MIDs), streamed. Malformed rows are logged and skipped (and passed to
-    ``on_error(row_number, row)`` when given). ``numbered``: yield ``(row_number, Segment)``."""
+    ``on_error(row_number, row)`` when given): not exactly 4 fields, a time that is not a
+    finite number >= 0, an end not after the start, a quote left open. Each line is parsed on
+    its own, so an open quote never swallows the rows after it. ``numbered``: yield
+    ``(row_number, Segment)``."""
     with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.reader((line for line in f if not line.startswith("#")),
-                          skipinitialspace=True)
-        for n, row in enumerate(rows, 1):
-            if not row:
+        lines = (line for line in f if not line.startswith("#"))
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
             try:
-                ytid, start, end, labels = row[0], float(row[1]), float(row[2]), row[3]
-            except (IndexError, ValueError):
+                row = next(csv.reader((line,), skipinitialspace=True, strict=True), [])
+                ytid, start, end, labels = row
+                start, end = float(start), float(end)
+                if not (0.0 <= start < end < math.inf):      # also false for NaN
+                    raise ValueError("times")
+            except (csv.Error, ValueError):
+                row = line.rstrip("\r\n")
                 log.warning("%s: skipping malformed row %d: %r", path, n, row)
                 if on_error is not None:
                     on_error(n, row)
