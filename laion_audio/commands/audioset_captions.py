@@ -142,6 +142,11 @@ def run(args) -> int:
                                        batch_size=args.gen_batch_size, params=params)
         except (OSError, ValueError) as exc:
             return _fail(f"--model {args.model}: cannot load: {exc}")
+    cache = None
+    if captioner is not None:       # opened before any part is written: a damaged one is one line
+        from ..captions.cache import CaptionCache
+
+        cache = CaptionCache(args.cache or out.with_name(out.name + ".cache.sqlite"))
     opts = CaptionOptions(template=args.template, debias=not args.no_debias,
                           keyword_fallback=not args.no_keyword_fallback)
 
@@ -173,11 +178,6 @@ def run(args) -> int:
     if not state.is_file():
         atomic.write_text(state, json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
 
-    cache = None
-    if captioner is not None:
-        from ..captions.cache import CaptionCache
-
-        cache = CaptionCache(args.cache or out.with_name(out.name + ".cache.sqlite"))
     counts = {"malformed_rows": 0, "unknown_mids": 0, "no_labels": 0}
     stats = CaptionStats()
     done = {"rows": 0, "resumed_rows": 0, "parts_reused": 0}

@@ -136,6 +136,11 @@ def run(args) -> int:
             print(f"caption: {args.model} is not a model folder with a quality report; use "
                   "--force-caption-model to use it anyway", file=sys.stderr)
             return 2
+    cache_path = str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None
+    if cache_path:        # a damaged cache is one line now, not a failure in every batch
+        from ..captions.cache import CaptionCache
+
+        CaptionCache(cache_path).close()
     cstats = CaptionStats()
     kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
                   gen_batch_size=args.gen_batch_size,
@@ -143,7 +148,7 @@ def run(args) -> int:
                   keyword_fallback=not args.no_keyword_fallback,
                   min_duration=args.min_duration, template=args.template,
                   debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
-                  cache_path=str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None)
+                  cache_path=cache_path)
     stats = {"caption": StageStats("caption")}
     start = time.monotonic()
     with writing(args.ledger) as ledger:

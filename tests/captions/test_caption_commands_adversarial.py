@@ -1,0 +1,58 @@
+"""Inputs the caption commands' author did not imagine (an adversarial audit): each user mistake
+is one line and exit 2, each bad row a counted failure, never a wrong row or a traceback."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from laion_audio.captions.cache import CaptionCache
+from laion_audio.errors import UserError
+from laion_audio.ledger import Ledger
+from laion_audio.records import Record, Status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, cwd=REPO, timeout=300):
+    return subprocess.run([sys.executable, "-m", "laion_audio", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+
+
+def _one_line(res, code=2) -> str:
+    """The one line a mistake prints (a gate warning from --force-caption-model may precede it)."""
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert res.returncode == code, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n", b"SQLite format 3\x00" + b"\x00" * 90])
+def test_cache_that_is_not_a_caption_cache_is_a_user_error(tmp_path, content):
+    """A --cache pointing at a damaged or foreign file: a UserError naming it, not sqlite3's
+    DatabaseError from deep inside a run."""
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="c.sqlite"):
+        CaptionCache(path)
+    with pytest.raises(UserError, match="is a folder"):
+        CaptionCache(tmp_path)
+
+
+def test_truncated_cache_is_a_user_error(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with CaptionCache(path) as cache:
+        cache.put_many((f"k{i}", ["dog", str(i)], "a dog barks " * 20) for i in range(2000))
+    sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])
+    with pytest.raises(UserError, match="c.sqlite"):
+        with CaptionCache(path) as cache:
+            cache.get_many(f"k{i}" for i in range(2000))
+
