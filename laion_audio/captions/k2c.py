@@ -162,8 +162,14 @@ class Captioner:
         hf_logging.disable_progress_bar()     # no "Loading weights" bar on stderr
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        tok = AutoTokenizer.from_pretrained(str(model))
-        net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
+        try:
+            tok = AutoTokenizer.from_pretrained(str(model))
+            net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
+        except Exception as exc:    # truncated weights, an empty or foreign folder: the user's to fix
+            from ..errors import UserError
+
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"captioner {model}: cannot load it ({type(exc).__name__}: {why})") from exc
         sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
         if params is None and path.is_dir():
             from .gate import recommended_params

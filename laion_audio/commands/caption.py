@@ -141,6 +141,12 @@ def run(args) -> int:
         from ..captions.cache import CaptionCache
 
         CaptionCache(cache_path).close()
+    if args.model:     # loaded here, once (the inline worker reuses it): a model that cannot
+        from ..captions.worker import _captioner   # load is one line, not a failure per record
+
+        _captioner(args.model, {"input_format": args.input_format, "device": args.device,
+                                "batch_size": args.gen_batch_size,
+                                "params": vars(params) if params is not None else None})
     cstats = CaptionStats()
     kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
                   gen_batch_size=args.gen_batch_size,
@@ -162,4 +168,4 @@ def run(args) -> int:
     st.extra = {"captions": cstats.as_dict()}
     print(st.line())
     print(json.dumps(cstats.as_dict(), indent=1))
-    return 0 if st.closes else 1
+    return 0 if st.closes and (st.succeeded or not st.inputs) else 1

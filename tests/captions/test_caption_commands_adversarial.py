@@ -56,3 +56,39 @@ def test_truncated_cache_is_a_user_error(tmp_path):
         with CaptionCache(path) as cache:
             cache.get_many(f"k{i}" for i in range(2000))
 
+
+def _segments(shared_data, tmp_path, rows: int, name="segments.csv") -> Path:
+    lines = (shared_data / "audioset/eval_segments.csv").read_text().splitlines(keepends=True)
+    out = tmp_path / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines[:3 + rows]))
+    return out
+
+
+@pytest.fixture
+def truncated_weights(tiny, tmp_path) -> Path:
+    """The session's tiny captioner with its weights file cut short (a copy interrupted)."""
+    model = tmp_path / "truncated"
+    shutil.copytree(tiny[0], model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return model
+
+
+@pytest.mark.needs_shared
+def test_model_with_truncated_weights_is_one_line(truncated_weights, shared_data, tmp_path):
+    """Before: audioset-captions died with SafetensorError's traceback; caption failed every
+    record as internal_error and still exited 0."""
+    res = _cli("audioset-captions", _segments(shared_data, tmp_path, 5), "--model", truncated_weights,
+               "--force-caption-model", "--out", tmp_path / "o.parquet", "--no-progress",
+               "--device", "cpu", "--audioset-labels", shared_data / "audioset")
+    assert "truncated" in _one_line(res) and not (tmp_path / "o.parquet").exists()
+    ledger_dir = tmp_path / "work" / "ledger"
+    with Ledger(ledger_dir) as ledger:
+        ledger.write([Record(source="freesound", source_id=str(i), tags=["dog", "bark"],
+                             audio_duration=5.0, status=Status.TRANSCODED) for i in range(3)])
+    res = _cli("caption", "--ledger", ledger_dir, "--model", truncated_weights,
+               "--force-caption-model", "--device", "cpu")
+    assert "truncated" in _one_line(res)
+    with Ledger(ledger_dir, lock=False) as ledger:
+        assert [r.status for r in ledger.records()] == [Status.TRANSCODED] * 3
