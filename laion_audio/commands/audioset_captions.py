@@ -105,13 +105,13 @@ def run(args) -> int:
     from ..captions.keywords import AudioSetLabels, normalise_keywords
     from ..captions.stage import CaptionOptions, CaptionStats, k2c_captions
 
-    paths = [Path(p) for p in args.csv]
-    for p in paths:
-        if not p.is_file():
-            return _fail(f"{p}: no such file")
+    from . import _checks
+
+    paths = [_checks.existing_file(p, "segments CSV") for p in args.csv]
     out = Path(args.out)
     if out.suffix != ".parquet":
         return _fail(f"--out {out}: expected a .parquet file name")
+    _checks.writable_file(out, "--out")      # a folder, /proc, a read-only mount: before any work
     if args.chunk_rows < 1:
         return _fail("--chunk-rows must be at least 1")
     if args.template not in templates.TEMPLATES:

@@ -37,6 +37,21 @@ def _model_without_config(tmp: Path) -> str:
     return str(tmp / "m")
 
 
+def _segments_csv(tmp: Path, name: str = "seg.csv") -> str:
+    """A two-row AudioSet segments CSV (real YouTube ids and MIDs of eval_segments.csv)."""
+    p = tmp / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("# Segments csv\n# num_ytids=2\n# YTID, start_seconds, end_seconds, positive_labels\n"
+                 '--4gqARaEJE, 0.000, 10.000, "/m/068hy,/m/07q6cd_,/m/0bt9lr,/m/0jbk"\n'
+                 '--BfvyPmVMo, 20.000, 30.000, "/m/03l9g"\n')
+    return str(p)
+
+
+def _new_folder(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
 #: (id, argv builder taking tmp_path, exit code, words the one line must contain)
 CASES = [
     ("local-input-missing", lambda t: ["build", "--source", "local", "--input", "/nope"], 2, "/nope"),
@@ -90,6 +105,15 @@ CASES = [
                                             "/proc/no/such/report.json"], 2, "cannot write"),
     ("verify-json-unwritable", lambda t: ["verify", "--shards-to", str(t), "--json", "/proc/v.json"], 2,
      "cannot write"),
+    ("audioset-captions-out-unwritable",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", "/proc/x.parquet"],
+     2, "cannot write"),
+    ("audioset-captions-out-is-a-folder",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out",
+                _new_folder(t / "d.parquet")], 2, "is a folder"),
+    ("audioset-captions-csv-is-a-folder",
+     lambda t: ["audioset-captions", str(t), "--model", "template", "--out", str(t / "o.parquet")], 2,
+     "is not a file"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
