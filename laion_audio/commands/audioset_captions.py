@@ -112,6 +112,20 @@ def run(args) -> int:
     if out.suffix != ".parquet":
         return _fail(f"--out {out}: expected a .parquet file name")
     _checks.writable_file(out, "--out")      # a folder, /proc, a read-only mount: before any work
+    if out.resolve() in {p.resolve() for p in paths}:
+        return _fail(f"--out {out} is also an input CSV; it would be overwritten")
+    # each row names its CSV by file name: two CSVs with one name, or one CSV twice (every row
+    # written twice), would give rows nobody can tell apart
+    csv_sha = [sha256_file(p) for p in paths]
+    for i, p in enumerate(paths):
+        for q, sha in zip(paths[:i], csv_sha):
+            if p.resolve() == q.resolve():
+                return _fail(f"{p} is given twice")
+            if sha == csv_sha[i]:
+                return _fail(f"{p} holds the same rows as {q} (same bytes); give it once")
+            if p.name == q.name:
+                return _fail(f"{q} and {p} have the same file name, which the rows' csv column "
+                             "records; rename one")
     if args.chunk_rows < 1:
         return _fail("--chunk-rows must be at least 1")
     if args.template not in templates.TEMPLATES:
@@ -150,7 +164,7 @@ def run(args) -> int:
     opts = CaptionOptions(template=args.template, debias=not args.no_debias,
                           keyword_fallback=not args.no_keyword_fallback)
 
-    key_blob = {"format": FORMAT, "csv": [[p.name, sha256_file(p)] for p in paths],
+    key_blob = {"format": FORMAT, "csv": [[p.name, sha] for p, sha in zip(paths, csv_sha)],
                 "labels": label_files, "template": args.template, "debias": opts.debias,
                 "keyword_fallback": opts.keyword_fallback, "chunk_rows": args.chunk_rows,
                 "captioner": captioner.cache_identity if captioner else None}

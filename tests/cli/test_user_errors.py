@@ -47,6 +47,13 @@ def _segments_csv(tmp: Path, name: str = "seg.csv") -> str:
     return str(p)
 
 
+def _other_segments_csv(folder: Path) -> str:
+    """seg.csv in another folder, with other rows."""
+    p = Path(_segments_csv(folder))
+    p.write_text(p.read_text().replace("--BfvyPmVMo, 20.000", "--BfvyPmVMo, 40.000"))
+    return str(p)
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -114,6 +121,18 @@ CASES = [
     ("audioset-captions-csv-is-a-folder",
      lambda t: ["audioset-captions", str(t), "--model", "template", "--out", str(t / "o.parquet")], 2,
      "is not a file"),
+    ("audioset-captions-csv-given-twice",
+     lambda t: ["audioset-captions", _segments_csv(t), _segments_csv(t), "--model", "template", "--out",
+                str(t / "o.parquet")], 2, "given twice"),
+    ("audioset-captions-csv-copy-given-twice",
+     lambda t: ["audioset-captions", _segments_csv(t), _segments_csv(t, "copy.csv"), "--model", "template",
+                "--out", str(t / "o.parquet")], 2, "same rows"),
+    ("audioset-captions-csv-same-name",
+     lambda t: ["audioset-captions", _segments_csv(t, "a/seg.csv"), _other_segments_csv(t / "b"),
+                "--model", "template", "--out", str(t / "o.parquet")], 2, "same file name"),
+    ("audioset-captions-out-is-an-input",
+     lambda t: ["audioset-captions", _segments_csv(t, "in.parquet"), "--model", "template", "--out",
+                str(t / "in.parquet")], 2, "is also an input"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
