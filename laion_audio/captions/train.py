@@ -227,6 +227,10 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
         raise ValueError("no training pairs (is the corpus empty?)")
     if cfg.max_steps is None and cfg.max_minutes is None:
         raise ValueError("give max_steps and/or max_minutes")
+    if (cfg.max_steps is not None and cfg.max_steps < 1) or (cfg.max_minutes is not None
+                                                             and not cfg.max_minutes > 0):
+        raise ValueError(f"max_steps {cfg.max_steps} / max_minutes {cfg.max_minutes}: a budget "
+                         "must be above 0 (0 or less never ends)")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)

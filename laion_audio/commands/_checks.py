@@ -40,6 +40,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (minutes, learning rates): ``--max-minutes 0`` or ``-1`` meant no
+    limit at all, a training run that never ends."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A float within [0, 1)."""
     try:

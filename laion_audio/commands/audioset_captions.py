@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .. import atomic
+from . import _checks
 from ..captions.keywords import sha256_file
 
 #: schema version of the output; part of the run key
@@ -55,7 +56,7 @@ def register(sub) -> None:
                    help="shallow fusion of the model folder's glue LM (fusion_lm.txt) at this "
                         "weight, in the quality report's fused decoding (constrained, rerank + "
                         "boost 2, length penalty 1.0, 8 beams; docs/captions.md)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=_checks.positive_int, default=48)
     p.add_argument("--no-debias", action="store_true")
     p.add_argument("--no-keyword-fallback", action="store_true",
                    help="keep model captions that miss keywords or put a word where human "
@@ -63,8 +64,8 @@ def register(sub) -> None:
     p.add_argument("--force-caption-model", action="store_true",
                    help="use a model the quality gate refuses")
     p.add_argument("--cache", help="caption cache file (default: FILE.parquet.cache.sqlite)")
-    p.add_argument("--chunk-rows", type=int, default=8192, help="segments per part file")
-    p.add_argument("--gen-batch-size", type=int, default=64)
+    p.add_argument("--chunk-rows", type=_checks.positive_int, default=8192, help="segments per part file")
+    p.add_argument("--gen-batch-size", type=_checks.positive_int, default=64)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="rebuild even when FILE.parquet is up to date")
     p.add_argument("--no-progress", action="store_true")
@@ -105,7 +106,6 @@ def run(args) -> int:
     from ..captions.keywords import AudioSetLabels, normalise_keywords
     from ..captions.stage import CaptionOptions, CaptionStats, k2c_captions
 
-    from . import _checks
 
     paths = [_checks.existing_file(p, "segments CSV") for p in args.csv]
     out = Path(args.out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 
+from . import _checks
 from .train_captioner import _corpus, add_fusion_lm
 
 
@@ -26,7 +27,7 @@ def register(sub) -> None:
                    help="with --model: caption corpus whose content words are the keyword sets")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="held-out human captions for the fluency n-gram model")
-    p.add_argument("-n", type=int, default=None,
+    p.add_argument("-n", type=_checks.positive_int, default=None,
                    help="keyword sets to evaluate (default 500; --write-report: 300 label sets and 300 "
                         "reference clips, as train-captioner)")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")

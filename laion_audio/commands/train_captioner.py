@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..captions.train import CORPUS_KINDS
+from . import _checks
 
 
 def _corpus(spec: str) -> tuple[str, str]:
@@ -44,16 +45,16 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--pretrained", help="local T5 checkpoint to fine-tune (default: train a small "
                                         "T5 and a tokenizer from scratch)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--limit", type=int, help="use at most this many captions per corpus")
-    p.add_argument("--val-share", type=float, default=0.01, help="held out for validation loss")
-    p.add_argument("--threads", type=int, help="default: from the free cores")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, help="default: by model size")
-    p.add_argument("--vocab-size", type=int, help="default: by budget")
-    p.add_argument("--d-model", type=int, help="default: by budget and free cores")
-    p.add_argument("--layers", type=int, help="default: by budget")
+    p.add_argument("--max-steps", type=_checks.positive_int)
+    p.add_argument("--max-minutes", type=_checks.positive_float)
+    p.add_argument("--limit", type=_checks.positive_int, help="use at most this many captions per corpus")
+    p.add_argument("--val-share", type=_checks.fraction, default=0.01, help="held out for validation loss")
+    p.add_argument("--threads", type=_checks.positive_int, help="default: from the free cores")
+    p.add_argument("--batch-size", type=_checks.positive_int, default=64)
+    p.add_argument("--lr", type=_checks.positive_float, help="default: by model size")
+    p.add_argument("--vocab-size", type=_checks.positive_int, help="default: by budget")
+    p.add_argument("--d-model", type=_checks.positive_int, help="default: by budget and free cores")
+    p.add_argument("--layers", type=_checks.positive_int, help="default: by budget")
     p.add_argument("--keep-incomplete-pairs", action="store_true",
                    help="also train on captions with more content words than keywords (teaches "
                         "inventing words; off by default)")
@@ -61,7 +62,7 @@ def register(sub) -> None:
                    help="AudioSet segments CSV whose label sets score the model at the end "
                         "(default: eval_segments.csv next to --audioset-labels or in "
                         "../shared/data/audioset)")
-    p.add_argument("--report-n", type=int, default=300, help="label sets (and AudioCaps clips for the reference scores) in the quality report")
+    p.add_argument("--report-n", type=_checks.positive_int, default=300, help="label sets (and AudioCaps clips for the reference scores) in the quality report")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="human captions for the report's fluency model (default: AudioCaps "
                         "test.csv beside an audiocaps corpus)")
