@@ -54,6 +54,24 @@ def _other_segments_csv(folder: Path) -> str:
     return str(p)
 
 
+def _corpus(tmp: Path, name: str, content: bytes) -> str:
+    p = tmp / name
+    p.write_bytes(content)
+    return str(p)
+
+
+def _text_corpus(tmp: Path) -> str:
+    return "text:" + _corpus(tmp, "captions.txt", b"a dog barks\na bell rings twice\n")
+
+
+def _model_folder(tmp: Path) -> str:
+    """A folder that already holds a model (a config and weights)."""
+    (tmp / "old").mkdir()
+    (tmp / "old" / "config.json").write_text("{}")
+    (tmp / "old" / "model.safetensors").write_bytes(b"weights")
+    return str(tmp / "old")
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -133,6 +151,25 @@ CASES = [
     ("audioset-captions-out-is-an-input",
      lambda t: ["audioset-captions", _segments_csv(t, "in.parquet"), "--model", "template", "--out",
                 str(t / "in.parquet")], 2, "is also an input"),
+    ("train-captioner-max-minutes-zero",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--max-minutes", "0"], 2, "--max-minutes"),
+    ("train-captioner-max-minutes-negative",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--max-minutes", "-1"], 2, "--max-minutes"),
+    ("train-captioner-max-steps-zero",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--max-steps", "0"], 2, "--max-steps"),
+    ("train-captioner-corpus-empty-csv",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"")], 2, "caption"),
+    ("train-captioner-corpus-no-caption-column",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"a,b\n1,2\n")], 2,
+     "no 'caption' column"),
+    ("train-captioner-corpus-not-utf8",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"caption\ncaf\xe9\n")],
+     2, "UTF-8"),
+    ("train-captioner-corpus-is-a-folder",
+     lambda t: ["train-captioner", "--corpus", f"audiocaps:{t}"], 2, "is a folder"),
+    ("train-captioner-corpus-bad-json",
+     lambda t: ["train-captioner", "--corpus", "soundbible:" + _corpus(t, "sb.json", b'{"data": [')], 2,
+     "sb.json"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
