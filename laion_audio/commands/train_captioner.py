@@ -107,6 +107,12 @@ def validate_train_captioner(args) -> None:
     for kind, path in args.corpus + (args.fusion_lm or []):
         if not os.path.exists(path):
             raise _checks.UserError(f"--corpus/--fusion-lm {kind}:{path}: {path} does not exist")
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # saving over another model mixes its leftovers (tokenizer files, weights of another
+        # format, fusion_lm.txt, a report) with the new weights in one folder
+        raise _checks.UserError(f"--out {args.out} " + ("is a file" if not out.is_dir() else
+                                "already holds files (another model?)") + "; give a new folder")
     if args.pretrained:
         _checks.caption_model(args.pretrained, "--pretrained")
     if args.audioset_labels:

@@ -170,6 +170,9 @@ CASES = [
     ("train-captioner-corpus-bad-json",
      lambda t: ["train-captioner", "--corpus", "soundbible:" + _corpus(t, "sb.json", b'{"data": [')], 2,
      "sb.json"),
+    ("train-captioner-out-holds-a-model",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--out", _model_folder(t)], 2,
+     "already holds"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
