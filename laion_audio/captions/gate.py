@@ -144,7 +144,10 @@ def sample_label_sets(segments_csv: str | os.PathLike, labels, n: int, seed: int
     """``n`` seeded random rows of a segments CSV as normalised label-name sets."""
     from .keywords import normalise_keywords, read_segments
 
-    segs = [s for s in read_segments(segments_csv) if s.mids and all(m in labels.names for m in s.mids)]
+    try:
+        segs = [s for s in read_segments(segments_csv) if s.mids and all(m in labels.names for m in s.mids)]
+    except UnicodeDecodeError:
+        raise GateError(f"segments CSV {Path(segments_csv).name} is not UTF-8 text") from None
     rng = random.Random(seed)
     pick = rng.sample(segs, min(n, len(segs)))
     return [normalise_keywords(labels.label_names(s.mids)) for s in pick]

@@ -68,6 +68,8 @@ def validate_caption_quality(args) -> None:
         _checks.caption_model(args.model, "--model")
     else:
         _checks.ledger_folder(args.ledger, "--ledger")
+    if getattr(args, "segments", None):
+        _checks.existing_file(args.segments, "--segments")
     refs = getattr(args, "references", None)
     if refs and not getattr(args, "write_report", False):
         raise _checks.UserError("--references needs --write-report")

@@ -113,6 +113,8 @@ def validate_train_captioner(args) -> None:
         # format, fusion_lm.txt, a report) with the new weights in one folder
         raise _checks.UserError(f"--out {args.out} " + ("is a file" if not out.is_dir() else
                                 "already holds files (another model?)") + "; give a new folder")
+    if args.report_segments:        # found before training, not after it
+        _checks.existing_file(args.report_segments, "--report-segments")
     if args.pretrained:
         _checks.caption_model(args.pretrained, "--pretrained")
     if args.audioset_labels:
@@ -188,9 +190,14 @@ def run(args) -> int:
         print("train-captioner: no quality report (give --report-segments CSV and --lm-corpus "
               "KIND:PATH); the quality gate will refuse this model", file=sys.stderr)
         return 0
-    report = write_model_report(args.out, segments, lm, n=args.report_n, ref_n=args.report_n,
-                                seed=args.seed,
-                                labels_dir=args.audioset_labels)
+    try:
+        report = write_model_report(args.out, segments, lm, n=args.report_n, ref_n=args.report_n,
+                                    seed=args.seed,
+                                    labels_dir=args.audioset_labels)
+    except GateError as exc:      # the weights are saved; only the report is missing
+        print(f"train-captioner: {exc}; the model is saved but has no quality report (rerun "
+              "`laion-audio caption-quality --model DIR --write-report`)", file=sys.stderr)
+        return 1
     print(report["markdown"])
     return 0
 

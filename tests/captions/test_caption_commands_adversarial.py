@@ -92,3 +92,21 @@ def test_model_with_truncated_weights_is_one_line(truncated_weights, shared_data
     assert "truncated" in _one_line(res)
     with Ledger(ledger_dir, lock=False) as ledger:
         assert [r.status for r in ledger.records()] == [Status.TRANSCODED] * 3
+
+
+def test_train_captioner_report_segments_without_label_sets_is_one_line(tmp_path):
+    """Report segments that give no label set (header only): the trained model stays, the run
+    says in one line that it has no report and exits 1; before, GateError's traceback."""
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("a dog barks\na bell rings twice\nrain falls on a roof\nwind blows hard\n" * 5)
+    segments = tmp_path / "segments.csv"
+    segments.write_text("# a\n# b\n# YTID, start_seconds, end_seconds, positive_labels\n")
+    res = _cli("train-captioner", "--corpus", f"text:{corpus}", "--out", tmp_path / "m",
+               "--max-steps", "2", "--d-model", "16", "--layers", "1", "--vocab-size", "120",
+               "--batch-size", "4", "--threads", "1", "--no-fusion-lm",
+               "--report-segments", segments, "--lm-corpus", f"text:{corpus}", "--report-n", "5")
+    lines = [line for line in res.stderr.splitlines() if line.startswith("train-captioner:")]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "segments.csv: no label sets" in lines[-1] and "no quality report" in lines[-1]
+    assert (tmp_path / "m" / "config.json").is_file()
+    assert not (tmp_path / "m" / "caption_quality.json").exists()

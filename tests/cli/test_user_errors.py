@@ -72,6 +72,13 @@ def _model_folder(tmp: Path) -> str:
     return str(tmp / "old")
 
 
+def _model_config_only(tmp: Path) -> str:
+    """Passes the up-front model check (a config.json); the checks below fail before loading."""
+    (tmp / "cm").mkdir()
+    (tmp / "cm" / "config.json").write_text("{}")
+    return str(tmp / "cm")
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -173,6 +180,20 @@ CASES = [
     ("train-captioner-out-holds-a-model",
      lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--out", _model_folder(t)], 2,
      "already holds"),
+    ("caption-quality-segments-missing",
+     lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
+                "/nope.csv"], 2, "/nope.csv"),
+    ("caption-quality-segments-not-utf8",
+     lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
+                _corpus(t, "s.csv", b"# a\n# b\n# c\nid, 0, 10, \"/m/09x0r\"\n\xff\xfe\n")], 2, "UTF-8"),
+    ("train-captioner-report-segments-missing",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--report-segments", "/nope.csv"], 2,
+     "/nope.csv"),
+    ("caption-quality-keywords-from-no-captions",
+     lambda t: ["caption-quality", "--model", _model_config_only(t), "--keywords-from",
+                "audiocaps:" + _corpus(t, "k.csv", b"youtube_id,caption\nx,\ny,  \n")], 2, "no captions"),
+    ("caption-quality-ledger-without-model-captions",
+     lambda t: ["caption-quality", "--ledger", _ledger(t)], 1, "no model captions"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
@@ -192,7 +213,7 @@ def test_mistake_is_one_line(case, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("FREESOUND_API_KEY", raising=False)
     monkeypatch.setenv("LAION_AUDIO_CACHE", str(tmp_path / "cache"))
     args = argv(tmp_path)
-    if "--out" not in args and args[0] not in ("evaluate", "evalsets", "train"):
+    if "--out" not in args and args[0] not in ("evaluate", "evalsets", "train", "caption-quality"):
         args += ["--out", str(tmp_path / W)]
     got = run_main(args)
     err = capsys.readouterr().err
