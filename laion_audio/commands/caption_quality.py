@@ -128,6 +128,10 @@ def run(args) -> int:
         from ..captions.k2c import Captioner, GenerationParams
 
         refs = load_captions(*args.keywords_from)
+        if not refs:
+            raise _checks.UserError(f"--keywords-from {args.keywords_from[0]}:"
+                                    f"{__import__('os').path.basename(args.keywords_from[1])} holds no "
+                                    "captions to take keyword sets from")
         rng = random.Random(args.seed)
         rng.shuffle(refs)
         refs = refs[:args.n or 500]
@@ -146,6 +150,12 @@ def run(args) -> int:
 
         with Ledger(args.ledger, lock=False) as ledger:
             recs = [r for r in ledger.records() if r.caption_provenance.get("rule") == "k2c"]
+        if not recs:        # a report on nothing is not a report
+            import sys
+
+            print(f"caption-quality: no model captions (rule k2c) in {args.ledger}; caption with "
+                  "--model first", file=sys.stderr)
+            return 1
         sets = [r.caption_provenance.get("keywords", r.tags) for r in recs]
         raw = [r.caption_provenance.get("raw_text", r.text_augment_t5 or "") for r in recs]
         report = quality_report(sets, raw, lm_corpus=lm)
