@@ -187,7 +187,10 @@ class Captioner:
         for opt in ("constrained", "lm_fusion", "free_first"):
             if not generation[opt]:
                 del generation[opt]            # keys of caches made before the option stay valid
-        return {"model": self.name, "model_sha256": self.fingerprint,
+        # a local folder by its name (the provenance ships in every shard; the weights hash
+        # identifies it), a hub id as given
+        name = self.name if self.fingerprint.startswith("hub:") else Path(self.name).name
+        return {"model": name, "model_sha256": self.fingerprint,
                 "input_format": self.input_format, "generation": generation}
 
     @property

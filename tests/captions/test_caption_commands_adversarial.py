@@ -110,3 +110,18 @@ def test_train_captioner_report_segments_without_label_sets_is_one_line(tmp_path
     assert "segments.csv: no label sets" in lines[-1] and "no quality report" in lines[-1]
     assert (tmp_path / "m" / "config.json").is_file()
     assert not (tmp_path / "m" / "caption_quality.json").exists()
+
+
+def test_caption_provenance_names_the_model_folder_not_its_path(captioner, tiny, tmp_path):
+    """The provenance goes into the ledger and every shard's JSON: it named the model by the
+    path it was loaded from (/home/<user>/...), now by its folder name and weights hash."""
+    from laion_audio.captions.stage import CaptionOptions, CaptionStats, caption_batch
+
+    recs = [Record(source="freesound", source_id="1", tags=["dog", "bark"], audio_duration=5.0,
+                   status=Status.TRANSCODED)]
+    with CaptionCache(tmp_path / "c.sqlite") as cache:
+        out = caption_batch(recs, captioner, CaptionOptions(keyword_fallback=False), cache=cache,
+                            stats=CaptionStats())
+    prov = out[0].caption_provenance
+    assert prov["rule"] == "k2c" and prov["model"] == Path(tiny[0]).name
+    assert str(Path(tiny[0]).parent) not in json.dumps(prov)
