@@ -504,9 +504,13 @@ def load_report(model_dir: str | os.PathLike) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        entries = report.get("decodings") or []
+        if not (isinstance(entries, list) and all(isinstance(d, dict) and isinstance(
+                d.get("generation"), dict) for d in entries)):
+            return None             # edited into another shape: judged as no report
+        return rejudge(report)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
-    return rejudge(report) if isinstance(report, dict) else None
 
 
 _JUDGED = ("keyword_coverage", "all_keywords_rate", "invented_word_rate", "repetition_rate")
@@ -542,7 +546,11 @@ def check(captioner, *, force: bool = False, warn=None) -> dict | None:
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     report = load_report(captioner.name) if Path(captioner.name).is_dir() else None
     problem, entry = None, None
-    if report is None:
+    if report is None and (Path(captioner.name) / REPORT).is_file():
+        problem = (f"the quality report of captioner {Path(captioner.name).name} ({REPORT}) is "
+                   "unreadable (damaged or edited by hand); rerun `laion-audio caption-quality "
+                   "--model DIR --write-report`")
+    elif report is None:
         problem = (f"captioner {Path(captioner.name).name} has no quality report ({REPORT}); "
                    "run `laion-audio caption-quality --model DIR --write-report` first")
     elif report.get("model_sha256") != captioner.fingerprint:

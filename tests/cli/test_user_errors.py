@@ -79,6 +79,15 @@ def _model_config_only(tmp: Path) -> str:
     return str(tmp / "cm")
 
 
+def _model_with_report(tmp: Path, report: str, name: str = "rm") -> str:
+    """A model folder (config only: the gate reads the report before any weights load) whose
+    caption_quality.json was edited by hand into another shape."""
+    (tmp / name).mkdir()
+    (tmp / name / "config.json").write_text("{}")
+    (tmp / name / "caption_quality.json").write_text(report)
+    return str(tmp / name)
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -194,6 +203,18 @@ CASES = [
                 "audiocaps:" + _corpus(t, "k.csv", b"youtube_id,caption\nx,\ny,  \n")], 2, "no captions"),
     ("caption-quality-ledger-without-model-captions",
      lambda t: ["caption-quality", "--ledger", _ledger(t)], 1, "no model captions"),
+    ("audioset-captions-report-decodings-not-a-list",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '{"model_sha256": "x", "decodings": "x"}'),
+                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+    ("audioset-captions-report-entry-not-a-dict",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '{"model_sha256": "x", "decodings": [1, 2]}'),
+                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+    ("audioset-captions-report-no-generation",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '{"model_sha256": "x", "decodings": [{"passes": true}]}'),
+                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+    ("audioset-captions-report-a-list",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '[1, 2, 3]'),
+                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
