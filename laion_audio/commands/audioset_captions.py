@@ -208,13 +208,8 @@ def run(args) -> int:
     def flush(chunk_no: int, chunk: list) -> None:
         nonlocal captions_made
         part = parts / f"part-{chunk_no:06d}.parquet"
-        if part.is_file():
-            done["parts_reused"] += 1
-            done["resumed_rows"] += len(chunk)
-            bar.update(len(chunk))
-            return
         rows, todo = [], []
-        for name, n, seg in chunk:
+        for name, n, seg in chunk:      # also for a reused part: its skipped rows stay counted
             unknown = [m for m in seg.mids if m not in labels.names]
             if not seg.mids:
                 counts["no_labels"] += 1
@@ -227,6 +222,11 @@ def run(args) -> int:
             kws = normalise_keywords(labels.label_names(seg.mids))
             rows.append((name, n, seg, kws))
             todo.append(kws)
+        if part.is_file():              # written by a run that was stopped
+            done["parts_reused"] += 1
+            done["resumed_rows"] += len(rows)
+            bar.update(len(chunk))
+            return
         results = k2c_captions(todo, captioner, opts, cache, stats) if captioner and todo else {}
         cols = {f: [] for f in schema.names}
         for name, n, seg, kws in rows:

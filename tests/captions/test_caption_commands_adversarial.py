@@ -125,3 +125,45 @@ def test_caption_provenance_names_the_model_folder_not_its_path(captioner, tiny,
     prov = out[0].caption_provenance
     assert prov["rule"] == "k2c" and prov["model"] == Path(tiny[0]).name
     assert str(Path(tiny[0]).parent) not in json.dumps(prov)
+
+
+@pytest.mark.needs_shared
+def test_bad_rows_stay_counted_after_a_kill_9_resume(shared_data, tmp_path):
+    """A run killed after its first parts: the rerun reuses them, and the summary still counts
+    the bad rows those parts skipped (before, unknown_mids and no_labels fell to 0)."""
+    import os
+    import signal
+    import time
+
+    import pyarrow.parquet as pq
+
+    lines = (shared_data / "audioset/eval_segments.csv").read_text().splitlines(keepends=True)
+    body = [f"r{i}_{line}" for i in range(3) for line in lines[3:]]
+    csv_path = tmp_path / "segments.csv"
+    csv_path.write_text("".join(lines[:3]) + 'unknown, 0.000, 10.000, "/m/not_a_mid"\n'
+                        'nolabels, 0.000, 10.000, ""\nbroken row\n' + "".join(body))
+    args = ["audioset-captions", csv_path, "--model", "template", "--chunk-rows", "2048",
+            "--audioset-labels", shared_data / "audioset", "--no-progress"]
+    full = _cli(*args, "--out", tmp_path / "full.parquet")
+    assert full.returncode == 0, full.stderr[-2000:]
+    parts = tmp_path / ".o.parquet.parts"
+    proc = subprocess.Popen([sys.executable, "-m", "laion_audio", *map(str, args), "--out",
+                             str(tmp_path / "o.parquet")], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "o.parquet").exists()
+    res = _cli(*args, "--out", tmp_path / "o.parquet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    got, want = json.loads(res.stdout), json.loads(full.stdout)
+    assert got["parts_reused"] >= 2
+    for key in ("rows", "malformed_rows", "unknown_mids", "no_labels"):
+        assert got[key] == want[key], key
+    assert (want["malformed_rows"], want["unknown_mids"], want["no_labels"]) == (1, 1, 1)
+    assert got["resumed_rows"] + got["captions"]["template"] == got["rows"]
+    assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "full.parquet"))
