@@ -90,11 +90,21 @@ def _segments(paths, counts: dict):
     """(csv name, row number, Segment) over all CSVs, streamed; malformed rows counted."""
     from ..captions.keywords import read_segments
 
+    import csv
+
     for path in paths:
         def bad(n, row, _p=path):
             counts["malformed_rows"] += 1
-        for n, seg in read_segments(path, on_error=bad, numbered=True):
-            yield path.name, n, seg
+        try:
+            for n, seg in read_segments(path, on_error=bad, numbered=True):
+                yield path.name, n, seg
+        except (UnicodeDecodeError, csv.Error) as exc:    # which of the CSVs, said by name
+            raise _UnreadableCSV(f"{path.name}: unreadable segments CSV ({type(exc).__name__}: "
+                                 f"{exc})") from None
+
+
+class _UnreadableCSV(Exception):
+    pass
 
 
 def run(args) -> int:
@@ -260,8 +270,6 @@ def run(args) -> int:
         rate = captions_made / max(time.monotonic() - start, 1e-9)
         bar.set_postfix_str(f"{rate:.0f} captions/s")
 
-    import csv as _csv
-
     chunk, chunk_no = [], 0
     try:
         for item in _segments(paths, counts):
@@ -272,9 +280,9 @@ def run(args) -> int:
         if chunk:
             flush(chunk_no, chunk)
             chunk_no += 1
-    except (UnicodeDecodeError, _csv.Error) as exc:    # finished parts are kept for a rerun
+    except _UnreadableCSV as exc:    # finished parts are kept for a rerun
         bar.close()
-        return _fail(f"unreadable segments CSV ({type(exc).__name__}: {exc})")
+        return _fail(str(exc))
     bar.close()
     if cache is not None:
         cache.close()

@@ -215,6 +215,10 @@ CASES = [
     ("audioset-captions-report-a-list",
      lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '[1, 2, 3]'),
                 "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+    ("audioset-captions-second-csv-not-utf8",
+     lambda t: ["audioset-captions", _segments_csv(t), _corpus(t, "latin1.csv", b"# a\n# b\n# c\n"
+                b'caf\xe9, 0.000, 10.000, "/m/03l9g"\n'), "--model", "template", "--no-progress",
+                "--out", str(t / "o.parquet")], 2, "latin1.csv"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
