@@ -188,6 +188,11 @@ def run(args) -> int:
             print(f"audioset-captions: {out.name} is up to date ({pq.ParquetFile(out).metadata.num_rows} "
                   "rows); --force rebuilds it", file=sys.stderr)
             return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    if lock is None:
+        return _fail(f"another audioset-captions run is writing {out.name}; wait for it to end "
+                     "or choose another --out")
     parts = out.with_name(f".{out.name}.parts")
     state = parts / "run.json"
     if parts.is_dir():
@@ -303,12 +308,34 @@ def run(args) -> int:
         return _fail("no segments captioned (empty or unreadable CSVs?)")
     atomic.publish(tmp_out, out)
     shutil.rmtree(parts)
+    _unlock(out, lock)
     seconds = time.monotonic() - start
     summary = {**done, "rows": n_rows, "seconds": round(seconds, 2),
                "captions_per_s": round(captions_made / seconds, 1) if seconds else None,
                **counts, "captions": stats.as_dict()}
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _lock(out: Path) -> int | None:
+    """An exclusive lock beside ``out`` for the whole run, or None when another run holds it: a
+    second run on the same file would remove this run's parts and write its own among them."""
+    import fcntl
+
+    fd = os.open(out.with_name(f".{out.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(out: Path, fd: int) -> None:
+    """Remove the lock file (still holding it) once the run is over; a killed run leaves it for
+    the next one to take."""
+    out.with_name(f".{out.name}.lock").unlink(missing_ok=True)
+    os.close(fd)
 
 
 def _params(args):

@@ -167,3 +167,37 @@ def test_bad_rows_stay_counted_after_a_kill_9_resume(shared_data, tmp_path):
     assert (want["malformed_rows"], want["unknown_mids"], want["no_labels"]) == (1, 1, 1)
     assert got["resumed_rows"] + got["captions"]["template"] == got["rows"]
     assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "full.parquet"))
+
+
+@pytest.mark.needs_shared
+def test_a_second_run_on_the_same_out_is_refused_not_mixed_in(shared_data, tmp_path):
+    """Two runs on one --out with other CSVs: the second removed the first's parts folder and
+    wrote its own parts into it, so the first published a file of both CSVs' rows under its
+    own inputs (or one of them crashed). Now the second is one line, exit 2."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    lines = (shared_data / "audioset/eval_segments.csv").read_text().splitlines(keepends=True)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text("".join(lines[:3]) + "".join(f"a{i}_{x}" for i in range(3) for x in lines[3:]))
+    second.write_text("".join(lines[:403]))
+    out = tmp_path / "o.parquet"
+    common = ["--model", "template", "--out", out, "--chunk-rows", "2048",
+              "--audioset-labels", shared_data / "audioset", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "laion_audio", "audioset-captions",
+                             *map(str, [first, *common])], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    parts = tmp_path / ".o.parquet.parts"
+    deadline = time.monotonic() + 120
+    while not list(parts.glob("part-*.parquet")) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.02)
+    res = _cli("audioset-captions", second, *common)
+    assert "another audioset-captions run" in _one_line(res)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    table = pq.read_table(out)
+    assert table.num_rows == 3 * 20371 and set(table.column("csv").to_pylist()) == {"first.csv"}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.parquet")]
