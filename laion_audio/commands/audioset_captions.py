@@ -196,8 +196,11 @@ def run(args) -> int:
     parts = out.with_name(f".{out.name}.parts")
     state = parts / "run.json"
     if parts.is_dir():
-        old = json.loads(state.read_text()) if state.is_file() else {}
-        if old.get("run_key") != run_key:
+        try:
+            old = json.loads(state.read_text()) if state.is_file() else {}
+        except (OSError, ValueError):       # damaged: its parts cannot be trusted
+            old = {}
+        if not isinstance(old, dict) or old.get("run_key") != run_key:
             print(f"audioset-captions: discarding parts of an earlier run with other inputs "
                   f"({parts.name})", file=sys.stderr)
             shutil.rmtree(parts)
@@ -303,9 +306,13 @@ def run(args) -> int:
             n_rows += t.num_rows
             if t.num_rows:
                 w.write_table(t)
-    if n_rows == 0:
+    if n_rows == 0:         # nothing to resume: no parts folder or lock left behind
         tmp_out.unlink(missing_ok=True)
-        return _fail("no segments captioned (empty or unreadable CSVs?)")
+        shutil.rmtree(parts)
+        _unlock(out, lock)
+        skipped = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+        return _fail("no segments captioned (empty or unreadable CSVs?"
+                     + (f" skipped: {skipped}" if skipped else "") + ")")
     atomic.publish(tmp_out, out)
     shutil.rmtree(parts)
     _unlock(out, lock)

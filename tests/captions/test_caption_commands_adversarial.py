@@ -201,3 +201,27 @@ def test_a_second_run_on_the_same_out_is_refused_not_mixed_in(shared_data, tmp_p
     table = pq.read_table(out)
     assert table.num_rows == 3 * 20371 and set(table.column("csv").to_pylist()) == {"first.csv"}
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.parquet")]
+
+
+@pytest.mark.needs_shared
+def test_damaged_run_state_is_discarded_and_an_empty_run_leaves_nothing(shared_data, tmp_path):
+    """A parts folder whose run.json is damaged was a JSONDecodeError traceback: its parts are
+    now discarded like those of another run. A run that captions nothing (header-only CSV)
+    exits 2 and no longer leaves its parts folder and lock behind."""
+    import pyarrow.parquet as pq
+
+    parts = tmp_path / ".o.parquet.parts"
+    parts.mkdir()
+    (parts / "run.json").write_text("{damaged")
+    (parts / "part-000000.parquet").write_bytes(b"not parquet")
+    csv_path = _segments(shared_data, tmp_path, 30)
+    labels = ("--audioset-labels", shared_data / "audioset")
+    res = _cli("audioset-captions", csv_path, "--model", "template", "--out", tmp_path / "o.parquet",
+               *labels, "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "discarding parts" in res.stderr and pq.read_table(tmp_path / "o.parquet").num_rows == 30
+    header = _segments(shared_data, tmp_path, 0, "header.csv")
+    res = _cli("audioset-captions", header, "--model", "template", "--out", tmp_path / "e.parquet",
+               *labels, "--no-progress")
+    assert "no segments captioned" in _one_line(res)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".e.parquet", "e.parquet"))]
