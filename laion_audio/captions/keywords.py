@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -91,6 +92,21 @@ def ensure_audioset_metadata(dest: str | os.PathLike, names: Iterable[str] = ("c
     return dest
 
 
+@contextmanager
+def _damaged(path: Path):
+    """A label file that is not what AudioSet publishes (bytes, columns, JSON shape): one line
+    naming it (UserError), not a traceback from inside a run."""
+    from ..errors import UserError
+
+    try:
+        yield
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"AudioSet labels: {path.parent.name}/{path.name} is damaged or not "
+                        f"AudioSet's ({type(exc).__name__}: {exc})") from None
+
+
 @dataclass(frozen=True)
 class Segment:
     ytid: str
@@ -113,20 +129,23 @@ class AudioSetLabels:
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike) -> "AudioSetLabels":
+        """The folder's class list (+ ontology); a damaged file is a UserError naming it."""
         folder = Path(folder)
         names: dict[str, str] = {}
         restricted = []
         onto = folder / "ontology.json"
         if onto.exists():
-            for entry in json.loads(onto.read_text(encoding="utf-8")):
-                names[entry["id"]] = entry["name"]
-                if entry.get("restrictions"):
-                    restricted.append(entry["id"])
+            with _damaged(onto):
+                for entry in json.loads(onto.read_text(encoding="utf-8")):
+                    names[entry["id"]] = entry["name"]
+                    if entry.get("restrictions"):
+                        restricted.append(entry["id"])
         class_mids = []
-        with open(folder / "class_labels_indices.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                names[row["mid"]] = row["display_name"]
-                class_mids.append(row["mid"])
+        with _damaged(folder / "class_labels_indices.csv"):
+            with open(folder / "class_labels_indices.csv", newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    names[row["mid"]] = row["display_name"]
+                    class_mids.append(row["mid"])
         return cls(names, class_mids=class_mids, restricted=restricted)
 
     def label_names(self, mids: Sequence[str]) -> list[str]:

@@ -94,6 +94,9 @@ def validate_caption(args) -> None:
         from crawlers.audioset import labels_folder
 
         args.audioset_labels = str(labels_folder(args.audioset_labels))
+        from ..captions.keywords import AudioSetLabels
+
+        AudioSetLabels.from_dir(args.audioset_labels)    # damaged: one line, not one per batch
     if args.cache and os.path.isdir(args.cache):
         raise _checks.UserError(f"--cache {args.cache} is a folder; it names the cache file")
     announce()

@@ -88,6 +88,18 @@ def _model_with_report(tmp: Path, report: str, name: str = "rm") -> str:
     return str(tmp / name)
 
 
+def _labels(tmp: Path, csv_bytes: bytes, ontology: bytes | None = None) -> str:
+    """An --audioset-labels folder whose class list (or ontology) is damaged."""
+    (tmp / "labels").mkdir()
+    (tmp / "labels" / "class_labels_indices.csv").write_bytes(csv_bytes)
+    if ontology is not None:
+        (tmp / "labels" / "ontology.json").write_bytes(ontology)
+    return str(tmp / "labels")
+
+
+_CLASS_LIST = b"index,mid,display_name\n0,/m/068hy,Domestic animals\n"
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -219,6 +231,19 @@ CASES = [
      lambda t: ["audioset-captions", _segments_csv(t), _corpus(t, "latin1.csv", b"# a\n# b\n# c\n"
                 b'caf\xe9, 0.000, 10.000, "/m/03l9g"\n'), "--model", "template", "--no-progress",
                 "--out", str(t / "o.parquet")], 2, "latin1.csv"),
+    ("audioset-captions-labels-not-utf8",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
+                "--audioset-labels", _labels(t, b"index,mid,display_name\n0,/m/068hy,Sp\xe9ech\n")], 2,
+     "class_labels_indices.csv"),
+    ("audioset-captions-labels-no-columns",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
+                "--audioset-labels", _labels(t, b"a,b\n1,2\n")], 2, "class_labels_indices.csv"),
+    ("audioset-captions-ontology-damaged",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
+                "--audioset-labels", _labels(t, _CLASS_LIST, b'[{"id": 1')], 2, "ontology.json"),
+    ("caption-labels-no-columns",
+     lambda t: ["caption", "--ledger", _ledger(t), "--audioset-labels", _labels(t, b"a,b\n1,2\n")], 2,
+     "class_labels_indices.csv"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
