@@ -124,6 +124,8 @@ def run(args) -> int:
     _checks.writable_file(out, "--out")      # a folder, /proc, a read-only mount: before any work
     if out.resolve() in {p.resolve() for p in paths}:
         return _fail(f"--out {out} is also an input CSV; it would be overwritten")
+    if args.cache and Path(args.cache).resolve() in {out.resolve(), *(p.resolve() for p in paths)}:
+        return _fail(f"--cache {args.cache} is the --out file or an input CSV; name its own file")
     # each row names its CSV by file name: two CSVs with one name, or one CSV twice (every row
     # written twice), would give rows nobody can tell apart
     csv_sha = [sha256_file(p) for p in paths]

@@ -244,6 +244,12 @@ CASES = [
     ("caption-labels-no-columns",
      lambda t: ["caption", "--ledger", _ledger(t), "--audioset-labels", _labels(t, b"a,b\n1,2\n")], 2,
      "class_labels_indices.csv"),
+    ("audioset-captions-cache-is-the-out",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
+                "--cache", str(t / "o.parquet")], 2, "--cache"),
+    ("audioset-captions-cache-is-an-input",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
+                "--cache", str(t / "seg.csv")], 2, "--cache"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
