@@ -212,7 +212,8 @@ def run(args) -> int:
     if not state.is_file():
         atomic.write_text(state, json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
 
-    counts = {"malformed_rows": 0, "unknown_mids": 0, "no_labels": 0}
+    counts = {"malformed_rows": 0, "unknown_mids": 0, "no_labels": 0, "duplicate_segments": 0}
+    seen: set[int] = set()     # 8-byte digests of (ytid, start) given so far: ~70 B a segment
     stats = CaptionStats()
     done = {"rows": 0, "resumed_rows": 0, "parts_reused": 0}
     total = sum(1 for p in paths for line in open(p, encoding="utf-8", errors="replace")
@@ -239,6 +240,16 @@ def run(args) -> int:
                 print(f"audioset-captions: {name} row {n}: unknown MID(s) {', '.join(unknown)}; "
                       "segment skipped", file=sys.stderr)
                 continue
+            key = int.from_bytes(hashlib.blake2b(f"{seg.ytid}\0{seg.start!r}".encode(),
+                                                  digest_size=8).digest(), "big")
+            if key in seen:     # the build joins by (ytid, start): one row a segment
+                counts["duplicate_segments"] += 1
+                if counts["duplicate_segments"] <= 10:
+                    print(f"audioset-captions: {name} row {n}: segment {seg.ytid} at {seg.start:g} s "
+                          "was given before; the first stands" + (" (further duplicates are only "
+                          "counted)" if counts["duplicate_segments"] == 10 else ""), file=sys.stderr)
+                continue
+            seen.add(key)
             kws = normalise_keywords(labels.label_names(seg.mids))
             rows.append((name, n, seg, kws))
             todo.append(kws)

@@ -225,3 +225,30 @@ def test_damaged_run_state_is_discarded_and_an_empty_run_leaves_nothing(shared_d
                *labels, "--no-progress")
     assert "no segments captioned" in _one_line(res)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".e.parquet", "e.parquet"))]
+
+
+@pytest.mark.needs_shared
+def test_duplicate_segments_are_counted_not_written_twice(shared_data, tmp_path):
+    """A segment (YouTube id, start) given twice, in one CSV or across two, was written twice;
+    the build joins rows by that key, so one of two different label sets won silently. Now the
+    first stands and the rest are counted as duplicate_segments; another start of the same
+    video is another segment."""
+    import pyarrow.parquet as pq
+
+    first = _segments(shared_data, tmp_path, 5, "first.csv")
+    rows = first.read_text().splitlines(keepends=True)
+    second = tmp_path / "second.csv"
+    second.write_text("".join(rows[:3]) + rows[3]                              # exact repeat
+                      + rows[4].replace('"/m/03l9g"', '"/m/09x0r"')            # other labels
+                      + rows[5].replace("0.000, 10.000", "100.000, 110.000"))  # another segment
+    first.write_text("".join(rows) + rows[6])                                  # repeat in one CSV
+    res = _cli("audioset-captions", first, second, "--model", "template", "--out", tmp_path / "o.parquet",
+               "--audioset-labels", shared_data / "audioset", "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)
+    assert summary["rows"] == 6 and summary["duplicate_segments"] == 3
+    table = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    keys = [(r["ytid"], r["start"]) for r in table]
+    assert len(set(keys)) == len(keys) == 6
+    ytid_2 = rows[4].split(",")[0]
+    assert [r["label_ids"] for r in table if r["ytid"] == ytid_2] == [["/m/03l9g"]]
