@@ -28,7 +28,7 @@ from . import _checks
 from ..captions.keywords import sha256_file
 
 #: schema version of the output; part of the run key
-FORMAT = 1
+FORMAT = 2        # 2: rows with bad times or open quotes refused, duplicate segments dropped
 
 
 def register(sub) -> None:
