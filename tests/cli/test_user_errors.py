@@ -100,6 +100,12 @@ def _labels(tmp: Path, csv_bytes: bytes, ontology: bytes | None = None) -> str:
 _CLASS_LIST = b"index,mid,display_name\n0,/m/068hy,Domestic animals\n"
 
 
+def _asc(tmp: Path, *extra: str, model: str = "template") -> list[str]:
+    """audioset-captions on a good two-row CSV, with the option under test."""
+    return ["audioset-captions", _segments_csv(tmp), "--model", model, "--out", str(tmp / "o.parquet"),
+            *extra]
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -216,40 +222,36 @@ CASES = [
     ("caption-quality-ledger-without-model-captions",
      lambda t: ["caption-quality", "--ledger", _ledger(t)], 1, "no model captions"),
     ("audioset-captions-report-decodings-not-a-list",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '{"model_sha256": "x", "decodings": "x"}'),
-                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+     lambda t: _asc(t, model=_model_with_report(t, '{"model_sha256": "x", "decodings": "x"}')), 2,
+     "caption_quality.json"),
     ("audioset-captions-report-entry-not-a-dict",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '{"model_sha256": "x", "decodings": [1, 2]}'),
-                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+     lambda t: _asc(t, model=_model_with_report(t, '{"model_sha256": "x", "decodings": [1, 2]}')), 2,
+     "caption_quality.json"),
     ("audioset-captions-report-no-generation",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '{"model_sha256": "x", "decodings": [{"passes": true}]}'),
-                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+     lambda t: _asc(t, model=_model_with_report(
+         t, '{"model_sha256": "x", "decodings": [{"passes": true}]}')), 2,
+     "caption_quality.json"),
     ("audioset-captions-report-a-list",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", _model_with_report(t, '[1, 2, 3]'),
-                "--out", str(t / "o.parquet")], 2, "caption_quality.json"),
+     lambda t: _asc(t, model=_model_with_report(t, '[1, 2, 3]')), 2,
+     "caption_quality.json"),
     ("audioset-captions-second-csv-not-utf8",
      lambda t: ["audioset-captions", _segments_csv(t), _corpus(t, "latin1.csv", b"# a\n# b\n# c\n"
                 b'caf\xe9, 0.000, 10.000, "/m/03l9g"\n'), "--model", "template", "--no-progress",
                 "--out", str(t / "o.parquet")], 2, "latin1.csv"),
     ("audioset-captions-labels-not-utf8",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
-                "--audioset-labels", _labels(t, b"index,mid,display_name\n0,/m/068hy,Sp\xe9ech\n")], 2,
+     lambda t: _asc(t, "--audioset-labels", _labels(t, b"index,mid,display_name\n0,/m/068hy,Sp\xe9ech\n")), 2,
      "class_labels_indices.csv"),
     ("audioset-captions-labels-no-columns",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
-                "--audioset-labels", _labels(t, b"a,b\n1,2\n")], 2, "class_labels_indices.csv"),
+     lambda t: _asc(t, "--audioset-labels", _labels(t, b"a,b\n1,2\n")), 2, "class_labels_indices.csv"),
     ("audioset-captions-ontology-damaged",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
-                "--audioset-labels", _labels(t, _CLASS_LIST, b'[{"id": 1')], 2, "ontology.json"),
+     lambda t: _asc(t, "--audioset-labels", _labels(t, _CLASS_LIST, b'[{"id": 1')), 2, "ontology.json"),
     ("caption-labels-no-columns",
      lambda t: ["caption", "--ledger", _ledger(t), "--audioset-labels", _labels(t, b"a,b\n1,2\n")], 2,
      "class_labels_indices.csv"),
     ("audioset-captions-cache-is-the-out",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
-                "--cache", str(t / "o.parquet")], 2, "--cache"),
+     lambda t: _asc(t, "--cache", str(t / "o.parquet")), 2, "--cache"),
     ("audioset-captions-cache-is-an-input",
-     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", str(t / "o.parquet"),
-                "--cache", str(t / "seg.csv")], 2, "--cache"),
+     lambda t: _asc(t, "--cache", str(t / "seg.csv")), 2, "--cache"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
