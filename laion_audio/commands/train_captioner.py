@@ -104,9 +104,9 @@ def validate_train_captioner(args) -> None:
 
     from . import _checks
 
-    for kind, path in args.corpus + (args.fusion_lm or []):
-        if not os.path.exists(path):
-            raise _checks.UserError(f"--corpus/--fusion-lm {kind}:{path}: {path} does not exist")
+    for kind, path in args.corpus + (args.fusion_lm or []) + ([args.lm_corpus] if args.lm_corpus else []):
+        if not os.path.exists(path):     # --lm-corpus is read after training: checked here too
+            raise _checks.UserError(f"--corpus/--fusion-lm/--lm-corpus {kind}:{path}: {path} does not exist")
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         # saving over another model mixes its leftovers (tokenizer files, weights of another

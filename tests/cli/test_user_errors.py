@@ -252,6 +252,9 @@ CASES = [
      lambda t: _asc(t, "--cache", str(t / "o.parquet")), 2, "--cache"),
     ("audioset-captions-cache-is-an-input",
      lambda t: _asc(t, "--cache", str(t / "seg.csv")), 2, "--cache"),
+    ("train-captioner-lm-corpus-missing",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--lm-corpus", "audiocaps:/nope.csv"], 2,
+     "/nope.csv"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
