@@ -259,8 +259,15 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if cfg.pretrained:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
-        model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
+            model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
+        except Exception as exc:    # truncated weights, a folder of something else: the user's
+            from ..errors import UserError
+
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"--pretrained {Path(cfg.pretrained).name}: cannot load it "
+                            f"({type(exc).__name__}: {why})") from exc
         lowercase = False
     else:
         corpus = [c for _, c in pairs] + [format_keywords(k, "laion-audio") for k, _ in pairs]

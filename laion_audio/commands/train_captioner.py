@@ -164,8 +164,9 @@ def run(args) -> int:
     sizes = {**auto, **{k: v for k, v in given.items() if v is not None}}
     if args.d_model is not None:
         sizes["d_ff"] = 4 * args.d_model
-    print(f"train-captioner: {why}" + (" (overridden by options)" if any(
-        v is not None for v in given.values()) else ""), file=sys.stderr)
+    if not args.pretrained:     # a checkpoint brings its own sizes: the line would be wrong
+        print(f"train-captioner: {why}" + (" (overridden by options)" if any(
+            v is not None for v in given.values()) else ""), file=sys.stderr)
     info["auto_config"] = why
     cfg = TrainConfig(max_steps=args.max_steps, max_minutes=args.max_minutes,
                       batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained, **sizes)

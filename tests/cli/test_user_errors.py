@@ -255,6 +255,9 @@ CASES = [
     ("train-captioner-lm-corpus-missing",
      lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--lm-corpus", "audiocaps:/nope.csv"], 2,
      "/nope.csv"),
+    ("train-captioner-pretrained-unloadable",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--pretrained", _model_config_only(t)], 2,
+     "cannot load"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
