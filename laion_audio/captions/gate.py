@@ -318,7 +318,10 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
     if references:
         from .refscore import reference_sets
 
-        ref_sets = reference_sets(references, n=ref_n, seed=seed)
+        try:
+            ref_sets = reference_sets(references, n=ref_n, seed=seed)
+        except UnicodeDecodeError:
+            raise GateError(f"references {Path(references).name} is not UTF-8 text") from None
         if not ref_sets:
             raise GateError(f"{references}: no clip with several captions for reference scores")
         report["references"] = {

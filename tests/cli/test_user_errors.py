@@ -258,6 +258,10 @@ CASES = [
     ("train-captioner-pretrained-unloadable",
      lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--pretrained", _model_config_only(t)], 2,
      "cannot load"),
+    ("caption-quality-references-not-utf8",
+     lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
+                _segments_csv(t), "--references", _corpus(t, "refs.csv", b"caption\ncaf\xe9\n")], 2,
+     "refs.csv"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
