@@ -147,9 +147,10 @@ def run(args) -> int:
     if args.model:     # loaded here, once (the inline worker reuses it): a model that cannot
         from ..captions.worker import _captioner   # load is one line, not a failure per record
 
-        _captioner(args.model, {"input_format": args.input_format, "device": args.device,
-                                "batch_size": args.gen_batch_size,
-                                "params": vars(params) if params is not None else None})
+        fingerprint = _captioner(args.model, {
+            "input_format": args.input_format, "device": args.device,
+            "batch_size": args.gen_batch_size,
+            "params": vars(params) if params is not None else None}).fingerprint
     cstats = CaptionStats()
     kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
                   gen_batch_size=args.gen_batch_size,
@@ -171,4 +172,26 @@ def run(args) -> int:
     st.extra = {"captions": cstats.as_dict()}
     print(st.line())
     print(json.dumps(cstats.as_dict(), indent=1))
+    if args.model:
+        _other_weights(args.ledger, fingerprint)
     return 0 if st.closes and (st.succeeded or not st.inputs) else 1
+
+
+def _other_weights(ledger_dir, fingerprint: str) -> None:
+    """Say how many records keep captions made with other weights: a run only captions what is
+    pending, so a ledger captioned (or half captioned) by another model would mix both."""
+    import pyarrow.compute as pc
+
+    from ..ledger import Ledger
+
+    other = 0
+    with Ledger(ledger_dir, lock=False) as ledger:
+        for t in ledger.scan(columns=["caption_provenance"]):
+            prov = t.column("caption_provenance")
+            made = pc.fill_null(pc.match_substring(prov, "model_sha256"), False)
+            ours = pc.fill_null(pc.match_substring(prov, fingerprint), False)
+            other += pc.sum(pc.and_(made, pc.invert(ours))).as_py() or 0
+    if other:
+        print(f"caption: {other} records keep captions made with other weights (see their "
+              "caption_provenance.model_sha256); `--status captioned` recaptions them",
+              file=sys.stderr)

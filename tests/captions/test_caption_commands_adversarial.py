@@ -252,3 +252,36 @@ def test_duplicate_segments_are_counted_not_written_twice(shared_data, tmp_path)
     assert len(set(keys)) == len(keys) == 6
     ytid_2 = rows[4].split(",")[0]
     assert [r["label_ids"] for r in table if r["ytid"] == ytid_2] == [["/m/03l9g"]]
+
+
+def test_caption_says_when_the_ledger_keeps_captions_of_other_weights(tiny, tmp_path, capsys):
+    """caption with model B on a ledger model A captioned (partly): B captions only what is
+    left, and the ledger mixed both models' captions without a word. Now a line counts the
+    records that keep captions of other weights."""
+    from laion_audio.cli import main
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny[0], other)
+    cfg = other / "config.json"
+    cfg.write_text(cfg.read_text().replace("}", ', "note": "other weights"}', 1))   # other sha256
+    ledger_dir = tmp_path / "work" / "ledger"
+
+    def add(ids):
+        with Ledger(ledger_dir) as ledger:
+            ledger.write([Record(source="freesound", source_id=str(i), tags=["dog", "bark"],
+                                 audio_duration=5.0, status=Status.TRANSCODED) for i in ids])
+
+    common = ["--ledger", str(ledger_dir), "--force-caption-model", "--device", "cpu",
+              "--rerank", "--keyword-boost", "2"]
+    add(range(3))
+    assert main(["caption", "--model", str(tiny[0]), *common]) == 0
+    capsys.readouterr()
+    add(range(3, 5))
+    assert main(["caption", "--model", str(other), *common]) == 0
+    captured = capsys.readouterr()
+    assert "2 in = 2 ok" in captured.out
+    assert "3 records keep captions made with other weights" in captured.err
+    # the hint is true: --status captioned recaptions them with these weights
+    assert main(["caption", "--model", str(other), *common, "--status", "captioned"]) == 0
+    captured = capsys.readouterr()
+    assert "5 in = 5 ok" in captured.out and "other weights" not in captured.err
