@@ -88,7 +88,18 @@ def writable_file(path: str | os.PathLike | None, what: str) -> None:
     p = Path(path).expanduser().absolute()
     if p.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name")
-    folder = p.parent
+    _probe_write(p.parent, what, path)
+
+
+def writable_folder(path: str | os.PathLike, what: str) -> None:
+    """An output folder the command can create (or write in): probed the same way."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {path} is a file; give a folder")
+    _probe_write(p, what, path)
+
+
+def _probe_write(folder: Path, what: str, given) -> None:
     while not folder.exists():
         folder = folder.parent
     try:
@@ -97,7 +108,7 @@ def writable_file(path: str | os.PathLike | None, what: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise UserError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+        raise UserError(f"{what} {given}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
 def ledger_folder(path: str | os.PathLike, what: str = "LEDGER_DIR") -> Path:

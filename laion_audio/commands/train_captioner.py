@@ -113,6 +113,7 @@ def validate_train_captioner(args) -> None:
         # format, fusion_lm.txt, a report) with the new weights in one folder
         raise _checks.UserError(f"--out {args.out} " + ("is a file" if not out.is_dir() else
                                 "already holds files (another model?)") + "; give a new folder")
+    _checks.writable_folder(out, "--out")      # /proc, a read-only mount: before the corpora load
     if args.report_segments:        # found before training, not after it
         _checks.existing_file(args.report_segments, "--report-segments")
     if args.pretrained:

@@ -262,6 +262,8 @@ CASES = [
      lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
                 _segments_csv(t), "--references", _corpus(t, "refs.csv", b"caption\ncaf\xe9\n")], 2,
      "refs.csv"),
+    ("train-captioner-out-unwritable",
+     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--out", "/proc/model"], 2, "cannot write"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
