@@ -162,6 +162,15 @@ def caption_model(model: str | None, what: str = "--caption-model") -> None:
         if not p.is_dir() or not (p / "config.json").is_file():
             raise UserError(f"{what} {model} is not a model folder (no config.json); pass the "
                             "folder `laion-audio train-captioner --out` wrote")
+        weights = p / "model.safetensors"
+        if weights.is_file():     # its header and length (no tensors read): a cut copy is found here,
+            try:                  # not as a failure of every record in the workers
+                from safetensors import safe_open
+
+                with safe_open(str(weights), framework="numpy"):
+                    pass
+            except Exception as exc:
+                raise UserError(f"{what} {model}: model.safetensors is damaged or cut short ({exc})")
         return
     if str(model).startswith(("/", ".", "~")) or str(model).count("/") > 1:   # a path, not org/name
         raise UserError(f"{what} {model} does not exist")

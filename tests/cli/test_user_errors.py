@@ -106,6 +106,17 @@ def _asc(tmp: Path, *extra: str, model: str = "template") -> list[str]:
             *extra]
 
 
+def _model_truncated_weights(tmp: Path) -> str:
+    """A model folder whose safetensors file was cut short (a copy interrupted)."""
+    import struct
+
+    (tmp / "tw").mkdir()
+    (tmp / "tw" / "config.json").write_text("{}")
+    header = b'{"w":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'
+    (tmp / "tw" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
+    return str(tmp / "tw")
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -264,6 +275,9 @@ CASES = [
      "refs.csv"),
     ("train-captioner-out-unwritable",
      lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--out", "/proc/model"], 2, "cannot write"),
+    ("caption-model-truncated-weights",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model", _model_truncated_weights(t)],
+     2, "model.safetensors"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
