@@ -117,6 +117,16 @@ def _model_truncated_weights(tmp: Path) -> str:
     return str(tmp / "tw")
 
 
+def _tc(tmp: Path, *extra: str) -> list[str]:
+    """train-captioner on a good text corpus, with the option under test."""
+    return ["train-captioner", "--corpus", _text_corpus(tmp), *extra]
+
+
+def _cq_report(tmp: Path, *extra: str) -> list[str]:
+    """caption-quality --write-report on a model folder the up-front check accepts."""
+    return ["caption-quality", "--model", _model_config_only(tmp), "--write-report", *extra]
+
+
 def _new_folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -197,11 +207,11 @@ CASES = [
      lambda t: ["audioset-captions", _segments_csv(t, "in.parquet"), "--model", "template", "--out",
                 str(t / "in.parquet")], 2, "is also an input"),
     ("train-captioner-max-minutes-zero",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--max-minutes", "0"], 2, "--max-minutes"),
+     lambda t: _tc(t, "--max-minutes", "0"), 2, "--max-minutes"),
     ("train-captioner-max-minutes-negative",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--max-minutes", "-1"], 2, "--max-minutes"),
+     lambda t: _tc(t, "--max-minutes", "-1"), 2, "--max-minutes"),
     ("train-captioner-max-steps-zero",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--max-steps", "0"], 2, "--max-steps"),
+     lambda t: _tc(t, "--max-steps", "0"), 2, "--max-steps"),
     ("train-captioner-corpus-empty-csv",
      lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"")], 2, "caption"),
     ("train-captioner-corpus-no-caption-column",
@@ -216,16 +226,15 @@ CASES = [
      lambda t: ["train-captioner", "--corpus", "soundbible:" + _corpus(t, "sb.json", b'{"data": [')], 2,
      "sb.json"),
     ("train-captioner-out-holds-a-model",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--out", _model_folder(t)], 2,
+     lambda t: _tc(t, "--out", _model_folder(t)), 2,
      "already holds"),
     ("caption-quality-segments-missing",
-     lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
-                "/nope.csv"], 2, "/nope.csv"),
+     lambda t: _cq_report(t, "--segments", "/nope.csv"), 2, "/nope.csv"),
     ("caption-quality-segments-not-utf8",
-     lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
-                _corpus(t, "s.csv", b"# a\n# b\n# c\nid, 0, 10, \"/m/09x0r\"\n\xff\xfe\n")], 2, "UTF-8"),
+     lambda t: _cq_report(t, "--segments",
+                          _corpus(t, "s.csv", b'# a\n# b\n# c\nid, 0, 10, "/m/09x0r"\n\xff\n')), 2, "UTF-8"),
     ("train-captioner-report-segments-missing",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--report-segments", "/nope.csv"], 2,
+     lambda t: _tc(t, "--report-segments", "/nope.csv"), 2,
      "/nope.csv"),
     ("caption-quality-keywords-from-no-captions",
      lambda t: ["caption-quality", "--model", _model_config_only(t), "--keywords-from",
@@ -264,20 +273,20 @@ CASES = [
     ("audioset-captions-cache-is-an-input",
      lambda t: _asc(t, "--cache", str(t / "seg.csv")), 2, "--cache"),
     ("train-captioner-lm-corpus-missing",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--lm-corpus", "audiocaps:/nope.csv"], 2,
+     lambda t: _tc(t, "--lm-corpus", "audiocaps:/nope.csv"), 2,
      "/nope.csv"),
     ("train-captioner-pretrained-unloadable",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--pretrained", _model_config_only(t)], 2,
+     lambda t: _tc(t, "--pretrained", _model_config_only(t)), 2,
      "cannot load"),
     ("caption-quality-references-not-utf8",
-     lambda t: ["caption-quality", "--model", _model_config_only(t), "--write-report", "--segments",
-                _segments_csv(t), "--references", _corpus(t, "refs.csv", b"caption\ncaf\xe9\n")], 2,
+     lambda t: _cq_report(t, "--segments", _segments_csv(t), "--references",
+                          _corpus(t, "refs.csv", b"caption\ncaf\xe9\n")), 2,
      "refs.csv"),
     ("train-captioner-out-unwritable",
-     lambda t: ["train-captioner", "--corpus", _text_corpus(t), "--out", "/proc/model"], 2, "cannot write"),
+     lambda t: _tc(t, "--out", "/proc/model"), 2, "cannot write"),
     ("caption-model-truncated-weights",
-     lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model", _model_truncated_weights(t)],
-     2, "model.safetensors"),
+     lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model",
+                _model_truncated_weights(t)], 2, "model.safetensors"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
