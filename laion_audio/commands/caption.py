@@ -89,6 +89,13 @@ def resolve_ledger(args) -> None:
 
 def validate_caption(args) -> None:
     resolve_ledger(args)
+    known = [v for k, v in vars(Status).items() if k.isupper() and isinstance(v, str)]
+    unknown = [s for s in args.status if s not in known]
+    if unknown:        # a typo captioned nothing and exited 0
+        raise _checks.UserError(f"--status {', '.join(unknown)}: not a record status; one of "
+                                + ", ".join(known))
+    if args.source:
+        args.source = _checks.sources(args.source)
     _checks.caption_model(args.model, "--model")
     if args.audioset_labels:
         from crawlers.audioset import labels_folder

@@ -287,6 +287,10 @@ CASES = [
     ("caption-model-truncated-weights",
      lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model",
                 _model_truncated_weights(t)], 2, "model.safetensors"),
+    ("caption-status-typo",
+     lambda t: ["caption", "--ledger", _ledger(t), "--status", "transcodd"], 2, "transcodd"),
+    ("caption-source-unknown",
+     lambda t: ["caption", "--ledger", _ledger(t), "--source", "nosuch"], 2, "unknown source"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
