@@ -14,8 +14,11 @@ import json
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ..errors import UserError
 
 
 def cache_key(identity: dict, keywords: Sequence[str]) -> str:
@@ -26,20 +29,37 @@ def cache_key(identity: dict, keywords: Sequence[str]) -> str:
 class CaptionCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"caption cache {path} is a folder; it names the cache file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS captions (key TEXT PRIMARY KEY, "
-                         "keywords TEXT NOT NULL, caption TEXT NOT NULL)")
-        self._db.commit()
+        with self._damaged():
+            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS captions (key TEXT PRIMARY KEY, "
+                             "keywords TEXT NOT NULL, caption TEXT NOT NULL)")
+            self._db.commit()
         self.hits = 0
         self.misses = 0
+
+    @contextmanager
+    def _damaged(self):
+        """A file that is not a caption cache (another file, a truncated copy) is the user's to
+        remove: one line naming it instead of sqlite3's error from inside a run. A locked
+        database stays an OperationalError of its own (it is not damage)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise UserError(f"caption cache {self.path.name} is damaged, not a caption cache or not openable "
+                            f"({exc}); delete it (it only saves regeneration) or give another "
+                            "--cache") from None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
         keys = list(dict.fromkeys(keys))
         found: dict[str, str] = {}
-        with self._lock:
+        with self._lock, self._damaged():
             for s in range(0, len(keys), 500):
                 part = keys[s:s + 500]
                 q = f"SELECT key, caption FROM captions WHERE key IN ({','.join('?' * len(part))})"
@@ -48,7 +68,7 @@ class CaptionCache:
 
     def put_many(self, items: Iterable[tuple[str, Sequence[str], str]]) -> None:
         rows = [(k, json.dumps(list(kw), ensure_ascii=False), c) for k, kw, c in items]
-        with self._lock, self._db:
+        with self._lock, self._damaged(), self._db:
             self._db.executemany("INSERT OR REPLACE INTO captions VALUES (?, ?, ?)", rows)
 
     def __len__(self) -> int:

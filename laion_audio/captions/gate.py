@@ -144,7 +144,10 @@ def sample_label_sets(segments_csv: str | os.PathLike, labels, n: int, seed: int
     """``n`` seeded random rows of a segments CSV as normalised label-name sets."""
     from .keywords import normalise_keywords, read_segments
 
-    segs = [s for s in read_segments(segments_csv) if s.mids and all(m in labels.names for m in s.mids)]
+    try:
+        segs = [s for s in read_segments(segments_csv) if s.mids and all(m in labels.names for m in s.mids)]
+    except UnicodeDecodeError:
+        raise GateError(f"segments CSV {Path(segments_csv).name} is not UTF-8 text") from None
     rng = random.Random(seed)
     pick = rng.sample(segs, min(n, len(segs)))
     return [normalise_keywords(labels.label_names(s.mids)) for s in pick]
@@ -315,7 +318,10 @@ def evaluate_model(model: str | os.PathLike, segments_csv: str | os.PathLike,
     if references:
         from .refscore import reference_sets
 
-        ref_sets = reference_sets(references, n=ref_n, seed=seed)
+        try:
+            ref_sets = reference_sets(references, n=ref_n, seed=seed)
+        except UnicodeDecodeError:
+            raise GateError(f"references {Path(references).name} is not UTF-8 text") from None
         if not ref_sets:
             raise GateError(f"{references}: no clip with several captions for reference scores")
         report["references"] = {
@@ -501,9 +507,13 @@ def load_report(model_dir: str | os.PathLike) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        entries = report.get("decodings") or []
+        if not (isinstance(entries, list) and all(isinstance(d, dict) and isinstance(
+                d.get("generation"), dict) for d in entries)):
+            return None             # edited into another shape: judged as no report
+        return rejudge(report)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
-    return rejudge(report) if isinstance(report, dict) else None
 
 
 _JUDGED = ("keyword_coverage", "all_keywords_rate", "invented_word_rate", "repetition_rate")
@@ -539,7 +549,11 @@ def check(captioner, *, force: bool = False, warn=None) -> dict | None:
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     report = load_report(captioner.name) if Path(captioner.name).is_dir() else None
     problem, entry = None, None
-    if report is None:
+    if report is None and (Path(captioner.name) / REPORT).is_file():
+        problem = (f"the quality report of captioner {Path(captioner.name).name} ({REPORT}) is "
+                   "unreadable (damaged or edited by hand); rerun `laion-audio caption-quality "
+                   "--model DIR --write-report`")
+    elif report is None:
         problem = (f"captioner {Path(captioner.name).name} has no quality report ({REPORT}); "
                    "run `laion-audio caption-quality --model DIR --write-report` first")
     elif report.get("model_sha256") != captioner.fingerprint:

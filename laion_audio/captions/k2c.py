@@ -162,8 +162,14 @@ class Captioner:
         hf_logging.disable_progress_bar()     # no "Loading weights" bar on stderr
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        tok = AutoTokenizer.from_pretrained(str(model))
-        net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
+        try:
+            tok = AutoTokenizer.from_pretrained(str(model))
+            net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
+        except Exception as exc:    # truncated weights, an empty or foreign folder: the user's to fix
+            from ..errors import UserError
+
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"captioner {model}: cannot load it ({type(exc).__name__}: {why})") from exc
         sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
         if params is None and path.is_dir():
             from .gate import recommended_params
@@ -181,7 +187,10 @@ class Captioner:
         for opt in ("constrained", "lm_fusion", "free_first"):
             if not generation[opt]:
                 del generation[opt]            # keys of caches made before the option stay valid
-        return {"model": self.name, "model_sha256": self.fingerprint,
+        # a local folder by its name (the provenance ships in every shard; the weights hash
+        # identifies it), a hub id as given
+        name = self.name if self.fingerprint.startswith("hub:") else Path(self.name).name
+        return {"model": name, "model_sha256": self.fingerprint,
                 "input_format": self.input_format, "generation": generation}
 
     @property

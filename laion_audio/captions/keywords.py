@@ -11,8 +11,10 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -90,6 +92,21 @@ def ensure_audioset_metadata(dest: str | os.PathLike, names: Iterable[str] = ("c
     return dest
 
 
+@contextmanager
+def _damaged(path: Path):
+    """A label file that is not what AudioSet publishes (bytes, columns, JSON shape): one line
+    naming it (UserError), not a traceback from inside a run."""
+    from ..errors import UserError
+
+    try:
+        yield
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"AudioSet labels: {path.parent.name}/{path.name} is damaged or not "
+                        f"AudioSet's ({type(exc).__name__}: {exc})") from None
+
+
 @dataclass(frozen=True)
 class Segment:
     ytid: str
@@ -112,20 +129,23 @@ class AudioSetLabels:
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike) -> "AudioSetLabels":
+        """The folder's class list (+ ontology); a damaged file is a UserError naming it."""
         folder = Path(folder)
         names: dict[str, str] = {}
         restricted = []
         onto = folder / "ontology.json"
         if onto.exists():
-            for entry in json.loads(onto.read_text(encoding="utf-8")):
-                names[entry["id"]] = entry["name"]
-                if entry.get("restrictions"):
-                    restricted.append(entry["id"])
+            with _damaged(onto):
+                for entry in json.loads(onto.read_text(encoding="utf-8")):
+                    names[entry["id"]] = entry["name"]
+                    if entry.get("restrictions"):
+                        restricted.append(entry["id"])
         class_mids = []
-        with open(folder / "class_labels_indices.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                names[row["mid"]] = row["display_name"]
-                class_mids.append(row["mid"])
+        with _damaged(folder / "class_labels_indices.csv"):
+            with open(folder / "class_labels_indices.csv", newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    names[row["mid"]] = row["display_name"]
+                    class_mids.append(row["mid"])
         return cls(names, class_mids=class_mids, restricted=restricted)
 
     def label_names(self, mids: Sequence[str]) -> list[str]:
@@ -141,16 +161,23 @@ class AudioSetLabels:
 def read_segments(path: str | os.PathLike, *, on_error=None, numbered: bool = False) -> Iterator:
     """Rows of an AudioSet ``*_segments.csv`` (3 "#" comment lines, ", " separators,
     quoted comma-joined MIDs), streamed. Malformed rows are logged and skipped (and passed to
-    ``on_error(row_number, row)`` when given). ``numbered``: yield ``(row_number, Segment)``."""
+    ``on_error(row_number, row)`` when given): not exactly 4 fields, a time that is not a
+    finite number >= 0, an end not after the start, a quote left open. Each line is parsed on
+    its own, so an open quote never swallows the rows after it. ``numbered``: yield
+    ``(row_number, Segment)``."""
     with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.reader((line for line in f if not line.startswith("#")),
-                          skipinitialspace=True)
-        for n, row in enumerate(rows, 1):
-            if not row:
+        lines = (line for line in f if not line.startswith("#"))
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
             try:
-                ytid, start, end, labels = row[0], float(row[1]), float(row[2]), row[3]
-            except (IndexError, ValueError):
+                row = next(csv.reader((line,), skipinitialspace=True, strict=True), [])
+                ytid, start, end, labels = row
+                start, end = float(start), float(end)
+                if not (0.0 <= start < end < math.inf):      # also false for NaN
+                    raise ValueError("times")
+            except (csv.Error, ValueError):
+                row = line.rstrip("\r\n")
                 log.warning("%s: skipping malformed row %d: %r", path, n, row)
                 if on_error is not None:
                     on_error(n, row)

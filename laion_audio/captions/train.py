@@ -44,21 +44,43 @@ def load_captions(kind: str, path: str | os.PathLike, limit: int | None = None) 
     (``description``), Clotho csv (``caption_1`` .. ``caption_5``), WavCaps SoundBible json
     (``data[].caption``), a laion-audio ledger folder
     (``texts`` of records not captioned by a model or template), or a text file (one a line)."""
+    from ..errors import UserError
+
     path = Path(path)
-    out: list[str] = []
+    if kind != "ledger" and path.is_dir():
+        raise UserError(f"{kind} corpus {path} is a folder; give the {kind} file")
+    try:
+        out = _read_captions(kind, path)
+    except UserError:
+        raise
+    except UnicodeDecodeError:
+        raise UserError(f"{kind} corpus {path.name} is not UTF-8 text") from None
+    except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:   # JSON of another shape
+        raise UserError(f"{kind} corpus {path.name} cannot be read as {kind} "
+                        f"({type(exc).__name__}: {exc})") from None
+    out = [" ".join(c.split()) for c in out if c and c.strip()]
+    return out[:limit] if limit else out
+
+
+def _read_captions(kind: str, path: Path) -> list:
+    from ..errors import UserError
+
+    out: list = []
     if kind in ("audiocaps", "bbc"):
         column = "caption" if kind == "audiocaps" else "description"
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if column not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: no {column!r} column (have {reader.fieldnames})")
+                raise UserError(f"{kind} corpus {path.name}: no {column!r} column (have "
+                                f"{reader.fieldnames or 'no header: empty file'})")
             out = [row[column] for row in reader]
     elif kind == "clotho":
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             cols = [c for c in reader.fieldnames or [] if c.startswith("caption_")]
             if not cols:
-                raise ValueError(f"{path}: no caption_1..caption_5 columns (have {reader.fieldnames})")
+                raise UserError(f"clotho corpus {path.name}: no caption_1..caption_5 columns (have "
+                                f"{reader.fieldnames or 'no header: empty file'})")
             out = [row[c] for row in reader for c in cols]
     elif kind == "soundbible":
         out = [d.get("caption", "") for d in json.loads(path.read_text(encoding="utf-8"))["data"]]
@@ -73,9 +95,8 @@ def load_captions(kind: str, path: str | os.PathLike, limit: int | None = None) 
     elif kind == "text":
         out = path.read_text(encoding="utf-8").splitlines()
     else:
-        raise ValueError(f"unknown corpus kind {kind!r}; one of {CORPUS_KINDS}")
-    out = [" ".join(c.split()) for c in out if c and c.strip()]
-    return out[:limit] if limit else out
+        raise UserError(f"unknown corpus kind {kind!r}; one of {CORPUS_KINDS}")
+    return [c if isinstance(c, str) else "" for c in out]
 
 
 def build_pairs(captions: Iterable[str], max_keywords: int = 6, min_keywords: int = 1, *,
@@ -227,6 +248,10 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
         raise ValueError("no training pairs (is the corpus empty?)")
     if cfg.max_steps is None and cfg.max_minutes is None:
         raise ValueError("give max_steps and/or max_minutes")
+    if (cfg.max_steps is not None and cfg.max_steps < 1) or (cfg.max_minutes is not None
+                                                             and not cfg.max_minutes > 0):
+        raise ValueError(f"max_steps {cfg.max_steps} / max_minutes {cfg.max_minutes}: a budget "
+                         "must be above 0 (0 or less never ends)")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -234,8 +259,15 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if cfg.pretrained:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
-        model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
+            model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
+        except Exception as exc:    # truncated weights, a folder of something else: the user's
+            from ..errors import UserError
+
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"--pretrained {Path(cfg.pretrained).name}: cannot load it "
+                            f"({type(exc).__name__}: {why})") from exc
         lowercase = False
     else:
         corpus = [c for _, c in pairs] + [format_keywords(k, "laion-audio") for k, _ in pairs]

@@ -40,6 +40,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (minutes, learning rates): ``--max-minutes 0`` or ``-1`` meant no
+    limit at all, a training run that never ends."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A float within [0, 1)."""
     try:
@@ -76,7 +88,18 @@ def writable_file(path: str | os.PathLike | None, what: str) -> None:
     p = Path(path).expanduser().absolute()
     if p.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name")
-    folder = p.parent
+    _probe_write(p.parent, what, path)
+
+
+def writable_folder(path: str | os.PathLike, what: str) -> None:
+    """An output folder the command can create (or write in): probed the same way."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {path} is a file; give a folder")
+    _probe_write(p, what, path)
+
+
+def _probe_write(folder: Path, what: str, given) -> None:
     while not folder.exists():
         folder = folder.parent
     try:
@@ -85,7 +108,7 @@ def writable_file(path: str | os.PathLike | None, what: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise UserError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+        raise UserError(f"{what} {given}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
 def ledger_folder(path: str | os.PathLike, what: str = "LEDGER_DIR") -> Path:
@@ -139,6 +162,15 @@ def caption_model(model: str | None, what: str = "--caption-model") -> None:
         if not p.is_dir() or not (p / "config.json").is_file():
             raise UserError(f"{what} {model} is not a model folder (no config.json); pass the "
                             "folder `laion-audio train-captioner --out` wrote")
+        weights = p / "model.safetensors"
+        if weights.is_file():     # its header and length (no tensors read): a cut copy is found here,
+            try:                  # not as a failure of every record in the workers
+                from safetensors import safe_open
+
+                with safe_open(str(weights), framework="numpy"):
+                    pass
+            except Exception as exc:
+                raise UserError(f"{what} {model}: model.safetensors is damaged or cut short ({exc})")
         return
     if str(model).startswith(("/", ".", "~")) or str(model).count("/") > 1:   # a path, not org/name
         raise UserError(f"{what} {model} does not exist")

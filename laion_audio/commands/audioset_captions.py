@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 from .. import atomic
+from . import _checks
 from ..captions.keywords import sha256_file
 
 #: schema version of the output; part of the run key
-FORMAT = 1
+FORMAT = 2        # 2: rows with bad times or open quotes refused, duplicate segments dropped
 
 
 def register(sub) -> None:
@@ -55,7 +56,7 @@ def register(sub) -> None:
                    help="shallow fusion of the model folder's glue LM (fusion_lm.txt) at this "
                         "weight, in the quality report's fused decoding (constrained, rerank + "
                         "boost 2, length penalty 1.0, 8 beams; docs/captions.md)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=_checks.positive_int, default=48)
     p.add_argument("--no-debias", action="store_true")
     p.add_argument("--no-keyword-fallback", action="store_true",
                    help="keep model captions that miss keywords or put a word where human "
@@ -63,8 +64,8 @@ def register(sub) -> None:
     p.add_argument("--force-caption-model", action="store_true",
                    help="use a model the quality gate refuses")
     p.add_argument("--cache", help="caption cache file (default: FILE.parquet.cache.sqlite)")
-    p.add_argument("--chunk-rows", type=int, default=8192, help="segments per part file")
-    p.add_argument("--gen-batch-size", type=int, default=64)
+    p.add_argument("--chunk-rows", type=_checks.positive_int, default=8192, help="segments per part file")
+    p.add_argument("--gen-batch-size", type=_checks.positive_int, default=64)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="rebuild even when FILE.parquet is up to date")
     p.add_argument("--no-progress", action="store_true")
@@ -89,11 +90,21 @@ def _segments(paths, counts: dict):
     """(csv name, row number, Segment) over all CSVs, streamed; malformed rows counted."""
     from ..captions.keywords import read_segments
 
+    import csv
+
     for path in paths:
         def bad(n, row, _p=path):
             counts["malformed_rows"] += 1
-        for n, seg in read_segments(path, on_error=bad, numbered=True):
-            yield path.name, n, seg
+        try:
+            for n, seg in read_segments(path, on_error=bad, numbered=True):
+                yield path.name, n, seg
+        except (UnicodeDecodeError, csv.Error) as exc:    # which of the CSVs, said by name
+            raise _UnreadableCSV(f"{path.name}: unreadable segments CSV ({type(exc).__name__}: "
+                                 f"{exc})") from None
+
+
+class _UnreadableCSV(Exception):
+    pass
 
 
 def run(args) -> int:
@@ -105,13 +116,28 @@ def run(args) -> int:
     from ..captions.keywords import AudioSetLabels, normalise_keywords
     from ..captions.stage import CaptionOptions, CaptionStats, k2c_captions
 
-    paths = [Path(p) for p in args.csv]
-    for p in paths:
-        if not p.is_file():
-            return _fail(f"{p}: no such file")
+
+    paths = [_checks.existing_file(p, "segments CSV") for p in args.csv]
     out = Path(args.out)
     if out.suffix != ".parquet":
         return _fail(f"--out {out}: expected a .parquet file name")
+    _checks.writable_file(out, "--out")      # a folder, /proc, a read-only mount: before any work
+    if out.resolve() in {p.resolve() for p in paths}:
+        return _fail(f"--out {out} is also an input CSV; it would be overwritten")
+    if args.cache and Path(args.cache).resolve() in {out.resolve(), *(p.resolve() for p in paths)}:
+        return _fail(f"--cache {args.cache} is the --out file or an input CSV; name its own file")
+    # each row names its CSV by file name: two CSVs with one name, or one CSV twice (every row
+    # written twice), would give rows nobody can tell apart
+    csv_sha = [sha256_file(p) for p in paths]
+    for i, p in enumerate(paths):
+        for q, sha in zip(paths[:i], csv_sha):
+            if p.resolve() == q.resolve():
+                return _fail(f"{p} is given twice")
+            if sha == csv_sha[i]:
+                return _fail(f"{p} holds the same rows as {q} (same bytes); give it once")
+            if p.name == q.name:
+                return _fail(f"{q} and {p} have the same file name, which the rows' csv column "
+                             "records; rename one")
     if args.chunk_rows < 1:
         return _fail("--chunk-rows must be at least 1")
     if args.template not in templates.TEMPLATES:
@@ -142,10 +168,15 @@ def run(args) -> int:
                                        batch_size=args.gen_batch_size, params=params)
         except (OSError, ValueError) as exc:
             return _fail(f"--model {args.model}: cannot load: {exc}")
+    cache = None
+    if captioner is not None:       # opened before any part is written: a damaged one is one line
+        from ..captions.cache import CaptionCache
+
+        cache = CaptionCache(args.cache or out.with_name(out.name + ".cache.sqlite"))
     opts = CaptionOptions(template=args.template, debias=not args.no_debias,
                           keyword_fallback=not args.no_keyword_fallback)
 
-    key_blob = {"format": FORMAT, "csv": [[p.name, sha256_file(p)] for p in paths],
+    key_blob = {"format": FORMAT, "csv": [[p.name, sha] for p, sha in zip(paths, csv_sha)],
                 "labels": label_files, "template": args.template, "debias": opts.debias,
                 "keyword_fallback": opts.keyword_fallback, "chunk_rows": args.chunk_rows,
                 "captioner": captioner.cache_identity if captioner else None}
@@ -159,11 +190,19 @@ def run(args) -> int:
             print(f"audioset-captions: {out.name} is up to date ({pq.ParquetFile(out).metadata.num_rows} "
                   "rows); --force rebuilds it", file=sys.stderr)
             return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    if lock is None:
+        return _fail(f"another audioset-captions run is writing {out.name}; wait for it to end "
+                     "or choose another --out")
     parts = out.with_name(f".{out.name}.parts")
     state = parts / "run.json"
     if parts.is_dir():
-        old = json.loads(state.read_text()) if state.is_file() else {}
-        if old.get("run_key") != run_key:
+        try:
+            old = json.loads(state.read_text()) if state.is_file() else {}
+        except (OSError, ValueError):       # damaged: its parts cannot be trusted
+            old = {}
+        if not isinstance(old, dict) or old.get("run_key") != run_key:
             print(f"audioset-captions: discarding parts of an earlier run with other inputs "
                   f"({parts.name})", file=sys.stderr)
             shutil.rmtree(parts)
@@ -173,12 +212,8 @@ def run(args) -> int:
     if not state.is_file():
         atomic.write_text(state, json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
 
-    cache = None
-    if captioner is not None:
-        from ..captions.cache import CaptionCache
-
-        cache = CaptionCache(args.cache or out.with_name(out.name + ".cache.sqlite"))
-    counts = {"malformed_rows": 0, "unknown_mids": 0, "no_labels": 0}
+    counts = {"malformed_rows": 0, "unknown_mids": 0, "no_labels": 0, "duplicate_segments": 0}
+    seen: set[int] = set()     # 8-byte digests of (ytid, start) given so far: ~70 B a segment
     stats = CaptionStats()
     done = {"rows": 0, "resumed_rows": 0, "parts_reused": 0}
     total = sum(1 for p in paths for line in open(p, encoding="utf-8", errors="replace")
@@ -194,13 +229,8 @@ def run(args) -> int:
     def flush(chunk_no: int, chunk: list) -> None:
         nonlocal captions_made
         part = parts / f"part-{chunk_no:06d}.parquet"
-        if part.is_file():
-            done["parts_reused"] += 1
-            done["resumed_rows"] += len(chunk)
-            bar.update(len(chunk))
-            return
         rows, todo = [], []
-        for name, n, seg in chunk:
+        for name, n, seg in chunk:      # also for a reused part: its skipped rows stay counted
             unknown = [m for m in seg.mids if m not in labels.names]
             if not seg.mids:
                 counts["no_labels"] += 1
@@ -210,9 +240,24 @@ def run(args) -> int:
                 print(f"audioset-captions: {name} row {n}: unknown MID(s) {', '.join(unknown)}; "
                       "segment skipped", file=sys.stderr)
                 continue
+            key = int.from_bytes(hashlib.blake2b(f"{seg.ytid}\0{seg.start!r}".encode(),
+                                                  digest_size=8).digest(), "big")
+            if key in seen:     # the build joins by (ytid, start): one row a segment
+                counts["duplicate_segments"] += 1
+                if counts["duplicate_segments"] <= 10:
+                    print(f"audioset-captions: {name} row {n}: segment {seg.ytid} at {seg.start:g} s "
+                          "was given before; the first stands" + (" (further duplicates are only "
+                          "counted)" if counts["duplicate_segments"] == 10 else ""), file=sys.stderr)
+                continue
+            seen.add(key)
             kws = normalise_keywords(labels.label_names(seg.mids))
             rows.append((name, n, seg, kws))
             todo.append(kws)
+        if part.is_file():              # written by a run that was stopped
+            done["parts_reused"] += 1
+            done["resumed_rows"] += len(rows)
+            bar.update(len(chunk))
+            return
         results = k2c_captions(todo, captioner, opts, cache, stats) if captioner and todo else {}
         cols = {f: [] for f in schema.names}
         for name, n, seg, kws in rows:
@@ -246,8 +291,6 @@ def run(args) -> int:
         rate = captions_made / max(time.monotonic() - start, 1e-9)
         bar.set_postfix_str(f"{rate:.0f} captions/s")
 
-    import csv as _csv
-
     chunk, chunk_no = [], 0
     try:
         for item in _segments(paths, counts):
@@ -258,9 +301,9 @@ def run(args) -> int:
         if chunk:
             flush(chunk_no, chunk)
             chunk_no += 1
-    except (UnicodeDecodeError, _csv.Error) as exc:    # finished parts are kept for a rerun
+    except _UnreadableCSV as exc:    # finished parts are kept for a rerun
         bar.close()
-        return _fail(f"unreadable segments CSV ({type(exc).__name__}: {exc})")
+        return _fail(str(exc))
     bar.close()
     if cache is not None:
         cache.close()
@@ -276,17 +319,43 @@ def run(args) -> int:
             n_rows += t.num_rows
             if t.num_rows:
                 w.write_table(t)
-    if n_rows == 0:
+    if n_rows == 0:         # nothing to resume: no parts folder or lock left behind
         tmp_out.unlink(missing_ok=True)
-        return _fail("no segments captioned (empty or unreadable CSVs?)")
+        shutil.rmtree(parts)
+        _unlock(out, lock)
+        skipped = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+        return _fail("no segments captioned (empty or unreadable CSVs?"
+                     + (f" skipped: {skipped}" if skipped else "") + ")")
     atomic.publish(tmp_out, out)
     shutil.rmtree(parts)
+    _unlock(out, lock)
     seconds = time.monotonic() - start
     summary = {**done, "rows": n_rows, "seconds": round(seconds, 2),
                "captions_per_s": round(captions_made / seconds, 1) if seconds else None,
                **counts, "captions": stats.as_dict()}
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _lock(out: Path) -> int | None:
+    """An exclusive lock beside ``out`` for the whole run, or None when another run holds it: a
+    second run on the same file would remove this run's parts and write its own among them."""
+    import fcntl
+
+    fd = os.open(out.with_name(f".{out.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(out: Path, fd: int) -> None:
+    """Remove the lock file (still holding it) once the run is over; a killed run leaves it for
+    the next one to take."""
+    out.with_name(f".{out.name}.lock").unlink(missing_ok=True)
+    os.close(fd)
 
 
 def _params(args):

@@ -89,11 +89,21 @@ def resolve_ledger(args) -> None:
 
 def validate_caption(args) -> None:
     resolve_ledger(args)
+    known = [v for k, v in vars(Status).items() if k.isupper() and isinstance(v, str)]
+    unknown = [s for s in args.status if s not in known]
+    if unknown:        # a typo captioned nothing and exited 0
+        raise _checks.UserError(f"--status {', '.join(unknown)}: not a record status; one of "
+                                + ", ".join(known))
+    if args.source:
+        args.source = _checks.sources(args.source)
     _checks.caption_model(args.model, "--model")
     if args.audioset_labels:
         from crawlers.audioset import labels_folder
 
         args.audioset_labels = str(labels_folder(args.audioset_labels))
+        from ..captions.keywords import AudioSetLabels
+
+        AudioSetLabels.from_dir(args.audioset_labels)    # damaged: one line, not one per batch
     if args.cache and os.path.isdir(args.cache):
         raise _checks.UserError(f"--cache {args.cache} is a folder; it names the cache file")
     announce()
@@ -136,6 +146,18 @@ def run(args) -> int:
             print(f"caption: {args.model} is not a model folder with a quality report; use "
                   "--force-caption-model to use it anyway", file=sys.stderr)
             return 2
+    cache_path = str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None
+    if cache_path:        # a damaged cache is one line now, not a failure in every batch
+        from ..captions.cache import CaptionCache
+
+        CaptionCache(cache_path).close()
+    if args.model:     # loaded here, once (the inline worker reuses it): a model that cannot
+        from ..captions.worker import _captioner   # load is one line, not a failure per record
+
+        fingerprint = _captioner(args.model, {
+            "input_format": args.input_format, "device": args.device,
+            "batch_size": args.gen_batch_size,
+            "params": vars(params) if params is not None else None}).fingerprint
     cstats = CaptionStats()
     kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
                   gen_batch_size=args.gen_batch_size,
@@ -143,7 +165,7 @@ def run(args) -> int:
                   keyword_fallback=not args.no_keyword_fallback,
                   min_duration=args.min_duration, template=args.template,
                   debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
-                  cache_path=str(args.cache or WorkDir.of_ledger(args.ledger).caption_cache) if args.model else None)
+                  cache_path=cache_path)
     stats = {"caption": StageStats("caption")}
     start = time.monotonic()
     with writing(args.ledger) as ledger:
@@ -157,4 +179,26 @@ def run(args) -> int:
     st.extra = {"captions": cstats.as_dict()}
     print(st.line())
     print(json.dumps(cstats.as_dict(), indent=1))
-    return 0 if st.closes else 1
+    if args.model:
+        _other_weights(args.ledger, fingerprint)
+    return 0 if st.closes and (st.succeeded or not st.inputs) else 1
+
+
+def _other_weights(ledger_dir, fingerprint: str) -> None:
+    """Say how many records keep captions made with other weights: a run only captions what is
+    pending, so a ledger captioned (or half captioned) by another model would mix both."""
+    import pyarrow.compute as pc
+
+    from ..ledger import Ledger
+
+    other = 0
+    with Ledger(ledger_dir, lock=False) as ledger:
+        for t in ledger.scan(columns=["caption_provenance"]):
+            prov = t.column("caption_provenance")
+            made = pc.fill_null(pc.match_substring(prov, "model_sha256"), False)
+            ours = pc.fill_null(pc.match_substring(prov, fingerprint), False)
+            other += pc.sum(pc.and_(made, pc.invert(ours))).as_py() or 0
+    if other:
+        print(f"caption: {other} records keep captions made with other weights (see their "
+              "caption_provenance.model_sha256); `--status captioned` recaptions them",
+              file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 
+from . import _checks
 from .train_captioner import _corpus, add_fusion_lm
 
 
@@ -26,7 +27,7 @@ def register(sub) -> None:
                    help="with --model: caption corpus whose content words are the keyword sets")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="held-out human captions for the fluency n-gram model")
-    p.add_argument("-n", type=int, default=None,
+    p.add_argument("-n", type=_checks.positive_int, default=None,
                    help="keyword sets to evaluate (default 500; --write-report: 300 label sets and 300 "
                         "reference clips, as train-captioner)")
     p.add_argument("--rerank", action="store_true", help="keep the beam covering most keywords")
@@ -67,6 +68,8 @@ def validate_caption_quality(args) -> None:
         _checks.caption_model(args.model, "--model")
     else:
         _checks.ledger_folder(args.ledger, "--ledger")
+    if getattr(args, "segments", None):
+        _checks.existing_file(args.segments, "--segments")
     refs = getattr(args, "references", None)
     if refs and not getattr(args, "write_report", False):
         raise _checks.UserError("--references needs --write-report")
@@ -125,6 +128,10 @@ def run(args) -> int:
         from ..captions.k2c import Captioner, GenerationParams
 
         refs = load_captions(*args.keywords_from)
+        if not refs:
+            raise _checks.UserError(f"--keywords-from {args.keywords_from[0]}:"
+                                    f"{__import__('os').path.basename(args.keywords_from[1])} holds no "
+                                    "captions to take keyword sets from")
         rng = random.Random(args.seed)
         rng.shuffle(refs)
         refs = refs[:args.n or 500]
@@ -143,6 +150,12 @@ def run(args) -> int:
 
         with Ledger(args.ledger, lock=False) as ledger:
             recs = [r for r in ledger.records() if r.caption_provenance.get("rule") == "k2c"]
+        if not recs:        # a report on nothing is not a report
+            import sys
+
+            print(f"caption-quality: no model captions (rule k2c) in {args.ledger}; caption with "
+                  "--model first", file=sys.stderr)
+            return 1
         sets = [r.caption_provenance.get("keywords", r.tags) for r in recs]
         raw = [r.caption_provenance.get("raw_text", r.text_augment_t5 or "") for r in recs]
         report = quality_report(sets, raw, lm_corpus=lm)

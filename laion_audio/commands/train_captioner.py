@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..captions.train import CORPUS_KINDS
+from . import _checks
 
 
 def _corpus(spec: str) -> tuple[str, str]:
@@ -44,16 +45,16 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--pretrained", help="local T5 checkpoint to fine-tune (default: train a small "
                                         "T5 and a tokenizer from scratch)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--limit", type=int, help="use at most this many captions per corpus")
-    p.add_argument("--val-share", type=float, default=0.01, help="held out for validation loss")
-    p.add_argument("--threads", type=int, help="default: from the free cores")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, help="default: by model size")
-    p.add_argument("--vocab-size", type=int, help="default: by budget")
-    p.add_argument("--d-model", type=int, help="default: by budget and free cores")
-    p.add_argument("--layers", type=int, help="default: by budget")
+    p.add_argument("--max-steps", type=_checks.positive_int)
+    p.add_argument("--max-minutes", type=_checks.positive_float)
+    p.add_argument("--limit", type=_checks.positive_int, help="use at most this many captions per corpus")
+    p.add_argument("--val-share", type=_checks.fraction, default=0.01, help="held out for validation loss")
+    p.add_argument("--threads", type=_checks.positive_int, help="default: from the free cores")
+    p.add_argument("--batch-size", type=_checks.positive_int, default=64)
+    p.add_argument("--lr", type=_checks.positive_float, help="default: by model size")
+    p.add_argument("--vocab-size", type=_checks.positive_int, help="default: by budget")
+    p.add_argument("--d-model", type=_checks.positive_int, help="default: by budget and free cores")
+    p.add_argument("--layers", type=_checks.positive_int, help="default: by budget")
     p.add_argument("--keep-incomplete-pairs", action="store_true",
                    help="also train on captions with more content words than keywords (teaches "
                         "inventing words; off by default)")
@@ -61,7 +62,7 @@ def register(sub) -> None:
                    help="AudioSet segments CSV whose label sets score the model at the end "
                         "(default: eval_segments.csv next to --audioset-labels or in "
                         "../shared/data/audioset)")
-    p.add_argument("--report-n", type=int, default=300, help="label sets (and AudioCaps clips for the reference scores) in the quality report")
+    p.add_argument("--report-n", type=_checks.positive_int, default=300, help="label sets (and AudioCaps clips for the reference scores) in the quality report")
     p.add_argument("--lm-corpus", type=_corpus, metavar="KIND:PATH",
                    help="human captions for the report's fluency model (default: AudioCaps "
                         "test.csv beside an audiocaps corpus)")
@@ -103,9 +104,18 @@ def validate_train_captioner(args) -> None:
 
     from . import _checks
 
-    for kind, path in args.corpus + (args.fusion_lm or []):
-        if not os.path.exists(path):
-            raise _checks.UserError(f"--corpus/--fusion-lm {kind}:{path}: {path} does not exist")
+    for kind, path in args.corpus + (args.fusion_lm or []) + ([args.lm_corpus] if args.lm_corpus else []):
+        if not os.path.exists(path):     # --lm-corpus is read after training: checked here too
+            raise _checks.UserError(f"--corpus/--fusion-lm/--lm-corpus {kind}:{path}: {path} does not exist")
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # saving over another model mixes its leftovers (tokenizer files, weights of another
+        # format, fusion_lm.txt, a report) with the new weights in one folder
+        raise _checks.UserError(f"--out {args.out} " + ("is a file" if not out.is_dir() else
+                                "already holds files (another model?)") + "; give a new folder")
+    _checks.writable_folder(out, "--out")      # /proc, a read-only mount: before the corpora load
+    if args.report_segments:        # found before training, not after it
+        _checks.existing_file(args.report_segments, "--report-segments")
     if args.pretrained:
         _checks.caption_model(args.pretrained, "--pretrained")
     if args.audioset_labels:
@@ -155,8 +165,9 @@ def run(args) -> int:
     sizes = {**auto, **{k: v for k, v in given.items() if v is not None}}
     if args.d_model is not None:
         sizes["d_ff"] = 4 * args.d_model
-    print(f"train-captioner: {why}" + (" (overridden by options)" if any(
-        v is not None for v in given.values()) else ""), file=sys.stderr)
+    if not args.pretrained:     # a checkpoint brings its own sizes: the line would be wrong
+        print(f"train-captioner: {why}" + (" (overridden by options)" if any(
+            v is not None for v in given.values()) else ""), file=sys.stderr)
     info["auto_config"] = why
     cfg = TrainConfig(max_steps=args.max_steps, max_minutes=args.max_minutes,
                       batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained, **sizes)
@@ -181,9 +192,14 @@ def run(args) -> int:
         print("train-captioner: no quality report (give --report-segments CSV and --lm-corpus "
               "KIND:PATH); the quality gate will refuse this model", file=sys.stderr)
         return 0
-    report = write_model_report(args.out, segments, lm, n=args.report_n, ref_n=args.report_n,
-                                seed=args.seed,
-                                labels_dir=args.audioset_labels)
+    try:
+        report = write_model_report(args.out, segments, lm, n=args.report_n, ref_n=args.report_n,
+                                    seed=args.seed,
+                                    labels_dir=args.audioset_labels)
+    except GateError as exc:      # the weights are saved; only the report is missing
+        print(f"train-captioner: {exc}; the model is saved but has no quality report (rerun "
+              "`laion-audio caption-quality --model DIR --write-report`)", file=sys.stderr)
+        return 1
     print(report["markdown"])
     return 0
 

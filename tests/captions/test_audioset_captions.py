@@ -80,7 +80,7 @@ def test_bad_rows_are_counted_and_mistakes_are_one_line(shared_data, tmp_path):
     assert s["rows"] == 40 and s["malformed_rows"] == 1 and s["unknown_mids"] == 1
     assert "/m/not_a_mid" in res.stderr
     labels = ("--audioset-labels", shared_data / "audioset")
-    for args, needle in [((tmp_path / "nope.csv", "--model", "template", "--out", out, *labels), "no such file"),
+    for args, needle in [((tmp_path / "nope.csv", "--model", "template", "--out", out, *labels), "does not exist"),
                          ((csv_path, "--model", tmp_path / "nomodel", "--out", out, *labels), "not a model folder"),
                          ((csv_path, "--model", "template", "--out", tmp_path / "o.csv", *labels), ".parquet"),
                          ((csv_path, "--model", "template", "--out", out, "--audioset-labels", tmp_path),

@@ -70,3 +70,23 @@ def test_download_checks_sha256(shared_data, local_server, tmp_path):
         ensure_audioset_metadata(other, base_urls={"class_labels_indices.csv": f"{base}/bad.csv"})
     assert not any(other.iterdir())
     assert set(AUDIOSET_FILES) >= {"class_labels_indices.csv", "ontology.json"}
+
+
+def test_read_segments_refuses_rows_that_would_be_wrong_segments(tmp_path):
+    """A row with an extra column, a negative, infinite or NaN time, an end before its start,
+    or a quote left open is malformed (counted), and an open quote never swallows the next row."""
+    p = tmp_path / "seg.csv"
+    p.write_text('# c\n# c\n# YTID, start_seconds, end_seconds, positive_labels\n'
+                 'good1, 0.000, 10.000, "/m/03l9g"\n'
+                 'extra, 0.000, 10.000, "/m/03l9g", "/m/0jbk"\n'
+                 'neg, -5.000, 10.000, "/m/03l9g"\n'
+                 'nan, nan, 10.000, "/m/03l9g"\n'
+                 'inf, 0.000, inf, "/m/03l9g"\n'
+                 'backwards, 30.000, 10.000, "/m/03l9g"\n'
+                 'openquote, 0.000, 10.000, "/m/03l9g\n'
+                 'good2, 20.000, 30.000, "/m/03l9g,/m/0jbk"\n')
+    bad = []
+    segs = list(read_segments(p, on_error=lambda n, row: bad.append(n), numbered=True))
+    assert [(n, s.ytid, s.mids) for n, s in segs] == [(1, "good1", ("/m/03l9g",)),
+                                                      (8, "good2", ("/m/03l9g", "/m/0jbk"))]
+    assert bad == [2, 3, 4, 5, 6, 7]

@@ -44,3 +44,14 @@ def test_early_stop_keeps_the_best_weights(shared_data, tmp_path):
     assert summary["val_loss_after"] == pytest.approx(best, abs=1e-3)
     side = json.loads((tmp_path / "m" / SIDECAR).read_text())
     assert side["training"]["best_step"] == min(summary["val_curve"], key=lambda x: x[1])[0]
+
+
+def test_a_budget_of_zero_or_less_is_refused_not_endless(tmp_path):
+    """max_minutes 0 was read as no limit and -1 as never reached: training without end."""
+    from laion_audio.captions.train import TrainConfig, train_captioner
+
+    pairs = [(["dog", "bark"], "a dog barks")]
+    for budget in ({"max_steps": None, "max_minutes": 0}, {"max_steps": None, "max_minutes": -1.0},
+                   {"max_steps": 0}, {"max_steps": -5}):
+        with pytest.raises(ValueError, match="above 0"):
+            train_captioner(pairs, tmp_path / "m", TrainConfig(**budget))

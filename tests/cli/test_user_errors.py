@@ -37,6 +37,101 @@ def _model_without_config(tmp: Path) -> str:
     return str(tmp / "m")
 
 
+def _segments_csv(tmp: Path, name: str = "seg.csv") -> str:
+    """A two-row AudioSet segments CSV (real YouTube ids and MIDs of eval_segments.csv)."""
+    p = tmp / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("# Segments csv\n# num_ytids=2\n# YTID, start_seconds, end_seconds, positive_labels\n"
+                 '--4gqARaEJE, 0.000, 10.000, "/m/068hy,/m/07q6cd_,/m/0bt9lr,/m/0jbk"\n'
+                 '--BfvyPmVMo, 20.000, 30.000, "/m/03l9g"\n')
+    return str(p)
+
+
+def _other_segments_csv(folder: Path) -> str:
+    """seg.csv in another folder, with other rows."""
+    p = Path(_segments_csv(folder))
+    p.write_text(p.read_text().replace("--BfvyPmVMo, 20.000", "--BfvyPmVMo, 40.000"))
+    return str(p)
+
+
+def _corpus(tmp: Path, name: str, content: bytes) -> str:
+    p = tmp / name
+    p.write_bytes(content)
+    return str(p)
+
+
+def _text_corpus(tmp: Path) -> str:
+    return "text:" + _corpus(tmp, "captions.txt", b"a dog barks\na bell rings twice\n")
+
+
+def _model_folder(tmp: Path) -> str:
+    """A folder that already holds a model (a config and weights)."""
+    (tmp / "old").mkdir()
+    (tmp / "old" / "config.json").write_text("{}")
+    (tmp / "old" / "model.safetensors").write_bytes(b"weights")
+    return str(tmp / "old")
+
+
+def _model_config_only(tmp: Path) -> str:
+    """Passes the up-front model check (a config.json); the checks below fail before loading."""
+    (tmp / "cm").mkdir()
+    (tmp / "cm" / "config.json").write_text("{}")
+    return str(tmp / "cm")
+
+
+def _model_with_report(tmp: Path, report: str, name: str = "rm") -> str:
+    """A model folder (config only: the gate reads the report before any weights load) whose
+    caption_quality.json was edited by hand into another shape."""
+    (tmp / name).mkdir()
+    (tmp / name / "config.json").write_text("{}")
+    (tmp / name / "caption_quality.json").write_text(report)
+    return str(tmp / name)
+
+
+def _labels(tmp: Path, csv_bytes: bytes, ontology: bytes | None = None) -> str:
+    """An --audioset-labels folder whose class list (or ontology) is damaged."""
+    (tmp / "labels").mkdir()
+    (tmp / "labels" / "class_labels_indices.csv").write_bytes(csv_bytes)
+    if ontology is not None:
+        (tmp / "labels" / "ontology.json").write_bytes(ontology)
+    return str(tmp / "labels")
+
+
+_CLASS_LIST = b"index,mid,display_name\n0,/m/068hy,Domestic animals\n"
+
+
+def _asc(tmp: Path, *extra: str, model: str = "template") -> list[str]:
+    """audioset-captions on a good two-row CSV, with the option under test."""
+    return ["audioset-captions", _segments_csv(tmp), "--model", model, "--out", str(tmp / "o.parquet"),
+            *extra]
+
+
+def _model_truncated_weights(tmp: Path) -> str:
+    """A model folder whose safetensors file was cut short (a copy interrupted)."""
+    import struct
+
+    (tmp / "tw").mkdir()
+    (tmp / "tw" / "config.json").write_text("{}")
+    header = b'{"w":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'
+    (tmp / "tw" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
+    return str(tmp / "tw")
+
+
+def _tc(tmp: Path, *extra: str) -> list[str]:
+    """train-captioner on a good text corpus, with the option under test."""
+    return ["train-captioner", "--corpus", _text_corpus(tmp), *extra]
+
+
+def _cq_report(tmp: Path, *extra: str) -> list[str]:
+    """caption-quality --write-report on a model folder the up-front check accepts."""
+    return ["caption-quality", "--model", _model_config_only(tmp), "--write-report", *extra]
+
+
+def _new_folder(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
 #: (id, argv builder taking tmp_path, exit code, words the one line must contain)
 CASES = [
     ("local-input-missing", lambda t: ["build", "--source", "local", "--input", "/nope"], 2, "/nope"),
@@ -90,6 +185,112 @@ CASES = [
                                             "/proc/no/such/report.json"], 2, "cannot write"),
     ("verify-json-unwritable", lambda t: ["verify", "--shards-to", str(t), "--json", "/proc/v.json"], 2,
      "cannot write"),
+    ("audioset-captions-out-unwritable",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out", "/proc/x.parquet"],
+     2, "cannot write"),
+    ("audioset-captions-out-is-a-folder",
+     lambda t: ["audioset-captions", _segments_csv(t), "--model", "template", "--out",
+                _new_folder(t / "d.parquet")], 2, "is a folder"),
+    ("audioset-captions-csv-is-a-folder",
+     lambda t: ["audioset-captions", str(t), "--model", "template", "--out", str(t / "o.parquet")], 2,
+     "is not a file"),
+    ("audioset-captions-csv-given-twice",
+     lambda t: ["audioset-captions", _segments_csv(t), _segments_csv(t), "--model", "template", "--out",
+                str(t / "o.parquet")], 2, "given twice"),
+    ("audioset-captions-csv-copy-given-twice",
+     lambda t: ["audioset-captions", _segments_csv(t), _segments_csv(t, "copy.csv"), "--model", "template",
+                "--out", str(t / "o.parquet")], 2, "same rows"),
+    ("audioset-captions-csv-same-name",
+     lambda t: ["audioset-captions", _segments_csv(t, "a/seg.csv"), _other_segments_csv(t / "b"),
+                "--model", "template", "--out", str(t / "o.parquet")], 2, "same file name"),
+    ("audioset-captions-out-is-an-input",
+     lambda t: ["audioset-captions", _segments_csv(t, "in.parquet"), "--model", "template", "--out",
+                str(t / "in.parquet")], 2, "is also an input"),
+    ("train-captioner-max-minutes-zero",
+     lambda t: _tc(t, "--max-minutes", "0"), 2, "--max-minutes"),
+    ("train-captioner-max-minutes-negative",
+     lambda t: _tc(t, "--max-minutes", "-1"), 2, "--max-minutes"),
+    ("train-captioner-max-steps-zero",
+     lambda t: _tc(t, "--max-steps", "0"), 2, "--max-steps"),
+    ("train-captioner-corpus-empty-csv",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"")], 2, "caption"),
+    ("train-captioner-corpus-no-caption-column",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"a,b\n1,2\n")], 2,
+     "no 'caption' column"),
+    ("train-captioner-corpus-not-utf8",
+     lambda t: ["train-captioner", "--corpus", "audiocaps:" + _corpus(t, "e.csv", b"caption\ncaf\xe9\n")],
+     2, "UTF-8"),
+    ("train-captioner-corpus-is-a-folder",
+     lambda t: ["train-captioner", "--corpus", f"audiocaps:{t}"], 2, "is a folder"),
+    ("train-captioner-corpus-bad-json",
+     lambda t: ["train-captioner", "--corpus", "soundbible:" + _corpus(t, "sb.json", b'{"data": [')], 2,
+     "sb.json"),
+    ("train-captioner-out-holds-a-model",
+     lambda t: _tc(t, "--out", _model_folder(t)), 2,
+     "already holds"),
+    ("caption-quality-segments-missing",
+     lambda t: _cq_report(t, "--segments", "/nope.csv"), 2, "/nope.csv"),
+    ("caption-quality-segments-not-utf8",
+     lambda t: _cq_report(t, "--segments",
+                          _corpus(t, "s.csv", b'# a\n# b\n# c\nid, 0, 10, "/m/09x0r"\n\xff\n')), 2, "UTF-8"),
+    ("train-captioner-report-segments-missing",
+     lambda t: _tc(t, "--report-segments", "/nope.csv"), 2,
+     "/nope.csv"),
+    ("caption-quality-keywords-from-no-captions",
+     lambda t: ["caption-quality", "--model", _model_config_only(t), "--keywords-from",
+                "audiocaps:" + _corpus(t, "k.csv", b"youtube_id,caption\nx,\ny,  \n")], 2, "no captions"),
+    ("caption-quality-ledger-without-model-captions",
+     lambda t: ["caption-quality", "--ledger", _ledger(t)], 1, "no model captions"),
+    ("audioset-captions-report-decodings-not-a-list",
+     lambda t: _asc(t, model=_model_with_report(t, '{"model_sha256": "x", "decodings": "x"}')), 2,
+     "caption_quality.json"),
+    ("audioset-captions-report-entry-not-a-dict",
+     lambda t: _asc(t, model=_model_with_report(t, '{"model_sha256": "x", "decodings": [1, 2]}')), 2,
+     "caption_quality.json"),
+    ("audioset-captions-report-no-generation",
+     lambda t: _asc(t, model=_model_with_report(
+         t, '{"model_sha256": "x", "decodings": [{"passes": true}]}')), 2,
+     "caption_quality.json"),
+    ("audioset-captions-report-a-list",
+     lambda t: _asc(t, model=_model_with_report(t, '[1, 2, 3]')), 2,
+     "caption_quality.json"),
+    ("audioset-captions-second-csv-not-utf8",
+     lambda t: ["audioset-captions", _segments_csv(t), _corpus(t, "latin1.csv", b"# a\n# b\n# c\n"
+                b'caf\xe9, 0.000, 10.000, "/m/03l9g"\n'), "--model", "template", "--no-progress",
+                "--out", str(t / "o.parquet")], 2, "latin1.csv"),
+    ("audioset-captions-labels-not-utf8",
+     lambda t: _asc(t, "--audioset-labels", _labels(t, b"index,mid,display_name\n0,/m/068hy,Sp\xe9ech\n")), 2,
+     "class_labels_indices.csv"),
+    ("audioset-captions-labels-no-columns",
+     lambda t: _asc(t, "--audioset-labels", _labels(t, b"a,b\n1,2\n")), 2, "class_labels_indices.csv"),
+    ("audioset-captions-ontology-damaged",
+     lambda t: _asc(t, "--audioset-labels", _labels(t, _CLASS_LIST, b'[{"id": 1')), 2, "ontology.json"),
+    ("caption-labels-no-columns",
+     lambda t: ["caption", "--ledger", _ledger(t), "--audioset-labels", _labels(t, b"a,b\n1,2\n")], 2,
+     "class_labels_indices.csv"),
+    ("audioset-captions-cache-is-the-out",
+     lambda t: _asc(t, "--cache", str(t / "o.parquet")), 2, "--cache"),
+    ("audioset-captions-cache-is-an-input",
+     lambda t: _asc(t, "--cache", str(t / "seg.csv")), 2, "--cache"),
+    ("train-captioner-lm-corpus-missing",
+     lambda t: _tc(t, "--lm-corpus", "audiocaps:/nope.csv"), 2,
+     "/nope.csv"),
+    ("train-captioner-pretrained-unloadable",
+     lambda t: _tc(t, "--pretrained", _model_config_only(t)), 2,
+     "cannot load"),
+    ("caption-quality-references-not-utf8",
+     lambda t: _cq_report(t, "--segments", _segments_csv(t), "--references",
+                          _corpus(t, "refs.csv", b"caption\ncaf\xe9\n")), 2,
+     "refs.csv"),
+    ("train-captioner-out-unwritable",
+     lambda t: _tc(t, "--out", "/proc/model"), 2, "cannot write"),
+    ("caption-model-truncated-weights",
+     lambda t: ["build", "--source", "local", "--input", str(t), "--caption-model",
+                _model_truncated_weights(t)], 2, "model.safetensors"),
+    ("caption-status-typo",
+     lambda t: ["caption", "--ledger", _ledger(t), "--status", "transcodd"], 2, "transcodd"),
+    ("caption-source-unknown",
+     lambda t: ["caption", "--ledger", _ledger(t), "--source", "nosuch"], 2, "unknown source"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
 ]
@@ -109,7 +310,7 @@ def test_mistake_is_one_line(case, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("FREESOUND_API_KEY", raising=False)
     monkeypatch.setenv("LAION_AUDIO_CACHE", str(tmp_path / "cache"))
     args = argv(tmp_path)
-    if "--out" not in args and args[0] not in ("evaluate", "evalsets", "train"):
+    if "--out" not in args and args[0] not in ("evaluate", "evalsets", "train", "caption-quality"):
         args += ["--out", str(tmp_path / W)]
     got = run_main(args)
     err = capsys.readouterr().err
