@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        # a command that cannot resume says so in its defaults (``interrupted=...``)
+        print(getattr(args, "interrupted", "interrupted; rerun the same command to resume"),
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         err = _as_user_error(exc)

@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--audioset-labels", metavar="DIR_OR_CSV",
                    help="folder with class_labels_indices.csv (+ ontology.json), or that CSV, to "
                         "name MID tags")
-    p.add_argument("--min-duration", type=float, default=2.0,
+    p.add_argument("--min-duration", type=_checks.non_negative_float, default=2.0,
                    help="no model caption below this many seconds (LAION: 2); 0 disables")
     p.add_argument("--no-debias", action="store_true")
     p.add_argument("--rerank", action="store_true", default=None,

@@ -76,7 +76,8 @@ def register(sub) -> None:
     p.add_argument("--audioset-share", type=_share, default=1.0, metavar="P",
                    help="share of pairs whose keywords are mapped (default 1.0; the rest keep "
                         "plain words)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted="interrupted; training does not resume: rerun with an "
+                                          "empty or new --out folder")
 
 
 def _share(text: str) -> float:

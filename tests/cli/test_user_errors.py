@@ -293,6 +293,8 @@ CASES = [
      lambda t: ["caption", "--ledger", _ledger(t), "--source", "nosuch"], 2, "unknown source"),
     ("train-captioner-corpus-missing",
      lambda t: ["train-captioner", "--corpus", "audiocaps:/nope.csv", "--out", str(t / W)], 2, "/nope.csv"),
+    ("caption-min-duration-negative",
+     lambda t: ["caption", "--ledger", _ledger(t), "--min-duration", "-5"], 2, "must be 0 or more"),
 ]
 
 
@@ -354,6 +356,27 @@ def test_disk_full_while_sharding(tmp_path, monkeypatch, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "disk full" in lines[0] and "rerun" in lines[0]
     assert (tmp_path / "L").is_dir()
+
+
+@pytest.mark.parametrize("command, words", [("shard", "rerun the same command to resume"),
+                                             ("train-captioner", "training does not resume")])
+def test_ctrl_c_says_whether_a_rerun_resumes(command, words, tmp_path, monkeypatch, capsys):
+    """Ctrl-C: exit 130 and one line; a command whose rerun starts over (training) says so
+    instead of promising a resume."""
+    import laion_audio.commands.shard as shard_cmd
+    import laion_audio.commands.train_captioner as tc_cmd
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shard_cmd if command == "shard" else tc_cmd, "run", interrupted)
+    argv = (["shard", "--ledger", _ledger(tmp_path), "--shards-to", str(tmp_path / "shards")]
+            if command == "shard" else
+            ["train-captioner", "--corpus", f"text:{_corpus(tmp_path, 'c.txt', b'a dog barks')}",
+             "--out", str(tmp_path / "model"), "--max-minutes", "1"])
+    got = run_main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert got == 130 and len(lines) == 1 and words in lines[0], lines
 
 
 def test_a_bug_still_shows_its_traceback(tmp_path, monkeypatch):
