@@ -25,7 +25,7 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_work_arguments(p)
     p.add_argument("--model", help="captioner: model folder (train-captioner output, keytotext-era "
-                                   "T5) or hub id; omit to use the template")
+                                   "T5) or hub id; omit (or 'template') to use the template")
     p.add_argument("--template", default="sounds_of", help="template name (default: sounds_of, "
                                                            "'The sounds of A, B and C')")
     p.add_argument("--input-format", choices=["common_gen", "k2t", "laion-audio"],
@@ -96,6 +96,8 @@ def validate_caption(args) -> None:
                                 + ", ".join(known))
     if args.source:
         args.source = _checks.sources(args.source)
+    if args.model == "template":       # as audioset-captions spells it
+        args.model = None
     _checks.caption_model(args.model, "--model")
     if args.audioset_labels:
         from crawlers.audioset import labels_folder

@@ -285,3 +285,18 @@ def test_caption_says_when_the_ledger_keeps_captions_of_other_weights(tiny, tmp_
     assert main(["caption", "--model", str(other), *common, "--status", "captioned"]) == 0
     captured = capsys.readouterr()
     assert "5 in = 5 ok" in captured.out and "other weights" not in captured.err
+
+
+def test_caption_model_template_is_the_template(tmp_path):
+    """``caption --model template`` (audioset-captions' spelling) captions with the template;
+    before, it was looked up as a hub id and refused with a message about the HF cache."""
+    ledger_dir = tmp_path / "work" / "ledger"
+    with Ledger(ledger_dir) as ledger:
+        ledger.write([Record(source="freesound", source_id=str(i), tags=["dog", "bark"],
+                             audio_duration=5.0, status=Status.TRANSCODED) for i in range(3)])
+    res = _cli("caption", "--ledger", ledger_dir, "--model", "template")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with Ledger(ledger_dir, lock=False) as ledger:
+        recs = list(ledger.records())
+    assert [r.status for r in recs] == [Status.CAPTIONED] * 3
+    assert all(r.texts and "dog" in r.texts[-1].lower() for r in recs), [r.texts for r in recs]
