@@ -457,7 +457,7 @@ def evaluate(corpus: PlantedCorpus, *, matcher_options: dict | None = None,
         eval_fps = list(pool.map(lambda x: fingerprint(x, corpus.sr), [x for _, x in corpus.eval_clips]))
         query_fps = list(pool.map(lambda x: fingerprint(x, corpus.sr), [x for _, _, x in corpus.queries]))
     t1 = time.perf_counter()
-    index = FingerprintIndex()
+    index = FingerprintIndex.for_budget()      # the filter stage's index: its budget and keys
     for i, fp in enumerate(eval_fps):
         index.add(i, fp)
     index.build()
