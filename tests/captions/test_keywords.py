@@ -90,3 +90,33 @@ def test_read_segments_refuses_rows_that_would_be_wrong_segments(tmp_path):
     assert [(n, s.ytid, s.mids) for n, s in segs] == [(1, "good1", ("/m/03l9g",)),
                                                       (8, "good2", ("/m/03l9g", "/m/0jbk"))]
     assert bad == [2, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.needs_shared
+def test_segment_rows_fast_path_gives_the_csv_modules_fields(shared_data):
+    """The regex read of a published row (``YTID, start, end, "mids"``) yields exactly the
+    fields the csv module does, for every real row and for mutants of them (a character
+    inserted or deleted); anything it does not match goes to the csv module itself."""
+    import csv
+    import random
+
+    from laion_audio.captions.keywords import _SEGMENT_ROW
+
+    lines = [line for name in ("eval_segments.csv", "balanced_train_segments.csv")
+             for line in open(shared_data / "audioset" / name, newline="", encoding="utf-8")
+             if not line.startswith("#")]
+    rng = random.Random(0)
+    mutants = []
+    for _ in range(20_000):
+        line = rng.choice(lines)
+        i = rng.randrange(len(line))
+        mutants.append(line[:i] + rng.choice(', "\t\r\nx1.') + line[i:] if rng.random() < 0.5
+                       else line[:i] + line[i + 1:])
+    fast = 0
+    for line in lines + mutants:
+        m = _SEGMENT_ROW.match(line)
+        if m is None:
+            continue
+        fast += 1
+        assert list(m.groups()) == next(csv.reader((line,), skipinitialspace=True, strict=True)), line
+    assert fast > len(lines)          # every real row, and the mutants that stay well formed
