@@ -40,13 +40,20 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (a duration floor where 0 disables it)."""
+def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not 0.0 <= value < float("inf"):
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a duration floor where 0 disables it)."""
+    value = _finite(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
@@ -54,21 +61,15 @@ def non_negative_float(text: str) -> float:
 def positive_float(text: str) -> float:
     """A finite number > 0 (minutes, learning rates): ``--max-minutes 0`` or ``-1`` meant no
     limit at all, a training run that never ends."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not 0.0 < value < float("inf"):
+    value = _finite(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
 
 
 def fraction(text: str) -> float:
     """A float within [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    value = _finite(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a share within [0, 1), got {text}")
     return value
