@@ -24,6 +24,13 @@ def _captioner(model: str, load: dict[str, Any]):
     return _CAPTIONERS[key]
 
 
+def captioner_for(model: str, *, input_format, device, gen_batch_size, params):
+    """This process's captioner for these options, loaded once: the ``caption`` command loads
+    it up front (a model that cannot load is one line) and the stage's worker gets the same."""
+    return _captioner(model, {"input_format": input_format, "device": device,
+                              "batch_size": gen_batch_size, "params": params})
+
+
 def caption_batch(records: list[Record], *, model: str | None = None,
                   input_format: str | None = None, min_duration: float | None = 2.0,
                   cache_path: str | None = None, template: str = "sounds_of",
@@ -42,8 +49,8 @@ def caption_batch(records: list[Record], *, model: str | None = None,
 
     captioner = cache = None
     if model:
-        captioner = _captioner(model, {"input_format": input_format, "device": device,
-                                       "batch_size": gen_batch_size, "params": params})
+        captioner = captioner_for(model, input_format=input_format, device=device,
+                                  gen_batch_size=gen_batch_size, params=params)
         cache = CaptionCache(cache_path) if cache_path else None
     labels = AudioSetLabels.from_dir(labels_dir) if labels_dir else None
     table = None

@@ -153,17 +153,14 @@ def run(args) -> int:
         from ..captions.cache import CaptionCache
 
         CaptionCache(cache_path).close()
+    load = dict(input_format=args.input_format, device=args.device,
+                gen_batch_size=args.gen_batch_size, params=vars(params) if params is not None else None)
     if args.model:     # loaded here, once (the inline worker reuses it): a model that cannot
-        from ..captions.worker import _captioner   # load is one line, not a failure per record
+        from ..captions.worker import captioner_for   # load is one line, not a failure per record
 
-        fingerprint = _captioner(args.model, {
-            "input_format": args.input_format, "device": args.device,
-            "batch_size": args.gen_batch_size,
-            "params": vars(params) if params is not None else None}).fingerprint
+        fingerprint = captioner_for(args.model, **load).fingerprint
     cstats = CaptionStats()
-    kwargs = dict(model=args.model, input_format=args.input_format, device=args.device,
-                  gen_batch_size=args.gen_batch_size,
-                  params=vars(params) if params is not None else None,
+    kwargs = dict(model=args.model, **load,
                   keyword_fallback=not args.no_keyword_fallback,
                   min_duration=args.min_duration, template=args.template,
                   debias=not args.no_debias, labels_dir=args.audioset_labels, stats=cstats,
