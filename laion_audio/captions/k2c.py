@@ -133,6 +133,21 @@ def model_fingerprint(model: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def load_t5(model: str | os.PathLike, what: str, **kwargs):
+    """(tokenizer, seq2seq model) of a folder or hub id. What cannot load (truncated weights,
+    an empty or foreign folder) is the user's to fix: one line naming ``what``."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from ..errors import UserError
+
+    try:
+        return (AutoTokenizer.from_pretrained(str(model)),
+                AutoModelForSeq2SeqLM.from_pretrained(str(model), **kwargs))
+    except Exception as exc:
+        why = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{what}: cannot load it ({type(exc).__name__}: {why})") from exc
+
+
 @dataclass
 class Captioner:
     """A loaded seq2seq captioner. ``generate`` takes many keyword sets, returns raw captions."""
@@ -152,8 +167,6 @@ class Captioner:
              batch_size: int = 64) -> "Captioner":
         """Load from a local folder (or a hub id when online). CUDA + bf16 when a GPU exists."""
         import torch
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
         path = Path(model)
         if not path.exists() and str(model).startswith(("/", "./", "../", "~")):
             raise FileNotFoundError(f"captioner model folder {model} does not exist")
@@ -162,14 +175,8 @@ class Captioner:
         hf_logging.disable_progress_bar()     # no "Loading weights" bar on stderr
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        try:
-            tok = AutoTokenizer.from_pretrained(str(model))
-            net = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
-        except Exception as exc:    # truncated weights, an empty or foreign folder: the user's to fix
-            from ..errors import UserError
-
-            why = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise UserError(f"captioner {model}: cannot load it ({type(exc).__name__}: {why})") from exc
+        tok, net = load_t5(model, f"captioner {model}", dtype=dtype)
+        net = net.to(device).eval()
         sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
         if params is None and path.is_dir():
             from .gate import recommended_params

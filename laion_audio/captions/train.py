@@ -241,7 +241,7 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
     the sidecar): steps, seconds, loss curve, validation loss before and after.
     ``pairs_info`` (how the pairs were made: corpora, label mapping) goes into the sidecar."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     cfg = config or TrainConfig()
     if not pairs:
@@ -259,15 +259,9 @@ def train_captioner(pairs: Sequence[tuple[list[str], str]], out_dir: str | os.Pa
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if cfg.pretrained:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
-            model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
-        except Exception as exc:    # truncated weights, a folder of something else: the user's
-            from ..errors import UserError
+        from .k2c import load_t5
 
-            why = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise UserError(f"--pretrained {Path(cfg.pretrained).name}: cannot load it "
-                            f"({type(exc).__name__}: {why})") from exc
+        tokenizer, model = load_t5(cfg.pretrained, f"--pretrained {Path(cfg.pretrained).name}")
         lowercase = False
     else:
         corpus = [c for _, c in pairs] + [format_keywords(k, "laion-audio") for k, _ in pairs]
