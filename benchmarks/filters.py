@@ -217,15 +217,14 @@ def _varied_fingerprints(orig, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _postings_touched(ix, queries) -> int:
-    """Postings a batch's lookups read (after the budget), from the index's own selection."""
+    """Postings a batch's lookups read (after the budget), from the index's own selection (an
+    older revision without :meth:`selection`: the same with its plain landmark keys)."""
+    if hasattr(ix, "selection"):
+        return int(ix.selection(queries)[1].sum())
     from laion_audio.filters import content_overlap as co
 
     qn = np.array([len(q) for q in queries], np.int64)
-    qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32)
-    qt = np.concatenate([q.times for q in queries]).astype(np.int32)
-    if getattr(ix, "_popular_bits", None) is not None:
-        qh, qt, qn = ix._query_keys(qh, qt, qn)
-    lo, cnt = ix._buckets(qh)
+    lo, cnt = ix._buckets(np.concatenate([q.hashes for q in queries]).astype(np.uint32))
     cnt, _ = co._select(cnt, qn, np.maximum(ix.postings_per_hash * qn, ix.min_budget), ix.max_bucket)
     return int(cnt.sum())
 

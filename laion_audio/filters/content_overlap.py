@@ -214,6 +214,27 @@ class FingerprintIndex:
         lo = np.searchsorted(self.hash, qh, side="left")
         return lo, np.searchsorted(self.hash, qh, side="right") - lo
 
+    def selection(self, queries: Sequence[Fingerprint]):
+        """The postings a batch of queries reads: per query hash (keyed as this index files
+        it) its first posting and posting count (0 for the hashes left out), per hash its time,
+        and per query its hash count and how many kept hashes have postings (the vote
+        threshold's side). Per-query posting budget: every hash carries the same evidence for
+        the true reference, but popular ones cost the most, so a query keeps its rarest hashes
+        whose postings fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive
+        stop-list)."""
+        qn = np.array([len(q) for q in queries], np.int64)
+        qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
+        qt = np.concatenate([q.times for q in queries]).astype(np.int32)
+        if self._popular_bits is not None:        # the keys this index files them under
+            qh, qt, qn = self._query_keys(qh, qt, qn)
+        budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
+        if self._bucket_start is not None:
+            lo, cnt, kept = _spans_select(qh, self._bucket_start, qn, budget, self.max_bucket)
+        else:
+            lo, cnt = self._buckets(qh)
+            cnt, kept = _select(cnt, qn, budget, self.max_bucket)
+        return lo, cnt, kept, qt, qn
+
     def candidates(self, queries: Sequence[Fingerprint], *, min_votes: int = 6,
                    min_fraction: float = 0.02, top: int = 5, offsets: int = 4,
                    exclude_self: Sequence[int] | None = None) -> list[Candidate]:
@@ -229,20 +250,7 @@ class FingerprintIndex:
             self.build()
         if not len(queries) or not self.n_postings:
             return []
-        qn = np.array([len(q) for q in queries], np.int64)
-        qh = np.concatenate([q.hashes for q in queries]).astype(np.uint32, copy=False)
-        qt = np.concatenate([q.times for q in queries]).astype(np.int32)
-        if self._popular_bits is not None:        # the keys this index files them under
-            qh, qt, qn = self._query_keys(qh, qt, qn)
-        # per-query posting budget: every hash carries the same evidence for the true
-        # reference, but popular ones cost the most, so keep the rarest hashes whose postings
-        # fit in max(postings_per_hash * n_hashes, min_budget) (an adaptive stop-list)
-        budget = np.maximum(self.postings_per_hash * qn, self.min_budget)
-        if self._bucket_start is not None:
-            lo, cnt, kept = _spans_select(qh, self._bucket_start, qn, budget, self.max_bucket)
-        else:
-            lo, cnt = self._buckets(qh)
-            cnt, kept = _select(cnt, qn, budget, self.max_bucket)
+        lo, cnt, kept, qt, qn = self.selection(queries)
         if not int(cnt.sum()):
             return []
         ex = np.full(len(queries), -1, np.int64) if exclude_self is None else \
