@@ -305,3 +305,36 @@ def test_an_index_without_popular_buckets_keeps_its_landmarks_and_can_grow():
     rebuilt.build()
     assert np.array_equal(index.ref, rebuilt.ref) and np.array_equal(index.time, rebuilt.time)
     assert _tuples(index.candidates(queries, min_votes=4)) == _tuples(rebuilt.candidates(queries, min_votes=4))
+
+
+def test_rekeyed_index_takes_empty_clips_odd_times_and_non_landmark_hashes():
+    """An empty clip and an empty query, a query with negative times, a clip spanning hours:
+    the re-keyed lookup still equals its definition. Hashes beyond 22 bits are not landmarks:
+    such an index is never re-keyed."""
+    clips, queries = _landmark_corpus(seed=6)
+    long_clip = Fingerprint(clips[0].hashes, (clips[0].times * 900).astype(np.int32),
+                            int(clips[0].times.max()) * 900 + 1)        # ~8 hours of frames
+    clips = clips + [Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), 0), long_clip]
+    queries = queries + [Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), 0),
+                         Fingerprint(queries[0].hashes, queries[0].times - 5000, queries[0].n_frames)]
+    index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
+    for i, fp in enumerate(clips):
+        index.add(i, fp)
+    index.build()
+    assert index._popular_bits is not None
+    counts = np.bincount(np.concatenate([c.hashes for c in clips]), minlength=1 << 22)
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300)
+    for i, fp in enumerate(clips):
+        k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, 24)
+        plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
+        plain.n_hashes[i] = len(fp)
+    plain.build()
+    rekeyed = []
+    for q in queries:
+        k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, 24)
+        rekeyed.append(Fingerprint(k[k >= 0].astype(np.uint32), q.times[k >= 0], q.n_frames))
+    assert _tuples(index.candidates(queries, min_votes=4)) == _reference(plain, rekeyed, min_votes=4)
+    wide = co.FingerprintIndex(popular=0)
+    wide.add(0, Fingerprint(clips[1].hashes + np.uint32(1 << 23), clips[1].times, clips[1].n_frames))
+    wide.build()
+    assert wide._popular_bits is None and wide.n_postings == len(clips[1])
