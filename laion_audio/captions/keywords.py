@@ -120,8 +120,10 @@ class AudioSetLabels:
     ``ontology.json`` when present (names for MIDs outside the class list)."""
 
     def __init__(self, names: dict[str, str], *, class_mids: Sequence[str] = (),
-                 restricted: Iterable[str] = ()):
+                 restricted: Iterable[str] = (), children: dict[str, Sequence[str]] | None = None):
         self.names = names
+        #: ontology MID -> its child MIDs (empty without ``ontology.json``)
+        self.children = {k: tuple(v) for k, v in (children or {}).items()}
         #: the class list's MIDs in index order (what segment CSVs, hence the stage, use)
         self.class_mids = tuple(class_mids)
         #: ontology MIDs marked "abstract" or "blacklist" (category nodes, not sounds to tag)
@@ -133,11 +135,13 @@ class AudioSetLabels:
         folder = Path(folder)
         names: dict[str, str] = {}
         restricted = []
+        children: dict[str, list[str]] = {}
         onto = folder / "ontology.json"
         if onto.exists():
             with _damaged(onto):
                 for entry in json.loads(onto.read_text(encoding="utf-8")):
                     names[entry["id"]] = entry["name"]
+                    children[entry["id"]] = list(entry.get("child_ids") or ())
                     if entry.get("restrictions"):
                         restricted.append(entry["id"])
         class_mids = []
@@ -146,7 +150,7 @@ class AudioSetLabels:
                 for row in csv.DictReader(f):
                     names[row["mid"]] = row["display_name"]
                     class_mids.append(row["mid"])
-        return cls(names, class_mids=class_mids, restricted=restricted)
+        return cls(names, class_mids=class_mids, restricted=restricted, children=children)
 
     def label_names(self, mids: Sequence[str]) -> list[str]:
         """Display names in the given order; an unknown MID raises KeyError naming it."""

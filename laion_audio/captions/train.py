@@ -101,7 +101,8 @@ def _read_captions(kind: str, path: Path) -> list:
 
 def build_pairs(captions: Iterable[str], max_keywords: int = 6, min_keywords: int = 1, *,
                 label_mapper: "LabelMapper | None" = None, label_share: float = 1.0,
-                seed: int = 0, complete_only: bool = False) -> list[tuple[list[str], str]]:
+                seed: int = 0, complete_only: bool = False,
+                rare_labels: int = 0, stats: dict | None = None) -> list[tuple[list[str], str]]:
     """(keywords, caption) pairs; captions with too few content words are dropped.
 
     ``complete_only`` also drops captions with content words their keywords do not hold (more
@@ -110,11 +111,19 @@ def build_pairs(captions: Iterable[str], max_keywords: int = 6, min_keywords: in
 
     With ``label_mapper``, a seeded ``label_share`` of the captions get keywords with AudioSet
     label names (``LabelMapper.map_caption``), the way the caption stage feeds AudioSet clips;
-    the rest keep plain content words, as tag-only sources look."""
+    the rest keep plain content words, as tag-only sources look. ``rare_labels`` > 0 adds the
+    mapper's ``sibling_pairs``: class labels the captions name fewer times put in a sibling's
+    place, up to that many pairs each (how many were kept goes to ``stats["sibling_pairs"]``)."""
     if not 0.0 <= label_share <= 1.0:
         raise ValueError(f"label_share must be within [0, 1], got {label_share}")
     rng = random.Random(seed)
     pairs = []
+    captions = list(captions)
+    extra: list = []
+    if rare_labels > 0:
+        if label_mapper is None:
+            raise ValueError("rare_labels needs a label_mapper (AudioSet labels with ontology.json)")
+        extra = label_mapper.sibling_pairs(captions, rare_labels, seed=seed, max_keywords=max_keywords)
     for cap in captions:
         if label_mapper is not None and (label_share >= 1.0 or rng.random() < label_share):
             kws = label_mapper.map_caption(cap, max_keywords)
@@ -125,6 +134,12 @@ def build_pairs(captions: Iterable[str], max_keywords: int = 6, min_keywords: in
         if complete_only and not _complete(kws, cap):
             continue
         pairs.append((kws, cap))
+    n_plain = len(pairs)
+    for kws, cap in extra:
+        if len(kws) >= min_keywords and (not complete_only or _complete(kws, cap)):
+            pairs.append((kws, cap))
+    if stats is not None:
+        stats["sibling_pairs"] = len(pairs) - n_plain
     return pairs
 
 

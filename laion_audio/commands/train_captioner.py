@@ -76,6 +76,10 @@ def register(sub) -> None:
     p.add_argument("--audioset-share", type=_share, default=1.0, metavar="P",
                    help="share of pairs whose keywords are mapped (default 1.0; the rest keep "
                         "plain words)")
+    p.add_argument("--rare-labels", type=_checks.non_negative_int, default=0, metavar="N",
+                   help="with --audioset-labels (and its ontology.json): add pairs that put each "
+                        "class the corpus names fewer than N times in the place of an ontology "
+                        "sibling it does name, up to N (0: off)")
     p.set_defaults(func=run, interrupted="interrupted; training does not resume: rerun with an "
                                           "empty or new --out folder")
 
@@ -87,7 +91,8 @@ def _share(text: str) -> float:
     return value
 
 
-def _label_mapping(folder: str, share: float, pairs_with_labels: int) -> dict:
+def _label_mapping(folder: str, share: float, pairs_with_labels: int, rare_labels: int = 0,
+                   sibling_pairs: int = 0) -> dict:
     """The sidecar's record of the mapping: which label files (by sha256), what share, and how
     many pairs got at least one label."""
     from ..captions.keywords import sha256_file
@@ -97,7 +102,8 @@ def _label_mapping(folder: str, share: float, pairs_with_labels: int) -> dict:
              if (folder / name).exists()}
     # the folder's name and its files' hashes, never a path of this machine (the sidecar ships)
     return {"audioset_labels": folder.resolve().name, "files_sha256": files,
-            "audioset_share": share, "pairs_with_labels": pairs_with_labels}
+            "audioset_share": share, "pairs_with_labels": pairs_with_labels,
+            "rare_labels": rare_labels, "sibling_pairs": sibling_pairs}
 
 
 def validate_train_captioner(args) -> None:
@@ -123,6 +129,10 @@ def validate_train_captioner(args) -> None:
         from crawlers.audioset import labels_folder
 
         args.audioset_labels = str(labels_folder(args.audioset_labels))
+    if args.rare_labels:
+        # siblings come from the ontology; without it the option would add nothing, silently
+        if not args.audioset_labels or not (Path(args.audioset_labels) / "ontology.json").is_file():
+            raise _checks.UserError("--rare-labels needs --audioset-labels DIR with ontology.json in it")
 
 
 def run(args) -> int:
@@ -142,8 +152,10 @@ def run(args) -> int:
             print(f"train-captioner: {args.audioset_labels} has no class_labels_indices.csv", file=sys.stderr)
             return 2
         mapper = LabelMapper.from_dir(args.audioset_labels)
+    made: dict = {}
     pairs = build_pairs(captions, label_mapper=mapper, label_share=args.audioset_share, seed=args.seed,
-                        complete_only=not args.keep_incomplete_pairs)
+                        complete_only=not args.keep_incomplete_pairs, rare_labels=args.rare_labels,
+                        stats=made)
     if not pairs:
         print("train-captioner: the corpora gave no training pairs", file=sys.stderr)
         return 2
@@ -152,7 +164,8 @@ def run(args) -> int:
                   "pairs": len(pairs), "label_mapping": None}
     if mapper is not None:
         with_labels = sum(1 for kws, _ in pairs if mapper.mapped_labels(kws))
-        info["label_mapping"] = _label_mapping(args.audioset_labels, args.audioset_share, with_labels)
+        info["label_mapping"] = _label_mapping(args.audioset_labels, args.audioset_share, with_labels,
+                                               args.rare_labels, made.get("sibling_pairs", 0))
     random.Random(args.seed).shuffle(pairs)
     n_val = int(len(pairs) * args.val_share)
     val, train = pairs[:n_val], pairs[n_val:]

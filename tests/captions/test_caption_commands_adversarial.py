@@ -300,3 +300,25 @@ def test_caption_model_template_is_the_template(tmp_path):
         recs = list(ledger.records())
     assert [r.status for r in recs] == [Status.CAPTIONED] * 3
     assert all(r.texts and "dog" in r.texts[-1].lower() for r in recs), [r.texts for r in recs]
+
+
+@pytest.mark.parametrize("labels", [None, "class_list_only", "-1"])
+def test_rare_labels_without_an_ontology_is_one_line(tmp_path, shared_data, labels):
+    """--rare-labels takes its siblings from ontology.json: without --audioset-labels, or with a
+    folder that has only the class list, it would add nothing; a negative count is a typo."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a dog barks\n" * 50)
+    args = ["train-captioner", "--corpus", f"text:{corpus}", "--out", tmp_path / "m",
+            "--max-steps", "1", "--no-report"]
+    if labels == "class_list_only":
+        folder = tmp_path / "labels"
+        folder.mkdir()
+        shutil.copy(shared_data / "audioset/class_labels_indices.csv", folder)
+        args += ["--audioset-labels", folder, "--rare-labels", "5"]
+    elif labels == "-1":
+        args += ["--audioset-labels", shared_data / "audioset", "--rare-labels", "-1"]
+    else:
+        args += ["--rare-labels", "5"]
+    line = _one_line(_cli(*args))
+    assert ("ontology.json" in line) if labels != "-1" else ("0 or more" in line)
+    assert not (tmp_path / "m" / "model.safetensors").exists()

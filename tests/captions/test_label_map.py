@@ -143,3 +143,63 @@ def test_cli_train_captioner_with_audioset_labels(shared_data, tmp_path):
     bad = _cli("train-captioner", "--corpus", f"audiocaps:{shared_data / 'audiocaps/dataset/val.csv'}",
                "--audioset-labels", str(tmp_path), "--out", str(tmp_path / "x"), "--max-steps", "1")
     assert bad.returncode == 2 and "class_labels_indices.csv" in bad.stderr
+
+
+# ------------------------------------------------------------------ rare labels by sibling
+
+def test_sibling_pairs_on_real_captions(mapper, labels, shared_data):
+    """Real AudioCaps train captions and the real ontology: each added caption maps back to
+    exactly its keywords, is a new sentence, and the classes the captions name fewer than
+    ``per_label`` times become more common, none beyond the quota by substitution."""
+    from collections import Counter
+
+    caps = load_captions("audiocaps", shared_data / "audiocaps/dataset/train.csv", limit=8000)
+    per_label = 12
+    pairs = mapper.sibling_pairs(caps, per_label, seed=3)
+    assert len(pairs) > 300
+    originals = set(caps)
+    before = Counter(k for c in caps for k in mapper.mapped_labels(mapper.map_caption(c)))
+    after = Counter(before)
+    for kws, cap in pairs:
+        assert mapper.map_caption(cap) == kws
+        assert cap not in originals
+        after.update(mapper.mapped_labels(kws))
+    rare = [m for m in labels.class_mids if before[labels.names[m]] < per_label]
+    filled = [m for m in rare if after[labels.names[m]] > before[labels.names[m]]]
+    assert len(filled) > 0.3 * len(rare)
+    assert sum(after[labels.names[m]] >= per_label for m in labels.class_mids) > \
+        sum(before[labels.names[m]] >= per_label for m in labels.class_mids) + 50
+    assert mapper.sibling_pairs(caps, per_label, seed=3) == pairs          # seeded
+
+
+def _toy_mapper():
+    names = {"/g": "Music genre", "/c": "Country", "/b": "Bluegrass", "/r": "Reggae",
+             "/a": "Domestic animals, pets", "/d": "Dog", "/k": "Cat", "/x": "Bark", "/y": "Yip",
+             "/o": "Opera", "/w": "Drawer open or close", "/m": "Music"}
+    children = {"/g": ["/c", "/b", "/r", "/o"], "/a": ["/d", "/k", "/w"], "/d": ["/x", "/y"],
+                "/m": ["/g"]}
+    labels = AudioSetLabels(names, class_mids=[m for m in names if m not in ("/g", "/a")],
+                            restricted=["/g", "/a"], children=children)
+    return LabelMapper(labels)
+
+
+def test_sibling_pairs_replace_nouns_only_and_fix_the_article():
+    mapper = _toy_mapper()
+    caps = ["A dog barks while country music plays",
+            "A dog is barking",                      # "barking" is a verb form: never replaced
+            "The music is country"]                  # after a copula: never replaced
+    pairs = mapper.sibling_pairs(caps, per_label=50, seed=0, passes=20)
+    texts = [c for _, c in pairs]
+    assert len(texts) == len(set(texts))                      # no pair twice
+    assert set(texts) == {"A cat barks while country music plays",
+                          "A dog barks while bluegrass music plays",
+                          "A dog barks while reggae music plays",
+                          "A dog barks while opera music plays", "A cat is barking"}
+    assert "A dog yips" not in texts and not any("yip" in t.lower() for t in texts)
+    assert not any("drawer" in t.lower() for t in texts)      # "Drawer open or close" is no noun
+    assert "A dog barks while bluegrass music plays" in texts
+    for kws, cap in pairs:
+        assert mapper.map_caption(cap) == kws
+    # the article follows the new word
+    opera = mapper.sibling_pairs(["A country song and a dog"], per_label=50, seed=0, passes=30)
+    assert any(c == "An opera song and a dog" for _, c in opera), opera
