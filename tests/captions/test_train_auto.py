@@ -46,6 +46,20 @@ def test_early_stop_keeps_the_best_weights(shared_data, tmp_path):
     assert side["training"]["best_step"] == min(summary["val_curve"], key=lambda x: x[1])[0]
 
 
+def test_a_plateau_at_a_high_learning_rate_does_not_stop_training():
+    """A flat validation loss early in the cosine schedule is the high rate's noise floor (a
+    30-minute run stopped after 9 minutes at val 2.40); it stops once the rate has decayed, and
+    a loss that climbs well above the best stops at once."""
+    from laion_audio.captions.train import _lr_factor, _should_stop
+
+    early, late = _lr_factor(0.3, 0.04), _lr_factor(0.7, 0.04)
+    assert early > 0.5 > late
+    assert not _should_stop(4, 4, early, 2.44, 2.40)          # plateau, rate still high
+    assert _should_stop(4, 4, late, 2.44, 2.40)               # plateau after the decay
+    assert _should_stop(4, 4, early, 3.10, 2.40)              # diverging
+    assert not _should_stop(3, 4, late, 2.44, 2.40)           # patience not used up
+
+
 def test_a_budget_of_zero_or_less_is_refused_not_endless(tmp_path):
     """max_minutes 0 was read as no limit and -1 as never reached: training without end."""
     from laion_audio.captions.train import TrainConfig, train_captioner
