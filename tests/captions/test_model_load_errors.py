@@ -154,3 +154,44 @@ def test_a_bug_while_loading_is_not_called_a_user_mistake(good_model):
         load_t5(good_model, "captioner", no_such_option=1)
     assert not isinstance(info.value, UserError)
 
+
+@pytest.fixture(scope="module")
+def transcoded_work(tmp_path_factory) -> Path:
+    """A work folder with four BBC records transcoded from the bundled replay server."""
+    from crawlers.replay import serve
+    from pipelines.build import BuildConfig, run_build
+    from pipelines.demo import demo_sources
+
+    out = tmp_path_factory.mktemp("replay") / "work"
+    with serve(seed=0, sizes={"bbc": 4}) as (_app, base):
+        summary = run_build(BuildConfig(out=out, sources={"bbc": demo_sources(base, out)["bbc"]},
+                                        inline=True, stages=("crawl", "fetch", "transcode")))
+    assert [st["succeeded"] for st in summary["stages"]] == [4, 4, 4], summary["stages"]
+    return out
+
+
+def _build_caption(work: Path, model: Path) -> int:
+    return main(["build", "--source", "bbc", "--out", str(work), "--stages", "caption",
+                 "--caption-model", str(model), "--force-caption-model", "--inline"])
+
+
+def test_build_with_damaged_model_stops_before_any_record(damaged, transcoded_work, tmp_path, capsys):
+    """Before: the workers loaded the model per batch and every record failed as internal_error
+    (a rerun then needed --retry-failed); now build loads it up front as the worker will."""
+    work = tmp_path / "work"
+    shutil.copytree(transcoded_work, work)
+    line = _one_line(_build_caption(work, damaged), capsys.readouterr().err)
+    assert damaged.name in line, line
+    assert _statuses(work / "ledger") == [Status.TRANSCODED] * 4
+
+
+def test_build_with_good_model_captions(good_model, transcoded_work, tmp_path, capsys):
+    """The same command with the undamaged folder captions every record (the up-front load is
+    the one the inline worker uses)."""
+    from laion_audio.captions import worker
+
+    work = tmp_path / "work"
+    shutil.copytree(transcoded_work, work)
+    assert _build_caption(work, good_model) == 0, capsys.readouterr().err[-2000:]
+    assert _statuses(work / "ledger") == [Status.CAPTIONED] * 4
+    assert sum(key[0] == str(good_model) for key in worker._CAPTIONERS) == 1
