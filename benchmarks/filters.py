@@ -237,7 +237,7 @@ def _content_overlap_at(rev: str):
     src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:laion_audio/filters/content_overlap.py"],
                          capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp(prefix="lookup-baseline-")) / "content_overlap_baseline.py"
-    path.write_text(src.replace("from .", "from laion_audio.filters."))
+    path.write_text(src.replace("from ..", "from laion_audio.").replace("from .", "from laion_audio.filters."))
     spec = importlib.util.spec_from_file_location("content_overlap_baseline", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod              # dataclasses look their module up there
@@ -248,7 +248,8 @@ def _content_overlap_at(rev: str):
 def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_queries: int = 400,
                  max_bucket: int = 5000, index_model: str = "varied",
                  budgets=((30_000, 15),), against: str | None = None, popular: int | None = None,
-                 repeats: int = 15, perturbation: str = "trim") -> list[dict]:
+                 repeats: int = 15, perturbation: str = "trim",
+                 against_budget: tuple[int, int] = (25_000, 12)) -> list[dict]:
     """Index = real fingerprints of the originals + synthetic clips (``index_model``:
     "varied" = re-voiced real fingerprints, see :func:`_varied_fingerprints`; "pooled" = each
     synthetic clip draws its hashes from the pooled originals, i.e. a corpus made of the same
@@ -261,8 +262,9 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
     product's ``FingerprintIndex.for_budget``; None: plain landmark buckets).
 
     ``against`` (a git revision): that revision's ``content_overlap.py`` indexes the same clips
-    with its own defaults (its class's budget; no re-keying, unless it has it and ``popular``
-    is given) and its lookup runs alternating with today's (``repeats`` runs each: this
+    at ``against_budget`` (min_budget, postings_per_hash; default the budget shipped until
+    2026-12-02, which docs/filters.md's speed-ups are against; no re-keying, unless it has it
+    and ``popular`` is given) and its lookup runs alternating with today's (``repeats`` runs each: this
     machine's speed for memory-bound code flips ~1.5-2.8x within seconds, so the median of many
     short runs is the figure); the output says whether the candidates are the same. Lookups/s
     are by the wall clock and per CPU second of the process, so the ratio to ``against`` in
@@ -309,7 +311,9 @@ def bench_lookup(sizes=(10_000, 30_000, 100_000), clip_seconds: float = 5.0, n_q
         base = None
         if against:
             old = _content_overlap_at(against).FingerprintIndex
+            # by name: since 2026-12-02 the class's own defaults are the product's
             kw = {"popular": popular} if "popular" in old.__init__.__code__.co_varnames else {}
+            kw.update(min_budget=against_budget[0], postings_per_hash=against_budget[1])
             base, _ = make(old, **kw)
         for min_budget, per_hash in budgets:
             idx.min_budget, idx.postings_per_hash = min_budget, per_hash
@@ -609,6 +613,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="lookup: alternated runs per code")
     ap.add_argument("--perturbation", default="trim", help="lookup: how the queries differ from "
                     "the originals (trim, inside_longer, or a robustness.PERTURBATIONS name)")
+    ap.add_argument("--against-budget", default="25000:12", help="lookup: min_budget:"
+                    "postings_per_hash of the --against index (default: the budget shipped "
+                    "until 2026-12-02)")
     ap.add_argument("--against", default=None, help="lookup: also time this git revision's "
                     "content_overlap.py on the same index, alternating (e.g. main)")
     args = ap.parse_args()
@@ -623,7 +630,8 @@ def main() -> None:
         bench_lookup(sizes, args.clip_seconds, max_bucket=args.max_bucket,
                      index_model=args.index_model, budgets=budgets, against=args.against,
                      popular=None if args.popular < 0 else args.popular, repeats=args.repeats,
-                     perturbation=args.perturbation)
+                     perturbation=args.perturbation,
+                     against_budget=tuple(int(v) for v in args.against_budget.split(":")))
     if args.what in ("neardup", "all"):
         bench_neardup(tuple(int(s) for s in (args.sizes or "1000,8000").split(",")), procs=args.procs,
                       cache=args.cache, queries=args.queries)

@@ -134,18 +134,58 @@ def model_fingerprint(model: str | os.PathLike) -> str:
 
 
 def load_t5(model: str | os.PathLike, what: str, **kwargs):
-    """(tokenizer, seq2seq model) of a folder or hub id. What cannot load (truncated weights,
-    an empty or foreign folder) is the user's to fix: one line naming ``what``."""
+    """(tokenizer, seq2seq model) of a folder or hub id. A folder that cannot load (missing,
+    empty, foreign, damaged) is the user's to fix: one line naming ``what``. Only the errors such
+    folders raise are mapped (tried one by one, docs/captions.md); any other is a bug of ours
+    and keeps its traceback."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from ..errors import UserError
 
+    if Path(model).is_dir():
+        _check_model_files(Path(model), what)
     try:
         return (AutoTokenizer.from_pretrained(str(model)),
                 AutoModelForSeq2SeqLM.from_pretrained(str(model), **kwargs))
-    except Exception as exc:
-        why = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{what}: cannot load it ({type(exc).__name__}: {why})") from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise UserError(f"{what}: cannot load it ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _check_model_files(path: Path, what: str) -> None:
+    """The files transformers reads without checking their shape. A config.json that is JSON but
+    no object, a tokenizer.json the tokenizers library refuses, fail deep inside it as TypeError,
+    AttributeError, KeyError or tokenizers' bare Exception (they would read as bugs); a folder
+    with no tokenizer file loads an empty tokenizer that makes every keyword <unk>."""
+    from ..errors import UserError
+
+    if not (path / "config.json").is_file():
+        raise UserError(f"{what}: cannot load it (no config.json: not a model folder)")
+    for name in ("config.json", "tokenizer_config.json"):
+        f = path / name
+        if f.is_file():
+            try:
+                ok = isinstance(json.loads(f.read_text(encoding="utf-8")), dict)
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                raise UserError(f"{what}: cannot load it ({name} is not a JSON object: damaged?)")
+    tok = path / "tokenizer.json"
+    if tok.is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(tok))
+        except Exception as exc:     # tokenizers reports a file it cannot parse as plain Exception
+            if type(exc) is not Exception and not isinstance(exc, OSError):
+                raise
+            raise UserError(f"{what}: cannot load it (tokenizer.json: {_first_line(exc)})") from exc
+    elif not (path / "spiece.model").is_file():
+        raise UserError(f"{what}: cannot load it (no tokenizer: tokenizer.json or spiece.model)")
 
 
 @dataclass

@@ -181,34 +181,28 @@ def run(args) -> int:
                 "keyword_fallback": opts.keyword_fallback, "chunk_rows": args.chunk_rows,
                 "captioner": captioner.cache_identity if captioner else None}
     run_key = hashlib.sha256(json.dumps(key_blob, sort_keys=True).encode()).hexdigest()
-    if out.is_file() and not args.force:
-        try:
-            meta = pq.read_schema(out).metadata or {}
-        except (OSError, pa.ArrowInvalid):
-            meta = {}
-        if meta.get(b"laion_audio_run_key", b"").decode() == run_key:
-            print(f"audioset-captions: {out.name} is up to date ({pq.ParquetFile(out).metadata.num_rows} "
-                  "rows); --force rebuilds it", file=sys.stderr)
-            return 0
+    parts = out.with_name(f".{out.name}.parts")
+    state = parts / "run.json"
+    published = _published_key(out)
+    if published == run_key and not args.force:
+        _remove_leftovers(out, parts, run_key)
+        print(f"audioset-captions: {out.name} is up to date ({pq.ParquetFile(out).metadata.num_rows} "
+              "rows); --force rebuilds it", file=sys.stderr)
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     if lock is None:
         return _fail(f"another audioset-captions run is writing {out.name}; wait for it to end "
                      "or choose another --out")
-    parts = out.with_name(f".{out.name}.parts")
-    state = parts / "run.json"
     if parts.is_dir():
-        try:
-            old = json.loads(state.read_text()) if state.is_file() else {}
-        except (OSError, ValueError):       # damaged: its parts cannot be trusted
-            old = {}
-        if not isinstance(old, dict) or old.get("run_key") != run_key:
-            print(f"audioset-captions: discarding parts of an earlier run with other inputs "
-                  f"({parts.name})", file=sys.stderr)
+        old = _parts_key(parts)
+        if old != run_key:
+            if old is None or old != published:     # not the leftovers of the finished run
+                print(f"audioset-captions: discarding parts of an earlier run with other inputs "
+                      f"({parts.name})", file=sys.stderr)
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *parts.glob(".part-*.tmp")]:
-        stale.unlink(missing_ok=True)       # left by a run killed while writing
+    _remove_stale(out, parts)
     if not state.is_file():
         atomic.write_text(state, json.dumps({"run_key": run_key, "inputs": key_blob}, indent=1))
 
@@ -327,6 +321,9 @@ def run(args) -> int:
         return _fail("no segments captioned (empty or unreadable CSVs?"
                      + (f" skipped: {skipped}" if skipped else "") + ")")
     atomic.publish(tmp_out, out)
+    # a kill from here on leaves parts beside a complete output: the rerun removes them
+    # (state first, so parts half removed are never trusted)
+    state.unlink()
     shutil.rmtree(parts)
     _unlock(out, lock)
     seconds = time.monotonic() - start
@@ -335,6 +332,50 @@ def run(args) -> int:
                **counts, "captions": stats.as_dict()}
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _published_key(out: Path) -> str | None:
+    """The run key in ``out``'s metadata: the run that published it (None: no such file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not out.is_file():
+        return None
+    try:
+        meta = pq.read_schema(out).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return meta.get(b"laion_audio_run_key", b"").decode() or None
+
+
+def _parts_key(parts: Path) -> str | None:
+    """The run key the parts folder was written for; None when its state is missing or
+    damaged (its parts cannot be trusted)."""
+    try:
+        old = json.loads((parts / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return old.get("run_key") if isinstance(old, dict) else None
+
+
+def _remove_stale(out: Path, parts: Path) -> None:
+    """Temporary files of a run killed while writing (only with the lock held)."""
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *parts.glob(".part-*.tmp")]:
+        stale.unlink(missing_ok=True)
+
+
+def _remove_leftovers(out: Path, parts: Path, run_key: str) -> None:
+    """``out`` is complete for ``run_key``: remove what a run killed after publishing it (or
+    while rebuilding it with --force) left beside it: its parts folder, temporary files and the
+    lock file. Under the lock, so never a running run's; the parts of another run (other
+    inputs) are kept for that run to resume."""
+    lock = _lock(out)
+    if lock is None:
+        return
+    if parts.is_dir() and _parts_key(parts) in (run_key, None):
+        shutil.rmtree(parts)
+    _remove_stale(out, parts)
+    _unlock(out, lock)
 
 
 def _lock(out: Path) -> int | None:

@@ -147,7 +147,7 @@ def config_from_args(args: argparse.Namespace, sources: list[str], stages=ALL_ST
                        caption_model=getattr(args, "caption_model", None),
                        caption_input_format=getattr(args, "caption_input_format", None),
                        caption_min_duration=getattr(args, "caption_min_duration", 2.0),
-                       audioset_captions=_checked_captions(args),
+                       audioset_captions=_checked_captions(args, stages),
                        evalsets_cache=getattr(args, "evalsets_cache", None),
                        eval_audio=_pairs(getattr(args, "eval_audio", [])),
                        skip_eval_filter=getattr(args, "skip_eval_filter", False),
@@ -161,9 +161,10 @@ def _refuse(line: str) -> None:
     raise SystemExit(2)
 
 
-def _checked_captions(args: argparse.Namespace) -> str | None:
-    """Quality gate for --caption-model and a readable --audioset-captions file, before any
-    stage runs (a user mistake: one line, exit 2)."""
+def _checked_captions(args: argparse.Namespace, stages=ALL_STAGES) -> str | None:
+    """Quality gate for --caption-model, the model loaded, and a readable --audioset-captions
+    file, before any stage runs (a user mistake: one line, exit 2; a model that cannot load
+    would otherwise fail every record of the caption stage)."""
     model = getattr(args, "caption_model", None)
     if model:
         from laion_audio.captions.gate import GateError, check_model_dir
@@ -172,6 +173,11 @@ def _checked_captions(args: argparse.Namespace) -> str | None:
             check_model_dir(model, force=getattr(args, "force_caption_model", False))
         except GateError as exc:
             _refuse(f"build: {exc}")
+        if "caption" in stages:   # loaded as the stage's worker asks (caption_batch's defaults):
+            from laion_audio.captions.worker import captioner_for   # run here, it is reused
+
+            captioner_for(model, input_format=getattr(args, "caption_input_format", None),
+                          device=None, gen_batch_size=None, params=None)
     path = getattr(args, "audioset_captions", None)
     if path:
         import pyarrow.parquet as pq

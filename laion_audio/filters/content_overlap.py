@@ -66,10 +66,14 @@ class FingerprintIndex:
     bucket_start[h + 1]`` (8 bytes per posting, no sort permutation, no concatenated copy of
     the input: at 8,000 clips the argsort build peaked at ~2.5x the final index)."""
 
-    def __init__(self, max_bucket: int = 5000, postings_per_hash: int = 12, min_budget: int = 25_000,
-                 popular: int | None = None):
+    def __init__(self, max_bucket: int = 5000, postings_per_hash: int | None = None,
+                 min_budget: int = LOOKUP_BUDGET, popular: int | None = POPULAR_BUCKET):
+        """The defaults are the product's (the filter stage builds this index), so a test or a
+        benchmark that builds the class measures what ships. ``postings_per_hash`` None: one
+        per 2,000 of ``min_budget`` (long queries); ``popular`` None: never re-key."""
         self.max_bucket = max_bucket
-        self.postings_per_hash = postings_per_hash
+        self.postings_per_hash = (max(1, min_budget // 2000) if postings_per_hash is None
+                                  else postings_per_hash)
         self.min_budget = min_budget     # below this many postings a query is never thinned
         #: buckets over this many postings are re-keyed by a companion landmark (None: never)
         self.popular = popular
@@ -89,9 +93,8 @@ class FingerprintIndex:
     def for_budget(cls, lookup_budget: int = LOOKUP_BUDGET) -> "FingerprintIndex":
         """The index the filter stage and the near-duplicate check use: ``lookup_budget``
         postings per query (long queries: one per hash per 2,000 of it, the ratio the
-        benchmark measured) and popular buckets re-keyed."""
-        return cls(min_budget=lookup_budget, postings_per_hash=max(1, lookup_budget // 2000),
-                   popular=POPULAR_BUCKET)
+        benchmark measured) and popular buckets re-keyed: the class's defaults at that budget."""
+        return cls(min_budget=lookup_budget)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -233,3 +233,78 @@ def test_build_join_gives_audioset_records_the_file_captions(shared_data, tmp_pa
                csv_path, "--stages", "caption", "--inline")
     assert bad.returncode == 2 and "--audioset-captions" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+#: runs the CLI (argv[3:]) and SIGKILLs it right after its ``atomic.publish`` of a file named
+#: argv[1] returns for the argv[2]-th time: the state a kill at that point leaves, exactly
+_KILL_AFTER_PUBLISH = r"""
+import os, signal, sys
+from pathlib import Path
+from laion_audio import atomic
+from laion_audio.cli import main
+
+name, nth, real, seen = sys.argv[1], int(sys.argv[2]), atomic.publish, [0]
+
+def publish(src, dest):
+    real(src, dest)
+    if Path(dest).name == name:
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+atomic.publish = publish
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _killed_after_publish(name: str, nth: int, *args) -> None:
+    res = subprocess.run([sys.executable, "-c", _KILL_AFTER_PUBLISH, name, str(nth), *map(str, args)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+
+
+def test_run_killed_between_publishing_and_cleaning_up(shared_data, tmp_path):
+    """Killed after ``--out`` is published, before its parts folder and lock file are removed:
+    a rerun of the same command finds the output complete, removes the leftovers and exits 0
+    with the same file; another command on that --out writes its own rows, not the finished
+    run's; another run's unfinished parts are kept for it to resume."""
+    csv_path = _subset(shared_data, tmp_path, 60)
+    out = tmp_path / "o.parquet"
+    parts, lock = tmp_path / ".o.parquet.parts", tmp_path / ".o.parquet.lock"
+    cmd = ["audioset-captions", csv_path, "--model", "template", "--out", out,
+           "--audioset-labels", shared_data / "audioset", "--chunk-rows", "25", "--no-progress"]
+    other = [*cmd, "--template", "sound_of_the"]
+    clean = tmp_path / "clean.parquet"
+    assert _cli(*[clean if a == out else a for a in cmd]).returncode == 0
+
+    _killed_after_publish("o.parquet", 1, *cmd)
+    assert _sha(out) == _sha(clean)                # complete ...
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "part-000000.parquet", "part-000001.parquet", "part-000002.parquet", "run.json"]
+    assert lock.is_file()                          # ... with the leftovers a kill leaves
+    again = _cli(*cmd)
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr[-2000:]
+    assert _sha(out) == _sha(clean) and not parts.exists() and not lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.parquet", "o.parquet", "segments.csv"]
+
+    _killed_after_publish("o.parquet", 1, *cmd, "--force")         # the same state again
+    assert parts.is_dir() and lock.is_file()
+    res = _cli(*other)                             # another command on the same --out
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["parts_reused"] == 0
+    texts = pq.read_table(out).column("text").to_pylist()
+    assert len(texts) == 60 and all(t.startswith("The sound of the ") for t in texts)
+    assert not parts.exists() and not lock.exists()
+    res = _cli(*cmd)                               # and the first command is not "up to date"
+    assert res.returncode == 0 and "up to date" not in res.stderr and _sha(out) == _sha(clean)
+
+    _killed_after_publish("part-000001.parquet", 1, *other)     # the other run, mid-way
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "part-000000.parquet", "part-000001.parquet", "run.json"]
+    again = _cli(*cmd)
+    assert again.returncode == 0 and "up to date" in again.stderr and _sha(out) == _sha(clean)
+    assert len(list(parts.glob("part-*.parquet"))) == 2          # not this run's to remove
+    res = _cli(*other)
+    assert res.returncode == 0 and json.loads(res.stdout)["parts_reused"] == 2, res.stderr[-2000:]
+    assert not parts.exists() and not lock.exists()

@@ -119,7 +119,7 @@ def test_candidates_equal_their_definition(monkeypatch, max_width, wide):
     if wide:
         for fp in {id(f): f for f in refs + queries}.values():     # the long ref is a query too
             fp.hashes = fp.hashes + np.uint32(1 << 25)
-    index = co.FingerprintIndex(max_bucket=60, postings_per_hash=3, min_budget=400)
+    index = co.FingerprintIndex(max_bucket=60, postings_per_hash=3, min_budget=400, popular=None)
     for i, fp in enumerate(refs):
         index.add(i, fp)
     index.build()
@@ -266,7 +266,7 @@ def test_candidates_with_popular_buckets_rekeyed_equal_their_definition():
     for q in queries:
         k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, 24)
         rekeyed.append(Fingerprint(k[k >= 0].astype(np.uint32), q.times[k >= 0], q.n_frames))
-    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300)
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=None)
     for i, fp in enumerate(clips):
         k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, 24)
         plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
@@ -286,7 +286,7 @@ def test_an_index_without_popular_buckets_keeps_its_landmarks_and_can_grow():
     the whole index is re-keyed from its landmarks."""
     clips, queries = _landmark_corpus()
     index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=10**6)
-    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300)
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=None)
     for i, fp in enumerate(clips[:30]):
         index.add(i, fp)
         plain.add(i, fp)
@@ -323,7 +323,7 @@ def test_rekeyed_index_takes_empty_clips_odd_times_and_non_landmark_hashes():
     index.build()
     assert index._popular_bits is not None
     counts = np.bincount(np.concatenate([c.hashes for c in clips]), minlength=1 << 22)
-    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300)
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=None)
     for i, fp in enumerate(clips):
         k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, 24)
         plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
@@ -338,3 +338,27 @@ def test_rekeyed_index_takes_empty_clips_odd_times_and_non_landmark_hashes():
     wide.add(0, Fingerprint(clips[1].hashes + np.uint32(1 << 23), clips[1].times, clips[1].n_frames))
     wide.build()
     assert wide._popular_bits is None and wide.n_postings == len(clips[1])
+
+
+def test_the_class_defaults_are_the_index_the_product_builds():
+    """``FingerprintIndex()`` is the index the filter stage and the near-duplicate check build
+    (budget ``defaults.LOOKUP_BUDGET``, popular buckets re-keyed), so a test or benchmark that
+    builds the class directly measures what ships. Before: budget 25,000 and never re-keyed."""
+    from laion_audio import defaults
+    from laion_audio.filters.stage import FilterConfig, _new_index
+
+    def config(ix):
+        return ix.max_bucket, ix.postings_per_hash, ix.min_budget, ix.popular
+
+    want = (5000, defaults.LOOKUP_BUDGET // 2000, defaults.LOOKUP_BUDGET, co.POPULAR_BUCKET)
+    assert config(co.FingerprintIndex()) == config(_new_index(FilterConfig())) == want
+    assert config(co.FingerprintIndex.for_budget()) == want
+    assert config(co.FingerprintIndex(min_budget=30_000)) == (5000, 15, 30_000, co.POPULAR_BUCKET)
+    # and it re-keys: one landmark over the threshold in 400 clips makes its bucket popular
+    rng = np.random.default_rng(1)
+    index = co.FingerprintIndex()
+    for i in range(400):
+        h = np.concatenate([[7], rng.integers(8, 1 << 22, 30)]).astype(np.uint32)
+        index.add(i, Fingerprint(h, np.sort(rng.integers(0, 600, 31)).astype(np.int32), 600))
+    index.build()
+    assert index._popular_bits is not None
