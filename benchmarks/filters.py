@@ -16,6 +16,7 @@ figures are noisy and pessimistic; the ratios are what to read.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing as mp
 import os
@@ -23,6 +24,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +36,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))   # helpers shared with the tests: robustness.py, ...
 SHARED = Path(os.environ.get("LAION_AUDIO_SHARED", REPO.parent / "shared")) / "data"
 
+
+def _scratch(prefix: str) -> str:
+    """A temporary folder removed when the benchmark exits (each run used to leave its
+    folders in /tmp: dozens of lookup-baseline-* after a few sessions)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 def _median_time(fn, repeat=3):
     times = []
@@ -110,7 +119,7 @@ def _id_worker(n, cache, q):
 def bench_id(n: int) -> dict:
     from laion_audio.filters import evalsets
 
-    cache = tempfile.mkdtemp()
+    cache = _scratch("evalsets-")
     evalsets.fetch(cache, mirror=str(SHARED))
     q = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=_id_worker, args=(n, cache, q))
@@ -159,7 +168,7 @@ def bench_fingerprint() -> dict:
     secs = sum(len(x) for _, x in clips) / 48_000
     t, fps = _median_time(lambda: [fingerprint(x, 48_000) for _, x in clips], repeat=3)
     # Chromaprint through fpcalc, one process per clip (how pyacoustid calls it), same clips
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(_scratch("fpcalc-"))
     paths = []
     for i, (_, x) in enumerate(clips[:100]):
         paths.append(tmp / f"{i}.wav")
@@ -236,7 +245,7 @@ def _content_overlap_at(rev: str):
 
     src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:laion_audio/filters/content_overlap.py"],
                          capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="lookup-baseline-")) / "content_overlap_baseline.py"
+    path = Path(_scratch("lookup-baseline-")) / "content_overlap_baseline.py"
     path.write_text(src.replace("from ..", "from laion_audio.").replace("from .", "from laion_audio.filters."))
     spec = importlib.util.spec_from_file_location("content_overlap_baseline", path)
     mod = importlib.util.module_from_spec(spec)
@@ -515,7 +524,7 @@ def bench_stage(sizes=(1000, 8000), seed: int = 0, procs: int = 2, folder: str |
     from laion_audio.ledger import Ledger
     from laion_audio.records import Record, Status
 
-    root = Path(folder or tempfile.mkdtemp(prefix="filter-stage-"))
+    root = Path(folder or _scratch("filter-stage-"))
     out = []
     for n in sizes:
         jobs = [(s, min(n, s + 250), seed, str(root)) for s in range(0, n, 250)]
