@@ -150,6 +150,13 @@ def load_t5(model: str | os.PathLike, what: str, **kwargs):
                 AutoModelForSeq2SeqLM.from_pretrained(str(model), **kwargs))
     except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(f"{what}: cannot load it ({_first_line(exc)})") from exc
+    except RuntimeError as exc:
+        # weights of other shapes than config.json says; other RuntimeErrors (out of memory)
+        # are not the folder's fault
+        if "mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        raise UserError(f"{what}: cannot load it (its weights do not have the sizes "
+                        "config.json gives: damaged, or config.json from another model)") from exc
 
 
 def _first_line(exc: BaseException) -> str:

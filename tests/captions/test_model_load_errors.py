@@ -61,6 +61,14 @@ def _remove(*names: str):
     return damage
 
 
+def _config_sizes(d: Path) -> None:
+    """config.json of another size than the weights (a config edited or copied from a sibling
+    run): transformers raises a RuntimeError asking for ignore_mismatched_sizes."""
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["d_ff"] *= 2
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
 def _empty(d: Path) -> None:
     for p in d.iterdir():
         p.unlink()
@@ -69,6 +77,7 @@ def _empty(d: Path) -> None:
 #: id -> damage done to a copy of the good folder
 DAMAGED = {
     "empty-folder": _empty,
+    "config-sizes-not-the-weights": _config_sizes,
     "config-not-json": _write("config.json", "{model_type: t5"),
     "config-a-json-list": _write("config.json", "[1, 2]"),
     "config-another-model-type": _write("config.json", json.dumps({"model_type": "bert"})),
