@@ -31,6 +31,17 @@ def captioner_for(model: str, *, input_format, device, gen_batch_size, params):
                               "batch_size": gen_batch_size, "params": params})
 
 
+def release(model: str) -> None:
+    """Drop this process's captioners of ``model``: ``build`` loads one in the driver to check
+    the folder, and keeps it only when the stage runs there (Ray workers load their own; the
+    driver's copy would hold memory, on a GPU too, for the whole run)."""
+    import gc
+
+    for key in [k for k in _CAPTIONERS if isinstance(k, tuple) and k[0] == model]:
+        del _CAPTIONERS[key]
+    gc.collect()
+
+
 def caption_batch(records: list[Record], *, model: str | None = None,
                   input_format: str | None = None, min_duration: float | None = 2.0,
                   cache_path: str | None = None, template: str = "sounds_of",

@@ -174,10 +174,12 @@ def _checked_captions(args: argparse.Namespace, stages=ALL_STAGES) -> str | None
         except GateError as exc:
             _refuse(f"build: {exc}")
         if "caption" in stages:   # loaded as the stage's worker asks (caption_batch's defaults):
-            from laion_audio.captions.worker import captioner_for   # run here, it is reused
+            from laion_audio.captions.worker import captioner_for, release
 
             captioner_for(model, input_format=getattr(args, "caption_input_format", None),
                           device=None, gen_batch_size=None, params=None)
+            if not getattr(args, "inline", False):     # reused only when the stage runs here
+                release(model)
     path = getattr(args, "audioset_captions", None)
     if path:
         import pyarrow.parquet as pq

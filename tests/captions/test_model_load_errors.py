@@ -204,3 +204,21 @@ def test_build_with_good_model_captions(good_model, transcoded_work, tmp_path, c
     assert _build_caption(work, good_model) == 0, capsys.readouterr().err[-2000:]
     assert _statuses(work / "ledger") == [Status.CAPTIONED] * 4
     assert sum(key[0] == str(good_model) for key in worker._CAPTIONERS) == 1
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_build_keeps_the_checked_model_only_when_the_stage_runs_in_the_driver(good_model, inline):
+    """The up-front load checks the folder; on Ray the workers load their own copy, so the
+    driver's is dropped (it held the model's memory, on a GPU too, for the whole run)."""
+    import argparse
+
+    from laion_audio.captions import worker
+    from laion_audio.commands.build import _checked_captions
+
+    worker.release(str(good_model))
+    args = argparse.Namespace(caption_model=str(good_model), force_caption_model=True,
+                              caption_input_format=None, audioset_captions=None, inline=inline)
+    _checked_captions(args)
+    held = [k for k in worker._CAPTIONERS if k[0] == str(good_model)]
+    assert len(held) == (1 if inline else 0)
+    worker.release(str(good_model))
