@@ -450,10 +450,12 @@ def markdown(report: dict) -> str:
                      f"({report['fusion_lm']['captions']} captions; not the fluency corpus).")
     for d in report["decodings"]:
         if d.get("lm_only"):
-            lines.append(f"The same fused decoding with an untrained model of this shape (the "
-                         f"fusion LM alone): function-word perplexity "
-                         f"{d['lm_only']['function_word_perplexity']}, e.g. "
-                         f"\"{d['lm_only']['examples'][0]['caption']}\".")
+            line = (f"The same fused decoding with an untrained model of this shape (the "
+                    f"fusion LM alone): function-word perplexity "
+                    f"{d['lm_only']['function_word_perplexity']}, e.g. "
+                    f"\"{d['lm_only']['examples'][0]['caption']}\".")
+            if line not in lines:     # fused and free first share it: said once
+                lines.append(line)
     refs = report.get("references")
     if refs:
         tc = refs["template"]["cider_d"] or float("nan")

@@ -112,3 +112,20 @@ def test_a_misplacing_caption_falls_back_to_the_template(captioner):
     # --no-keyword-fallback keeps it
     out = k2c_captions([("Waterfall",)], cap, CaptionOptions(keyword_fallback=False), None, CaptionStats())
     assert out[("Waterfall",)][1]["rule"] == "k2c"
+
+
+def test_the_report_names_the_fusion_lm_alone_once():
+    """The fused and the free-first decodings share one LM-only figure: the markdown said the
+    same sentence twice."""
+    from laion_audio.captions import gate
+
+    figs = {"keyword_coverage": 1.0, "all_keywords_rate": 1.0, "invented_word_rate": 0.0,
+            "repetition_rate": 0.0, "misplaced_word_rate": 0.0, "perplexity": 30.0,
+            "function_word_perplexity": 9.0}
+    lm_only = {"function_word_perplexity": 13.8, "examples": [{"caption": "Country, music"}]}
+    decodings = [{"generation": g, **figs, "passes": False, "broken": ["x"], "lm_only": lm_only,
+                  "examples": []} for g in (gate.FUSED_DECODING, gate.FREE_FIRST_DECODING)]
+    report = {"segments": "eval_segments.csv", "n": 1, "template": figs, "decodings": decodings,
+              "limits": gate.LIMITS, "passes": False}
+    md = gate.markdown(report)
+    assert md.count("fusion LM alone): function-word perplexity 13.8") == 1
