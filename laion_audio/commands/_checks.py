@@ -28,27 +28,25 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def positive_int(text: str) -> int:
-    """An int >= 1 (worker counts, batch sizes): ``--workers 0`` is a usage error, not a
-    ZeroDivisionError half a minute into the run."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {'at least 1' if low == 1 else f'{low} or more'}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1 (worker counts, batch sizes): ``--workers 0`` is a usage error, not a
+    ZeroDivisionError half a minute into the run."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An int >= 0 (0 turns an option off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def _finite(text: str) -> float:
