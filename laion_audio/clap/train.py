@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .. import atomic
+from ..errors import UserError
 from .checkpoint import fix_state_dict, load_pretrained_audio, read_checkpoint
 from .data import ClapShards, find_shards, make_loader
 from .distributed import DistInfo, init_distributed
@@ -279,13 +280,8 @@ def default_name(args) -> str:
 
 
 def parse_weights(items) -> dict | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        name, _, w = item.partition("=")
-        out[name] = float(w)
-    return out
+    """``--dataset-weights`` (already (name, weight) pairs, see params.dataset_weight)."""
+    return dict(items) if items else None
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -302,6 +298,20 @@ def run_warmup(warmup: int | None, total_steps: int, max_steps: int | None = Non
     return max(1, min(DEFAULT_WARMUP, steps // 10))
 
 
+def check_corpus(train_sets, args, world_size: int) -> None:
+    """Shards exist and hold at least one global batch, before any run folder is made. A batch
+    larger than the corpus would repeat samples inside one batch, each copy a negative of
+    itself in the contrastive loss."""
+    if not train_sets:
+        raise UserError(f"no training shards under {args.data_root} (datasets "
+                        f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
+                        f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars")
+    samples = sum(s.num_samples for s in train_sets)
+    if args.batch_size * world_size > samples:
+        raise UserError(f"--batch-size {args.batch_size} x {world_size} process(es) is more than the "
+                        f"{samples} training samples in sizes.json; use a batch of at most {samples}")
+
+
 def train(args) -> int:
     info = init_distributed(args.device)
     logging.getLogger().setLevel(logging.INFO if info.is_master else logging.WARNING)
@@ -314,15 +324,11 @@ def train(args) -> int:
         args.name = args.name or resume_state.get("name")
     args.name = args.name or default_name(args)
     run_dir = Path(args.logs) / args.name
-    if info.is_master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
     weights = parse_weights(args.dataset_weights)
     train_sets = find_shards(args.data_root, args.datasets, args.train_splits, weights)
-    if not train_sets:
-        log.error("no training shards under %s (datasets %s, splits %s)", args.data_root,
-                  args.datasets, args.train_splits)
-        return 2
+    check_corpus(train_sets, args, info.world_size)
+    if info.is_master:
+        run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(args, train_sets, run_dir, info)
     if info.is_master:  # after the tokenizer: params.json names the run's own copy
         (run_dir / "params.json").write_text(json.dumps(public_args(args, run_dir), indent=2, default=str))
@@ -354,8 +360,8 @@ def train(args) -> int:
                          weighted=weights is not None)
     steps_per_epoch = dataset.num_batches // args.accum_freq
     if steps_per_epoch == 0:
-        log.error("an epoch has %d batches, fewer than --accum-freq %d", dataset.num_batches, args.accum_freq)
-        return 2
+        raise UserError(f"an epoch has {dataset.num_batches} batches, fewer than --accum-freq "
+                        f"{args.accum_freq}")
     total_steps = steps_per_epoch * args.epochs
     optimizer = build_optimizer(model, args)
     args.warmup = run_warmup(args.warmup, total_steps, args.max_steps)

@@ -32,9 +32,6 @@ def validate_train(args) -> None:
             _checks.existing_file(getattr(args, opt), "--" + opt.replace("_", "-"))
     if args.resume and args.resume != "latest":
         _checks.existing_file(args.resume, "--resume")
-    for opt in ("batch_size", "epochs", "accum_freq"):
-        if getattr(args, opt) < 1:
-            raise UserError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
     cpus = os.cpu_count() or 1
     if args.workers >= cpus:
         print(f"laion-audio train: warning: --workers {args.workers} loader processes on {cpus} "
