@@ -16,6 +16,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import random
 import time
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .. import atomic
-from ..errors import UserError
+from ..errors import IncompleteError, UserError
 from .checkpoint import fix_state_dict, load_pretrained_audio, read_checkpoint
 from .data import ClapShards, find_shards, make_loader
 from .distributed import DistInfo, init_distributed
@@ -393,6 +394,7 @@ def train(args) -> int:
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs, global batch {global_batch}, "
               f"world {info.world_size}, warmup {args.warmup} steps", flush=True)
     stop = False
+    first_step = step
     try:
         for epoch in range(start_epoch, args.epochs):
             model.train()
@@ -404,6 +406,7 @@ def train(args) -> int:
                 progress = tqdm(total=steps_per_epoch, initial=batches_done // args.accum_freq,
                                 desc=f"epoch {epoch}", dynamic_ncols=True)
             pending: list[dict] = []
+            owed = batches_done < steps_per_epoch * args.accum_freq   # a resume may owe none
             t_data = time.perf_counter()
             for batch in loader:
                 skipped_total += batch.pop("skipped", 0)
@@ -414,6 +417,11 @@ def train(args) -> int:
                 t0 = time.perf_counter()
                 lr = scheduler.step()
                 loss = train_step(model, pending, optimizer, info.device, autocast, args.grad_clip)
+                if not math.isfinite(loss):
+                    # the weights are now garbage: keep the last checkpoint, save nothing
+                    raise IncompleteError(
+                        f"the loss is {loss} at step {step + 1} (epoch {epoch}): training diverged; "
+                        "lower --lr or set --grad-clip, then --resume from the last checkpoint")
                 batch_time = time.perf_counter() - t0
                 pending = []
                 batches_done += args.accum_freq
@@ -441,6 +449,11 @@ def train(args) -> int:
                 t_data = time.perf_counter()
             if progress:
                 progress.close()
+            if owed and step == first_step:   # before any checkpoint of untrained weights
+                raise IncompleteError(
+                    f"no training step was made: no sample of the {dataset.num_samples} in sizes.json "
+                    "was usable (the warnings above name them); check the data root with "
+                    "`laion-audio verify --shards-to`")
             if stop:
                 if info.is_master:
                     save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,

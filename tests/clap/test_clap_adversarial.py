@@ -68,3 +68,58 @@ def test_train_option_mistakes_are_one_line_and_make_no_run_folder(corpus, tmp_p
     rc, err = _run(_train_argv(corpus, tmp_path, "r", *extra), capsys)
     _one_line_usage_error(rc, err)
     assert not (tmp_path / "r").exists()
+
+
+def _bad_corpus(root: Path, items) -> Path:
+    write_shards(root, "bad", "train", items, per_shard=4)
+    return root
+
+
+def test_a_corpus_with_no_usable_sample_fails_instead_of_cycling_forever(corpus, tmp_path):
+    """Every FLAC garbage or every caption blank: exit 1 in seconds, no checkpoint (it hung
+    forever, re-reading the same bad samples pass after pass)."""
+    data = _bad_corpus(tmp_path / "shards", [(f"g{i}", b"not a flac" * 5, {"text": "x"}) for i in range(4)]
+                       + [(f"b{i}", synth_clip("clicking", 0, 1, np.random.default_rng(i), 0.3),
+                           {"text": ["", "  "]}) for i in range(4)])
+    proc = subprocess.run([sys.executable, "-m", "laion_audio", *_train_argv(corpus, tmp_path / "logs", "r",
+                                                                            data=data)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "no training step was made" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "logs" / "r" / "checkpoints").exists()
+
+
+def test_blank_captions_are_skipped_and_each_bad_sample_counted_once(corpus, tmp_path, capsys):
+    """Blank captions ("", "   ", ["", ""]) were trained on; a bad sample met again on every
+    pass over a small corpus was counted again each time (204 'corrupt samples' for 2)."""
+    import csv
+
+    good = _items(8, "ok")
+    w = synth_clip("clicking", 0, 1, np.random.default_rng(1), 0.3)
+    bad = [("blank", w, {"text": ""}), ("spaces", w, {"text": "   "}), ("blanks", w, {"text": ["", " "]}),
+           ("garbage", b"not a flac" * 5, {"text": "garbage"})]
+    data = _bad_corpus(tmp_path / "shards", good[:4] + bad + good[4:])
+    # an epoch of 12 / 4 = 3 batches takes 1.5 passes over the 8 good samples: the bad ones are
+    # met twice, and counted once
+    rc, err = _run(_train_argv(corpus, tmp_path / "logs", "r", data=data), capsys)
+    assert rc == 0, err
+    with open(tmp_path / "logs" / "r" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[-1]["skipped_total"]) == 4
+
+
+def test_a_diverging_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(corpus, tmp_path, capsys):
+    import torch
+
+    rc, err = _run(_train_argv(corpus, tmp_path, "r", "--max-steps", "1"), capsys)
+    assert rc == 0, err
+    ckpt = tmp_path / "r" / "checkpoints" / "latest.pt"
+    before = ckpt.read_bytes()
+    rc, err = _run(_train_argv(corpus, tmp_path, "r", "--resume", "latest", "--epochs", "2",
+                               "--lr", "1e30"), capsys)
+    assert rc == 1, err
+    assert "diverged" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert ckpt.read_bytes() == before
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
