@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from .. import atomic
 from ..errors import IncompleteError, UserError
-from .checkpoint import fix_state_dict, load_pretrained_audio, read_checkpoint
+from .checkpoint import fix_state_dict, load_pretrained_audio, load_state_strict, read_checkpoint
 from .data import ClapShards, find_shards, make_loader
 from .distributed import DistInfo, init_distributed
 from .factory import create_model, create_tokenizer, load_model_config
@@ -149,12 +149,15 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches
 class RunLog:
     """CSV log (always) + TensorBoard (when installed), master rank only."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None,
+                 resume_epoch: int | None = None):
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         self.path = run_dir / "train_log.csv"
+        if resume_step is not None:
+            self._trim(run_dir, resume_step, resume_epoch)
         new = not self.path.exists()
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
@@ -165,6 +168,23 @@ class RunLog:
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         except ImportError:
             log.info("tensorboard not installed: CSV log only")
+
+    def _trim(self, run_dir: Path, step: int, epoch: int | None) -> None:
+        """A run killed after its last checkpoint logged steps (and validations) it will redo
+        on resume: drop them, so each step and epoch is in the logs once."""
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+            with atomic.atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        results = run_dir / "results.jsonl"
+        if epoch is not None and results.is_file():
+            kept = [line for line in results.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+            with atomic.atomic_path(results) as tmp:
+                Path(tmp).write_text("".join(line + "\n" for line in kept))
 
     def step(self, row: dict) -> None:
         if not self.enabled:
@@ -299,6 +319,12 @@ def run_warmup(warmup: int | None, total_steps: int, max_steps: int | None = Non
     return max(1, min(DEFAULT_WARMUP, steps // 10))
 
 
+def holds_run(run_dir: Path) -> bool:
+    """A run folder with checkpoints or logged steps: starting afresh there would append to its
+    log and overwrite its checkpoints."""
+    return any((run_dir / "checkpoints").glob("*.pt")) or (run_dir / "train_log.csv").is_file()
+
+
 def check_corpus(train_sets, args, world_size: int) -> None:
     """Shards exist and hold at least one global batch, before any run folder is made. A batch
     larger than the corpus would repeat samples inside one batch, each copy a negative of
@@ -321,13 +347,23 @@ def train(args) -> int:
         resume_path = args.resume
         if resume_path == "latest":
             resume_path = Path(args.logs) / args.name / "checkpoints" / "latest.pt"
-        resume_state = read_checkpoint(resume_path, trust=args.trust_checkpoint)
+        if not Path(resume_path).is_file():
+            raise UserError(f"--resume latest: run {args.name!r} has no checkpoint to resume "
+                            f"({resume_path} does not exist); drop --resume to start it")
+        try:
+            resume_state = read_checkpoint(resume_path, trust=args.trust_checkpoint)
+            fix_state_dict(resume_state)
+        except ValueError as exc:
+            raise UserError(f"--resume: {exc}") from None
         args.name = args.name or resume_state.get("name")
     args.name = args.name or default_name(args)
     run_dir = Path(args.logs) / args.name
     weights = parse_weights(args.dataset_weights)
     train_sets = find_shards(args.data_root, args.datasets, args.train_splits, weights)
     check_corpus(train_sets, args, info.world_size)
+    if resume_state is None and holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds a run (checkpoints or train_log.csv); add --resume "
+                        "latest to continue it, or choose another --name or --logs")
     if info.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(args, train_sets, run_dir, info)
@@ -370,7 +406,10 @@ def train(args) -> int:
 
     start_epoch, batches_done, step = 0, 0, 0
     if resume_state is not None:
-        unwrap(model).load_state_dict(fix_state_dict(resume_state["state_dict"]), strict=True)
+        try:
+            load_state_strict(unwrap(model), fix_state_dict(resume_state), resume_path)
+        except ValueError as exc:
+            raise UserError(f"--resume: {exc}") from None
         if "optimizer" in resume_state and "epoch" in resume_state:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
@@ -385,7 +424,8 @@ def train(args) -> int:
 
     val_sets = find_shards(args.data_root, args.datasets, args.val_splits) if args.val_frequency else []
     autocast = autocast_for(info.device, args.precision)
-    runlog = RunLog(run_dir, info.is_master)
+    runlog = RunLog(run_dir, info.is_master, step if resume_state is not None else None,
+                    start_epoch if resume_state is not None else None)
     ckpt_dir = run_dir / "checkpoints"
     global_batch = args.batch_size * info.world_size * args.accum_freq
     skipped_total = 0

@@ -123,3 +123,96 @@ def test_a_diverging_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(c
     assert ckpt.read_bytes() == before
     state = torch.load(ckpt, weights_only=False)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A one-step run (its checkpoint) and files that are not checkpoints of it."""
+    import torch
+
+    logs = tmp_path_factory.mktemp("logs")
+    assert cli(_train_argv(corpus, logs, "run", "--max-steps", "1")) == 0
+    ckpt = logs / "run" / "checkpoints" / "latest.pt"
+    bad = logs / "bad"
+    bad.mkdir()
+    data = ckpt.read_bytes()
+    (bad / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (bad / "garbage.pt").write_bytes(bytes(range(256)) * 4)
+    torch.save({"a": torch.zeros(2)}, bad / "foreign.pt")
+    torch.save([1, 2], bad / "list.pt")
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"] = {k: v for k, v in list(state["state_dict"].items())[:-3]}
+    torch.save(state, bad / "other_model.pt")
+    return logs, ckpt, bad
+
+
+BAD_CHECKPOINTS = [("truncated.pt", []), ("garbage.pt", []), ("garbage.pt", ["--trust-checkpoint"]),
+                   ("foreign.pt", []), ("list.pt", []), ("other_model.pt", [])]
+
+
+@pytest.mark.parametrize("name,extra", BAD_CHECKPOINTS)
+def test_resume_from_a_file_that_is_not_this_runs_checkpoint_is_one_line(corpus, trained, tmp_path, capsys,
+                                                                        name, extra):
+    _, _, bad = trained
+    rc, err = _run(_train_argv(corpus, tmp_path, "r", "--resume", str(bad / name), *extra), capsys)
+    _one_line_usage_error(rc, err)
+    assert "--resume" in err
+
+
+def test_resume_latest_of_a_run_that_has_none_is_one_line(corpus, tmp_path, capsys):
+    rc, err = _run(_train_argv(corpus, tmp_path, "never", "--resume", "latest"), capsys)
+    _one_line_usage_error(rc, err)
+    assert "no checkpoint to resume" in err
+
+
+@pytest.mark.parametrize("name,extra", BAD_CHECKPOINTS)
+def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line(corpus, trained, capsys, name, extra):
+    _, _, bad = trained
+    rc, err = _run(["evaluate", "--checkpoint", str(bad / name), "--tokenizer", str(corpus / "tok"),
+                    "--data-root", str(corpus / "shards"), *extra], capsys)
+    _one_line_usage_error(rc, err)
+
+
+def test_a_run_folder_that_holds_another_run_is_not_overwritten(corpus, trained, capsys):
+    logs, ckpt, _ = trained
+    before = ckpt.read_bytes()
+    rc, err = _run(_train_argv(corpus, logs, "run"), capsys)
+    _one_line_usage_error(rc, err)
+    assert "already holds a run" in err and ckpt.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_logs_each_step_once(corpus, tmp_path):
+    """SIGKILL after step 3 when the last checkpoint is step 2: the resumed run redoes step 3;
+    train_log.csv used to hold it twice (and every step after the checkpoint of a longer run)."""
+    import csv
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "shards"
+    write_shards(data, "synth", "train", _items(24), per_shard=6)
+    argv = [sys.executable, "-m", "laion_audio", *_train_argv(corpus, tmp_path / "logs", "k", "--save-every-steps",
+                                                             "2", data=data)]
+    log = tmp_path / "logs" / "k" / "train_log.csv"
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.is_file() and len(log.read_text().splitlines()) >= 4:   # header + steps 1-3
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    import torch
+
+    saved = torch.load(tmp_path / "logs" / "k" / "checkpoints" / "latest.pt", weights_only=False)["step"]
+    with open(log) as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f)]
+    assert logged[-1] > saved, "killed right at a checkpoint: nothing to redo, the test proves nothing"
+    resumed = subprocess.run(argv + ["--resume", "latest"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with open(log) as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(1, 7))
