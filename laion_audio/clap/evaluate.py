@@ -87,11 +87,12 @@ def evaluate_retrieval(model, shard_sets, tokenizer, audio_cfg: AudioConfig, arg
                          text_augment_selection=getattr(args, "text_augment_selection", None),
                          seed=args.seed, need_fusion=getattr(args, "enable_fusion", False))
     emb = embed_shards(model, dataset, device, getattr(args, "eval_workers", 0))
-    metrics = {}
-    names = sorted(set(emb["dataset"]))
-    groups = {name: [i for i, d in enumerate(emb["dataset"]) if d == name] for name in names}
+    datasets = emb.get("dataset", [])          # none when no sample decoded
+    metrics = {"num_samples": len(datasets)}
+    names = sorted(set(datasets))
+    groups = {name: [i for i, d in enumerate(datasets) if d == name] for name in names}
     if len(names) > 1:
-        groups["all"] = list(range(len(emb["dataset"])))
+        groups["all"] = list(range(len(datasets)))
     for name, idx in groups.items():
         m = retrieval_from_embeddings(model, tokenizer, emb["audio"][idx], [emb["raw_text"][i] for i in idx],
                                       [emb["full_text"][i] for i in idx], device, five_caption)

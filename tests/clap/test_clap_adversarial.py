@@ -216,3 +216,74 @@ def test_kill_9_mid_epoch_then_resume_logs_each_step_once(corpus, tmp_path):
     with open(log) as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(1, 7))
+
+
+def _labels_file(tmp_path, name, raw: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return str(path)
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'["humming tone", "humming tone"]', b'["caf\\xe9"]'.replace(b"\\xe9", b"\xe9"),
+                                 b'{"a": 1', b'"humming tone"', b"[1, 2]", b'{"a": 0, "b": 0}', b'["", "x"]'])
+def test_evaluate_class_labels_that_are_no_class_list_are_one_line(corpus, trained, tmp_path, capsys, raw):
+    """Empty, duplicated, non-UTF-8, broken, a bare string (read letter by letter), numbers:
+    tracebacks, or NaN metrics with exit 0."""
+    _, ckpt, _ = trained
+    labels = _labels_file(tmp_path, "labels.json", raw)
+    for task in ("zeroshot", "linear-probe"):
+        rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", task, "--data-root",
+                        str(corpus / "shards"), "--class-labels", labels], capsys)
+        _one_line_usage_error(rc, err)
+        assert "--class-labels" in err
+
+
+@pytest.mark.parametrize("prompt", ["{lable} sound", "a sound", "{0} {label}"])
+def test_evaluate_a_prompt_without_exactly_label_is_one_line(corpus, trained, tmp_path, capsys, prompt):
+    _, ckpt, _ = trained
+    labels = _labels_file(tmp_path, "labels.json", json.dumps(LABELS).encode())
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--data-root",
+                    str(corpus / "shards"), "--class-labels", labels, "--prompt", prompt], capsys)
+    _one_line_usage_error(rc, err)
+
+
+def test_evaluate_output_that_is_a_folder_fails_before_the_work(corpus, trained, tmp_path, capsys):
+    _, ckpt, _ = trained
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(corpus / "shards"),
+                    "--output", str(tmp_path)], capsys)
+    _one_line_usage_error(rc, err)
+
+
+def test_evaluate_over_nothing_usable_exits_1_not_nan(corpus, trained, tmp_path, capsys):
+    """No sample decodes, no sample carries one of the labels, empty class folders: NaN
+    metrics with exit 0 (or a KeyError)."""
+    _, ckpt, _ = trained
+    bad = tmp_path / "bad"
+    write_shards(bad, "bad", "test", [(f"g{i}", b"not a flac" * 5, {"text": "x"}) for i in range(3)])
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(bad)], capsys)
+    assert rc == 1 and "nothing to evaluate" in err and "Traceback" not in err, err
+    other = _labels_file(tmp_path, "other.json", b'["dog", "cat"]')
+    for task in ("zeroshot", "linear-probe"):
+        rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", task, "--data-root",
+                        str(corpus / "shards"), "--splits", "test", "--class-labels", other], capsys)
+        assert rc == 1 and "without a label" in err, err
+    (tmp_path / "classes" / "dog").mkdir(parents=True)
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--class-folder",
+                    str(tmp_path / "classes")], capsys)
+    _one_line_usage_error(rc, err)
+    (tmp_path / "classes" / "dog" / "bark.flac").write_bytes(b"not a flac")
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--class-folder",
+                    str(tmp_path / "classes")], capsys)
+    assert rc == 1 and "nothing to evaluate" in err, err
+
+
+def test_linear_probe_leaves_out_samples_without_a_label(corpus, trained, tmp_path, capsys):
+    """Half the samples carry no tag among the labels: they were class 0 for the probe."""
+    _, ckpt, _ = trained
+    labels = _labels_file(tmp_path, "l.json", json.dumps(LABELS[:3]).encode())
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "linear-probe", "--data-root",
+                    str(corpus / "shards"), "--train-splits", "train", "--splits", "test",
+                    "--class-labels", labels, "--output", str(tmp_path / "m.json")], capsys)
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert (metrics["num_train"], metrics["num_test"]) == (6, 3)   # tags of LABELS[:3] only
