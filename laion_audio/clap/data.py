@@ -410,6 +410,8 @@ class ClapShards(IterableDataset):
                 return
         if items and not self.train:
             yield self.collate(items, counter.total() - reported)
+        elif not self.train and counter.total() > reported:
+            yield {"skipped": counter.total() - reported}   # no sample left to batch: the count alone
         elif target is not None and produced < target:
             log.warning("worker %d ran out of samples after %d of %d batches", worker, produced, target)
 

@@ -43,6 +43,9 @@ def embed_shards(model, dataset: ClapShards, device, workers: int = 0, projected
     model.eval()
     out = defaultdict(list)
     for batch in make_loader(dataset, workers):
+        out["skipped"].append(batch["skipped"])
+        if "waveform" not in batch:       # only the count of samples skipped at the end
+            continue
         audio = _audio_input(batch, device)
         emb = model.encode_audio(audio) if projected else model.get_audio_embedding(audio)
         out["audio"].append(emb.float().cpu())
@@ -50,7 +53,6 @@ def embed_shards(model, dataset: ClapShards, device, workers: int = 0, projected
             out[k] += batch[k]
         if "class_label" in batch:
             out["class_label"].append(batch["class_label"])
-        out["skipped"].append(batch["skipped"])
     result = dict(out)
     result["audio"] = torch.cat(out["audio"]) if out["audio"] else torch.empty(0, model.joint_embed_shape)
     if out.get("class_label"):

@@ -287,3 +287,17 @@ def test_linear_probe_leaves_out_samples_without_a_label(corpus, trained, tmp_pa
     assert rc == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert (metrics["num_train"], metrics["num_test"]) == (6, 3)   # tags of LABELS[:3] only
+
+
+def test_a_validation_split_with_no_usable_sample_does_not_crash_training(corpus, tmp_path, capsys):
+    """evaluate_retrieval over no decoded sample raised KeyError 'dataset' at the first epoch
+    end, killing the run after its checkpoint."""
+    data = tmp_path / "shards"
+    write_shards(data, "synth", "train", _items(4), per_shard=4)
+    write_shards(data, "synth", "test", [(f"g{i}", b"not a flac" * 5, {"text": "x"}) for i in range(2)])
+    argv = _train_argv(corpus, tmp_path / "logs", "r", data=data)
+    argv[argv.index("--val-frequency") + 1] = "1"
+    rc, err = _run(argv, capsys)
+    assert rc == 0, err
+    result = json.loads((tmp_path / "logs" / "r" / "results.jsonl").read_text().splitlines()[-1])
+    assert (result["num_samples"], result["skipped"]) == (0, 2)
