@@ -319,6 +319,26 @@ def run_warmup(warmup: int | None, total_steps: int, max_steps: int | None = Non
     return max(1, min(DEFAULT_WARMUP, steps // 10))
 
 
+#: settings that decide which samples make up each batch of an epoch
+EPOCH_PLAN = ("batch_size", "accum_freq", "workers", "seed", "shuffle_buffer", "shuffle_initial",
+              "datasets", "train_splits", "dataset_weights")
+
+
+def check_same_epoch_plan(state: dict, args) -> None:
+    """A checkpoint taken mid-epoch resumes by skipping the batches already seen; with another
+    batch size, worker count, seed or data selection those are other samples, so some would be
+    trained twice and others never. Between epochs anything may change."""
+    saved = state.get("args")
+    if not state.get("batches_done") or not isinstance(saved, dict):
+        return
+    plain = lambda v: json.dumps(v, default=str)  # noqa: E731  (tuples and lists alike)
+    changed = [k for k in EPOCH_PLAN if k in saved and plain(saved[k]) != plain(getattr(args, k, None))]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+        raise UserError(f"--resume: the checkpoint stopped mid-epoch (after {state['batches_done']} "
+                        f"batches) with {was}; resume with the same settings (or from an epoch_N.pt)")
+
+
 def holds_run(run_dir: Path) -> bool:
     """A run folder with checkpoints or logged steps: starting afresh there would append to its
     log and overwrite its checkpoints."""
@@ -355,6 +375,7 @@ def train(args) -> int:
             fix_state_dict(resume_state)
         except ValueError as exc:
             raise UserError(f"--resume: {exc}") from None
+        check_same_epoch_plan(resume_state, args)
         args.name = args.name or resume_state.get("name")
     args.name = args.name or default_name(args)
     run_dir = Path(args.logs) / args.name

@@ -301,3 +301,14 @@ def test_a_validation_split_with_no_usable_sample_does_not_crash_training(corpus
     assert rc == 0, err
     result = json.loads((tmp_path / "logs" / "r" / "results.jsonl").read_text().splitlines()[-1])
     assert (result["num_samples"], result["skipped"]) == (0, 2)
+
+
+@pytest.mark.parametrize("extra", [["--batch-size", "2"], ["--seed", "9"], ["--shuffle-buffer", "8"]])
+def test_resume_mid_epoch_with_another_epoch_plan_is_refused(corpus, trained, capsys, extra):
+    """The loader skips the batches already seen; with another batch size or seed those are
+    other samples (some trained twice, some never), silently."""
+    logs, ckpt, _ = trained
+    before = ckpt.read_bytes()
+    rc, err = _run(_train_argv(corpus, logs, "run", "--resume", "latest", *extra), capsys)
+    _one_line_usage_error(rc, err)
+    assert "mid-epoch" in err and ckpt.read_bytes() == before
