@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,9 @@ def _decode_all(flac: bytes) -> tuple[int, int, int]:
         return frames, f.samplerate, f.channels
 
 
+_OBJECT_AT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _check_sample(key: str, members: dict[str, bytes]) -> tuple[float, list[str]]:
     problems = []
     seconds = 0.0
@@ -86,7 +90,9 @@ def _check_sample(key: str, members: dict[str, bytes]) -> tuple[float, list[str]
                 problems.append(f"sample {key}: FLAC holds no samples")
             seconds = frames / sr
         except Exception as exc:
-            problems.append(f"sample {key}: FLAC does not decode: {exc}")
+            # libsndfile names the in-memory stream by its address: the same tar reported twice
+            # would read differently
+            problems.append(f"sample {key}: FLAC does not decode: {_OBJECT_AT.sub('FLAC', str(exc))}")
     if "json" in members:
         try:
             doc = json.loads(members["json"].decode("utf-8"))
@@ -305,6 +311,10 @@ def verify(out: str | os.PathLike, *, workers: int = 2,
         if dups:
             report.problems.append(f"{root.display(d)}: {len(dups)} sample names occur more than "
                                    f"once in the split, e.g. {dups[:3]}")
+    for name, s in sorted(report.splits.items()):
+        if s["samples"] == 0:
+            report.problems.append(f"{name}: the split holds no sample ({s['shards']} shards): CLAP "
+                                   f"reads nothing from it; remove it or rebuild it")
     if any(not s["indexed"] for s in report.splits.values()):
         report.notes.append(f"splits without {INDEX_NAME} (LAION's own layout) were checked "
                             "against sizes.json only")

@@ -130,3 +130,22 @@ def test_a_long_sample_is_checked_in_bounded_memory(tmp_path):
         "print(*_decode_all(open(sys.argv[1], 'rb').read()), peak_kb())", path)
     assert (frames, rate, channels) == (20 * 60 * 48000, 48000, 1)
     assert peak_kb < 200 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def test_an_empty_split_is_a_problem_and_reports_are_reproducible(tmp_path):
+    """sizes.json {} (or shards of 0 samples) passed as OK; an undecodable FLAC's problem named
+    a memory address, so two reports of the same shards differed."""
+    empty = tmp_path / "root" / "ds" / "train"
+    empty.mkdir(parents=True)
+    (empty / "sizes.json").write_text("{}")
+    report = verify(tmp_path / "root")
+    assert not report.ok and any("holds no sample" in p for p in report.problems)
+    bad = tmp_path / "root" / "ds" / "test"
+    bad.mkdir()
+    with tarfile.open(bad / "0.tar", "w") as tar:
+        add_bytes(tar, "k.flac", b"not a flac")
+        add_bytes(tar, "k.json", json.dumps({"text": "x"}).encode())
+    (bad / "sizes.json").write_text(json.dumps({"0.tar": 1}))
+    first, second = verify(tmp_path / "root").problems, verify(tmp_path / "root").problems
+    assert first == second and any("FLAC does not decode" in p for p in first)
+    assert not any(" at 0x" in p for p in first)
