@@ -46,8 +46,12 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
                 raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, a torn zip, anything torch.load raises
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not trust and "weights only load failed" in str(exc).lower() and "global" in str(exc).lower():
+        text = str(exc)
+        # torch's weights-only message names the cause after its boilerplate
+        cause = text.split("WeightsUnpickler error:", 1)[-1]
+        lines = [line.strip() for line in cause.splitlines() if line.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        if not trust and "unsupported global" in text.lower():
             raise ValueError(f"{path}: refused to unpickle ({first}); pass trust=True "
                              "(--trust-checkpoint) if you know where the file comes from") from exc
         raise ValueError(f"{path} is not a readable checkpoint (truncated, or not a torch file): "

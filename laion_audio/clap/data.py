@@ -87,6 +87,8 @@ def find_shards(root: str | Path, datasets: list[str] | None = None,
                 continue
             try:
                 sizes = json.loads(fs.cat_file(sizes_path))
+                if not isinstance(sizes, dict) or not all(type(n) is int and n >= 0 for n in sizes.values()):
+                    raise ValueError("not an object of shard name -> sample count")
             except (OSError, ValueError) as exc:
                 log.warning("unreadable %s (%s): split skipped", sizes_path, exc)
                 continue

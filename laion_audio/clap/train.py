@@ -395,7 +395,10 @@ def train(args) -> int:
     model = create_model(args.amodel, args.tmodel, args.enable_fusion, args.fusion_type,
                          args.text_model_path, tokenizer, spec_augment=not args.no_spec_augment)
     if args.pretrained_audio and resume_state is None:
-        load_pretrained_audio(model, args.pretrained_audio, trust=args.trust_checkpoint)
+        try:
+            load_pretrained_audio(model, args.pretrained_audio, trust=args.trust_checkpoint)
+        except ValueError as exc:
+            raise UserError(f"--pretrained-audio: {exc}") from None
     if args.freeze_text:
         for p in model.text_branch.parameters():
             p.requires_grad = False
@@ -408,7 +411,7 @@ def train(args) -> int:
             find_unused_parameters=True)
 
     audio_cfg = AudioConfig.from_dict(load_model_config(args.amodel)["audio_cfg"])
-    class_index = json.loads(Path(args.class_label_path).read_text()) if args.class_label_path else None
+    class_index = json.loads(Path(args.class_label_path).read_text(encoding="utf-8")) if args.class_label_path else None
     dataset = ClapShards(train_sets, tokenizer, audio_cfg, args.batch_size, train=True,
                          truncating=args.data_truncating, filling=args.data_filling,
                          text_augment_selection=args.text_augment_selection, seed=args.seed,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 from . import _checks
@@ -27,9 +28,9 @@ def validate_train(args) -> None:
     validate_model_args(args)
     if args.data_root and "://" not in args.data_root:
         _checks.existing_folder(args.data_root, "--data-root")
-    for opt in ("class_label_path",):
-        if getattr(args, opt, None):
-            _checks.existing_file(getattr(args, opt), "--" + opt.replace("_", "-"))
+    if args.class_label_path:
+        class_index(args.class_label_path)
+    _checks.writable_folder(args.logs, "--logs")
     if args.resume and args.resume != "latest":
         _checks.existing_file(args.resume, "--resume")
     cpus = os.cpu_count() or 1
@@ -37,6 +38,24 @@ def validate_train(args) -> None:
         print(f"laion-audio train: warning: --workers {args.workers} loader processes on {cpus} "
               f"CPUs compete with training for the cores; try --workers {max(0, cpus - 1)}",
               file=sys.stderr)
+
+
+def class_index(path: str) -> dict[str, int]:
+    """--class-label-path: JSON {label: index}, the indices 0..n-1 (a list or broken JSON was
+    a traceback, or a run whose ``class_label`` stayed all zero)."""
+    import json
+    from pathlib import Path
+
+    _checks.existing_file(path, "--class-label-path")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"--class-label-path {path} is not UTF-8 JSON: {exc}") from None
+    if (not isinstance(data, dict) or not data
+            or sorted(v for v in data.values() if type(v) is int) != list(range(len(data)))):
+        raise UserError(f"--class-label-path {path}: expected {{label: index}} with the indices "
+                        "0..n-1, each once")
+    return data
 
 
 def validate_model_args(args) -> None:
@@ -51,6 +70,20 @@ def validate_model_args(args) -> None:
     for opt in ("tokenizer", "text_model_path"):
         if getattr(args, opt, None):
             _checks.existing_folder(getattr(args, opt), "--" + opt.replace("_", "-"))
+    text_model = getattr(args, "text_model_path", None)
+    if text_model and not (Path(text_model) / "config.json").is_file():
+        raise UserError(f"--text-model-path {text_model} is not a Hugging Face model folder "
+                        "(no config.json)")
+    tokenizer = getattr(args, "tokenizer", None) or text_model
+    if tokenizer:
+        from laion_audio.clap.factory import create_tokenizer
+
+        try:
+            create_tokenizer(tokenizer)
+        except Exception as exc:  # transformers raises OSError, ValueError, its own types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{'--tokenizer' if getattr(args, 'tokenizer', None) else '--text-model-path'} "
+                            f"{tokenizer} holds no usable tokenizer ({first})") from None
     if getattr(args, "pretrained_audio", None):
         _checks.existing_file(args.pretrained_audio, "--pretrained-audio")
 

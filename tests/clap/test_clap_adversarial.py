@@ -312,3 +312,40 @@ def test_resume_mid_epoch_with_another_epoch_plan_is_refused(corpus, trained, ca
     rc, err = _run(_train_argv(corpus, logs, "run", "--resume", "latest", *extra), capsys)
     _one_line_usage_error(rc, err)
     assert "mid-epoch" in err and ckpt.read_bytes() == before
+
+
+def test_train_paths_that_are_not_what_they_claim_are_one_line(corpus, trained, tmp_path, capsys):
+    """An unwritable or file --logs, broken or list --class-label-path, an empty --tokenizer or
+    --text-model-path folder, a garbage --pretrained-audio, sizes.json with a non-integer count
+    or a list: tracebacks (or a list of labels silently ignored)."""
+    _, _, bad = trained
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.json").write_text('{"a": 1')
+    (tmp_path / "list.json").write_text('["a", "b"]')
+    odd = tmp_path / "odd"
+    write_shards(odd, "a", "train", _items(4), per_shard=2)
+    (odd / "a" / "train" / "sizes.json").write_text('{"0.tar": "two", "1.tar": 2}')
+    write_shards(odd, "b", "train", _items(4), per_shard=2)
+    (odd / "b" / "train" / "sizes.json").write_text('["0.tar", "1.tar"]')
+    cases = [["--logs", "/proc/logs"], ["--logs", str(tmp_path / "afile")],
+             ["--class-label-path", str(tmp_path / "broken.json")],
+             ["--class-label-path", str(tmp_path / "list.json")],
+             ["--tokenizer", str(tmp_path / "empty")], ["--text-model-path", str(tmp_path / "empty")],
+             ["--pretrained-audio", str(bad / "garbage.pt")], ["--pretrained-audio", str(bad / "list.pt")],
+             ["--data-root", str(odd)]]
+    for extra in cases:
+        argv = _train_argv(corpus, tmp_path / "logs", "r")
+        for opt, value in zip(extra[::2], extra[1::2]):
+            if opt in argv:
+                argv[argv.index(opt) + 1] = value
+            else:
+                argv += [opt, value]
+        rc, err = _run(argv, capsys)
+        assert rc == 2 and "Traceback" not in err, (extra, err)
+        assert err.strip().splitlines()[-1].startswith("laion-audio train: error:"), (extra, err)
+        if "--data-root" not in extra:
+            assert len(err.strip().splitlines()) == 1, (extra, err)
+        import shutil
+
+        shutil.rmtree(tmp_path / "logs", ignore_errors=True)
