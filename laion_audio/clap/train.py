@@ -350,7 +350,9 @@ def check_corpus(train_sets, args, world_size: int) -> None:
     larger than the corpus would repeat samples inside one batch, each copy a negative of
     itself in the contrastive loss."""
     if not train_sets:
-        raise UserError(f"no training shards under {args.data_root} (datasets "
+        from laion_audio.http import redact
+
+        raise UserError(f"no training shards under {redact(args.data_root)} (datasets "
                         f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
                         f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars")
     samples = sum(s.num_samples for s in train_sets)

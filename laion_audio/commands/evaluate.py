@@ -95,7 +95,9 @@ def _shards(args, splits):
 
     sets = find_shards(args.data_root, args.datasets, splits)
     if not sets:
-        raise UserError(f"no shards under {args.data_root} for splits {' '.join(splits)} (each split "
+        from laion_audio.http import redact
+
+        raise UserError(f"no shards under {redact(args.data_root)} for splits {' '.join(splits)} (each split "
                         "needs a sizes.json and its tars)")
     return sets
 

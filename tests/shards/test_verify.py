@@ -149,3 +149,13 @@ def test_an_empty_split_is_a_problem_and_reports_are_reproducible(tmp_path):
     first, second = verify(tmp_path / "root").problems, verify(tmp_path / "root").problems
     assert first == second and any("FLAC does not decode" in p for p in first)
     assert not any(" at 0x" in p for p in first)
+
+
+def test_credentials_in_the_shard_root_url_are_not_printed_or_published(tmp_path):
+    url = "https://user:pw12345@127.0.0.1:9/shards?token=abcdef99"
+    proc = cli("verify", "--shards-to", url, "--json", str(tmp_path / "v.json"))
+    assert proc.returncode == 1, proc.stderr
+    published = (tmp_path / "v.json").read_text()
+    for secret in ("pw12345", "abcdef99"):
+        assert secret not in proc.stdout + proc.stderr and secret not in published
+    assert "127.0.0.1:9/shards" in published
