@@ -132,7 +132,8 @@ def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str 
     raw = read_checkpoint(path, trust=trust)
     saved = raw.get("args", {}) if isinstance(raw, dict) else {}
     settings = {
-        "amodel": amodel or saved.get("amodel", "HTSAT-tiny"),
+        # a JSON config given by path is published by name only, its content in the checkpoint
+        "amodel": amodel or raw.get("amodel_config") or saved.get("amodel", "HTSAT-tiny"),
         "tmodel": tmodel or saved.get("tmodel", "roberta"),
         "enable_fusion": saved.get("enable_fusion", False) if enable_fusion is None else enable_fusion,
         "fusion_type": fusion_type or saved.get("fusion_type", "aff_2d"),

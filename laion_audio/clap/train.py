@@ -141,6 +141,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches
     text_config = hf_text_config(unwrap(model))
     if text_config is not None:
         state["text_config"] = text_config
+    if str(args.amodel).endswith(".json"):   # published by name only: the config travels along
+        state["amodel_config"] = load_model_config(args.amodel)
     state.update(extra or {})
     with atomic.atomic_path(path, fsync=True) as tmp:
         torch.save(state, tmp)
@@ -261,7 +263,7 @@ def prepare_tokenizer(args, shard_sets, run_dir: Path, info: DistInfo):
 
 #: options whose values are places on the user's machine
 LOCAL_PATH_OPTIONS = ("data_root", "logs", "tokenizer", "text_model_path", "pretrained_audio",
-                      "class_label_path", "resume")
+                      "class_label_path", "resume", "amodel")
 
 
 def public_args(args, run_dir: Path) -> dict:
@@ -297,7 +299,7 @@ def hf_text_config(model) -> dict | None:
 
 def default_name(args) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y_%m_%d-%H_%M_%S")
-    return f"{stamp}-model_{args.amodel}-lr_{args.lr}-b_{args.batch_size}-j_{args.workers}-p_{args.precision}"
+    return f"{stamp}-model_{Path(args.amodel).stem}-lr_{args.lr}-b_{args.batch_size}-j_{args.workers}-p_{args.precision}"
 
 
 def parse_weights(items) -> dict | None:

@@ -26,6 +26,9 @@ def validate_train(args) -> None:
     """Model names, folders and files exist before any process group, run folder or loader
     starts; loader workers beyond the machine's CPUs get a warning."""
     validate_model_args(args)
+    if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name
+                                  or args.name in (".", "..")):
+        raise UserError(f"--name {args.name!r} must be one folder name (no '/'), made under --logs")
     if args.data_root and "://" not in args.data_root:
         _checks.existing_folder(args.data_root, "--data-root")
     if args.class_label_path:

@@ -349,3 +349,36 @@ def test_train_paths_that_are_not_what_they_claim_are_one_line(corpus, trained, 
         import shutil
 
         shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+
+
+def test_a_model_config_given_by_path_is_published_by_name_and_travels_in_the_checkpoint(corpus, tmp_path,
+                                                                                        capsys):
+    """--amodel /some/where/my.json: the default run name held the path (four nested folders)
+    and params.json and the checkpoint published it; evaluate needed the file again."""
+    import shutil
+
+    import torch
+
+    from laion_audio.clap.factory import CONFIG_DIR
+
+    cfg = tmp_path / "private" / "my-pann.json"
+    cfg.parent.mkdir()
+    shutil.copy(CONFIG_DIR / "PANN-test.json", cfg)
+    argv = _train_argv(corpus, tmp_path / "logs", "unused", "--max-steps", "1")
+    argv[argv.index("--amodel") + 1] = str(cfg)
+    i = argv.index("--name")
+    del argv[i:i + 2]
+    rc, err = _run(argv, capsys)
+    assert rc == 0, err
+    (run,) = list((tmp_path / "logs").iterdir())
+    assert "my-pann" in run.name and (run / "checkpoints" / "latest.pt").is_file()
+    ckpt = run / "checkpoints" / "latest.pt"
+    state = torch.load(ckpt, weights_only=False)
+    published = (run / "params.json").read_text() + json.dumps(state["args"], default=str) + state["name"]
+    assert str(tmp_path) not in published
+    cfg.unlink()
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(corpus / "shards"),
+                    "--splits", "test"], capsys)
+    assert rc == 0, err
+    rc, err = _run(_train_argv(corpus, tmp_path / "logs", "../escape"), capsys)
+    _one_line_usage_error(rc, err)
