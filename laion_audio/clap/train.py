@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,6 +147,30 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches
     state.update(extra or {})
     with atomic.atomic_path(path, fsync=True) as tmp:
         torch.save(state, tmp)
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM (a scheduler's preemption) during training: finish the step in flight,
+    checkpoint it, then stop, instead of dying with everything since the last checkpoint lost.
+    A second signal stops at once. Single process only (DDP ranks would have to agree)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self.saved = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("stopping after this step (checkpointing it); signal again to stop at once")
+
+    def restore(self) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
 
 
 class RunLog:
@@ -463,6 +488,10 @@ def train(args) -> int:
               f"world {info.world_size}, warmup {args.warmup} steps", flush=True)
     stop = False
     first_step = step
+    import threading
+
+    stopping = (StopRequest() if not info.distributed and threading.current_thread() is threading.main_thread()
+                else None)          # signal handlers can only be set from the main thread
     try:
         for epoch in range(start_epoch, args.epochs):
             model.train()
@@ -506,9 +535,12 @@ def train(args) -> int:
                 if step % max(1, args.log_every_steps) == 0 and info.is_master:
                     print(f"step {step} epoch {epoch} loss {loss:.4f} lr {lr:.3e} scale {scale:.2f} "
                           f"data {data_time:.3f}s batch {batch_time:.3f}s", flush=True)
-                if info.is_master and args.save_every_steps and step % args.save_every_steps == 0:
+                if (info.is_master and args.save_every_steps and step % args.save_every_steps == 0
+                        or stopping and stopping.signum):
                     save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,
                                     batches_done, step, args)
+                if stopping and stopping.signum:
+                    raise KeyboardInterrupt     # after the checkpoint: --resume latest loses nothing
                 if args.max_steps and step >= args.max_steps:
                     stop = True
                     break
@@ -544,6 +576,8 @@ def train(args) -> int:
                     dist.barrier()
     finally:
         runlog.close()
+        if stopping:
+            stopping.restore()
     if skipped_total:
         log.warning("%d corrupt samples were skipped during training", skipped_total)
     if info.distributed:

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train CLAP on WebDataset shards",
                               description=__doc__)
     add_train_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted="interrupted; the last step is checkpointed: add --resume latest "
+                                         "(same --logs and --name) to continue")
 
 
 def validate_train(args) -> None:

@@ -382,3 +382,38 @@ def test_a_model_config_given_by_path_is_published_by_name_and_travels_in_the_ch
     assert rc == 0, err
     rc, err = _run(_train_argv(corpus, tmp_path / "logs", "../escape"), capsys)
     _one_line_usage_error(rc, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_checkpoints_the_last_step_and_resume_continues_from_it(corpus, tmp_path, signum):
+    """Ctrl-C (or a scheduler's SIGTERM) lost every step since the last checkpoint, and the
+    message said to rerun the same command, which started over."""
+    import csv
+    import signal
+    import time
+
+    import torch
+
+    data = tmp_path / "shards"
+    write_shards(data, "synth", "train", _items(24), per_shard=6)
+    argv = [sys.executable, "-m", "laion_audio", *_train_argv(corpus, tmp_path / "logs", "k", data=data)]
+    log = tmp_path / "logs" / "k" / "train_log.csv"
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:   # header + steps 1-2
+            break
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume latest" in err.strip().splitlines()[-1]
+    with open(log) as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f)]
+    saved = torch.load(tmp_path / "logs" / "k" / "checkpoints" / "latest.pt", weights_only=False)["step"]
+    assert saved == logged[-1] and 2 <= saved < 6
+    resumed = subprocess.run(argv + ["--resume", "latest"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with open(log) as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 7))
