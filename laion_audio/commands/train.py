@@ -62,8 +62,29 @@ def class_index(path: str) -> dict[str, int]:
     return data
 
 
+def check_device(device: str) -> None:
+    """--device names a device this machine has ('cuda' without one was a traceback from
+    inside torch)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device (try auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device on this machine; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: only cpu and cuda are supported")
+
+
 def validate_model_args(args) -> None:
-    """--amodel, --tokenizer, --text-model-path, --pretrained-audio (shared with evaluate)."""
+    """--amodel, --tokenizer, --text-model-path, --pretrained-audio, --device (shared with
+    evaluate)."""
+    check_device(getattr(args, "device", "auto") or "auto")
     from laion_audio.clap.factory import load_model_config
 
     if getattr(args, "amodel", None):

@@ -417,3 +417,13 @@ def test_ctrl_c_or_sigterm_checkpoints_the_last_step_and_resume_continues_from_i
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     with open(log) as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:99"] + ([] if __import__("torch").cuda.is_available() else ["cuda"]))
+def test_a_device_this_machine_lacks_is_one_line(corpus, trained, tmp_path, capsys, device):
+    _, ckpt, _ = trained
+    rc, err = _run(_train_argv(corpus, tmp_path, "r", "--device", device), capsys)
+    _one_line_usage_error(rc, err)
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(corpus / "shards"),
+                    "--device", device], capsys)
+    _one_line_usage_error(rc, err)
