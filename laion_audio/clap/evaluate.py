@@ -66,8 +66,13 @@ def retrieval_from_embeddings(model, tokenizer, audio: torch.Tensor, raw_text: l
                               a2t_map: str = "sorted") -> dict:
     """LAION's 5-caption protocol when every audio has exactly 5 captions (``five_caption``
     "auto"/"always"), otherwise one caption per audio (the sampled ``raw_text``)."""
-    use_five = five_caption == "always" or (five_caption == "auto" and full_text
-                                            and all(len(t) == 5 for t in full_text))
+    all_five = bool(full_text) and all(len(t) == 5 for t in full_text)
+    if five_caption == "always" and not all_five:
+        # captions are matched to audio by position (5 per audio): 4 + 6 would pair silently wrong
+        odd = sum(len(t) != 5 for t in full_text)
+        raise ValueError(f"--five-caption always: {odd} of {len(full_text)} samples do not have exactly "
+                         "5 captions; use --five-caption auto")
+    use_five = five_caption == "always" or (five_caption == "auto" and all_five)
     if use_five:
         texts = [c for caps in full_text for c in caps]
         text = embed_texts(model, tokenizer, texts, device)

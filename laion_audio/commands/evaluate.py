@@ -136,8 +136,13 @@ def run(args) -> int:
         if args.task == "retrieval":
             if not args.data_root:
                 raise UserError("--data-root is required for retrieval")
-            metrics = ev.evaluate_retrieval(model, _shards(args, args.splits), tokenizer, audio_cfg, args,
-                                            device, args.five_caption)
+            try:
+                metrics = ev.evaluate_retrieval(model, _shards(args, args.splits), tokenizer, audio_cfg,
+                                                args, device, args.five_caption)
+            except ValueError as exc:
+                if "--five-caption" not in str(exc):
+                    raise
+                raise UserError(str(exc)) from None
             _evaluated(metrics.get("num_samples", 0), metrics["skipped"], "decoded")
         elif args.task == "zeroshot":
             if args.class_folder:

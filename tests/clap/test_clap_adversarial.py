@@ -427,3 +427,18 @@ def test_a_device_this_machine_lacks_is_one_line(corpus, trained, tmp_path, caps
     rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(corpus / "shards"),
                     "--device", device], capsys)
     _one_line_usage_error(rc, err)
+
+
+def test_five_caption_always_on_data_without_five_captions_each_is_one_line(corpus, trained, tmp_path, capsys):
+    """4 + 6 captions make 10 = 5 x 2: the 5-caption protocol paired captions with the wrong
+    audio and printed metrics (other counts were a traceback)."""
+    _, ckpt, _ = trained
+    items = _items(2)
+    items[0][2]["text"] = [f"first {i}" for i in range(4)]
+    items[1][2]["text"] = [f"second {i}" for i in range(6)]
+    write_shards(tmp_path / "shards", "odd", "test", items)
+    for data in (tmp_path / "shards", corpus / "shards"):
+        rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(data), "--splits", "test",
+                        "--five-caption", "always"], capsys)
+        _one_line_usage_error(rc, err)
+        assert "--five-caption" in err
