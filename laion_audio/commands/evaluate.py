@@ -57,10 +57,18 @@ def _labels(path: str) -> list[str]:
         raise UserError(f"{what}: expected a non-empty JSON list of labels or {{label: index}}")
     if not all(isinstance(x, str) and x.strip() for x in data):
         raise UserError(f"{what}: every label must be a non-blank string")
-    dups = sorted({x for x in data if data.count(x) > 1})
+    return _distinct_classes(data, what)
+
+
+def _distinct_classes(labels: list[str], what: str) -> list[str]:
+    """At least two classes, each once: with one class every answer is right, and a label
+    twice splits its score between two prompts."""
+    dups = sorted({x for x in labels if labels.count(x) > 1})
     if dups:
         raise UserError(f"{what}: labels occur twice ({', '.join(dups[:3])}); each class once")
-    return data
+    if len(labels) < 2:
+        raise UserError(f"{what}: {len(labels)} class; classification needs at least 2")
+    return labels
 
 
 def _check_prompt(prompt: str) -> None:
@@ -147,6 +155,8 @@ def run(args) -> int:
         elif args.task == "zeroshot":
             if args.class_folder:
                 labels, items = ev.folder_dataset(args.class_folder)
+                _distinct_classes(labels, f"--class-folder {args.class_folder} (subfolder names, "
+                                          "underscores as spaces)")
                 if not items:
                     raise UserError(f"--class-folder {args.class_folder}: no audio files in "
                                     "<folder>/<label>/ subfolders")

@@ -267,7 +267,8 @@ def test_evaluate_over_nothing_usable_exits_1_not_nan(corpus, trained, tmp_path,
         rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", task, "--data-root",
                         str(corpus / "shards"), "--splits", "test", "--class-labels", other], capsys)
         assert rc == 1 and "without a label" in err, err
-    (tmp_path / "classes" / "dog").mkdir(parents=True)
+    for name in ("dog", "cat"):
+        (tmp_path / "classes" / name).mkdir(parents=True)
     rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--class-folder",
                     str(tmp_path / "classes")], capsys)
     _one_line_usage_error(rc, err)
@@ -442,3 +443,18 @@ def test_five_caption_always_on_data_without_five_captions_each_is_one_line(corp
                         "--five-caption", "always"], capsys)
         _one_line_usage_error(rc, err)
         assert "--five-caption" in err
+
+
+def test_zero_shot_needs_two_distinct_classes(corpus, trained, tmp_path, capsys):
+    """One class scores 100 % whatever the model; 'dog_bark' and 'dog bark' are one label."""
+    _, ckpt, _ = trained
+    one = _labels_file(tmp_path, "one.json", b'["humming tone"]')
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--data-root",
+                    str(corpus / "shards"), "--class-labels", one], capsys)
+    _one_line_usage_error(rc, err)
+    for name in ("dog_bark", "dog bark"):
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        (tmp_path / "classes" / name / "a.flac").write_bytes(b"x")
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--class-folder",
+                    str(tmp_path / "classes")], capsys)
+    _one_line_usage_error(rc, err)
