@@ -382,6 +382,11 @@ def check_corpus(train_sets, args, world_size: int) -> None:
         raise UserError(f"no training shards under {redact(args.data_root)} (datasets "
                         f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
                         f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars")
+    found = {s.dataset for s in train_sets}
+    unknown = sorted(set(dict(args.dataset_weights or ())) - found)
+    if unknown:   # a typo here silently trained unweighted
+        raise UserError(f"--dataset-weights names {', '.join(unknown)}, not a training dataset here "
+                        f"(found: {', '.join(sorted(found))})")
     samples = sum(s.num_samples for s in train_sets)
     if args.batch_size * world_size > samples:
         raise UserError(f"--batch-size {args.batch_size} x {world_size} process(es) is more than the "

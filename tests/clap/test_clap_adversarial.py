@@ -61,7 +61,7 @@ def _one_line_usage_error(rc, err):
     ["--lr", "nan"], ["--lr", "-1"], ["--lr", "inf"], ["--beta1", "1.5"], ["--eps", "0"],
     ["--workers", "-1"], ["--warmup", "-5"], ["--max-steps", "0"], ["--grad-clip", "-1"],
     ["--log-every-steps", "0"], ["--dataset-weights", "synth"], ["--dataset-weights", "synth=abc"],
-    ["--dataset-weights", "synth=0"], ["--epochs", "0"],
+    ["--dataset-weights", "synth=0"], ["--dataset-weights", "synht=2"], ["--epochs", "0"],
     ["--datasets", "nosuch"], ["--train-splits", "nosuch"], ["--batch-size", "13"],
 ])
 def test_train_option_mistakes_are_one_line_and_make_no_run_folder(corpus, tmp_path, capsys, extra):
