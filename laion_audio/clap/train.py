@@ -383,6 +383,10 @@ def check_corpus(train_sets, args, world_size: int) -> None:
                         f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
                         f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars")
     found = {s.dataset for s in train_sets}
+    missing = [d for d in args.datasets or () if d not in found]
+    if missing:   # a typo in a list of datasets silently trained on the others
+        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(args.train_splits)} split with a "
+                        f"sizes.json there (found: {', '.join(sorted(found))})")
     unknown = sorted(set(dict(args.dataset_weights or ())) - found)
     if unknown:   # a typo here silently trained unweighted
         raise UserError(f"--dataset-weights names {', '.join(unknown)}, not a training dataset here "

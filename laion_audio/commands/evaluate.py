@@ -107,6 +107,11 @@ def _shards(args, splits):
 
         raise UserError(f"no shards under {redact(args.data_root)} for splits {' '.join(splits)} (each split "
                         "needs a sizes.json and its tars)")
+    found = {s.dataset for s in sets}
+    missing = [d for d in args.datasets or () if d not in found]
+    if missing:   # a typo in a list of datasets silently evaluated the others
+        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(splits)} split with a sizes.json "
+                        f"there (found: {', '.join(sorted(found))})")
     return sets
 
 

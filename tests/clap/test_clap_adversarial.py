@@ -62,7 +62,8 @@ def _one_line_usage_error(rc, err):
     ["--workers", "-1"], ["--warmup", "-5"], ["--max-steps", "0"], ["--grad-clip", "-1"],
     ["--log-every-steps", "0"], ["--dataset-weights", "synth"], ["--dataset-weights", "synth=abc"],
     ["--dataset-weights", "synth=0"], ["--dataset-weights", "synht=2"], ["--epochs", "0"],
-    ["--datasets", "nosuch"], ["--train-splits", "nosuch"], ["--batch-size", "13"],
+    ["--datasets", "nosuch"], ["--datasets", "synth", "snyth"], ["--train-splits", "nosuch"],
+    ["--batch-size", "13"],
 ])
 def test_train_option_mistakes_are_one_line_and_make_no_run_folder(corpus, tmp_path, capsys, extra):
     rc, err = _run(_train_argv(corpus, tmp_path, "r", *extra), capsys)
@@ -458,3 +459,12 @@ def test_zero_shot_needs_two_distinct_classes(corpus, trained, tmp_path, capsys)
     rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--task", "zeroshot", "--class-folder",
                     str(tmp_path / "classes")], capsys)
     _one_line_usage_error(rc, err)
+
+
+def test_evaluate_a_typo_in_datasets_is_one_line(corpus, trained, capsys):
+    """--datasets synth snyth evaluated synth alone, exit 0."""
+    _, ckpt, _ = trained
+    rc, err = _run(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(corpus / "shards"),
+                    "--datasets", "synth", "snyth"], capsys)
+    _one_line_usage_error(rc, err)
+    assert "snyth" in err
