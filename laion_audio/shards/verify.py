@@ -311,6 +311,7 @@ def verify(out: str | os.PathLike, *, workers: int = 2,
         if dups:
             report.problems.append(f"{root.display(d)}: {len(dups)} sample names occur more than "
                                    f"once in the split, e.g. {dups[:3]}")
+    _check_across_splits(root, keys_of, index_of, report)
     for name, s in sorted(report.splits.items()):
         if s["samples"] == 0:
             report.problems.append(f"{name}: the split holds no sample ({s['shards']} shards): CLAP "
@@ -319,6 +320,27 @@ def verify(out: str | os.PathLike, *, workers: int = 2,
         report.notes.append(f"splits without {INDEX_NAME} (LAION's own layout) were checked "
                             "against sizes.json only")
     return report
+
+
+def _check_across_splits(root: Root, keys_of: dict, index_of: dict, report: VerifyReport) -> None:
+    """Our sample names come from (source, source_id): one name in two splits of a dataset is
+    one record trained on and tested on. Only splits with our index.json are compared (LAION
+    numbers each split's samples from 0)."""
+    by_dataset: dict[str, list[str]] = defaultdict(list)
+    for d in keys_of:
+        if index_of.get(d) is not None:
+            by_dataset[d.rsplit("/", 1)[0]].append(d)
+    for dataset, dirs in sorted(by_dataset.items()):
+        seen: dict[str, str] = {}
+        shared = defaultdict(list)
+        for d in sorted(dirs):
+            for key in keys_of[d]:
+                if key in seen and seen[key] != d:
+                    shared[(seen[key], d)].append(key)
+                seen.setdefault(key, d)
+        for (a, b), keys in sorted(shared.items()):
+            report.problems.append(f"{root.display(a)} and {root.display(b)}: {len(keys)} samples are in "
+                                   f"both splits (one record trained on and tested on), e.g. {sorted(keys)[:3]}")
 
 
 def _shard_sort_key(name: str) -> tuple[int, str]:

@@ -159,3 +159,30 @@ def test_credentials_in_the_shard_root_url_are_not_printed_or_published(tmp_path
     for secret in ("pw12345", "abcdef99"):
         assert secret not in proc.stdout + proc.stderr and secret not in published
     assert "127.0.0.1:9/shards" in published
+
+
+def test_a_record_in_two_splits_of_a_dataset_is_a_problem(records, tmp_path):
+    """One sample name (= one (source, source_id)) in train and test: trained on and tested on,
+    and verify said OK as long as each split was consistent in itself."""
+    import shutil
+
+    out = tmp_path / "out"
+    write_shards(records, out, samples_per_shard=6)
+    assert verify(out).ok
+    dataset = next(d for d in sorted(out.iterdir()) if (d / "train").is_dir() and (d / "test").is_dir())
+    train, test = dataset / "train", dataset / "test"
+    # a consistent test split (index.json and sizes.json rewritten) that holds a train shard
+    shutil.copy(train / "0.tar", test / "0.tar")
+    for name in ("sizes.json", "index.json"):
+        doc = json.loads((train / name).read_text())
+        if name == "sizes.json":
+            doc = {"0.tar": doc["0.tar"]}
+        else:
+            doc["shards"] = [e for e in doc["shards"] if e["name"] == "0.tar"]
+            doc["samples"] = doc["shards"][0]["samples"]
+        (test / name).write_text(json.dumps(doc))
+    for extra in test.glob("*.tar"):
+        if extra.name != "0.tar":
+            extra.unlink()
+    problems = verify(out).problems
+    assert any("in both splits" in p for p in problems), problems
