@@ -379,9 +379,15 @@ def check_corpus(train_sets, args, world_size: int) -> None:
     if not train_sets:
         from laion_audio.http import redact
 
+        root = Path(str(args.data_root))
+        hint = ""
+        if "://" not in str(args.data_root) and (root / "sizes.json").is_file():
+            hint = (f"; {args.data_root} is itself a split folder: pass --data-root "
+                    f"{root.resolve().parent.parent} (it holds <dataset>/<split>/)")
         raise UserError(f"no training shards under {redact(args.data_root)} (datasets "
                         f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
-                        f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars")
+                        f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars"
+                        + hint)
     found = {s.dataset for s in train_sets}
     missing = [d for d in args.datasets or () if d not in found]
     if missing:   # a typo in a list of datasets silently trained on the others

@@ -468,3 +468,10 @@ def test_evaluate_a_typo_in_datasets_is_one_line(corpus, trained, capsys):
                     "--datasets", "synth", "snyth"], capsys)
     _one_line_usage_error(rc, err)
     assert "snyth" in err
+
+
+def test_a_split_folder_given_as_data_root_gets_the_right_folder_named(corpus, tmp_path, capsys):
+    split = corpus / "shards" / "synth" / "train"
+    rc, err = _run(_train_argv(corpus, tmp_path, "r", data=split), capsys)
+    _one_line_usage_error(rc, err)
+    assert f"--data-root {(corpus / 'shards').resolve()}" in err
