@@ -369,7 +369,9 @@ def check_same_epoch_plan(state: dict, args) -> None:
 def holds_run(run_dir: Path) -> bool:
     """A run folder with checkpoints or logged steps: starting afresh there would append to its
     log and overwrite its checkpoints."""
-    return any((run_dir / "checkpoints").glob("*.pt")) or (run_dir / "train_log.csv").is_file()
+    log_file = run_dir / "train_log.csv"      # a header alone: a run that made no step
+    return any((run_dir / "checkpoints").glob("*.pt")) or (
+        log_file.is_file() and len(log_file.read_text().splitlines()) > 1)
 
 
 def check_corpus(train_sets, args, world_size: int) -> None:

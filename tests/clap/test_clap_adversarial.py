@@ -76,7 +76,7 @@ def _bad_corpus(root: Path, items) -> Path:
     return root
 
 
-def test_a_corpus_with_no_usable_sample_fails_instead_of_cycling_forever(corpus, tmp_path):
+def test_a_corpus_with_no_usable_sample_fails_instead_of_cycling_forever(corpus, tmp_path, capsys):
     """Every FLAC garbage or every caption blank: exit 1 in seconds, no checkpoint (it hung
     forever, re-reading the same bad samples pass after pass)."""
     data = _bad_corpus(tmp_path / "shards", [(f"g{i}", b"not a flac" * 5, {"text": "x"}) for i in range(4)]
@@ -89,6 +89,10 @@ def test_a_corpus_with_no_usable_sample_fails_instead_of_cycling_forever(corpus,
     assert "Traceback" not in proc.stderr
     assert "no training step was made" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "logs" / "r" / "checkpoints").exists()
+    # the data fixed, the same command runs: a folder whose run made no step holds no run
+    write_shards(data, "bad", "train", _items(4), per_shard=4)
+    rc, err = _run(_train_argv(corpus, tmp_path / "logs", "r", data=data), capsys)
+    assert rc == 0, err
 
 
 def test_blank_captions_are_skipped_and_each_bad_sample_counted_once(corpus, tmp_path, capsys):
