@@ -30,6 +30,13 @@ class UserError(ValueError):
     exit_code = EXIT_USAGE
 
 
+class IncompleteError(UserError):
+    """The run went through but produced nothing usable (exit 1): nothing to train on, a loss
+    that diverged, nothing left to evaluate."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
 class UnavailableError(UserError):
     """The environment, not the options, stopped the run (disk full, network down)."""
 

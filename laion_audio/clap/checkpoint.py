@@ -39,20 +39,34 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    if trust:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle.UnpicklingError and friends
-            raise ValueError(f"{path}: refused to unpickle ({exc}); pass trust=True "
+    try:
+        if trust:
+            raw = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, a torn zip, anything torch.load raises
+        text = str(exc)
+        # torch's weights-only message names the cause after its boilerplate
+        cause = text.split("WeightsUnpickler error:", 1)[-1]
+        lines = [line.strip() for line in cause.splitlines() if line.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        if not trust and "unsupported global" in text.lower():
+            raise ValueError(f"{path}: refused to unpickle ({first}); pass trust=True "
                              "(--trust-checkpoint) if you know where the file comes from") from exc
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, or not a torch file): "
+                         f"{first}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a {type(raw).__name__}, not a checkpoint (a dict with a state_dict)")
+    return raw
 
 
 def fix_state_dict(state: dict) -> dict:
     """Apply LAION's key fixes to a state dict (returns a new dict)."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("no state_dict of tensors in it: not a CLAP checkpoint")
     out = {}
     for key, value in state.items():
         if key.startswith("module."):
@@ -60,6 +74,21 @@ def fix_state_dict(state: dict) -> dict:
         out[key] = value
     out.pop("text_branch.embeddings.position_ids", None)
     return out
+
+
+def load_state_strict(model: torch.nn.Module, state: dict, path) -> None:
+    """``load_state_dict(strict=True)`` whose mismatch is one line: a checkpoint of another
+    model (or another --amodel/--tmodel) names what differs instead of a page of keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        first = (missing or unexpected or shapes)[0]
+        raise ValueError(f"{path} does not fit this model ({len(missing)} missing, {len(unexpected)} "
+                         f"unexpected, {len(shapes)} reshaped tensors, e.g. {first}): a checkpoint of "
+                         "another model or of other --amodel/--tmodel settings")
+    model.load_state_dict(state, strict=True)
 
 
 def load_clap_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True,
@@ -103,7 +132,8 @@ def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str 
     raw = read_checkpoint(path, trust=trust)
     saved = raw.get("args", {}) if isinstance(raw, dict) else {}
     settings = {
-        "amodel": amodel or saved.get("amodel", "HTSAT-tiny"),
+        # a JSON config given by path is published by name only, its content in the checkpoint
+        "amodel": amodel or raw.get("amodel_config") or saved.get("amodel", "HTSAT-tiny"),
         "tmodel": tmodel or saved.get("tmodel", "roberta"),
         "enable_fusion": saved.get("enable_fusion", False) if enable_fusion is None else enable_fusion,
         "fusion_type": fusion_type or saved.get("fusion_type", "aff_2d"),
@@ -133,6 +163,10 @@ def load_trained_model(path: str | Path, amodel: str | None = None, tmodel: str 
     model = create_model(settings["amodel"], settings["tmodel"], settings["enable_fusion"],
                          settings["fusion_type"], text_model_path=text_path, tokenizer=tokenizer,
                          text_config=text_config if text_path is None else None)
-    model.load_state_dict(fix_state_dict(raw), strict=True)
+    try:
+        state = fix_state_dict(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    load_state_strict(model, state, path)
     model.eval()
     return model, tokenizer, settings

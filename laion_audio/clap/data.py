@@ -87,6 +87,8 @@ def find_shards(root: str | Path, datasets: list[str] | None = None,
                 continue
             try:
                 sizes = json.loads(fs.cat_file(sizes_path))
+                if not isinstance(sizes, dict) or not all(type(n) is int and n >= 0 for n in sizes.values()):
+                    raise ValueError("not an object of shard name -> sample count")
             except (OSError, ValueError) as exc:
                 log.warning("unreadable %s (%s): split skipped", sizes_path, exc)
                 continue
@@ -122,8 +124,8 @@ def captions_of(meta: dict, selection: str | None) -> list[str]:
     texts = select_text(meta, selection)
     if isinstance(texts, str):
         texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"unusable text field: {texts!r:.80}")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError(f"unusable text field (a blank caption is no caption): {texts!r:.80}")
     return texts
 
 
@@ -145,11 +147,20 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 
 @dataclass
 class Counter:
-    """Samples skipped and why (bad tar member, bad audio, bad json)."""
+    """Samples skipped and why (bad tar member, bad audio, bad json), each counted once however
+    many passes meet it again. ``bad`` holds the (url, key) of samples known not to decode:
+    later passes leave them out, so a corpus with nothing usable ends instead of cycling
+    forever."""
 
     counts: dict = field(default_factory=dict)
+    seen: set = field(default_factory=set)
+    bad: set = field(default_factory=set)
 
-    def add(self, reason: str) -> None:
+    def add(self, reason: str, ident=None) -> None:
+        if ident is not None:
+            if (reason, ident) in self.seen:
+                return
+            self.seen.add((reason, ident))
         self.counts[reason] = self.counts.get(reason, 0) + 1
 
     def total(self) -> int:
@@ -218,13 +229,18 @@ class ClapShards(IterableDataset):
         """Samples (dicts of bytes) of ``urls`` in order; tar errors are counted and skipped."""
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
+        current = [None]
+
         def handler(exc: Exception) -> bool:
-            counter.add("tar")
-            log.warning("skipped unreadable tar data: %s", exc.args[0] if exc.args else exc)
+            if ("tar", current[0]) not in counter.seen:
+                log.warning("skipped unreadable tar data in %s: %s", current[0],
+                            exc.args[0] if exc.args else exc)
+            counter.add("tar", current[0])
             return True
 
         def streams():
             for url in urls:
+                current[0] = url
                 try:
                     with fsspec.open(url, "rb") as f:
                         yield {"url": url, "stream": f}
@@ -238,6 +254,8 @@ class ClapShards(IterableDataset):
                 index += 1
                 if (index - 1) % n != slot:
                     continue
+            if counter.bad and (sample.get("__url__"), sample.get("__key__")) in counter.bad:
+                continue
             yield sample
 
     def _shard_stream(self, shard_sets: list[ShardSet], counter: Counter, epoch_pass: int) -> Iterator[dict]:
@@ -307,22 +325,27 @@ class ClapShards(IterableDataset):
     # -- decoding and batching ----------------------------------------------------------------
     def _decode(self, sample: dict, counter: Counter) -> dict | None:
         key = sample.get("__key__", "?")
+        ident = (sample.get("__url__"), sample.get("__key__"))
+
+        def skip(reason: str, why: str) -> None:
+            if (reason, ident) not in counter.seen:
+                log.warning("sample %s in %s: %s: skipped", key, sample.get("__url__"), why)
+            counter.add(reason, ident)
+            counter.bad.add(ident)
+
         if "flac" not in sample or "json" not in sample:
-            counter.add("incomplete")
-            log.warning("sample %s in %s lacks flac or json: skipped", key, sample.get("__url__"))
+            skip("incomplete", "lacks flac or json")
             return None
         try:
             meta = json.loads(sample["json"])
             texts = captions_of(meta, self.text_augment_selection)
         except (ValueError, KeyError, TypeError) as exc:
-            counter.add("json")
-            log.warning("sample %s: bad json (%s): skipped", key, exc)
+            skip("json", f"bad json ({exc})")
             return None
         try:
             wave, sr = decode_audio(sample["flac"], self.audio_cfg.sample_rate)
         except Exception as exc:  # libsndfile raises its own error types
-            counter.add("audio")
-            log.warning("sample %s: undecodable audio (%s): skipped", key, exc)
+            skip("audio", f"undecodable audio ({exc})")
             return None
         return {"key": key, "url": sample.get("__url__", ""), "wave": wave, "sr": sr,
                 "texts": texts, "tags": meta.get("tag") or []}
@@ -389,6 +412,8 @@ class ClapShards(IterableDataset):
                 return
         if items and not self.train:
             yield self.collate(items, counter.total() - reported)
+        elif not self.train and counter.total() > reported:
+            yield {"skipped": counter.total() - reported}   # no sample left to batch: the count alone
         elif target is not None and produced < target:
             log.warning("worker %d ran out of samples after %d of %d batches", worker, produced, target)
 

@@ -43,6 +43,9 @@ def embed_shards(model, dataset: ClapShards, device, workers: int = 0, projected
     model.eval()
     out = defaultdict(list)
     for batch in make_loader(dataset, workers):
+        out["skipped"].append(batch["skipped"])
+        if "waveform" not in batch:       # only the count of samples skipped at the end
+            continue
         audio = _audio_input(batch, device)
         emb = model.encode_audio(audio) if projected else model.get_audio_embedding(audio)
         out["audio"].append(emb.float().cpu())
@@ -50,7 +53,6 @@ def embed_shards(model, dataset: ClapShards, device, workers: int = 0, projected
             out[k] += batch[k]
         if "class_label" in batch:
             out["class_label"].append(batch["class_label"])
-        out["skipped"].append(batch["skipped"])
     result = dict(out)
     result["audio"] = torch.cat(out["audio"]) if out["audio"] else torch.empty(0, model.joint_embed_shape)
     if out.get("class_label"):
@@ -64,8 +66,13 @@ def retrieval_from_embeddings(model, tokenizer, audio: torch.Tensor, raw_text: l
                               a2t_map: str = "sorted") -> dict:
     """LAION's 5-caption protocol when every audio has exactly 5 captions (``five_caption``
     "auto"/"always"), otherwise one caption per audio (the sampled ``raw_text``)."""
-    use_five = five_caption == "always" or (five_caption == "auto" and full_text
-                                            and all(len(t) == 5 for t in full_text))
+    all_five = bool(full_text) and all(len(t) == 5 for t in full_text)
+    if five_caption == "always" and not all_five:
+        # captions are matched to audio by position (5 per audio): 4 + 6 would pair silently wrong
+        odd = sum(len(t) != 5 for t in full_text)
+        raise ValueError(f"--five-caption always: {odd} of {len(full_text)} samples do not have exactly "
+                         "5 captions; use --five-caption auto")
+    use_five = five_caption == "always" or (five_caption == "auto" and all_five)
     if use_five:
         texts = [c for caps in full_text for c in caps]
         text = embed_texts(model, tokenizer, texts, device)
@@ -87,11 +94,12 @@ def evaluate_retrieval(model, shard_sets, tokenizer, audio_cfg: AudioConfig, arg
                          text_augment_selection=getattr(args, "text_augment_selection", None),
                          seed=args.seed, need_fusion=getattr(args, "enable_fusion", False))
     emb = embed_shards(model, dataset, device, getattr(args, "eval_workers", 0))
-    metrics = {}
-    names = sorted(set(emb["dataset"]))
-    groups = {name: [i for i, d in enumerate(emb["dataset"]) if d == name] for name in names}
+    datasets = emb.get("dataset", [])          # none when no sample decoded
+    metrics = {"num_samples": len(datasets)}
+    names = sorted(set(datasets))
+    groups = {name: [i for i, d in enumerate(datasets) if d == name] for name in names}
     if len(names) > 1:
-        groups["all"] = list(range(len(emb["dataset"])))
+        groups["all"] = list(range(len(datasets)))
     for name, idx in groups.items():
         m = retrieval_from_embeddings(model, tokenizer, emb["audio"][idx], [emb["raw_text"][i] for i in idx],
                                       [emb["full_text"][i] for i in idx], device, five_caption)

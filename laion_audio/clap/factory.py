@@ -22,7 +22,10 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
-def load_model_config(amodel: str) -> dict:
+def load_model_config(amodel: str | dict) -> dict:
+    """A config by name, by JSON path, or as the dict a checkpoint carries (``amodel_config``)."""
+    if isinstance(amodel, dict):
+        return amodel
     path = Path(amodel)
     if not path.suffix == ".json":
         path = CONFIG_DIR / f"{amodel}.json"

@@ -16,7 +16,9 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import random
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from .. import atomic
-from .checkpoint import fix_state_dict, load_pretrained_audio, read_checkpoint
+from ..errors import IncompleteError, UserError
+from .checkpoint import fix_state_dict, load_pretrained_audio, load_state_strict, read_checkpoint
 from .data import ClapShards, find_shards, make_loader
 from .distributed import DistInfo, init_distributed
 from .factory import create_model, create_tokenizer, load_model_config
@@ -139,20 +142,49 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, batches
     text_config = hf_text_config(unwrap(model))
     if text_config is not None:
         state["text_config"] = text_config
+    if str(args.amodel).endswith(".json"):   # published by name only: the config travels along
+        state["amodel_config"] = load_model_config(args.amodel)
     state.update(extra or {})
     with atomic.atomic_path(path, fsync=True) as tmp:
         torch.save(state, tmp)
 
 
+class StopRequest:
+    """Ctrl-C or SIGTERM (a scheduler's preemption) during training: finish the step in flight,
+    checkpoint it, then stop, instead of dying with everything since the last checkpoint lost.
+    A second signal stops at once. Single process only (DDP ranks would have to agree)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self.saved = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("stopping after this step (checkpointing it); signal again to stop at once")
+
+    def restore(self) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+
 class RunLog:
     """CSV log (always) + TensorBoard (when installed), master rank only."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None,
+                 resume_epoch: int | None = None):
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         self.path = run_dir / "train_log.csv"
+        if resume_step is not None:
+            self._trim(run_dir, resume_step, resume_epoch)
         new = not self.path.exists()
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
@@ -163,6 +195,23 @@ class RunLog:
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         except ImportError:
             log.info("tensorboard not installed: CSV log only")
+
+    def _trim(self, run_dir: Path, step: int, epoch: int | None) -> None:
+        """A run killed after its last checkpoint logged steps (and validations) it will redo
+        on resume: drop them, so each step and epoch is in the logs once."""
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+            with atomic.atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        results = run_dir / "results.jsonl"
+        if epoch is not None and results.is_file():
+            kept = [line for line in results.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+            with atomic.atomic_path(results) as tmp:
+                Path(tmp).write_text("".join(line + "\n" for line in kept))
 
     def step(self, row: dict) -> None:
         if not self.enabled:
@@ -239,7 +288,7 @@ def prepare_tokenizer(args, shard_sets, run_dir: Path, info: DistInfo):
 
 #: options whose values are places on the user's machine
 LOCAL_PATH_OPTIONS = ("data_root", "logs", "tokenizer", "text_model_path", "pretrained_audio",
-                      "class_label_path", "resume")
+                      "class_label_path", "resume", "amodel")
 
 
 def public_args(args, run_dir: Path) -> dict:
@@ -275,17 +324,12 @@ def hf_text_config(model) -> dict | None:
 
 def default_name(args) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y_%m_%d-%H_%M_%S")
-    return f"{stamp}-model_{args.amodel}-lr_{args.lr}-b_{args.batch_size}-j_{args.workers}-p_{args.precision}"
+    return f"{stamp}-model_{Path(args.amodel).stem}-lr_{args.lr}-b_{args.batch_size}-j_{args.workers}-p_{args.precision}"
 
 
 def parse_weights(items) -> dict | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        name, _, w = item.partition("=")
-        out[name] = float(w)
-    return out
+    """``--dataset-weights`` (already (name, weight) pairs, see params.dataset_weight)."""
+    return dict(items) if items else None
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -302,6 +346,65 @@ def run_warmup(warmup: int | None, total_steps: int, max_steps: int | None = Non
     return max(1, min(DEFAULT_WARMUP, steps // 10))
 
 
+#: settings that decide which samples make up each batch of an epoch
+EPOCH_PLAN = ("batch_size", "accum_freq", "workers", "seed", "shuffle_buffer", "shuffle_initial",
+              "datasets", "train_splits", "dataset_weights")
+
+
+def check_same_epoch_plan(state: dict, args) -> None:
+    """A checkpoint taken mid-epoch resumes by skipping the batches already seen; with another
+    batch size, worker count, seed or data selection those are other samples, so some would be
+    trained twice and others never. Between epochs anything may change."""
+    saved = state.get("args")
+    if not state.get("batches_done") or not isinstance(saved, dict):
+        return
+    plain = lambda v: json.dumps(v, default=str)  # noqa: E731  (tuples and lists alike)
+    changed = [k for k in EPOCH_PLAN if k in saved and plain(saved[k]) != plain(getattr(args, k, None))]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+        raise UserError(f"--resume: the checkpoint stopped mid-epoch (after {state['batches_done']} "
+                        f"batches) with {was}; resume with the same settings (or from an epoch_N.pt)")
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A run folder with checkpoints or logged steps: starting afresh there would append to its
+    log and overwrite its checkpoints."""
+    log_file = run_dir / "train_log.csv"      # a header alone: a run that made no step
+    return any((run_dir / "checkpoints").glob("*.pt")) or (
+        log_file.is_file() and len(log_file.read_text().splitlines()) > 1)
+
+
+def check_corpus(train_sets, args, world_size: int) -> None:
+    """Shards exist and hold at least one global batch, before any run folder is made. A batch
+    larger than the corpus would repeat samples inside one batch, each copy a negative of
+    itself in the contrastive loss."""
+    if not train_sets:
+        from laion_audio.http import redact
+
+        root = Path(str(args.data_root))
+        hint = ""
+        if "://" not in str(args.data_root) and (root / "sizes.json").is_file():
+            hint = (f"; {args.data_root} is itself a split folder: pass --data-root "
+                    f"{root.resolve().parent.parent} (it holds <dataset>/<split>/)")
+        raise UserError(f"no training shards under {redact(args.data_root)} (datasets "
+                        f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
+                        f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars"
+                        + hint)
+    found = {s.dataset for s in train_sets}
+    missing = [d for d in args.datasets or () if d not in found]
+    if missing:   # a typo in a list of datasets silently trained on the others
+        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(args.train_splits)} split with a "
+                        f"sizes.json there (found: {', '.join(sorted(found))})")
+    unknown = sorted(set(dict(args.dataset_weights or ())) - found)
+    if unknown:   # a typo here silently trained unweighted
+        raise UserError(f"--dataset-weights names {', '.join(unknown)}, not a training dataset here "
+                        f"(found: {', '.join(sorted(found))})")
+    samples = sum(s.num_samples for s in train_sets)
+    if args.batch_size * world_size > samples:
+        raise UserError(f"--batch-size {args.batch_size} x {world_size} process(es) is more than the "
+                        f"{samples} training samples in sizes.json; use a batch of at most {samples}")
+
+
 def train(args) -> int:
     info = init_distributed(args.device)
     logging.getLogger().setLevel(logging.INFO if info.is_master else logging.WARNING)
@@ -310,19 +413,26 @@ def train(args) -> int:
         resume_path = args.resume
         if resume_path == "latest":
             resume_path = Path(args.logs) / args.name / "checkpoints" / "latest.pt"
-        resume_state = read_checkpoint(resume_path, trust=args.trust_checkpoint)
+        if not Path(resume_path).is_file():
+            raise UserError(f"--resume latest: run {args.name!r} has no checkpoint to resume "
+                            f"({resume_path} does not exist); drop --resume to start it")
+        try:
+            resume_state = read_checkpoint(resume_path, trust=args.trust_checkpoint)
+            fix_state_dict(resume_state)
+        except ValueError as exc:
+            raise UserError(f"--resume: {exc}") from None
+        check_same_epoch_plan(resume_state, args)
         args.name = args.name or resume_state.get("name")
     args.name = args.name or default_name(args)
     run_dir = Path(args.logs) / args.name
-    if info.is_master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
     weights = parse_weights(args.dataset_weights)
     train_sets = find_shards(args.data_root, args.datasets, args.train_splits, weights)
-    if not train_sets:
-        log.error("no training shards under %s (datasets %s, splits %s)", args.data_root,
-                  args.datasets, args.train_splits)
-        return 2
+    check_corpus(train_sets, args, info.world_size)
+    if resume_state is None and holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds a run (checkpoints or train_log.csv); add --resume "
+                        "latest to continue it, or choose another --name or --logs")
+    if info.is_master:
+        run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(args, train_sets, run_dir, info)
     if info.is_master:  # after the tokenizer: params.json names the run's own copy
         (run_dir / "params.json").write_text(json.dumps(public_args(args, run_dir), indent=2, default=str))
@@ -331,7 +441,10 @@ def train(args) -> int:
     model = create_model(args.amodel, args.tmodel, args.enable_fusion, args.fusion_type,
                          args.text_model_path, tokenizer, spec_augment=not args.no_spec_augment)
     if args.pretrained_audio and resume_state is None:
-        load_pretrained_audio(model, args.pretrained_audio, trust=args.trust_checkpoint)
+        try:
+            load_pretrained_audio(model, args.pretrained_audio, trust=args.trust_checkpoint)
+        except ValueError as exc:
+            raise UserError(f"--pretrained-audio: {exc}") from None
     if args.freeze_text:
         for p in model.text_branch.parameters():
             p.requires_grad = False
@@ -344,7 +457,7 @@ def train(args) -> int:
             find_unused_parameters=True)
 
     audio_cfg = AudioConfig.from_dict(load_model_config(args.amodel)["audio_cfg"])
-    class_index = json.loads(Path(args.class_label_path).read_text()) if args.class_label_path else None
+    class_index = json.loads(Path(args.class_label_path).read_text(encoding="utf-8")) if args.class_label_path else None
     dataset = ClapShards(train_sets, tokenizer, audio_cfg, args.batch_size, train=True,
                          truncating=args.data_truncating, filling=args.data_filling,
                          text_augment_selection=args.text_augment_selection, seed=args.seed,
@@ -354,8 +467,8 @@ def train(args) -> int:
                          weighted=weights is not None)
     steps_per_epoch = dataset.num_batches // args.accum_freq
     if steps_per_epoch == 0:
-        log.error("an epoch has %d batches, fewer than --accum-freq %d", dataset.num_batches, args.accum_freq)
-        return 2
+        raise UserError(f"an epoch has {dataset.num_batches} batches, fewer than --accum-freq "
+                        f"{args.accum_freq}")
     total_steps = steps_per_epoch * args.epochs
     optimizer = build_optimizer(model, args)
     args.warmup = run_warmup(args.warmup, total_steps, args.max_steps)
@@ -363,7 +476,10 @@ def train(args) -> int:
 
     start_epoch, batches_done, step = 0, 0, 0
     if resume_state is not None:
-        unwrap(model).load_state_dict(fix_state_dict(resume_state["state_dict"]), strict=True)
+        try:
+            load_state_strict(unwrap(model), fix_state_dict(resume_state), resume_path)
+        except ValueError as exc:
+            raise UserError(f"--resume: {exc}") from None
         if "optimizer" in resume_state and "epoch" in resume_state:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
@@ -378,7 +494,8 @@ def train(args) -> int:
 
     val_sets = find_shards(args.data_root, args.datasets, args.val_splits) if args.val_frequency else []
     autocast = autocast_for(info.device, args.precision)
-    runlog = RunLog(run_dir, info.is_master)
+    runlog = RunLog(run_dir, info.is_master, step if resume_state is not None else None,
+                    start_epoch if resume_state is not None else None)
     ckpt_dir = run_dir / "checkpoints"
     global_batch = args.batch_size * info.world_size * args.accum_freq
     skipped_total = 0
@@ -387,6 +504,11 @@ def train(args) -> int:
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs, global batch {global_batch}, "
               f"world {info.world_size}, warmup {args.warmup} steps", flush=True)
     stop = False
+    first_step = step
+    import threading
+
+    stopping = (StopRequest() if not info.distributed and threading.current_thread() is threading.main_thread()
+                else None)          # signal handlers can only be set from the main thread
     try:
         for epoch in range(start_epoch, args.epochs):
             model.train()
@@ -398,6 +520,7 @@ def train(args) -> int:
                 progress = tqdm(total=steps_per_epoch, initial=batches_done // args.accum_freq,
                                 desc=f"epoch {epoch}", dynamic_ncols=True)
             pending: list[dict] = []
+            owed = batches_done < steps_per_epoch * args.accum_freq   # a resume may owe none
             t_data = time.perf_counter()
             for batch in loader:
                 skipped_total += batch.pop("skipped", 0)
@@ -408,6 +531,11 @@ def train(args) -> int:
                 t0 = time.perf_counter()
                 lr = scheduler.step()
                 loss = train_step(model, pending, optimizer, info.device, autocast, args.grad_clip)
+                if not math.isfinite(loss):
+                    # the weights are now garbage: keep the last checkpoint, save nothing
+                    raise IncompleteError(
+                        f"the loss is {loss} at step {step + 1} (epoch {epoch}): training diverged; "
+                        "lower --lr or set --grad-clip, then --resume from the last checkpoint")
                 batch_time = time.perf_counter() - t0
                 pending = []
                 batches_done += args.accum_freq
@@ -424,9 +552,12 @@ def train(args) -> int:
                 if step % max(1, args.log_every_steps) == 0 and info.is_master:
                     print(f"step {step} epoch {epoch} loss {loss:.4f} lr {lr:.3e} scale {scale:.2f} "
                           f"data {data_time:.3f}s batch {batch_time:.3f}s", flush=True)
-                if info.is_master and args.save_every_steps and step % args.save_every_steps == 0:
+                if (info.is_master and args.save_every_steps and step % args.save_every_steps == 0
+                        or stopping and stopping.signum):
                     save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,
                                     batches_done, step, args)
+                if stopping and stopping.signum:
+                    raise KeyboardInterrupt     # after the checkpoint: --resume latest loses nothing
                 if args.max_steps and step >= args.max_steps:
                     stop = True
                     break
@@ -435,6 +566,11 @@ def train(args) -> int:
                 t_data = time.perf_counter()
             if progress:
                 progress.close()
+            if owed and step == first_step:   # before any checkpoint of untrained weights
+                raise IncompleteError(
+                    f"no training step was made: no sample of the {dataset.num_samples} in sizes.json "
+                    "was usable (the warnings above name them); check the data root with "
+                    "`laion-audio verify --shards-to`")
             if stop:
                 if info.is_master:
                     save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch,
@@ -457,6 +593,8 @@ def train(args) -> int:
                     dist.barrier()
     finally:
         runlog.close()
+        if stopping:
+            stopping.restore()
     if skipped_total:
         log.warning("%d corrupt samples were skipped during training", skipped_total)
     if info.distributed:

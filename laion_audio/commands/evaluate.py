@@ -3,10 +3,11 @@ checkpoint (ours, or LAION's with --amodel/--tmodel/--tokenizer). Prints metrics
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from ..errors import IncompleteError, UserError
 from . import _checks
+from ._checks import positive_int
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
                    help="zero-shot/linear probe over shards: JSON list of labels or {label: index}")
     p.add_argument("--prompt", default="This is a sound of {label}.")
     p.add_argument("--five-caption", default="auto", choices=["auto", "always", "never"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="also write the metrics JSON here")
@@ -39,10 +40,44 @@ def register(subparsers) -> None:
 
 
 def _labels(path: str) -> list[str]:
-    data = json.loads(Path(path).read_text())
+    """--class-labels: a JSON list of distinct, non-blank strings, or {label: index} with the
+    indices 0..n-1 once each. Anything else (a bare string read letter by letter, duplicates
+    that split one class's score, bad UTF-8) is the user's to fix."""
+    what = f"--class-labels {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{what} is not UTF-8 JSON: {exc}") from None
     if isinstance(data, dict):
-        return [k for k, _ in sorted(data.items(), key=lambda kv: kv[1])]
-    return list(data)
+        if sorted(v for v in data.values() if isinstance(v, int)) != list(range(len(data))):
+            raise UserError(f"{what}: the indices of {{label: index}} must be 0..{len(data) - 1}, "
+                            "each once")
+        data = [k for k, _ in sorted(data.items(), key=lambda kv: kv[1])]
+    if not isinstance(data, list) or not data:
+        raise UserError(f"{what}: expected a non-empty JSON list of labels or {{label: index}}")
+    if not all(isinstance(x, str) and x.strip() for x in data):
+        raise UserError(f"{what}: every label must be a non-blank string")
+    return _distinct_classes(data, what)
+
+
+def _distinct_classes(labels: list[str], what: str) -> list[str]:
+    """At least two classes, each once: with one class every answer is right, and a label
+    twice splits its score between two prompts."""
+    dups = sorted({x for x in labels if labels.count(x) > 1})
+    if dups:
+        raise UserError(f"{what}: labels occur twice ({', '.join(dups[:3])}); each class once")
+    if len(labels) < 2:
+        raise UserError(f"{what}: {len(labels)} class; classification needs at least 2")
+    return labels
+
+
+def _check_prompt(prompt: str) -> None:
+    try:
+        a, b = prompt.format(label="a"), prompt.format(label="b")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--prompt {prompt!r}: only {{label}} may be filled in ({exc!r})") from None
+    if a == b:
+        raise UserError(f"--prompt {prompt!r} has no {{label}}: every class would get the same text")
 
 
 def validate_evaluate(args) -> None:
@@ -57,6 +92,34 @@ def validate_evaluate(args) -> None:
         _checks.existing_folder(args.class_folder, "--class-folder")
     if args.class_labels:
         _checks.existing_file(args.class_labels, "--class-labels")
+        args.labels = _labels(args.class_labels)
+    if args.task == "zeroshot":
+        _check_prompt(args.prompt)
+    _checks.writable_file(args.output, "--output")
+
+
+def _shards(args, splits):
+    from laion_audio.clap.data import find_shards
+
+    sets = find_shards(args.data_root, args.datasets, splits)
+    if not sets:
+        from laion_audio.http import redact
+
+        raise UserError(f"no shards under {redact(args.data_root)} for splits {' '.join(splits)} (each split "
+                        "needs a sizes.json and its tars)")
+    found = {s.dataset for s in sets}
+    missing = [d for d in args.datasets or () if d not in found]
+    if missing:   # a typo in a list of datasets silently evaluated the others
+        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(splits)} split with a sizes.json "
+                        f"there (found: {', '.join(sorted(found))})")
+    return sets
+
+
+def _evaluated(n: int, skipped: int, what: str, unlabelled: int = 0) -> None:
+    """Metrics over no sample are NaN, not a result: exit 1."""
+    if n == 0:
+        raise IncompleteError(f"nothing to evaluate: no sample {what} ({skipped} undecodable, "
+                              f"{unlabelled} without a label)")
 
 
 def run(args) -> int:
@@ -65,14 +128,12 @@ def run(args) -> int:
     validate_evaluate(args)
     from laion_audio.clap import evaluate as ev
     from laion_audio.clap.checkpoint import load_trained_model
-    from laion_audio.clap.data import ClapShards, find_shards
+    from laion_audio.clap.data import ClapShards
     from laion_audio.clap.factory import load_model_config
     from laion_audio.clap.features import AudioConfig
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    from laion_audio.errors import UserError
-
     try:
         model, tokenizer, settings = load_trained_model(
             args.checkpoint, args.amodel, args.tmodel, args.enable_fusion, tokenizer_path=args.tokenizer,
@@ -87,46 +148,60 @@ def run(args) -> int:
     with torch.no_grad():
         if args.task == "retrieval":
             if not args.data_root:
-                print("--data-root is required for retrieval", file=sys.stderr)
-                return 2
-            sets = find_shards(args.data_root, args.datasets, args.splits)
-            if not sets:
-                print(f"no shards under {args.data_root} for splits {args.splits}", file=sys.stderr)
-                return 2
-            metrics = ev.evaluate_retrieval(model, sets, tokenizer, audio_cfg, args, device, args.five_caption)
+                raise UserError("--data-root is required for retrieval")
+            try:
+                metrics = ev.evaluate_retrieval(model, _shards(args, args.splits), tokenizer, audio_cfg,
+                                                args, device, args.five_caption)
+            except ValueError as exc:
+                if "--five-caption" not in str(exc):
+                    raise
+                raise UserError(str(exc)) from None
+            _evaluated(metrics.get("num_samples", 0), metrics["skipped"], "decoded")
         elif args.task == "zeroshot":
             if args.class_folder:
                 labels, items = ev.folder_dataset(args.class_folder)
+                _distinct_classes(labels, f"--class-folder {args.class_folder} (subfolder names, "
+                                          "underscores as spaces)")
+                if not items:
+                    raise UserError(f"--class-folder {args.class_folder}: no audio files in "
+                                    "<folder>/<label>/ subfolders")
                 emb, kept = ev.embed_files(model, [p for p, _ in items], audio_cfg, device,
                                            args.data_truncating, args.data_filling, args.batch_size,
                                            args.seed, fusion=args.enable_fusion)
                 targets = [items[i][1] for i in kept]
                 metrics = ev.zero_shot(model, tokenizer, emb, targets, labels, device, args.prompt)
                 metrics["skipped"] = len(items) - len(kept)
+                _evaluated(len(kept), metrics["skipped"], "decoded")
             elif args.data_root and args.class_labels:
-                sets = find_shards(args.data_root, args.datasets, args.splits)
-                metrics = ev.zero_shot_shards(model, tokenizer, sets, audio_cfg, _labels(args.class_labels),
-                                              args, device, args.prompt)
+                metrics = ev.zero_shot_shards(model, tokenizer, _shards(args, args.splits), audio_cfg,
+                                              args.labels, args, device, args.prompt)
+                _evaluated(metrics["num_samples"], metrics["skipped"], "has a tag among the labels",
+                           metrics["unlabelled"])
             else:
-                print("zero-shot needs --class-folder, or --data-root with --class-labels", file=sys.stderr)
-                return 2
+                raise UserError("zero-shot needs --class-folder, or --data-root with --class-labels")
         else:
             if not (args.data_root and args.class_labels):
-                print("linear probe needs --data-root and --class-labels", file=sys.stderr)
-                return 2
-            labels = _labels(args.class_labels)
-            index = {label: i for i, label in enumerate(labels)}
+                raise UserError("linear probe needs --data-root and --class-labels")
+            index = {label: i for i, label in enumerate(args.labels)}
             parts = {}
             for name, splits in (("train", args.train_splits), ("test", args.splits)):
-                sets = find_shards(args.data_root, args.datasets, splits)
-                ds = ClapShards(sets, None, audio_cfg, args.batch_size, train=False,
+                ds = ClapShards(_shards(args, splits), None, audio_cfg, args.batch_size, train=False,
                                 truncating=args.data_truncating, filling=args.data_filling,
                                 seed=args.seed, class_index=index, need_fusion=args.enable_fusion)
-                parts[name] = ev.embed_shards(model, ds, device, projected=True)
+                emb = ev.embed_shards(model, ds, device, projected=True)
+                labelled = emb["class_label"].sum(1) > 0 if "class_label" in emb else None
+                # a sample with no tag among the labels has no class: as zero-shot, it is left
+                # out (its all-zero row read as class 0 and scored 100 %)
+                _evaluated(0 if labelled is None else int(labelled.sum()), emb["skipped"],
+                           f"({name}) has a tag among the labels",
+                           0 if labelled is None else int((~labelled).sum()))
+                parts[name] = {"audio": emb["audio"][labelled], "class_label": emb["class_label"][labelled]}
             multilabel = bool((parts["train"]["class_label"].sum(1) > 1).any())
             with torch.enable_grad():
                 metrics = ev.linear_probe(parts["train"]["audio"], parts["train"]["class_label"],
                                           parts["test"]["audio"], parts["test"]["class_label"], multilabel)
+    if args.task == "linear-probe":
+        metrics.update(num_train=len(parts["train"]["audio"]), num_test=len(parts["test"]["audio"]))
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
     if args.output:

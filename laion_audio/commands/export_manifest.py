@@ -92,9 +92,9 @@ def _rows(ledger, scrub: _Scrubber):
                 "source": r["source"], "source_id": r["source_id"], "url": scrub.url(r["url"] or ""),
                 "title": scrub.text(r["title"] or ""), "description": scrub.text(r["description"] or ""),
                 "texts": [scrub.text(t) for t in r["texts"] or []],
-                "text_augment_t5": r["text_augment_t5"],
+                "text_augment_t5": scrub.text(r["text_augment_t5"]) if r["text_augment_t5"] else None,
                 "tags": [scrub.text(t) for t in r["tags"] or []],
-                "license": r["license"] or "", "author": scrub.text(r["author"] or ""),
+                "license": scrub.text(r["license"] or ""), "author": scrub.text(r["author"] or ""),
                 "duration": r["audio_duration"], "source_duration": r["duration"],
                 "audio_sha256": r["audio_sha256"] or "", "split": r["split"] or "",
                 "shard": r["shard"] or "",
@@ -246,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
     if target.suffix.lower() not in (".parquet", ".csv"):
         print("laion-audio: the manifest file must end in .parquet or .csv", file=sys.stderr)
         return 2
+    from ._checks import writable_file
+
+    writable_file(target, "FILE")                      # a folder or an unwritable place: before
+    writable_file(target.with_suffix(".md"), "the data card")   # the work, not a traceback after
     result = export(work, target, Path(args.shards) if args.shards else None)
     if not result["records"]:
         print(f"laion-audio: {work} has no sharded records; wrote an empty manifest", file=sys.stderr)

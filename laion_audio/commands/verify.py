@@ -46,16 +46,18 @@ def run(args: argparse.Namespace) -> int:
     validate_verify(args)
     report = verify(args.shards_to, workers=args.workers,
                     storage_options=parse_storage_options(args.storage_option))
+    from laion_audio.http import redact
+
     for line in report.lines():
-        print(line)
+        print(redact(line))       # a shard root URL may carry user:password@ or ?token=
     if args.json_out:
         # published: a local shard root becomes its last name (the terminal shows the full path)
         from crawlers.crawl import write_json
         from laion_audio.workdir import WorkDir
 
         root = args.shards_to
-        public = None
+        public = redact
         if "://" not in root:
-            public = lambda text: WorkDir(Path(root).resolve().parent).public(text, root)  # noqa: E731
+            public = lambda text: redact(WorkDir(Path(root).resolve().parent).public(text, root))  # noqa: E731
         write_json(Path(args.json_out), report.as_dict(), public)
     return 0 if report.ok else 1

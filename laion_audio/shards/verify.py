@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,9 @@ def _decode_all(flac: bytes) -> tuple[int, int, int]:
         return frames, f.samplerate, f.channels
 
 
+_OBJECT_AT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _check_sample(key: str, members: dict[str, bytes]) -> tuple[float, list[str]]:
     problems = []
     seconds = 0.0
@@ -86,7 +90,9 @@ def _check_sample(key: str, members: dict[str, bytes]) -> tuple[float, list[str]
                 problems.append(f"sample {key}: FLAC holds no samples")
             seconds = frames / sr
         except Exception as exc:
-            problems.append(f"sample {key}: FLAC does not decode: {exc}")
+            # libsndfile names the in-memory stream by its address: the same tar reported twice
+            # would read differently
+            problems.append(f"sample {key}: FLAC does not decode: {_OBJECT_AT.sub('FLAC', str(exc))}")
     if "json" in members:
         try:
             doc = json.loads(members["json"].decode("utf-8"))
@@ -305,10 +311,36 @@ def verify(out: str | os.PathLike, *, workers: int = 2,
         if dups:
             report.problems.append(f"{root.display(d)}: {len(dups)} sample names occur more than "
                                    f"once in the split, e.g. {dups[:3]}")
+    _check_across_splits(root, keys_of, index_of, report)
+    for name, s in sorted(report.splits.items()):
+        if s["samples"] == 0:
+            report.problems.append(f"{name}: the split holds no sample ({s['shards']} shards): CLAP "
+                                   f"reads nothing from it; remove it or rebuild it")
     if any(not s["indexed"] for s in report.splits.values()):
         report.notes.append(f"splits without {INDEX_NAME} (LAION's own layout) were checked "
                             "against sizes.json only")
     return report
+
+
+def _check_across_splits(root: Root, keys_of: dict, index_of: dict, report: VerifyReport) -> None:
+    """Our sample names come from (source, source_id): one name in two splits of a dataset is
+    one record trained on and tested on. Only splits with our index.json are compared (LAION
+    numbers each split's samples from 0)."""
+    by_dataset: dict[str, list[str]] = defaultdict(list)
+    for d in keys_of:
+        if index_of.get(d) is not None:
+            by_dataset[d.rsplit("/", 1)[0]].append(d)
+    for dataset, dirs in sorted(by_dataset.items()):
+        seen: dict[str, str] = {}
+        shared = defaultdict(list)
+        for d in sorted(dirs):
+            for key in keys_of[d]:
+                if key in seen and seen[key] != d:
+                    shared[(seen[key], d)].append(key)
+                seen.setdefault(key, d)
+        for (a, b), keys in sorted(shared.items()):
+            report.problems.append(f"{root.display(a)} and {root.display(b)}: {len(keys)} samples are in "
+                                   f"both splits (one record trained on and tested on), e.g. {sorted(keys)[:3]}")
 
 
 def _shard_sort_key(name: str) -> tuple[int, str]:

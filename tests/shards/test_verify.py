@@ -130,3 +130,59 @@ def test_a_long_sample_is_checked_in_bounded_memory(tmp_path):
         "print(*_decode_all(open(sys.argv[1], 'rb').read()), peak_kb())", path)
     assert (frames, rate, channels) == (20 * 60 * 48000, 48000, 1)
     assert peak_kb < 200 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def test_an_empty_split_is_a_problem_and_reports_are_reproducible(tmp_path):
+    """sizes.json {} (or shards of 0 samples) passed as OK; an undecodable FLAC's problem named
+    a memory address, so two reports of the same shards differed."""
+    empty = tmp_path / "root" / "ds" / "train"
+    empty.mkdir(parents=True)
+    (empty / "sizes.json").write_text("{}")
+    report = verify(tmp_path / "root")
+    assert not report.ok and any("holds no sample" in p for p in report.problems)
+    bad = tmp_path / "root" / "ds" / "test"
+    bad.mkdir()
+    with tarfile.open(bad / "0.tar", "w") as tar:
+        add_bytes(tar, "k.flac", b"not a flac")
+        add_bytes(tar, "k.json", json.dumps({"text": "x"}).encode())
+    (bad / "sizes.json").write_text(json.dumps({"0.tar": 1}))
+    first, second = verify(tmp_path / "root").problems, verify(tmp_path / "root").problems
+    assert first == second and any("FLAC does not decode" in p for p in first)
+    assert not any(" at 0x" in p for p in first)
+
+
+def test_credentials_in_the_shard_root_url_are_not_printed_or_published(tmp_path):
+    url = "https://user:pw12345@127.0.0.1:9/shards?token=abcdef99"
+    proc = cli("verify", "--shards-to", url, "--json", str(tmp_path / "v.json"))
+    assert proc.returncode == 1, proc.stderr
+    published = (tmp_path / "v.json").read_text()
+    for secret in ("pw12345", "abcdef99"):
+        assert secret not in proc.stdout + proc.stderr and secret not in published
+    assert "127.0.0.1:9/shards" in published
+
+
+def test_a_record_in_two_splits_of_a_dataset_is_a_problem(records, tmp_path):
+    """One sample name (= one (source, source_id)) in train and test: trained on and tested on,
+    and verify said OK as long as each split was consistent in itself."""
+    import shutil
+
+    out = tmp_path / "out"
+    write_shards(records, out, samples_per_shard=6)
+    assert verify(out).ok
+    dataset = next(d for d in sorted(out.iterdir()) if (d / "train").is_dir() and (d / "test").is_dir())
+    train, test = dataset / "train", dataset / "test"
+    # a consistent test split (index.json and sizes.json rewritten) that holds a train shard
+    shutil.copy(train / "0.tar", test / "0.tar")
+    for name in ("sizes.json", "index.json"):
+        doc = json.loads((train / name).read_text())
+        if name == "sizes.json":
+            doc = {"0.tar": doc["0.tar"]}
+        else:
+            doc["shards"] = [e for e in doc["shards"] if e["name"] == "0.tar"]
+            doc["samples"] = doc["shards"][0]["samples"]
+        (test / name).write_text(json.dumps(doc))
+    for extra in test.glob("*.tar"):
+        if extra.name != "0.tar":
+            extra.unlink()
+    problems = verify(out).problems
+    assert any("in both splits" in p for p in problems), problems
