@@ -415,7 +415,9 @@ def train(args) -> int:
             resume_path = Path(args.logs) / args.name / "checkpoints" / "latest.pt"
         if not Path(resume_path).is_file():
             raise UserError(f"--resume latest: run {args.name!r} has no checkpoint to resume "
-                            f"({resume_path} does not exist); drop --resume to start it")
+                            f"({resume_path} does not exist); drop --resume to start it"
+                            if args.resume == "latest" else
+                            f"--resume {args.resume}: no such checkpoint file")
         try:
             resume_state = read_checkpoint(resume_path, trust=args.trust_checkpoint)
             fix_state_dict(resume_state)
@@ -435,7 +437,7 @@ def train(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(args, train_sets, run_dir, info)
     if info.is_master:  # after the tokenizer: params.json names the run's own copy
-        (run_dir / "params.json").write_text(json.dumps(public_args(args, run_dir), indent=2, default=str))
+        atomic.write_text(run_dir / "params.json", json.dumps(public_args(args, run_dir), indent=2, default=str))
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     model = create_model(args.amodel, args.tmodel, args.enable_fusion, args.fusion_type,

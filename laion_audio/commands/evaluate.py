@@ -205,5 +205,7 @@ def run(args) -> int:
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        from laion_audio import atomic
+
+        atomic.write_text(args.output, text + "\n")   # a kill never leaves half a report
     return 0

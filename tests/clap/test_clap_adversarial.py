@@ -170,6 +170,13 @@ def test_resume_latest_of_a_run_that_has_none_is_one_line(corpus, tmp_path, caps
     assert "no checkpoint to resume" in err
 
 
+def test_resume_of_a_checkpoint_path_with_a_typo_names_that_path(corpus, tmp_path, capsys):
+    """--resume FILE that does not exist: the line named "--resume latest" and a run name."""
+    rc, err = _run(_train_argv(corpus, tmp_path, "r", "--resume", str(tmp_path / "chekpoint.pt")), capsys)
+    _one_line_usage_error(rc, err)
+    assert "chekpoint.pt" in err and "latest" not in err
+
+
 @pytest.mark.parametrize("name,extra", BAD_CHECKPOINTS)
 def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line(corpus, trained, capsys, name, extra):
     _, _, bad = trained
