@@ -171,7 +171,8 @@ def test_resume_latest_of_a_run_that_has_none_is_one_line(corpus, tmp_path, caps
 
 
 def test_resume_of_a_checkpoint_path_with_a_typo_names_that_path(corpus, tmp_path, capsys):
-    """--resume FILE that does not exist: the line named "--resume latest" and a run name."""
+    """--resume FILE that does not exist: one line naming that file (the CLI checks it; the
+    trainer's own message for it, reached by API callers, no longer says "--resume latest")."""
     rc, err = _run(_train_argv(corpus, tmp_path, "r", "--resume", str(tmp_path / "chekpoint.pt")), capsys)
     _one_line_usage_error(rc, err)
     assert "chekpoint.pt" in err and "latest" not in err
