@@ -366,6 +366,20 @@ def check_same_epoch_plan(state: dict, args) -> None:
                         f"batches) with {was}; resume with the same settings (or from an epoch_N.pt)")
 
 
+def validated(run_dir: Path, epoch: int) -> bool:
+    """``results.jsonl`` holds the validation of ``epoch`` (a damaged line counts as none)."""
+    results = run_dir / "results.jsonl"
+    if not results.is_file():
+        return False
+    for line in results.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch") == epoch:
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
+
+
 def holds_run(run_dir: Path) -> bool:
     """A run folder with checkpoints or logged steps: starting afresh there would append to its
     log and overwrite its checkpoints."""
@@ -511,7 +525,24 @@ def train(args) -> int:
 
     stopping = (StopRequest() if not info.distributed and threading.current_thread() is threading.main_thread()
                 else None)          # signal handlers can only be set from the main thread
+
+    def validate(epoch_done: int) -> None:
+        if info.is_master:
+            from .evaluate import evaluate_retrieval
+            metrics = evaluate_retrieval(unwrap(model), val_sets, tokenizer, audio_cfg, args,
+                                         info.device)
+            runlog.metrics(run_dir, epoch_done, metrics)
+            log.info("epoch %d validation: %s", epoch_done,
+                     {k: round(v, 4) for k, v in metrics.items() if k.endswith(("R@1", "mAP@10"))})
+        if info.distributed:
+            dist.barrier()
+
     try:
+        if (resume_state is not None and batches_done == 0 and start_epoch > 0 and val_sets
+                and start_epoch % args.val_frequency == 0
+                and not validated(run_dir, start_epoch)):
+            # killed between the epoch's checkpoint and its validation: that row is owed
+            validate(start_epoch)
         for epoch in range(start_epoch, args.epochs):
             model.train()
             dataset.set_epoch(epoch, skip_batches=batches_done)
@@ -584,15 +615,7 @@ def train(args) -> int:
                                 epoch + 1, 0, step, args)
                 save_checkpoint(ckpt_dir / "latest.pt", model, optimizer, scheduler, epoch + 1, 0, step, args)
             if val_sets and args.val_frequency and (epoch + 1) % args.val_frequency == 0:
-                if info.is_master:
-                    from .evaluate import evaluate_retrieval
-                    metrics = evaluate_retrieval(unwrap(model), val_sets, tokenizer, audio_cfg, args,
-                                                 info.device)
-                    runlog.metrics(run_dir, epoch + 1, metrics)
-                    log.info("epoch %d validation: %s", epoch + 1,
-                             {k: round(v, 4) for k, v in metrics.items() if k.endswith(("R@1", "mAP@10"))})
-                if info.distributed:
-                    dist.barrier()
+                validate(epoch + 1)
     finally:
         runlog.close()
         if stopping:

@@ -487,3 +487,30 @@ def test_a_split_folder_given_as_data_root_gets_the_right_folder_named(corpus, t
     rc, err = _run(_train_argv(corpus, tmp_path, "r", data=split), capsys)
     _one_line_usage_error(rc, err)
     assert f"--data-root {(corpus / 'shards').resolve()}" in err
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_between_the_checkpoint_and_its_validation_validates_that_epoch(
+        corpus, tmp_path, capsys):
+    """The epoch's checkpoints are written before its validation: a kill in between left
+    results.jsonl without that epoch's row for good (the resumed run went on to the next epoch).
+    The state is what such a kill leaves: both checkpoints, the row missing."""
+    data = tmp_path / "shards"
+    write_shards(data, "synth", "train", _items(4), per_shard=4)
+    write_shards(data, "synth", "test", _items(4), per_shard=4)
+    argv = _train_argv(corpus, tmp_path / "logs", "r", data=data)
+    argv[argv.index("--val-frequency") + 1] = "1"
+    rc, err = _run(argv, capsys)
+    assert rc == 0, err
+    results = tmp_path / "logs" / "r" / "results.jsonl"
+    assert [json.loads(x)["epoch"] for x in results.read_text().splitlines()] == [1]
+    results.unlink()                               # the kill came before the validation
+    argv[argv.index("--epochs") + 1] = "2"
+    rc, err = _run(argv + ["--resume", "latest"], capsys)
+    assert rc == 0, err
+    assert [json.loads(x)["epoch"] for x in results.read_text().splitlines()] == [1, 2]
+    # resuming a run whose rows are all there validates nothing twice
+    argv[argv.index("--epochs") + 1] = "3"
+    rc, err = _run(argv + ["--resume", "latest"], capsys)
+    assert rc == 0, err
+    assert [json.loads(x)["epoch"] for x in results.read_text().splitlines()] == [1, 2, 3]
