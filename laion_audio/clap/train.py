@@ -509,6 +509,10 @@ def train(args) -> int:
         set_rng_state(resume_state["rng"])
 
     val_sets = find_shards(args.data_root, args.datasets, args.val_splits) if args.val_frequency else []
+    shared = sorted(set(args.val_splits) & set(args.train_splits)) if val_sets else []
+    if shared and info.is_master:     # legal (a quick check of fitting), but never silent
+        log.warning("validating on training split(s) %s: the retrieval figures measure fitting, "
+                    "not generalisation", ", ".join(shared))
     autocast = autocast_for(info.device, args.precision)
     runlog = RunLog(run_dir, info.is_master, step if resume_state is not None else None,
                     start_epoch if resume_state is not None else None)

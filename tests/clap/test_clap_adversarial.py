@@ -514,3 +514,17 @@ def test_resume_after_a_kill_between_the_checkpoint_and_its_validation_validates
     rc, err = _run(argv + ["--resume", "latest"], capsys)
     assert rc == 0, err
     assert [json.loads(x)["epoch"] for x in results.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_validating_on_a_training_split_is_said(corpus, tmp_path, capsys, caplog):
+    """--val-splits train was taken silently: its retrieval figures measure fitting."""
+    import logging
+
+    data = tmp_path / "shards"
+    write_shards(data, "synth", "train", _items(4), per_shard=4)
+    argv = _train_argv(corpus, tmp_path / "logs", "r", "--val-splits", "train", data=data)
+    argv[argv.index("--val-frequency") + 1] = "1"
+    with caplog.at_level(logging.WARNING):
+        rc, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert any("validating on training split(s) train" in r.getMessage() for r in caplog.records)
