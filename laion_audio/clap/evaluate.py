@@ -177,8 +177,11 @@ def zero_shot_shards(model, tokenizer, shard_sets, audio_cfg: AudioConfig, label
     emb = embed_shards(model, dataset, device)
     multi_hot = emb.get("class_label", torch.zeros(0, len(labels)))
     has = multi_hot.sum(1) > 0
-    metrics = zero_shot(model, tokenizer, emb["audio"][has], multi_hot[has].argmax(1).numpy(), labels,
-                        device, template)
+    if bool(has.any()):
+        metrics = zero_shot(model, tokenizer, emb["audio"][has], multi_hot[has].argmax(1).numpy(),
+                            labels, device, template)
+    else:                  # nothing to score: no NaN figures (the caller exits 1 on 0 samples)
+        metrics = {"num_samples": 0}
     metrics["unlabelled"] = int((~has).sum())
     metrics["skipped"] = emb["skipped"]
     return metrics

@@ -169,9 +169,9 @@ def run(args) -> int:
                                            args.data_truncating, args.data_filling, args.batch_size,
                                            args.seed, fusion=args.enable_fusion)
                 targets = [items[i][1] for i in kept]
+                _evaluated(len(kept), len(items) - len(kept), "decoded")   # before NaN figures
                 metrics = ev.zero_shot(model, tokenizer, emb, targets, labels, device, args.prompt)
                 metrics["skipped"] = len(items) - len(kept)
-                _evaluated(len(kept), metrics["skipped"], "decoded")
             elif args.data_root and args.class_labels:
                 metrics = ev.zero_shot_shards(model, tokenizer, _shards(args, args.splits), audio_cfg,
                                               args.labels, args, device, args.prompt)

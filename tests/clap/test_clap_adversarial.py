@@ -267,6 +267,7 @@ def test_evaluate_output_that_is_a_folder_fails_before_the_work(corpus, trained,
     _one_line_usage_error(rc, err)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")     # no NaN figures computed on the way
 def test_evaluate_over_nothing_usable_exits_1_not_nan(corpus, trained, tmp_path, capsys):
     """No sample decodes, no sample carries one of the labels, empty class folders: NaN
     metrics with exit 0 (or a KeyError)."""
