@@ -250,28 +250,39 @@ def test_rekey_is_its_definition():
     assert mixed                             # some threshold re-keys some, drops some, keeps some
 
 
+def _rekeyed_index(clips, popular: int = 24):
+    index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=popular)
+    for i, fp in enumerate(clips):
+        index.add(i, fp)
+    return index.build()
+
+
+def _rekeyed_definition(clips, queries, popular: int = 24):
+    """The plain index over the clips' re-keyed postings (by the plain-Python definition) and the
+    re-keyed queries: what a re-keyed index must answer like."""
+    counts = np.bincount(np.concatenate([c.hashes for c in clips]), minlength=1 << 22)
+    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=None)
+    for i, fp in enumerate(clips):
+        k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, popular)
+        plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
+        plain.n_hashes[i] = len(fp)              # the vote threshold counts the clip's landmarks
+    plain.build()
+    rekeyed = []
+    for q in queries:
+        k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, popular)
+        rekeyed.append(Fingerprint(k[k >= 0].astype(np.uint32), q.times[k >= 0], q.n_frames))
+    return plain, rekeyed, counts
+
+
 def test_candidates_with_popular_buckets_rekeyed_equal_their_definition():
     """With popular buckets re-keyed, the candidates are those of the plain definition run on
     the re-keyed postings and queries; a rebuild after more adds is refused (the popularity
     the keys were chosen by would change)."""
     clips, queries = _landmark_corpus()
-    index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
-    for i, fp in enumerate(clips):
-        index.add(i, fp)
-    index.build()
+    index = _rekeyed_index(clips)
     assert index._popular_bits is not None
-    counts = np.bincount(np.concatenate([c.hashes for c in clips]), minlength=1 << 22)
+    plain, rekeyed, counts = _rekeyed_definition(clips, queries)
     assert (counts > 24).sum() > 5
-    rekeyed = []
-    for q in queries:
-        k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, 24)
-        rekeyed.append(Fingerprint(k[k >= 0].astype(np.uint32), q.times[k >= 0], q.n_frames))
-    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=None)
-    for i, fp in enumerate(clips):
-        k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, 24)
-        plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
-        plain.n_hashes[i] = len(fp)              # the vote threshold counts the clip's landmarks
-    plain.build()
     got = _tuples(index.candidates(queries, min_votes=4))
     assert got == _reference(plain, rekeyed, min_votes=4)
     assert len({(q, r) for q, r, _, _ in got}) >= 20
@@ -299,10 +310,7 @@ def test_an_index_without_popular_buckets_keeps_its_landmarks_and_can_grow():
         index.add(30 + i, fp)
     index.build()
     assert index._popular_bits is not None
-    rebuilt = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
-    for i, fp in enumerate(clips):
-        rebuilt.add(i, fp)
-    rebuilt.build()
+    rebuilt = _rekeyed_index(clips)
     assert np.array_equal(index.ref, rebuilt.ref) and np.array_equal(index.time, rebuilt.time)
     assert _tuples(index.candidates(queries, min_votes=4)) == _tuples(rebuilt.candidates(queries, min_votes=4))
 
@@ -317,22 +325,9 @@ def test_rekeyed_index_takes_empty_clips_odd_times_and_non_landmark_hashes():
     clips = clips + [Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), 0), long_clip]
     queries = queries + [Fingerprint(np.zeros(0, np.uint32), np.zeros(0, np.int32), 0),
                          Fingerprint(queries[0].hashes, queries[0].times - 5000, queries[0].n_frames)]
-    index = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=24)
-    for i, fp in enumerate(clips):
-        index.add(i, fp)
-    index.build()
+    index = _rekeyed_index(clips)
     assert index._popular_bits is not None
-    counts = np.bincount(np.concatenate([c.hashes for c in clips]), minlength=1 << 22)
-    plain = co.FingerprintIndex(max_bucket=400, postings_per_hash=3, min_budget=300, popular=None)
-    for i, fp in enumerate(clips):
-        k = _rekey_reference(fp.hashes, np.full(len(fp), i, np.int32), fp.times, counts, 24)
-        plain.add(i, Fingerprint(k[k >= 0].astype(np.uint32), fp.times[k >= 0], fp.n_frames))
-        plain.n_hashes[i] = len(fp)
-    plain.build()
-    rekeyed = []
-    for q in queries:
-        k = _rekey_reference(q.hashes, np.zeros(len(q), np.int32), q.times, counts, 24)
-        rekeyed.append(Fingerprint(k[k >= 0].astype(np.uint32), q.times[k >= 0], q.n_frames))
+    plain, rekeyed, _ = _rekeyed_definition(clips, queries)
     assert _tuples(index.candidates(queries, min_votes=4)) == _reference(plain, rekeyed, min_votes=4)
     wide = co.FingerprintIndex(popular=0)
     wide.add(0, Fingerprint(clips[1].hashes + np.uint32(1 << 23), clips[1].times, clips[1].n_frames))
