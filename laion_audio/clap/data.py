@@ -105,6 +105,30 @@ def find_shards(root: str | Path, datasets: list[str] | None = None,
     return found
 
 
+def require_shards(root: str | Path, datasets: list[str] | None, splits,
+                   weights: dict[str, float] | None = None, what: str = "") -> list[ShardSet]:
+    """:func:`find_shards` for a command: none found, or a name in ``datasets`` with no split
+    (a typo silently trained or evaluated the others), is the user's to fix (one line)."""
+    from ..errors import UserError
+    from ..http import redact
+
+    sets = find_shards(root, datasets, splits, weights)
+    if not sets:
+        hint = ""
+        if "://" not in str(root) and (Path(root) / "sizes.json").is_file():
+            hint = (f"; {root} is itself a split folder: pass --data-root "
+                    f"{Path(root).resolve().parent.parent} (it holds <dataset>/<split>/)")
+        raise UserError(f"no {what}shards under {redact(str(root))} (datasets "
+                        f"{' '.join(datasets) if datasets else 'all'}, splits {' '.join(splits)}): "
+                        "each split needs a sizes.json and its tars" + hint)
+    found = {s.dataset for s in sets}
+    missing = [d for d in datasets or () if d not in found]
+    if missing:
+        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(splits)} split with a "
+                        f"sizes.json there (found: {', '.join(sorted(found))})")
+    return sets
+
+
 def select_text(meta: dict, selection: str | None):
     """LAION's ``--text-augment-selection``: none -> text; all -> text_augment_all if
     present; augment_only -> text_augment_t5 when text_augment_all exists and t5 is not null."""

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from .. import atomic
 from ..errors import IncompleteError, UserError
 from .checkpoint import fix_state_dict, load_pretrained_audio, load_state_strict, read_checkpoint
-from .data import ClapShards, find_shards, make_loader
+from .data import ClapShards, find_shards, make_loader, require_shards
 from .distributed import DistInfo, init_distributed
 from .factory import create_model, create_tokenizer, load_model_config
 from .features import AudioConfig
@@ -389,26 +389,10 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def check_corpus(train_sets, args, world_size: int) -> None:
-    """Shards exist and hold at least one global batch, before any run folder is made. A batch
-    larger than the corpus would repeat samples inside one batch, each copy a negative of
-    itself in the contrastive loss."""
-    if not train_sets:
-        from laion_audio.http import redact
-
-        root = Path(str(args.data_root))
-        hint = ""
-        if "://" not in str(args.data_root) and (root / "sizes.json").is_file():
-            hint = (f"; {args.data_root} is itself a split folder: pass --data-root "
-                    f"{root.resolve().parent.parent} (it holds <dataset>/<split>/)")
-        raise UserError(f"no training shards under {redact(args.data_root)} (datasets "
-                        f"{' '.join(args.datasets) if args.datasets else 'all'}, splits "
-                        f"{' '.join(args.train_splits)}): each split needs a sizes.json and its tars"
-                        + hint)
+    """The weights name training datasets and the shards hold at least one global batch,
+    before any run folder is made. A batch larger than the corpus would repeat samples inside
+    one batch, each copy a negative of itself in the contrastive loss."""
     found = {s.dataset for s in train_sets}
-    missing = [d for d in args.datasets or () if d not in found]
-    if missing:   # a typo in a list of datasets silently trained on the others
-        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(args.train_splits)} split with a "
-                        f"sizes.json there (found: {', '.join(sorted(found))})")
     unknown = sorted(set(dict(args.dataset_weights or ())) - found)
     if unknown:   # a typo here silently trained unweighted
         raise UserError(f"--dataset-weights names {', '.join(unknown)}, not a training dataset here "
@@ -442,7 +426,7 @@ def train(args) -> int:
     args.name = args.name or default_name(args)
     run_dir = Path(args.logs) / args.name
     weights = parse_weights(args.dataset_weights)
-    train_sets = find_shards(args.data_root, args.datasets, args.train_splits, weights)
+    train_sets = require_shards(args.data_root, args.datasets, args.train_splits, weights, "training ")
     check_corpus(train_sets, args, info.world_size)
     if resume_state is None and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds a run (checkpoints or train_log.csv); add --resume "

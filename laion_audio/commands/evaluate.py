@@ -99,20 +99,9 @@ def validate_evaluate(args) -> None:
 
 
 def _shards(args, splits):
-    from laion_audio.clap.data import find_shards
+    from laion_audio.clap.data import require_shards
 
-    sets = find_shards(args.data_root, args.datasets, splits)
-    if not sets:
-        from laion_audio.http import redact
-
-        raise UserError(f"no shards under {redact(args.data_root)} for splits {' '.join(splits)} (each split "
-                        "needs a sizes.json and its tars)")
-    found = {s.dataset for s in sets}
-    missing = [d for d in args.datasets or () if d not in found]
-    if missing:   # a typo in a list of datasets silently evaluated the others
-        raise UserError(f"--datasets {' '.join(missing)}: no {'/'.join(splits)} split with a sizes.json "
-                        f"there (found: {', '.join(sorted(found))})")
-    return sets
+    return require_shards(args.data_root, args.datasets, splits)
 
 
 def _evaluated(n: int, skipped: int, what: str, unlabelled: int = 0) -> None:
