@@ -213,3 +213,21 @@ def name_dir_pairs(values: list[str], what: str = "--eval-audio") -> dict[str, s
         existing_folder(folder, f"{what} {name}=")
         out[name] = folder
     return out
+
+
+def json_file(path: str, what: str):
+    """A JSON file's content; bytes that are not UTF-8 JSON are the user's to fix."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{what} {path} is not UTF-8 JSON: {exc}") from None
+
+
+def labels_by_index(data: dict, what: str) -> list[str]:
+    """The labels of a {label: index} map in index order; the indices must be 0..n-1, each
+    once (a gap or a repeat shifts every class after it)."""
+    if not data or sorted(v for v in data.values() if type(v) is int) != list(range(len(data))):
+        raise UserError(f"{what}: expected {{label: index}} with the indices 0..n-1, each once")
+    return [k for k, _ in sorted(data.items(), key=lambda kv: kv[1])]

@@ -3,7 +3,6 @@ checkpoint (ours, or LAION's with --amodel/--tmodel/--tokenizer). Prints metrics
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import IncompleteError, UserError
 from . import _checks
@@ -44,15 +43,9 @@ def _labels(path: str) -> list[str]:
     indices 0..n-1 once each. Anything else (a bare string read letter by letter, duplicates
     that split one class's score, bad UTF-8) is the user's to fix."""
     what = f"--class-labels {path}"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{what} is not UTF-8 JSON: {exc}") from None
-    if isinstance(data, dict):
-        if sorted(v for v in data.values() if isinstance(v, int)) != list(range(len(data))):
-            raise UserError(f"{what}: the indices of {{label: index}} must be 0..{len(data) - 1}, "
-                            "each once")
-        data = [k for k, _ in sorted(data.items(), key=lambda kv: kv[1])]
+    data = _checks.json_file(path, "--class-labels")
+    if isinstance(data, dict) and data:
+        data = _checks.labels_by_index(data, what)
     if not isinstance(data, list) or not data:
         raise UserError(f"{what}: expected a non-empty JSON list of labels or {{label: index}}")
     if not all(isinstance(x, str) and x.strip() for x in data):

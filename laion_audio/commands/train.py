@@ -47,18 +47,12 @@ def validate_train(args) -> None:
 def class_index(path: str) -> dict[str, int]:
     """--class-label-path: JSON {label: index}, the indices 0..n-1 (a list or broken JSON was
     a traceback, or a run whose ``class_label`` stayed all zero)."""
-    import json
-    from pathlib import Path
-
     _checks.existing_file(path, "--class-label-path")
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"--class-label-path {path} is not UTF-8 JSON: {exc}") from None
-    if (not isinstance(data, dict) or not data
-            or sorted(v for v in data.values() if type(v) is int) != list(range(len(data)))):
-        raise UserError(f"--class-label-path {path}: expected {{label: index}} with the indices "
-                        "0..n-1, each once")
+    data = _checks.json_file(path, "--class-label-path")
+    what = f"--class-label-path {path}"
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: expected {{label: index}} with the indices 0..n-1, each once")
+    _checks.labels_by_index(data, what)
     return data
 
 
